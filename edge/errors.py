@@ -1,0 +1,126 @@
+"""The runtime's one error tree.
+
+Every failure a capsule, a model or the memory budget can cause surfaces as a
+subclass of :class:`EdgeError`. Caller mistakes (wrong types, ``k < 1``) raise
+``ValueError``/``TypeError`` instead: a bug is not a bad capsule.
+
+Messages are lower case, carry the numbers, and never contain key material,
+plaintext or the position where authentication failed.
+
+Example::
+
+    try:
+        capsule = open_capsule(path, trusted_keys=keys, identities=[device_key])
+    except CapsuleError as exc:
+        print(f"edge: error: {exc}")
+
+Source: FORMAT.md §9 (error classes and vector ``expect`` words).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+
+class EdgeError(Exception):
+    """Base of every error the runtime raises on purpose."""
+
+
+class CapsuleError(EdgeError):
+    """The capsule must not be used."""
+
+    expect = "capsule"
+
+
+class CapsuleFormatError(CapsuleError):
+    """Bad magic, unknown version, malformed header, section table or manifest."""
+
+    expect = "format"
+
+
+class IntegrityError(CapsuleError):
+    """A section's length or sha256 differs from what the signed manifest says."""
+
+    expect = "integrity"
+
+
+class SignatureError(CapsuleError):
+    """Fewer valid signatures by trusted keys than the threshold requires."""
+
+    expect = "signature"
+
+
+class DecryptionError(CapsuleError):
+    """Authenticated decryption failed, or no identity unwraps the content key.
+
+    Always the same opaque message (compare Fernet's ``InvalidToken``).
+    """
+
+    expect = "decryption"
+
+
+class ExpiredCapsuleError(CapsuleError):
+    """``now >= expires_at``."""
+
+    expect = "expired"
+
+    def __init__(self, message: str, *, expires_at: datetime, now: datetime) -> None:
+        super().__init__(message)
+        self.expires_at = expires_at
+        self.now = now
+
+
+class NotYetValidError(CapsuleError):
+    """``now < not_before``."""
+
+    expect = "not-yet-valid"
+
+    def __init__(self, message: str, *, not_before: datetime, now: datetime) -> None:
+        super().__init__(message)
+        self.not_before = not_before
+        self.now = now
+
+
+class RuleViolationError(CapsuleError):
+    """The manifest's rules forbid this use, or name a rule this runtime lacks."""
+
+    expect = "rule"
+
+
+class BudgetExceededError(EdgeError):
+    """The operation would exceed the memory budget."""
+
+    expect = "over-budget"
+
+    def __init__(self, message: str, *, requested_bytes: int, available_bytes: int) -> None:
+        super().__init__(message)
+        self.requested_bytes = requested_bytes
+        self.available_bytes = available_bytes
+
+
+class ModelError(EdgeError):
+    """Model missing, hash mismatch, or unexpected input/output shape."""
+
+    expect = "model"
+
+
+class FrameDecodeError(CapsuleError):
+    """A frame cannot be decoded, or its QR payload is malformed."""
+
+    expect = "frame"
+
+
+__all__ = [
+    "EdgeError",
+    "CapsuleError",
+    "CapsuleFormatError",
+    "IntegrityError",
+    "SignatureError",
+    "DecryptionError",
+    "ExpiredCapsuleError",
+    "NotYetValidError",
+    "RuleViolationError",
+    "BudgetExceededError",
+    "ModelError",
+    "FrameDecodeError",
+]

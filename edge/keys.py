@@ -1,0 +1,146 @@
+"""Key files: Ed25519 publisher keys and X25519 device identities.
+
+Public keys are PEM SubjectPublicKeyInfo files; private keys are unencrypted PEM
+PKCS#8 files that must not be readable by group or others (like ssh's private
+keys). Parsing is pyca/cryptography's; this module only checks types and
+permissions and computes key ids.
+
+Example::
+
+    trusted = [load_public_key("publisher.pub")]
+    identity = load_identity("device.key")       # X25519PrivateKey
+    keyid(trusted[0])                            # 64 hex chars
+
+Source: FORMAT.md §7 (X25519 recipients), §9 (key ids).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+MAX_KEY_FILE_BYTES = 16 * 1024
+
+
+class KeyFileError(ValueError):
+    """A key file is missing, malformed, of the wrong type, or too widely readable."""
+
+
+@dataclass(frozen=True)
+class Passphrase:
+    """A passphrase identity for scrypt stanzas (FORMAT.md §7). ``secret`` is UTF-8 bytes."""
+
+    secret: bytes
+
+    def __repr__(self) -> str:  # never show the secret
+        return "Passphrase(<hidden>)"
+
+
+def raw_public_bytes(key: Ed25519PublicKey | X25519PublicKey) -> bytes:
+    """Return the 32 raw bytes of an Ed25519 or X25519 public key."""
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def keyid(key: Ed25519PublicKey | X25519PublicKey) -> str:
+    """Return the key id: SHA-256 of the raw 32-byte public key, 64 hex chars (FORMAT.md §9)."""
+    return hashlib.sha256(raw_public_bytes(key)).hexdigest()
+
+
+def _read(path: str | os.PathLike[str], *, private: bool) -> bytes:
+    path = Path(path)
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise KeyFileError(f"key file {path} is not a regular file")
+    if info.st_size > MAX_KEY_FILE_BYTES:
+        raise KeyFileError(f"key file {path} is {info.st_size} bytes, limit is {MAX_KEY_FILE_BYTES}")
+    if private and info.st_mode & 0o077:
+        raise KeyFileError(
+            f"private key file {path} has mode {stat.S_IMODE(info.st_mode):o}; make it 600 (chmod 600 {path})"
+        )
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from None
+
+
+def load_public_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
+    """Load a trusted publisher key (PEM SubjectPublicKeyInfo, Ed25519).
+
+    Raises:
+        KeyFileError: unreadable, not PEM, or not an Ed25519 public key.
+    """
+    data = _read(path, private=False)
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError):
+        raise KeyFileError(f"{path} is not a PEM public key") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise KeyFileError(f"{path} is not an Ed25519 public key (a publisher key is needed)")
+    return key
+
+
+def load_recipient_key(path: str | os.PathLike[str]) -> X25519PublicKey:
+    """Load a device's public key (PEM SubjectPublicKeyInfo, X25519).
+
+    Raises:
+        KeyFileError: unreadable, not PEM, or not an X25519 public key.
+    """
+    data = _read(path, private=False)
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError):
+        raise KeyFileError(f"{path} is not a PEM public key") from None
+    if not isinstance(key, X25519PublicKey):
+        raise KeyFileError(f"{path} is not an X25519 device public key")
+    return key
+
+
+def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey | X25519PrivateKey:
+    """Load an unencrypted PEM PKCS#8 private key of either type; the file must be mode 600.
+
+    Raises:
+        KeyFileError: unreadable, readable by group/others, not PEM, or another key type.
+    """
+    data = _read(path, private=True)
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        raise KeyFileError(f"{path} is not an unencrypted PEM private key") from None
+    if not isinstance(key, (Ed25519PrivateKey, X25519PrivateKey)):
+        raise KeyFileError(f"{path} is neither an Ed25519 nor an X25519 private key")
+    return key
+
+
+def load_identity(path: str | os.PathLike[str]) -> X25519PrivateKey:
+    """Load a device identity (X25519 private key, mode 600).
+
+    Raises:
+        KeyFileError: see ``load_private_key``; or the key is not X25519.
+    """
+    key = load_private_key(path)
+    if not isinstance(key, X25519PrivateKey):
+        raise KeyFileError(f"{path} is not an X25519 device key")
+    return key
+
+
+def load_passphrase(path: str | os.PathLike[str]) -> Passphrase:
+    """Read a passphrase file (first line, UTF-8, without the newline; mode 600).
+
+    Raises:
+        KeyFileError: unreadable, too open, or empty.
+    """
+    data = _read(path, private=True)
+    line = data.split(b"\n", 1)[0].rstrip(b"\r")
+    if not line:
+        raise KeyFileError(f"passphrase file {path} is empty")
+    return Passphrase(line)

@@ -1,0 +1,558 @@
+"""The capsule manifest: canonical JSON in, a checked frozen ``Manifest`` out.
+
+This module owns FORMAT.md §4 (fields), §7 (stanza shapes) and §9 (the SIGS JSON):
+strict parsing of untrusted bytes and the canonical serialisation the writer
+signs. It does no IO, no crypto and reads no clock: callers pass ``now``.
+
+Example::
+
+    manifest = parse_manifest(mani_bytes)        # after the signature checked out
+    manifest.check_validity(now)                 # ExpiredCapsuleError / NotYetValidError
+    manifest.sections["VIDE"].sha256
+
+Source: FORMAT.md §4, §7, §9.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from .errors import CapsuleFormatError, ExpiredCapsuleError, NotYetValidError, RuleViolationError
+
+FORMAT_ID = "edge-capsule/1"
+MAX_INT = (1 << 53) - 1
+MAX_RECIPIENTS = 1024
+MAX_SIGNATURES = 16
+SCRYPT_LOG_N_RANGE = (10, 18)
+MAX_PLAINTEXT_LIMIT = 1 << 20
+#: Rules this runtime implements (FORMAT.md §4.2). Others fail closed unless optional.
+KNOWN_RULES: frozenset[str] = frozenset()
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
+_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
+
+
+# ---------------------------------------------------------------------------
+# Canonical JSON
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Return the canonical UTF-8 JSON encoding of ``obj`` (FORMAT.md §4).
+
+    Raises:
+        ValueError: ``obj`` holds a float or an integer outside ``[0, 2^53)``.
+    """
+    _check_encodable(obj)
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _check_encodable(obj: Any) -> None:
+    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
+        return
+    if isinstance(obj, int):
+        if not 0 <= obj <= MAX_INT:
+            raise ValueError(f"integer {obj} outside 0..2^53-1")
+        return
+    if isinstance(obj, float):
+        raise ValueError("floats are not allowed in canonical JSON")
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if not isinstance(key, str):
+                raise ValueError("object keys must be strings")
+            _check_encodable(value)
+        return
+    if isinstance(obj, (list, tuple)):
+        for value in obj:
+            _check_encodable(value)
+        return
+    raise ValueError(f"type {type(obj).__name__} is not JSON")
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise CapsuleFormatError(f"duplicate key {key!r} in JSON")
+        result[key] = value
+    return result
+
+
+def _reject_float(text: str) -> Any:
+    raise CapsuleFormatError(f"float {text} in JSON (integers only)")
+
+
+def parse_canonical_json(data: bytes, *, what: str) -> Any:
+    """Parse canonical JSON strictly; refuse anything with a second encoding.
+
+    Args:
+        data: the untrusted bytes.
+        what: what is being parsed, for messages ("manifest", "signatures").
+
+    Raises:
+        CapsuleFormatError: not UTF-8, not JSON, duplicate keys, floats,
+            NaN/Infinity, or bytes that differ from the canonical re-encoding.
+
+    Source: FORMAT.md §4.
+    """
+    try:
+        text = bytes(data).decode("utf-8", errors="strict")
+        obj = json.loads(
+            text,
+            object_pairs_hook=_reject_duplicates,
+            parse_float=_reject_float,
+            parse_constant=_reject_float,
+        )
+    except CapsuleFormatError as exc:
+        raise CapsuleFormatError(f"{what}: {exc}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise CapsuleFormatError(f"{what} is not valid UTF-8 JSON ({type(exc).__name__})") from None
+    try:
+        again = canonical_json(obj)
+    except ValueError as exc:
+        raise CapsuleFormatError(f"{what}: {exc}") from None
+    if again != bytes(data):
+        raise CapsuleFormatError(f"{what} is not in canonical JSON form")
+    return obj
+
+
+# ---------------------------------------------------------------------------
+# Field readers: each raises CapsuleFormatError naming the field path.
+
+
+class _Obj:
+    """A dict being read field by field; unknown keys are refused at ``done()``."""
+
+    def __init__(self, value: Any, path: str) -> None:
+        if not isinstance(value, dict):
+            raise CapsuleFormatError(f"{path} must be an object")
+        self.value = value
+        self.path = path
+        self.seen: set[str] = set()
+
+    def get(self, key: str) -> Any:
+        self.seen.add(key)
+        if key not in self.value:
+            raise CapsuleFormatError(f"{self.path}.{key} is missing")
+        return self.value[key]
+
+    def int(self, key: str, low: int = 0, high: int = MAX_INT) -> int:
+        value = self.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise CapsuleFormatError(f"{self.path}.{key} must be an integer in {low}..{high}")
+        return value
+
+    def str(self, key: str, pattern: re.Pattern[str] | None = None, max_len: int = 256,
+            choices: tuple[str, ...] | None = None) -> str:
+        value = self.get(key)
+        if not isinstance(value, str) or len(value) > max_len:
+            raise CapsuleFormatError(f"{self.path}.{key} must be a string of at most {max_len} chars")
+        if pattern is not None and not pattern.fullmatch(value):
+            raise CapsuleFormatError(f"{self.path}.{key} is malformed")
+        if choices is not None and value not in choices:
+            raise CapsuleFormatError(f"{self.path}.{key} is {value!r}, expected one of {', '.join(choices)}")
+        return value
+
+    def bool(self, key: str) -> bool:
+        value = self.get(key)
+        if not isinstance(value, bool):
+            raise CapsuleFormatError(f"{self.path}.{key} must be true or false")
+        return value
+
+    def b64(self, key: str, n_bytes: int | None = None, max_bytes: int = 1024) -> bytes:
+        value = self.str(key, max_len=4 * max_bytes // 3 + 4)
+        try:
+            raw = base64.b64decode(value.encode("ascii"), validate=True)
+        except (binascii.Error, UnicodeEncodeError):
+            raise CapsuleFormatError(f"{self.path}.{key} is not base64") from None
+        if base64.b64encode(raw).decode("ascii") != value:
+            raise CapsuleFormatError(f"{self.path}.{key} is not canonical base64")
+        if n_bytes is not None and len(raw) != n_bytes:
+            raise CapsuleFormatError(f"{self.path}.{key} is {len(raw)} bytes, expected {n_bytes}")
+        return raw
+
+    def time(self, key: str) -> datetime:
+        value = self.str(key, _TIME, max_len=20)
+        try:
+            return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+        except ValueError:
+            raise CapsuleFormatError(f"{self.path}.{key} is not a valid UTC time") from None
+
+    def obj(self, key: str) -> "_Obj":
+        return _Obj(self.get(key), f"{self.path}.{key}")
+
+    def list(self, key: str, low: int, high: int) -> list[Any]:
+        value = self.get(key)
+        if not isinstance(value, list) or not low <= len(value) <= high:
+            raise CapsuleFormatError(f"{self.path}.{key} must be a list of {low}..{high} items")
+        return value
+
+    def done(self) -> None:
+        extra = sorted(set(self.value) - self.seen)
+        if extra:
+            raise CapsuleFormatError(f"{self.path} has unknown key(s) {', '.join(extra)}")
+
+
+def format_time(value: datetime) -> str:
+    """Return ``value`` (timezone-aware) as ``YYYY-MM-DDTHH:MM:SSZ`` in UTC."""
+    if value.tzinfo is None:
+        raise ValueError("timestamps must be timezone-aware")
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# ---------------------------------------------------------------------------
+# The manifest
+
+
+@dataclass(frozen=True)
+class SectionDigest:
+    """Length (bytes) and sha256 (hex) the manifest records for a section."""
+
+    length: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The embedding model a capsule was built with (FORMAT.md §4.3)."""
+
+    name: str
+    family: str
+    sha256: str
+    tokenizer_sha256: str
+    dim: int
+    pooling: str
+    normalization: str
+    max_tokens: int
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    """Annoy index parameters (FORMAT.md §4.4)."""
+
+    dim: int
+    metric: str
+    n_items: int
+    n_trees: int
+    seed: int
+    search_k: int
+    encryption: str
+
+    @property
+    def node_bytes(self) -> int:
+        """Bytes per Annoy node for the angular metric: 12 + 4 * dim."""
+        return 12 + 4 * self.dim
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """MP4/H.264/QR parameters (FORMAT.md §4.5)."""
+
+    codec: str
+    profile: str
+    width: int
+    height: int
+    pix_fmt: str
+    crf: int
+    fps: int
+    n_frames: int
+    extradata: bytes
+    qr_version: int
+    qr_ec_level: str
+    pixels_per_module: int
+    quiet_zone_modules: int
+
+
+@dataclass(frozen=True)
+class Stanza:
+    """One wrapped copy of the content key (FORMAT.md §7).
+
+    ``type`` is ``"x25519"`` (``epk`` set) or ``"scrypt"`` (``salt``/``log_n`` set).
+    """
+
+    type: str
+    body: bytes
+    epk: bytes = b""
+    salt: bytes = b""
+    log_n: int = 0
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A parsed, structurally checked manifest. Exists only for signed bytes.
+
+    Times are timezone-aware UTC datetimes. ``raw`` keeps the exact signed bytes.
+
+    Source: FORMAT.md §4.
+    """
+
+    capsule_id: str
+    name: str
+    version: int
+    publisher_keyid: str
+    publisher_name: str
+    issued_at: datetime
+    not_before: datetime
+    expires_at: datetime
+    rules: dict[str, Any]
+    model: ModelInfo
+    chunk_max_tokens: int
+    chunk_overlap_tokens: int
+    index: IndexInfo
+    video: VideoInfo
+    max_plaintext_bytes: int
+    n_chunks: int
+    n_documents: int
+    sections: dict[str, SectionDigest]
+    recipients: tuple[Stanza, ...]
+    builder: dict[str, str]
+    raw: bytes = field(repr=False, default=b"")
+
+    @property
+    def capsule_id_bytes(self) -> bytes:
+        """The 16 raw bytes of ``capsule_id``."""
+        return bytes.fromhex(self.capsule_id)
+
+    def check_validity(self, now: datetime) -> None:
+        """Raise unless ``not_before <= now < expires_at``.
+
+        Args:
+            now: timezone-aware current time.
+
+        Raises:
+            ExpiredCapsuleError: ``now >= expires_at``.
+            NotYetValidError: ``now < not_before``.
+
+        Source: FORMAT.md §4.1.
+        """
+        if now.tzinfo is None:
+            raise ValueError("now must be timezone-aware")
+        if now >= self.expires_at:
+            raise ExpiredCapsuleError(
+                f"capsule expired at {format_time(self.expires_at)} (now {format_time(now)})",
+                expires_at=self.expires_at, now=now,
+            )
+        if now < self.not_before:
+            raise NotYetValidError(
+                f"capsule is not valid before {format_time(self.not_before)} (now {format_time(now)})",
+                not_before=self.not_before, now=now,
+            )
+
+    def check_rules(self) -> None:
+        """Raise if a required rule is one this runtime does not implement.
+
+        Raises:
+            RuleViolationError: a rule without ``"optional": true`` is unknown.
+
+        Source: FORMAT.md §4.2.
+        """
+        for name, body in self.rules.items():
+            if name not in KNOWN_RULES and not body.get("optional", False):
+                raise RuleViolationError(f"capsule requires rule {name!r}, which this runtime does not implement")
+
+
+def parse_manifest(data: bytes) -> Manifest:
+    """Parse and structurally check manifest bytes.
+
+    Call only on bytes whose signature has been verified.
+
+    Args:
+        data: the MANI section.
+
+    Returns:
+        The ``Manifest``; ``raw`` is ``data``.
+
+    Raises:
+        CapsuleFormatError: not canonical JSON, a missing, unknown or malformed
+            field, or values that contradict each other.
+
+    Source: FORMAT.md §4.
+    """
+    top = _Obj(parse_canonical_json(data, what="manifest"), "manifest")
+    if top.str("format") != FORMAT_ID:
+        raise CapsuleFormatError(f"manifest.format is not {FORMAT_ID!r}")
+    capsule_id = top.str("capsule_id", _HEX32, 32)
+    name = top.str("name", _NAME, 64)
+    version = top.int("version", 1)
+    pub = top.obj("publisher")
+    publisher_keyid = pub.str("keyid", _HEX64, 64)
+    publisher_name = pub.str("name", max_len=128)
+    pub.done()
+    issued_at = top.time("issued_at")
+    not_before = top.time("not_before")
+    expires_at = top.time("expires_at")
+    if expires_at <= not_before:
+        raise CapsuleFormatError("manifest.expires_at is not after not_before")
+
+    rules_obj = top.obj("rules")
+    rules: dict[str, Any] = {}
+    for rule_name in rules_obj.value:
+        if not _NAME.fullmatch(rule_name):
+            raise CapsuleFormatError(f"manifest.rules has a malformed rule name")
+        body = rules_obj.obj(rule_name)
+        body.bool("optional")
+        rules[rule_name] = dict(body.value)
+    rules_obj.done()
+
+    m = top.obj("model")
+    model = ModelInfo(
+        name=m.str("name", max_len=128),
+        family=m.str("family", choices=("onnx",)),
+        sha256=m.str("sha256", _HEX64, 64),
+        tokenizer_sha256=m.str("tokenizer_sha256", _HEX64, 64),
+        dim=m.int("dim", 1, 4096),
+        pooling=m.str("pooling", choices=("mean",)),
+        normalization=m.str("normalization", choices=("l2",)),
+        max_tokens=m.int("max_tokens", 1, 8192),
+    )
+    m.done()
+
+    c = top.obj("chunking")
+    chunk_max_tokens = c.int("max_tokens", 1, 8192)
+    chunk_overlap_tokens = c.int("overlap_tokens", 0, 8192)
+    c.done()
+
+    n_chunks = top.int("n_chunks", 1, (1 << 32) - 1)
+    n_documents = top.int("n_documents", 1, 1 << 24)
+
+    i = top.obj("index")
+    i.str("format", choices=("annoy",))
+    if i.get("projection") is not None:
+        raise CapsuleFormatError("manifest.index.projection must be null in format 1.0")
+    index = IndexInfo(
+        dim=i.int("dim", 1, 4096),
+        metric=i.str("metric", choices=("angular",)),
+        n_items=i.int("n_items", 1, (1 << 32) - 1),
+        n_trees=i.int("n_trees", 1, 1024),
+        seed=i.int("seed", 0, (1 << 31) - 1),
+        search_k=i.int("search_k", 1, 1 << 31),
+        encryption=i.str("encryption", choices=("chacha20poly1305-stream", "none")),
+    )
+    i.done()
+    if index.n_items != n_chunks:
+        raise CapsuleFormatError(f"manifest.index.n_items is {index.n_items}, n_chunks is {n_chunks}")
+    if index.dim != model.dim:
+        raise CapsuleFormatError(f"manifest.index.dim is {index.dim}, model.dim is {model.dim}")
+
+    v = top.obj("video")
+    v.str("container", choices=("mp4",))
+    if v.int("gop", 1, 1) != 1:
+        raise CapsuleFormatError("manifest.video.gop must be 1")
+    q = v.obj("qr")
+    video = VideoInfo(
+        codec=v.str("codec", choices=("h264", "hevc")),
+        profile=v.str("profile", max_len=64),
+        width=v.int("width", 21, 4096),
+        height=v.int("height", 21, 4096),
+        pix_fmt=v.str("pix_fmt", choices=("yuv420p",)),
+        crf=v.int("crf", 0, 63),
+        fps=v.int("fps", 1, 240),
+        n_frames=v.int("n_frames", 1, 1 << 24),
+        extradata=v.b64("extradata", max_bytes=4096),
+        qr_version=q.int("version", 1, 40),
+        qr_ec_level=q.str("ec_level", choices=("L", "M", "Q", "H")),
+        pixels_per_module=q.int("pixels_per_module", 1, 16),
+        quiet_zone_modules=q.int("quiet_zone_modules", 0, 16),
+    )
+    q.done()
+    v.done()
+
+    p = top.obj("payload")
+    p.str("aead", choices=("chacha20poly1305",))
+    p.str("compression", choices=("deflate-raw",))
+    p.str("layout", choices=("frame-v1",))
+    max_plaintext_bytes = p.int("max_plaintext_bytes", 16, MAX_PLAINTEXT_LIMIT)
+    p.done()
+
+    s = top.obj("sections")
+    sections = {}
+    for tag in ("DOCS", "FTAB", "INDX", "VIDE"):
+        d = s.obj(tag)
+        sections[tag] = SectionDigest(d.int("length", 1), d.str("sha256", _HEX64, 64))
+        d.done()
+    s.done()
+
+    recipients = []
+    for n, raw in enumerate(top.list("recipients", 1, MAX_RECIPIENTS)):
+        st = _Obj(raw, f"manifest.recipients[{n}]")
+        kind = st.str("type", choices=("x25519", "scrypt"))
+        body = st.b64("body", 48)
+        if kind == "x25519":
+            recipients.append(Stanza(kind, body, epk=st.b64("epk", 32)))
+        else:
+            low, high = SCRYPT_LOG_N_RANGE
+            recipients.append(Stanza(kind, body, salt=st.b64("salt", 16), log_n=st.int("log_n", low, high)))
+        st.done()
+
+    b = top.obj("builder")
+    builder = {"name": b.str("name", max_len=64), "version": b.str("version", max_len=64)}
+    b.done()
+    top.done()
+
+    return Manifest(
+        capsule_id=capsule_id, name=name, version=version,
+        publisher_keyid=publisher_keyid, publisher_name=publisher_name,
+        issued_at=issued_at, not_before=not_before, expires_at=expires_at,
+        rules=rules, model=model, chunk_max_tokens=chunk_max_tokens,
+        chunk_overlap_tokens=chunk_overlap_tokens, index=index, video=video,
+        max_plaintext_bytes=max_plaintext_bytes, n_chunks=n_chunks, n_documents=n_documents,
+        sections=sections, recipients=tuple(recipients), builder=builder, raw=bytes(data),
+    )
+
+
+def stanza_to_json(stanza: Stanza) -> dict[str, Any]:
+    """Return the manifest JSON object for ``stanza`` (FORMAT.md §7)."""
+    out: dict[str, Any] = {"type": stanza.type, "body": base64.b64encode(stanza.body).decode("ascii")}
+    if stanza.type == "x25519":
+        out["epk"] = base64.b64encode(stanza.epk).decode("ascii")
+    else:
+        out["salt"] = base64.b64encode(stanza.salt).decode("ascii")
+        out["log_n"] = stanza.log_n
+    return out
+
+
+@dataclass(frozen=True)
+class SignatureEntry:
+    """One Ed25519 signature from SIGS: signer key id (hex) and 64 raw bytes."""
+
+    keyid: str
+    sig: bytes
+
+
+def parse_signatures(data: bytes) -> tuple[SignatureEntry, ...]:
+    """Parse the SIGS section.
+
+    Raises:
+        CapsuleFormatError: not canonical JSON, 0 or more than 16 entries,
+            a malformed or duplicate key id, or a signature that is not 64 bytes.
+
+    Source: FORMAT.md §9.
+    """
+    top = _Obj(parse_canonical_json(data, what="signatures"), "signatures")
+    entries = []
+    seen = set()
+    for n, raw in enumerate(top.list("signatures", 1, MAX_SIGNATURES)):
+        e = _Obj(raw, f"signatures[{n}]")
+        keyid = e.str("keyid", _HEX64, 64)
+        sig = e.b64("sig", 64)
+        e.done()
+        if keyid in seen:
+            raise CapsuleFormatError(f"signatures list key {keyid[:16]} twice")
+        seen.add(keyid)
+        entries.append(SignatureEntry(keyid, sig))
+    top.done()
+    return tuple(entries)
+
+
+def signatures_to_bytes(entries: list[SignatureEntry]) -> bytes:
+    """Serialise signatures to canonical SIGS bytes (FORMAT.md §9)."""
+    return canonical_json(
+        {"signatures": [{"keyid": e.keyid, "sig": base64.b64encode(e.sig).decode("ascii")} for e in entries]}
+    )

@@ -1,0 +1,330 @@
+"""Authenticated decryption of capsule content: key unwrap, STREAM sections, frames.
+
+Owns FORMAT.md §6 (frame payloads), §7 (recipient stanzas) and §8 (key
+derivation, STREAM). Functions take bytes and keys and return bytes; no file IO.
+Every authentication failure raises the same opaque ``DecryptionError``.
+
+Example::
+
+    content_key = unwrap_content_key(manifest, [device_key])
+    keys = derive_keys(content_key, manifest.capsule_id_bytes)
+    docs_json = open_stream(keys.docs, docs_section)
+    records = open_frame(keys.payload, qr_bytes, manifest=manifest, frame_index=3,
+                         first_chunk_id=12, n_slots=4)
+
+Source: FORMAT.md §6-§8; age-encryption.org/v1 (stanzas, STREAM); RFC 8439
+(ChaCha20-Poly1305, chosen over AES-GCM because the Raspberry Pi 4's Cortex-A72
+has no AES instructions); RFC 5869 (HKDF).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import struct
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from .errors import CapsuleFormatError, DecryptionError
+from .keys import Passphrase, raw_public_bytes
+from .manifest import SCRYPT_LOG_N_RANGE, Manifest, Stanza
+
+log = logging.getLogger(__name__)
+
+TAG_BYTES = 16
+KEY_BYTES = 32
+STREAM_SEGMENT_BYTES = 64 * 1024
+PAYLOAD_VERSION = 1
+RECORD_HEADER = struct.Struct("<IIII")  # doc_index, char_start, char_end, text_bytes
+
+INFO_X25519 = b"edge-capsule/v1/x25519"
+INFO_SCRYPT_SALT = b"edge-capsule/v1/scrypt"
+AD_STANZA = b"edge-capsule/v1/stanza"
+AD_FRAME = b"edge-capsule/v1/frame\x00"
+INFO_PAYLOAD = b"edge-capsule/v1/payload"
+INFO_INDEX = b"edge-capsule/v1/index"
+INFO_DOCS = b"edge-capsule/v1/docs"
+INFO_CONTENT_KEY = b"edge-capsule/v1/content-key"
+
+_DECRYPTION_FAILED = "decryption failed: wrong key, or the capsule was altered"
+
+
+def hkdf_sha256(ikm: bytes, *, salt: bytes, info: bytes, length: int = KEY_BYTES) -> bytes:
+    """Return HKDF-SHA256(ikm, salt, info) of ``length`` bytes (RFC 5869)."""
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm)
+
+
+def x25519_wrap_key(shared: bytes, epk: bytes, recipient: bytes) -> bytes:
+    """Return the stanza wrap key for an X25519 shared secret (FORMAT.md §7)."""
+    return hkdf_sha256(shared, salt=epk + recipient, info=INFO_X25519)
+
+
+def scrypt_wrap_key(passphrase: bytes, salt: bytes, log_n: int) -> bytes:
+    """Return the stanza wrap key for a passphrase; ``log_n`` is checked first (FORMAT.md §7).
+
+    Raises:
+        CapsuleFormatError: ``log_n`` outside 10..18 (bounded work, 256 MiB at most).
+    """
+    low, high = SCRYPT_LOG_N_RANGE
+    if not low <= log_n <= high:
+        raise CapsuleFormatError(f"scrypt work factor 2^{log_n} outside 2^{low}..2^{high}")
+    return Scrypt(salt=INFO_SCRYPT_SALT + salt, length=KEY_BYTES, n=1 << log_n, r=8, p=1).derive(passphrase)
+
+
+def stanza_ad(capsule_id: bytes) -> bytes:
+    """Associated data of a stanza body: binds the wrapped key to one capsule id."""
+    return AD_STANZA + capsule_id
+
+
+def _try_stanza(stanza: Stanza, identity: X25519PrivateKey | Passphrase, capsule_id: bytes) -> bytes | None:
+    if stanza.type == "x25519" and isinstance(identity, X25519PrivateKey):
+        try:
+            shared = identity.exchange(X25519PublicKey.from_public_bytes(stanza.epk))
+        except ValueError:  # all-zero shared secret (low-order point)
+            return None
+        wrap = x25519_wrap_key(shared, stanza.epk, raw_public_bytes(identity.public_key()))
+    elif stanza.type == "scrypt" and isinstance(identity, Passphrase):
+        wrap = scrypt_wrap_key(identity.secret, stanza.salt, stanza.log_n)
+    else:
+        return None
+    try:
+        return ChaCha20Poly1305(wrap).decrypt(bytes(12), stanza.body, stanza_ad(capsule_id))
+    except InvalidTag:
+        return None
+
+
+def unwrap_content_key(manifest: Manifest, identities: Sequence[X25519PrivateKey | Passphrase]) -> bytes:
+    """Return the 32-byte content key from the first stanza an identity opens.
+
+    Args:
+        manifest: the verified manifest.
+        identities: device X25519 private keys and/or passphrases, tried in order.
+
+    Raises:
+        DecryptionError: no identity opens any stanza (one opaque message).
+
+    Source: FORMAT.md §7.
+    """
+    capsule_id = manifest.capsule_id_bytes
+    for identity in identities:
+        for stanza in manifest.recipients:
+            key = _try_stanza(stanza, identity, capsule_id)
+            if key is not None:
+                return key
+    log.warning("no identity opens any of the %d recipient stanzas", len(manifest.recipients))
+    raise DecryptionError("no recipient stanza opens with the given identity: this capsule is not for this device")
+
+
+@dataclass(frozen=True)
+class ContentKeys:
+    """Per-purpose 32-byte keys derived from the content key (FORMAT.md §8)."""
+
+    payload: bytes
+    index: bytes
+    docs: bytes
+
+    def __repr__(self) -> str:
+        return "ContentKeys(<hidden>)"
+
+
+def derive_keys(content_key: bytes, capsule_id: bytes) -> ContentKeys:
+    """Derive the payload, index and docs keys (FORMAT.md §8)."""
+    return ContentKeys(
+        payload=hkdf_sha256(content_key, salt=capsule_id, info=INFO_PAYLOAD),
+        index=hkdf_sha256(content_key, salt=capsule_id, info=INFO_INDEX),
+        docs=hkdf_sha256(content_key, salt=capsule_id, info=INFO_DOCS),
+    )
+
+
+def _stream_nonce(counter: int, last: bool) -> bytes:
+    return counter.to_bytes(11, "big") + (b"\x01" if last else b"\x00")
+
+
+def stream_plaintext_bytes(sealed_bytes: int) -> int:
+    """Return the plaintext length of a STREAM ciphertext of ``sealed_bytes``.
+
+    Raises:
+        CapsuleFormatError: no plaintext length gives that ciphertext length.
+    """
+    full = STREAM_SEGMENT_BYTES + TAG_BYTES
+    n_full, rest = divmod(sealed_bytes, full)
+    if rest == 0 and n_full > 0:
+        return n_full * STREAM_SEGMENT_BYTES  # last segment is a full one
+    if rest < TAG_BYTES:
+        raise CapsuleFormatError(f"encrypted section of {sealed_bytes} bytes has a truncated segment")
+    return n_full * STREAM_SEGMENT_BYTES + rest - TAG_BYTES
+
+
+def iter_open_stream(key: bytes, sealed: bytes | memoryview) -> Iterator[bytes]:
+    """Yield the plaintext segments of a STREAM ciphertext, each authenticated.
+
+    Memory use is one 64 KiB segment at a time.
+
+    Raises:
+        CapsuleFormatError: the length fits no plaintext length.
+        DecryptionError: a segment fails authentication (altered, reordered, truncated).
+
+    Source: FORMAT.md §8; age STREAM.
+    """
+    stream_plaintext_bytes(len(sealed))
+    aead = ChaCha20Poly1305(key)
+    view = memoryview(sealed)
+    full = STREAM_SEGMENT_BYTES + TAG_BYTES
+    n_segments = max(1, -(-len(view) // full))
+    for counter in range(n_segments):
+        segment = view[counter * full:(counter + 1) * full]
+        try:
+            yield aead.decrypt(_stream_nonce(counter, counter == n_segments - 1), bytes(segment), None)
+        except InvalidTag:
+            log.warning("STREAM segment %d of %d fails authentication", counter, n_segments)
+            raise DecryptionError(_DECRYPTION_FAILED) from None
+
+
+def open_stream(key: bytes, sealed: bytes | memoryview) -> bytes:
+    """Return the whole plaintext of a STREAM ciphertext (for small sections).
+
+    Raises:
+        CapsuleFormatError, DecryptionError: see ``iter_open_stream``.
+    """
+    return b"".join(iter_open_stream(key, sealed))
+
+
+def seal_stream(key: bytes, plaintext_segments: Iterable[bytes]) -> Iterator[bytes]:
+    """Yield STREAM ciphertext for plaintext given in any pieces (writer side).
+
+    Source: FORMAT.md §8.
+    """
+    aead = ChaCha20Poly1305(key)
+    buffer = bytearray()
+    counter = 0
+    for piece in plaintext_segments:
+        buffer += piece
+        while len(buffer) > STREAM_SEGMENT_BYTES:  # keep >= 1 byte for the last segment
+            yield aead.encrypt(_stream_nonce(counter, False), bytes(buffer[:STREAM_SEGMENT_BYTES]), None)
+            del buffer[:STREAM_SEGMENT_BYTES]
+            counter += 1
+    yield aead.encrypt(_stream_nonce(counter, True), bytes(buffer), None)
+
+
+def frame_nonce(frame_index: int) -> bytes:
+    """Return the 12-byte nonce of frame ``frame_index``: 4 zero bytes + u64 big-endian."""
+    return bytes(4) + frame_index.to_bytes(8, "big")
+
+
+def frame_ad(manifest_capsule_id: bytes, version: int, frame_index: int, first_chunk_id: int, n_slots: int) -> bytes:
+    """Return a frame's associated data (FORMAT.md §6)."""
+    return AD_FRAME + manifest_capsule_id + struct.pack("<QQII", version, frame_index, first_chunk_id, n_slots)
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    """One chunk as stored in a frame: source position and text (FORMAT.md §6)."""
+
+    doc_index: int
+    char_start: int
+    char_end: int
+    text: str
+
+
+def inflate_bounded(data: bytes, max_bytes: int) -> bytes:
+    """Inflate raw DEFLATE, refusing output beyond ``max_bytes``.
+
+    Raises:
+        CapsuleFormatError: corrupt stream, trailing data, or output over the bound
+            (a decompression bomb).
+    """
+    d = zlib.decompressobj(wbits=-15)
+    try:
+        out = d.decompress(data, max_bytes)
+    except zlib.error:
+        raise CapsuleFormatError("frame payload does not inflate (corrupt DEFLATE stream)") from None
+    if d.unconsumed_tail:
+        raise CapsuleFormatError(f"frame payload inflates past the {max_bytes}-byte limit")
+    if not d.eof or d.unused_data:
+        raise CapsuleFormatError("frame payload DEFLATE stream is incomplete or has trailing data")
+    return out
+
+
+def parse_records(plaintext: bytes, n_slots: int, n_documents: int) -> list[ChunkRecord]:
+    """Split a frame plaintext into exactly ``n_slots`` records.
+
+    Raises:
+        CapsuleFormatError: records do not fill the plaintext exactly, their count
+            differs, a document index or position is out of range, or text is not UTF-8.
+    """
+    records = []
+    pos = 0
+    view = memoryview(plaintext)
+    while pos < len(view):
+        if len(view) - pos < RECORD_HEADER.size:
+            raise CapsuleFormatError("frame plaintext ends inside a record header")
+        doc_index, start, end, n = RECORD_HEADER.unpack_from(view, pos)
+        pos += RECORD_HEADER.size
+        if n > len(view) - pos:
+            raise CapsuleFormatError(f"record text of {n} bytes overruns the frame plaintext")
+        if doc_index >= n_documents or end <= start:
+            raise CapsuleFormatError(f"record names document {doc_index} chars {start}..{end}, out of range")
+        try:
+            text = str(view[pos:pos + n], "utf-8")
+        except UnicodeDecodeError:
+            raise CapsuleFormatError("record text is not valid UTF-8") from None
+        pos += n
+        records.append(ChunkRecord(doc_index, start, end, text))
+    if len(records) != n_slots:
+        raise CapsuleFormatError(f"frame holds {len(records)} chunk records, frame table says {n_slots}")
+    return records
+
+
+def open_frame(
+    payload_key: bytes,
+    qr_payload: bytes,
+    *,
+    manifest: Manifest,
+    frame_index: int,
+    first_chunk_id: int,
+    n_slots: int,
+) -> list[ChunkRecord]:
+    """Authenticate, decrypt and parse one frame's QR payload.
+
+    Args:
+        payload_key: from ``derive_keys``.
+        qr_payload: the raw bytes decoded from the frame's QR code.
+        manifest: the verified manifest (capsule id, version, limits).
+        frame_index: which frame the bytes came from (bound by nonce and AD).
+        first_chunk_id: FTAB's first chunk id for the frame.
+        n_slots: FTAB's chunk count for the frame.
+
+    Returns:
+        ``n_slots`` records in chunk order.
+
+    Raises:
+        CapsuleFormatError: unknown payload version, too short, or malformed plaintext.
+        DecryptionError: the AEAD rejects the payload (altered, moved or foreign).
+
+    Source: FORMAT.md §6.
+    """
+    if len(qr_payload) < 1 + TAG_BYTES:
+        raise CapsuleFormatError(f"frame {frame_index} payload is {len(qr_payload)} bytes, too short")
+    if qr_payload[0] != PAYLOAD_VERSION:
+        raise CapsuleFormatError(f"frame {frame_index} payload version {qr_payload[0]} is not {PAYLOAD_VERSION}")
+    ad = frame_ad(manifest.capsule_id_bytes, manifest.version, frame_index, first_chunk_id, n_slots)
+    try:
+        compressed = ChaCha20Poly1305(payload_key).decrypt(frame_nonce(frame_index), bytes(qr_payload[1:]), ad)
+    except InvalidTag:
+        log.warning("frame %d payload fails authentication", frame_index)
+        raise DecryptionError(_DECRYPTION_FAILED) from None
+    plaintext = inflate_bounded(compressed, manifest.max_plaintext_bytes)
+    return parse_records(plaintext, n_slots, manifest.n_documents)
+
+
+def sha256_hex(data: bytes | memoryview) -> str:
+    """Return the SHA-256 of ``data`` as 64 hex chars."""
+    return hashlib.sha256(data).hexdigest()
