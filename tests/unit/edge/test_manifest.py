@@ -1,0 +1,104 @@
+"""Manifest canonical JSON and strict parsing (FORMAT.md §4, §9)."""
+
+from datetime import datetime, timezone
+
+import pytest
+
+from edge.errors import CapsuleFormatError, ExpiredCapsuleError, NotYetValidError, RuleViolationError
+from edge.manifest import (
+    SignatureEntry,
+    canonical_json,
+    parse_manifest,
+    parse_signatures,
+    signatures_to_bytes,
+)
+
+
+def test_valid_manifest_parses(manifest_dict):
+    m = parse_manifest(canonical_json(manifest_dict))
+    assert m.version == 3 and m.index.node_bytes == 12 + 4 * 384
+    assert m.expires_at == datetime(2027, 11, 1, tzinfo=timezone.utc)
+    assert m.recipients[0].type == "x25519" and len(m.recipients[0].epk) == 32
+
+
+def test_non_canonical_whitespace_is_refused(manifest_dict):
+    data = canonical_json(manifest_dict).replace(b'"name":"sample"', b'"name": "sample"')
+    with pytest.raises(CapsuleFormatError, match="not in canonical JSON form"):
+        parse_manifest(data)
+
+
+def test_duplicate_key_is_refused(manifest_dict):
+    data = canonical_json(manifest_dict).replace(b'"name":"sample"', b'"name":"sample","name":"other"')
+    with pytest.raises(CapsuleFormatError, match="duplicate key 'name'"):
+        parse_manifest(data)
+
+
+def test_float_is_refused(manifest_dict):
+    data = canonical_json(manifest_dict).replace(b'"version":3', b'"version":3.0')
+    with pytest.raises(CapsuleFormatError, match="float"):
+        parse_manifest(data)
+
+
+def test_unknown_field_is_refused(manifest_dict):
+    manifest_dict["surprise"] = 1
+    with pytest.raises(CapsuleFormatError, match="unknown key"):
+        parse_manifest(canonical_json(manifest_dict))
+
+
+@pytest.mark.parametrize("path, value, message", [
+    (("capsule_id",), "XYZ", "capsule_id is malformed"),
+    (("version",), 0, "version must be an integer"),
+    (("expires_at",), "2027-11-01 00:00:00", "expires_at is malformed"),
+    (("expires_at",), "2026-10-01T00:00:00Z", "expires_at is not after not_before"),
+    (("index", "n_items"), 11, "n_items is 11, n_chunks is 10"),
+    (("index", "metric"), "euclidean", "metric is 'euclidean'"),
+    (("video", "gop"), 30, "gop must be an integer"),
+    (("recipients",), [], "list of 1..1024"),
+    (("payload", "max_plaintext_bytes"), 1 << 30, "max_plaintext_bytes must be"),
+])
+def test_bad_fields_are_named(manifest_dict, path, value, message):
+    target = manifest_dict
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    with pytest.raises(CapsuleFormatError, match=message):
+        parse_manifest(canonical_json(manifest_dict))
+
+
+def test_scrypt_work_factor_out_of_bounds_is_refused(manifest_dict):
+    manifest_dict["recipients"] = [{"type": "scrypt", "salt": "AAAAAAAAAAAAAAAAAAAAAA==", "log_n": 30,
+                                    "body": manifest_dict["recipients"][0]["body"]}]
+    with pytest.raises(CapsuleFormatError, match="log_n must be an integer in 10..18"):
+        parse_manifest(canonical_json(manifest_dict))
+
+
+def test_validity_window(manifest_dict):
+    m = parse_manifest(canonical_json(manifest_dict))
+    m.check_validity(datetime(2027, 1, 1, tzinfo=timezone.utc))
+    with pytest.raises(ExpiredCapsuleError, match=r"expired at 2027-11-01T00:00:00Z \(now 2027-11-01T00:00:00Z\)") as info:
+        m.check_validity(datetime(2027, 11, 1, tzinfo=timezone.utc))
+    assert info.value.expires_at == m.expires_at
+    with pytest.raises(NotYetValidError, match="not valid before 2026-11-01T00:00:00Z"):
+        m.check_validity(datetime(2026, 10, 31, 23, 59, 59, tzinfo=timezone.utc))
+
+
+def test_unknown_required_rule_fails_closed_but_optional_passes(manifest_dict):
+    manifest_dict["rules"] = {"future-rule": {"optional": True, "x": 1}}
+    parse_manifest(canonical_json(manifest_dict)).check_rules()
+    manifest_dict["rules"] = {"future-rule": {"optional": False}}
+    with pytest.raises(RuleViolationError, match="requires rule 'future-rule'"):
+        parse_manifest(canonical_json(manifest_dict)).check_rules()
+
+
+def test_signatures_round_trip_and_reject_duplicates():
+    entries = [SignatureEntry("aa" * 32, bytes(64)), SignatureEntry("bb" * 32, bytes(range(64)))]
+    assert list(parse_signatures(signatures_to_bytes(entries))) == entries
+    with pytest.raises(CapsuleFormatError, match="twice"):
+        parse_signatures(signatures_to_bytes([entries[0], entries[0]]))
+
+
+def test_canonical_json_refuses_floats_and_big_ints():
+    with pytest.raises(ValueError):
+        canonical_json({"a": 1.5})
+    with pytest.raises(ValueError):
+        canonical_json({"a": 1 << 60})

@@ -1,0 +1,160 @@
+"""Key wrap, STREAM and frame payload crypto, reader against writer (FORMAT.md §6-§9)."""
+
+import zlib
+from dataclasses import replace
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from edge.errors import CapsuleFormatError, DecryptionError, SignatureError
+from edge.keys import Passphrase
+from edge.manifest import canonical_json, parse_manifest
+from edge.sealed import (
+    STREAM_SEGMENT_BYTES,
+    derive_keys,
+    inflate_bounded,
+    open_frame,
+    open_stream,
+    stream_plaintext_bytes,
+    unwrap_content_key,
+)
+from edge.verify import verify_signatures
+from firmware_tools.sealing import (
+    FramePacker,
+    Randomness,
+    encode_record,
+    seal_frame,
+    sign_manifest,
+    wrap_for_device,
+    wrap_for_passphrase,
+)
+from edge.sealed import seal_stream
+
+CONTENT_KEY = bytes(range(32))
+
+
+def _manifest(manifest_dict, stanzas):
+    from edge.manifest import stanza_to_json
+
+    manifest_dict["recipients"] = [stanza_to_json(s) for s in stanzas]
+    return parse_manifest(canonical_json(manifest_dict))
+
+
+def test_device_stanza_opens_only_with_its_key(manifest_dict):
+    device, other = X25519PrivateKey.generate(), X25519PrivateKey.generate()
+    m = _manifest(manifest_dict, [wrap_for_device(CONTENT_KEY, device.public_key(), bytes(16), Randomness())])
+    m = replace(m, capsule_id="00" * 16)
+    assert unwrap_content_key(m, [device]) == CONTENT_KEY
+    with pytest.raises(DecryptionError, match="not for this device"):
+        unwrap_content_key(m, [other])
+
+
+def test_stanza_is_bound_to_capsule_id(manifest_dict):
+    device = X25519PrivateKey.generate()
+    stanza = wrap_for_device(CONTENT_KEY, device.public_key(), bytes(16), Randomness())
+    m = replace(_manifest(manifest_dict, [stanza]), capsule_id="11" * 16)
+    with pytest.raises(DecryptionError):
+        unwrap_content_key(m, [device])
+
+
+def test_passphrase_stanza(manifest_dict):
+    stanza = wrap_for_passphrase(CONTENT_KEY, Passphrase(b"correct horse"), bytes(16), Randomness(), log_n=10)
+    m = replace(_manifest(manifest_dict, [stanza]), capsule_id="00" * 16)
+    assert unwrap_content_key(m, [Passphrase(b"correct horse")]) == CONTENT_KEY
+    with pytest.raises(DecryptionError):
+        unwrap_content_key(m, [Passphrase(b"wrong horse")])
+
+
+def test_seeded_randomness_is_reproducible_and_os_randomness_is_not():
+    assert Randomness(b"s").take("a", 32) == Randomness(b"s").take("a", 32)
+    assert Randomness(b"s").take("a", 32) != Randomness(b"t").take("a", 32)
+    assert Randomness().take("a", 32) != Randomness().take("a", 32)
+
+
+@pytest.mark.parametrize("n_bytes", [0, 1, STREAM_SEGMENT_BYTES - 1, STREAM_SEGMENT_BYTES,
+                                     STREAM_SEGMENT_BYTES + 1, 3 * STREAM_SEGMENT_BYTES])
+def test_stream_round_trip_lengths(n_bytes):
+    data = bytes(i % 251 for i in range(n_bytes))
+    sealed = b"".join(seal_stream(CONTENT_KEY, [data[:7], data[7:]]))
+    assert stream_plaintext_bytes(len(sealed)) == n_bytes
+    assert open_stream(CONTENT_KEY, sealed) == data
+
+
+def test_stream_detects_truncation_at_segment_boundary_and_flips():
+    data = bytes(3 * STREAM_SEGMENT_BYTES)
+    sealed = b"".join(seal_stream(CONTENT_KEY, [data]))
+    segment = STREAM_SEGMENT_BYTES + 16
+    with pytest.raises(DecryptionError):  # drop the last segment: the new last lacks the last flag
+        open_stream(CONTENT_KEY, sealed[: 2 * segment])
+    flipped = bytearray(sealed)
+    flipped[segment + 5] ^= 1
+    with pytest.raises(DecryptionError):
+        open_stream(CONTENT_KEY, bytes(flipped))
+    with pytest.raises(CapsuleFormatError):
+        open_stream(CONTENT_KEY, sealed[: segment + 3])
+
+
+def _frame(manifest_dict, frame_index=2, first=4):
+    m = parse_manifest(canonical_json(manifest_dict))
+    keys = derive_keys(CONTENT_KEY, m.capsule_id_bytes)
+    records = [encode_record(0, 0, 5, "hello"), encode_record(1, 10, 16, "wörld!")]
+    packer = FramePacker(2953, 65536)
+    for r in records:
+        assert packer.add(r) == []
+    ((packed, compressed),) = packer.finish()
+    payload = seal_frame(keys.payload, compressed, capsule_id=m.capsule_id_bytes, version=m.version,
+                         frame_index=frame_index, first_chunk_id=first, n_slots=2)
+    return m, keys, payload
+
+
+def test_frame_round_trip(manifest_dict):
+    m, keys, payload = _frame(manifest_dict)
+    records = open_frame(keys.payload, payload, manifest=m, frame_index=2, first_chunk_id=4, n_slots=2)
+    assert [r.text for r in records] == ["hello", "wörld!"] and records[1].doc_index == 1
+
+
+@pytest.mark.parametrize("kwargs", [{"frame_index": 3}, {"first_chunk_id": 5}, {"n_slots": 3}])
+def test_frame_moved_to_another_frame_or_slot_fails(manifest_dict, kwargs):
+    m, keys, payload = _frame(manifest_dict)
+    args = dict(frame_index=2, first_chunk_id=4, n_slots=2) | kwargs
+    with pytest.raises(DecryptionError):
+        open_frame(keys.payload, payload, manifest=m, **args)
+
+
+def test_frame_from_another_version_fails(manifest_dict):
+    m, keys, payload = _frame(manifest_dict)
+    with pytest.raises(DecryptionError):
+        open_frame(keys.payload, payload, manifest=replace(m, version=4), frame_index=2, first_chunk_id=4, n_slots=2)
+
+
+def test_inflate_refuses_decompression_bomb():
+    bomb = zlib.compressobj(9, zlib.DEFLATED, -15)
+    data = bomb.compress(bytes(10_000_000)) + bomb.flush()
+    assert len(data) < 20_000
+    with pytest.raises(CapsuleFormatError, match="past the 65536-byte limit"):
+        inflate_bounded(data, 65536)
+
+
+def test_packer_splits_frames_by_compressed_capacity():
+    import random
+
+    rng = random.Random(1)
+    records = [encode_record(0, i, i + 1, "".join(rng.choice("abcdefghij ") for _ in range(600))) for i in range(20)]
+    packer = FramePacker(1000, 65536)
+    frames = [f for r in records for f in packer.add(r)] + packer.finish()
+    assert sum(len(f[0]) for f in frames) == 20 and len(frames) > 2
+    assert all(len(compressed) + 17 <= 1000 for _, compressed in frames)
+    assert [r for f in frames for r in f[0]] == records
+
+
+def test_signature_threshold():
+    keys = [Ed25519PrivateKey.generate() for _ in range(3)]
+    message = b'{"a":1}'
+    sigs = sign_manifest(message, keys[:2])
+    publics = [k.public_key() for k in keys]
+    assert len(verify_signatures(message, sigs, publics, threshold=2)) == 2
+    with pytest.raises(SignatureError, match="signed by 2/3 trusted keys"):
+        verify_signatures(message, sigs, publics, threshold=3)
+    with pytest.raises(SignatureError, match="signed by 0/1"):
+        verify_signatures(message + b" ", sigs, publics)
