@@ -1,0 +1,258 @@
+"""QueryEmbedder and find_model_dir against the committed int8 model (no mocks)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.embedder import (
+    DEFAULT_MAX_TOKENS,
+    EXPECTED_DIM,
+    QueryEmbedder,
+    find_model_dir,
+)
+from edge.errors import ModelError
+
+REPO_PATH = Path(__file__).resolve().parents[3]
+MODELS_PATH = REPO_PATH / "models"
+MODEL_DIR = MODELS_PATH / "all-MiniLM-L6-v2"
+
+
+def _listed_sha256(filename: str) -> str:
+    for line in (MODEL_DIR / "SHA256SUMS").read_text(encoding="ascii").splitlines():
+        digest, name = line.split()
+        if name == filename:
+            return digest
+    raise AssertionError(f"SHA256SUMS does not list {filename}")
+
+
+MODEL_SHA256 = _listed_sha256("model.int8.onnx")
+TOKENIZER_SHA256 = _listed_sha256("tokenizer.json")
+
+
+@pytest.fixture(scope="module")
+def embedder() -> QueryEmbedder:
+    return QueryEmbedder.open(
+        MODEL_DIR, expected_sha256=MODEL_SHA256, expected_tokenizer_sha256=TOKENIZER_SHA256
+    )
+
+
+@pytest.fixture(scope="module")
+def reference() -> tuple[list[str], np.ndarray]:
+    with np.load(MODEL_DIR / "reference_embeddings.npz", allow_pickle=False) as ref:
+        return [str(t) for t in ref["sentences"]], ref["embeddings"].astype(np.float32)
+
+
+def _long_text(reference: tuple[list[str], np.ndarray]) -> str:
+    return " ".join(reference[0] * 3)
+
+
+def test_properties(embedder: QueryEmbedder) -> None:
+    assert embedder.dim == EXPECTED_DIM == 384
+    assert embedder.sha256 == MODEL_SHA256
+    assert embedder.max_tokens == DEFAULT_MAX_TOKENS == 256
+    assert embedder.model_path == MODEL_DIR / "model.int8.onnx"
+    assert embedder.tokenizer_path == MODEL_DIR / "tokenizer.json"
+    assert embedder.tokenizer_sha256 == TOKENIZER_SHA256
+    assert embedder.metadata["edge.dim"] == "384"
+    assert embedder.metadata["edge.pooling"] == "mean"
+
+
+def test_parity_with_fp32_reference(
+    embedder: QueryEmbedder, reference: tuple[list[str], np.ndarray]
+) -> None:
+    sentences, fp32 = reference
+    assert len(sentences) >= 30 and fp32.shape == (len(sentences), 384)
+    cos = (embedder.embed(sentences) * fp32).sum(axis=1)  # both unit norm
+    assert cos.mean() >= 0.99, cos.mean()
+    assert cos.min() >= 0.98, cos.min()
+
+
+def test_output_shape_dtype_unit_norm(
+    embedder: QueryEmbedder, reference: tuple[list[str], np.ndarray]
+) -> None:
+    texts = reference[0][:5] + ["", "a", _long_text(reference)]
+    vectors = embedder.embed(texts)
+    assert vectors.shape == (len(texts), 384)
+    assert vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert embedder.embed([]).shape == (0, 384)
+
+
+def test_list_embed_equals_one_by_one(
+    embedder: QueryEmbedder, reference: tuple[list[str], np.ndarray]
+) -> None:
+    texts = reference[0]
+    together = embedder.embed(texts)
+    one_by_one = np.concatenate([embedder.embed([t]) for t in texts])
+    np.testing.assert_allclose(together, one_by_one, atol=1e-5)
+    reversed_ = embedder.embed(texts[::-1])
+    np.testing.assert_allclose(reversed_[::-1], together, atol=1e-5)
+
+
+def test_padded_batches_restore_order(
+    embedder: QueryEmbedder, reference: tuple[list[str], np.ndarray]
+) -> None:
+    # batch_size > 1 pads and runs texts together; dynamic int8 activation
+    # scales are per batch tensor, so vectors move a little, but each row
+    # must still be its own text's vector.
+    texts = reference[0]
+    single = embedder.embed(texts)
+    batched = embedder.embed(texts, batch_size=8)
+    assert batched.shape == single.shape
+    similarity = batched @ single.T
+    assert (similarity.argmax(axis=1) == np.arange(len(texts))).all()
+    assert np.diag(similarity).min() >= 0.95
+
+
+def test_truncates_at_max_tokens(
+    embedder: QueryEmbedder, reference: tuple[list[str], np.ndarray]
+) -> None:
+    from tokenizers import Tokenizer
+
+    long_text = _long_text(reference)
+    assert embedder.token_count(long_text) > 1000
+    offsets = embedder.tokenize_offsets(long_text)
+    prefix = long_text[: offsets[DEFAULT_MAX_TOKENS - 3][1]]  # 254 content tokens
+    assert embedder.token_count(prefix) == DEFAULT_MAX_TOKENS
+    # The prefix is exactly what the tokenizer's own truncation keeps.
+    hf = Tokenizer.from_file(str(MODEL_DIR / "tokenizer.json"))
+    hf.no_padding()
+    hf.enable_truncation(max_length=DEFAULT_MAX_TOKENS)
+    plain = Tokenizer.from_file(str(MODEL_DIR / "tokenizer.json"))
+    plain.no_padding()
+    plain.no_truncation()
+    assert hf.encode(long_text).ids == plain.encode(prefix).ids
+    np.testing.assert_array_equal(embedder.embed([long_text]), embedder.embed([prefix]))
+    assert not np.allclose(embedder.embed([long_text]), embedder.embed([long_text[:200]]))
+
+
+def test_smaller_max_tokens() -> None:
+    small = QueryEmbedder.open(MODEL_DIR, max_tokens=16)
+    text = "How can I find out what package produced a particular file on my Debian system?"
+    offsets = small.tokenize_offsets(text)
+    assert len(offsets) > 14
+    prefix = text[: offsets[13][1]]
+    np.testing.assert_array_equal(small.embed([text]), small.embed([prefix]))
+
+
+def test_token_count_and_offsets(embedder: QueryEmbedder) -> None:
+    text = "Why is it called Python? Unbelievably, it's the comedy group."
+    offsets = embedder.tokenize_offsets(text)
+    assert embedder.token_count(text) == len(offsets) + 2
+    assert offsets[0] == (0, 3) and text[0:3] == "Why"
+    previous_end = 0
+    for start, end in offsets:
+        assert previous_end <= start < end <= len(text)
+        previous_end = end
+    assert embedder.token_count("") == 2
+    assert embedder.tokenize_offsets("") == []
+
+
+def test_wrong_sha256_raises_model_error() -> None:
+    wrong = "0" * 64
+    with pytest.raises(ModelError) as info:
+        QueryEmbedder.open(MODEL_DIR, expected_sha256=wrong)
+    message = str(info.value)
+    assert "model.int8.onnx" in message and wrong in message and MODEL_SHA256 in message
+    wording = message.replace(str(MODEL_DIR / "model.int8.onnx"), "")
+    assert wording == wording.lower() and "\n" not in message
+
+
+def test_wrong_tokenizer_sha256_raises_model_error() -> None:
+    with pytest.raises(ModelError, match=f"tokenizer.json has sha256 {TOKENIZER_SHA256}"):
+        QueryEmbedder.open(MODEL_DIR, expected_tokenizer_sha256="1" * 64)
+
+
+def test_missing_dir_raises_model_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="does not exist"):
+        QueryEmbedder.open(tmp_path / "nope")
+
+
+def test_missing_model_file_raises_model_error(tmp_path: Path) -> None:
+    shutil.copyfile(MODEL_DIR / "tokenizer.json", tmp_path / "tokenizer.json")
+    with pytest.raises(ModelError, match="model.int8.onnx is missing"):
+        QueryEmbedder.open(tmp_path)
+
+
+def test_corrupt_model_raises_model_error(tmp_path: Path) -> None:
+    (tmp_path / "model.int8.onnx").write_bytes(b"not an onnx model")
+    shutil.copyfile(MODEL_DIR / "tokenizer.json", tmp_path / "tokenizer.json")
+    with pytest.raises(ModelError, match="cannot load"):
+        QueryEmbedder.open(tmp_path)
+
+
+def test_wrong_output_dim_raises_model_error(tmp_path: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    # input_ids -> Cast -> Unsqueeze: output [batch, seq] floats, not [batch, 384].
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["input_ids"], ["sentence_embedding"], to=TensorProto.FLOAT)],
+        "wrong_dim",
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", 8]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", 8]),
+        ],
+        [helper.make_tensor_value_info("sentence_embedding", TensorProto.FLOAT, ["batch", 8])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "model.int8.onnx"))
+    shutil.copyfile(MODEL_DIR / "tokenizer.json", tmp_path / "tokenizer.json")
+    with pytest.raises(ModelError, match="expected tensor\\(float\\) \\[batch, 384\\]"):
+        QueryEmbedder.open(tmp_path)
+
+
+def test_bad_arguments_raise_value_or_type_error(embedder: QueryEmbedder) -> None:
+    with pytest.raises(ValueError):
+        QueryEmbedder.open(MODEL_DIR, expected_sha256="abc")
+    with pytest.raises(ValueError):
+        QueryEmbedder.open(MODEL_DIR, max_tokens=513)
+    with pytest.raises(ValueError):
+        QueryEmbedder.open(MODEL_DIR, n_threads=0)
+    with pytest.raises(TypeError):
+        embedder.embed("a single string")
+    with pytest.raises(ValueError):
+        embedder.embed(["x"], batch_size=0)
+
+
+def test_find_model_dir_by_sha256() -> None:
+    assert find_model_dir(MODEL_SHA256, search_path=[MODELS_PATH]) == MODEL_DIR
+    assert find_model_dir(MODEL_SHA256, search_path=[MODEL_DIR]) == MODEL_DIR
+    assert find_model_dir(search_path=[MODELS_PATH]) == MODEL_DIR
+
+
+def test_find_model_dir_default_search_includes_repo_models(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("EDGE_MODEL_PATH", raising=False)
+    assert find_model_dir(MODEL_SHA256).resolve() == MODEL_DIR.resolve()
+
+
+def test_find_model_dir_env_var_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    copy = tmp_path / "models" / "copy"
+    copy.mkdir(parents=True)
+    for name in ("model.int8.onnx", "tokenizer.json", "SHA256SUMS"):
+        (copy / name).symlink_to(MODEL_DIR / name)
+    monkeypatch.setenv("EDGE_MODEL_PATH", f"{tmp_path / 'elsewhere'}:{tmp_path / 'models'}")
+    assert find_model_dir(MODEL_SHA256) == copy
+
+
+def test_find_model_dir_skips_a_lying_sha256sums(tmp_path: Path) -> None:
+    fake = tmp_path / "a-fake"
+    fake.mkdir()
+    (fake / "model.int8.onnx").write_bytes(b"something else")
+    (fake / "SHA256SUMS").write_text(f"{MODEL_SHA256}  model.int8.onnx\n", encoding="ascii")
+    assert find_model_dir(MODEL_SHA256, search_path=[tmp_path, MODELS_PATH]) == MODEL_DIR
+
+
+def test_find_model_dir_not_found_names_hash_and_dirs(tmp_path: Path) -> None:
+    wanted = "ab" * 32
+    with pytest.raises(ModelError) as info:
+        find_model_dir(wanted, search_path=[tmp_path, MODELS_PATH])
+    message = str(info.value)
+    assert wanted in message and str(tmp_path) in message and str(MODELS_PATH) in message
