@@ -469,14 +469,16 @@ def default_search_path() -> list[Path]:
     """Return the directories :func:`find_model_dir` searches, in order.
 
     Returns:
-        Each entry of ``$EDGE_MODEL_PATH`` (``os.pathsep``-separated), then
-        ``sys.prefix/share/edge-capsules/models``, then the source
-        checkout's ``models`` directory (next to the ``edge`` package).
+        When ``$EDGE_MODEL_PATH`` is set: its entries (``os.pathsep``-separated)
+        and nothing else, so an operator decides exactly which models a device
+        may use. Otherwise ``sys.prefix/share/edge-capsules/models``, then the
+        source checkout's ``models`` directory (next to the ``edge`` package).
         Each entry is a model directory or a parent of model directories.
     """
-    roots: list[Path] = []
     env = os.environ.get(MODEL_PATH_ENV, "")
-    roots.extend(Path(part) for part in env.split(os.pathsep) if part)
+    if env:
+        return [Path(part) for part in env.split(os.pathsep) if part]
+    roots: list[Path] = []
     roots.append(Path(sys.prefix) / "share" / "edge-capsules" / "models")
     roots.append(Path(__file__).resolve().parent.parent / "models")
     return roots

@@ -52,3 +52,87 @@ def fixed_now() -> datetime:
 @pytest.fixture
 def manifest_dict() -> dict:
     return sample_manifest_dict()
+
+
+# ---------------------------------------------------------------------------
+# Real capsules built once per session from the shipped corpus (real model, real video).
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+FAQ_DOCS = ROOT / "examples" / "python-faq" / "docs"
+TINY_DOCS = ROOT / "tests" / "data" / "docs"
+BUILD_ISSUED_AT = datetime(2026, 11, 1, tzinfo=timezone.utc)
+BUILD_EXPIRES_AT = datetime(2036, 11, 1, tzinfo=timezone.utc)
+
+
+@dataclass
+class BuiltCapsule:
+    path: Path
+    publisher_key: object
+    device_key: object
+    other_device_key: object
+    publisher_pub_path: Path
+    device_key_path: Path
+    other_device_key_path: Path
+    result: object
+
+
+def _write_keys(tmp: Path):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from firmware_tools.keys import private_key_pem, public_key_pem, write_private_file
+
+    seed = bytes(range(32))
+    publisher = Ed25519PrivateKey.from_private_bytes(seed)
+    device = X25519PrivateKey.from_private_bytes(bytes(reversed(seed)))
+    other = X25519PrivateKey.from_private_bytes(bytes(31) + b"\x07")
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "publisher.pub").write_bytes(public_key_pem(publisher))
+    for name, key in (("device", device), ("other", other)):
+        path = tmp / f"{name}.key"
+        if not path.exists():
+            write_private_file(path, private_key_pem(key))
+        (tmp / f"{name}.pub").write_bytes(public_key_pem(key))
+    return publisher, device, other
+
+
+def build_test_capsule(docs, out: Path, *, keys_dir: Path, **overrides) -> BuiltCapsule:
+    """Build a real capsule with fixed keys, seed and clock (deterministic)."""
+    from firmware_tools.build import build_capsule
+
+    publisher, device, other = _write_keys(keys_dir)
+    kwargs = dict(signing_key=publisher, recipients=[device.public_key()], issued_at=BUILD_ISSUED_AT,
+                  expires_at=BUILD_EXPIRES_AT, version=1, seed=b"test-seed", n_threads=2)
+    kwargs.update(overrides)
+    result = build_capsule(docs if isinstance(docs, list) else [docs], out, **kwargs)
+    return BuiltCapsule(out, publisher, device, other, keys_dir / "publisher.pub", keys_dir / "device.key",
+                        keys_dir / "other.key", result)
+
+
+@pytest.fixture(scope="session")
+def faq_capsule(tmp_path_factory) -> BuiltCapsule:
+    tmp = tmp_path_factory.mktemp("faq")
+    return build_test_capsule(FAQ_DOCS, tmp / "python-faq.capsule", keys_dir=tmp / "keys")
+
+
+@pytest.fixture(scope="session")
+def tiny_capsule(tmp_path_factory) -> BuiltCapsule:
+    tmp = tmp_path_factory.mktemp("tiny")
+    return build_test_capsule(TINY_DOCS / "good", tmp / "tiny.capsule", keys_dir=tmp / "keys")
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m edge`` or ``python -m firmware_tools`` as a real subprocess."""
+    import os
+
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, env=full_env,
+                          cwd=ROOT, timeout=300)
+

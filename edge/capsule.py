@@ -1,0 +1,560 @@
+"""Open a capsule (verify everything first), search it, and read chunks from frames.
+
+``open_capsule`` is the only way to get a ``Capsule``; it returns one only after
+the header, signatures, manifest, validity window, rules, model, key unwrap and
+section digests have all checked out (FORMAT.md §11). Text only ever comes out of
+a frame whose AEAD verified. Nothing is written to disk: the index is decrypted
+into a memfd, the video is memory-mapped read-only.
+
+Example::
+
+    capsule = open_capsule("manual.capsule", trusted_keys=[load_public_key("pub.pem")],
+                           identities=[load_identity("device.key")])
+    for hit in capsule.search("how do I reset the unit?", k=5):
+        print(f"{hit.score:.3f} {hit.document}:{hit.char_start} {hit.text[:60]}")
+    capsule.close()
+
+Source: FORMAT.md §11 (open order), §5-§6 (frames).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import mmap
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from . import format as fmt
+from .budget import MemoryBudget
+from .embedder import QueryEmbedder, find_model_dir
+from .errors import CapsuleError, CapsuleFormatError, IntegrityError, ModelError
+from .frames import FrameReader
+from .index import VectorIndex
+from .keys import Passphrase
+from .manifest import Manifest, parse_canonical_json, parse_manifest, parse_signatures
+from .sealed import (
+    ChunkRecord,
+    ContentKeys,
+    derive_keys,
+    iter_open_stream,
+    open_frame,
+    open_stream,
+    stream_plaintext_bytes,
+    unwrap_content_key,
+)
+from .verify import verify_signatures
+
+log = logging.getLogger(__name__)
+
+Identity = X25519PrivateKey | Passphrase
+DEFAULT_FRAME_CACHE_BYTES = 1 << 20
+_HASH_BLOCK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result or read chunk.
+
+    Attributes:
+        chunk_id: 0-based chunk id (= Annoy item id).
+        score: cosine similarity to the query in [-1, 1] (1.0 for ``read_chunk``).
+        document: source document name as given to the builder.
+        char_start, char_end: position of the chunk in the document text, in code points.
+        frame_index, slot_index: where the chunk's text was read from in the MP4.
+        text: the chunk text, read from its frame and authenticated.
+    """
+
+    chunk_id: int
+    score: float
+    document: str
+    char_start: int
+    char_end: int
+    frame_index: int
+    slot_index: int
+    text: str
+
+    def to_json(self) -> dict[str, object]:
+        """Return a JSON-ready dict of all fields."""
+        return {"chunk_id": self.chunk_id, "score": round(self.score, 6), "document": self.document,
+                "char_start": self.char_start, "char_end": self.char_end,
+                "frame_index": self.frame_index, "slot_index": self.slot_index, "text": self.text}
+
+
+@dataclass
+class StageTimings:
+    """Milliseconds spent per query stage in the last ``search`` call."""
+
+    embed_ms: float = 0.0
+    ann_ms: float = 0.0
+    frame_decode_ms: float = 0.0
+    qr_decode_ms: float = 0.0
+    decrypt_ms: float = 0.0
+    n_frames_decoded: int = 0
+
+
+@dataclass(frozen=True)
+class Document:
+    """A source document as recorded in the DOCS section (FORMAT.md §8)."""
+
+    name: str
+    sha256: str
+    n_bytes: int
+    media_type: str
+
+
+def _utc_now(now: datetime | None) -> datetime:
+    if now is None:
+        return datetime.now(timezone.utc)
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    return now
+
+
+class _CapsuleFile:
+    """Header, table, signed manifest of a capsule file; no decryption."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        try:
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            raise CapsuleFormatError(f"cannot open capsule {self.path}: {exc.strerror}") from None
+        try:
+            size = os.fstat(fd).st_size
+            if size < fmt.HEADER_BYTES:
+                raise CapsuleFormatError(
+                    f"file is {size} bytes, shorter than the {fmt.HEADER_BYTES}-byte capsule header"
+                )
+            self.mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        finally:
+            os.close(fd)
+        try:
+            self.view = memoryview(self.mm)
+            self.header = fmt.parse_header(self.view[: fmt.HEADER_BYTES].tobytes(), file_bytes=size)
+            table = self.view[fmt.HEADER_BYTES: fmt.HEADER_BYTES + self.header.table_bytes].tobytes()
+            self.sections = fmt.parse_section_table(table, self.header)
+            for start, end in fmt.padding_ranges(self.sections, self.header):
+                if any(self.view[start:end]):
+                    raise CapsuleFormatError(f"padding bytes {start}..{end} are not zero")
+        except BaseException:
+            self.close()
+            raise
+
+    def section(self, tag: str) -> memoryview:
+        entry = self.sections[tag]
+        return self.view[entry.offset: entry.end]
+
+    def close(self) -> None:
+        if getattr(self, "view", None) is not None:
+            self.view.release()
+            self.view = None
+        if getattr(self, "mm", None) is not None:
+            try:
+                self.mm.close()
+            except BufferError:  # a caller still holds a slice; the GC will close it
+                pass
+            self.mm = None
+
+
+def _hash_view(view: memoryview) -> str:
+    hasher = hashlib.sha256()
+    for start in range(0, len(view), _HASH_BLOCK_BYTES):
+        hasher.update(view[start: start + _HASH_BLOCK_BYTES])
+    return hasher.hexdigest()
+
+
+def _check_digest(cf: _CapsuleFile, manifest: Manifest, tag: str) -> None:
+    expected = manifest.sections[tag].sha256
+    actual = _hash_view(cf.section(tag))
+    if actual != expected:
+        raise IntegrityError(f"{tag} section sha256 is {actual[:16]}…, manifest says {expected[:16]}…")
+
+
+def _read_verified_manifest(cf: _CapsuleFile, trusted_keys: Sequence[Ed25519PublicKey], threshold: int) -> Manifest:
+    mani = cf.section("MANI").tobytes()
+    signatures = parse_signatures(cf.section("SIGS").tobytes())
+    verify_signatures(mani, signatures, trusted_keys, threshold=threshold)
+    manifest = parse_manifest(mani)
+    for tag, digest in manifest.sections.items():
+        actual = cf.sections[tag].length
+        if actual != digest.length:
+            raise IntegrityError(f"{tag} section is {actual} bytes, manifest says {digest.length}")
+    if cf.sections["FTAB"].length != manifest.video.n_frames * fmt.FRAME_ENTRY_BYTES:
+        raise CapsuleFormatError(
+            f"frame table is {cf.sections['FTAB'].length} bytes, manifest says {manifest.video.n_frames} frames"
+        )
+    return manifest
+
+
+class Capsule:
+    """A verified, opened capsule. Create with ``open_capsule``; close when done.
+
+    Attributes:
+        manifest: the verified manifest.
+        documents: source documents (decrypted DOCS).
+        decoder_name: the H.264 decoder in use (``h264_v4l2m2m`` or ``h264``).
+        budget: the memory budget the capsule's allocations are charged to.
+        last_timings: per-stage milliseconds of the last ``search``.
+    """
+
+    def __init__(self, *, cf: _CapsuleFile, manifest: Manifest, keys: ContentKeys, documents: list[Document],
+                 frames: fmt.FrameTable, index: VectorIndex, reader: FrameReader, embedder: QueryEmbedder,
+                 budget: MemoryBudget, frame_cache_bytes: int, verified_at: datetime) -> None:
+        self._cf = cf
+        self.manifest = manifest
+        self._keys = keys
+        self.documents = documents
+        self._frames = frames
+        self._index = index
+        self._reader = reader
+        self._embedder = embedder
+        self.budget = budget
+        self.verified_at = verified_at
+        self._cache: OrderedDict[int, list[ChunkRecord]] = OrderedDict()
+        self._cache_sizes: dict[int, int] = {}
+        self._cache_limit = frame_cache_bytes
+        self.last_timings = StageTimings()
+
+    @property
+    def decoder_name(self) -> str:
+        """Name of the video decoder in use."""
+        return self._reader.decoder_name
+
+    @property
+    def path(self) -> Path:
+        """Path of the capsule file."""
+        return self._cf.path
+
+    def __enter__(self) -> "Capsule":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _frame_records(self, frame_index: int, timings: StageTimings) -> list[ChunkRecord]:
+        cached = self._cache.get(frame_index)
+        if cached is not None:
+            self._cache.move_to_end(frame_index)
+            return cached
+        t0 = time.perf_counter()
+        luma = self._reader.decode_frame(frame_index)
+        t1 = time.perf_counter()
+        payload = self._reader.decode_qr(luma, frame_index)
+        t2 = time.perf_counter()
+        first = int(self._frames.first_chunk_ids[frame_index])
+        records = open_frame(self._keys.payload, payload, manifest=self.manifest, frame_index=frame_index,
+                             first_chunk_id=first, n_slots=self._frames.n_slots(frame_index))
+        t3 = time.perf_counter()
+        timings.frame_decode_ms += (t1 - t0) * 1e3
+        timings.qr_decode_ms += (t2 - t1) * 1e3
+        timings.decrypt_ms += (t3 - t2) * 1e3
+        timings.n_frames_decoded += 1
+        size = sum(len(r.text) * 4 + 64 for r in records)  # upper bound of str storage
+        if size <= self._cache_limit:
+            while self._cache and sum(self._cache_sizes.values()) + size > self._cache_limit:
+                old, _ = self._cache.popitem(last=False)
+                self.budget.release("frame_cache", self._cache_sizes.pop(old))
+            self.budget.acquire("frame_cache", size)
+            self._cache[frame_index] = records
+            self._cache_sizes[frame_index] = size
+        return records
+
+    def _hit(self, chunk_id: int, score: float, timings: StageTimings) -> Hit:
+        frame_index, slot, _ = self._frames.locate(chunk_id)
+        record = self._frame_records(frame_index, timings)[slot]
+        return Hit(chunk_id, score, self.documents[record.doc_index].name, record.char_start, record.char_end,
+                   frame_index, slot, record.text)
+
+    def search(self, query: str, k: int = 5, *, search_k: int = -1) -> list[Hit]:
+        """Return the ``k`` chunks nearest to ``query``, best first.
+
+        Args:
+            query: UTF-8 text; truncated to ``manifest.model.max_tokens`` tokens.
+            k: number of hits, ``1 <= k``; capped at ``manifest.n_chunks``.
+            search_k: Annoy nodes to inspect; -1 uses the manifest's ``index.search_k``.
+
+        Returns:
+            Up to k ``Hit``s, score (cosine similarity) descending; every text was read
+            from its frame and authenticated.
+
+        Raises:
+            FrameDecodeError: a hit's frame cannot be decoded.
+            DecryptionError: a hit's frame fails authentication (the MP4 was altered).
+            CapsuleFormatError: a frame's plaintext is malformed.
+            ModelError: the embedder's output has the wrong shape.
+            ValueError: ``k < 1`` or an empty query.
+
+        Source: FORMAT.md §4.4-§6.
+        """
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError("query must be non-empty text")
+        if k < 1:
+            raise ValueError("k must be >= 1")
+        timings = StageTimings()
+        t0 = time.perf_counter()
+        vector = self._embedder.embed([query])[0]
+        t1 = time.perf_counter()
+        ids, distances = self._index.search(vector, min(k, self.manifest.n_chunks), search_k=search_k)
+        t2 = time.perf_counter()
+        timings.embed_ms = (t1 - t0) * 1e3
+        timings.ann_ms = (t2 - t1) * 1e3
+        hits = [self._hit(i, 1.0 - d * d / 2.0, timings) for i, d in zip(ids, distances)]
+        self.last_timings = timings
+        return hits
+
+    def read_chunk(self, chunk_id: int) -> Hit:
+        """Return chunk ``chunk_id`` read from its frame (score 1.0).
+
+        Raises:
+            ValueError: ``chunk_id`` outside ``0..n_chunks-1``.
+            FrameDecodeError, DecryptionError, CapsuleFormatError: as for ``search``.
+        """
+        return self._hit(chunk_id, 1.0, StageTimings())
+
+    def info(self) -> dict[str, object]:
+        """Return a JSON-ready summary of the verified manifest and runtime state."""
+        m = self.manifest
+        return {
+            "name": m.name, "capsule_id": m.capsule_id, "version": m.version,
+            "publisher": {"keyid": m.publisher_keyid, "name": m.publisher_name},
+            "issued_at": m.issued_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "not_before": m.not_before.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "expires_at": m.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "n_chunks": m.n_chunks, "n_documents": m.n_documents, "n_frames": m.video.n_frames,
+            "model": {"name": m.model.name, "sha256": m.model.sha256, "dim": m.model.dim},
+            "index": {"n_trees": m.index.n_trees, "search_k": m.index.search_k, "encryption": m.index.encryption,
+                      "bytes": self._index.n_bytes},
+            "video": {"codec": m.video.codec, "profile": m.video.profile, "size": f"{m.video.width}x{m.video.height}",
+                      "crf": m.video.crf, "qr": f"v{m.video.qr_version}-{m.video.qr_ec_level}"},
+            "rules": m.rules,
+            "sections": {tag: {"length": s.length, "sha256": s.sha256} for tag, s in m.sections.items()},
+            "file_bytes": self._cf.header.file_bytes,
+            "decoder": self.decoder_name,
+            "memory": self.budget.report(),
+        }
+
+    def close(self) -> None:
+        """Release the index, decoder, cache and the file mapping."""
+        self._index.close()
+        self._reader.close()
+        self._cache.clear()
+        self.budget.release("frame_cache")
+        self._cf.close()
+
+
+def open_capsule(
+    path: str | os.PathLike[str],
+    *,
+    trusted_keys: Sequence[Ed25519PublicKey],
+    identities: Sequence[Identity],
+    threshold: int = 1,
+    now: datetime | None = None,
+    budget: MemoryBudget | None = None,
+    model_search_path: Sequence[Path] | None = None,
+    n_threads: int = 1,
+    prefer_hardware_decoder: bool = True,
+    frame_cache_bytes: int = DEFAULT_FRAME_CACHE_BYTES,
+) -> Capsule:
+    """Verify and open a capsule; return it only if every open-level check passes.
+
+    Args:
+        path: the capsule file.
+        trusted_keys: Ed25519 publisher keys this device trusts.
+        identities: X25519 device keys and/or passphrases to unwrap the content key.
+        threshold: distinct trusted signatures required.
+        now: timezone-aware time to judge validity; ``None`` reads the clock once.
+        budget: memory budget to charge; ``None`` is unlimited (still reported).
+        model_search_path: directories holding model folders (see ``find_model_dir``).
+        n_threads: onnxruntime intra-op threads for query embedding.
+        prefer_hardware_decoder: try ``h264_v4l2m2m`` before software decoding.
+        frame_cache_bytes: bytes of decrypted frames to keep (an LRU cache).
+
+    Returns:
+        An open ``Capsule``.
+
+    Raises:
+        CapsuleFormatError: bad magic, version, table, manifest, limits.
+        IntegrityError: truncated/extended file, section length or sha256 mismatch.
+        SignatureError: too few valid trusted signatures.
+        ExpiredCapsuleError, NotYetValidError: outside the validity window.
+        RuleViolationError: a required rule this runtime lacks.
+        ModelError: the manifest's model is not installed or does not load.
+        DecryptionError: no identity opens the capsule, or DOCS/INDX fail authentication.
+        BudgetExceededError: the index does not fit the budget.
+
+    Source: FORMAT.md §11.
+    """
+    now = _utc_now(now)
+    budget = budget if budget is not None else MemoryBudget(None)
+    cf = _CapsuleFile(path)
+    index = None
+    try:
+        manifest = _read_verified_manifest(cf, trusted_keys, threshold)
+        manifest.check_validity(now)
+        manifest.check_rules()
+        model_dir = find_model_dir(manifest.model.sha256, model_search_path)
+        content_key = unwrap_content_key(manifest, identities)
+        keys = derive_keys(content_key, manifest.capsule_id_bytes)
+        for tag in ("DOCS", "FTAB", "INDX"):
+            _check_digest(cf, manifest, tag)
+        documents = _read_documents(open_stream(keys.docs, cf.section("DOCS")), manifest)
+        frames = fmt.FrameTable.from_bytes(cf.section("FTAB").tobytes(), n_frames=manifest.video.n_frames,
+                                           n_chunks=manifest.n_chunks, video_bytes=cf.sections["VIDE"].length)
+        index_view = cf.section("INDX")
+        if manifest.index.encryption == "none":
+            index = VectorIndex.from_segments([index_view], n_bytes=len(index_view), info=manifest.index,
+                                              budget=budget)
+        else:
+            index = VectorIndex.from_segments(iter_open_stream(keys.index, index_view),
+                                              n_bytes=stream_plaintext_bytes(len(index_view)),
+                                              info=manifest.index, budget=budget)
+        embedder = QueryEmbedder.open(model_dir, expected_sha256=manifest.model.sha256, n_threads=n_threads,
+                                      max_tokens=manifest.model.max_tokens)
+        if embedder.dim != manifest.model.dim:
+            raise ModelError(f"model gives {embedder.dim}-d embeddings, capsule needs {manifest.model.dim}")
+        reader = FrameReader(cf.section("VIDE"), extradata=manifest.video.extradata,
+                             sample_offsets=frames.sample_offsets, sample_sizes=frames.sample_bytes,
+                             codec=manifest.video.codec, prefer_hardware=prefer_hardware_decoder)
+    except CapsuleError as exc:
+        log.warning("refused capsule %s: %s", cf.path, exc)
+        if index is not None:
+            index.close()
+        cf.close()
+        raise
+    except BaseException:
+        if index is not None:
+            index.close()
+        cf.close()
+        raise
+    log.info("opened capsule %s v%d (%d chunks, decoder %s)", manifest.name, manifest.version,
+             manifest.n_chunks, reader.decoder_name)
+    return Capsule(cf=cf, manifest=manifest, keys=keys, documents=documents, frames=frames, index=index,
+                   reader=reader, embedder=embedder, budget=budget, frame_cache_bytes=frame_cache_bytes,
+                   verified_at=now)
+
+
+def _read_documents(plaintext: bytes, manifest: Manifest) -> list[Document]:
+    obj = parse_canonical_json(plaintext, what="document list")
+    if not isinstance(obj, dict) or set(obj) != {"documents"} or not isinstance(obj["documents"], list):
+        raise CapsuleFormatError("document list must be {\"documents\": [...]}")
+    docs = []
+    for n, item in enumerate(obj["documents"]):
+        if (not isinstance(item, dict) or set(item) != {"name", "sha256", "bytes", "media_type"}
+                or not isinstance(item["name"], str) or not isinstance(item["sha256"], str)
+                or not isinstance(item["bytes"], int) or not isinstance(item["media_type"], str)):
+            raise CapsuleFormatError(f"document {n} entry is malformed")
+        docs.append(Document(item["name"], item["sha256"], item["bytes"], item["media_type"]))
+    if len(docs) != manifest.n_documents:
+        raise CapsuleFormatError(f"document list has {len(docs)} entries, manifest says {manifest.n_documents}")
+    return docs
+
+
+@dataclass
+class VerifyReport:
+    """What ``verify_capsule`` checked.
+
+    Attributes:
+        manifest: the verified manifest.
+        full: whether the MP4 was hashed (and frames decoded, when an identity was given).
+        n_frames_checked: frames decoded and authenticated (0 without identities).
+        n_chunks_checked: chunk records read from those frames.
+    """
+
+    manifest: Manifest
+    full: bool
+    n_frames_checked: int = 0
+    n_chunks_checked: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def verify_capsule(
+    path: str | os.PathLike[str],
+    *,
+    trusted_keys: Sequence[Ed25519PublicKey],
+    identities: Sequence[Identity] = (),
+    threshold: int = 1,
+    now: datetime | None = None,
+    full: bool = True,
+    model_search_path: Sequence[Path] | None = None,
+    progress=None,
+) -> VerifyReport:
+    """Check a capsule without searching it; return what was checked.
+
+    Without identities it checks everything a key is not needed for: header, table,
+    signatures, manifest, validity, rules and every section digest (``full``). With
+    identities it also opens the capsule and, when ``full``, decodes every frame and
+    authenticates every payload.
+
+    Args:
+        progress: optional callable ``progress(n_frames_done, n_frames)``.
+
+    Raises:
+        Everything ``open_capsule`` raises, plus ``FrameDecodeError``/``DecryptionError``
+        for a frame that does not decode or authenticate (``full`` with identities).
+
+    Source: FORMAT.md §11 (full verify).
+    """
+    now = _utc_now(now)
+    if not identities:
+        cf = _CapsuleFile(path)
+        try:
+            manifest = _read_verified_manifest(cf, trusted_keys, threshold)
+            manifest.check_validity(now)
+            manifest.check_rules()
+            for tag in ("DOCS", "FTAB", "INDX") + (("VIDE",) if full else ()):
+                _check_digest(cf, manifest, tag)
+            return VerifyReport(manifest, full, notes=["no identity given: frames not decrypted"])
+        except CapsuleError as exc:
+            log.warning("refused capsule %s: %s", cf.path, exc)
+            raise
+        finally:
+            cf.close()
+    capsule = open_capsule(path, trusted_keys=trusted_keys, identities=identities, threshold=threshold, now=now,
+                           model_search_path=model_search_path, prefer_hardware_decoder=False, frame_cache_bytes=0)
+    try:
+        report = VerifyReport(capsule.manifest, full)
+        if full:
+            _check_digest(capsule._cf, capsule.manifest, "VIDE")
+            timings = StageTimings()
+            n_frames = capsule._frames.n_frames
+            for frame_index in range(n_frames):
+                report.n_chunks_checked += len(capsule._frame_records(frame_index, timings))
+                report.n_frames_checked += 1
+                if progress is not None:
+                    progress(frame_index + 1, n_frames)
+            if report.n_chunks_checked != capsule.manifest.n_chunks:
+                raise IntegrityError(
+                    f"frames hold {report.n_chunks_checked} chunks, manifest says {capsule.manifest.n_chunks}"
+                )
+        return report
+    except CapsuleError as exc:
+        log.warning("refused capsule %s: %s", capsule.path, exc)
+        raise
+    finally:
+        capsule.close()
+
+
+def read_manifest_unverified_for_display(path: str | os.PathLike[str]) -> dict[str, object]:
+    """Return the header and section table of a capsule, for diagnostics only.
+
+    Nothing from the manifest is returned: it is not trusted before verification.
+    """
+    cf = _CapsuleFile(path)
+    try:
+        return {"format": f"{cf.header.format_major}.{cf.header.format_minor}",
+                "file_bytes": cf.header.file_bytes,
+                "sections": {t: {"offset": e.offset, "length": e.length} for t, e in cf.sections.items()}}
+    finally:
+        cf.close()
+
+
+__all__ = ["Capsule", "Document", "Hit", "StageTimings", "VerifyReport", "open_capsule", "verify_capsule"]

@@ -1,0 +1,247 @@
+"""``edge``: the device command line (verify, info, search, read).
+
+Each verb is a library call plus argument parsing and printing. Results go to
+stdout, diagnostics to stderr as ``edge: error: <message>`` (and sometimes
+``edge: hint: ...``). Exit codes: 0 success, 1 refused or failed, 2 usage.
+There is no flag that skips verification or overrides the clock.
+
+Trusted publisher keys and the device identity come from flags, or from the
+device configuration directory ``$EDGE_CONFIG_DIR`` (default
+``/etc/edge-capsules``): ``trusted/*.pub``, ``device.key``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .budget import MemoryBudget, parse_size
+from .errors import EdgeError
+from .keys import KeyFileError, load_identity, load_passphrase, load_public_key
+
+PROG = "edge"
+DEFAULT_CONFIG_DIR = "/etc/edge-capsules"
+
+_HINTS = {
+    "SignatureError": "check --trust: is this capsule from a publisher this device trusts?",
+    "DecryptionError": "this capsule was built for other devices; check --identity",
+    "ExpiredCapsuleError": "ask the publisher for a newer version of this capsule",
+    "ModelError": "install the model the capsule names (see models/*/MODEL.md) or set EDGE_MODEL_PATH",
+    "IntegrityError": "the file is damaged or incomplete; copy it again",
+    "CapsuleFormatError": "is this an edge capsule, and is it complete?",
+}
+
+
+def _config_dir() -> Path:
+    return Path(os.environ.get("EDGE_CONFIG_DIR", DEFAULT_CONFIG_DIR))
+
+
+def _trusted_keys(args: argparse.Namespace):
+    paths: list[Path] = []
+    for item in args.trust or []:
+        p = Path(item)
+        paths.extend(sorted(p.glob("*.pub")) if p.is_dir() else [p])
+    if not args.trust:
+        paths = sorted((_config_dir() / "trusted").glob("*.pub"))
+    if not paths:
+        raise KeyFileError(f"no trusted publisher keys: pass --trust KEY.pub or put keys in {_config_dir() / 'trusted'}")
+    return [load_public_key(p) for p in paths]
+
+
+def _identities(args: argparse.Namespace, required: bool = True):
+    identities = [load_identity(p) for p in (getattr(args, "identity", None) or [])]
+    if getattr(args, "passphrase_file", None):
+        identities.append(load_passphrase(args.passphrase_file))
+    if not identities:
+        default = _config_dir() / "device.key"
+        if default.exists():
+            identities.append(load_identity(default))
+    if required and not identities:
+        raise KeyFileError(f"no device identity: pass --identity DEVICE.key or --passphrase-file, or create {_config_dir() / 'device.key'}")
+    return identities
+
+
+def _open(args: argparse.Namespace):
+    from .capsule import open_capsule
+
+    budget = MemoryBudget(args.ram_budget) if args.ram_budget else None
+    return open_capsule(args.capsule, trusted_keys=_trusted_keys(args), identities=_identities(args),
+                        budget=budget, n_threads=args.threads)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .capsule import verify_capsule
+
+    report = verify_capsule(args.capsule, trusted_keys=_trusted_keys(args),
+                            identities=_identities(args, required=False), full=not args.quick)
+    m = report.manifest
+    result = {"ok": True, "name": m.name, "version": m.version, "capsule_id": m.capsule_id,
+              "expires_at": m.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ"), "full": report.full,
+              "frames_checked": report.n_frames_checked, "chunks_checked": report.n_chunks_checked,
+              "notes": report.notes}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        detail = (f"{report.n_frames_checked} frames / {report.n_chunks_checked} chunks decrypted"
+                  if report.n_frames_checked else "signature, validity and section digests")
+        print(f"ok: {m.name} v{m.version} ({m.capsule_id}), expires {result['expires_at']}; checked {detail}")
+        for note in report.notes:
+            print(f"note: {note}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .capsule import verify_capsule
+
+    identities = _identities(args, required=False)
+    if identities:
+        with _open(args) as capsule:
+            info = capsule.info()
+    else:
+        m = verify_capsule(args.capsule, trusted_keys=_trusted_keys(args), full=False).manifest
+        info = {"name": m.name, "capsule_id": m.capsule_id, "version": m.version,
+                "publisher": {"keyid": m.publisher_keyid, "name": m.publisher_name},
+                "issued_at": m.issued_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "not_before": m.not_before.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "expires_at": m.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "n_chunks": m.n_chunks, "n_documents": m.n_documents, "n_frames": m.video.n_frames,
+                "n_recipients": len(m.recipients),
+                "model": {"name": m.model.name, "sha256": m.model.sha256, "dim": m.model.dim},
+                "sections": {t: {"length": s.length, "sha256": s.sha256} for t, s in m.sections.items()}}
+    if args.json:
+        print(json.dumps(info))
+    else:
+        for key, value in info.items():
+            print(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    if args.k < 1:
+        raise SystemExit(_usage_error("-k must be at least 1"))
+    with _open(args) as capsule:
+        hits = capsule.search(args.query, k=args.k)
+        for rank, hit in enumerate(hits, 1):
+            if args.json:
+                print(json.dumps({"rank": rank, **hit.to_json()}))
+            else:
+                print(f"[{rank}] score {hit.score:.3f}  {hit.document}  chars {hit.char_start}-{hit.char_end}  "
+                      f"(chunk {hit.chunk_id})")
+                print("    " + hit.text.replace("\n", "\n    "))
+    return 0
+
+
+def cmd_read(args: argparse.Namespace) -> int:
+    with _open(args) as capsule:
+        try:
+            hit = capsule.read_chunk(args.chunk_id)
+        except ValueError as exc:
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
+            return 1
+        if args.json:
+            print(json.dumps(hit.to_json()))
+        else:
+            print(f"# {hit.document} chars {hit.char_start}-{hit.char_end} (chunk {hit.chunk_id})")
+            print(hit.text)
+    return 0
+
+
+def _usage_error(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the ``edge`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Verify, inspect and search signed, encrypted knowledge capsules offline.",
+        epilog="example: edge search manual.capsule \"how do I reset the unit?\" --trust publisher.pub --identity device.key",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-v info, -vv debug)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(p: argparse.ArgumentParser, identity: bool = True) -> None:
+        p.add_argument("capsule", help="path of the .capsule file")
+        p.add_argument("--trust", action="append", metavar="KEY.pub",
+                       help="trusted publisher public key (file or folder of *.pub); repeatable; "
+                            "default $EDGE_CONFIG_DIR/trusted/*.pub")
+        if identity:
+            p.add_argument("--identity", action="append", metavar="DEVICE.key",
+                           help="device private key (X25519, mode 600); repeatable; default $EDGE_CONFIG_DIR/device.key")
+            p.add_argument("--passphrase-file", metavar="FILE", help="file whose first line is the capsule passphrase")
+        p.add_argument("--json", action="store_true", help="print JSON (one object per line)")
+
+    def runtime(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--ram-budget", type=_size_arg, metavar="SIZE",
+                       help="refuse to allocate beyond this much for index and caches (e.g. 64MiB)")
+        p.add_argument("--threads", type=int, default=1, help="threads for query embedding (default 1)")
+
+    p = sub.add_parser("verify", help="check signature, validity, digests and (with a key) every frame",
+                       description="Verify a capsule. Without --identity: signature, validity window, rules and "
+                                   "every section digest. With --identity: also decode and authenticate every frame.",
+                       epilog="example: edge verify manual.capsule --trust publisher.pub --identity device.key")
+    common(p)
+    p.add_argument("--quick", action="store_true", help="skip hashing the video and decoding frames")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("info", help="print the verified manifest summary",
+                       description="Print what a capsule is, after verifying its signature and validity.",
+                       epilog="example: edge info manual.capsule --trust publisher.pub")
+    common(p)
+    runtime(p)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("search", help="answer a question from a capsule",
+                       description="Embed the question, find the nearest chunks, read them from the video frames.",
+                       epilog="example: edge search manual.capsule \"how do I reset it?\" -k 3 --trust publisher.pub "
+                              "--identity device.key")
+    common(p)
+    p.add_argument("query", help="the question, in quotes")
+    p.add_argument("-k", type=int, default=5, help="number of results (default 5)")
+    runtime(p)
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("read", help="print one chunk by id",
+                       description="Read one chunk's text from its video frame.",
+                       epilog="example: edge read manual.capsule 42 --trust publisher.pub --identity device.key")
+    common(p)
+    p.add_argument("chunk_id", type=int, help="chunk id (as shown by search)")
+    runtime(p)
+    p.set_defaults(func=cmd_read)
+    return parser
+
+
+def _size_arg(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``edge`` CLI; return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.ERROR if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format=f"{PROG}: %(levelname)s: %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (EdgeError, KeyFileError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        hint = _HINTS.get(type(exc).__name__)
+        if hint:
+            print(f"{PROG}: hint: {hint}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"{PROG}: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+__all__ = ["main", "build_parser"]

@@ -1,0 +1,409 @@
+"""Build a capsule: documents -> chunks -> embeddings -> sealed QR frames -> MP4 + index -> signed file.
+
+The pipeline (FORMAT.md §1):
+
+1. read documents (``documents.py``) and chunk them in model tokens (``chunking.py``);
+2. embed every chunk with the quantized model the runtime uses (``edge.embedder``);
+3. pack chunk records into frames, compress + encrypt each frame (``sealing.py``);
+4. draw each frame payload as a QR code and encode an all-intra H.264 MP4 (``qr_video.py``);
+5. decode every frame of that MP4 and check every payload byte-exact (a build error names the frame);
+6. build the Annoy index and encrypt it; encrypt the document list; write the frame table;
+7. write and sign the manifest, assemble the file in a temporary file beside the output,
+   re-verify it with the runtime (``edge.verify_capsule``), and rename it into place.
+
+A failed build leaves no file at the output path. The same documents, keys, seed and
+``issued_at`` give a byte-identical capsule.
+
+Example::
+
+    result = build_capsule([Path("docs/")], Path("manual.capsule"), signing_key=key,
+                           recipients=[device_pub], expires_at=datetime(2027, 1, 1, tzinfo=timezone.utc))
+    print(result.n_chunks, result.file_bytes)
+
+Source: FORMAT.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+from edge import format as fmt
+from edge.embedder import DEFAULT_MODEL_NAME, QueryEmbedder, find_model_dir
+from edge.errors import CapsuleError
+from edge.keys import Passphrase, keyid
+from edge.manifest import FORMAT_ID, canonical_json, format_time, signatures_to_bytes, stanza_to_json
+from edge.sealed import derive_keys, seal_stream, sha256_hex
+
+from . import __version__
+from .chunking import TokenizerOffsets, chunk_documents
+from .documents import iter_documents
+from .errors import BuildError, CapacityError, FrameCheckError
+from .index_builder import build_annoy_index
+from .qr_video import DEFAULT_VIDEO_PARAMS, VideoParams, check_mp4, encode_mp4_file
+from .sealing import (
+    FramePacker,
+    Randomness,
+    derive_content_key,
+    encode_record,
+    seal_frame,
+    sign_manifest,
+    wrap_for_device,
+    wrap_for_passphrase,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_TOKENS = 200
+DEFAULT_OVERLAP_TOKENS = 32
+DEFAULT_N_TREES = 16
+DEFAULT_SEARCH_K = 4000
+DEFAULT_INDEX_SEED = 42
+MAX_FRAME_PLAINTEXT_BYTES = 64 * 1024
+
+Progress = Callable[[str, int, int | None], None]
+
+
+@dataclass
+class BuildResult:
+    """What a build produced.
+
+    Attributes:
+        path: the capsule written.
+        capsule_id, version: identity of the capsule.
+        n_documents, n_chunks, n_frames: counts.
+        section_bytes: length of every section in bytes.
+        file_bytes: total capsule size.
+        raw_text_bytes: UTF-8 bytes of all document texts (for size ratios).
+        payload_bytes: total bytes carried in QR codes.
+        stage_s: seconds per build stage.
+    """
+
+    path: Path
+    capsule_id: str
+    version: int
+    n_documents: int
+    n_chunks: int
+    n_frames: int
+    section_bytes: dict[str, int]
+    file_bytes: int
+    raw_text_bytes: int
+    payload_bytes: int
+    stage_s: dict[str, float] = field(default_factory=dict)
+
+
+def derive_capsule_id(publisher_keyid: str, name: str) -> str:
+    """Return the default capsule id: stable per (publisher key, capsule name), 32 hex chars."""
+    return hashlib.sha256(f"edge-capsule/v1/capsule-id\0{publisher_keyid}\0{name}".encode()).hexdigest()[:32]
+
+
+def build_capsule(
+    inputs: Sequence[Path],
+    output: Path,
+    *,
+    signing_key: Ed25519PrivateKey,
+    recipients: Sequence[X25519PublicKey] = (),
+    passphrase: Passphrase | None = None,
+    expires_at: datetime,
+    not_before: datetime | None = None,
+    issued_at: datetime | None = None,
+    version: int = 1,
+    name: str | None = None,
+    capsule_id: str | None = None,
+    publisher_name: str = "",
+    rules: dict | None = None,
+    model_dir: Path | None = None,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    overlap_tokens: int = DEFAULT_OVERLAP_TOKENS,
+    n_trees: int = DEFAULT_N_TREES,
+    search_k: int = DEFAULT_SEARCH_K,
+    index_seed: int = DEFAULT_INDEX_SEED,
+    encrypt_index: bool = True,
+    video_params: VideoParams = DEFAULT_VIDEO_PARAMS,
+    seed: bytes | None = None,
+    scrypt_log_n: int = 15,
+    n_threads: int | None = None,
+    progress: Progress | None = None,
+) -> BuildResult:
+    """Build, check and atomically write a signed, encrypted capsule.
+
+    Args:
+        inputs: files and directories (.txt .md .rst .html .htm .pdf).
+        output: capsule path; written only if the whole build succeeds.
+        signing_key: the publisher's Ed25519 private key.
+        recipients: device X25519 public keys that may open the capsule.
+        passphrase: optional passphrase that also opens it (scrypt stanza).
+        expires_at, not_before, issued_at: timezone-aware; ``not_before`` defaults to
+            ``issued_at``, which defaults to the clock (or ``SOURCE_DATE_EPOCH``).
+        version: capsule version, >= 1; devices refuse older versions of an id.
+        name: capsule name; defaults to the output file's stem.
+        capsule_id: 32 hex chars; defaults to ``derive_capsule_id(publisher, name)``.
+        rules: the manifest's ``rules`` object (FORMAT.md §4.2).
+        model_dir: folder of the quantized model; default: the installed one.
+        max_tokens, overlap_tokens: chunk size and overlap in model tokens.
+        n_trees, search_k, index_seed: Annoy parameters.
+        encrypt_index: encrypt INDX (default; FORMAT.md §4.4 explains the trade-off).
+        video_params: QR and H.264 parameters.
+        seed: bytes for reproducible builds; ``None`` takes randomness from the OS.
+        n_threads: onnxruntime threads for embedding (default: all cores).
+        progress: ``progress(stage, done, total)`` callback.
+
+    Returns:
+        A ``BuildResult``.
+
+    Raises:
+        InputDocumentError: a document is missing, unreadable or unsupported.
+        CapacityError: a chunk does not fit a QR symbol.
+        FrameCheckError: a frame did not decode back byte-exact.
+        BuildError: any other reason the build stopped; no output is left behind.
+        ValueError: inconsistent arguments (no recipients, bad dates, bad name).
+    """
+    if not recipients and passphrase is None:
+        raise ValueError("give at least one recipient device key or a passphrase")
+    issued_at = issued_at or _default_issued_at()
+    not_before = not_before or issued_at
+    for label, value in (("expires_at", expires_at), ("not_before", not_before), ("issued_at", issued_at)):
+        if value.tzinfo is None:
+            raise ValueError(f"{label} must be timezone-aware")
+    if expires_at <= not_before:
+        raise ValueError(f"expires_at {format_time(expires_at)} is not after not_before {format_time(not_before)}")
+    if version < 1:
+        raise ValueError("version must be >= 1")
+    output = Path(output)
+    name = name or output.name.split(".")[0]
+    publisher_keyid = keyid(signing_key.public_key())
+    capsule_id = capsule_id or derive_capsule_id(publisher_keyid, name)
+    if len(capsule_id) != 32 or any(c not in "0123456789abcdef" for c in capsule_id):
+        raise ValueError("capsule_id must be 32 lowercase hex digits")
+    capsule_id_bytes = bytes.fromhex(capsule_id)
+    rng = Randomness(seed)
+    report = progress or (lambda stage, done, total: None)
+    stage_s: dict[str, float] = {}
+
+    tmp_dir = output.parent if str(output.parent) else Path(".")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".partial", dir=tmp_dir)
+    os.close(fd)
+    tmp_capsule = Path(tmp_name)
+    tmp_video = tmp_capsule.with_suffix(".mp4.partial")
+    try:
+        # 1. documents and chunks
+        t = time.perf_counter()
+        docs = list(iter_documents(list(inputs)))
+        if not docs:
+            raise BuildError("no documents found in the inputs")
+        model_dir = model_dir or find_model_dir()
+        embedder = QueryEmbedder.open(model_dir, n_threads=n_threads or os.cpu_count() or 1)
+        tokenizer_path = embedder.model_path.parent / "tokenizer.json"
+        offsets = TokenizerOffsets.from_file(tokenizer_path)
+        chunks = list(chunk_documents(docs, token_offsets=offsets, token_offsets_batch=offsets.batch,
+                                      max_tokens=max_tokens, overlap_tokens=overlap_tokens))
+        if not chunks:
+            raise BuildError("the documents hold no text to index")
+        stage_s["read_and_chunk"] = time.perf_counter() - t
+        report("chunk", len(chunks), len(chunks))
+
+        # 2. embeddings
+        t = time.perf_counter()
+        vectors = _embed_all(embedder, [c.text for c in chunks], report)
+        stage_s["embed"] = time.perf_counter() - t
+
+        # 3. content key, frames
+        t = time.perf_counter()
+        docs_plain = canonical_json({"documents": [
+            {"name": d.name, "sha256": d.sha256, "bytes": d.n_bytes, "media_type": d.media_type} for d in docs]})
+        content_digest = hashlib.sha256(docs_plain + canonical_json(
+            {"capsule_id": capsule_id, "version": version, "max_tokens": max_tokens,
+             "overlap_tokens": overlap_tokens})).digest()
+        content_key = derive_content_key(rng.take("content-key", 32), content_digest)
+        keys = derive_keys(content_key, capsule_id_bytes)
+        payloads, first_chunk_ids = _seal_frames(chunks, keys.payload, capsule_id_bytes, version, video_params)
+        stage_s["pack_and_seal"] = time.perf_counter() - t
+        report("seal", len(payloads), len(payloads))
+
+        # 4-5. video and frame check
+        t = time.perf_counter()
+        video = encode_mp4_file(payloads, tmp_video, video_params,
+                                progress=lambda done: report("encode", done, len(payloads)))
+        stage_s["encode_video"] = time.perf_counter() - t
+        t = time.perf_counter()
+        bad = check_mp4(tmp_video, payloads, video_params, video.extradata, video.sample_offsets,
+                        video.sample_sizes)
+        if bad:
+            shown = ", ".join(str(f) for f in bad[:10])
+            raise FrameCheckError(f"{len(bad)} of {len(payloads)} frames did not decode byte-exact: frame(s) {shown}")
+        stage_s["check_frames"] = time.perf_counter() - t
+        report("check", len(payloads), len(payloads))
+
+        # 6. index, docs, frame table
+        t = time.perf_counter()
+        index_plain = build_annoy_index(vectors, n_trees=n_trees, seed=index_seed)
+        index_section = b"".join(seal_stream(keys.index, [index_plain])) if encrypt_index else index_plain
+        docs_section = b"".join(seal_stream(keys.docs, [docs_plain]))
+        ftab = fmt.FrameTable(np.asarray(video.sample_offsets, dtype=np.uint64),
+                              np.asarray(video.sample_sizes, dtype=np.uint32),
+                              np.asarray(first_chunk_ids, dtype=np.uint32), len(chunks)).to_bytes()
+        stage_s["index"] = time.perf_counter() - t
+
+        # 7. manifest, signature, file
+        t = time.perf_counter()
+        stanzas = [wrap_for_device(content_key, r, capsule_id_bytes, rng) for r in recipients]
+        if passphrase is not None:
+            stanzas.append(wrap_for_passphrase(content_key, passphrase, capsule_id_bytes, rng, scrypt_log_n))
+        video_sha256, video_bytes = _hash_file(tmp_video)
+        sections = {"DOCS": docs_section, "FTAB": ftab, "INDX": index_section}
+        digests = {tag: {"length": len(data), "sha256": sha256_hex(data)} for tag, data in sections.items()}
+        digests["VIDE"] = {"length": video_bytes, "sha256": video_sha256}
+        manifest = {
+            "format": FORMAT_ID,
+            "capsule_id": capsule_id,
+            "name": name,
+            "version": version,
+            "publisher": {"keyid": publisher_keyid, "name": publisher_name},
+            "issued_at": format_time(issued_at),
+            "not_before": format_time(not_before),
+            "expires_at": format_time(expires_at),
+            "rules": rules or {},
+            "model": {"name": DEFAULT_MODEL_NAME, "family": "onnx", "sha256": embedder.sha256,
+                      "tokenizer_sha256": _hash_file(tokenizer_path)[0], "dim": embedder.dim, "pooling": "mean",
+                      "normalization": "l2", "max_tokens": embedder.max_tokens},
+            "chunking": {"max_tokens": max_tokens, "overlap_tokens": overlap_tokens},
+            "index": {"format": "annoy", "dim": embedder.dim, "metric": "angular", "n_items": len(chunks),
+                      "n_trees": n_trees, "seed": index_seed, "search_k": search_k, "projection": None,
+                      "encryption": "chacha20poly1305-stream" if encrypt_index else "none"},
+            "video": _video_manifest(video_params, video),
+            "payload": {"aead": "chacha20poly1305", "compression": "deflate-raw", "layout": "frame-v1",
+                        "max_plaintext_bytes": MAX_FRAME_PLAINTEXT_BYTES},
+            "n_chunks": len(chunks),
+            "n_documents": len(docs),
+            "sections": digests,
+            "recipients": [stanza_to_json(s) for s in stanzas],
+            "builder": {"name": "firmware-tools", "version": __version__},
+        }
+        mani = canonical_json(manifest)
+        sigs = signatures_to_bytes(sign_manifest(mani, [signing_key]))
+        lengths = {"MANI": len(mani), "SIGS": len(sigs), "DOCS": len(docs_section), "FTAB": len(ftab),
+                   "INDX": len(index_section), "VIDE": video_bytes}
+        _write_capsule(tmp_capsule, lengths, {"MANI": mani, "SIGS": sigs, **sections}, tmp_video)
+        stage_s["write"] = time.perf_counter() - t
+
+        # self-check with the runtime's own reader (signature, manifest, every digest)
+        t = time.perf_counter()
+        from edge.capsule import verify_capsule
+
+        try:
+            verify_capsule(tmp_capsule, trusted_keys=[signing_key.public_key()], now=not_before, full=True)
+        except CapsuleError as exc:
+            raise BuildError(f"the runtime refuses the capsule just built: {exc}") from exc
+        stage_s["self_check"] = time.perf_counter() - t
+        os.replace(tmp_capsule, output)
+        _fsync_dir(output.parent if str(output.parent) else Path("."))
+    except BaseException:
+        tmp_capsule.unlink(missing_ok=True)
+        raise
+    finally:
+        tmp_video.unlink(missing_ok=True)
+
+    raw_text_bytes = sum(len(d.text.encode("utf-8")) for d in docs)
+    return BuildResult(
+        path=output, capsule_id=capsule_id, version=version, n_documents=len(docs), n_chunks=len(chunks),
+        n_frames=len(payloads), section_bytes=lengths, file_bytes=output.stat().st_size,
+        raw_text_bytes=raw_text_bytes, payload_bytes=sum(len(p) for p in payloads), stage_s=stage_s,
+    )
+
+
+def _video_manifest(params: VideoParams, video) -> dict:
+    return {"container": "mp4", "codec": params.codec, "profile": video.profile, "width": params.width,
+            "height": params.height, "pix_fmt": params.pix_fmt, "crf": params.crf, "gop": 1, "fps": params.fps,
+            "n_frames": video.n_frames, "extradata": base64.b64encode(video.extradata).decode("ascii"),
+            "qr": {"version": params.qr_version, "ec_level": params.qr_ec_level,
+                   "pixels_per_module": params.pixels_per_module,
+                   "quiet_zone_modules": params.quiet_zone_modules}}
+
+
+def _default_issued_at() -> datetime:
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch:
+        return datetime.fromtimestamp(int(epoch), tz=timezone.utc)
+    return datetime.now(timezone.utc).replace(microsecond=0)
+
+
+def _embed_all(embedder: QueryEmbedder, texts: list[str], report: Progress, batch: int = 256) -> np.ndarray:
+    out = np.empty((len(texts), embedder.dim), dtype=np.float32)
+    for start in range(0, len(texts), batch):
+        out[start:start + batch] = embedder.embed(texts[start:start + batch])
+        report("embed", min(start + batch, len(texts)), len(texts))
+    return out
+
+
+def _seal_frames(chunks, payload_key: bytes, capsule_id: bytes, version: int,
+                 params: VideoParams) -> tuple[list[bytes], list[int]]:
+    packer = FramePacker(params.payload_capacity_bytes, MAX_FRAME_PLAINTEXT_BYTES)
+    frames: list[tuple[list[bytes], bytes]] = []
+    for chunk in chunks:
+        record = encode_record(chunk.doc_index, chunk.char_start, chunk.char_end, chunk.text)
+        try:
+            frames.extend(packer.add(record))
+        except ValueError as exc:
+            raise CapacityError(
+                f"chunk {chunk.chunk_id} ({len(chunk.text)} chars) does not fit one "
+                f"{params.payload_capacity_bytes}-byte QR payload: {exc}"
+            ) from None
+    frames.extend(packer.finish())
+    payloads, first_chunk_ids = [], []
+    next_chunk = 0
+    for frame_index, (records, compressed) in enumerate(frames):
+        payloads.append(seal_frame(payload_key, compressed, capsule_id=capsule_id, version=version,
+                                   frame_index=frame_index, first_chunk_id=next_chunk, n_slots=len(records)))
+        first_chunk_ids.append(next_chunk)
+        next_chunk += len(records)
+    return payloads, first_chunk_ids
+
+
+def _hash_file(path: Path) -> tuple[str, int]:
+    hasher = hashlib.sha256()
+    n = 0
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            hasher.update(block)
+            n += len(block)
+    return hasher.hexdigest(), n
+
+
+def _write_capsule(path: Path, lengths: dict[str, int], small: dict[str, bytes], video_path: Path) -> None:
+    header, entries = fmt.layout_sections(lengths)
+    with open(path, "wb") as out:
+        out.write(header.to_bytes())
+        for entry in entries:
+            out.write(entry.to_bytes())
+        for entry in entries:
+            out.write(bytes(entry.offset - out.tell()))
+            if entry.tag == "VIDE":
+                with open(video_path, "rb") as video:
+                    while block := video.read(1 << 20):
+                        out.write(block)
+            else:
+                out.write(small[entry.tag])
+        if out.tell() != header.file_bytes:
+            raise BuildError(f"wrote {out.tell()} bytes, layout says {header.file_bytes}")
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

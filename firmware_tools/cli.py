@@ -1,0 +1,205 @@
+"""``firmware-tools``: the desktop builder's command line (keygen, build, export-model).
+
+Errors print as ``firmware-tools: error: <message>`` with exit code 1; usage
+errors exit 2. Progress bars go to stderr; key material is never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from edge.keys import KeyFileError, load_passphrase, load_private_key, load_recipient_key
+
+from .errors import BuildError
+
+PROG = "firmware-tools"
+
+
+def parse_when(text: str, *, now: datetime | None = None) -> datetime:
+    """Parse ``2027-01-31``, ``2027-01-31T12:00:00Z`` or a relative ``+90d`` / ``+12h`` into UTC.
+
+    Raises:
+        ValueError: any other form.
+    """
+    now = now or datetime.now(timezone.utc).replace(microsecond=0)
+    rel = re.fullmatch(r"\+?(\d+)([dh])", text.strip())
+    if rel:
+        amount = int(rel.group(1))
+        return now + (timedelta(days=amount) if rel.group(2) == "d" else timedelta(hours=amount))
+    for form in ("%Y-%m-%d", "%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S%z"):
+        try:
+            value = datetime.strptime(text.strip(), form)
+        except ValueError:
+            continue
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    raise ValueError(f"cannot read date {text!r}; use YYYY-MM-DD, YYYY-MM-DDTHH:MM:SSZ or +90d")
+
+
+def _date_arg(text: str) -> datetime:
+    try:
+        return parse_when(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+class _Bars:
+    """tqdm progress bars per build stage, on stderr; silent when not a terminal unless forced."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bars: dict[str, object] = {}
+
+    def __call__(self, stage: str, done: int, total: int | None) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        bar = self.bars.get(stage)
+        if bar is None:
+            bar = self.bars[stage] = tqdm(total=total, desc=f"{stage:>7}", unit="frame" if stage in ("encode", "check", "seal") else "chunk", file=sys.stderr, leave=True)
+        bar.update(done - bar.n)
+        if total is not None and done >= total:
+            bar.close()
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from .keys import generate_keypair
+
+    private_path, public_path, kid = generate_keypair(args.kind, Path(args.output), args.public)
+    print(f"wrote {args.kind} private key {private_path} (mode 600) and public key {public_path}")
+    print(f"key id {kid}")
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from .build import build_capsule
+
+    signing_key = load_private_key(args.signing_key)
+    if not isinstance(signing_key, Ed25519PrivateKey):
+        raise KeyFileError(f"{args.signing_key} is not an Ed25519 publisher key (make one with keygen --kind publisher)")
+    recipients = [load_recipient_key(p) for p in args.recipient or []]
+    passphrase = load_passphrase(args.passphrase_file) if args.passphrase_file else None
+    if not recipients and passphrase is None:
+        raise SystemExit(_usage("give at least one --recipient DEVICE.pub or a --passphrase-file"))
+    rules = json.loads(Path(args.rules).read_text()) if args.rules else None
+    seed = bytes.fromhex(args.seed) if args.seed else None
+    bars = _Bars(enabled=not args.quiet)
+    try:
+        result = build_capsule(
+            args.documents, Path(args.output), signing_key=signing_key, recipients=recipients,
+            passphrase=passphrase, expires_at=args.expires, not_before=args.not_before, issued_at=args.issued_at,
+            version=args.version, name=args.name, capsule_id=args.capsule_id, publisher_name=args.publisher_name,
+            rules=rules, max_tokens=args.max_tokens, overlap_tokens=args.overlap_tokens, n_trees=args.n_trees,
+            encrypt_index=not args.plain_index, seed=seed, progress=bars,
+        )
+    finally:
+        bars.close()
+    summary = {"path": str(result.path), "capsule_id": result.capsule_id, "version": result.version,
+               "documents": result.n_documents, "chunks": result.n_chunks, "frames": result.n_frames,
+               "file_bytes": result.file_bytes, "raw_text_bytes": result.raw_text_bytes,
+               "size_ratio": round(result.file_bytes / max(1, result.raw_text_bytes), 3),
+               "section_bytes": result.section_bytes,
+               "seconds": {k: round(v, 3) for k, v in result.stage_s.items()}}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"wrote {result.path}: {result.n_chunks} chunks from {result.n_documents} documents in "
+              f"{result.n_frames} frames, {result.file_bytes} bytes "
+              f"({summary['size_ratio']}x the {result.raw_text_bytes} bytes of text)")
+    return 0
+
+
+def cmd_export_model(args: argparse.Namespace) -> int:
+    from .model_export import main as export_main
+
+    return export_main(["-o", str(args.output)])
+
+
+def _usage(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the ``firmware-tools`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Build signed, encrypted knowledge capsules for edge devices.",
+        epilog="example: firmware-tools build docs/ -o manual.capsule --signing-key publisher.key "
+               "--recipient device.pub --expires +90d")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-v info, -vv debug)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("keygen", help="make a publisher signing key or a device key",
+                       description="Generate a key pair. The private key is written with mode 600 and never printed; "
+                                   "the public key goes beside it with the .pub suffix.",
+                       epilog="example: firmware-tools keygen --kind device -o kiosk-7.key")
+    p.add_argument("--kind", choices=("publisher", "device"), default="publisher",
+                   help="publisher: Ed25519, signs capsules; device: X25519, receives them (default publisher)")
+    p.add_argument("-o", "--output", required=True, help="private key path (must not exist)")
+    p.add_argument("--public", type=Path, help="public key path (default: OUTPUT with .pub)")
+    p.set_defaults(func=cmd_keygen)
+
+    p = sub.add_parser("build", help="build a capsule from documents",
+                       description="Chunk, embed, encrypt and pack documents (.txt .md .rst .html .pdf, or folders of "
+                                   "them) into one signed capsule file.",
+                       epilog="example: firmware-tools build docs/ -o manual.capsule --signing-key publisher.key "
+                              "--recipient kiosk-7.pub --expires 2027-06-30 --version 3")
+    p.add_argument("documents", nargs="+", type=Path, help="files or folders to pack")
+    p.add_argument("-o", "--output", required=True, help="capsule path to write (replaced atomically)")
+    p.add_argument("--signing-key", required=True, help="publisher Ed25519 private key (mode 600)")
+    p.add_argument("--recipient", action="append", metavar="DEVICE.pub", help="device X25519 public key; repeatable")
+    p.add_argument("--passphrase-file", help="also let this passphrase open the capsule (scrypt)")
+    p.add_argument("--expires", type=_date_arg, required=True, help="expiry: YYYY-MM-DD, ISO time, or +90d")
+    p.add_argument("--not-before", type=_date_arg, help="start of validity (default: issue time)")
+    p.add_argument("--issued-at", type=_date_arg, help="issue time (default: now, or $SOURCE_DATE_EPOCH)")
+    p.add_argument("--version", type=int, default=1, help="capsule version, >= 1 (default 1)")
+    p.add_argument("--name", help="capsule name (default: output file name)")
+    p.add_argument("--capsule-id", help="32 hex chars (default: derived from the publisher key and name)")
+    p.add_argument("--publisher-name", default="", help="human-readable publisher name")
+    p.add_argument("--rules", help="JSON file with the manifest's rules object")
+    p.add_argument("--max-tokens", type=int, default=200, help="chunk size in model tokens (default 200)")
+    p.add_argument("--overlap-tokens", type=int, default=32, help="chunk overlap in model tokens (default 32)")
+    p.add_argument("--n-trees", type=int, default=16, help="Annoy trees (default 16)")
+    p.add_argument("--plain-index", action="store_true",
+                   help="do not encrypt the index (embeddings leak content; see FORMAT.md 4.4)")
+    p.add_argument("--seed", help="hex seed for a reproducible build (default: OS randomness)")
+    p.add_argument("--json", action="store_true", help="print the build summary as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("export-model", help="rebuild the quantized ONNX model from the pinned source package",
+                       description="Export all-MiniLM-L6-v2 to int8 ONNX (see models/all-MiniLM-L6-v2/MODEL.md).",
+                       epilog="example: firmware-tools export-model -o models/all-MiniLM-L6-v2")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    p.set_defaults(func=cmd_export_model)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``firmware-tools`` CLI; return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if not args.verbose else logging.INFO if args.verbose == 1
+                        else logging.DEBUG, format=f"{PROG}: %(levelname)s: %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (BuildError, KeyFileError, ValueError, FileExistsError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,199 @@
+"""End to end on the shipped Python FAQ: real model, real H.264, real QR, real crypto."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from edge import open_capsule
+from edge.errors import (
+    CapsuleFormatError,
+    DecryptionError,
+    ExpiredCapsuleError,
+    IntegrityError,
+    ModelError,
+    NotYetValidError,
+    SignatureError,
+)
+from edge.capsule import verify_capsule
+from firmware_tools.chunking import TokenizerOffsets, chunk_documents
+from firmware_tools.documents import iter_documents
+
+from ..conftest import FAQ_DOCS, ROOT, BUILD_EXPIRES_AT, BUILD_ISSUED_AT, build_test_capsule
+
+QUESTIONS = [json.loads(line) for line in (ROOT / "examples/python-faq/questions.jsonl").read_text().splitlines()
+             if line.strip()]
+NOW = BUILD_ISSUED_AT.replace(day=15)
+
+
+def _open(built, **kwargs):
+    kwargs.setdefault("now", NOW)
+    return open_capsule(built.path, trusted_keys=[built.publisher_key.public_key()],
+                        identities=[built.device_key], **kwargs)
+
+
+@pytest.fixture(scope="module")
+def capsule(faq_capsule):
+    with _open(faq_capsule) as opened:
+        yield opened
+
+
+@pytest.mark.parametrize("item", QUESTIONS, ids=[q["question"][:40] for q in QUESTIONS])
+def test_faq_question_finds_its_answer_in_top_5(capsule, item):
+    hits = capsule.search(item["question"], k=5)
+    assert len(hits) == 5
+    assert any(item["answer_snippet"] in hit.text and hit.document.endswith(item["file"]) for hit in hits), (
+        [(h.document, h.text[:80]) for h in hits])
+
+
+def test_every_returned_text_is_byte_equal_to_its_source_chunk(capsule, faq_capsule):
+    docs = list(iter_documents([FAQ_DOCS]))
+    offsets = TokenizerOffsets.from_file(ROOT / "models/all-MiniLM-L6-v2/tokenizer.json")
+    chunks = list(chunk_documents(docs, token_offsets=offsets, max_tokens=capsule.manifest.chunk_max_tokens,
+                                  overlap_tokens=capsule.manifest.chunk_overlap_tokens))
+    assert len(chunks) == capsule.manifest.n_chunks
+    seen = 0
+    for item in QUESTIONS:
+        for hit in capsule.search(item["question"], k=5):
+            chunk = chunks[hit.chunk_id]
+            assert hit.text.encode("utf-8") == chunk.text.encode("utf-8")
+            assert docs[chunk.doc_index].name == hit.document
+            assert (hit.char_start, hit.char_end) == (chunk.char_start, chunk.char_end)
+            assert docs[chunk.doc_index].text[hit.char_start:hit.char_end] == hit.text
+            seen += 1
+    assert seen == 5 * len(QUESTIONS)
+
+
+def test_full_verify_reads_every_chunk_from_frames(faq_capsule):
+    report = verify_capsule(faq_capsule.path, trusted_keys=[faq_capsule.publisher_key.public_key()],
+                            identities=[faq_capsule.device_key], now=NOW, full=True)
+    assert report.n_chunks_checked == report.manifest.n_chunks
+    assert report.n_frames_checked == report.manifest.video.n_frames
+
+
+def test_capsule_has_no_plaintext_copy_of_the_text(faq_capsule):
+    data = faq_capsule.path.read_bytes()
+    for doc in iter_documents([FAQ_DOCS]):
+        for sentence in [s for s in doc.text.split("\n") if len(s) > 40][:20]:
+            assert sentence.encode("utf-8") not in data
+
+
+def test_read_chunk_matches_search_hit(capsule):
+    hit = capsule.search(QUESTIONS[0]["question"], k=1)[0]
+    again = capsule.read_chunk(hit.chunk_id)
+    assert again.text == hit.text and again.document == hit.document
+
+
+def test_build_is_byte_identical_for_same_inputs_keys_seed_and_clock(faq_capsule, tmp_path):
+    again = build_test_capsule(FAQ_DOCS, tmp_path / "again.capsule", keys_dir=tmp_path / "keys", name="python-faq")
+    assert again.path.read_bytes() == faq_capsule.path.read_bytes()
+
+
+def test_wrong_device_key_is_refused(faq_capsule):
+    with pytest.raises(DecryptionError, match="not for this device"):
+        open_capsule(faq_capsule.path, trusted_keys=[faq_capsule.publisher_key.public_key()],
+                     identities=[faq_capsule.other_device_key], now=NOW)
+
+
+def test_untrusted_publisher_is_refused(faq_capsule):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    with pytest.raises(SignatureError, match="signed by 0/1 trusted keys"):
+        open_capsule(faq_capsule.path, trusted_keys=[Ed25519PrivateKey.generate().public_key()],
+                     identities=[faq_capsule.device_key], now=NOW)
+
+
+def test_tampered_manifest_is_refused(faq_capsule, tmp_path):
+    from edge import format as fmt
+
+    data = bytearray(faq_capsule.path.read_bytes())
+    header = fmt.parse_header(bytes(data[:64]), file_bytes=len(data))
+    mani = fmt.parse_section_table(bytes(data[64:64 + header.table_bytes]), header)["MANI"]
+    data[mani.offset + mani.length // 2] ^= 0x01
+    bad = tmp_path / "tampered.capsule"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(SignatureError):
+        _open(type(faq_capsule)(**{**faq_capsule.__dict__, "path": bad}))
+
+
+def test_expired_and_not_yet_valid_are_refused(faq_capsule):
+    with pytest.raises(ExpiredCapsuleError, match="expired at 2036-11-01T00:00:00Z"):
+        _open(faq_capsule, now=BUILD_EXPIRES_AT)
+    with pytest.raises(NotYetValidError, match="not valid before 2026-11-01T00:00:00Z"):
+        _open(faq_capsule, now=BUILD_ISSUED_AT.replace(year=2025))
+
+
+@pytest.mark.parametrize("cut", [1, 4096, 100_000])
+def test_truncated_file_is_refused(faq_capsule, tmp_path, cut):
+    bad = tmp_path / "truncated.capsule"
+    bad.write_bytes(faq_capsule.path.read_bytes()[:-cut])
+    with pytest.raises(IntegrityError, match="truncated"):
+        _open(type(faq_capsule)(**{**faq_capsule.__dict__, "path": bad}))
+
+
+def test_missing_model_is_refused_with_its_hash(faq_capsule, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGE_MODEL_PATH", str(tmp_path))
+    with pytest.raises(ModelError, match=_model_sha(faq_capsule)[:12]):
+        _open(faq_capsule, model_search_path=[tmp_path])
+
+
+def _model_sha(built):
+    return verify_capsule(built.path, trusted_keys=[built.publisher_key.public_key()], now=NOW,
+                          full=False).manifest.model.sha256
+
+
+def test_altered_video_frame_never_returns_text(faq_capsule, tmp_path):
+    """Flip bytes inside one frame's sample: reading that frame fails typed; full verify fails."""
+    from edge import format as fmt
+
+    data = bytearray(faq_capsule.path.read_bytes())
+    header = fmt.parse_header(bytes(data[:64]), file_bytes=len(data))
+    table = fmt.parse_section_table(bytes(data[64:64 + header.table_bytes]), header)
+    with _open(faq_capsule) as good:
+        frames = good._frames
+        target = 1
+        start = table["VIDE"].offset + int(frames.sample_offsets[target])
+        chunk_in_frame = int(frames.first_chunk_ids[target])
+    for i in range(start + 40, start + int(frames.sample_bytes[target]) - 10, 37):
+        data[i] ^= 0xFF
+    bad = tmp_path / "video.capsule"
+    bad.write_bytes(bytes(data))
+    built = type(faq_capsule)(**{**faq_capsule.__dict__, "path": bad})
+    with _open(built) as capsule:  # open does not hash the video (FORMAT.md §11) ...
+        from edge.errors import CapsuleError
+
+        with pytest.raises(CapsuleError):  # ... but the frame's AEAD or QR decode refuses it
+            capsule.read_chunk(chunk_in_frame)
+        assert capsule.read_chunk(0).text  # other frames still serve
+    with pytest.raises(IntegrityError, match="VIDE section sha256"):
+        verify_capsule(bad, trusted_keys=[faq_capsule.publisher_key.public_key()], now=NOW, full=True)
+
+
+def test_section_from_another_capsule_is_refused(faq_capsule, tiny_capsule, tmp_path):
+    """Swap DOCS for another capsule's DOCS of equal length: the digest in the signed manifest catches it."""
+    from edge import format as fmt
+
+    def sections(path):
+        data = path.read_bytes()
+        header = fmt.parse_header(data[:64], file_bytes=len(data))
+        return data, fmt.parse_section_table(data[64:64 + header.table_bytes], header)
+
+    data, table = sections(faq_capsule.path)
+    other, other_table = sections(tiny_capsule.path)
+    mixed = bytearray(data)
+    ftab, other_ftab = table["FTAB"], other_table["FTAB"]
+    n = min(ftab.length, other_ftab.length)
+    mixed[ftab.offset:ftab.offset + n] = other[other_ftab.offset:other_ftab.offset + n]
+    bad = tmp_path / "mixed.capsule"
+    bad.write_bytes(bytes(mixed))
+    with pytest.raises(IntegrityError, match="FTAB section sha256"):
+        _open(type(faq_capsule)(**{**faq_capsule.__dict__, "path": bad}))
+
+
+def test_not_a_capsule_is_refused(tmp_path, faq_capsule):
+    bad = tmp_path / "x.capsule"
+    shutil.copy(ROOT / "README.md", bad)
+    with pytest.raises(CapsuleFormatError, match="bad magic"):
+        _open(type(faq_capsule)(**{**faq_capsule.__dict__, "path": bad}))
