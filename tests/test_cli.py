@@ -142,3 +142,20 @@ def test_every_command_has_help_with_an_example_and_is_in_the_readme(argv):
     readme = (ROOT / "README.md").read_text()
     command = ("edge " if argv[0] == "edge" else "firmware-tools ") + argv[1]
     assert command in readme
+
+
+def test_wrong_passphrase_one_line_error(tmp_path):
+    from edge.keys import Passphrase
+
+    built = build_test_capsule(TINY_DOCS / "good", tmp_path / "p.capsule", keys_dir=tmp_path / "keys",
+                               recipients=[], passphrase=Passphrase(b"right"), scrypt_log_n=12)
+    secret = tmp_path / "pass.txt"
+    secret.write_text("wrong\n")
+    os.chmod(secret, 0o600)
+    proc = run_cli("edge", "search", str(built.path), "What is Python?", "--trust", str(built.publisher_pub_path),
+                   "--passphrase-file", str(secret))
+    _assert_one_line_error(proc, "not for this device")
+    secret.write_text("right\n")
+    proc = run_cli("edge", "search", str(built.path), "What is Python?", "-k", "1", "--trust",
+                   str(built.publisher_pub_path), "--passphrase-file", str(secret))
+    assert proc.returncode == 0 and "score" in proc.stdout, proc.stderr

@@ -197,3 +197,19 @@ def test_not_a_capsule_is_refused(tmp_path, faq_capsule):
     shutil.copy(ROOT / "README.md", bad)
     with pytest.raises(CapsuleFormatError, match="bad magic"):
         _open(type(faq_capsule)(**{**faq_capsule.__dict__, "path": bad}))
+
+
+def test_passphrase_opens_and_wrong_passphrase_is_refused(tmp_path):
+    from edge.keys import Passphrase
+
+    from ..conftest import TINY_DOCS
+
+    built = build_test_capsule(TINY_DOCS / "good", tmp_path / "pass.capsule", keys_dir=tmp_path / "keys",
+                               recipients=[], passphrase=Passphrase(b"field unit 7"), scrypt_log_n=12)
+    trusted = [built.publisher_key.public_key()]
+    with open_capsule(built.path, trusted_keys=trusted, identities=[Passphrase(b"field unit 7")], now=NOW) as c:
+        assert c.search("What is Python?", k=1)[0].text
+    with pytest.raises(DecryptionError):
+        open_capsule(built.path, trusted_keys=trusted, identities=[Passphrase(b"field unit 8")], now=NOW)
+    with pytest.raises(DecryptionError):  # a device key does not open a passphrase-only capsule
+        open_capsule(built.path, trusted_keys=trusted, identities=[built.device_key], now=NOW)

@@ -1,0 +1,836 @@
+"""Write frame payloads as QR codes into an all-intra H.264 MP4 (writer for ``edge/frames.py``).
+
+This module owns the frame codec on the builder side: one opaque frame payload (bytes) -> one
+QR symbol (byte mode, fixed version and EC level, drawn 1 px per module) -> one all-intra H.264
+frame in a standard MP4 -> the sample table (byte offset, size) and ``avcC`` extradata that the
+runtime needs for random access without demuxing. ``check_mp4`` decodes every frame back through
+the runtime's own reader (``edge.frames.FrameReader``).
+
+It deliberately does not know what a payload contains (the caller packs and encrypts chunk
+slots), does not hash or sign anything, and writes nothing but the MP4 file it is given.
+
+Example::
+
+    params = DEFAULT_VIDEO_PARAMS           # v40-L, 1 px/module, 192x192, veryfast CRF 25
+    video = encode_mp4_file(payloads, "frames.mp4", params)
+    bad = check_mp4("frames.mp4", payloads, params, video.extradata,
+                    video.sample_offsets, video.sample_sizes)
+    assert not bad, f"frames {bad} did not round-trip"
+
+Determinism: the same payloads and params give a byte-identical MP4. x264 runs with a fixed
+``threads=1`` (its output depends on the thread count, not on the machine), the muxer runs with
+``fflags=+bitexact`` and no ``creation_time``, and QR rendering in worker processes is ordered.
+
+Measurements that chose ``DEFAULT_VIDEO_PARAMS`` (x86_64 "Intel(R) Xeon(R) Processor", 2 vCPUs,
+shared with other jobs; CPython 3.11, PyAV 18.1.0 / x264 core 165, zxing-cpp 3.1.1; run
+``bench/bench_qr_video.py``; every table and command is in ``bench/QR_VIDEO.md``). Payloads are
+uniformly random (ciphertext), 2,953 bytes = one full v40-L symbol; "ok" counts frames out of
+300 that came back byte-exact through ``edge.frames.FrameReader`` (software h264 + zxing-cpp);
+B/B is MP4 bytes per payload byte; "margin CRF" is the highest CRF still 300/300 at CRF+1 and
+CRF+2 too; enc is x264 CPU ms per frame (noisy machine, +-20%)::
+
+    setting, 1 px/module 192x192       ok at CRF 24 25 26 27 28 29   margin CRF -> B/B   enc ms
+    medium (FACTS' setting)            300 300 300 300 295   1       25 -> 3.820        5.4
+    medium no-deblock/no-psy/trellis=2/ bytes +-0.3%, same cliff     25 -> 3.81-3.82    4.2-6.9
+      no-8x8dct/tune=stillimage        (stillimage: relabelled CRF)
+    medium aq-mode=0                   CRF scale +4, same bytes      29 -> 3.823        4.5
+    faster = veryfast + trellis=1      300 300 300 300 292   1       25 -> 3.724        3.0-3.2
+    veryfast                           300 300 300 300   1   1       25 -> 3.631        2.2
+    veryfast aq-mode=2 (= tune=ssim)   CRF 23: 300 (3.03), 24: 287   21 -> 3.586        1.9
+    veryfast aq-mode=2:aq-strength=0.5 300 300 300 300 245   1       25 -> 3.315        1.8  <- default
+    veryfast aq-mode=3:aq-strength=0.5 300 300 300 300 228   1       25 -> 3.304        2.1
+    superfast                          CRF 24..29: 300, CRF 30: 1    27 -> 3.892        1.6
+    ultrafast (CAVLC, no 8x8dct)       CRF 28..33: 300, CRF 34: 1    31 -> 4.390        0.6
+    2 px/module, 384x384 medium        CRF 29: 300 (7.24), CRF 30: 17  27 -> 9.012      15
+    v40-M (2,331 B) medium             CRF 27: 300 (4.21), CRF 28: 291 25 -> 4.840      5.4
+    v30-L (1,367 B) 160x160 medium     CRF 27: 300 (3.46), CRF 28: 297 25 -> 3.967      3.4
+
+With uniform quantisation (aq-mode 0/1, any preset) decoding collapses below ~3.07 B/B within
+one CRF step and tuning only relabels the CRF scale. Auto-variance AQ at strength 0.5-0.6 moves
+that wall to ~2.75 B/B (presumably by quantising the flat finder-pattern and quiet-zone
+macroblocks harder than the data macroblocks; per-macroblock QPs were not inspected).
+1 px/module and EC level L are clearly best. Re-checked on 3 fresh sets of 300 payloads (10%
+short): veryfast aq-mode=2:aq-strength=0.5 at CRF 25, 26 and 27 reads 1,200/1,200 over all four
+sets, 78-85% at CRF 28. Default: that setting at **CRF 25**, 9,790 MP4
+bytes per full frame (3.315 B/B; FACTS reported 3.6-4.0 B/B for medium CRF 23-25).
+Speed (2,000 frames, ``encode_mp4_file``): QR drawing 0.3-0.5 ms/symbol with this module's NumPy
+writer (zxing-cpp's writer 2.6-3.0 ms with a fixed mask, 14 ms choosing the mask; segno ~190-225
+ms; qrcode ~230-250 ms); see bench/QR_VIDEO.md for frames/s with 0, 1 and 2 render workers.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import logging
+import mmap
+import multiprocessing
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import CapacityError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "VideoParams",
+    "DEFAULT_VIDEO_PARAMS",
+    "EncodedVideo",
+    "qr_byte_capacity",
+    "render_qr_frame",
+    "encode_mp4",
+    "encode_mp4_file",
+    "check_mp4",
+]
+
+# Data codewords per QR version 1..40 and EC level (ISO/IEC 18004:2015 Table 7).
+_DATA_CODEWORDS: dict[str, tuple[int, ...]] = {
+    "L": (19, 34, 55, 80, 108, 136, 156, 194, 232, 274, 324, 370, 428, 461, 523, 589, 647, 721, 795, 861,
+          932, 1006, 1094, 1174, 1276, 1370, 1468, 1531, 1631, 1735, 1843, 1955, 2071, 2191, 2306, 2434,
+          2566, 2702, 2812, 2956),
+    "M": (16, 28, 44, 64, 86, 108, 124, 154, 182, 216, 254, 290, 334, 365, 415, 453, 507, 563, 627, 669,
+          714, 782, 860, 914, 1000, 1062, 1128, 1193, 1267, 1373, 1455, 1541, 1631, 1725, 1812, 1914,
+          1992, 2102, 2216, 2334),
+    "Q": (13, 22, 34, 48, 62, 76, 88, 110, 132, 154, 180, 206, 244, 261, 295, 325, 367, 397, 445, 485,
+          512, 568, 614, 664, 718, 754, 808, 871, 911, 985, 1033, 1115, 1171, 1231, 1286, 1354, 1426,
+          1502, 1582, 1666),
+    "H": (9, 16, 26, 36, 46, 60, 66, 86, 100, 122, 140, 158, 180, 197, 223, 253, 283, 313, 341, 385, 406,
+          442, 464, 514, 538, 596, 628, 661, 701, 745, 793, 845, 901, 961, 986, 1054, 1096, 1142, 1222,
+          1276),
+}
+
+# Error-correction blocks per QR version 1..40 and EC level (ISO/IEC 18004:2015 Table 9).
+_N_BLOCKS: dict[str, tuple[int, ...]] = {
+    "L": (1, 1, 1, 1, 1, 2, 2, 2, 2, 4, 4, 4, 4, 4, 6, 6, 6, 6, 7, 8, 8, 9, 9, 10, 12, 12, 12, 13, 14, 15, 16,
+          17, 18, 19, 19, 20, 21, 22, 24, 25),
+    "M": (1, 1, 1, 2, 2, 4, 4, 4, 5, 5, 5, 8, 9, 9, 10, 10, 11, 13, 14, 16, 17, 17, 18, 20, 21, 23, 25, 26, 28,
+          29, 31, 33, 35, 37, 38, 40, 43, 45, 47, 49),
+    "Q": (1, 1, 2, 2, 4, 4, 6, 6, 8, 8, 8, 10, 12, 16, 12, 17, 16, 18, 21, 20, 23, 23, 25, 27, 29, 34, 34, 35,
+          38, 40, 43, 45, 48, 51, 53, 56, 59, 62, 65, 68),
+    "H": (1, 1, 2, 4, 4, 4, 5, 6, 8, 8, 11, 11, 16, 16, 18, 16, 19, 21, 25, 25, 25, 34, 30, 32, 35, 37, 40, 42,
+          45, 48, 51, 54, 57, 60, 63, 66, 70, 74, 77, 81),
+}
+
+_TUNES = ("", "film", "animation", "grain", "stillimage", "psnr", "ssim", "fastdecode", "zerolatency")
+_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+
+# Frames rendered per task sent to a worker process, and tasks kept in flight per worker
+# (bounds memory: the encoder consumes frames in order while workers render ahead).
+_RENDER_BATCH = 32
+_IN_FLIGHT_PER_WORKER = 3
+# Below this many frames a worker pool costs more (process start ~0.3 s) than it saves.
+_MIN_FRAMES_FOR_POOL = 256
+
+
+def qr_byte_capacity(version: int, ec_level: str) -> int:
+    """Return how many raw bytes one QR symbol holds in byte mode, without ECI.
+
+    Args:
+        version: QR version, 1..40.
+        ec_level: ``"L"``, ``"M"``, ``"Q"`` or ``"H"``.
+
+    Returns:
+        Capacity in bytes, e.g. 2953 for version 40-L.
+
+    Source: ISO/IEC 18004:2015 §7.4.3 (byte mode: 4-bit mode + 8/16-bit count), Table 7.
+    """
+    if ec_level not in _DATA_CODEWORDS:
+        raise ValueError(f"qr ec level must be one of L, M, Q, H, not {ec_level!r}")
+    if not 1 <= int(version) <= 40:
+        raise ValueError(f"qr version must be 1..40, not {version}")
+    count_bits = 8 if version < 10 else 16
+    return (_DATA_CODEWORDS[ec_level][version - 1] * 8 - 4 - count_bits) // 8
+
+
+@dataclass(frozen=True)
+class VideoParams:
+    """How payloads become QR symbols and H.264 frames (recorded in manifest ``video``).
+
+    Attributes:
+        codec: video codec written, ``"h264"`` (the reader also knows ``"hevc"``).
+        profile: x264 profile, ``"high"`` (8x8 transform, CABAC; what Pi 4 decodes in hardware).
+        width: frame width in pixels, even.
+        height: frame height in pixels, even.
+        pix_fmt: ``"yuv420p"``; chroma is flat grey.
+        crf: x264 constant rate factor, 1..51 (0 would select the lossless High 4:4:4 profile).
+        qr_version: QR version 1..40 (v40 = 177x177 modules).
+        qr_ec_level: QR error-correction level ``"L"``/``"M"``/``"Q"``/``"H"``.
+        pixels_per_module: pixels per QR module edge.
+        quiet_zone_modules: light modules guaranteed around the symbol (the symbol is centred;
+            the frame must leave at least this much on every side).
+        fps: nominal frame rate written into the MP4 (players only; readers seek by index).
+        x264_preset: x264 speed preset.
+        x264_tune: x264 tune (``""`` = none, e.g. ``"stillimage"``; measured: no gain).
+        x264_params: extra ``key=value:key=value`` x264 options.
+        qr_mask: QR data mask 0..7, fixed (cuts QR generation from ~11 ms to ~2 ms per v40
+            symbol; decoders read any mask), or ``None`` to let the encoder score all eight.
+        qr_writer: ``"numpy"`` (this module's writer, ~0.4 ms per v40 symbol, needs a fixed
+            ``qr_mask``) or ``"zxing"`` (zxing-cpp's, ~3.2 ms); both draw identical modules.
+        encoder_threads: x264 thread count; fixed so that output does not depend on the machine.
+
+    Source: FORMAT.md §4.5 (video object).
+    """
+
+    codec: str = "h264"
+    profile: str = "high"
+    width: int = 192
+    height: int = 192
+    pix_fmt: str = "yuv420p"
+    crf: int = 25
+    qr_version: int = 40
+    qr_ec_level: str = "L"
+    pixels_per_module: int = 1
+    quiet_zone_modules: int = 7
+    fps: int = 25
+    x264_preset: str = "veryfast"
+    x264_tune: str = ""
+    x264_params: str = "aq-mode=2:aq-strength=0.5"
+    qr_mask: int | None = 0
+    qr_writer: str = "numpy"
+    encoder_threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.codec != "h264":
+            raise ValueError(f"only h264 video can be written, not {self.codec!r}")
+        if self.pix_fmt != "yuv420p":
+            raise ValueError(f"only yuv420p video can be written, not {self.pix_fmt!r}")
+        if self.profile not in ("baseline", "main", "high"):
+            raise ValueError(f"h264 profile must be baseline, main or high, not {self.profile!r}")
+        if not 1 <= self.crf <= 51:
+            raise ValueError(f"crf must be 1..51 (0 is lossless High 4:4:4), not {self.crf}")
+        qr_byte_capacity(self.qr_version, self.qr_ec_level)  # validates version and level
+        if self.pixels_per_module < 1 or self.quiet_zone_modules < 0:
+            raise ValueError("pixels_per_module must be >= 1 and quiet_zone_modules >= 0")
+        if self.width % 2 or self.height % 2 or self.width < 16 or self.height < 16:
+            raise ValueError(f"frame size {self.width}x{self.height} must be even and >= 16 (yuv420p)")
+        need = (self.symbol_modules + 2 * self.quiet_zone_modules) * self.pixels_per_module
+        if self.width < need or self.height < need:
+            raise ValueError(f"a version {self.qr_version} symbol at {self.pixels_per_module} px/module with a "
+                             f"{self.quiet_zone_modules}-module quiet zone needs {need}x{need} px, "
+                             f"frame is {self.width}x{self.height}")
+        if self.x264_preset not in _PRESETS:
+            raise ValueError(f"unknown x264 preset {self.x264_preset!r}")
+        if self.x264_tune not in _TUNES:
+            raise ValueError(f"unknown x264 tune {self.x264_tune!r}")
+        if self.qr_mask is not None and not 0 <= self.qr_mask <= 7:
+            raise ValueError(f"qr_mask must be 0..7 or None, not {self.qr_mask}")
+        if self.qr_writer not in ("numpy", "zxing"):
+            raise ValueError(f"qr_writer must be 'numpy' or 'zxing', not {self.qr_writer!r}")
+        if not 1 <= self.fps <= 240 or self.encoder_threads < 1:
+            raise ValueError("fps must be 1..240 and encoder_threads >= 1")
+
+    @property
+    def symbol_modules(self) -> int:
+        """Modules per side of the QR symbol (``17 + 4 * qr_version``)."""
+        return 17 + 4 * self.qr_version
+
+    @property
+    def payload_capacity_bytes(self) -> int:
+        """Largest frame payload in bytes (byte mode, no ECI), 2953 for version 40-L."""
+        return qr_byte_capacity(self.qr_version, self.qr_ec_level)
+
+
+#: Chosen by measurement (module docstring, bench/QR_VIDEO.md): v40-L (2,953 bytes) at 1 px per
+#: module in 192x192, x264 veryfast with aq-mode=2:aq-strength=0.5 at CRF 25 (100% decode up to
+#: CRF 27): 3.315 MP4 bytes per payload byte, ~9.8 kB per full frame.
+DEFAULT_VIDEO_PARAMS = VideoParams()
+
+
+@dataclass(frozen=True)
+class EncodedVideo:
+    """An MP4 written by :func:`encode_mp4_file` or :func:`encode_mp4`.
+
+    Attributes:
+        path: the MP4 file, or ``None`` when the bytes are in ``mp4_bytes``.
+        n_frames: number of frames (= samples = payloads).
+        extradata: the stream's ``avcC`` record (manifest ``video.extradata``).
+        sample_offsets: byte offset of each frame's sample from the start of the MP4.
+        sample_sizes: byte size of each frame's sample.
+        profile: H.264 profile as the decoder names it, e.g. ``"High"``.
+        codec: ``"h264"``.
+        size_bytes: MP4 file size in bytes.
+        mp4_bytes: the whole MP4 (only from :func:`encode_mp4`).
+
+    Source: FORMAT.md §4.5 (video), §5 (frame table).
+    """
+
+    path: Path | None
+    n_frames: int
+    extradata: bytes
+    sample_offsets: list[int]
+    sample_sizes: list[int]
+    profile: str
+    codec: str
+    size_bytes: int
+    mp4_bytes: bytes | None = field(default=None, repr=False)
+
+
+# -- QR rendering -----------------------------------------------------------------------------
+
+
+def _qr_modules(payload: bytes, params: VideoParams) -> np.ndarray:
+    """Return the QR module matrix: uint8 [n, n], 0 = dark, 255 = light, no quiet zone."""
+    if params.qr_writer == "numpy" and params.qr_mask is not None:
+        return _numpy_writer(params.qr_version, params.qr_ec_level, params.qr_mask).modules(payload)
+    modules = _zxing_modules(payload, params.qr_version, params.qr_ec_level, params.qr_mask)
+    n = params.symbol_modules
+    if modules.shape != (n, n):
+        raise RuntimeError(f"qr encoder drew {modules.shape} modules, expected {n}x{n}")
+    return modules
+
+
+def _zxing_modules(payload: bytes, version: int, ec_level: str, mask: int | None) -> np.ndarray:
+    """Draw one symbol with zxing-cpp's writer (zint): uint8 [n, n], 0 = dark, 255 = light."""
+    import zxingcpp
+
+    kwargs: dict[str, Any] = {"ec_level": ec_level, "version": version,
+                              "eci": "0"}  # "0": no ECI header (zint would add ECI 899 for bytes)
+    if mask is not None:
+        kwargs["data_mask"] = mask
+    barcode = zxingcpp.create_barcode(bytes(payload), zxingcpp.BarcodeFormat.QRCode, **kwargs)
+    return np.asarray(barcode.to_image(scale=1, add_quiet_zones=False), dtype=np.uint8)
+
+
+# GF(256) over the QR polynomial x^8 + x^4 + x^3 + x^2 + 1 (ISO/IEC 18004:2015 §7.5.2).
+_GF_EXP = np.zeros(512, dtype=np.int64)
+_GF_LOG = np.zeros(256, dtype=np.int64)
+_v = 1
+for _i in range(255):
+    _GF_EXP[_i] = _v
+    _GF_LOG[_v] = _i
+    _v <<= 1
+    if _v & 0x100:
+        _v ^= 0x11D
+_GF_EXP[255:510] = _GF_EXP[:255]
+del _i, _v
+
+
+def _gf_mul(a: int, b: int) -> int:
+    return 0 if a == 0 or b == 0 else int(_GF_EXP[_GF_LOG[a] + _GF_LOG[b]])
+
+
+def _alignment_centres(version: int) -> list[int]:
+    if version == 1:
+        return []
+    size = 17 + 4 * version
+    n_align = version // 7 + 2
+    step = 26 if version == 32 else (version * 4 + n_align * 2 + 1) // (n_align * 2 - 2) * 2
+    return [6] + [size - 7 - i * step for i in range(n_align - 1)][::-1]
+
+
+class _NumpyQrWriter:
+    """Byte-mode QR symbols of one version / EC level / mask, drawn with NumPy (~0.4 ms for v40).
+
+    zxing-cpp's writer (zint) takes ~3.2 ms per v40 symbol (2.6 ms encode + 0.6 ms to_image),
+    which alone would cap a 2-core build below its target. This writer precomputes, once per
+    (version, EC level, mask): the data-module placement order (§7.7.3), the mask bits (§7.8.2),
+    the block interleaving (§7.6) and, for Reed-Solomon (§7.5.2), one table of every
+    (position, byte value) -> EC contribution, so that the EC codewords of all blocks are one gather
+    and one XOR-reduce. The function patterns, format and version information are copied from a
+    zxing-cpp-drawn symbol with the same version/EC/mask, and the first use checks that this writer
+    and zxing-cpp's draw identical modules for sample payloads (RuntimeError if not).
+
+    Source: ISO/IEC 18004:2015 §7 (byte mode, §7.4.5; no ECI; terminator and 0xEC/0x11 padding).
+    """
+
+    def __init__(self, version: int, ec_level: str, mask: int) -> None:
+        n = 17 + 4 * version
+        function = np.zeros((n, n), dtype=bool)
+        function[:9, :9] = True          # finder + separator + format information (3 corners)
+        function[:9, n - 8:] = True
+        function[n - 8:, :9] = True      # includes the dark module at (4v + 9, 8)
+        function[6, :] = True            # timing patterns
+        function[:, 6] = True
+        centres = _alignment_centres(version)
+        for r in centres:
+            for c in centres:
+                if (r, c) not in ((6, 6), (6, centres[-1]), (centres[-1], 6)):
+                    function[r - 2:r + 3, c - 2:c + 3] = True
+        if version >= 7:                 # version information
+            function[:6, n - 11:n - 8] = True
+            function[n - 11:n - 8, :6] = True
+        rows: list[int] = []
+        cols: list[int] = []
+        upward, col = True, n - 1
+        while col > 0:                   # two-module columns, zig-zag from the bottom right
+            if col == 6:
+                col -= 1
+            for r in (range(n - 1, -1, -1) if upward else range(n)):
+                for c in (col, col - 1):
+                    if not function[r, c]:
+                        rows.append(r)
+                        cols.append(c)
+            upward = not upward
+            col -= 2
+        r_arr, c_arr = np.asarray(rows), np.asarray(cols)
+        total_cw = len(rows) // 8
+        n_data = _DATA_CODEWORDS[ec_level][version - 1]
+        n_blocks = _N_BLOCKS[ec_level][version - 1]
+        n_ec = (total_cw - n_data) // n_blocks
+        if (total_cw - n_data) % n_blocks:
+            raise RuntimeError(f"qr block table inconsistent for version {version}-{ec_level}")
+        short = n_data // n_blocks
+        lengths = [short] * (n_blocks - n_data % n_blocks) + [short + 1] * (n_data % n_blocks)
+        kmax = max(lengths)
+        starts = np.cumsum([0] + lengths[:-1])
+        # data blocks, left-padded with a zero codeword (index n_data) to kmax: same polynomial
+        gather = np.full((n_blocks, kmax), n_data, dtype=np.int64)
+        for j, k in enumerate(lengths):
+            gather[j, kmax - k:] = starts[j] + np.arange(k)
+        order = [int(starts[j]) + i for i in range(kmax) for j in range(n_blocks) if i < lengths[j]]
+        order += [n_data + j * n_ec + i for i in range(n_ec) for j in range(n_blocks)]
+        # generator polynomial (monic, highest power first) and x^(n_ec + p) mod g for each p
+        gen = [1]
+        for i in range(n_ec):
+            root = int(_GF_EXP[i])
+            nxt = gen + [0]
+            for k, coef in enumerate(gen):
+                nxt[k + 1] ^= _gf_mul(coef, root)
+            gen = nxt
+        remainders = []
+        cur = gen[1:]
+        for _ in range(kmax):
+            remainders.append(cur)
+            lead, cur = cur[0], cur[1:] + [0]
+            if lead:
+                cur = [a ^ _gf_mul(lead, g) for a, g in zip(cur, gen[1:])]
+        rem = np.array(remainders[::-1], dtype=np.int64)  # row i multiplies padded column i
+        width = -(-n_ec // 8) * 8
+        values = np.arange(256)
+        log_v = np.where(values > 0, _GF_LOG[values], 0)
+        table = np.zeros((kmax, 256, width), dtype=np.uint8)
+        for i in range(kmax):
+            for j in range(n_ec):
+                if rem[i, j]:
+                    prod = _GF_EXP[log_v + _GF_LOG[rem[i, j]]]
+                    table[i, :, j] = np.where(values > 0, prod, 0)
+        self._ec_table = table.view(np.uint64).reshape(kmax, 256, width // 8)
+        self._gather = gather
+        self._interleave = np.asarray(order, dtype=np.int64)
+        self._columns = np.arange(kmax)[None, :]
+        self._n_data, self._n_ec, self._kmax = n_data, n_ec, kmax
+        self._count_bits = 8 if version < 10 else 16
+        self.capacity_bytes = (n_data * 8 - 4 - self._count_bits) // 8
+        i, j = r_arr, c_arr
+        mask_bits = (
+            (i + j) % 2 == 0, i % 2 == 0, j % 3 == 0, (i + j) % 3 == 0, (i // 2 + j // 3) % 2 == 0,
+            (i * j) % 2 + (i * j) % 3 == 0, ((i * j) % 2 + (i * j) % 3) % 2 == 0,
+            ((i + j) % 2 + (i * j) % 3) % 2 == 0,
+        )[mask]
+        self._mask_bits = mask_bits.astype(np.uint8)
+        self._n_data_modules = len(rows)
+        self._flat_pos = r_arr * n + c_arr
+        self._template = _zxing_modules(b"\xa5", version, ec_level, mask)
+        if self._template.shape != (n, n):
+            raise RuntimeError(f"zxing-cpp drew {self._template.shape} modules for version {version}")
+        self._self_check(version, ec_level, mask)
+
+    def _data_codewords(self, payload: bytes) -> np.ndarray:
+        n = len(payload)
+        header_bits = 4 + self._count_bits
+        bits = np.zeros(self._n_data * 8, dtype=np.uint8)
+        header = (0b0100 << self._count_bits) | n  # byte mode indicator + character count
+        bits[:header_bits] = (header >> np.arange(header_bits - 1, -1, -1)) & 1
+        bits[header_bits:header_bits + 8 * n] = np.unpackbits(np.frombuffer(payload, dtype=np.uint8))
+        codewords = np.packbits(bits)  # zero terminator and zero bit padding come for free
+        used = min((header_bits + 8 * n + 4 + 7) // 8, self._n_data)
+        codewords[used:] = np.resize(np.array([0xEC, 0x11], dtype=np.uint8), self._n_data - used)
+        return codewords
+
+    def modules(self, payload: bytes) -> np.ndarray:
+        """Return the symbol for ``payload``: uint8 [n, n], 0 = dark, 255 = light."""
+        data = self._data_codewords(bytes(payload))
+        padded = np.append(data, np.uint8(0))[self._gather]             # (blocks, kmax)
+        ec = np.bitwise_xor.reduce(self._ec_table[self._columns, padded], axis=1)
+        ec = ec.view(np.uint8)[:, :self._n_ec]
+        stream = np.concatenate([data, ec.reshape(-1)])[self._interleave]
+        bits = np.zeros(self._n_data_modules, dtype=np.uint8)          # + remainder bits (0)
+        bits[:stream.size * 8] = np.unpackbits(stream)
+        out = self._template.copy()
+        out.reshape(-1)[self._flat_pos] = (1 - (bits ^ self._mask_bits)) * 255
+        return out
+
+    def _self_check(self, version: int, ec_level: str, mask: int) -> None:
+        rng = np.random.default_rng(version * 31 + mask)
+        for size in (self.capacity_bytes, max(1, self.capacity_bytes // 3)):
+            # bytes 0xA0..0xDF: zint keeps them in byte mode (no numeric/alphanumeric/kanji runs)
+            sample = rng.integers(0xA0, 0xE0, size, dtype=np.uint8).tobytes()
+            if not np.array_equal(self.modules(sample), _zxing_modules(sample, version, ec_level, mask)):
+                raise RuntimeError(f"numpy qr writer disagrees with zxing-cpp for version {version}-{ec_level} "
+                                   f"mask {mask}")
+
+
+@functools.lru_cache(maxsize=8)
+def _numpy_writer(version: int, ec_level: str, mask: int) -> _NumpyQrWriter:
+    return _NumpyQrWriter(version, ec_level, mask)
+
+
+def _check_capacity(payload: bytes, frame_index: int, params: VideoParams) -> None:
+    capacity = params.payload_capacity_bytes
+    if len(payload) > capacity:
+        raise CapacityError(f"frame {frame_index} payload is {len(payload)} bytes, a version "
+                            f"{params.qr_version}-{params.qr_ec_level} qr code holds {capacity}")
+    if not payload:
+        raise ValueError(f"frame {frame_index} payload is empty")
+
+
+def render_qr_frame(payload: bytes, params: VideoParams = DEFAULT_VIDEO_PARAMS) -> np.ndarray:
+    """Return the luma image of one frame: ``payload`` as a centred QR code.
+
+    Args:
+        payload: 1..``params.payload_capacity_bytes`` opaque bytes (QR byte mode).
+        params: QR version/EC level, pixels per module and frame size.
+
+    Returns:
+        uint8 array of shape [params.height, params.width]; 0 = dark module, 255 = light.
+
+    Raises:
+        CapacityError: ``payload`` is longer than ``params.payload_capacity_bytes``.
+        ValueError: ``payload`` is empty.
+
+    Source: ISO/IEC 18004:2015 (QR code, byte mode); FORMAT.md §4.5.
+    """
+    _check_capacity(payload, 0, params)
+    return _render_checked(bytes(payload), params)
+
+
+def _render_checked(payload: bytes, params: VideoParams) -> np.ndarray:
+    modules = _qr_modules(payload, params)
+    ppm = params.pixels_per_module
+    if ppm > 1:
+        modules = np.repeat(np.repeat(modules, ppm, axis=0), ppm, axis=1)
+    side = modules.shape[0]
+    top = (params.height - side) // 2
+    left = (params.width - side) // 2
+    frame = np.full((params.height, params.width), 255, dtype=np.uint8)
+    frame[top:top + side, left:left + side] = modules
+    return frame
+
+
+def _render_batch(args: tuple[VideoParams, list[bytes]]) -> list[bytes]:
+    params, payloads = args
+    return [_render_checked(p, params).tobytes() for p in payloads]
+
+
+# -- H.264 / MP4 encoding -----------------------------------------------------------------------
+
+
+def _default_workers() -> int:
+    try:
+        n_cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        n_cpus = os.cpu_count() or 1
+    return max(0, min(n_cpus, 4) - 1)
+
+
+def _iter_lumas(payloads: Iterable[bytes], params: VideoParams, n_workers: int) -> Iterator[bytes]:
+    """Yield each payload's rendered luma (H*W bytes), in order, checking capacity first."""
+
+    def batches() -> Iterator[list[bytes]]:
+        it = iter(payloads)
+        frame_index = 0
+        while batch := list(islice(it, _RENDER_BATCH)):
+            for payload in batch:
+                _check_capacity(payload, frame_index, params)
+                frame_index += 1
+            yield [bytes(p) for p in batch]
+
+    source = batches()
+    pool = _spawn_pool(n_workers) if n_workers > 0 else None
+    if pool is None:
+        for batch in source:
+            yield from _render_batch((params, batch))
+        return
+    try:
+        pending: collections.deque = collections.deque()
+        while True:
+            while len(pending) < n_workers * _IN_FLIGHT_PER_WORKER:
+                batch = next(source, None)
+                if batch is None:
+                    break
+                pending.append((pool.submit(_render_batch, (params, batch)), batch))
+            if not pending:
+                return
+            future, batch = pending.popleft()
+            try:
+                lumas = future.result()
+            except BrokenProcessPool as exc:
+                # Same output either way: finish in this process rather than fail the build.
+                log.warning("qr render workers stopped (%s); rendering in this process", exc)
+                yield from _render_batch((params, batch))
+                for _, queued in pending:
+                    yield from _render_batch((params, queued))
+                pending.clear()
+                for rest in source:
+                    yield from _render_batch((params, rest))
+                return
+            yield from lumas
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _spawn_pool(n_workers: int) -> ProcessPoolExecutor | None:
+    """Return a pool of ``spawn`` workers, or None where they cannot start.
+
+    ``spawn`` (not ``fork``): the parent may hold encoder, BLAS or onnxruntime threads. Spawned
+    workers re-import ``__main__``; when it is not a file (``python - < script``) they would
+    die at start-up, so the work stays in this process. A pool whose workers die later raises
+    ``BrokenProcessPool`` and callers finish in-process; results do not depend on the pool.
+    """
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if main_file is not None and not os.path.isfile(main_file):
+        log.debug("no worker processes: __main__ %r cannot be re-imported", main_file)
+        return None
+    return ProcessPoolExecutor(max_workers=n_workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+def _x264_options(params: VideoParams) -> dict[str, str]:
+    options = {"crf": str(params.crf), "preset": params.x264_preset, "profile": params.profile,
+               "threads": str(params.encoder_threads)}
+    if params.x264_tune:
+        options["tune"] = params.x264_tune
+    if params.x264_params:
+        options["x264-params"] = params.x264_params
+    return options
+
+
+def encode_mp4_file(
+    payloads: Iterable[bytes],
+    out_path: str | os.PathLike[str],
+    params: VideoParams = DEFAULT_VIDEO_PARAMS,
+    *,
+    progress: Callable[[int], None] | None = None,
+    n_frames_hint: int | None = None,
+    n_workers: int | None = None,
+) -> EncodedVideo:
+    """Write one all-intra H.264 frame per payload to an MP4 file; return its sample table.
+
+    Args:
+        payloads: frame payloads in frame order, each 1..``params.payload_capacity_bytes`` bytes;
+            consumed once, lazily.
+        out_path: MP4 file to write (overwritten).
+        params: QR and H.264 parameters.
+        progress: optional ``progress(n_frames_done)``, called every 64 frames and at the end.
+        n_frames_hint: expected frame count when ``payloads`` has no ``len()``; only decides
+            whether a render pool is worth starting.
+        n_workers: QR render processes beside the encoder; ``None`` = usable CPUs - 1 (max 3),
+            0 = render in this process. The output does not depend on it.
+
+    Returns:
+        EncodedVideo with ``path``, ``n_frames``, ``extradata``, ``sample_offsets``,
+        ``sample_sizes`` and ``profile`` (read back by demuxing the finished file).
+
+    Raises:
+        CapacityError: a payload is longer than ``params.payload_capacity_bytes`` (names the frame).
+        ValueError: no payloads, or an empty payload.
+        RuntimeError: the finished MP4 does not demux into one keyframe sample per payload.
+
+    Source: FORMAT.md §4.5 (video), §5 (frame table).
+    """
+    out_path = Path(out_path)
+    if n_workers is None:
+        n_workers = _default_workers()
+    known = len(payloads) if isinstance(payloads, Sequence) else n_frames_hint
+    if known is not None and known < _MIN_FRAMES_FOR_POOL:
+        n_workers = 0
+    n_frames = _encode_lumas(_iter_lumas(payloads, params, n_workers), out_path, params, progress)
+    video = _read_sample_table(out_path, n_frames)
+    log.debug("wrote %d frames, %d bytes to %s (%s, crf %d)", n_frames, video.size_bytes, out_path,
+              video.profile, params.crf)
+    return video
+
+
+def _encode_lumas(lumas: Iterable[bytes], out_path: Path, params: VideoParams,
+                  progress: Callable[[int], None] | None = None) -> int:
+    """Encode rendered luma images (H*W bytes each) as an MP4; return the frame count."""
+    import av
+
+    width, height = params.width, params.height
+    yuv = np.full((height * 3 // 2, width), 128, dtype=np.uint8)  # chroma stays flat grey
+    n_frames = 0
+    container = av.open(str(out_path), mode="w", format="mp4", options={"fflags": "+bitexact"})
+    try:
+        stream = container.add_stream("libx264", rate=params.fps)
+        stream.width = width
+        stream.height = height
+        stream.pix_fmt = params.pix_fmt
+        cc = stream.codec_context
+        cc.gop_size = 1
+        cc.max_b_frames = 0
+        cc.options = _x264_options(params)
+        for luma in lumas:
+            yuv[:height] = np.frombuffer(luma, dtype=np.uint8).reshape(height, width)
+            frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")  # copies: yuv is reused
+            frame.pts = n_frames
+            for packet in stream.encode(frame):
+                container.mux(packet)
+            n_frames += 1
+            if progress is not None and n_frames % 64 == 0:
+                progress(n_frames)
+        if n_frames == 0:
+            raise ValueError("no frame payloads to encode")
+        for packet in stream.encode(None):
+            container.mux(packet)
+    finally:
+        container.close()
+    if progress is not None and n_frames % 64:
+        progress(n_frames)
+    return n_frames
+
+
+def encode_mp4(
+    payloads: Iterable[bytes],
+    params: VideoParams = DEFAULT_VIDEO_PARAMS,
+    *,
+    n_frames_hint: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    n_workers: int | None = None,
+) -> EncodedVideo:
+    """Return an in-memory MP4 (``mp4_bytes``) with one frame per payload.
+
+    Same as :func:`encode_mp4_file` through a temporary file; ``path`` is ``None``.
+
+    Raises:
+        CapacityError: a payload is longer than ``params.payload_capacity_bytes``.
+        ValueError: no payloads, or an empty payload.
+    """
+    with tempfile.TemporaryDirectory(prefix="qr_video_") as tmp:
+        path = Path(tmp) / "frames.mp4"
+        video = encode_mp4_file(payloads, path, params, progress=progress, n_frames_hint=n_frames_hint,
+                                n_workers=n_workers)
+        data = path.read_bytes()
+    return EncodedVideo(path=None, n_frames=video.n_frames, extradata=video.extradata,
+                        sample_offsets=video.sample_offsets, sample_sizes=video.sample_sizes,
+                        profile=video.profile, codec=video.codec, size_bytes=len(data), mp4_bytes=data)
+
+
+def _read_sample_table(path: Path, n_frames: int) -> EncodedVideo:
+    """Demux the finished MP4 and return its sample table, checking it against the file bytes."""
+    import av
+
+    offsets: list[int] = []
+    sizes: list[int] = []
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        extradata = bytes(stream.codec_context.extradata or b"")
+        profile = stream.codec_context.profile or ""
+        codec = stream.codec_context.name
+        with open(path, "rb") as f:
+            for packet in container.demux(stream):
+                if packet.size == 0:
+                    continue  # the demuxer's end-of-stream marker
+                if not packet.is_keyframe or packet.pos is None or packet.pos < 0:
+                    raise RuntimeError(f"sample {len(offsets)} is not a keyframe at a known file offset")
+                f.seek(packet.pos)
+                if f.read(packet.size) != bytes(packet):
+                    raise RuntimeError(f"sample {len(offsets)} bytes differ at file offset {packet.pos}")
+                offsets.append(int(packet.pos))
+                sizes.append(int(packet.size))
+    if len(offsets) != n_frames:
+        raise RuntimeError(f"mp4 holds {len(offsets)} samples, encoded {n_frames} frames")
+    if not extradata or extradata[0] != 1:
+        raise RuntimeError("mp4 has no avcC extradata")
+    if "4:4:4" in profile:
+        raise RuntimeError(f"encoder produced profile {profile!r}, which hardware decoders refuse")
+    return EncodedVideo(path=path, n_frames=n_frames, extradata=extradata, sample_offsets=offsets,
+                        sample_sizes=sizes, profile=profile, codec=codec, size_bytes=path.stat().st_size)
+
+
+# -- round-trip check -------------------------------------------------------------------------------
+
+
+def _check_range(args: tuple[str, str, bytes, list[int], list[int], int, list[bytes]]) -> list[int]:
+    from edge.errors import FrameDecodeError
+    from edge.frames import FrameReader
+
+    path, codec, extradata, offsets, sizes, start, payloads = args
+    bad: list[int] = []
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        view = memoryview(mm)
+        try:
+            # offsets/sizes/payloads are this task's slice: local index i is frame start + i
+            reader = FrameReader(view, extradata=extradata, sample_offsets=offsets, sample_sizes=sizes,
+                                 codec=codec, prefer_hardware=False)
+            try:
+                for i, payload in enumerate(payloads):
+                    try:
+                        if reader.read_payload(i) != payload:
+                            bad.append(start + i)
+                    except FrameDecodeError:
+                        bad.append(start + i)
+            finally:
+                reader.close()
+        finally:
+            view.release()
+    return bad
+
+
+def check_mp4(
+    path: str | os.PathLike[str],
+    payloads: Sequence[bytes],
+    params: VideoParams,
+    extradata: bytes,
+    sample_offsets: Sequence[int],
+    sample_sizes: Sequence[int],
+    *,
+    n_workers: int | None = None,
+) -> list[int]:
+    """Return the indexes of frames that do not decode to their payload byte-exact.
+
+    Every frame goes through the runtime's reader (``edge.frames.FrameReader``, software
+    decoder), exactly as a device reads it.
+
+    Args:
+        path: the MP4 written by :func:`encode_mp4_file`.
+        payloads: the payloads that were encoded, frame order.
+        params: the parameters they were encoded with (``codec``).
+        extradata: ``EncodedVideo.extradata``.
+        sample_offsets: ``EncodedVideo.sample_offsets``.
+        sample_sizes: ``EncodedVideo.sample_sizes``.
+        n_workers: decoding processes; ``None`` = usable CPUs (max 4), 0 = this process.
+
+    Returns:
+        Sorted 0-based frame indexes that failed; empty when every frame round-trips.
+
+    Raises:
+        ValueError: the sample table and payload counts differ.
+    """
+    n = len(payloads)
+    if len(sample_offsets) != n or len(sample_sizes) != n:
+        raise ValueError(f"{n} payloads but {len(sample_offsets)} offsets and {len(sample_sizes)} sizes")
+    offsets = [int(o) for o in sample_offsets]
+    sizes = [int(s) for s in sample_sizes]
+    if n_workers is None:
+        n_workers = _default_workers() + 1
+    if n < _MIN_FRAMES_FOR_POOL:
+        n_workers = 0
+    path_str, codec, extradata = str(path), params.codec, bytes(extradata)
+    if n_workers <= 1:
+        bad = _check_range((path_str, codec, extradata, offsets, sizes, 0, [bytes(p) for p in payloads]))
+    else:
+        step = min(4096, -(-n // (n_workers * 4)))
+        tasks = [(path_str, codec, extradata, offsets[s:s + step], sizes[s:s + step], s,
+                  [bytes(p) for p in payloads[s:s + step]]) for s in range(0, n, step)]
+        pool = _spawn_pool(n_workers)
+        bad = None
+        if pool is not None:
+            try:
+                with pool:
+                    bad = [i for part in pool.map(_check_range, tasks) for i in part]
+            except BrokenProcessPool as exc:
+                log.warning("frame check workers stopped (%s); checking in this process", exc)
+        if bad is None:
+            bad = [i for task in tasks for i in _check_range(task)]
+    if bad:
+        log.warning("%d of %d frames did not round-trip: %s", len(bad), n, bad[:10])
+    return sorted(bad)

@@ -1,0 +1,187 @@
+"""qr_video: payloads -> QR frames -> all-intra H.264 MP4, checked by real decoding (no mocks)."""
+
+from __future__ import annotations
+
+import random
+import struct
+
+import av
+import numpy as np
+import pytest
+import zxingcpp
+
+from firmware_tools import qr_video
+from firmware_tools.errors import CapacityError
+from firmware_tools.qr_video import (
+    DEFAULT_VIDEO_PARAMS,
+    VideoParams,
+    check_mp4,
+    encode_mp4,
+    encode_mp4_file,
+    qr_byte_capacity,
+    render_qr_frame,
+)
+
+N_FRAMES = 20
+
+
+def random_payloads(n: int = N_FRAMES, seed: int = 1) -> list[bytes]:
+    rng = random.Random(seed)
+    cap = DEFAULT_VIDEO_PARAMS.payload_capacity_bytes
+    return [rng.randbytes(cap if i % 4 else rng.randint(1, cap)) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def encoded(tmp_path_factory):
+    payloads = random_payloads()
+    path = tmp_path_factory.mktemp("qr_video") / "frames.mp4"
+    return payloads, encode_mp4_file(payloads, path, DEFAULT_VIDEO_PARAMS)
+
+
+def test_default_params_hold_a_version_40_l_symbol():
+    assert DEFAULT_VIDEO_PARAMS.payload_capacity_bytes == 2953
+    assert qr_byte_capacity(1, "H") == 7
+    assert qr_byte_capacity(10, "L") == 271
+    assert DEFAULT_VIDEO_PARAMS.symbol_modules == 177
+
+
+def test_render_qr_frame_draws_one_readable_symbol():
+    payload = bytes(range(256)) * 11 + b"\x00\xff" * 44  # every byte value, incl. non-UTF-8
+    luma = render_qr_frame(payload, DEFAULT_VIDEO_PARAMS)
+    assert luma.shape == (192, 192) and luma.dtype == np.uint8
+    assert set(np.unique(luma)) == {0, 255}
+    assert (luma[:7] == 255).all() and (luma[-8:] == 255).all()  # quiet zone
+    found = zxingcpp.read_barcodes(luma, formats=zxingcpp.BarcodeFormat.QRCode)
+    assert len(found) == 1 and found[0].bytes == payload
+    assert found[0].extra["Version"] == "40" and found[0].extra["ECLevel"] == "L"
+    assert found[0].symbology_identifier == "]Q1"  # no ECI header
+
+
+def test_encode_and_check_round_trip_every_frame(encoded):
+    payloads, video = encoded
+    assert video.n_frames == N_FRAMES
+    assert check_mp4(video.path, payloads, DEFAULT_VIDEO_PARAMS, video.extradata, video.sample_offsets,
+                     video.sample_sizes) == []
+
+
+def test_mp4_is_a_standard_all_intra_h264_file(encoded):
+    payloads, video = encoded
+    data = video.path.read_bytes()
+    with av.open(str(video.path)) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264"
+        assert stream.codec_context.profile == "High"
+        assert "4:4:4" not in stream.codec_context.profile
+        assert (stream.codec_context.width, stream.codec_context.height) == (192, 192)
+        assert stream.codec_context.pix_fmt == "yuv420p"
+        packets = [p for p in container.demux(stream) if p.size]
+        assert len(packets) == N_FRAMES
+        assert all(p.is_keyframe for p in packets)
+        assert [p.pos for p in packets] == video.sample_offsets
+        assert [p.size for p in packets] == video.sample_sizes
+        container.seek(0)
+        assert sum(1 for _ in container.decode(video=0)) == N_FRAMES
+    for off, size in zip(video.sample_offsets, video.sample_sizes):
+        assert 0 < off and off + size <= len(data)
+    assert video.extradata[0] == 1 and video.extradata[1] == 100  # avcC v1, profile_idc 100 = High
+
+
+def test_mp4_carries_no_timestamp(encoded):
+    _, video = encoded
+    data = video.path.read_bytes()
+    i = data.index(b"mvhd")
+    assert data[i + 4] == 0  # version 0: 32-bit times
+    creation, modification = struct.unpack(">II", data[i + 8:i + 16])
+    assert creation == 0 and modification == 0
+    assert b"Lavf" not in data
+
+
+def test_encode_is_deterministic(encoded, tmp_path, monkeypatch):
+    payloads, video = encoded
+    again = encode_mp4(payloads, DEFAULT_VIDEO_PARAMS)
+    assert again.mp4_bytes == video.path.read_bytes()
+    # the worker-pool render path gives the same bytes
+    monkeypatch.setattr(qr_video, "_MIN_FRAMES_FOR_POOL", 0)
+    pooled = encode_mp4_file(payloads, tmp_path / "pooled.mp4", DEFAULT_VIDEO_PARAMS, n_workers=2)
+    assert pooled.path.read_bytes() == again.mp4_bytes
+    assert pooled.sample_offsets == video.sample_offsets
+
+
+def test_capacity_overflow_raises_capacity_error_naming_the_frame(tmp_path):
+    payloads = [b"a" * 100, b"b" * 2954]
+    with pytest.raises(CapacityError, match="frame 1 payload is 2954 bytes, a version 40-L qr code holds 2953"):
+        encode_mp4_file(payloads, tmp_path / "x.mp4", DEFAULT_VIDEO_PARAMS)
+    with pytest.raises(CapacityError):
+        render_qr_frame(b"\x00" * 2954, DEFAULT_VIDEO_PARAMS)
+
+
+def test_empty_input_is_a_caller_mistake(tmp_path):
+    with pytest.raises(ValueError, match="empty"):
+        encode_mp4_file([b"ok", b""], tmp_path / "x.mp4")
+    with pytest.raises(ValueError, match="no frame payloads"):
+        encode_mp4_file(iter([]), tmp_path / "y.mp4")
+
+
+def test_check_mp4_names_frames_that_do_not_round_trip(encoded, tmp_path):
+    payloads, video = encoded
+    wrong = list(payloads)
+    wrong[3] = bytes(len(wrong[3]))
+    assert check_mp4(video.path, wrong, DEFAULT_VIDEO_PARAMS, video.extradata, video.sample_offsets,
+                     video.sample_sizes) == [3]
+    data = bytearray(video.path.read_bytes())
+    off, size = video.sample_offsets[7], video.sample_sizes[7]
+    data[off + 8:off + size] = bytes(size - 8)
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(bytes(data))
+    assert check_mp4(broken, payloads, DEFAULT_VIDEO_PARAMS, video.extradata, video.sample_offsets,
+                     video.sample_sizes) == [7]
+
+
+def test_progress_reports_frames_done(tmp_path):
+    seen: list[int] = []
+    encode_mp4_file(random_payloads(3), tmp_path / "p.mp4", progress=seen.append)
+    assert seen == [3]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"crf": 0}, "crf must be 1..51"),
+    ({"width": 180, "height": 180}, "needs 191x191 px"),
+    ({"width": 193}, "even"),
+    ({"qr_ec_level": "X"}, "ec level"),
+    ({"qr_version": 41}, "version must be 1..40"),
+    ({"codec": "hevc"}, "only h264"),
+    ({"qr_mask": 8}, "qr_mask"),
+])
+def test_video_params_reject_unusable_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        VideoParams(**kwargs)
+
+
+def test_smaller_symbol_and_two_pixels_per_module_round_trip():
+    params = VideoParams(qr_version=10, qr_ec_level="M", pixels_per_module=2, width=144, height=144,
+                         quiet_zone_modules=4, crf=20)
+    payloads = random_payloads(4, seed=5)
+    payloads = [p[: params.payload_capacity_bytes] for p in payloads]
+    video = encode_mp4(payloads, params)
+    with av.open(__import__("io").BytesIO(video.mp4_bytes)) as c:
+        assert c.streams.video[0].codec_context.width == 144
+    from edge.frames import FrameReader
+
+    reader = FrameReader(video.mp4_bytes, extradata=video.extradata, sample_offsets=video.sample_offsets,
+                         sample_sizes=video.sample_sizes, prefer_hardware=False)
+    assert [reader.read_payload(i) for i in range(4)] == payloads
+
+
+def test_numpy_qr_writer_draws_what_zxing_cpp_draws():
+    # ciphertext-like payloads: the fast writer must be a drop-in for zxing-cpp's (zint) writer
+    rng = random.Random(9)
+    slow = VideoParams(qr_writer="zxing")
+    for n in (2953, 2952, 1500, 17):
+        payload = rng.randbytes(n)
+        assert np.array_equal(render_qr_frame(payload, DEFAULT_VIDEO_PARAMS), render_qr_frame(payload, slow))
+    for version, level, mask in ((1, "H", 3), (7, "M", 5), (27, "Q", 6)):
+        writer = qr_video._numpy_writer(version, level, mask)
+        payload = rng.randbytes(qr_byte_capacity(version, level))
+        luma = np.pad(writer.modules(payload), 4, constant_values=255)
+        found = zxingcpp.read_barcodes(luma, formats=zxingcpp.BarcodeFormat.QRCode)
+        assert len(found) == 1 and found[0].bytes == payload
