@@ -38,18 +38,20 @@ from .budget import MemoryBudget
 from .embedder import QueryEmbedder, find_model_dir
 from .errors import CapsuleError, CapsuleFormatError, IntegrityError, ModelError
 from .frames import FrameReader
-from .index import VectorIndex
+from .index import Projection, VectorIndex
 from .keys import Passphrase
 from .manifest import Manifest, parse_canonical_json, parse_manifest, parse_signatures
 from .sealed import (
     ChunkRecord,
     ContentKeys,
+    decompress_bounded,
     derive_keys,
     iter_open_stream,
     open_frame,
     open_stream,
     stream_plaintext_bytes,
     unwrap_content_key,
+    zstd_decompressor,
 )
 from .verify import verify_signatures
 
@@ -103,10 +105,15 @@ class StageTimings:
 
 @dataclass(frozen=True)
 class Document:
-    """A source document as recorded in the DOCS section (FORMAT.md §8)."""
+    """A source document as recorded in the DOCS section (FORMAT.md §8).
+
+    Attributes:
+        name: the document's name as given to the builder (relative path).
+        n_bytes: the source file's size in bytes.
+        media_type: e.g. ``text/plain``, ``application/pdf``.
+    """
 
     name: str
-    sha256: str
     n_bytes: int
     media_type: str
 
@@ -208,7 +215,8 @@ class Capsule:
 
     def __init__(self, *, cf: _CapsuleFile, manifest: Manifest, keys: ContentKeys, documents: list[Document],
                  frames: fmt.FrameTable, index: VectorIndex, reader: FrameReader, embedder: QueryEmbedder,
-                 budget: MemoryBudget, frame_cache_bytes: int, verified_at: datetime) -> None:
+                 budget: MemoryBudget, frame_cache_bytes: int, verified_at: datetime,
+                 decompressor) -> None:
         self._cf = cf
         self.manifest = manifest
         self._keys = keys
@@ -219,6 +227,7 @@ class Capsule:
         self._embedder = embedder
         self.budget = budget
         self.verified_at = verified_at
+        self._decompressor = decompressor
         self._cache: OrderedDict[int, list[ChunkRecord]] = OrderedDict()
         self._cache_sizes: dict[int, int] = {}
         self._cache_limit = frame_cache_bytes
@@ -252,7 +261,8 @@ class Capsule:
         t2 = time.perf_counter()
         first = int(self._frames.first_chunk_ids[frame_index])
         records = open_frame(self._keys.payload, payload, manifest=self.manifest, frame_index=frame_index,
-                             first_chunk_id=first, n_slots=self._frames.n_slots(frame_index))
+                             first_chunk_id=first, n_slots=self._frames.n_slots(frame_index),
+                             decompressor=self._decompressor)
         t3 = time.perf_counter()
         timings.frame_decode_ms += (t1 - t0) * 1e3
         timings.qr_decode_ms += (t2 - t1) * 1e3
@@ -303,11 +313,11 @@ class Capsule:
         t0 = time.perf_counter()
         vector = self._embedder.embed([query])[0]
         t1 = time.perf_counter()
-        ids, distances = self._index.search(vector, min(k, self.manifest.n_chunks), search_k=search_k)
+        ids, scores = self._index.search(vector, min(k, self.manifest.n_chunks), search_k=search_k)
         t2 = time.perf_counter()
         timings.embed_ms = (t1 - t0) * 1e3
         timings.ann_ms = (t2 - t1) * 1e3
-        hits = [self._hit(i, 1.0 - d * d / 2.0, timings) for i, d in zip(ids, distances)]
+        hits = [self._hit(i, score, timings) for i, score in zip(ids, scores)]
         self.last_timings = timings
         return hits
 
@@ -331,8 +341,12 @@ class Capsule:
             "expires_at": m.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "n_chunks": m.n_chunks, "n_documents": m.n_documents, "n_frames": m.video.n_frames,
             "model": {"name": m.model.name, "sha256": m.model.sha256, "dim": m.model.dim},
-            "index": {"n_trees": m.index.n_trees, "search_k": m.index.search_k, "encryption": m.index.encryption,
-                      "bytes": self._index.n_bytes},
+            "index": {"dim": m.index.dim, "n_trees": m.index.n_trees, "search_k": m.index.search_k,
+                      "n_candidates": m.index.n_candidates,
+                      "projection": None if m.index.projection is None else
+                      {"method": m.index.projection.method, "dim_in": m.index.projection.dim_in,
+                       "dim_out": m.index.projection.dim_out},
+                      "encryption": m.index.encryption, "bytes": self._index.n_bytes},
             "video": {"codec": m.video.codec, "profile": m.video.profile, "size": f"{m.video.width}x{m.video.height}",
                       "crf": m.video.crf, "qr": f"v{m.video.qr_version}-{m.video.qr_ec_level}"},
             "rules": m.rules,
@@ -404,19 +418,13 @@ def open_capsule(
         model_dir = find_model_dir(manifest.model.sha256, model_search_path)
         content_key = unwrap_content_key(manifest, identities)
         keys = derive_keys(content_key, manifest.capsule_id_bytes)
-        for tag in ("DOCS", "FTAB", "INDX"):
+        for tag in fmt.HASHED_SECTIONS[:-1]:  # all but VIDE, which frames authenticate one by one
             _check_digest(cf, manifest, tag)
-        documents = _read_documents(open_stream(keys.docs, cf.section("DOCS")), manifest)
+        documents = _read_documents(open_stream(keys.section("DOCS"), cf.section("DOCS")), manifest)
         frames = fmt.FrameTable.from_bytes(cf.section("FTAB").tobytes(), n_frames=manifest.video.n_frames,
                                            n_chunks=manifest.n_chunks, video_bytes=cf.sections["VIDE"].length)
-        index_view = cf.section("INDX")
-        if manifest.index.encryption == "none":
-            index = VectorIndex.from_segments([index_view], n_bytes=len(index_view), info=manifest.index,
-                                              budget=budget)
-        else:
-            index = VectorIndex.from_segments(iter_open_stream(keys.index, index_view),
-                                              n_bytes=stream_plaintext_bytes(len(index_view)),
-                                              info=manifest.index, budget=budget)
+        decompressor = _read_dictionary(cf, keys, manifest)
+        index = _open_index(cf, keys, manifest, budget)
         embedder = QueryEmbedder.open(model_dir, expected_sha256=manifest.model.sha256, n_threads=n_threads,
                                       max_tokens=manifest.model.max_tokens)
         if embedder.dim != manifest.model.dim:
@@ -439,20 +447,67 @@ def open_capsule(
              manifest.n_chunks, reader.decoder_name)
     return Capsule(cf=cf, manifest=manifest, keys=keys, documents=documents, frames=frames, index=index,
                    reader=reader, embedder=embedder, budget=budget, frame_cache_bytes=frame_cache_bytes,
-                   verified_at=now)
+                   verified_at=now, decompressor=decompressor)
 
 
-def _read_documents(plaintext: bytes, manifest: Manifest) -> list[Document]:
+def _read_dictionary(cf: _CapsuleFile, keys: ContentKeys, manifest: Manifest):
+    """Return the frame decompressor, with the ZDIC dictionary when there is one (FORMAT.md §5.4)."""
+    section = cf.section("ZDIC")
+    if stream_plaintext_bytes(len(section)) != manifest.dictionary_bytes:
+        raise CapsuleFormatError(f"dictionary section holds {stream_plaintext_bytes(len(section))} bytes, "
+                                 f"manifest says {manifest.dictionary_bytes}")
+    try:
+        return zstd_decompressor(open_stream(keys.section("ZDIC"), section))
+    except CapsuleError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - zstd refuses a malformed dictionary in its own way
+        raise CapsuleFormatError(f"dictionary is not a zstd dictionary ({type(exc).__name__})") from None
+
+
+def _open_index(cf: _CapsuleFile, keys: ContentKeys, manifest: Manifest, budget: MemoryBudget) -> VectorIndex:
+    """Decrypt PROJ, VECS and INDX (lengths checked before anything is allocated); load the index."""
+    info = manifest.index
+    proj_section = cf.section("PROJ")
+    expected_proj = 0 if info.projection is None else info.projection.plaintext_bytes
+    if stream_plaintext_bytes(len(proj_section)) != expected_proj:
+        raise CapsuleFormatError(f"projection section holds {stream_plaintext_bytes(len(proj_section))} bytes, "
+                                 f"manifest needs {expected_proj}")
+    projection = Projection.from_bytes(open_stream(keys.section("PROJ"), proj_section), info=info)
+    vecs_section = cf.section("VECS")
+    index_view = cf.section("INDX")
+    if info.encryption == "none":
+        if len(vecs_section) != info.vecs_plaintext_bytes:
+            raise CapsuleFormatError(f"re-ranking vectors are {len(vecs_section)} bytes, "
+                                     f"manifest needs {info.vecs_plaintext_bytes}")
+        vecs = {"vecs_view": vecs_section} if info.projection is not None else {}
+        return VectorIndex.from_segments([index_view], n_bytes=len(index_view), info=info, budget=budget,
+                                         projection=projection, **vecs)
+    if stream_plaintext_bytes(len(vecs_section)) != info.vecs_plaintext_bytes:
+        raise CapsuleFormatError(f"re-ranking vectors are {stream_plaintext_bytes(len(vecs_section))} bytes, "
+                                 f"manifest needs {info.vecs_plaintext_bytes}")
+    if info.projection is None:
+        open_stream(keys.section("VECS"), vecs_section)  # authenticate the empty section
+        vecs = {}
+    else:
+        vecs = {"vecs_segments": iter_open_stream(keys.section("VECS"), vecs_section)}
+    return VectorIndex.from_segments(iter_open_stream(keys.section("INDX"), index_view),
+                                     n_bytes=stream_plaintext_bytes(len(index_view)), info=info, budget=budget,
+                                     projection=projection, **vecs)
+
+
+def _read_documents(sealed_plaintext: bytes, manifest: Manifest) -> list[Document]:
+    plaintext = decompress_bounded(sealed_plaintext, fmt.MAX_DOCS_PLAINTEXT_BYTES, zstd_decompressor(),
+                                   what="document list", require_content_size=True)
     obj = parse_canonical_json(plaintext, what="document list")
     if not isinstance(obj, dict) or set(obj) != {"documents"} or not isinstance(obj["documents"], list):
         raise CapsuleFormatError("document list must be {\"documents\": [...]}")
     docs = []
     for n, item in enumerate(obj["documents"]):
-        if (not isinstance(item, dict) or set(item) != {"name", "sha256", "bytes", "media_type"}
-                or not isinstance(item["name"], str) or not isinstance(item["sha256"], str)
-                or not isinstance(item["bytes"], int) or not isinstance(item["media_type"], str)):
+        if (not isinstance(item, dict) or set(item) != {"name", "bytes", "media_type"}
+                or not isinstance(item["name"], str) or not isinstance(item["bytes"], int)
+                or isinstance(item["bytes"], bool) or not isinstance(item["media_type"], str)):
             raise CapsuleFormatError(f"document {n} entry is malformed")
-        docs.append(Document(item["name"], item["sha256"], item["bytes"], item["media_type"]))
+        docs.append(Document(item["name"], item["bytes"], item["media_type"]))
     if len(docs) != manifest.n_documents:
         raise CapsuleFormatError(f"document list has {len(docs)} entries, manifest says {manifest.n_documents}")
     return docs
@@ -510,7 +565,7 @@ def verify_capsule(
             manifest = _read_verified_manifest(cf, trusted_keys, threshold)
             manifest.check_validity(now)
             manifest.check_rules()
-            for tag in ("DOCS", "FTAB", "INDX") + (("VIDE",) if full else ()):
+            for tag in fmt.HASHED_SECTIONS if full else fmt.HASHED_SECTIONS[:-1]:
                 _check_digest(cf, manifest, tag)
             return VerifyReport(manifest, full, notes=["no identity given: frames not decrypted"])
         except CapsuleError as exc:

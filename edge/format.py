@@ -35,20 +35,28 @@ MiB = 1024 * KiB
 GiB = 1024 * MiB
 
 #: Version 1.0 section order; each tag exactly once.
-SECTION_ORDER = ("MANI", "SIGS", "DOCS", "FTAB", "INDX", "VIDE")
+SECTION_ORDER = ("MANI", "SIGS", "DOCS", "FTAB", "ZDIC", "PROJ", "VECS", "INDX", "VIDE")
 #: Sections whose length and sha256 the manifest records.
-HASHED_SECTIONS = ("DOCS", "FTAB", "INDX", "VIDE")
+HASHED_SECTIONS = ("DOCS", "FTAB", "ZDIC", "PROJ", "VECS", "INDX", "VIDE")
 #: Alignment of each section's first byte (FORMAT.md §3).
-SECTION_ALIGN = {"MANI": 8, "SIGS": 8, "DOCS": 8, "FTAB": 8, "INDX": 4096, "VIDE": 4096}
+SECTION_ALIGN = {"MANI": 8, "SIGS": 8, "DOCS": 8, "FTAB": 8, "ZDIC": 8, "PROJ": 8, "VECS": 4096, "INDX": 4096,
+                 "VIDE": 4096}
 #: (min, max) length of each section in bytes (FORMAT.md §10).
 SECTION_LIMITS = {
     "MANI": (1, 4 * MiB),
     "SIGS": (1, 64 * KiB),
     "DOCS": (17, 64 * MiB),
     "FTAB": (16, 256 * MiB),
+    "ZDIC": (16, 1 * MiB + 32),
+    "PROJ": (16, 64 * MiB),
+    "VECS": (0, 64 * GiB),
     "INDX": (1, 16 * GiB),
     "VIDE": (1, 64 * GiB),
 }
+#: Largest decompressed DOCS plaintext (FORMAT.md §8, §10).
+MAX_DOCS_PLAINTEXT_BYTES = 64 * MiB
+#: Largest ZDIC dictionary (FORMAT.md §5.4).
+MAX_DICTIONARY_BYTES = 1 * MiB
 FRAME_ENTRY_BYTES = 16
 MAX_FRAMES = 1 << 24
 MAX_SAMPLE_BYTES = 1 * MiB

@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .errors import CapsuleFormatError, ExpiredCapsuleError, NotYetValidError, RuleViolationError
+from .format import HASHED_SECTIONS
 
 FORMAT_ID = "edge-capsule/1"
 MAX_INT = (1 << 53) - 1
@@ -31,6 +32,7 @@ MAX_RECIPIENTS = 1024
 MAX_SIGNATURES = 16
 SCRYPT_LOG_N_RANGE = (10, 18)
 MAX_PLAINTEXT_LIMIT = 1 << 20
+MAX_DICTIONARY_BYTES = 1 << 20
 #: Rules this runtime implements (FORMAT.md §4.2). Others fail closed unless optional.
 KNOWN_RULES: frozenset[str] = frozenset()
 
@@ -234,8 +236,28 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
+class ProjectionInfo:
+    """PCA projection and int8 re-ranking parameters (FORMAT.md §4.4, §5.2-§5.3)."""
+
+    method: str
+    dim_in: int
+    dim_out: int
+
+    @property
+    def plaintext_bytes(self) -> int:
+        """Exact PROJ plaintext length: mean f32, axes f16, scale f32."""
+        return 4 * self.dim_in + 2 * self.dim_out * self.dim_in + 4 * self.dim_out
+
+
+@dataclass(frozen=True)
 class IndexInfo:
-    """Annoy index parameters (FORMAT.md §4.4)."""
+    """Annoy index parameters (FORMAT.md §4.4).
+
+    Attributes:
+        dim: Annoy item dimension (``model.dim``, or the first ``dim`` projected coordinates).
+        n_candidates: Annoy candidates re-ranked per query when ``projection`` is set.
+        projection: ``None``, or the PCA projection with int8 re-ranking vectors.
+    """
 
     dim: int
     metric: str
@@ -243,12 +265,19 @@ class IndexInfo:
     n_trees: int
     seed: int
     search_k: int
+    n_candidates: int
+    projection: ProjectionInfo | None
     encryption: str
 
     @property
     def node_bytes(self) -> int:
         """Bytes per Annoy node for the angular metric: 12 + 4 * dim."""
         return 12 + 4 * self.dim
+
+    @property
+    def vecs_plaintext_bytes(self) -> int:
+        """Exact VECS plaintext length: ``n_items * dim_out`` int8, 0 without projection."""
+        return 0 if self.projection is None else self.n_items * self.projection.dim_out
 
 
 @dataclass(frozen=True)
@@ -308,6 +337,7 @@ class Manifest:
     index: IndexInfo
     video: VideoInfo
     max_plaintext_bytes: int
+    dictionary_bytes: int
     n_chunks: int
     n_documents: int
     sections: dict[str, SectionDigest]
@@ -424,8 +454,12 @@ def parse_manifest(data: bytes) -> Manifest:
 
     i = top.obj("index")
     i.str("format", choices=("annoy",))
+    projection = None
     if i.get("projection") is not None:
-        raise CapsuleFormatError("manifest.index.projection must be null in format 1.0")
+        pr = i.obj("projection")
+        projection = ProjectionInfo(method=pr.str("method", choices=("pca",)), dim_in=pr.int("dim_in", 1, 4096),
+                                    dim_out=pr.int("dim_out", 1, 4096))
+        pr.done()
     index = IndexInfo(
         dim=i.int("dim", 1, 4096),
         metric=i.str("metric", choices=("angular",)),
@@ -433,13 +467,23 @@ def parse_manifest(data: bytes) -> Manifest:
         n_trees=i.int("n_trees", 1, 1024),
         seed=i.int("seed", 0, (1 << 31) - 1),
         search_k=i.int("search_k", 1, 1 << 31),
+        n_candidates=i.int("n_candidates", 1, 65536),
+        projection=projection,
         encryption=i.str("encryption", choices=("chacha20poly1305-stream", "none")),
     )
     i.done()
     if index.n_items != n_chunks:
         raise CapsuleFormatError(f"manifest.index.n_items is {index.n_items}, n_chunks is {n_chunks}")
-    if index.dim != model.dim:
+    if projection is None and index.dim != model.dim:
         raise CapsuleFormatError(f"manifest.index.dim is {index.dim}, model.dim is {model.dim}")
+    if projection is not None:
+        if projection.dim_in != model.dim:
+            raise CapsuleFormatError(
+                f"manifest.index.projection.dim_in is {projection.dim_in}, model.dim is {model.dim}")
+        if not index.dim <= projection.dim_out <= projection.dim_in:
+            raise CapsuleFormatError(
+                f"manifest.index dims must satisfy dim {index.dim} <= dim_out {projection.dim_out} "
+                f"<= dim_in {projection.dim_in}")
 
     v = top.obj("video")
     v.str("container", choices=("mp4",))
@@ -466,16 +510,17 @@ def parse_manifest(data: bytes) -> Manifest:
 
     p = top.obj("payload")
     p.str("aead", choices=("chacha20poly1305",))
-    p.str("compression", choices=("deflate-raw",))
+    p.str("compression", choices=("zstd",))
     p.str("layout", choices=("frame-v1",))
     max_plaintext_bytes = p.int("max_plaintext_bytes", 16, MAX_PLAINTEXT_LIMIT)
+    dictionary_bytes = p.int("dictionary_bytes", 0, MAX_DICTIONARY_BYTES)
     p.done()
 
     s = top.obj("sections")
     sections = {}
-    for tag in ("DOCS", "FTAB", "INDX", "VIDE"):
+    for tag in HASHED_SECTIONS:
         d = s.obj(tag)
-        sections[tag] = SectionDigest(d.int("length", 1), d.str("sha256", _HEX64, 64))
+        sections[tag] = SectionDigest(d.int("length", 0), d.str("sha256", _HEX64, 64))
         d.done()
     s.done()
 
@@ -502,7 +547,7 @@ def parse_manifest(data: bytes) -> Manifest:
         issued_at=issued_at, not_before=not_before, expires_at=expires_at,
         rules=rules, model=model, chunk_max_tokens=chunk_max_tokens,
         chunk_overlap_tokens=chunk_overlap_tokens, index=index, video=video,
-        max_plaintext_bytes=max_plaintext_bytes, n_chunks=n_chunks, n_documents=n_documents,
+        max_plaintext_bytes=max_plaintext_bytes, dictionary_bytes=dictionary_bytes, n_chunks=n_chunks, n_documents=n_documents,
         sections=sections, recipients=tuple(recipients), builder=builder, raw=bytes(data),
     )
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import struct
-import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -32,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+import zstandard
 
 from .errors import CapsuleFormatError, DecryptionError
 from .keys import Passphrase, raw_public_bytes
@@ -50,8 +50,9 @@ INFO_SCRYPT_SALT = b"edge-capsule/v1/scrypt"
 AD_STANZA = b"edge-capsule/v1/stanza"
 AD_FRAME = b"edge-capsule/v1/frame\x00"
 INFO_PAYLOAD = b"edge-capsule/v1/payload"
-INFO_INDEX = b"edge-capsule/v1/index"
-INFO_DOCS = b"edge-capsule/v1/docs"
+INFO_SECTION_PREFIX = b"edge-capsule/v1/section/"
+#: Sections sealed with STREAM under their own key (FORMAT.md §8).
+STREAM_SECTIONS = ("DOCS", "ZDIC", "PROJ", "VECS", "INDX")
 INFO_CONTENT_KEY = b"edge-capsule/v1/content-key"
 
 _DECRYPTION_FAILED = "decryption failed: wrong key, or the capsule was altered"
@@ -125,22 +126,30 @@ def unwrap_content_key(manifest: Manifest, identities: Sequence[X25519PrivateKey
 
 @dataclass(frozen=True)
 class ContentKeys:
-    """Per-purpose 32-byte keys derived from the content key (FORMAT.md §8)."""
+    """Per-purpose 32-byte keys derived from the content key (FORMAT.md §8).
+
+    Attributes:
+        payload: the frame payload key.
+        sections: STREAM key per section tag (``DOCS``, ``ZDIC``, ``PROJ``, ``VECS``, ``INDX``).
+    """
 
     payload: bytes
-    index: bytes
-    docs: bytes
+    sections: dict[str, bytes]
+
+    def section(self, tag: str) -> bytes:
+        """Return the STREAM key of section ``tag``."""
+        return self.sections[tag]
 
     def __repr__(self) -> str:
         return "ContentKeys(<hidden>)"
 
 
 def derive_keys(content_key: bytes, capsule_id: bytes) -> ContentKeys:
-    """Derive the payload, index and docs keys (FORMAT.md §8)."""
+    """Derive the payload key and one key per STREAM section (FORMAT.md §8)."""
     return ContentKeys(
         payload=hkdf_sha256(content_key, salt=capsule_id, info=INFO_PAYLOAD),
-        index=hkdf_sha256(content_key, salt=capsule_id, info=INFO_INDEX),
-        docs=hkdf_sha256(content_key, salt=capsule_id, info=INFO_DOCS),
+        sections={tag: hkdf_sha256(content_key, salt=capsule_id, info=INFO_SECTION_PREFIX + tag.encode("ascii"))
+                  for tag in STREAM_SECTIONS},
     )
 
 
@@ -234,22 +243,50 @@ class ChunkRecord:
     text: str
 
 
-def inflate_bounded(data: bytes, max_bytes: int) -> bytes:
-    """Inflate raw DEFLATE, refusing output beyond ``max_bytes``.
+def zstd_decompressor(dictionary: bytes = b"") -> zstandard.ZstdDecompressor:
+    """Return a zstd decompressor, using ``dictionary`` when it is non-empty (FORMAT.md §5.4)."""
+    if not dictionary:
+        return zstandard.ZstdDecompressor()
+    return zstandard.ZstdDecompressor(dict_data=zstandard.ZstdCompressionDict(dictionary))
+
+
+def decompress_bounded(data: bytes, max_bytes: int, decompressor: zstandard.ZstdDecompressor,
+                       *, what: str = "frame payload", require_content_size: bool = False) -> bytes:
+    """Return the content of exactly one zstd frame, refusing output beyond ``max_bytes``.
+
+    Args:
+        data: one zstd frame and nothing else.
+        max_bytes: the most output accepted; at most this much is ever allocated.
+        decompressor: from ``zstd_decompressor``.
+        what: names the input in error messages.
+        require_content_size: refuse a frame whose header does not record its size (DOCS).
 
     Raises:
-        CapsuleFormatError: corrupt stream, trailing data, or output over the bound
-            (a decompression bomb).
+        CapsuleFormatError: not a zstd frame, corrupt or truncated, trailing bytes, a missing
+            content size where one is required, or output over the bound (a decompression bomb).
+
+    Source: FORMAT.md §6 (payloads), §8 (DOCS); RFC 8878 (zstd).
     """
-    d = zlib.decompressobj(wbits=-15)
     try:
-        out = d.decompress(data, max_bytes)
-    except zlib.error:
-        raise CapsuleFormatError("frame payload does not inflate (corrupt DEFLATE stream)") from None
-    if d.unconsumed_tail:
-        raise CapsuleFormatError(f"frame payload inflates past the {max_bytes}-byte limit")
-    if not d.eof or d.unused_data:
-        raise CapsuleFormatError("frame payload DEFLATE stream is incomplete or has trailing data")
+        size = zstandard.frame_content_size(data)
+    except zstandard.ZstdError:
+        raise CapsuleFormatError(f"{what} is not a zstd frame") from None
+    if size > max_bytes:
+        raise CapsuleFormatError(f"{what} decompresses to {size} bytes, limit is {max_bytes}")
+    if size < 0 and require_content_size:
+        raise CapsuleFormatError(f"{what} zstd frame does not record its content size")
+    try:
+        out = decompressor.decompress(data, max_output_size=max_bytes)
+        # The bounded call above does not report bytes after the frame; a second pass, whose
+        # output is now known to be bounded, does.
+        stream = decompressor.decompressobj()
+        again = stream.decompress(data)
+    except zstandard.ZstdError:
+        raise CapsuleFormatError(
+            f"{what} is not one zstd frame that decompresses within {max_bytes} bytes"
+        ) from None
+    if not stream.eof or stream.unused_data or again != out:
+        raise CapsuleFormatError(f"{what} has bytes after its zstd frame")
     return out
 
 
@@ -291,6 +328,7 @@ def open_frame(
     frame_index: int,
     first_chunk_id: int,
     n_slots: int,
+    decompressor: zstandard.ZstdDecompressor,
 ) -> list[ChunkRecord]:
     """Authenticate, decrypt and parse one frame's QR payload.
 
@@ -301,6 +339,7 @@ def open_frame(
         frame_index: which frame the bytes came from (bound by nonce and AD).
         first_chunk_id: FTAB's first chunk id for the frame.
         n_slots: FTAB's chunk count for the frame.
+        decompressor: from ``zstd_decompressor`` with the capsule's ZDIC dictionary.
 
     Returns:
         ``n_slots`` records in chunk order.
@@ -321,7 +360,7 @@ def open_frame(
     except InvalidTag:
         log.warning("frame %d payload fails authentication", frame_index)
         raise DecryptionError(_DECRYPTION_FAILED) from None
-    plaintext = inflate_bounded(compressed, manifest.max_plaintext_bytes)
+    plaintext = decompress_bounded(compressed, manifest.max_plaintext_bytes, decompressor)
     return parse_records(plaintext, n_slots, manifest.n_documents)
 
 

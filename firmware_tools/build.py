@@ -51,15 +51,29 @@ from . import __version__
 from .chunking import TokenizerOffsets, chunk_documents
 from .documents import iter_documents
 from .errors import BuildError, CapacityError, FrameCheckError
-from .index_builder import build_annoy_index
+from .embedding import embed_texts
+from .index_builder import (
+    DEFAULT_ANN_DIM,
+    DEFAULT_N_CANDIDATES,
+    DEFAULT_REFINE_DIM,
+    DEFAULT_SEARCH_K_FULL,
+    DEFAULT_SEARCH_K_PROJECTED,
+    DEFAULT_TREES_FULL,
+    DEFAULT_TREES_PROJECTED,
+    MIN_CHUNKS_FOR_PROJECTION,
+    build_index,
+)
 from .qr_video import DEFAULT_VIDEO_PARAMS, VideoParams, check_mp4, encode_mp4_file
 from .sealing import (
     FramePacker,
     Randomness,
+    compress_documents,
     derive_content_key,
     encode_record,
+    payload_compressor,
     seal_frame,
     sign_manifest,
+    train_payload_dictionary,
     wrap_for_device,
     wrap_for_passphrase,
 )
@@ -68,8 +82,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOKENS = 200
 DEFAULT_OVERLAP_TOKENS = 32
-DEFAULT_N_TREES = 16
-DEFAULT_SEARCH_K = 4000
 DEFAULT_INDEX_SEED = 42
 MAX_FRAME_PLAINTEXT_BYTES = 64 * 1024
 
@@ -127,9 +139,13 @@ def build_capsule(
     model_dir: Path | None = None,
     max_tokens: int = DEFAULT_MAX_TOKENS,
     overlap_tokens: int = DEFAULT_OVERLAP_TOKENS,
-    n_trees: int = DEFAULT_N_TREES,
-    search_k: int = DEFAULT_SEARCH_K,
+    n_trees: int | None = None,
+    search_k: int | None = None,
     index_seed: int = DEFAULT_INDEX_SEED,
+    projection: bool | None = None,
+    ann_dim: int = DEFAULT_ANN_DIM,
+    refine_dim: int = DEFAULT_REFINE_DIM,
+    n_candidates: int = DEFAULT_N_CANDIDATES,
     encrypt_index: bool = True,
     video_params: VideoParams = DEFAULT_VIDEO_PARAMS,
     seed: bytes | None = None,
@@ -153,11 +169,15 @@ def build_capsule(
         rules: the manifest's ``rules`` object (FORMAT.md §4.2).
         model_dir: folder of the quantized model; default: the installed one.
         max_tokens, overlap_tokens: chunk size and overlap in model tokens.
-        n_trees, search_k, index_seed: Annoy parameters.
+        n_trees, search_k, index_seed: Annoy parameters; ``None`` picks the measured default
+            for the index kind (16 trees / 4000 without projection, 8 / 8000 with).
+        projection: PCA-project the embeddings (Annoy over ``ann_dim`` coordinates, int8
+            re-ranking over ``refine_dim``); ``None`` does so from 2048 chunks up.
+        n_candidates: Annoy candidates re-ranked per query with projection.
         encrypt_index: encrypt INDX (default; FORMAT.md §4.4 explains the trade-off).
         video_params: QR and H.264 parameters.
         seed: bytes for reproducible builds; ``None`` takes randomness from the OS.
-        n_threads: onnxruntime threads for embedding (default: all cores).
+        n_threads: embedding worker processes, one onnxruntime thread each (default: all cores).
         progress: ``progress(stage, done, total)`` callback.
 
     Returns:
@@ -204,7 +224,7 @@ def build_capsule(
         if not docs:
             raise BuildError("no documents found in the inputs")
         model_dir = model_dir or find_model_dir()
-        embedder = QueryEmbedder.open(model_dir, n_threads=n_threads or os.cpu_count() or 1)
+        embedder = QueryEmbedder.open(model_dir, n_threads=1)
         tokenizer_path = embedder.model_path.parent / "tokenizer.json"
         offsets = TokenizerOffsets.from_file(tokenizer_path)
         chunks = list(chunk_documents(docs, token_offsets=offsets, token_offsets_batch=offsets.batch,
@@ -216,19 +236,26 @@ def build_capsule(
 
         # 2. embeddings
         t = time.perf_counter()
-        vectors = _embed_all(embedder, [c.text for c in chunks], report)
+        vectors = embed_texts(embedder.model_path.parent, [c.text for c in chunks],
+                              n_workers=n_threads or os.cpu_count() or 1,
+                              progress=lambda done: report("embed", done, len(chunks)))
         stage_s["embed"] = time.perf_counter() - t
 
-        # 3. content key, frames
+        # 3. content key, dictionary, frames
         t = time.perf_counter()
         docs_plain = canonical_json({"documents": [
-            {"name": d.name, "sha256": d.sha256, "bytes": d.n_bytes, "media_type": d.media_type} for d in docs]})
-        content_digest = hashlib.sha256(docs_plain + canonical_json(
+            {"name": d.name, "bytes": d.n_bytes, "media_type": d.media_type} for d in docs]})
+        content_digest = hashlib.sha256(b"".join(bytes.fromhex(d.sha256) for d in docs) + canonical_json(
             {"capsule_id": capsule_id, "version": version, "max_tokens": max_tokens,
              "overlap_tokens": overlap_tokens})).digest()
         content_key = derive_content_key(rng.take("content-key", 32), content_digest)
         keys = derive_keys(content_key, capsule_id_bytes)
-        payloads, first_chunk_ids = _seal_frames(chunks, keys.payload, capsule_id_bytes, version, video_params)
+        records = [encode_record(c.doc_index, c.char_start, c.char_end, c.text) for c in chunks]
+        raw_text_bytes = sum(len(d.text.encode("utf-8")) for d in docs)
+        dictionary = train_payload_dictionary(records, raw_text_bytes)
+        payloads, first_chunk_ids = _seal_frames(records, payload_compressor(dictionary), keys.payload,
+                                                 capsule_id_bytes, version, video_params)
+        del records
         stage_s["pack_and_seal"] = time.perf_counter() - t
         report("seal", len(payloads), len(payloads))
 
@@ -248,12 +275,27 @@ def build_capsule(
 
         # 6. index, docs, frame table
         t = time.perf_counter()
-        index_plain = build_annoy_index(vectors, n_trees=n_trees, seed=index_seed)
-        index_section = b"".join(seal_stream(keys.index, [index_plain])) if encrypt_index else index_plain
-        docs_section = b"".join(seal_stream(keys.docs, [docs_plain]))
-        ftab = fmt.FrameTable(np.asarray(video.sample_offsets, dtype=np.uint64),
-                              np.asarray(video.sample_sizes, dtype=np.uint32),
-                              np.asarray(first_chunk_ids, dtype=np.uint32), len(chunks)).to_bytes()
+        use_projection = len(chunks) >= MIN_CHUNKS_FOR_PROJECTION if projection is None else projection
+        n_trees = n_trees or (DEFAULT_TREES_PROJECTED if use_projection else DEFAULT_TREES_FULL)
+        search_k = search_k or (DEFAULT_SEARCH_K_PROJECTED if use_projection else DEFAULT_SEARCH_K_FULL)
+        built = build_index(vectors, n_trees=n_trees, seed=index_seed,
+                            ann_dim=ann_dim if use_projection else None,
+                            refine_dim=refine_dim if use_projection else None)
+        del vectors
+
+        def sealed(tag: str, plaintext: bytes, encrypt: bool = True) -> bytes:
+            return b"".join(seal_stream(keys.section(tag), [plaintext])) if encrypt else plaintext
+
+        sections = {
+            "DOCS": sealed("DOCS", compress_documents(docs_plain)),
+            "FTAB": fmt.FrameTable(np.asarray(video.sample_offsets, dtype=np.uint64),
+                                   np.asarray(video.sample_sizes, dtype=np.uint32),
+                                   np.asarray(first_chunk_ids, dtype=np.uint32), len(chunks)).to_bytes(),
+            "ZDIC": sealed("ZDIC", dictionary),
+            "PROJ": sealed("PROJ", built.projection_bytes),
+            "VECS": sealed("VECS", built.vecs_bytes, encrypt_index) if built.vecs_bytes or encrypt_index else b"",
+            "INDX": sealed("INDX", built.annoy_bytes, encrypt_index),
+        }
         stage_s["index"] = time.perf_counter() - t
 
         # 7. manifest, signature, file
@@ -262,7 +304,6 @@ def build_capsule(
         if passphrase is not None:
             stanzas.append(wrap_for_passphrase(content_key, passphrase, capsule_id_bytes, rng, scrypt_log_n))
         video_sha256, video_bytes = _hash_file(tmp_video)
-        sections = {"DOCS": docs_section, "FTAB": ftab, "INDX": index_section}
         digests = {tag: {"length": len(data), "sha256": sha256_hex(data)} for tag, data in sections.items()}
         digests["VIDE"] = {"length": video_bytes, "sha256": video_sha256}
         manifest = {
@@ -279,12 +320,14 @@ def build_capsule(
                       "tokenizer_sha256": _hash_file(tokenizer_path)[0], "dim": embedder.dim, "pooling": "mean",
                       "normalization": "l2", "max_tokens": embedder.max_tokens},
             "chunking": {"max_tokens": max_tokens, "overlap_tokens": overlap_tokens},
-            "index": {"format": "annoy", "dim": embedder.dim, "metric": "angular", "n_items": len(chunks),
-                      "n_trees": n_trees, "seed": index_seed, "search_k": search_k, "projection": None,
+            "index": {"format": "annoy", "dim": built.dim, "metric": "angular", "n_items": len(chunks),
+                      "n_trees": n_trees, "seed": index_seed, "search_k": search_k, "n_candidates": n_candidates,
+                      "projection": None if built.projection is None else
+                      {"method": "pca", "dim_in": embedder.dim, "dim_out": refine_dim},
                       "encryption": "chacha20poly1305-stream" if encrypt_index else "none"},
             "video": _video_manifest(video_params, video),
-            "payload": {"aead": "chacha20poly1305", "compression": "deflate-raw", "layout": "frame-v1",
-                        "max_plaintext_bytes": MAX_FRAME_PLAINTEXT_BYTES},
+            "payload": {"aead": "chacha20poly1305", "compression": "zstd", "dictionary_bytes": len(dictionary),
+                        "layout": "frame-v1", "max_plaintext_bytes": MAX_FRAME_PLAINTEXT_BYTES},
             "n_chunks": len(chunks),
             "n_documents": len(docs),
             "sections": digests,
@@ -293,8 +336,8 @@ def build_capsule(
         }
         mani = canonical_json(manifest)
         sigs = signatures_to_bytes(sign_manifest(mani, [signing_key]))
-        lengths = {"MANI": len(mani), "SIGS": len(sigs), "DOCS": len(docs_section), "FTAB": len(ftab),
-                   "INDX": len(index_section), "VIDE": video_bytes}
+        lengths = {"MANI": len(mani), "SIGS": len(sigs), **{tag: len(data) for tag, data in sections.items()},
+                   "VIDE": video_bytes}
         _write_capsule(tmp_capsule, lengths, {"MANI": mani, "SIGS": sigs, **sections}, tmp_video)
         stage_s["write"] = time.perf_counter() - t
 
@@ -315,7 +358,6 @@ def build_capsule(
     finally:
         tmp_video.unlink(missing_ok=True)
 
-    raw_text_bytes = sum(len(d.text.encode("utf-8")) for d in docs)
     return BuildResult(
         path=output, capsule_id=capsule_id, version=version, n_documents=len(docs), n_chunks=len(chunks),
         n_frames=len(payloads), section_bytes=lengths, file_bytes=output.stat().st_size,
@@ -339,35 +381,26 @@ def _default_issued_at() -> datetime:
     return datetime.now(timezone.utc).replace(microsecond=0)
 
 
-def _embed_all(embedder: QueryEmbedder, texts: list[str], report: Progress, batch: int = 256) -> np.ndarray:
-    out = np.empty((len(texts), embedder.dim), dtype=np.float32)
-    for start in range(0, len(texts), batch):
-        out[start:start + batch] = embedder.embed(texts[start:start + batch])
-        report("embed", min(start + batch, len(texts)), len(texts))
-    return out
-
-
-def _seal_frames(chunks, payload_key: bytes, capsule_id: bytes, version: int,
+def _seal_frames(records: list[bytes], compressor, payload_key: bytes, capsule_id: bytes, version: int,
                  params: VideoParams) -> tuple[list[bytes], list[int]]:
-    packer = FramePacker(params.payload_capacity_bytes, MAX_FRAME_PLAINTEXT_BYTES)
+    packer = FramePacker(params.payload_capacity_bytes, MAX_FRAME_PLAINTEXT_BYTES, compressor.compress)
     frames: list[tuple[list[bytes], bytes]] = []
-    for chunk in chunks:
-        record = encode_record(chunk.doc_index, chunk.char_start, chunk.char_end, chunk.text)
+    for chunk_id, record in enumerate(records):
         try:
             frames.extend(packer.add(record))
         except ValueError as exc:
             raise CapacityError(
-                f"chunk {chunk.chunk_id} ({len(chunk.text)} chars) does not fit one "
+                f"chunk {chunk_id} ({len(record)} bytes) does not fit one "
                 f"{params.payload_capacity_bytes}-byte QR payload: {exc}"
             ) from None
     frames.extend(packer.finish())
     payloads, first_chunk_ids = [], []
     next_chunk = 0
-    for frame_index, (records, compressed) in enumerate(frames):
+    for frame_index, (frame_records, compressed) in enumerate(frames):
         payloads.append(seal_frame(payload_key, compressed, capsule_id=capsule_id, version=version,
-                                   frame_index=frame_index, first_chunk_id=next_chunk, n_slots=len(records)))
+                                   frame_index=frame_index, first_chunk_id=next_chunk, n_slots=len(frame_records)))
         first_chunk_ids.append(next_chunk)
-        next_chunk += len(records)
+        next_chunk += len(frame_records)
     return payloads, first_chunk_ids
 
 

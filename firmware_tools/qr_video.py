@@ -64,12 +64,9 @@ import collections
 import functools
 import logging
 import mmap
-import multiprocessing
 import os
-import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from itertools import islice
@@ -78,6 +75,7 @@ from typing import Any
 
 import numpy as np
 
+from ._workers import spawn_pool
 from .errors import CapacityError
 
 log = logging.getLogger(__name__)
@@ -546,7 +544,7 @@ def _iter_lumas(payloads: Iterable[bytes], params: VideoParams, n_workers: int) 
             yield [bytes(p) for p in batch]
 
     source = batches()
-    pool = _spawn_pool(n_workers) if n_workers > 0 else None
+    pool = spawn_pool(n_workers) if n_workers > 0 else None
     if pool is None:
         for batch in source:
             yield from _render_batch((params, batch))
@@ -577,21 +575,6 @@ def _iter_lumas(payloads: Iterable[bytes], params: VideoParams, n_workers: int) 
             yield from lumas
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _spawn_pool(n_workers: int) -> ProcessPoolExecutor | None:
-    """Return a pool of ``spawn`` workers, or None where they cannot start.
-
-    ``spawn`` (not ``fork``): the parent may hold encoder, BLAS or onnxruntime threads. Spawned
-    workers re-import ``__main__``; when it is not a file (``python - < script``) they would
-    die at start-up, so the work stays in this process. A pool whose workers die later raises
-    ``BrokenProcessPool`` and callers finish in-process; results do not depend on the pool.
-    """
-    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
-    if main_file is not None and not os.path.isfile(main_file):
-        log.debug("no worker processes: __main__ %r cannot be re-imported", main_file)
-        return None
-    return ProcessPoolExecutor(max_workers=n_workers, mp_context=multiprocessing.get_context("spawn"))
 
 
 def _x264_options(params: VideoParams) -> dict[str, str]:
@@ -821,7 +804,7 @@ def check_mp4(
         step = min(4096, -(-n // (n_workers * 4)))
         tasks = [(path_str, codec, extradata, offsets[s:s + step], sizes[s:s + step], s,
                   [bytes(p) for p in payloads[s:s + step]]) for s in range(0, n, step)]
-        pool = _spawn_pool(n_workers)
+        pool = spawn_pool(n_workers)
         bad = None
         if pool is not None:
             try:

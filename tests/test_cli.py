@@ -55,8 +55,10 @@ def test_wrong_device_key_one_line_error(tiny_capsule):
 
 
 def test_tampered_manifest_one_line_error(tiny_capsule, tmp_path):
+    from edge import format as fmt
+
     data = bytearray(tiny_capsule.path.read_bytes())
-    data[300] ^= 0x04  # inside MANI, which starts at byte 256
+    data[64 + len(fmt.SECTION_ORDER) * 32 + 40] ^= 0x04  # inside MANI, the first section
     bad = tmp_path / "bad.capsule"
     bad.write_bytes(bytes(data))
     proc = run_cli("edge", "verify", str(bad), *_keys(tiny_capsule))

@@ -6,7 +6,8 @@ import pytest
 from edge import format as fmt
 from edge.errors import CapsuleFormatError, IntegrityError
 
-LENGTHS = {"MANI": 100, "SIGS": 50, "DOCS": 40, "FTAB": 32, "INDX": 5000, "VIDE": 7000}
+LENGTHS = {"MANI": 100, "SIGS": 50, "DOCS": 40, "FTAB": 32, "ZDIC": 16, "PROJ": 16, "VECS": 0, "INDX": 5000,
+           "VIDE": 7000}
 
 
 def _layout():
@@ -18,8 +19,8 @@ def _layout():
 def test_layout_aligns_index_and_video_to_pages():
     header, entries, _ = _layout()
     by_tag = {e.tag: e for e in entries}
-    assert by_tag["INDX"].offset % 4096 == 0 and by_tag["VIDE"].offset % 4096 == 0
-    assert by_tag["MANI"].offset == 64 + 6 * 32
+    assert all(by_tag[t].offset % 4096 == 0 for t in ("VECS", "INDX", "VIDE"))
+    assert by_tag["MANI"].offset == 64 + 9 * 32
     assert header.file_bytes == by_tag["VIDE"].end
 
 

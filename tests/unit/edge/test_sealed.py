@@ -1,6 +1,5 @@
 """Key wrap, STREAM and frame payload crypto, reader against writer (FORMAT.md §6-§9)."""
 
-import zlib
 from dataclasses import replace
 
 import pytest
@@ -12,18 +11,21 @@ from edge.keys import Passphrase
 from edge.manifest import canonical_json, parse_manifest
 from edge.sealed import (
     STREAM_SEGMENT_BYTES,
+    decompress_bounded,
     derive_keys,
-    inflate_bounded,
     open_frame,
     open_stream,
     stream_plaintext_bytes,
     unwrap_content_key,
+    zstd_decompressor,
 )
 from edge.verify import verify_signatures
 from firmware_tools.sealing import (
     FramePacker,
     Randomness,
+    compress_documents,
     encode_record,
+    payload_compressor,
     seal_frame,
     sign_manifest,
     wrap_for_device,
@@ -99,7 +101,7 @@ def _frame(manifest_dict, frame_index=2, first=4):
     m = parse_manifest(canonical_json(manifest_dict))
     keys = derive_keys(CONTENT_KEY, m.capsule_id_bytes)
     records = [encode_record(0, 0, 5, "hello"), encode_record(1, 10, 16, "wörld!")]
-    packer = FramePacker(2953, 65536)
+    packer = FramePacker(2953, 65536, payload_compressor().compress)
     for r in records:
         assert packer.add(r) == []
     ((packed, compressed),) = packer.finish()
@@ -110,7 +112,8 @@ def _frame(manifest_dict, frame_index=2, first=4):
 
 def test_frame_round_trip(manifest_dict):
     m, keys, payload = _frame(manifest_dict)
-    records = open_frame(keys.payload, payload, manifest=m, frame_index=2, first_chunk_id=4, n_slots=2)
+    records = open_frame(keys.payload, payload, manifest=m, frame_index=2, first_chunk_id=4, n_slots=2,
+                         decompressor=zstd_decompressor())
     assert [r.text for r in records] == ["hello", "wörld!"] and records[1].doc_index == 1
 
 
@@ -119,21 +122,46 @@ def test_frame_moved_to_another_frame_or_slot_fails(manifest_dict, kwargs):
     m, keys, payload = _frame(manifest_dict)
     args = dict(frame_index=2, first_chunk_id=4, n_slots=2) | kwargs
     with pytest.raises(DecryptionError):
-        open_frame(keys.payload, payload, manifest=m, **args)
+        open_frame(keys.payload, payload, manifest=m, decompressor=zstd_decompressor(), **args)
 
 
 def test_frame_from_another_version_fails(manifest_dict):
     m, keys, payload = _frame(manifest_dict)
     with pytest.raises(DecryptionError):
-        open_frame(keys.payload, payload, manifest=replace(m, version=4), frame_index=2, first_chunk_id=4, n_slots=2)
+        open_frame(keys.payload, payload, manifest=replace(m, version=4), frame_index=2, first_chunk_id=4, n_slots=2,
+                   decompressor=zstd_decompressor())
 
 
-def test_inflate_refuses_decompression_bomb():
-    bomb = zlib.compressobj(9, zlib.DEFLATED, -15)
-    data = bomb.compress(bytes(10_000_000)) + bomb.flush()
-    assert len(data) < 20_000
-    with pytest.raises(CapsuleFormatError, match="past the 65536-byte limit"):
-        inflate_bounded(data, 65536)
+def test_decompression_refuses_bomb_with_and_without_declared_size():
+    bomb = payload_compressor().compress(bytes(10_000_000))  # no content size in the header
+    assert len(bomb) < 2_000
+    with pytest.raises(CapsuleFormatError, match="decompresses within 65536 bytes"):
+        decompress_bounded(bomb, 65536, zstd_decompressor())
+    declared = compress_documents(bytes(10_000_000))  # content size in the header: refused unread
+    with pytest.raises(CapsuleFormatError, match="decompresses to 10000000 bytes, limit is 65536"):
+        decompress_bounded(declared, 65536, zstd_decompressor())
+
+
+def test_decompression_refuses_trailing_truncated_and_foreign_bytes():
+    frame = payload_compressor().compress(b"hello " * 100)
+    assert decompress_bounded(frame, 65536, zstd_decompressor()) == b"hello " * 100
+    for bad in (frame + b"\0", frame[:-1], b"PK\x03\x04" + frame):
+        with pytest.raises(CapsuleFormatError):
+            decompress_bounded(bad, 65536, zstd_decompressor())
+    with pytest.raises(CapsuleFormatError, match="does not record its content size"):
+        decompress_bounded(frame, 65536, zstd_decompressor(), require_content_size=True)
+
+
+def test_frame_compressed_with_a_dictionary_needs_that_dictionary():
+    from firmware_tools.sealing import train_payload_dictionary
+
+    samples = [f"chunk {i}: the quick brown fox {i % 7} jumps over the lazy dog {i % 5}".encode() for i in range(400)]
+    dictionary = train_payload_dictionary(samples, raw_text_bytes=1 << 20)
+    assert dictionary and len(dictionary) <= 32 * 1024
+    frame = payload_compressor(dictionary).compress(samples[3])
+    assert decompress_bounded(frame, 65536, zstd_decompressor(dictionary)) == samples[3]
+    with pytest.raises(CapsuleFormatError):
+        decompress_bounded(frame, 65536, zstd_decompressor())
 
 
 def test_packer_splits_frames_by_compressed_capacity():
@@ -141,7 +169,7 @@ def test_packer_splits_frames_by_compressed_capacity():
 
     rng = random.Random(1)
     records = [encode_record(0, i, i + 1, "".join(rng.choice("abcdefghij ") for _ in range(600))) for i in range(20)]
-    packer = FramePacker(1000, 65536)
+    packer = FramePacker(1000, 65536, payload_compressor().compress)
     frames = [f for r in records for f in packer.add(r)] + packer.finish()
     assert sum(len(f[0]) for f in frames) == 20 and len(frames) > 2
     assert all(len(compressed) + 17 <= 1000 for _, compressed in frames)

@@ -1,0 +1,78 @@
+"""The projected index (PCA + Annoy + int8 re-ranking, FORMAT.md §4.4) end to end on the FAQ."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge import open_capsule
+from edge.capsule import verify_capsule
+
+from ..conftest import FAQ_DOCS, build_test_capsule
+from .test_real_corpus import NOW, QUESTIONS
+
+
+PROJECTED = dict(projection=True, ann_dim=32, refine_dim=128)
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["encrypted-index", "plain-index"])
+def projected(request, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("projected")
+    built = build_test_capsule(FAQ_DOCS, tmp / "faq.capsule", keys_dir=tmp / "keys", encrypt_index=request.param,
+                               **PROJECTED)
+    built.overrides = dict(PROJECTED, encrypt_index=request.param)
+    return built
+
+
+def _open(built):
+    return open_capsule(built.path, trusted_keys=[built.publisher_key.public_key()],
+                        identities=[built.device_key], now=NOW)
+
+
+def test_projected_capsule_answers_faq_questions(projected):
+    with _open(projected) as capsule:
+        assert capsule.manifest.index.projection is not None and capsule.manifest.index.dim == 32
+        found = 0
+        for item in QUESTIONS:
+            hits = capsule.search(item["question"], k=5)
+            scores = [h.score for h in hits]
+            assert scores == sorted(scores, reverse=True) and all(-1.0 <= s <= 1.0 for s in scores)
+            found += any(item["answer_snippet"] in h.text and h.document.endswith(item["file"]) for h in hits)
+        assert found >= len(QUESTIONS) - 1, f"{found}/{len(QUESTIONS)} answers in the top 5"
+
+
+def test_projected_scores_are_the_exact_reranked_cosines(projected):
+    with _open(projected) as capsule:
+        index = capsule._index
+        question = QUESTIONS[0]["question"]
+        z = index.projection.project(capsule._embedder.embed([question]))[0]
+        rows = np.stack([index.item_vector(i) for i in range(capsule.manifest.n_chunks)])
+        exact = rows @ z / (np.linalg.norm(rows, axis=1) * np.linalg.norm(z))
+        hits = capsule.search(question, k=5)
+        for hit in hits:
+            assert hit.score == pytest.approx(float(exact[hit.chunk_id]), abs=1e-5)
+        assert hits[0].chunk_id == int(np.argmax(exact))
+
+
+def test_projected_index_is_smaller_and_verifies_fully(projected, faq_capsule):
+    sizes = projected.result.section_bytes
+    full = faq_capsule.result.section_bytes
+    assert sizes["INDX"] + sizes["VECS"] + sizes["PROJ"] < full["INDX"]
+    report = verify_capsule(projected.path, trusted_keys=[projected.publisher_key.public_key()],
+                            identities=[projected.device_key], now=NOW, full=True)
+    assert report.n_chunks_checked == report.manifest.n_chunks
+
+
+def test_projected_build_is_byte_identical(projected, tmp_path):
+    again = build_test_capsule(FAQ_DOCS, tmp_path / "faq.capsule", keys_dir=tmp_path / "keys", **projected.overrides)
+    assert again.path.read_bytes() == projected.path.read_bytes()
+
+
+def test_plain_index_maps_vecs_in_place_and_encrypted_decrypts_them(projected):
+    with _open(projected) as capsule:
+        reserved = capsule.budget.report()["reserved_bytes"]
+        vecs_bytes = capsule.manifest.n_chunks * 128
+        if projected.overrides["encrypt_index"]:
+            assert reserved["vecs"] == vecs_bytes
+        else:
+            assert "vecs" not in reserved and projected.result.section_bytes["VECS"] == vecs_bytes
