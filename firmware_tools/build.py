@@ -45,13 +45,14 @@ from edge.embedder import DEFAULT_MODEL_NAME, QueryEmbedder, find_model_dir
 from edge.errors import CapsuleError
 from edge.keys import Passphrase, keyid
 from edge.manifest import FORMAT_ID, canonical_json, format_time, signatures_to_bytes, stanza_to_json
-from edge.sealed import derive_keys, seal_stream, sha256_hex
+from edge.sealed import derive_keys, seal_stream
 
 from . import __version__
 from .chunking import TokenizerOffsets, chunk_documents
 from .documents import iter_documents
+from ._spool import ByteSpool, VectorSpool, file_segments, write_blocks
+from .embedding import ChunkEmbedder
 from .errors import BuildError, CapacityError, FrameCheckError
-from .embedding import embed_texts
 from .index_builder import (
     DEFAULT_ANN_DIM,
     DEFAULT_N_CANDIDATES,
@@ -84,6 +85,8 @@ DEFAULT_MAX_TOKENS = 200
 DEFAULT_OVERLAP_TOKENS = 32
 DEFAULT_INDEX_SEED = 42
 MAX_FRAME_PLAINTEXT_BYTES = 64 * 1024
+#: Chunks embedded per block of the streaming build (memory: their texts and vectors).
+_EMBED_BLOCK_CHUNKS = 1024
 
 Progress = Callable[[str, int, int | None], None]
 
@@ -101,6 +104,7 @@ class BuildResult:
         raw_text_bytes: UTF-8 bytes of all document texts (for size ratios).
         payload_bytes: total bytes carried in QR codes.
         stage_s: seconds per build stage.
+        n_embedded: chunks embedded by the model (the rest came from the embedding cache).
     """
 
     path: Path
@@ -114,6 +118,17 @@ class BuildResult:
     raw_text_bytes: int
     payload_bytes: int
     stage_s: dict[str, float] = field(default_factory=dict)
+    n_embedded: int = 0
+
+
+@dataclass(frozen=True)
+class _DocumentMeta:
+    """What the build keeps of a document once its chunks are spooled."""
+
+    name: str
+    n_bytes: int
+    media_type: str
+    sha256: str
 
 
 def derive_capsule_id(publisher_keyid: str, name: str) -> str:
@@ -151,6 +166,7 @@ def build_capsule(
     seed: bytes | None = None,
     scrypt_log_n: int = 15,
     n_threads: int | None = None,
+    embedding_cache: Path | None = None,
     progress: Progress | None = None,
 ) -> BuildResult:
     """Build, check and atomically write a signed, encrypted capsule.
@@ -178,6 +194,7 @@ def build_capsule(
         video_params: QR and H.264 parameters.
         seed: bytes for reproducible builds; ``None`` takes randomness from the OS.
         n_threads: embedding worker processes, one onnxruntime thread each (default: all cores).
+        embedding_cache: SQLite file of chunk vectors reused across builds (created if missing).
         progress: ``progress(stage, done, total)`` callback.
 
     Returns:
@@ -212,156 +229,219 @@ def build_capsule(
     report = progress or (lambda stage, done, total: None)
     stage_s: dict[str, float] = {}
 
-    tmp_dir = output.parent if str(output.parent) else Path(".")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".partial", dir=tmp_dir)
+    out_dir = output.parent if str(output.parent) else Path(".")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".partial", dir=out_dir)
     os.close(fd)
     tmp_capsule = Path(tmp_name)
-    tmp_video = tmp_capsule.with_suffix(".mp4.partial")
     try:
-        # 1. documents and chunks
-        t = time.perf_counter()
-        docs = list(iter_documents(list(inputs)))
-        if not docs:
-            raise BuildError("no documents found in the inputs")
-        model_dir = model_dir or find_model_dir()
-        embedder = QueryEmbedder.open(model_dir, n_threads=1)
-        tokenizer_path = embedder.model_path.parent / "tokenizer.json"
-        offsets = TokenizerOffsets.from_file(tokenizer_path)
-        chunks = list(chunk_documents(docs, token_offsets=offsets, token_offsets_batch=offsets.batch,
-                                      max_tokens=max_tokens, overlap_tokens=overlap_tokens))
-        if not chunks:
-            raise BuildError("the documents hold no text to index")
-        stage_s["read_and_chunk"] = time.perf_counter() - t
-        report("chunk", len(chunks), len(chunks))
-
-        # 2. embeddings
-        t = time.perf_counter()
-        vectors = embed_texts(embedder.model_path.parent, [c.text for c in chunks],
-                              n_workers=n_threads or os.cpu_count() or 1,
-                              progress=lambda done: report("embed", done, len(chunks)))
-        stage_s["embed"] = time.perf_counter() - t
-
-        # 3. content key, dictionary, frames
-        t = time.perf_counter()
-        docs_plain = canonical_json({"documents": [
-            {"name": d.name, "bytes": d.n_bytes, "media_type": d.media_type} for d in docs]})
-        content_digest = hashlib.sha256(b"".join(bytes.fromhex(d.sha256) for d in docs) + canonical_json(
-            {"capsule_id": capsule_id, "version": version, "max_tokens": max_tokens,
-             "overlap_tokens": overlap_tokens})).digest()
-        content_key = derive_content_key(rng.take("content-key", 32), content_digest)
-        keys = derive_keys(content_key, capsule_id_bytes)
-        records = [encode_record(c.doc_index, c.char_start, c.char_end, c.text) for c in chunks]
-        raw_text_bytes = sum(len(d.text.encode("utf-8")) for d in docs)
-        dictionary = train_payload_dictionary(records, raw_text_bytes)
-        payloads, first_chunk_ids = _seal_frames(records, payload_compressor(dictionary), keys.payload,
-                                                 capsule_id_bytes, version, video_params)
-        del records
-        stage_s["pack_and_seal"] = time.perf_counter() - t
-        report("seal", len(payloads), len(payloads))
-
-        # 4-5. video and frame check
-        t = time.perf_counter()
-        video = encode_mp4_file(payloads, tmp_video, video_params,
-                                progress=lambda done: report("encode", done, len(payloads)))
-        stage_s["encode_video"] = time.perf_counter() - t
-        t = time.perf_counter()
-        bad = check_mp4(tmp_video, payloads, video_params, video.extradata, video.sample_offsets,
-                        video.sample_sizes)
-        if bad:
-            shown = ", ".join(str(f) for f in bad[:10])
-            raise FrameCheckError(f"{len(bad)} of {len(payloads)} frames did not decode byte-exact: frame(s) {shown}")
-        stage_s["check_frames"] = time.perf_counter() - t
-        report("check", len(payloads), len(payloads))
-
-        # 6. index, docs, frame table
-        t = time.perf_counter()
-        use_projection = len(chunks) >= MIN_CHUNKS_FOR_PROJECTION if projection is None else projection
-        n_trees = n_trees or (DEFAULT_TREES_PROJECTED if use_projection else DEFAULT_TREES_FULL)
-        search_k = search_k or (DEFAULT_SEARCH_K_PROJECTED if use_projection else DEFAULT_SEARCH_K_FULL)
-        built = build_index(vectors, n_trees=n_trees, seed=index_seed,
-                            ann_dim=ann_dim if use_projection else None,
-                            refine_dim=refine_dim if use_projection else None)
-        del vectors
-
-        def sealed(tag: str, plaintext: bytes, encrypt: bool = True) -> bytes:
-            return b"".join(seal_stream(keys.section(tag), [plaintext])) if encrypt else plaintext
-
-        sections = {
-            "DOCS": sealed("DOCS", compress_documents(docs_plain)),
-            "FTAB": fmt.FrameTable(np.asarray(video.sample_offsets, dtype=np.uint64),
-                                   np.asarray(video.sample_sizes, dtype=np.uint32),
-                                   np.asarray(first_chunk_ids, dtype=np.uint32), len(chunks)).to_bytes(),
-            "ZDIC": sealed("ZDIC", dictionary),
-            "PROJ": sealed("PROJ", built.projection_bytes),
-            "VECS": sealed("VECS", built.vecs_bytes, encrypt_index) if built.vecs_bytes or encrypt_index else b"",
-            "INDX": sealed("INDX", built.annoy_bytes, encrypt_index),
-        }
-        stage_s["index"] = time.perf_counter() - t
-
-        # 7. manifest, signature, file
-        t = time.perf_counter()
-        stanzas = [wrap_for_device(content_key, r, capsule_id_bytes, rng) for r in recipients]
-        if passphrase is not None:
-            stanzas.append(wrap_for_passphrase(content_key, passphrase, capsule_id_bytes, rng, scrypt_log_n))
-        video_sha256, video_bytes = _hash_file(tmp_video)
-        digests = {tag: {"length": len(data), "sha256": sha256_hex(data)} for tag, data in sections.items()}
-        digests["VIDE"] = {"length": video_bytes, "sha256": video_sha256}
-        manifest = {
-            "format": FORMAT_ID,
-            "capsule_id": capsule_id,
-            "name": name,
-            "version": version,
-            "publisher": {"keyid": publisher_keyid, "name": publisher_name},
-            "issued_at": format_time(issued_at),
-            "not_before": format_time(not_before),
-            "expires_at": format_time(expires_at),
-            "rules": rules or {},
-            "model": {"name": DEFAULT_MODEL_NAME, "family": "onnx", "sha256": embedder.sha256,
-                      "tokenizer_sha256": _hash_file(tokenizer_path)[0], "dim": embedder.dim, "pooling": "mean",
-                      "normalization": "l2", "max_tokens": embedder.max_tokens},
-            "chunking": {"max_tokens": max_tokens, "overlap_tokens": overlap_tokens},
-            "index": {"format": "annoy", "dim": built.dim, "metric": "angular", "n_items": len(chunks),
-                      "n_trees": n_trees, "seed": index_seed, "search_k": search_k, "n_candidates": n_candidates,
-                      "projection": None if built.projection is None else
-                      {"method": "pca", "dim_in": embedder.dim, "dim_out": refine_dim},
-                      "encryption": "chacha20poly1305-stream" if encrypt_index else "none"},
-            "video": _video_manifest(video_params, video),
-            "payload": {"aead": "chacha20poly1305", "compression": "zstd", "dictionary_bytes": len(dictionary),
-                        "layout": "frame-v1", "max_plaintext_bytes": MAX_FRAME_PLAINTEXT_BYTES},
-            "n_chunks": len(chunks),
-            "n_documents": len(docs),
-            "sections": digests,
-            "recipients": [stanza_to_json(s) for s in stanzas],
-            "builder": {"name": "firmware-tools", "version": __version__},
-        }
-        mani = canonical_json(manifest)
-        sigs = signatures_to_bytes(sign_manifest(mani, [signing_key]))
-        lengths = {"MANI": len(mani), "SIGS": len(sigs), **{tag: len(data) for tag, data in sections.items()},
-                   "VIDE": video_bytes}
-        _write_capsule(tmp_capsule, lengths, {"MANI": mani, "SIGS": sigs, **sections}, tmp_video)
-        stage_s["write"] = time.perf_counter() - t
-
-        # self-check with the runtime's own reader (signature, manifest, every digest)
-        t = time.perf_counter()
-        from edge.capsule import verify_capsule
-
-        try:
-            verify_capsule(tmp_capsule, trusted_keys=[signing_key.public_key()], now=not_before, full=True)
-        except CapsuleError as exc:
-            raise BuildError(f"the runtime refuses the capsule just built: {exc}") from exc
-        stage_s["self_check"] = time.perf_counter() - t
+        with tempfile.TemporaryDirectory(prefix=f".{output.name}.", suffix=".work", dir=out_dir) as work_name:
+            work = Path(work_name)
+            result = _build_into(
+                tmp_capsule, work, inputs=inputs, signing_key=signing_key, recipients=recipients,
+                passphrase=passphrase, expires_at=expires_at, not_before=not_before, issued_at=issued_at,
+                version=version, name=name, capsule_id=capsule_id, capsule_id_bytes=capsule_id_bytes,
+                publisher_keyid=publisher_keyid, publisher_name=publisher_name, rules=rules, model_dir=model_dir,
+                max_tokens=max_tokens, overlap_tokens=overlap_tokens, n_trees=n_trees, search_k=search_k,
+                index_seed=index_seed, projection=projection, ann_dim=ann_dim, refine_dim=refine_dim,
+                n_candidates=n_candidates, encrypt_index=encrypt_index, video_params=video_params, rng=rng,
+                scrypt_log_n=scrypt_log_n, n_workers=n_threads or os.cpu_count() or 1,
+                embedding_cache=embedding_cache, report=report)
         os.replace(tmp_capsule, output)
-        _fsync_dir(output.parent if str(output.parent) else Path("."))
+        _fsync_dir(out_dir)
     except BaseException:
         tmp_capsule.unlink(missing_ok=True)
         raise
-    finally:
-        tmp_video.unlink(missing_ok=True)
+    result.path = output
+    result.file_bytes = output.stat().st_size
+    return result
 
+
+def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipients, passphrase, expires_at,
+                not_before, issued_at, version, name, capsule_id, capsule_id_bytes, publisher_keyid, publisher_name,
+                rules, model_dir, max_tokens, overlap_tokens, n_trees, search_k, index_seed, projection, ann_dim,
+                refine_dim, n_candidates, encrypt_index, video_params, rng, scrypt_log_n, n_workers,
+                embedding_cache, report) -> BuildResult:
+    """The build pipeline; every large intermediate is a file in ``work``."""
+    stage_s: dict[str, float] = {}
+
+    # 1. documents -> chunks -> records and embeddings, streamed in blocks
+    t = time.perf_counter()
+    model_dir = model_dir or find_model_dir()
+    embedder_info = QueryEmbedder.open(model_dir, n_threads=1)
+    tokenizer_path = embedder_info.model_path.parent / "tokenizer.json"
+    offsets = TokenizerOffsets.from_file(tokenizer_path)
+    docs: list = []
+    raw_text_bytes = 0
+
+    def documents():
+        nonlocal raw_text_bytes
+        for doc in iter_documents(list(inputs)):
+            docs.append(_DocumentMeta(doc.name, doc.n_bytes, doc.media_type, doc.sha256))
+            raw_text_bytes += len(doc.text.encode("utf-8"))
+            report("read", len(docs), None)
+            yield doc
+
+    records = ByteSpool(work / "records")
+    vectors_spool = VectorSpool(work / "vectors.f32", embedder_info.dim)
+    with ChunkEmbedder(model_dir, n_workers=n_workers, cache_path=embedding_cache) as chunk_embedder:
+        block: list = []
+        n_done = 0
+
+        def flush_block() -> None:
+            nonlocal n_done
+            texts = [c.text for c in block]
+
+            def advance(n: int) -> None:
+                nonlocal n_done
+                n_done += n
+                report("embed", n_done, None)
+
+            vectors_spool.append(chunk_embedder.embed(texts, progress=advance))
+            block.clear()
+
+        for chunk in chunk_documents(documents(), token_offsets=offsets, token_offsets_batch=offsets.batch,
+                                     max_tokens=max_tokens, overlap_tokens=overlap_tokens):
+            records.append(encode_record(chunk.doc_index, chunk.char_start, chunk.char_end, chunk.text))
+            block.append(chunk)
+            if len(block) >= _EMBED_BLOCK_CHUNKS:
+                flush_block()
+        if block:
+            flush_block()
+        n_embedded = chunk_embedder.n_embedded
+    records.close_writing()
+    vectors = vectors_spool.array()
+    if not docs:
+        raise BuildError("no documents found in the inputs")
+    n_chunks = len(records)
+    if n_chunks == 0:
+        raise BuildError("the documents hold no text to index")
+    report("embed", n_chunks, n_chunks)
+    stage_s["read_chunk_embed"] = time.perf_counter() - t
+    log.info("%d chunks from %d documents; %d embedded, %d from the cache", n_chunks, len(docs), n_embedded,
+             n_chunks - n_embedded)
+
+    # 2. content key, dictionary, frames
+    t = time.perf_counter()
+    docs_plain = canonical_json({"documents": [
+        {"name": d.name, "bytes": d.n_bytes, "media_type": d.media_type} for d in docs]})
+    content_digest = hashlib.sha256(b"".join(bytes.fromhex(d.sha256) for d in docs) + canonical_json(
+        {"capsule_id": capsule_id, "version": version, "max_tokens": max_tokens,
+         "overlap_tokens": overlap_tokens})).digest()
+    content_key = derive_content_key(rng.take("content-key", 32), content_digest)
+    keys = derive_keys(content_key, capsule_id_bytes)
+    dictionary = train_payload_dictionary(records, raw_text_bytes)
+    payloads = ByteSpool(work / "payloads")
+    first_chunk_ids = _seal_frames(records, payloads, payload_compressor(dictionary), keys.payload,
+                                   capsule_id_bytes, version, video_params, report)
+    payloads.close_writing()
+    records.close()
+    stage_s["pack_and_seal"] = time.perf_counter() - t
+
+    # 3. video and frame check
+    t = time.perf_counter()
+    video_path = work / "video.mp4"
+    video = encode_mp4_file(iter(payloads), video_path, video_params, n_frames_hint=len(payloads),
+                            progress=lambda done: report("encode", done, len(payloads)))
+    stage_s["encode_video"] = time.perf_counter() - t
+    t = time.perf_counter()
+    bad = check_mp4(video_path, payloads, video_params, video.extradata, video.sample_offsets, video.sample_sizes)
+    if bad:
+        shown = ", ".join(str(f) for f in bad[:10])
+        raise FrameCheckError(f"{len(bad)} of {len(payloads)} frames did not decode byte-exact: frame(s) {shown}")
+    payload_bytes = payloads.n_bytes
+    n_frames = len(payloads)
+    payloads.close()
+    stage_s["check_frames"] = time.perf_counter() - t
+    report("check", n_frames, n_frames)
+
+    # 4. index, docs, frame table: each section a file in work/
+    t = time.perf_counter()
+    use_projection = n_chunks >= MIN_CHUNKS_FOR_PROJECTION if projection is None else projection
+    n_trees = n_trees or (DEFAULT_TREES_PROJECTED if use_projection else DEFAULT_TREES_FULL)
+    search_k = search_k or (DEFAULT_SEARCH_K_PROJECTED if use_projection else DEFAULT_SEARCH_K_FULL)
+    report("index", 0, 1)
+    built = build_index(vectors, n_trees=n_trees, seed=index_seed, work_dir=work,
+                        ann_dim=ann_dim if use_projection else None,
+                        refine_dim=refine_dim if use_projection else None)
+    del vectors
+    report("index", 1, 1)
+
+    def sealed(tag: str, blocks, encrypt: bool = True) -> Path:
+        path = work / f"section.{tag}"
+        write_blocks(path, seal_stream(keys.section(tag), blocks) if encrypt else blocks)
+        return path
+
+    sections: dict[str, Path] = {
+        "DOCS": sealed("DOCS", [compress_documents(docs_plain)]),
+        "ZDIC": sealed("ZDIC", [dictionary]),
+        "PROJ": sealed("PROJ", [built.projection_bytes]),
+        "VECS": sealed("VECS", file_segments(built.vecs_path) if built.vecs_path else [], encrypt_index),
+        "INDX": sealed("INDX", file_segments(built.annoy_path), encrypt_index),
+    }
+    ftab_path = work / "section.FTAB"
+    ftab_path.write_bytes(fmt.FrameTable(np.asarray(video.sample_offsets, dtype=np.uint64),
+                                         np.asarray(video.sample_sizes, dtype=np.uint32),
+                                         np.asarray(first_chunk_ids, dtype=np.uint32), n_chunks).to_bytes())
+    sections = {"DOCS": sections["DOCS"], "FTAB": ftab_path, **{k: sections[k] for k in ("ZDIC", "PROJ", "VECS", "INDX")},
+                "VIDE": video_path}
+    stage_s["index"] = time.perf_counter() - t
+
+    # 5. manifest, signature, file
+    t = time.perf_counter()
+    stanzas = [wrap_for_device(content_key, r, capsule_id_bytes, rng) for r in recipients]
+    if passphrase is not None:
+        stanzas.append(wrap_for_passphrase(content_key, passphrase, capsule_id_bytes, rng, scrypt_log_n))
+    digests = {}
+    for tag, path in sections.items():
+        digest, length = _hash_file(path)
+        digests[tag] = {"length": length, "sha256": digest}
+    manifest = {
+        "format": FORMAT_ID,
+        "capsule_id": capsule_id,
+        "name": name,
+        "version": version,
+        "publisher": {"keyid": publisher_keyid, "name": publisher_name},
+        "issued_at": format_time(issued_at),
+        "not_before": format_time(not_before),
+        "expires_at": format_time(expires_at),
+        "rules": rules or {},
+        "model": {"name": DEFAULT_MODEL_NAME, "family": "onnx", "sha256": embedder_info.sha256,
+                  "tokenizer_sha256": _hash_file(tokenizer_path)[0], "dim": embedder_info.dim, "pooling": "mean",
+                  "normalization": "l2", "max_tokens": embedder_info.max_tokens},
+        "chunking": {"max_tokens": max_tokens, "overlap_tokens": overlap_tokens},
+        "index": {"format": "annoy", "dim": built.dim, "metric": "angular", "n_items": n_chunks,
+                  "n_trees": n_trees, "seed": index_seed, "search_k": search_k, "n_candidates": n_candidates,
+                  "projection": None if built.projection is None else
+                  {"method": "pca", "dim_in": embedder_info.dim, "dim_out": refine_dim},
+                  "encryption": "chacha20poly1305-stream" if encrypt_index else "none"},
+        "video": _video_manifest(video_params, video),
+        "payload": {"aead": "chacha20poly1305", "compression": "zstd", "dictionary_bytes": len(dictionary),
+                    "layout": "frame-v1", "max_plaintext_bytes": MAX_FRAME_PLAINTEXT_BYTES},
+        "n_chunks": n_chunks,
+        "n_documents": len(docs),
+        "sections": {tag: digests[tag] for tag in fmt.HASHED_SECTIONS},
+        "recipients": [stanza_to_json(s) for s in stanzas],
+        "builder": {"name": "firmware-tools", "version": __version__},
+    }
+    mani = canonical_json(manifest)
+    sigs = signatures_to_bytes(sign_manifest(mani, [signing_key]))
+    lengths = {"MANI": len(mani), "SIGS": len(sigs), **{tag: digests[tag]["length"] for tag in sections}}
+    _write_capsule(tmp_capsule, lengths, {"MANI": mani, "SIGS": sigs}, sections)
+    stage_s["write"] = time.perf_counter() - t
+
+    # 6. self-check with the runtime's own reader (signature, manifest, every digest)
+    t = time.perf_counter()
+    from edge.capsule import verify_capsule
+
+    try:
+        verify_capsule(tmp_capsule, trusted_keys=[signing_key.public_key()], now=not_before, full=True)
+    except CapsuleError as exc:
+        raise BuildError(f"the runtime refuses the capsule just built: {exc}") from exc
+    stage_s["self_check"] = time.perf_counter() - t
     return BuildResult(
-        path=output, capsule_id=capsule_id, version=version, n_documents=len(docs), n_chunks=len(chunks),
-        n_frames=len(payloads), section_bytes=lengths, file_bytes=output.stat().st_size,
-        raw_text_bytes=raw_text_bytes, payload_bytes=sum(len(p) for p in payloads), stage_s=stage_s,
+        path=tmp_capsule, capsule_id=capsule_id, version=version, n_documents=len(docs), n_chunks=n_chunks,
+        n_frames=n_frames, section_bytes=lengths, file_bytes=0, raw_text_bytes=raw_text_bytes,
+        payload_bytes=payload_bytes, stage_s=stage_s, n_embedded=n_embedded,
     )
 
 
@@ -381,27 +461,36 @@ def _default_issued_at() -> datetime:
     return datetime.now(timezone.utc).replace(microsecond=0)
 
 
-def _seal_frames(records: list[bytes], compressor, payload_key: bytes, capsule_id: bytes, version: int,
-                 params: VideoParams) -> tuple[list[bytes], list[int]]:
+def _seal_frames(records: ByteSpool, payloads: ByteSpool, compressor, payload_key: bytes, capsule_id: bytes,
+                 version: int, params: VideoParams, report: Progress) -> list[int]:
+    """Pack records into frames, seal each, append its payload; return each frame's first chunk id."""
     packer = FramePacker(params.payload_capacity_bytes, MAX_FRAME_PLAINTEXT_BYTES, compressor.compress)
-    frames: list[tuple[list[bytes], bytes]] = []
+    first_chunk_ids: list[int] = []
+    next_chunk = 0
+
+    def emit(frames) -> None:
+        nonlocal next_chunk
+        for frame_records, compressed in frames:
+            frame_index = len(first_chunk_ids)
+            payloads.append(seal_frame(payload_key, compressed, capsule_id=capsule_id, version=version,
+                                       frame_index=frame_index, first_chunk_id=next_chunk,
+                                       n_slots=len(frame_records)))
+            first_chunk_ids.append(next_chunk)
+            next_chunk += len(frame_records)
+            if frame_index % 256 == 0:
+                report("seal", frame_index + 1, None)
+
     for chunk_id, record in enumerate(records):
         try:
-            frames.extend(packer.add(record))
+            emit(packer.add(record))
         except ValueError as exc:
             raise CapacityError(
                 f"chunk {chunk_id} ({len(record)} bytes) does not fit one "
                 f"{params.payload_capacity_bytes}-byte QR payload: {exc}"
             ) from None
-    frames.extend(packer.finish())
-    payloads, first_chunk_ids = [], []
-    next_chunk = 0
-    for frame_index, (frame_records, compressed) in enumerate(frames):
-        payloads.append(seal_frame(payload_key, compressed, capsule_id=capsule_id, version=version,
-                                   frame_index=frame_index, first_chunk_id=next_chunk, n_slots=len(frame_records)))
-        first_chunk_ids.append(next_chunk)
-        next_chunk += len(frame_records)
-    return payloads, first_chunk_ids
+    emit(packer.finish())
+    report("seal", len(first_chunk_ids), len(first_chunk_ids))
+    return first_chunk_ids
 
 
 def _hash_file(path: Path) -> tuple[str, int]:
@@ -414,7 +503,7 @@ def _hash_file(path: Path) -> tuple[str, int]:
     return hasher.hexdigest(), n
 
 
-def _write_capsule(path: Path, lengths: dict[str, int], small: dict[str, bytes], video_path: Path) -> None:
+def _write_capsule(path: Path, lengths: dict[str, int], small: dict[str, bytes], files: dict[str, Path]) -> None:
     header, entries = fmt.layout_sections(lengths)
     with open(path, "wb") as out:
         out.write(header.to_bytes())
@@ -422,12 +511,11 @@ def _write_capsule(path: Path, lengths: dict[str, int], small: dict[str, bytes],
             out.write(entry.to_bytes())
         for entry in entries:
             out.write(bytes(entry.offset - out.tell()))
-            if entry.tag == "VIDE":
-                with open(video_path, "rb") as video:
-                    while block := video.read(1 << 20):
-                        out.write(block)
-            else:
+            if entry.tag in small:
                 out.write(small[entry.tag])
+            else:
+                for block in file_segments(files[entry.tag]):
+                    out.write(block)
         if out.tell() != header.file_bytes:
             raise BuildError(f"wrote {out.tell()} bytes, layout says {header.file_bytes}")
         out.flush()

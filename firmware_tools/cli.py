@@ -48,6 +48,9 @@ def _date_arg(text: str) -> datetime:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+_UNITS = {"read": "doc", "embed": "chunk", "seal": "frame", "encode": "frame", "check": "frame", "index": "step"}
+
+
 class _Bars:
     """tqdm progress bars per build stage, on stderr; silent when not a terminal unless forced."""
 
@@ -62,7 +65,7 @@ class _Bars:
 
         bar = self.bars.get(stage)
         if bar is None:
-            bar = self.bars[stage] = tqdm(total=total, desc=f"{stage:>7}", unit="frame" if stage in ("encode", "check", "seal") else "chunk", file=sys.stderr, leave=True)
+            bar = self.bars[stage] = tqdm(total=total, desc=f"{stage:>7}", unit=_UNITS.get(stage, "chunk"), file=sys.stderr, leave=True)
         bar.update(done - bar.n)
         if total is not None and done >= total:
             bar.close()
@@ -102,7 +105,8 @@ def cmd_build(args: argparse.Namespace) -> int:
             passphrase=passphrase, expires_at=args.expires, not_before=args.not_before, issued_at=args.issued_at,
             version=args.version, name=args.name, capsule_id=args.capsule_id, publisher_name=args.publisher_name,
             rules=rules, max_tokens=args.max_tokens, overlap_tokens=args.overlap_tokens, n_trees=args.n_trees,
-            encrypt_index=not args.plain_index, seed=seed, progress=bars,
+            encrypt_index=not args.plain_index, seed=seed, progress=bars, embedding_cache=args.embedding_cache,
+            n_threads=args.workers,
         )
     finally:
         bars.close()
@@ -171,10 +175,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rules", help="JSON file with the manifest's rules object")
     p.add_argument("--max-tokens", type=int, default=200, help="chunk size in model tokens (default 200)")
     p.add_argument("--overlap-tokens", type=int, default=32, help="chunk overlap in model tokens (default 32)")
-    p.add_argument("--n-trees", type=int, default=16, help="Annoy trees (default 16)")
+    p.add_argument("--n-trees", type=int, default=None,
+                   help="Annoy trees (default: 16 over full embeddings, 8 over the projection)")
     p.add_argument("--plain-index", action="store_true",
                    help="do not encrypt the index (embeddings leak content; see FORMAT.md 4.4)")
     p.add_argument("--seed", help="hex seed for a reproducible build (default: OS randomness)")
+    p.add_argument("--embedding-cache", type=Path, metavar="FILE",
+                   help="SQLite file of chunk embeddings kept between builds: a rebuild embeds only new or "
+                        "changed chunks (created if missing)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="embedding worker processes (default: one per CPU)")
     p.add_argument("--json", action="store_true", help="print the build summary as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_build)

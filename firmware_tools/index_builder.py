@@ -5,8 +5,8 @@ vectors, one Annoy build thread and a fixed seed give byte-identical output.
 
 Example::
 
-    built = build_index(vectors, n_trees=8, seed=42, ann_dim=64, refine_dim=256)
-    built.annoy_bytes, built.projection_bytes, built.vecs_bytes
+    built = build_index(vectors, n_trees=8, seed=42, work_dir=tmp, ann_dim=64, refine_dim=256)
+    built.annoy_path, built.projection_bytes, built.vecs_path
 
 Why a projection: a 384-d float32 Annoy item costs 1,548 bytes, three times a
 500-character chunk of text. PCA to 256 coordinates kept SciFact nDCG@10 (exact
@@ -19,9 +19,8 @@ Source: FORMAT.md §4.4; annoy (Spotify); Jégou et al., TPAMI 2011 (re-ranking)
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from annoy import AnnoyIndex
@@ -41,24 +40,34 @@ _BLOCK_ROWS = 65536
 
 @dataclass(frozen=True)
 class BuiltIndex:
-    """The index sections' plaintexts.
+    """The index sections' plaintexts, as files in the build's work folder.
 
     Attributes:
-        annoy_bytes: the Annoy file (INDX plaintext).
+        annoy_path: the Annoy file (INDX plaintext).
         projection: the PCA projection, or ``None``.
-        vecs_bytes: int8 [n_items, refine_dim] row-major (VECS plaintext), ``b""`` without projection.
+        vecs_path: int8 [n_items, refine_dim] row-major (VECS plaintext); ``None`` without projection.
         dim: Annoy item dimension.
     """
 
-    annoy_bytes: bytes
+    annoy_path: Path
     projection: Projection | None
-    vecs_bytes: bytes
+    vecs_path: Path | None
     dim: int
 
     @property
     def projection_bytes(self) -> bytes:
         """The PROJ plaintext (empty without projection)."""
         return b"" if self.projection is None else self.projection.to_bytes()
+
+    @property
+    def annoy_bytes(self) -> bytes:
+        """The whole Annoy file (for small indexes and tests)."""
+        return self.annoy_path.read_bytes()
+
+    @property
+    def vecs_bytes(self) -> bytes:
+        """The whole VECS plaintext (for small indexes and tests)."""
+        return b"" if self.vecs_path is None else self.vecs_path.read_bytes()
 
 
 def fit_projection(vectors: np.ndarray, dim_out: int) -> Projection:
@@ -94,71 +103,84 @@ def fit_projection(vectors: np.ndarray, dim_out: int) -> Projection:
                       np.ones(dim_out, dtype=np.float32))
 
 
-def quantize_rows(projected: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Return (int8 [n, d] rows, float32 [d] scales) with ``rows * scale ~= projected``.
-
-    Symmetric per-coordinate scalar quantisation to -127..127 (FORMAT.md §5.3).
-    """
-    peak = np.abs(projected).max(axis=0)
-    scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
-    rows = np.clip(np.rint(projected / scale), -127, 127).astype(np.int8)
-    return rows, scale
+def quantization_scale(peak: np.ndarray) -> np.ndarray:
+    """Return float32 per-coordinate steps for symmetric int8 (-127..127) given max |value|."""
+    return np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
 
 
-def build_annoy_index(vectors: np.ndarray, *, n_trees: int, seed: int, metric: str = "angular") -> bytes:
-    """Build an Annoy index over ``vectors`` and return the file bytes.
+def quantize_rows(projected: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Return int8 rows with ``rows * scale ~= projected`` (FORMAT.md §5.3)."""
+    return np.clip(np.rint(projected / scale), -127, 127).astype(np.int8)
+
+
+def _new_annoy(dim: int, seed: int, on_disk_path: Path) -> AnnoyIndex:
+    index = AnnoyIndex(dim, "angular")
+    index.set_seed(seed)
+    index.on_disk_build(str(on_disk_path))  # nodes live in the file, not in the builder's heap
+    return index
+
+
+def build_annoy_index(vectors: np.ndarray, *, n_trees: int, seed: int, path: Path) -> Path:
+    """Build an Annoy index over ``vectors`` into ``path`` (built on disk) and return it.
 
     Args:
-        vectors: float32 [n_items, dim]; item ``i`` is chunk ``i``.
+        vectors: float32 [n_items, dim] (a memmap is fine); item ``i`` is chunk ``i``.
         n_trees: number of random-projection trees (more: better recall, bigger file).
         seed: Annoy's random seed.
-        metric: ``"angular"`` (the only one FORMAT 1.0 allows).
-
-    Returns:
-        The Annoy file, ``n_nodes * (12 + 4 * dim)`` bytes.
+        path: the file to write; ``n_nodes * (12 + 4 * dim)`` bytes when done.
     """
     if vectors.ndim != 2 or vectors.shape[0] < 1:
         raise ValueError(f"vectors must be [n_items >= 1, dim], got {vectors.shape}")
-    n_items, dim = vectors.shape
-    index = AnnoyIndex(dim, metric)
-    index.set_seed(seed)
-    for item in range(n_items):
-        index.add_item(item, np.asarray(vectors[item], dtype=np.float32).tolist())
+    index = _new_annoy(vectors.shape[1], seed, path)
+    for start in range(0, vectors.shape[0], _BLOCK_ROWS):
+        block = np.asarray(vectors[start:start + _BLOCK_ROWS], dtype=np.float32)
+        for offset, row in enumerate(block):
+            index.add_item(start + offset, row.tolist())
     index.build(n_trees, n_jobs=1)
-    with tempfile.TemporaryDirectory(prefix="edge-index-") as tmp:
-        path = os.path.join(tmp, "index.ann")
-        index.save(path)
-        index.unload()
-        with open(path, "rb") as handle:
-            return handle.read()
+    index.unload()
+    return path
 
 
-def build_index(vectors: np.ndarray, *, n_trees: int, seed: int, ann_dim: int | None = None,
+def build_index(vectors: np.ndarray, *, n_trees: int, seed: int, work_dir: Path, ann_dim: int | None = None,
                 refine_dim: int | None = None) -> BuiltIndex:
-    """Build the index sections for chunk embeddings.
+    """Build the index sections for chunk embeddings, streaming over ``vectors`` in blocks.
 
     Args:
-        vectors: float32 [n_items, model_dim], unit norm; row ``i`` is chunk ``i``.
+        vectors: float32 [n_items, model_dim], unit norm (a memmap is fine); row ``i`` is chunk ``i``.
         n_trees: Annoy trees.
         seed: Annoy seed.
+        work_dir: folder for the Annoy and VECS files.
         ann_dim: Annoy dimension with projection; ``None`` with ``refine_dim`` ``None``
             means no projection (Annoy over the full embeddings).
         refine_dim: PCA coordinates kept for re-ranking (VECS); ``ann_dim <= refine_dim``.
 
     Returns:
-        ``BuiltIndex``.
+        ``BuiltIndex``. Memory: Annoy builds on disk; the projection pass holds one block of
+        65,536 rows at a time.
     """
+    work_dir = Path(work_dir)
+    annoy_path = work_dir / "index.annoy"
     if (ann_dim is None) != (refine_dim is None):
         raise ValueError("give both ann_dim and refine_dim, or neither")
     if refine_dim is None:
-        return BuiltIndex(build_annoy_index(vectors, n_trees=n_trees, seed=seed), None, b"", vectors.shape[1])
+        build_annoy_index(vectors, n_trees=n_trees, seed=seed, path=annoy_path)
+        return BuiltIndex(annoy_path, None, None, vectors.shape[1])
+    n_items = vectors.shape[0]
     if not 1 <= ann_dim <= refine_dim <= vectors.shape[1]:
         raise ValueError(f"need 1 <= ann_dim {ann_dim} <= refine_dim {refine_dim} <= {vectors.shape[1]}")
     projection = fit_projection(vectors, refine_dim)
-    projected = np.empty((vectors.shape[0], refine_dim), dtype=np.float32)
-    for start in range(0, vectors.shape[0], _BLOCK_ROWS):
-        projected[start:start + _BLOCK_ROWS] = projection.project(vectors[start:start + _BLOCK_ROWS])
-    rows, scale = quantize_rows(projected)
-    projection = Projection(projection.mean, projection.axes, scale)
-    annoy_bytes = build_annoy_index(projected[:, :ann_dim], n_trees=n_trees, seed=seed)
-    return BuiltIndex(annoy_bytes, projection, rows.tobytes(), ann_dim)
+    peak = np.zeros(refine_dim, dtype=np.float32)
+    for start in range(0, n_items, _BLOCK_ROWS):
+        peak = np.maximum(peak, np.abs(projection.project(vectors[start:start + _BLOCK_ROWS])).max(axis=0))
+    projection = Projection(projection.mean, projection.axes, quantization_scale(peak))
+    index = _new_annoy(ann_dim, seed, annoy_path)
+    vecs_path = work_dir / "vecs.int8"
+    with open(vecs_path, "wb") as vecs_out:
+        for start in range(0, n_items, _BLOCK_ROWS):
+            projected = projection.project(vectors[start:start + _BLOCK_ROWS])
+            vecs_out.write(quantize_rows(projected, projection.scale).tobytes())
+            for offset, row in enumerate(projected[:, :ann_dim]):
+                index.add_item(start + offset, row.tolist())
+    index.build(n_trees, n_jobs=1)
+    index.unload()
+    return BuiltIndex(annoy_path, projection, vecs_path, ann_dim)

@@ -222,7 +222,8 @@ def train_payload_dictionary(samples: Sequence[bytes], raw_text_bytes: int) -> b
     deterministic for the same samples (zstd's COVER trainer, one thread).
 
     Args:
-        samples: chunk records (or texts) representative of frame plaintexts.
+        samples: chunk records (or texts) representative of frame plaintexts; a sequence
+            supporting ``len`` and step slices (a ``ByteSpool`` works; its ``n_bytes`` is used).
         raw_text_bytes: UTF-8 bytes of all document text.
 
     Source: FORMAT.md §5.4; zstd's dictionary builder (zdict.h).
@@ -231,7 +232,9 @@ def train_payload_dictionary(samples: Sequence[bytes], raw_text_bytes: int) -> b
     if size < MIN_DICTIONARY_BYTES or len(samples) < 16:
         return b""
     budget = 100 * size  # zstd's guidance: ~100x the dictionary size of samples
-    step = max(1, sum(len(s) for s in samples) // budget)
+    total = getattr(samples, "n_bytes", None)
+    total = sum(len(s) for s in samples) if total is None else total
+    step = max(1, total // budget)
     chosen = list(samples[::step])
     try:
         return zstandard.train_dictionary(size, chosen, threads=1).as_bytes()

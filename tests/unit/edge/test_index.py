@@ -32,8 +32,9 @@ def _info(projected=True, **changes):
 
 
 @pytest.fixture(scope="module")
-def built():
-    return build_index(_vectors(), n_trees=8, seed=1, ann_dim=ANN_DIM, refine_dim=REFINE_DIM)
+def built(tmp_path_factory):
+    return build_index(_vectors(), n_trees=8, seed=1, work_dir=tmp_path_factory.mktemp("index"), ann_dim=ANN_DIM,
+                       refine_dim=REFINE_DIM)
 
 
 def _open(built, budget=None, **kwargs):
@@ -66,9 +67,9 @@ def test_two_stage_search_returns_exact_reranked_top_k(built):
     index.close()
 
 
-def test_index_without_projection_scores_are_cosines():
+def test_index_without_projection_scores_are_cosines(tmp_path):
     vectors = _vectors()
-    built = build_index(vectors, n_trees=8, seed=1)
+    built = build_index(vectors, n_trees=8, seed=1, work_dir=tmp_path)
     info = _info(projected=False)
     index = VectorIndex.from_segments([built.annoy_bytes], n_bytes=len(built.annoy_bytes), info=info,
                                       budget=MemoryBudget(None))

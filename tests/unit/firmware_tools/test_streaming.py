@@ -1,0 +1,47 @@
+"""Streaming build pieces: spool files, the embedding cache, rebuilds from the cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from firmware_tools._spool import ByteSpool, VectorSpool
+
+from ...conftest import TINY_DOCS, build_test_capsule
+
+
+def test_byte_spool_reads_back_items_slices_and_steps(tmp_path):
+    spool = ByteSpool(tmp_path / "s")
+    items = [bytes([i]) * (i % 7) for i in range(100)]
+    for item in items:
+        spool.append(item)
+    spool.close_writing()
+    assert len(spool) == 100 and spool.n_bytes == sum(map(len, items))
+    assert spool[5] == items[5] and spool[-1] == items[-1]
+    assert spool[10:20] == items[10:20] and spool[::9] == items[::9] and spool[50:40] == []
+    assert list(spool) == items
+    with pytest.raises(IndexError):
+        spool[100]
+
+
+def test_vector_spool_maps_rows_back(tmp_path):
+    spool = VectorSpool(tmp_path / "v", 3)
+    spool.append(np.arange(6, dtype=np.float32).reshape(2, 3))
+    spool.append(np.ones((1, 3), dtype=np.float32))
+    rows = spool.array()
+    assert rows.shape == (3, 3) and rows[1, 2] == 5.0 and rows[2, 0] == 1.0
+    with pytest.raises(ValueError):
+        VectorSpool(tmp_path / "w", 3).append(np.ones((1, 4), dtype=np.float32))
+
+
+def test_rebuild_with_embedding_cache_embeds_nothing_and_is_byte_identical(tmp_path):
+    cache = tmp_path / "embeddings.sqlite"
+    first = build_test_capsule(TINY_DOCS / "good", tmp_path / "a.capsule", keys_dir=tmp_path / "keys",
+                               embedding_cache=cache, name="tiny")
+    assert first.result.n_embedded == first.result.n_chunks > 0
+    second = build_test_capsule(TINY_DOCS / "good", tmp_path / "b.capsule", keys_dir=tmp_path / "keys",
+                                embedding_cache=cache, name="tiny")
+    assert second.result.n_embedded == 0
+    assert second.path.read_bytes() == first.path.read_bytes()
+    uncached = build_test_capsule(TINY_DOCS / "good", tmp_path / "c.capsule", keys_dir=tmp_path / "keys", name="tiny")
+    assert uncached.path.read_bytes() == first.path.read_bytes()
