@@ -13,6 +13,7 @@ from edge.embedder import (
     EXPECTED_DIM,
     QueryEmbedder,
     find_model_dir,
+    model_identity,
 )
 from edge.errors import ModelError
 
@@ -29,7 +30,7 @@ def _listed_sha256(filename: str) -> str:
     raise AssertionError(f"SHA256SUMS does not list {filename}")
 
 
-MODEL_SHA256 = _listed_sha256("model.int8.onnx")
+MODEL_SHA256 = model_identity(_listed_sha256("model.int8.onnx"), _listed_sha256("model.int8.onnx.data"))
 TOKENIZER_SHA256 = _listed_sha256("tokenizer.json")
 
 
@@ -178,8 +179,26 @@ def test_missing_model_file_raises_model_error(tmp_path: Path) -> None:
         QueryEmbedder.open(tmp_path)
 
 
+def test_missing_weights_file_raises_model_error(tmp_path: Path) -> None:
+    for name in ("model.int8.onnx", "tokenizer.json"):
+        shutil.copyfile(MODEL_DIR / name, tmp_path / name)
+    with pytest.raises(ModelError, match="model.int8.onnx.data is missing"):
+        QueryEmbedder.open(tmp_path)
+
+
+def test_swapped_weights_change_the_identity_and_are_refused(tmp_path: Path) -> None:
+    for name in ("model.int8.onnx", "tokenizer.json"):
+        shutil.copyfile(MODEL_DIR / name, tmp_path / name)
+    weights = bytearray((MODEL_DIR / "model.int8.onnx.data").read_bytes())
+    weights[len(weights) // 2] ^= 1
+    (tmp_path / "model.int8.onnx.data").write_bytes(bytes(weights))
+    with pytest.raises(ModelError, match=f"expected {MODEL_SHA256}"):
+        QueryEmbedder.open(tmp_path, expected_sha256=MODEL_SHA256)
+
+
 def test_corrupt_model_raises_model_error(tmp_path: Path) -> None:
     (tmp_path / "model.int8.onnx").write_bytes(b"not an onnx model")
+    (tmp_path / "model.int8.onnx.data").write_bytes(b"")
     shutil.copyfile(MODEL_DIR / "tokenizer.json", tmp_path / "tokenizer.json")
     with pytest.raises(ModelError, match="cannot load"):
         QueryEmbedder.open(tmp_path)
@@ -202,6 +221,7 @@ def test_wrong_output_dim_raises_model_error(tmp_path: Path) -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(tmp_path / "model.int8.onnx"))
+    (tmp_path / "model.int8.onnx.data").write_bytes(b"")
     shutil.copyfile(MODEL_DIR / "tokenizer.json", tmp_path / "tokenizer.json")
     with pytest.raises(ModelError, match="expected tensor\\(float\\) \\[batch, 384\\]"):
         QueryEmbedder.open(tmp_path)
@@ -236,7 +256,7 @@ def test_find_model_dir_default_search_includes_repo_models(
 def test_find_model_dir_env_var_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     copy = tmp_path / "models" / "copy"
     copy.mkdir(parents=True)
-    for name in ("model.int8.onnx", "tokenizer.json", "SHA256SUMS"):
+    for name in ("model.int8.onnx", "model.int8.onnx.data", "tokenizer.json", "SHA256SUMS"):
         (copy / name).symlink_to(MODEL_DIR / name)
     monkeypatch.setenv("EDGE_MODEL_PATH", f"{tmp_path / 'elsewhere'}:{tmp_path / 'models'}")
     assert find_model_dir(MODEL_SHA256) == copy
@@ -246,7 +266,9 @@ def test_find_model_dir_skips_a_lying_sha256sums(tmp_path: Path) -> None:
     fake = tmp_path / "a-fake"
     fake.mkdir()
     (fake / "model.int8.onnx").write_bytes(b"something else")
-    (fake / "SHA256SUMS").write_text(f"{MODEL_SHA256}  model.int8.onnx\n", encoding="ascii")
+    (fake / "model.int8.onnx.data").write_bytes(b"")
+    sums = (MODEL_DIR / "SHA256SUMS").read_text(encoding="ascii")
+    (fake / "SHA256SUMS").write_text(sums, encoding="ascii")
     assert find_model_dir(MODEL_SHA256, search_path=[tmp_path, MODELS_PATH]) == MODEL_DIR
 
 
