@@ -30,7 +30,7 @@ from .errors import (
 )
 from .keys import Passphrase, load_identity, load_public_key
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "open_capsule", "verify_capsule", "Capsule", "Hit", "MemoryBudget",

@@ -25,7 +25,7 @@ import mmap
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,8 +39,10 @@ from .embedder import QueryEmbedder, find_model_dir
 from .errors import CapsuleError, CapsuleFormatError, IntegrityError, ModelError
 from .frames import FrameReader
 from .index import Projection, VectorIndex
-from .keys import Passphrase
+from ._version import __version__
+from .keys import ContentKey, Passphrase, keyid
 from .manifest import Manifest, parse_canonical_json, parse_manifest, parse_signatures
+from .rules import MemoryUseLog, Rules, UsePolicy, check_validity_at, parse_rules
 from .sealed import (
     ChunkRecord,
     ContentKeys,
@@ -53,11 +55,12 @@ from .sealed import (
     unwrap_content_key,
     zstd_decompressor,
 )
+from .trust import DeviceState, verify_manifest_with_root
 from .verify import verify_signatures
 
 log = logging.getLogger(__name__)
 
-Identity = X25519PrivateKey | Passphrase
+Identity = X25519PrivateKey | Passphrase | ContentKey
 DEFAULT_FRAME_CACHE_BYTES = 1 << 20
 _HASH_BLOCK_BYTES = 1 << 20
 
@@ -186,10 +189,16 @@ def _check_digest(cf: _CapsuleFile, manifest: Manifest, tag: str) -> None:
         raise IntegrityError(f"{tag} section sha256 is {actual[:16]}…, manifest says {expected[:16]}…")
 
 
-def _read_verified_manifest(cf: _CapsuleFile, trusted_keys: Sequence[Ed25519PublicKey], threshold: int) -> Manifest:
+def _read_verified_manifest(cf: _CapsuleFile, trusted_keys: Sequence[Ed25519PublicKey], threshold: int,
+                            device: DeviceState | None = None, at: datetime | None = None) -> Manifest:
     mani = cf.section("MANI").tobytes()
     signatures = parse_signatures(cf.section("SIGS").tobytes())
-    verify_signatures(mani, signatures, trusted_keys, threshold=threshold)
+    if trusted_keys:
+        verify_signatures(mani, signatures, trusted_keys, threshold=threshold)
+    elif device is not None and device.root is not None:
+        verify_manifest_with_root(mani, signatures, device.root, at, threshold=threshold)
+    else:
+        raise ValueError("no trusted keys given, and the device has no trust document")
     manifest = parse_manifest(mani)
     for tag, digest in manifest.sections.items():
         actual = cf.sections[tag].length
@@ -200,6 +209,28 @@ def _read_verified_manifest(cf: _CapsuleFile, trusted_keys: Sequence[Ed25519Publ
             f"frame table is {cf.sections['FTAB'].length} bytes, manifest says {manifest.video.n_frames} frames"
         )
     return manifest
+
+
+def _check_trust(cf: _CapsuleFile, *, trusted_keys: Sequence[Ed25519PublicKey], threshold: int,
+                 device: DeviceState | None, now: datetime, identities: Sequence[Identity],
+                 device_rules: bool = True) -> tuple[Manifest, Rules]:
+    """Signatures, version record, time floor, validity window and open-level rules (FORMAT.md §11)."""
+    if device is not None:
+        device.observe(now)
+    at = device.trusted_time(now) if device is not None else now
+    manifest = _read_verified_manifest(cf, trusted_keys, threshold, device, at)
+    if device is not None:
+        device.observe(now, manifest.issued_at)
+        at = device.trusted_time(now)
+        device.check_version(manifest)
+    check_validity_at(manifest, now=now, at=at)
+    manifest.check_rules()
+    rules = parse_rules(manifest.rules)
+    if device_rules:
+        rules.check_device(device_keyids=[keyid(i.public_key()) for i in identities if isinstance(i, X25519PrivateKey)],
+                           hardware_id=device.hardware_id if device is not None else None)
+        rules.check_runtime(__version__)
+    return manifest, rules
 
 
 class Capsule:
@@ -216,7 +247,7 @@ class Capsule:
     def __init__(self, *, cf: _CapsuleFile, manifest: Manifest, keys: ContentKeys, documents: list[Document],
                  frames: fmt.FrameTable, index: VectorIndex, reader: FrameReader, embedder: QueryEmbedder,
                  budget: MemoryBudget, frame_cache_bytes: int, verified_at: datetime,
-                 decompressor) -> None:
+                 decompressor, policy: UsePolicy | None = None) -> None:
         self._cf = cf
         self.manifest = manifest
         self._keys = keys
@@ -232,6 +263,13 @@ class Capsule:
         self._cache_sizes: dict[int, int] = {}
         self._cache_limit = frame_cache_bytes
         self.last_timings = StageTimings()
+        self._policy = policy if policy is not None else UsePolicy(manifest, parse_rules(manifest.rules),
+                                                                   log=MemoryUseLog())
+
+    @property
+    def rules(self) -> Rules:
+        """The capsule's parsed rules (FORMAT.md §4.2)."""
+        return self._policy.rules
 
     @property
     def decoder_name(self) -> str:
@@ -284,19 +322,23 @@ class Capsule:
         return Hit(chunk_id, score, self.documents[record.doc_index].name, record.char_start, record.char_end,
                    frame_index, slot, record.text)
 
-    def search(self, query: str, k: int = 5, *, search_k: int = -1) -> list[Hit]:
+    def search(self, query: str, k: int = 5, *, search_k: int = -1, now: datetime | None = None) -> list[Hit]:
         """Return the ``k`` chunks nearest to ``query``, best first.
 
         Args:
             query: UTF-8 text; truncated to ``manifest.model.max_tokens`` tokens.
             k: number of hits, ``1 <= k``; capped at ``manifest.n_chunks``.
             search_k: Annoy nodes to inspect; -1 uses the manifest's ``index.search_k``.
+            now: timezone-aware time of the query; ``None`` reads the clock once.
 
         Returns:
             Up to k ``Hit``s, score (cosine similarity) descending; every text was read
             from its frame and authenticated.
 
         Raises:
+            ExpiredCapsuleError, NotYetValidError: outside the validity window at the trusted time.
+            RuleViolationError: the rules forbid searching, or more than ``query_limits.max_k`` results.
+            RateLimitedError: the ``rate_limit`` rule allows no query now.
             FrameDecodeError: a hit's frame cannot be decoded.
             DecryptionError: a hit's frame fails authentication (the MP4 was altered).
             CapsuleFormatError: a frame's plaintext is malformed.
@@ -309,6 +351,7 @@ class Capsule:
             raise ValueError("query must be non-empty text")
         if k < 1:
             raise ValueError("k must be >= 1")
+        self._policy.before_use("search", at=_utc_now(now), k=k)
         timings = StageTimings()
         t0 = time.perf_counter()
         vector = self._embedder.embed([query])[0]
@@ -321,14 +364,34 @@ class Capsule:
         self.last_timings = timings
         return hits
 
-    def read_chunk(self, chunk_id: int) -> Hit:
+    def read_chunk(self, chunk_id: int, *, now: datetime | None = None) -> Hit:
         """Return chunk ``chunk_id`` read from its frame (score 1.0).
 
         Raises:
             ValueError: ``chunk_id`` outside ``0..n_chunks-1``.
+            ExpiredCapsuleError, NotYetValidError, RuleViolationError, RateLimitedError: the
+                validity window or the rules forbid reading now (FORMAT.md §4.2).
             FrameDecodeError, DecryptionError, CapsuleFormatError: as for ``search``.
         """
+        if not 0 <= chunk_id < self.manifest.n_chunks:
+            raise ValueError(f"chunk id {chunk_id} outside 0..{self.manifest.n_chunks - 1}")
+        self._policy.before_use("read", at=_utc_now(now))
         return self._hit(chunk_id, 1.0, StageTimings())
+
+    def export(self, *, now: datetime | None = None) -> Iterator[Hit]:
+        """Yield every chunk in id order, each read from its frame (score 1.0).
+
+        The rules are checked once, before the first chunk; the export counts as one query.
+
+        Raises:
+            ExpiredCapsuleError, NotYetValidError, RuleViolationError, RateLimitedError: the
+                validity window or the rules forbid exporting now (FORMAT.md §4.2).
+            FrameDecodeError, DecryptionError, CapsuleFormatError: as for ``search``.
+        """
+        self._policy.before_use("export", at=_utc_now(now))
+        timings = StageTimings()
+        for chunk_id in range(self.manifest.n_chunks):
+            yield self._hit(chunk_id, 1.0, timings)
 
     def info(self) -> dict[str, object]:
         """Return a JSON-ready summary of the verified manifest and runtime state."""
@@ -377,30 +440,39 @@ def open_capsule(
     n_threads: int = 1,
     prefer_hardware_decoder: bool = True,
     frame_cache_bytes: int = DEFAULT_FRAME_CACHE_BYTES,
+    device: DeviceState | None = None,
 ) -> Capsule:
     """Verify and open a capsule; return it only if every open-level check passes.
 
     Args:
         path: the capsule file.
-        trusted_keys: Ed25519 publisher keys this device trusts.
-        identities: X25519 device keys and/or passphrases to unwrap the content key.
-        threshold: distinct trusted signatures required.
+        trusted_keys: Ed25519 publisher keys this device trusts; empty to use the keys that
+            ``device.root`` delegates (FORMAT.md §12).
+        identities: X25519 device keys, passphrases or a cached ``ContentKey`` to unwrap the
+            content key; X25519 keys also identify the device for the ``devices`` rule.
+        threshold: distinct trusted signatures required (the trust document's when higher).
         now: timezone-aware time to judge validity; ``None`` reads the clock once.
         budget: memory budget to charge; ``None`` is unlimited (still reported).
         model_search_path: directories holding model folders (see ``find_model_dir``).
         n_threads: onnxruntime intra-op threads for query embedding.
         prefer_hardware_decoder: try ``h264_v4l2m2m`` before software decoding.
         frame_cache_bytes: bytes of decrypted frames to keep (an LRU cache).
+        device: the device's state (trust document, time floor, version records, hardware id,
+            rate log; FORMAT.md §13); ``None`` judges validity at ``now`` and keeps the rate in
+            memory.
 
     Returns:
         An open ``Capsule``.
 
     Raises:
-        CapsuleFormatError: bad magic, version, table, manifest, limits.
+        CapsuleFormatError: bad magic, version, table, manifest, limits, malformed rule.
         IntegrityError: truncated/extended file, section length or sha256 mismatch.
-        SignatureError: too few valid trusted signatures.
-        ExpiredCapsuleError, NotYetValidError: outside the validity window.
-        RuleViolationError: a required rule this runtime lacks.
+        SignatureError: too few valid trusted (delegated, unexpired, unrevoked) signatures.
+        RollbackError: older than the version the device accepted, or the same version with
+            another manifest.
+        ExpiredCapsuleError, NotYetValidError: outside the validity window at the trusted time.
+        RuleViolationError: a required rule this runtime lacks, a device not on the allow-list,
+            or a runtime older than ``min_runtime``.
         ModelError: the manifest's model is not installed or does not load.
         DecryptionError: no identity opens the capsule, or DOCS/INDX fail authentication.
         BudgetExceededError: the index does not fit the budget.
@@ -412,9 +484,8 @@ def open_capsule(
     cf = _CapsuleFile(path)
     index = None
     try:
-        manifest = _read_verified_manifest(cf, trusted_keys, threshold)
-        manifest.check_validity(now)
-        manifest.check_rules()
+        manifest, rules = _check_trust(cf, trusted_keys=trusted_keys, threshold=threshold, device=device, now=now,
+                                       identities=identities)
         model_dir = find_model_dir(manifest.model.sha256, model_search_path)
         content_key = unwrap_content_key(manifest, identities)
         keys = derive_keys(content_key, manifest.capsule_id_bytes)
@@ -445,9 +516,14 @@ def open_capsule(
         raise
     log.info("opened capsule %s v%d (%d chunks, decoder %s)", manifest.name, manifest.version,
              manifest.n_chunks, reader.decoder_name)
+    if device is not None:
+        policy = UsePolicy(manifest, rules, log=device, trusted_time=device.trusted_time,
+                           on_expired=lambda exc: device.capsule_expired(manifest, exc))
+    else:
+        policy = UsePolicy(manifest, rules, log=MemoryUseLog())
     return Capsule(cf=cf, manifest=manifest, keys=keys, documents=documents, frames=frames, index=index,
                    reader=reader, embedder=embedder, budget=budget, frame_cache_bytes=frame_cache_bytes,
-                   verified_at=now, decompressor=decompressor)
+                   verified_at=now, decompressor=decompressor, policy=policy)
 
 
 def _read_dictionary(cf: _CapsuleFile, keys: ContentKeys, manifest: Manifest):
@@ -541,6 +617,8 @@ def verify_capsule(
     full: bool = True,
     model_search_path: Sequence[Path] | None = None,
     progress=None,
+    device: DeviceState | None = None,
+    device_rules: bool = True,
 ) -> VerifyReport:
     """Check a capsule without searching it; return what was checked.
 
@@ -551,6 +629,9 @@ def verify_capsule(
 
     Args:
         progress: optional callable ``progress(n_frames_done, n_frames)``.
+        device: the device's state, as for ``open_capsule``.
+        device_rules: ``False`` skips the rules that bind a capsule to a device (``devices``,
+            ``min_runtime``): for the publisher's self-check after a build, never on a device.
 
     Raises:
         Everything ``open_capsule`` raises, plus ``FrameDecodeError``/``DecryptionError``
@@ -559,12 +640,13 @@ def verify_capsule(
     Source: FORMAT.md §11 (full verify).
     """
     now = _utc_now(now)
+    if not device_rules and identities:
+        raise ValueError("device_rules=False is for a publisher's self-check, without identities")
     if not identities:
         cf = _CapsuleFile(path)
         try:
-            manifest = _read_verified_manifest(cf, trusted_keys, threshold)
-            manifest.check_validity(now)
-            manifest.check_rules()
+            manifest, _ = _check_trust(cf, trusted_keys=trusted_keys, threshold=threshold, device=device, now=now,
+                                       identities=identities, device_rules=device_rules)
             for tag in fmt.HASHED_SECTIONS if full else fmt.HASHED_SECTIONS[:-1]:
                 _check_digest(cf, manifest, tag)
             return VerifyReport(manifest, full, notes=["no identity given: frames not decrypted"])
@@ -574,7 +656,8 @@ def verify_capsule(
         finally:
             cf.close()
     capsule = open_capsule(path, trusted_keys=trusted_keys, identities=identities, threshold=threshold, now=now,
-                           model_search_path=model_search_path, prefer_hardware_decoder=False, frame_cache_bytes=0)
+                           model_search_path=model_search_path, prefer_hardware_decoder=False, frame_cache_bytes=0,
+                           device=device)
     try:
         report = VerifyReport(capsule.manifest, full)
         if full:

@@ -1,4 +1,4 @@
-"""``edge``: the device command line (verify, info, search, read).
+"""``edge``: the device command line (install, list, remove, verify, info, search, read, export, trust).
 
 Each verb is a library call plus argument parsing and printing. Results go to
 stdout, diagnostics to stderr as ``edge: error: <message>`` (and sometimes
@@ -7,7 +7,12 @@ There is no flag that skips verification or overrides the clock.
 
 Trusted publisher keys and the device identity come from flags, or from the
 device configuration directory ``$EDGE_CONFIG_DIR`` (default
-``/etc/edge-capsules``): ``trusted/*.pub``, ``device.key``.
+``/etc/edge-capsules``): ``trusted/*.pub``, ``device.key``, ``hardware-id``. Once a trust
+document is installed in the store (``edge trust init``), capsules are judged by the keys it
+delegates unless ``--trust`` names keys. Every command uses the device store
+(``$EDGE_STORE_DIR``, ``--store``; see ``edge.store``) for the time floor, the version records and
+the rate log; a CAPSULE argument that contains ``/`` or ends in ``.capsule`` is a file, anything
+else is the name of an installed capsule.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 from .budget import MemoryBudget, parse_size
 from .errors import EdgeError
 from .keys import KeyFileError, load_identity, load_passphrase, load_public_key
+from .manifest import format_time
 
 PROG = "edge"
 DEFAULT_CONFIG_DIR = "/etc/edge-capsules"
@@ -33,11 +39,40 @@ _HINTS = {
     "ModelError": "install the model the capsule names (see models/*/MODEL.md) or set EDGE_MODEL_PATH",
     "IntegrityError": "the file is damaged or incomplete; copy it again",
     "CapsuleFormatError": "is this an edge capsule, and is it complete?",
+    "RollbackError": "this device accepted a newer version of this capsule; ask the publisher for it",
+    "TrustError": "trust documents come from the operator's root key (firmware-tools trust); see README",
+    "StoreError": "see `edge list`; the store is $EDGE_STORE_DIR or --store",
+    "RateLimitedError": "this capsule limits how often it may be queried; wait and try again",
 }
+#: Files the hardware id is read from, in order, when $EDGE_CONFIG_DIR/hardware-id is absent.
+HARDWARE_ID_FILES = ("/sys/firmware/devicetree/base/serial-number",)
+MAX_HARDWARE_ID_BYTES = 128
 
 
 def _config_dir() -> Path:
     return Path(os.environ.get("EDGE_CONFIG_DIR", DEFAULT_CONFIG_DIR))
+
+
+def _hardware_id() -> str | None:
+    """Return this device's hardware id: ``$EDGE_CONFIG_DIR/hardware-id``, else the board serial."""
+    for path in (_config_dir() / "hardware-id", *map(Path, HARDWARE_ID_FILES)):
+        try:
+            with open(path, "rb") as handle:
+                raw = handle.read(MAX_HARDWARE_ID_BYTES + 1)
+        except OSError:
+            continue
+        text = raw.replace(b"\x00", b"").decode("ascii", errors="replace").strip()
+        if text and len(raw) <= MAX_HARDWARE_ID_BYTES:
+            return text
+    return None
+
+
+def _store(args: argparse.Namespace):
+    from .store import Store
+
+    if getattr(args, "_store", None) is None:
+        args._store = Store(args.store, hardware_id=_hardware_id())
+    return args._store
 
 
 def _trusted_keys(args: argparse.Namespace):
@@ -46,10 +81,17 @@ def _trusted_keys(args: argparse.Namespace):
         p = Path(item)
         paths.extend(sorted(p.glob("*.pub")) if p.is_dir() else [p])
     if not args.trust:
+        if _store(args).state.root is not None:
+            return []  # the installed trust document delegates the keys
         paths = sorted((_config_dir() / "trusted").glob("*.pub"))
     if not paths:
-        raise KeyFileError(f"no trusted publisher keys: pass --trust KEY.pub or put keys in {_config_dir() / 'trusted'}")
+        raise KeyFileError(f"no trusted publisher keys: install a trust document (edge trust init), pass --trust "
+                           f"KEY.pub or put keys in {_config_dir() / 'trusted'}")
     return [load_public_key(p) for p in paths]
+
+
+def _is_path(target: str) -> bool:
+    return "/" in target or target.endswith(".capsule")
 
 
 def _identities(args: argparse.Namespace, required: bool = True):
@@ -69,15 +111,29 @@ def _open(args: argparse.Namespace):
     from .capsule import open_capsule
 
     budget = MemoryBudget(args.ram_budget) if args.ram_budget else None
-    return open_capsule(args.capsule, trusted_keys=_trusted_keys(args), identities=_identities(args),
-                        budget=budget, n_threads=args.threads)
+    store = _store(args)
+    if _is_path(args.capsule):
+        return open_capsule(args.capsule, trusted_keys=_trusted_keys(args), identities=_identities(args),
+                            budget=budget, n_threads=args.threads, device=store.state)
+    entry = store.get(args.capsule)
+    return store.open(args.capsule, trusted_keys=_trusted_keys(args),
+                      identities=_identities(args, required=not entry.content_key),
+                      budget=budget, n_threads=args.threads)
+
+
+def _capsule_path(args: argparse.Namespace) -> str:
+    if _is_path(args.capsule):
+        return args.capsule
+    store = _store(args)
+    return str(store.capsule_path(store.get(args.capsule)))
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from .capsule import verify_capsule
 
-    report = verify_capsule(args.capsule, trusted_keys=_trusted_keys(args),
-                            identities=_identities(args, required=False), full=not args.quick)
+    report = verify_capsule(_capsule_path(args), trusted_keys=_trusted_keys(args),
+                            identities=_identities(args, required=False), full=not args.quick,
+                            device=_store(args).state)
     m = report.manifest
     result = {"ok": True, "name": m.name, "version": m.version, "capsule_id": m.capsule_id,
               "expires_at": m.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ"), "full": report.full,
@@ -102,7 +158,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         with _open(args) as capsule:
             info = capsule.info()
     else:
-        m = verify_capsule(args.capsule, trusted_keys=_trusted_keys(args), full=False).manifest
+        m = verify_capsule(_capsule_path(args), trusted_keys=_trusted_keys(args), full=False,
+                           device=_store(args).state).manifest
         info = {"name": m.name, "capsule_id": m.capsule_id, "version": m.version,
                 "publisher": {"keyid": m.publisher_keyid, "name": m.publisher_name},
                 "issued_at": m.issued_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -121,10 +178,11 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    if args.k < 1:
+    if args.k is not None and args.k < 1:
         raise SystemExit(_usage_error("-k must be at least 1"))
     with _open(args) as capsule:
-        hits = capsule.search(args.query, k=args.k)
+        k = args.k if args.k is not None else min(5, capsule.rules.max_k or 5)
+        hits = capsule.search(args.query, k=k)
         for rank, hit in enumerate(hits, 1):
             if args.json:
                 print(json.dumps({"rank": rank, **hit.to_json()}))
@@ -150,6 +208,88 @@ def cmd_read(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    with _open(args) as capsule:
+        for hit in capsule.export():
+            print(json.dumps(hit.to_json()))
+    return 0
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    store = _store(args)
+    entry = store.install(args.capsule, identities=_identities(args), trusted_keys=_trusted_keys(args))
+    if args.json:
+        print(json.dumps({"installed": entry.name, **entry.to_json()}))
+    else:
+        print(f"installed {entry.name} v{entry.version} ({entry.capsule_id}), expires {format_time(entry.expires_at)}, "
+              f"{entry.file_bytes} bytes" + ("; content key cached" if entry.content_key else ""))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
+    store = _store(args)
+    entries = store.list()
+    at = store.state.trusted_time(datetime.now(timezone.utc))
+    if args.json:
+        for entry in entries:
+            print(json.dumps({"name": entry.name, "status": entry.status(at), **entry.to_json()}))
+        return 0
+    if not entries:
+        print(f"no capsules installed in {store.path}")
+    for entry in entries:
+        print(f"{entry.name}  v{entry.version}  {entry.status(at)}  expires {format_time(entry.expires_at)}  "
+              f"{entry.capsule_id}  {entry.file_bytes} bytes")
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    entry = _store(args).remove(args.name)
+    if args.json:
+        print(json.dumps({"removed": entry.name, **entry.to_json()}))
+    else:
+        print(f"removed {entry.name} v{entry.version}; versions below {entry.version} stay refused on this device")
+    return 0
+
+
+def cmd_trust(args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
+    store = _store(args)
+    if args.action in ("init", "update"):
+        if not args.file:
+            raise SystemExit(_usage_error(f"edge trust {args.action} needs a trust document file"))
+        if args.action == "init" and not args.root:
+            raise SystemExit(_usage_error("edge trust init needs --root ROOT.pub (the provisioned root key)"))
+        if args.action == "update" and args.root:
+            raise SystemExit(_usage_error("edge trust update takes no --root: the installed root signs updates"))
+        if args.action == "init" and store.state.root is not None:
+            raise SystemExit(_usage_error("a trust document is installed already; use edge trust update"))
+        data = Path(args.file).read_bytes()
+        root = store.install_trust(data, root_keys=[load_public_key(p) for p in args.root or []])
+    else:
+        root = store.state.root
+        if root is None:
+            raise KeyFileError(f"no trust document is installed in {store.path}; see edge trust init")
+    at = store.state.trusted_time(datetime.now(timezone.utc))
+    info = {**root.to_json(), "floor": format_time(store.state.floor_at) if store.state.floor_at else None,
+            "trusted_time": format_time(at)}
+    if args.json:
+        print(json.dumps(info))
+    else:
+        verb = {"init": "installed", "update": "installed"}.get(args.action, "installed")
+        print(f"{verb} trust document version {root.version}, issued {format_time(root.issued_at)}; "
+              f"root {root.root_threshold}-of-{len(root.root_keys)}, capsules need {root.threshold} signature(s)")
+        for d in root.publishers.values():
+            state = "valid" if at < d.expires_at else "expired"
+            print(f"publisher {d.keyid}  {d.name or '-'}  until {format_time(d.expires_at)}  {state}")
+        for kid in sorted(root.revoked):
+            print(f"revoked   {kid}")
+        print(f"trusted time {info['trusted_time']} (floor {info['floor']})")
+    return 0
+
+
 def _usage_error(message: str) -> int:
     print(f"{PROG}: error: {message}", file=sys.stderr)
     return 2
@@ -165,8 +305,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-v info, -vv debug)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    def store_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--store", metavar="DIR", help="device store directory (default $EDGE_STORE_DIR, else "
+                                                      "/var/lib/edge-capsules for root, else ~/.local/share/edge-capsules)")
+
     def common(p: argparse.ArgumentParser, identity: bool = True) -> None:
-        p.add_argument("capsule", help="path of the .capsule file")
+        p.add_argument("capsule", help="a .capsule file (contains / or ends in .capsule) or an installed name")
+        store_arg(p)
         p.add_argument("--trust", action="append", metavar="KEY.pub",
                        help="trusted publisher public key (file or folder of *.pub); repeatable; "
                             "default $EDGE_CONFIG_DIR/trusted/*.pub")
@@ -202,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "--identity device.key")
     common(p)
     p.add_argument("query", help="the question, in quotes")
-    p.add_argument("-k", type=int, default=5, help="number of results (default 5)")
+    p.add_argument("-k", type=int, default=None,
+                   help="number of results (default 5, or the capsule's query limit when lower)")
     runtime(p)
     p.set_defaults(func=cmd_search)
 
@@ -213,6 +359,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("chunk_id", type=int, help="chunk id (as shown by search)")
     runtime(p)
     p.set_defaults(func=cmd_read)
+
+    p = sub.add_parser("export", help="print every chunk as JSON lines (if the capsule's rules allow export)",
+                       description="Read every chunk from its frame, in id order, one JSON object per line.",
+                       epilog="example: edge export manual > manual.jsonl")
+    common(p)
+    runtime(p)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("install", help="verify a capsule fully and install it into the device store",
+                       description="Copy the capsule into the store, verify the copy fully (signature, validity, "
+                                   "rules, version record, every section digest, every frame) and make it visible "
+                                   "atomically. Refuses a version older than one this device accepted.",
+                       epilog="example: edge install /media/usb/manual.capsule --identity device.key")
+    common(p)
+    p.set_defaults(func=cmd_install)
+
+    p = sub.add_parser("list", help="list installed capsules (purges expired ones that ask for it)",
+                       description="List the capsules in the device store with version, status and expiry.",
+                       epilog="example: edge list --json")
+    store_arg(p)
+    p.add_argument("--json", action="store_true", help="print JSON (one object per line)")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("remove", help="remove an installed capsule (its version record stays)",
+                       description="Delete an installed capsule and any content key cached for it. The device "
+                                   "keeps refusing versions older than the one removed.",
+                       epilog="example: edge remove manual")
+    p.add_argument("name", help="installed capsule name (see edge list)")
+    store_arg(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_remove)
+
+    p = sub.add_parser("trust", help="install, update or show the device's root-signed trust document",
+                       description="init: first install, checked against the provisioned root key(s). update: a "
+                                   "newer version, signed by the installed root. show: the delegations in force.",
+                       epilog="example: edge trust init trust.json --root root.pub")
+    p.add_argument("action", choices=("init", "update", "show"), help="what to do")
+    p.add_argument("file", nargs="?", help="trust document (init, update)")
+    p.add_argument("--root", action="append", metavar="ROOT.pub", help="provisioned root public key (init); repeatable")
+    store_arg(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_trust)
     return parser
 
 
@@ -232,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (EdgeError, KeyFileError) as exc:
+        if getattr(args, "json", False):
+            print(json.dumps({"error": getattr(exc, "expect", "key"), "message": str(exc)}))
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         hint = _HINTS.get(type(exc).__name__)
         if hint:
@@ -242,6 +432,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    finally:
+        store = getattr(args, "_store", None)
+        if store is not None:
+            store.close()
 
 
 __all__ = ["main", "build_parser"]

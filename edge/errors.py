@@ -14,7 +14,7 @@ Example::
     except CapsuleError as exc:
         print(f"edge: error: {exc}")
 
-Source: FORMAT.md §9 (error classes and vector ``expect`` words).
+Source: FORMAT.md §11 (error classes and vector ``expect`` words).
 """
 
 from __future__ import annotations
@@ -87,6 +87,48 @@ class RuleViolationError(CapsuleError):
     expect = "rule"
 
 
+class RateLimitedError(RuleViolationError):
+    """The capsule's ``rate_limit`` rule allows no more uses right now.
+
+    Attributes:
+        retry_after_s: seconds until the oldest counted use leaves the window.
+    """
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class RollbackError(CapsuleError):
+    """An older version than the device accepted, or the same version with another manifest.
+
+    Attributes:
+        capsule_id: the capsule id (32 hex chars).
+        version: the version offered.
+        accepted_version: the highest version this device accepted for that id.
+    """
+
+    expect = "rollback"
+
+    def __init__(self, message: str, *, capsule_id: str, version: int, accepted_version: int) -> None:
+        super().__init__(message)
+        self.capsule_id = capsule_id
+        self.version = version
+        self.accepted_version = accepted_version
+
+
+class TrustError(EdgeError):
+    """A trust document is malformed, not signed by the root, or older than the installed one."""
+
+    expect = "trust"
+
+
+class StoreError(EdgeError):
+    """The device store cannot do what was asked (not installed, unsafe path, disk full, ...)."""
+
+    expect = "store"
+
+
 class BudgetExceededError(EdgeError):
     """The operation would exceed the memory budget."""
 
@@ -120,6 +162,10 @@ __all__ = [
     "ExpiredCapsuleError",
     "NotYetValidError",
     "RuleViolationError",
+    "RateLimitedError",
+    "RollbackError",
+    "TrustError",
+    "StoreError",
     "BudgetExceededError",
     "ModelError",
     "FrameDecodeError",

@@ -43,6 +43,21 @@ class Passphrase:
         return "Passphrase(<hidden>)"
 
 
+@dataclass(frozen=True)
+class ContentKey:
+    """A capsule's 32-byte content key as the device store caches it (FORMAT.md §13.4).
+
+    An identity that opens the one capsule whose id is ``capsule_id`` and nothing else; the
+    store keeps it for capsules installed with a passphrase, so that queries need no passphrase.
+    """
+
+    capsule_id: str
+    secret: bytes
+
+    def __repr__(self) -> str:  # never show the key
+        return f"ContentKey({self.capsule_id}, <hidden>)"
+
+
 def raw_public_bytes(key: Ed25519PublicKey | X25519PublicKey) -> bytes:
     """Return the 32 raw bytes of an Ed25519 or X25519 public key."""
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)

@@ -34,7 +34,8 @@ SCRYPT_LOG_N_RANGE = (10, 18)
 MAX_PLAINTEXT_LIMIT = 1 << 20
 MAX_DICTIONARY_BYTES = 1 << 20
 #: Rules this runtime implements (FORMAT.md §4.2). Others fail closed unless optional.
-KNOWN_RULES: frozenset[str] = frozenset()
+KNOWN_RULES: frozenset[str] = frozenset(
+    {"devices", "operations", "query_limits", "rate_limit", "purge_on_expiry", "min_runtime"})
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX32 = re.compile(r"[0-9a-f]{32}")

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 import zstandard
 
 from .errors import CapsuleFormatError, DecryptionError
-from .keys import Passphrase, raw_public_bytes
+from .keys import ContentKey, Passphrase, raw_public_bytes
 from .manifest import SCRYPT_LOG_N_RANGE, Manifest, Stanza
 
 log = logging.getLogger(__name__)
@@ -102,12 +102,14 @@ def _try_stanza(stanza: Stanza, identity: X25519PrivateKey | Passphrase, capsule
         return None
 
 
-def unwrap_content_key(manifest: Manifest, identities: Sequence[X25519PrivateKey | Passphrase]) -> bytes:
+def unwrap_content_key(manifest: Manifest,
+                       identities: Sequence[X25519PrivateKey | Passphrase | ContentKey]) -> bytes:
     """Return the 32-byte content key from the first stanza an identity opens.
 
     Args:
         manifest: the verified manifest.
-        identities: device X25519 private keys and/or passphrases, tried in order.
+        identities: device X25519 private keys, passphrases and/or content keys the device
+            store cached for this capsule, tried in order.
 
     Raises:
         DecryptionError: no identity opens any stanza (one opaque message).
@@ -116,6 +118,10 @@ def unwrap_content_key(manifest: Manifest, identities: Sequence[X25519PrivateKey
     """
     capsule_id = manifest.capsule_id_bytes
     for identity in identities:
+        if isinstance(identity, ContentKey):  # cached by the device store; checked by the first AEAD
+            if identity.capsule_id == manifest.capsule_id and len(identity.secret) == KEY_BYTES:
+                return identity.secret
+            continue
         for stanza in manifest.recipients:
             key = _try_stanza(stanza, identity, capsule_id)
             if key is not None:

@@ -135,7 +135,20 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
     full_env = dict(os.environ)
     full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
+    full_env.setdefault("EDGE_STORE_DIR", _cli_store_dir())  # never the real /var/lib/edge-capsules
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, env=full_env,
                           cwd=ROOT, timeout=300)
 
+
+
+_CLI_STORE_DIR: list[str] = []
+
+
+def _cli_store_dir() -> str:
+    """Return a device store directory private to this test session."""
+    import tempfile
+
+    if not _CLI_STORE_DIR:
+        _CLI_STORE_DIR.append(tempfile.mkdtemp(prefix="edge-test-store-"))
+    return _CLI_STORE_DIR[0]

@@ -1,0 +1,797 @@
+"""The device store: capsules installed atomically, and the device's trust state on disk.
+
+This module owns the store directory: installing a capsule (copy, full verification of the
+copy, atomic switch), listing, removing, opening by name, purging expired capsules, and the
+persistent ``DeviceState`` of FORMAT.md §13 (version records, trusted time floor, rate log,
+trust document). It does not parse capsules itself: it calls ``verify_capsule`` and
+``open_capsule`` on the copy it made.
+
+Layout (every file is written to a temporary name, fsynced and renamed; directories are fsynced)::
+
+    <store>/
+      STORE                       "edge-store/1": marks the directory as a store
+      lock                        flock(2) target: install, remove, purge and trust updates serialise here
+      catalog.json                installed entries by name + version records by capsule id, one file
+      clock.json (+ .lock)        the trusted time floor
+      trust.json                  the installed trust document, exact bytes
+      uses/<capsule_id>.json      the rate-limit log of one capsule (+ .lock)
+      objects/<capsule_id>-v<version>-<sha256[:12]>/
+        capsule                   the verified capsule file, mode 0444
+        content.key               its 32-byte content key, mode 0400 (passphrase installs only)
+      tmp/                        staging directories; emptied whenever a writer takes the lock
+
+An install copies the capsule into ``tmp/<random>/``, verifies that copy fully (every section
+digest, every frame, the rules, the version record), fsyncs it, renames the directory into
+``objects/`` and then replaces ``catalog.json``, which is the one step that makes the new
+version visible and records its version. A process killed at any point leaves either the old
+catalogue (the previous version keeps serving) or the new one; leftovers in ``tmp/`` and
+unreferenced objects are deleted by the next writer. Nothing in the store is followed through a
+symbolic link.
+
+Example::
+
+    store = Store(default_store_dir())
+    store.install(Path("/media/usb/manual.capsule"), identities=[device_key])
+    with store.open("manual", identities=[device_key]) as capsule:
+        hits = capsule.search("how do I reset it?")
+    store.remove("manual")            # the version record stays: v1 cannot come back after v2
+
+Fault injection: with ``EDGE_STORE_CRASH_AT=N`` in the environment, an install kills its own
+process with SIGKILL at its N-th checkpoint (the test suite uses this to prove atomicity);
+``-vv`` logs every checkpoint.
+
+Source: FORMAT.md §13; TUF specification §5 (rollback, freeze, endless data).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import stat
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from .capsule import Capsule, Identity, open_capsule, verify_capsule
+from .errors import CapsuleError, EdgeError, ExpiredCapsuleError, StoreError
+from .keys import ContentKey, Passphrase
+from .manifest import Manifest, canonical_json, format_time, parse_canonical_json
+from .rules import RateLimit, admit_use, parse_rules
+from .sealed import unwrap_content_key
+from .trust import DeviceState, TrustRoot, VersionRecord, manifest_sha256, parse_trust_document
+
+log = logging.getLogger(__name__)
+
+STORE_FORMAT = "edge-store/1"
+STORE_ENV = "EDGE_STORE_DIR"
+CRASH_ENV = "EDGE_STORE_CRASH_AT"
+SYSTEM_STORE_DIR = "/var/lib/edge-capsules"
+#: The floor is written when it has advanced this far past the stored value (flash wear).
+FLOOR_WRITE_STEP_S = 60
+COPY_BLOCK_BYTES = 1 << 20
+MAX_STATE_FILE_BYTES = 64 << 20
+MAX_CAPSULE_BYTES = 1 << 40
+_OBJECT_NAME = re.compile(r"[0-9a-f]{32}-v[0-9]{1,16}-[0-9a-f]{12}")
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def default_store_dir() -> Path:
+    """Return the store directory: ``$EDGE_STORE_DIR``, else the system or the user default.
+
+    Returns:
+        ``$EDGE_STORE_DIR`` when set; ``/var/lib/edge-capsules`` for root; otherwise
+        ``$XDG_DATA_HOME/edge-capsules`` (``~/.local/share/edge-capsules``).
+    """
+    env = os.environ.get(STORE_ENV)
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path(SYSTEM_STORE_DIR)
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data_home) / "edge-capsules"
+
+
+def _utc_now(now: datetime | None) -> datetime:
+    if now is None:
+        return datetime.now(timezone.utc)
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    return now
+
+
+def _parse_time(text: object, what: str) -> datetime:
+    if not isinstance(text, str):
+        raise StoreError(f"store file {what} is damaged: bad time")
+    try:
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    except ValueError:
+        raise StoreError(f"store file {what} is damaged: bad time {text!r}") from None
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One installed capsule, as the catalogue records it.
+
+    Attributes:
+        name: the capsule's name (unique in the store).
+        capsule_id, version: identity of the installed capsule.
+        object_name: its directory under ``objects/``.
+        file_sha256, manifest_sha256: digests of the installed file and its MANI (hex).
+        file_bytes: size of the capsule file.
+        installed_at, not_before, expires_at: UTC times.
+        purge_on_expiry: the capsule's rules ask for deletion once expired.
+        content_key: a content key is cached beside it (passphrase installs).
+    """
+
+    name: str
+    capsule_id: str
+    version: int
+    object_name: str
+    file_sha256: str
+    manifest_sha256: str
+    file_bytes: int
+    installed_at: datetime
+    not_before: datetime
+    expires_at: datetime
+    purge_on_expiry: bool
+    content_key: bool
+
+    def status(self, at: datetime) -> str:
+        """Return ``"ok"``, ``"expired"`` or ``"not-yet-valid"`` at trusted time ``at``."""
+        if at >= self.expires_at:
+            return "expired"
+        if at < self.not_before:
+            return "not-yet-valid"
+        return "ok"
+
+    def to_json(self) -> dict[str, object]:
+        """Return the catalogue's JSON object for this entry (times as ``YYYY-MM-DDTHH:MM:SSZ``)."""
+        out = asdict(self)
+        del out["name"]
+        for key in ("installed_at", "not_before", "expires_at"):
+            out[key] = format_time(out[key])
+        return out
+
+    @classmethod
+    def from_json(cls, name: str, obj: object) -> "Entry":
+        """Parse one catalogue entry.
+
+        Raises:
+            StoreError: a missing or malformed field, or an unsafe object name.
+        """
+        fields = {"capsule_id", "version", "object_name", "file_sha256", "manifest_sha256", "file_bytes",
+                  "installed_at", "not_before", "expires_at", "purge_on_expiry", "content_key"}
+        if not isinstance(obj, dict) or set(obj) != fields or not _NAME.fullmatch(name):
+            raise StoreError(f"store catalogue entry {name!r} is damaged")
+        if (not isinstance(obj["object_name"], str) or not _OBJECT_NAME.fullmatch(obj["object_name"])
+                or not isinstance(obj["capsule_id"], str) or not _HEX32.fullmatch(obj["capsule_id"])
+                or not isinstance(obj["version"], int) or not isinstance(obj["file_bytes"], int)):
+            raise StoreError(f"store catalogue entry {name!r} is damaged")
+        return cls(name=name, capsule_id=obj["capsule_id"], version=obj["version"], object_name=obj["object_name"],
+                   file_sha256=str(obj["file_sha256"]), manifest_sha256=str(obj["manifest_sha256"]),
+                   file_bytes=obj["file_bytes"], installed_at=_parse_time(obj["installed_at"], "catalog.json"),
+                   not_before=_parse_time(obj["not_before"], "catalog.json"),
+                   expires_at=_parse_time(obj["expires_at"], "catalog.json"),
+                   purge_on_expiry=bool(obj["purge_on_expiry"]), content_key=bool(obj["content_key"]))
+
+
+@dataclass
+class _Catalog:
+    entries: dict[str, Entry]
+    versions: dict[str, VersionRecord]
+
+    def to_bytes(self) -> bytes:
+        return canonical_json({
+            "format": STORE_FORMAT,
+            "entries": {name: e.to_json() for name, e in self.entries.items()},
+            "versions": {cid: {"version": r.version, "manifest_sha256": r.manifest_sha256}
+                         for cid, r in self.versions.items()},
+        })
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "_Catalog":
+        try:
+            obj = parse_canonical_json(data, what="store catalogue")
+        except CapsuleError as exc:
+            raise StoreError(f"store file catalog.json is damaged: {exc}") from None
+        if not isinstance(obj, dict) or set(obj) != {"format", "entries", "versions"} or obj["format"] != STORE_FORMAT:
+            raise StoreError("store file catalog.json is damaged or of another store format")
+        if not isinstance(obj["entries"], dict) or not isinstance(obj["versions"], dict):
+            raise StoreError("store file catalog.json is damaged")
+        versions = {}
+        for cid, rec in obj["versions"].items():
+            if (not _HEX32.fullmatch(cid) or not isinstance(rec, dict) or set(rec) != {"version", "manifest_sha256"}
+                    or not isinstance(rec["version"], int) or not isinstance(rec["manifest_sha256"], str)):
+                raise StoreError("store file catalog.json has a damaged version record")
+            versions[cid] = VersionRecord(rec["version"], rec["manifest_sha256"])
+        return cls({name: Entry.from_json(name, e) for name, e in obj["entries"].items()}, versions)
+
+
+class _Crash:
+    """Counts install checkpoints; SIGKILLs the process at ``$EDGE_STORE_CRASH_AT`` (fault injection)."""
+
+    def __init__(self) -> None:
+        value = os.environ.get(CRASH_ENV, "")
+        self.at = int(value) if value.isdigit() else 0
+        self.n = 0
+
+    def __call__(self, what: str) -> None:
+        self.n += 1
+        log.debug("install checkpoint %d: %s", self.n, what)
+        if self.n == self.at:
+            sys.stderr.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class StoreState(DeviceState):
+    """The ``DeviceState`` of a store, kept on disk (FORMAT.md §13).
+
+    Created by ``Store``; loads the trust document, floor and version records when made, and
+    writes the floor, trust document and rate log as they change. Version records are written
+    by ``Store.install`` together with the catalogue.
+    """
+
+    def __init__(self, store: "Store", *, hardware_id: str | None) -> None:
+        catalog = store._read_catalog()
+        root = None
+        raw_trust = store._read_file(store._root_fd, "trust.json", missing_ok=True)
+        if raw_trust is not None:
+            try:
+                root, _ = parse_trust_document(raw_trust)
+            except EdgeError as exc:
+                raise StoreError(f"store file trust.json is damaged: {exc}") from None
+        floor = store._read_floor()
+        super().__init__(root=root, floor_at=floor, hardware_id=hardware_id, versions=catalog.versions)
+        self._store = store
+        self._stored_floor = floor
+
+    def _floor_advanced(self, old: datetime | None, new: datetime) -> None:
+        if self._stored_floor is None or (new - self._stored_floor).total_seconds() >= FLOOR_WRITE_STEP_S:
+            self.flush_floor()
+
+    def flush_floor(self) -> None:
+        """Write the floor now (it is otherwise written once it moved ``FLOOR_WRITE_STEP_S``)."""
+        if self.floor_at is not None:
+            self._stored_floor = self._store._raise_floor(self.floor_at)
+
+    def _save_root(self, doc: TrustRoot) -> None:
+        self._store._write_atomic(self._store._root_fd, "trust.json", doc.raw)
+
+    def reload(self) -> None:
+        """Re-read the trust document and version records (another process may have changed them)."""
+        raw_trust = self._store._read_file(self._store._root_fd, "trust.json", missing_ok=True)
+        if raw_trust is not None and (self._root is None or raw_trust != self._root.raw):
+            try:
+                self._root, _ = parse_trust_document(raw_trust)
+            except EdgeError as exc:
+                raise StoreError(f"store file trust.json is damaged: {exc}") from None
+        self._versions = dict(self._store._read_catalog().versions)
+
+    def record_use(self, capsule_id: str, limit: RateLimit, at: datetime) -> None:
+        """Admit one use at trusted time ``at`` across processes, or raise ``RateLimitedError``."""
+        self._store._record_use(capsule_id, limit, at)
+
+    def capsule_expired(self, manifest: Manifest, exc: Exception) -> None:
+        """Purge the installed capsule if its rules ask for it (FORMAT.md §13.4)."""
+        self._store._purge_expired(now=None, only_capsule_id=manifest.capsule_id)
+
+
+class Store:
+    """A device store directory; see the module docstring for its layout.
+
+    Args:
+        path: the store directory; ``None`` uses ``default_store_dir()``. Created when missing.
+        hardware_id: this device's hardware id for the ``devices`` rule (FORMAT.md §4.2).
+
+    Raises:
+        StoreError: the directory cannot be created or opened, is not a store, or holds a
+            symbolic link where a store file or directory should be.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, hardware_id: str | None = None) -> None:
+        self.path = Path(path) if path is not None else default_store_dir()
+        try:
+            self.path.mkdir(mode=0o755, parents=True, exist_ok=True)
+            self._root_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise StoreError(f"cannot use store directory {self.path}: {exc.strerror}") from None
+        try:
+            self._init_layout()
+            self._objects_fd = self._subdir("objects")
+            self._tmp_fd = self._subdir("tmp")
+            self._uses_fd = self._subdir("uses")
+            self.state = StoreState(self, hardware_id=hardware_id)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- low-level file helpers -------------------------------------------------
+    def _init_layout(self) -> None:
+        marker = self._read_file(self._root_fd, "STORE", missing_ok=True)
+        if marker is None:
+            layout = {"lock", "objects", "tmp", "uses", "catalog.json"}
+            if any(name not in layout and not name.startswith(".") for name in os.listdir(self._root_fd)):
+                raise StoreError(f"{self.path} is not empty and not an edge store (no STORE file)")
+            with self._lock():
+                for name in ("objects", "tmp", "uses"):
+                    try:
+                        os.mkdir(name, 0o755, dir_fd=self._root_fd)
+                    except FileExistsError:
+                        pass
+                if self._read_file(self._root_fd, "catalog.json", missing_ok=True) is None:
+                    self._write_atomic(self._root_fd, "catalog.json", _Catalog({}, {}).to_bytes())
+                self._write_atomic(self._root_fd, "STORE", (STORE_FORMAT + "\n").encode())
+            log.info("created device store %s", self.path)
+        elif marker != (STORE_FORMAT + "\n").encode():
+            raise StoreError(f"{self.path} is a store of another format ({marker[:32]!r})")
+
+    def _subdir(self, name: str, parent_fd: int | None = None) -> int:
+        try:
+            return os.open(name, _DIR_FLAGS, dir_fd=self._root_fd if parent_fd is None else parent_fd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise StoreError(f"store path {name} is a symbolic link or not a directory; refusing to use it") from None
+            raise StoreError(f"cannot open store directory {name}: {exc.strerror}") from None
+
+    def _read_file(self, dir_fd: int, name: str, *, missing_ok: bool = False,
+                   limit: int = MAX_STATE_FILE_BYTES) -> bytes | None:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        except FileNotFoundError:
+            if missing_ok:
+                return None
+            raise StoreError(f"store file {name} is missing") from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise StoreError(f"store file {name} is a symbolic link; refusing to read it") from None
+            raise StoreError(f"cannot read store file {name}: {exc.strerror}") from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise StoreError(f"store file {name} is not a regular file")
+            if info.st_size > limit:
+                raise StoreError(f"store file {name} is {info.st_size} bytes, limit is {limit}")
+            chunks = []
+            remaining = info.st_size
+            while remaining > 0:
+                block = os.read(fd, min(remaining, COPY_BLOCK_BYTES))
+                if not block:
+                    break
+                chunks.append(block)
+                remaining -= len(block)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+
+    def _write_atomic(self, dir_fd: int, name: str, data: bytes, *, mode: int = 0o644,
+                      crash: Callable[[str], None] | None = None) -> None:
+        tmp = f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                if crash:
+                    crash(f"{name}: temporary file written")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if crash:
+                crash(f"{name}: temporary file synced")
+            os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except BaseException:
+            try:
+                os.unlink(tmp, dir_fd=dir_fd)
+            except OSError:
+                pass
+            raise
+        if crash:
+            crash(f"{name}: renamed into place")
+        os.fsync(dir_fd)
+
+    @contextmanager
+    def _lock(self, name: str = "lock", dir_fd: int | None = None) -> Iterator[None]:
+        try:
+            fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                         dir_fd=self._root_fd if dir_fd is None else dir_fd)
+        except OSError as exc:
+            raise StoreError(f"cannot lock store file {name}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    @contextmanager
+    def _writer(self) -> Iterator[None]:
+        """Hold the store lock; first delete staging leftovers and unreferenced objects."""
+        with self._lock():
+            self._sweep()
+            yield
+
+    def _sweep(self) -> None:
+        for name in os.listdir(self._tmp_fd):
+            self._remove_tree(self._tmp_fd, name)
+        referenced = {e.object_name for e in self._read_catalog().entries.values()}
+        for name in os.listdir(self._objects_fd):
+            if name not in referenced:
+                log.info("removing unreferenced store object %s", name)
+                self._remove_tree(self._objects_fd, name)
+
+    def _remove_tree(self, dir_fd: int, name: str) -> None:
+        try:
+            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(info.st_mode):
+            shutil.rmtree(name, dir_fd=dir_fd)  # does not follow symlinks (shutil.rmtree.avoids_symlink_attacks)
+        else:
+            os.unlink(name, dir_fd=dir_fd)
+        os.fsync(dir_fd)
+
+    def _read_catalog(self) -> _Catalog:
+        data = self._read_file(self._root_fd, "catalog.json", missing_ok=True)
+        if data is None:
+            return _Catalog({}, {})
+        return _Catalog.from_bytes(data)
+
+    def _read_floor(self) -> datetime | None:
+        data = self._read_file(self._root_fd, "clock.json", missing_ok=True)
+        if data is None:
+            return None
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            raise StoreError("store file clock.json is damaged") from None
+        if not isinstance(obj, dict) or set(obj) != {"floor"}:
+            raise StoreError("store file clock.json is damaged")
+        return _parse_time(obj["floor"], "clock.json")
+
+    def _raise_floor(self, floor_at: datetime) -> datetime:
+        with self._lock("clock.json.lock"):
+            stored = self._read_floor()
+            if stored is not None and stored >= floor_at:
+                return stored
+            self._write_atomic(self._root_fd, "clock.json", canonical_json({"floor": format_time(floor_at)}))
+            return floor_at
+
+    def _record_use(self, capsule_id: str, limit: RateLimit, at: datetime) -> None:
+        name = f"{capsule_id}.json"
+        with self._lock(f"{capsule_id}.lock", self._uses_fd):
+            data = self._read_file(self._uses_fd, name, missing_ok=True)
+            times = []
+            if data is not None:
+                try:
+                    times = [_parse_time(t, name) for t in json.loads(data)["times"]]
+                except (ValueError, KeyError, TypeError):
+                    raise StoreError(f"store file uses/{name} is damaged") from None
+            kept = admit_use(times, limit, at)
+            self._write_atomic(self._uses_fd, name, canonical_json({"times": [format_time(t) for t in kept]}))
+
+    # -- public API -------------------------------------------------------------
+    def list(self, *, now: datetime | None = None) -> list[Entry]:
+        """Return the installed capsules by name, after purging expired ones that ask for it.
+
+        Raises:
+            StoreError: the catalogue is damaged or unreadable.
+
+        Source: FORMAT.md §13.4.
+        """
+        now = _utc_now(now)
+        self.state.observe(now)
+        self._purge_expired(now=now)
+        return sorted(self._read_catalog().entries.values(), key=lambda e: e.name)
+
+    def get(self, name: str) -> Entry:
+        """Return the entry installed under ``name``.
+
+        Raises:
+            StoreError: nothing is installed under that name.
+        """
+        entry = self._read_catalog().entries.get(name)
+        if entry is None:
+            raise StoreError(f"no capsule named {name!r} is installed in {self.path}")
+        return entry
+
+    def capsule_path(self, entry: Entry) -> Path:
+        """Return the path of an installed entry's capsule file."""
+        return self.path / "objects" / entry.object_name / "capsule"
+
+    def install(self, capsule_path: str | os.PathLike[str], *, identities: Sequence[Identity],
+                trusted_keys: Sequence[Ed25519PublicKey] = (), threshold: int = 1, now: datetime | None = None,
+                model_search_path: Sequence[Path] | None = None) -> Entry:
+        """Verify a capsule fully and install it atomically; return its entry.
+
+        The file is copied first and the copy is what gets verified and installed, so a
+        capsule that changes on its medium during the install cannot slip through.
+
+        Args:
+            capsule_path: the capsule file (a regular file; a FIFO or device is refused).
+            identities: device keys and/or passphrase; with only a passphrase opening the
+                capsule, its content key is cached beside it (mode 0400) so later queries need
+                no passphrase.
+            trusted_keys: publisher keys; empty to use the installed trust document.
+            threshold: distinct trusted signatures required.
+            now: wall-clock time; ``None`` reads the clock once.
+            model_search_path: where the model is looked up (see ``find_model_dir``).
+
+        Returns:
+            The new catalogue ``Entry``.
+
+        Raises:
+            CapsuleError: any check of ``verify_capsule(full=True)`` fails, including
+                ``RollbackError`` for an older version than this device accepted.
+            ModelError: the capsule's model is not installed.
+            StoreError: not a regular file, the name is taken by another capsule id, the
+                disk is full or the store is unsafe; nothing is changed.
+
+        Source: FORMAT.md §13.
+        """
+        now = _utc_now(now)
+        crash = _Crash()
+        with self._writer():
+            crash("store locked")
+            self.state.reload()
+            staging = f"install-{os.getpid()}-{os.urandom(6).hex()}"
+            try:
+                entry = self._install_locked(Path(capsule_path), staging, crash, identities=identities,
+                                             trusted_keys=trusted_keys, threshold=threshold, now=now,
+                                             model_search_path=model_search_path)
+            except OSError as exc:
+                raise StoreError(f"install of {capsule_path} failed, nothing changed: "
+                                 f"{exc.strerror or exc}") from None
+            finally:
+                try:
+                    self._remove_tree(self._tmp_fd, staging)
+                except OSError:
+                    pass
+            crash("install finished")
+        log.info("installed capsule %s v%d (%s) as object %s", entry.name, entry.version, entry.capsule_id,
+                 entry.object_name)
+        return entry
+
+    def _install_locked(self, source: Path, staging: str, crash: Callable[[str], None], *,
+                        identities: Sequence[Identity], trusted_keys: Sequence[Ed25519PublicKey], threshold: int,
+                        now: datetime, model_search_path: Sequence[Path] | None) -> Entry:
+        try:
+            src = os.open(source, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError as exc:
+            raise StoreError(f"cannot read {source}: {exc.strerror}") from None
+        hasher = hashlib.sha256()
+        try:
+            info = os.fstat(src)
+            if not stat.S_ISREG(info.st_mode):
+                raise StoreError(f"{source} is not a regular file; refusing to install from it")
+            if info.st_size > MAX_CAPSULE_BYTES:
+                raise StoreError(f"{source} is {info.st_size} bytes, limit is {MAX_CAPSULE_BYTES}")
+            os.mkdir(staging, 0o700, dir_fd=self._tmp_fd)
+            crash("staging directory created")
+            stage_fd = self._subdir(staging, self._tmp_fd)
+            try:
+                dst = os.open("capsule", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                              dir_fd=stage_fd)
+                try:
+                    crash("capsule file created")
+                    remaining = info.st_size
+                    while remaining > 0:
+                        block = os.read(src, min(remaining, COPY_BLOCK_BYTES))
+                        if not block:
+                            raise StoreError(f"{source} shrank while it was being copied")
+                        hasher.update(block)
+                        view = memoryview(block)
+                        while view:
+                            view = view[os.write(dst, view):]
+                        remaining -= len(block)
+                        crash(f"capsule copy: {info.st_size - remaining} of {info.st_size} bytes written")
+                    os.fsync(dst)
+                    crash("capsule file synced")
+                    os.fchmod(dst, 0o444)
+                finally:
+                    os.close(dst)
+                copy_path = self.path / "tmp" / staging / "capsule"
+                try:
+                    report = verify_capsule(copy_path, trusted_keys=trusted_keys, identities=identities,
+                                            threshold=threshold, now=now, full=True,
+                                            model_search_path=model_search_path, device=self.state)
+                except CapsuleError as exc:
+                    log.warning("refused to install %s: %s", source, exc)
+                    raise
+                manifest = report.manifest
+                crash("copy verified")
+                catalog = self._read_catalog()
+                taken = catalog.entries.get(manifest.name)
+                if taken is not None and taken.capsule_id != manifest.capsule_id:
+                    raise StoreError(f"name {manifest.name!r} is taken by capsule {taken.capsule_id}; "
+                                     "remove it first")
+                content_key = self._content_key_to_cache(manifest, identities)
+                if content_key is not None:
+                    fd = os.open("content.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                 0o400, dir_fd=stage_fd)
+                    try:
+                        os.write(fd, content_key)
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+                    crash("content key written")
+                os.fsync(stage_fd)
+                crash("staging directory synced")
+            finally:
+                os.close(stage_fd)
+        finally:
+            os.close(src)
+        file_sha256 = hasher.hexdigest()
+        object_name = f"{manifest.capsule_id}-v{manifest.version}-{file_sha256[:12]}"
+        try:
+            os.rename(staging, object_name, src_dir_fd=self._tmp_fd, dst_dir_fd=self._objects_fd)
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
+                raise
+            existing = os.stat(object_name, dir_fd=self._objects_fd, follow_symlinks=False)
+            if not stat.S_ISDIR(existing.st_mode):
+                raise StoreError(f"store path objects/{object_name} is a symbolic link or not a directory; "
+                                 "refusing to use it") from None
+            # the same file is installed already (a re-install): keep the existing object
+        crash("object renamed into place")
+        os.fsync(self._objects_fd)
+        crash("objects directory synced")
+        self.state.accept_version(manifest)
+        rules = parse_rules(manifest.rules)
+        entry = Entry(name=manifest.name, capsule_id=manifest.capsule_id, version=manifest.version,
+                      object_name=object_name, file_sha256=file_sha256, manifest_sha256=manifest_sha256(manifest),
+                      file_bytes=info.st_size, installed_at=now.replace(microsecond=0),
+                      not_before=manifest.not_before, expires_at=manifest.expires_at,
+                      purge_on_expiry=rules.purge_on_expiry,
+                      content_key=content_key is not None)
+        entries = {n: e for n, e in catalog.entries.items() if e.capsule_id != manifest.capsule_id}
+        entries[manifest.name] = entry
+        versions = dict(catalog.versions)
+        versions[manifest.capsule_id] = self.state.version_record(manifest.capsule_id)
+        self._write_atomic(self._root_fd, "catalog.json", _Catalog(entries, versions).to_bytes(), crash=crash)
+        crash("catalogue replaced")
+        for old in catalog.entries.values():
+            if old.capsule_id == manifest.capsule_id and old.object_name != object_name:
+                self._remove_tree(self._objects_fd, old.object_name)
+                crash("previous version removed")
+        self.state.flush_floor()
+        crash("floor saved")
+        return entry
+
+    @staticmethod
+    def _content_key_to_cache(manifest: Manifest, identities: Sequence[Identity]) -> bytes | None:
+        devices = [i for i in identities if isinstance(i, X25519PrivateKey)]
+        if devices:
+            try:
+                unwrap_content_key(manifest, devices)
+                return None  # the device key opens it: nothing to cache
+            except CapsuleError:
+                pass
+        others = [i for i in identities if isinstance(i, Passphrase)]
+        return unwrap_content_key(manifest, others) if others else None
+
+    def remove(self, name: str, *, now: datetime | None = None) -> Entry:
+        """Remove an installed capsule and its cached key; keep its version record.
+
+        Raises:
+            StoreError: nothing is installed under ``name``.
+        """
+        self.state.observe(_utc_now(now))
+        with self._writer():
+            catalog = self._read_catalog()
+            entry = catalog.entries.pop(name, None)
+            if entry is None:
+                raise StoreError(f"no capsule named {name!r} is installed in {self.path}")
+            self._write_atomic(self._root_fd, "catalog.json", catalog.to_bytes())
+            self._remove_tree(self._objects_fd, entry.object_name)
+            self._remove_tree(self._uses_fd, f"{entry.capsule_id}.json")
+        log.info("removed capsule %s v%d (%s); its version record stays", entry.name, entry.version, entry.capsule_id)
+        return entry
+
+    def _purge_expired(self, *, now: datetime | None, only_capsule_id: str | None = None) -> list[Entry]:
+        at = self.state.trusted_time(_utc_now(now))
+
+        def due(entries: dict[str, Entry]) -> list[Entry]:
+            return [e for e in entries.values() if e.purge_on_expiry and at >= e.expires_at
+                    and (only_capsule_id is None or e.capsule_id == only_capsule_id)]
+
+        if not due(self._read_catalog().entries):
+            return []
+        purged = []
+        with self._writer():
+            catalog = self._read_catalog()
+            for entry in due(catalog.entries):
+                del catalog.entries[entry.name]
+                self._write_atomic(self._root_fd, "catalog.json", catalog.to_bytes())
+                self._remove_tree(self._objects_fd, entry.object_name)
+                self._remove_tree(self._uses_fd, f"{entry.capsule_id}.json")
+                log.warning("purged expired capsule %s v%d (%s): expired at %s, trusted time %s; deleted its "
+                            "file%s", entry.name, entry.version, entry.capsule_id, format_time(entry.expires_at),
+                            format_time(at), " and cached content key" if entry.content_key else "")
+                purged.append(entry)
+        return purged
+
+    def open(self, name: str, *, identities: Sequence[Identity] = (), trusted_keys: Sequence[Ed25519PublicKey] = (),
+             threshold: int = 1, now: datetime | None = None, **open_kwargs) -> Capsule:
+        """Open an installed capsule by name, with the device state and any cached content key.
+
+        Args:
+            name: the installed name.
+            identities: device keys or passphrase (not needed when a content key is cached).
+            trusted_keys: publisher keys; empty to use the installed trust document.
+            threshold, now, open_kwargs: as for ``open_capsule``.
+
+        Raises:
+            StoreError: nothing is installed under ``name``.
+            ExpiredCapsuleError: the capsule expired (it is purged first if its rules say so).
+            Everything ``open_capsule`` raises.
+        """
+        now = _utc_now(now)
+        self.state.observe(now)
+        purged = {e.name: e for e in self._purge_expired(now=now)}
+        if name in purged:
+            entry = purged[name]
+            at = self.state.trusted_time(now)
+            raise ExpiredCapsuleError(
+                f"capsule expired at {format_time(entry.expires_at)} (trusted time {format_time(at)}); "
+                "it was purged from the store", expires_at=entry.expires_at, now=at)
+        entry = self.get(name)
+        ids = list(identities)
+        if entry.content_key:
+            object_fd = self._subdir(entry.object_name, self._objects_fd)
+            try:
+                key = self._read_file(object_fd, "content.key", limit=32)
+            finally:
+                os.close(object_fd)
+            ids.append(ContentKey(entry.capsule_id, key))
+        path = self.capsule_path(entry)
+        try:
+            info = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            raise StoreError(f"capsule {name!r} was removed while it was being opened") from None
+        if not stat.S_ISREG(info.st_mode):
+            raise StoreError(f"store file {path} is not a regular file; refusing to open it")
+        return open_capsule(path, trusted_keys=trusted_keys, identities=ids, threshold=threshold, now=now,
+                            device=self.state, **open_kwargs)
+
+    def install_trust(self, data: bytes, *, root_keys: Sequence[Ed25519PublicKey] = (),
+                      now: datetime | None = None) -> TrustRoot:
+        """Install a trust document (first install with ``root_keys``, else an update).
+
+        Raises:
+            TrustError: see ``edge.trust.verify_trust_document``.
+        """
+        with self._writer():
+            self.state.reload()
+            return self.state.install_trust(data, root_keys=root_keys, now=_utc_now(now))
+
+    def close(self) -> None:
+        """Close the store's directory descriptors."""
+        for attr in ("_uses_fd", "_tmp_fd", "_objects_fd", "_root_fd"):
+            fd = getattr(self, attr, None)
+            if fd is not None:
+                os.close(fd)
+                setattr(self, attr, None)
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["Store", "StoreState", "Entry", "default_store_dir", "STORE_ENV", "CRASH_ENV"]

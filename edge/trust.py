@@ -1,0 +1,456 @@
+"""Device trust: the root-signed trust document, and what a device remembers between uses.
+
+This module owns FORMAT.md §12 (trust document: root keys, delegations to publisher keys with
+their own expiry, revocation, the k-of-n threshold, root rotation) and §13 (device state:
+version records against rollback, the trusted time floor, the rate-limit log). ``DeviceState``
+keeps that state in memory; ``edge.store`` subclasses it to keep it on disk. No file IO and no
+clock here: callers pass bytes and the wall-clock reading ``now``.
+
+Example::
+
+    device = DeviceState(hardware_id="kiosk-7")
+    device.install_trust(Path("trust.json").read_bytes(), root_keys=[root_pub])   # first install
+    capsule = open_capsule(path, identities=[device_key], device=device)          # keys from the root
+    device.trusted_time(now)      # max(now, floor): a clock set back never revives a capsule
+
+Source: FORMAT.md §12-§13; TUF specification §5.3 (root rotation, rollback), §5.2 (fixed start
+time); Uptane Standard §5.4 and Deployment Best Practices "Secure source of time".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from . import manifest as _m
+from .errors import CapsuleFormatError, RollbackError, SignatureError, TrustError
+from .keys import keyid
+from .manifest import Manifest, SignatureEntry, canonical_json, format_time, parse_canonical_json
+from .rules import RateLimit, admit_use
+from .verify import verify_signatures
+
+log = logging.getLogger(__name__)
+
+TRUST_TYPE = "edge-trust/1"
+TRUST_CONTEXT = b"edge-capsule/v1/trust\x00"
+MAX_TRUST_BYTES = 1 << 20
+MAX_ROOT_KEYS = 16
+MAX_PUBLISHERS = 256
+MAX_REVOKED = 4096
+MAX_THRESHOLD = 16
+
+
+@dataclass(frozen=True)
+class Delegation:
+    """The root's delegation of capsule signing to one publisher key (FORMAT.md §12).
+
+    Attributes:
+        keyid: SHA-256 of the raw public key, hex64.
+        public_key: the Ed25519 public key.
+        name: a human label for the key.
+        expires_at: the delegation ends here (judged at the trusted time).
+    """
+
+    keyid: str
+    public_key: Ed25519PublicKey
+    name: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class TrustRoot:
+    """A verified trust document (FORMAT.md §12). Exists only after its root signatures checked.
+
+    Attributes:
+        version: document version; a device never goes back to a lower one.
+        issued_at: when the root signed it (raises the time floor).
+        root_keys: root key id -> Ed25519 public key.
+        root_threshold: root signatures the next version needs.
+        publishers: publisher key id -> ``Delegation``.
+        threshold: distinct valid publisher signatures a capsule needs.
+        revoked: key ids never trusted.
+        raw: the exact document bytes.
+    """
+
+    version: int
+    issued_at: datetime
+    root_keys: dict[str, Ed25519PublicKey]
+    root_threshold: int
+    publishers: dict[str, Delegation]
+    threshold: int
+    revoked: frozenset[str]
+    raw: bytes
+
+    def signing_keys(self, at: datetime) -> list[Ed25519PublicKey]:
+        """Return the publisher keys trusted at ``at``: delegated, not expired, not revoked."""
+        return [d.public_key for d in self.publishers.values() if at < d.expires_at and d.keyid not in self.revoked]
+
+    def to_json(self) -> dict[str, object]:
+        """Return a JSON-ready summary (no signatures)."""
+        return {"version": self.version, "issued_at": format_time(self.issued_at),
+                "root": {"keyids": sorted(self.root_keys), "threshold": self.root_threshold},
+                "publishers": [{"keyid": d.keyid, "name": d.name, "expires_at": format_time(d.expires_at)}
+                               for d in self.publishers.values()],
+                "threshold": self.threshold, "revoked": sorted(self.revoked)}
+
+
+def trust_signed_message(signed: dict) -> bytes:
+    """Return the bytes a trust-document signature covers: context + canonical ``signed``."""
+    return TRUST_CONTEXT + canonical_json(signed)
+
+
+def _public_key(value: object, path: str) -> tuple[str, Ed25519PublicKey]:
+    entry = _m._Obj(value, path)
+    kid = entry.str("keyid", _m._HEX64, 64)
+    raw = entry.b64("public_key", 32)
+    entry.done()
+    try:
+        key = Ed25519PublicKey.from_public_bytes(raw)
+    except ValueError:
+        raise CapsuleFormatError(f"{path}.public_key is not an Ed25519 public key") from None
+    if keyid(key) != kid:
+        raise CapsuleFormatError(f"{path}.keyid is not the SHA-256 of its public key")
+    return kid, key
+
+
+def _sorted_unique(keyids: list[str], what: str) -> None:
+    if keyids != sorted(set(keyids)):
+        raise CapsuleFormatError(f"{what} must be sorted by key id without duplicates")
+
+
+def parse_trust_document(data: bytes) -> tuple[TrustRoot, tuple[SignatureEntry, ...]]:
+    """Parse a trust document's structure; signatures are NOT checked here.
+
+    Raises:
+        TrustError: not canonical JSON, a missing, unknown or malformed field, unsorted lists,
+            a key id that is not its key's SHA-256, or a key both delegated and revoked.
+
+    Source: FORMAT.md §12.
+    """
+    if len(data) > MAX_TRUST_BYTES:
+        raise TrustError(f"trust document is {len(data)} bytes, limit is {MAX_TRUST_BYTES}")
+    try:
+        top = _m._Obj(parse_canonical_json(data, what="trust document"), "trust")
+        sigs = []
+        for n, raw in enumerate(top.list("signatures", 1, MAX_THRESHOLD)):
+            e = _m._Obj(raw, f"trust.signatures[{n}]")
+            sigs.append(SignatureEntry(e.str("keyid", _m._HEX64, 64), e.b64("sig", 64)))
+            e.done()
+        if len({s.keyid for s in sigs}) != len(sigs):
+            raise CapsuleFormatError("trust.signatures lists a key twice")
+        signed = top.obj("signed")
+        if signed.str("type") != TRUST_TYPE:
+            raise CapsuleFormatError(f"trust.signed.type is not {TRUST_TYPE!r}")
+        version = signed.int("version", 1)
+        issued_at = signed.time("issued_at")
+        root = signed.obj("root")
+        root_entries = [_public_key(v, f"trust.signed.root.keys[{n}]")
+                        for n, v in enumerate(root.list("keys", 1, MAX_ROOT_KEYS))]
+        _sorted_unique([kid for kid, _ in root_entries], "trust.signed.root.keys")
+        root_keys = dict(root_entries)
+        root_threshold = root.int("threshold", 1, len(root_keys))
+        root.done()
+        publishers: dict[str, Delegation] = {}
+        for n, v in enumerate(signed.list("publishers", 0, MAX_PUBLISHERS)):
+            p = _m._Obj(v, f"trust.signed.publishers[{n}]")
+            kid, key = _public_key({"keyid": p.get("keyid"), "public_key": p.get("public_key")},
+                                   f"trust.signed.publishers[{n}]")
+            if kid in publishers:
+                raise CapsuleFormatError("trust.signed.publishers lists a key twice")
+            publishers[kid] = Delegation(kid, key, p.str("name", max_len=128), p.time("expires_at"))
+            p.done()
+        _sorted_unique(list(publishers), "trust.signed.publishers")
+        threshold = signed.int("threshold", 1, MAX_THRESHOLD)
+        revoked = signed.list("revoked", 0, MAX_REVOKED)
+        if not all(isinstance(r, str) and _m._HEX64.fullmatch(r) for r in revoked):
+            raise CapsuleFormatError("trust.signed.revoked must hold hex64 key ids")
+        _sorted_unique(revoked, "trust.signed.revoked")
+        signed.done()
+        top.done()
+    except CapsuleFormatError as exc:
+        raise TrustError(f"trust document is malformed: {exc}") from None
+    if set(revoked) & set(publishers):
+        raise TrustError("trust document both delegates and revokes key(s) "
+                         + ", ".join(k[:16] for k in sorted(set(revoked) & set(publishers))))
+    if set(root_keys) & set(publishers):
+        raise TrustError("trust document delegates capsule signing to a root key")
+    return (TrustRoot(version, issued_at, root_keys, root_threshold, publishers, threshold, frozenset(revoked),
+                      bytes(data)), tuple(sigs))
+
+
+def _count_root_signatures(doc: TrustRoot, sigs: Sequence[SignatureEntry], keys: dict[str, Ed25519PublicKey]) -> int:
+    signed = parse_canonical_json(doc.raw, what="trust document")["signed"]
+    message = trust_signed_message(signed)
+    n_valid = 0
+    for entry in sigs:
+        key = keys.get(entry.keyid)
+        if key is None:
+            continue
+        try:
+            key.verify(entry.sig, message)
+        except InvalidSignature:
+            log.warning("trust document signature by root key %s does not verify", entry.keyid[:16])
+            continue
+        n_valid += 1
+    return n_valid
+
+
+def verify_trust_document(data: bytes, *, root_keys: Sequence[Ed25519PublicKey] = (),
+                          current: TrustRoot | None = None) -> TrustRoot:
+    """Return the trust document in ``data`` if the device may install it.
+
+    Args:
+        data: the document bytes.
+        root_keys: first install only: the root public keys the operator provisions; the
+            document's root must be exactly these keys.
+        current: the installed document, for an update (then ``root_keys`` must be empty).
+
+    Returns:
+        The verified ``TrustRoot``.
+
+    Raises:
+        TrustError: malformed; on first install, a root that differs from ``root_keys`` or too
+            few root signatures; on update, a lower version, the same version with other bytes,
+            too few signatures by the installed root, or (root rotation) by the new root.
+        ValueError: neither or both of ``root_keys`` and ``current`` given.
+
+    Source: FORMAT.md §12; TUF specification §5.3.4 (root rotation).
+    """
+    if (current is None) == (not root_keys):
+        raise ValueError("give root_keys for a first install, or the current document for an update")
+    doc, sigs = parse_trust_document(data)
+    if current is None:
+        provisioned = {keyid(k): k for k in root_keys}
+        if set(provisioned) != set(doc.root_keys):
+            raise TrustError(f"trust document's root keys ({', '.join(k[:16] for k in sorted(doc.root_keys))}) are "
+                             f"not the {len(provisioned)} provisioned root key(s) "
+                             f"({', '.join(k[:16] for k in sorted(provisioned))})")
+        n_valid = _count_root_signatures(doc, sigs, provisioned)
+        if n_valid < doc.root_threshold:
+            raise TrustError(f"trust document signed by {n_valid}/{doc.root_threshold} root keys")
+        return doc
+    if doc.version < current.version:
+        raise TrustError(f"trust document version {doc.version} is older than the installed version {current.version}")
+    if doc.version == current.version:
+        if doc.raw != current.raw:
+            raise TrustError(f"trust document version {doc.version} differs from the installed document of "
+                             "the same version")
+        return current
+    n_old = _count_root_signatures(doc, sigs, current.root_keys)
+    if n_old < current.root_threshold:
+        raise TrustError(f"trust document version {doc.version} signed by {n_old}/{current.root_threshold} "
+                         "keys of the installed root")
+    if set(doc.root_keys) != set(current.root_keys) or doc.root_threshold != current.root_threshold:
+        n_new = _count_root_signatures(doc, sigs, doc.root_keys)
+        if n_new < doc.root_threshold:
+            raise TrustError(f"trust document version {doc.version} rotates the root but is signed by "
+                             f"{n_new}/{doc.root_threshold} of its new root keys")
+    return doc
+
+
+def verify_manifest_with_root(manifest_bytes: bytes, signatures: Sequence[SignatureEntry], root: TrustRoot,
+                              at: datetime, *, threshold: int = 1) -> list[str]:
+    """Check a manifest's signatures against the keys the root delegates at ``at``.
+
+    Args:
+        manifest_bytes: the exact MANI bytes.
+        signatures: parsed SIGS entries.
+        root: the device's verified trust document.
+        at: the trusted time (FORMAT.md §13.2) at which delegations are judged.
+        threshold: the caller's minimum; the document's threshold applies when higher.
+
+    Returns:
+        Key ids whose signatures verified.
+
+    Raises:
+        SignatureError: fewer valid signatures by delegated, unexpired, unrevoked keys than
+            the threshold; the message counts signatures ignored for revocation or expiry.
+
+    Source: FORMAT.md §9, §12.
+    """
+    need = max(threshold, root.threshold)
+    n_revoked = n_expired = 0
+    for entry in signatures:
+        if entry.keyid in root.revoked:
+            n_revoked += 1
+            log.warning("ignoring signature by revoked key %s", entry.keyid[:16])
+        elif entry.keyid in root.publishers and at >= root.publishers[entry.keyid].expires_at:
+            n_expired += 1
+            log.warning("ignoring signature by key %s: its delegation expired at %s (trusted time %s)",
+                        entry.keyid[:16], format_time(root.publishers[entry.keyid].expires_at), format_time(at))
+    ignored = "".join([f"; {n_revoked} by a revoked key" if n_revoked else "",
+                       f"; {n_expired} by a key whose delegation expired" if n_expired else ""])
+    keys = root.signing_keys(at)
+    if not keys:
+        raise SignatureError(f"manifest signed by 0/{need} trusted keys: the trust document (version "
+                             f"{root.version}) delegates no key valid at {format_time(at)}{ignored}")
+    try:
+        return verify_signatures(manifest_bytes, signatures, keys, threshold=need)
+    except SignatureError as exc:
+        raise SignatureError(f"{exc}{ignored}") from None
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """The highest version of one capsule id a device accepted, and its MANI SHA-256 (hex)."""
+
+    version: int
+    manifest_sha256: str
+
+
+class DeviceState:
+    """What a device remembers between uses (FORMAT.md §13), held in memory.
+
+    ``edge.store.Store`` gives a subclass that keeps it on disk; tests use this class as a
+    simulator. The state only moves forward: the floor never decreases, version records only
+    rise, a trust document is only replaced by a newer one.
+
+    Args:
+        root: the installed trust document, or ``None`` (callers then pass publisher keys).
+        floor_at: the trusted time floor, or ``None``.
+        hardware_id: this device's hardware id for the ``devices`` rule, or ``None``.
+        versions: capsule id -> ``VersionRecord``.
+    """
+
+    def __init__(self, *, root: TrustRoot | None = None, floor_at: datetime | None = None,
+                 hardware_id: str | None = None, versions: dict[str, VersionRecord] | None = None) -> None:
+        self._root = root
+        self._floor_at = floor_at
+        self.hardware_id = hardware_id
+        self._versions = dict(versions or {})
+        self._uses: dict[str, list[datetime]] = {}
+
+    # -- time -----------------------------------------------------------------
+    @property
+    def floor_at(self) -> datetime | None:
+        """The trusted time floor, or ``None`` before any observation."""
+        return self._floor_at
+
+    def trusted_time(self, now: datetime) -> datetime:
+        """Return ``max(now, floor)`` (FORMAT.md §13.2)."""
+        if now.tzinfo is None:
+            raise ValueError("now must be timezone-aware")
+        return now if self._floor_at is None or now >= self._floor_at else self._floor_at
+
+    def observe(self, now: datetime, issued_at: datetime | None = None) -> None:
+        """Raise the floor to the wall-clock reading ``now`` and a verified ``issued_at``.
+
+        Call with ``issued_at`` only after its signature verified.
+
+        Source: FORMAT.md §13.2.
+        """
+        candidates = [t for t in (self._floor_at, now, issued_at) if t is not None]
+        new = max(candidates)
+        if self._floor_at is None or new > self._floor_at:
+            old, self._floor_at = self._floor_at, new
+            self._floor_advanced(old, new)
+
+    def _floor_advanced(self, old: datetime | None, new: datetime) -> None:
+        """Hook: persist the floor (the in-memory state keeps it in ``_floor_at`` only)."""
+
+    # -- trust ------------------------------------------------------------------
+    @property
+    def root(self) -> TrustRoot | None:
+        """The installed trust document, or ``None``."""
+        return self._root
+
+    def install_trust(self, data: bytes, *, root_keys: Sequence[Ed25519PublicKey] = (),
+                      now: datetime | None = None) -> TrustRoot:
+        """Verify and install a trust document; raise the floor to its ``issued_at``.
+
+        Args:
+            data: the document bytes.
+            root_keys: the provisioned root keys (first install only).
+            now: the wall-clock reading, recorded in the floor when given.
+
+        Raises:
+            TrustError: see ``verify_trust_document``.
+            ValueError: ``root_keys`` given when a document is installed already, or missing
+                on first install.
+
+        Source: FORMAT.md §12.
+        """
+        if self._root is not None and root_keys:
+            raise ValueError("a trust document is installed already; an update takes no root keys")
+        try:
+            doc = verify_trust_document(data, root_keys=root_keys, current=self._root)
+        except TrustError as exc:
+            log.warning("refused trust document: %s", exc)
+            raise
+        if doc is not self._root:
+            self._save_root(doc)
+            self._root = doc
+            log.info("installed trust document version %d (%d publisher key(s), threshold %d)", doc.version,
+                     len(doc.publishers), doc.threshold)
+        if now is not None:
+            self.observe(now, doc.issued_at)
+        else:
+            self.observe(doc.issued_at)
+        return doc
+
+    def _save_root(self, doc: TrustRoot) -> None:
+        """Hook: persist a newly installed trust document."""
+
+    # -- versions ---------------------------------------------------------------
+    def version_record(self, capsule_id: str) -> VersionRecord | None:
+        """Return the highest version this device accepted for ``capsule_id``, or ``None``."""
+        return self._versions.get(capsule_id)
+
+    def check_version(self, manifest: Manifest) -> None:
+        """Raise if ``manifest`` is older than, or conflicts with, the accepted version.
+
+        Raises:
+            RollbackError: a lower version, or the same version with another manifest.
+
+        Source: FORMAT.md §13.1.
+        """
+        record = self.version_record(manifest.capsule_id)
+        if record is None:
+            return
+        if manifest.version < record.version:
+            raise RollbackError(
+                f"capsule {manifest.name} ({manifest.capsule_id}) version {manifest.version} is older than "
+                f"version {record.version} accepted on this device",
+                capsule_id=manifest.capsule_id, version=manifest.version, accepted_version=record.version)
+        if manifest.version == record.version and manifest_sha256(manifest) != record.manifest_sha256:
+            raise RollbackError(
+                f"capsule {manifest.name} ({manifest.capsule_id}) version {manifest.version} differs from the "
+                f"version {record.version} accepted on this device (manifest sha256 {manifest_sha256(manifest)[:16]}…, "
+                f"accepted {record.manifest_sha256[:16]}…)",
+                capsule_id=manifest.capsule_id, version=manifest.version, accepted_version=record.version)
+
+    def accept_version(self, manifest: Manifest) -> bool:
+        """Record ``manifest``'s version when it is the highest; return whether it changed.
+
+        Raises:
+            RollbackError: see ``check_version``.
+        """
+        self.check_version(manifest)
+        record = self.version_record(manifest.capsule_id)
+        if record is not None and record.version == manifest.version:
+            return False
+        self._versions[manifest.capsule_id] = VersionRecord(manifest.version, manifest_sha256(manifest))
+        return True
+
+    def capsule_expired(self, manifest: Manifest, exc: Exception) -> None:
+        """Hook: a use found ``manifest``'s capsule expired (the store purges it if its rules say so)."""
+
+    # -- uses -------------------------------------------------------------------
+    def record_use(self, capsule_id: str, limit: RateLimit, at: datetime) -> None:
+        """Admit one use of ``capsule_id`` at trusted time ``at`` or raise ``RateLimitedError``."""
+        self._uses[capsule_id] = admit_use(self._uses.get(capsule_id, []), limit, at)
+
+
+def manifest_sha256(manifest: Manifest) -> str:
+    """Return the SHA-256 (hex) of the manifest's exact bytes, as version records keep it."""
+    return hashlib.sha256(manifest.raw).hexdigest()
+
+
+__all__ = ["TRUST_TYPE", "TRUST_CONTEXT", "Delegation", "TrustRoot", "trust_signed_message", "parse_trust_document",
+           "verify_trust_document", "verify_manifest_with_root", "VersionRecord", "DeviceState", "manifest_sha256"]
