@@ -82,6 +82,8 @@ SYSTEM_STORE_DIR = "/var/lib/edge-capsules"
 #: The floor is written when it has advanced this far past the stored value (flash wear).
 FLOOR_WRITE_STEP_S = 60
 COPY_BLOCK_BYTES = 1 << 20
+#: Temporary files older than this are leftovers of a killed write and are deleted.
+STALE_TEMP_S = 600
 MAX_STATE_FILE_BYTES = 64 << 20
 MAX_CAPSULE_BYTES = 1 << 40
 _OBJECT_NAME = re.compile(r"[0-9a-f]{32}-v[0-9]{1,16}-[0-9a-f]{12}")
@@ -264,10 +266,10 @@ class StoreState(DeviceState):
         if self._stored_floor is None or (new - self._stored_floor).total_seconds() >= FLOOR_WRITE_STEP_S:
             self.flush_floor()
 
-    def flush_floor(self) -> None:
+    def flush_floor(self, crash: Callable[[str], None] | None = None) -> None:
         """Write the floor now (it is otherwise written once it moved ``FLOOR_WRITE_STEP_S``)."""
         if self.floor_at is not None:
-            self._stored_floor = self._store._raise_floor(self.floor_at)
+            self._stored_floor = self._store._raise_floor(self.floor_at, crash)
 
     def _save_root(self, doc: TrustRoot) -> None:
         self._store._write_atomic(self._store._root_fd, "trust.json", doc.raw)
@@ -428,6 +430,13 @@ class Store:
     def _sweep(self) -> None:
         for name in os.listdir(self._tmp_fd):
             self._remove_tree(self._tmp_fd, name)
+        now_s = datetime.now(timezone.utc).timestamp()
+        for dir_fd in (self._root_fd, self._uses_fd):  # temporary files of writes killed half-way
+            for name in os.listdir(dir_fd):
+                if name.startswith(".") and name.endswith(".tmp"):
+                    info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                    if now_s - info.st_mtime > STALE_TEMP_S:  # never a write still in progress
+                        os.unlink(name, dir_fd=dir_fd)
         referenced = {e.object_name for e in self._read_catalog().entries.values()}
         for name in os.listdir(self._objects_fd):
             if name not in referenced:
@@ -463,12 +472,13 @@ class Store:
             raise StoreError("store file clock.json is damaged")
         return _parse_time(obj["floor"], "clock.json")
 
-    def _raise_floor(self, floor_at: datetime) -> datetime:
+    def _raise_floor(self, floor_at: datetime, crash: Callable[[str], None] | None = None) -> datetime:
         with self._lock("clock.json.lock"):
             stored = self._read_floor()
             if stored is not None and stored >= floor_at:
                 return stored
-            self._write_atomic(self._root_fd, "clock.json", canonical_json({"floor": format_time(floor_at)}))
+            self._write_atomic(self._root_fd, "clock.json", canonical_json({"floor": format_time(floor_at)}),
+                               crash=crash)
             return floor_at
 
     def _record_use(self, capsule_id: str, limit: RateLimit, at: datetime) -> None:
@@ -580,6 +590,7 @@ class Store:
                 raise StoreError(f"{source} is not a regular file; refusing to install from it")
             if info.st_size > MAX_CAPSULE_BYTES:
                 raise StoreError(f"{source} is {info.st_size} bytes, limit is {MAX_CAPSULE_BYTES}")
+            crash("source opened and checked")
             os.mkdir(staging, 0o700, dir_fd=self._tmp_fd)
             crash("staging directory created")
             stage_fd = self._subdir(staging, self._tmp_fd)
@@ -604,6 +615,7 @@ class Store:
                     os.fchmod(dst, 0o444)
                 finally:
                     os.close(dst)
+                crash("capsule file closed read-only")
                 copy_path = self.path / "tmp" / staging / "capsule"
                 try:
                     report = verify_capsule(copy_path, trusted_keys=trusted_keys, identities=identities,
@@ -668,7 +680,7 @@ class Store:
             if old.capsule_id == manifest.capsule_id and old.object_name != object_name:
                 self._remove_tree(self._objects_fd, old.object_name)
                 crash("previous version removed")
-        self.state.flush_floor()
+        self.state.flush_floor(crash)
         crash("floor saved")
         return entry
 
@@ -683,6 +695,28 @@ class Store:
                 pass
         others = [i for i in identities if isinstance(i, Passphrase)]
         return unwrap_content_key(manifest, others) if others else None
+
+    def record_version(self, capsule_id: str, version: int, manifest_sha256: str) -> None:
+        """Provision a version record: refuse versions of ``capsule_id`` below ``version`` from now on.
+
+        Only raises a record, never lowers one (an operator provisioning a device, or a test
+        setting up device state).
+
+        Raises:
+            StoreError: the store already holds a higher version record for that id.
+            ValueError: malformed id or digest.
+        """
+        if not _HEX32.fullmatch(capsule_id) or not re.fullmatch(r"[0-9a-f]{64}", manifest_sha256) or version < 1:
+            raise ValueError("capsule_id must be 32 hex, manifest_sha256 64 hex, version >= 1")
+        with self._writer():
+            catalog = self._read_catalog()
+            current = catalog.versions.get(capsule_id)
+            if current is not None and current.version > version:
+                raise StoreError(f"capsule {capsule_id} has version record {current.version} already, "
+                                 f"higher than {version}")
+            catalog.versions[capsule_id] = VersionRecord(version, manifest_sha256)
+            self._write_atomic(self._root_fd, "catalog.json", catalog.to_bytes())
+            self.state.reload()
 
     def remove(self, name: str, *, now: datetime | None = None) -> Entry:
         """Remove an installed capsule and its cached key; keep its version record.
@@ -751,13 +785,12 @@ class Store:
                 "it was purged from the store", expires_at=entry.expires_at, now=at)
         entry = self.get(name)
         ids = list(identities)
-        if entry.content_key:
-            object_fd = self._subdir(entry.object_name, self._objects_fd)
-            try:
-                key = self._read_file(object_fd, "content.key", limit=32)
-            finally:
-                os.close(object_fd)
-            ids.append(ContentKey(entry.capsule_id, key))
+        object_fd = self._subdir(entry.object_name, self._objects_fd)  # refuses a symlinked object
+        try:
+            if entry.content_key:
+                ids.append(ContentKey(entry.capsule_id, self._read_file(object_fd, "content.key", limit=32)))
+        finally:
+            os.close(object_fd)
         path = self.capsule_path(entry)
         try:
             info = os.stat(path, follow_symlinks=False)

@@ -1,4 +1,4 @@
-"""``firmware-tools``: the desktop builder's command line (keygen, build, export-model).
+"""``firmware-tools``: the desktop builder's command line (keygen, build, sign, trust, export-model).
 
 Errors print as ``firmware-tools: error: <message>`` with exit code 1; usage
 errors exit 2. Progress bars go to stderr; key material is never printed.
@@ -125,6 +125,61 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ed25519_private(path: str, what: str):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = load_private_key(path)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyFileError(f"{path} is not an Ed25519 {what} key (make one with keygen --kind {what})")
+    return key
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    from .cosign import add_signatures
+
+    keys = [_ed25519_private(p, "publisher") for p in args.signing_key]
+    keyids = add_signatures(Path(args.capsule), keys, Path(args.output) if args.output else None)
+    print(f"wrote {args.output or args.capsule}: signed by {len(keyids)} key(s): {', '.join(k[:16] for k in keyids)}")
+    return 0
+
+
+def cmd_trust(args: argparse.Namespace) -> int:
+    from edge.keys import keyid, load_public_key
+
+    from .trust_writer import Delegate, next_trust_document, write_trust_document
+
+    roots = [_ed25519_private(p, "root") for p in args.root_key]
+    delegates = args.delegate or []
+    expires = args.expires or []
+    names = args.name or []
+    if len(expires) != len(delegates) or len(names) > len(delegates):
+        raise SystemExit(_usage("give one --expires (and at most one --name) per --delegate, in order"))
+    add = [Delegate(load_public_key(p), names[i] if i < len(names) else Path(p).stem, expires[i])
+           for i, p in enumerate(delegates)]
+    revoke = [r if len(r) == 64 and all(c in "0123456789abcdef" for c in r) else keyid(load_public_key(r))
+              for r in args.revoke or []]
+    new_root = [load_public_key(p) for p in args.new_root] if args.new_root else None
+    issued_at = args.issued_at or datetime.now(timezone.utc).replace(microsecond=0)
+    if args.previous:
+        data = next_trust_document(Path(args.previous).read_bytes(), root_signing_keys=roots, issued_at=issued_at,
+                                   add=add, revoke=revoke, threshold=args.threshold, root_public_keys=new_root,
+                                   root_threshold=args.root_threshold)
+    else:
+        data = write_trust_document(root_signing_keys=roots, publishers=add, version=1, issued_at=issued_at,
+                                    threshold=args.threshold or 1, revoked=revoke, root_public_keys=new_root,
+                                    root_threshold=args.root_threshold or 1)
+    out = Path(args.output)
+    if out.exists() and not args.force:
+        raise FileExistsError(f"{out} exists; pass --force to replace it")
+    out.write_bytes(data)
+    from edge.trust import parse_trust_document
+
+    doc, _ = parse_trust_document(data)
+    print(f"wrote {out}: trust document version {doc.version}, {len(doc.publishers)} publisher key(s), "
+          f"threshold {doc.threshold}, {len(doc.revoked)} revoked, root {doc.root_threshold}-of-{len(doc.root_keys)}")
+    return 0
+
+
 def cmd_export_model(args: argparse.Namespace) -> int:
     from .model_export import main as export_main
 
@@ -149,8 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Generate a key pair. The private key is written with mode 600 and never printed; "
                                    "the public key goes beside it with the .pub suffix.",
                        epilog="example: firmware-tools keygen --kind device -o kiosk-7.key")
-    p.add_argument("--kind", choices=("publisher", "device"), default="publisher",
-                   help="publisher: Ed25519, signs capsules; device: X25519, receives them (default publisher)")
+    p.add_argument("--kind", choices=("publisher", "device", "root"), default="publisher",
+                   help="publisher: Ed25519, signs capsules; device: X25519, receives them; root: Ed25519, signs "
+                        "trust documents, keep it offline (default publisher)")
     p.add_argument("-o", "--output", required=True, help="private key path (must not exist)")
     p.add_argument("--public", type=Path, help="public key path (default: OUTPUT with .pub)")
     p.set_defaults(func=cmd_keygen)
@@ -188,6 +244,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the build summary as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("sign", help="add a signature to a built capsule (k-of-n co-signing)",
+                       description="Verify the capsule's sections against its manifest, add an Ed25519 signature "
+                                   "over the manifest with each key, verify the result and write it atomically.",
+                       epilog="example: firmware-tools sign manual.capsule --signing-key second-publisher.key")
+    p.add_argument("capsule", help="the capsule to co-sign")
+    p.add_argument("--signing-key", action="append", required=True, help="publisher Ed25519 private key; repeatable")
+    p.add_argument("-o", "--output", help="write here instead of replacing the capsule")
+    p.set_defaults(func=cmd_sign)
+
+    p = sub.add_parser("trust", help="write a root-signed trust document (delegate, rotate, revoke keys)",
+                       description="Write the trust document devices install with `edge trust`: which publisher "
+                                   "keys may sign capsules and until when, which are revoked, how many signatures a "
+                                   "capsule needs. With --previous, write its next version.",
+                       epilog="example: firmware-tools trust -o trust.json --root-key root.key --delegate "
+                              "publisher.pub --expires 2027-12-31")
+    p.add_argument("-o", "--output", required=True, help="trust document to write")
+    p.add_argument("--root-key", action="append", required=True, help="root Ed25519 private key; repeatable")
+    p.add_argument("--previous", help="the current trust document; write its next version")
+    p.add_argument("--delegate", action="append", metavar="PUB.pub", help="publisher public key to delegate to")
+    p.add_argument("--expires", action="append", type=_date_arg, help="expiry of the matching --delegate")
+    p.add_argument("--name", action="append", help="label of the matching --delegate (default: file name)")
+    p.add_argument("--revoke", action="append", metavar="PUB.pub|KEYID", help="key to revoke; repeatable")
+    p.add_argument("--threshold", type=int, help="signatures each capsule needs (default 1, or keep)")
+    p.add_argument("--new-root", action="append", metavar="ROOT.pub", help="rotate the root to these keys")
+    p.add_argument("--root-threshold", type=int, help="root signatures the next version needs")
+    p.add_argument("--issued-at", type=_date_arg, help="signing time (default: now)")
+    p.add_argument("--force", action="store_true", help="replace an existing output file")
+    p.set_defaults(func=cmd_trust)
 
     p = sub.add_parser("export-model", help="rebuild the quantized ONNX model from the pinned source package",
                        description="Export all-MiniLM-L6-v2 to int8 ONNX (see models/all-MiniLM-L6-v2/MODEL.md).",

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from edge.keys import keyid
 
-KeyKind = Literal["publisher", "device"]
+KeyKind = Literal["publisher", "device", "root"]
 
 
 def private_key_pem(key: Ed25519PrivateKey | X25519PrivateKey) -> bytes:
@@ -54,8 +54,8 @@ def generate_keypair(kind: KeyKind, private_path: Path, public_path: Path | None
     """Generate a key pair and write it; return ``(private_path, public_path, keyid)``.
 
     Args:
-        kind: ``"publisher"`` (Ed25519, signs manifests) or ``"device"`` (X25519,
-            receives content keys).
+        kind: ``"publisher"`` (Ed25519, signs manifests), ``"device"`` (X25519,
+            receives content keys) or ``"root"`` (Ed25519, signs trust documents; keep offline).
         private_path: where the private key goes (created 0600, must not exist).
         public_path: where the public key goes; default ``private_path`` with ``.pub``.
 
@@ -63,12 +63,12 @@ def generate_keypair(kind: KeyKind, private_path: Path, public_path: Path | None
         FileExistsError: either file exists already.
         ValueError: unknown ``kind``.
     """
-    if kind == "publisher":
+    if kind in ("publisher", "root"):
         key: Ed25519PrivateKey | X25519PrivateKey = Ed25519PrivateKey.generate()
     elif kind == "device":
         key = X25519PrivateKey.generate()
     else:
-        raise ValueError(f"unknown key kind {kind!r}; use 'publisher' or 'device'")
+        raise ValueError(f"unknown key kind {kind!r}; use 'publisher', 'device' or 'root'")
     private_path = Path(private_path)
     public_path = Path(public_path) if public_path else private_path.with_suffix(".pub")
     if public_path.exists():

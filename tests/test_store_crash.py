@@ -1,0 +1,162 @@
+"""A real ``edge install`` process killed at every checkpoint leaves the previous version serving.
+
+The store starts with capsule alpha v1 installed. ``edge install`` of alpha v2 runs in a child
+process with ``EDGE_STORE_CRASH_AT=N``, which SIGKILLs itself at its N-th checkpoint (every
+state change of an install: staging, copy, fsyncs, renames, catalogue, floor). After each kill
+the store must show exactly one of the two versions, that version must open and answer, no
+half-installed file may be visible, the version record must match what is visible, and the next
+writer must leave no debris. A second test kills installs from outside at random moments, so
+that a gap between checkpoints would show too. A third fills the "disk" (``RLIMIT_FSIZE``).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from edge.store import Store
+
+from .conftest import ROOT
+from .vectors.harness import KEYS, VECTORS, private_key, public_key
+
+V1 = VECTORS / "older-version" / "capsule"
+V2 = VECTORS / "ok" / "capsule"
+QUERY = "How do I reset the kiosk?"
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory):
+    """A store with alpha v1 installed, and a 0600 copy of the device key."""
+    tmp = tmp_path_factory.mktemp("crash")
+    key = tmp / "device.key"
+    key.write_bytes((KEYS / "test-device.key").read_bytes())
+    os.chmod(key, 0o600)
+    with Store(tmp / "seed") as store:
+        store.install(V1, identities=[private_key("test-device")], trusted_keys=[public_key("test-publisher-1")])
+    return tmp, key
+
+
+def _install_argv(store: Path, key: Path, verbose: bool = False) -> tuple[list[str], dict]:
+    env = dict(os.environ, EDGE_STORE_DIR=str(store), PYTHONPATH=str(ROOT))
+    argv = [sys.executable, "-m", "edge", *(["-vv"] if verbose else []), "install", str(V2), "--trust",
+            str(KEYS / "test-publisher-1.pub"), "--identity", str(key)]
+    return argv, env
+
+
+def _check_store(path: Path) -> int:
+    """Assert the store is consistent and serving; return the visible version of alpha."""
+    with Store(path) as store:
+        entries = store.list()
+        assert [e.name for e in entries] == ["alpha"], entries
+        entry = entries[0]
+        assert entry.version in (1, 2)
+        assert store.state.version_record(entry.capsule_id).version == entry.version
+        objects = sorted(p.name for p in (path / "objects").iterdir())
+        assert entry.object_name in objects
+        with store.open("alpha", identities=[private_key("test-device")],
+                        trusted_keys=[public_key("test-publisher-1")]) as capsule:
+            assert capsule.manifest.version == entry.version
+            assert capsule.search(QUERY, k=1)[0].text
+        # the next writer (a re-install of what is visible) clears any debris
+        store.install(store.capsule_path(entry), identities=[private_key("test-device")],
+                      trusted_keys=[public_key("test-publisher-1")])
+        assert list((path / "tmp").iterdir()) == []
+        assert sorted(p.name for p in (path / "objects").iterdir()) == [entry.object_name]
+        return entry.version
+
+
+def _count_checkpoints(seed: Path, key: Path, tmp: Path) -> list[str]:
+    store = tmp / "count"
+    shutil.copytree(seed, store)
+    argv, env = _install_argv(store, key, verbose=True)
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return re.findall(r"install checkpoint \d+: (.*)", proc.stderr)
+
+
+def test_install_killed_at_every_checkpoint_leaves_one_whole_version(seeded, tmp_path):
+    tmp, key = seeded
+    seed = tmp / "seed"
+    names = _count_checkpoints(seed, key, tmp_path)
+    assert len(names) >= 20, names
+
+    def run(n: int) -> tuple[int, int]:
+        store = tmp_path / f"kill-{n}"
+        shutil.copytree(seed, store)
+        argv, env = _install_argv(store, key)
+        env["EDGE_STORE_CRASH_AT"] = str(n)
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+        return n, proc.returncode
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        codes = dict(pool.map(run, range(1, len(names) + 1)))
+    assert all(code == -signal.SIGKILL for code in codes.values()), codes
+    switch = names.index("catalogue replaced") + 1  # the checkpoint right after the catalogue rename
+    for n in range(1, len(names) + 1):
+        version = _check_store(tmp_path / f"kill-{n}")
+        # killed before the catalogue rename: v1 serves; after it: v2 does
+        assert version == (2 if n >= switch - 1 else 1), (n, names[n - 1], version)
+
+
+def test_install_killed_from_outside_at_random_moments(seeded, tmp_path):
+    tmp, key = seeded
+    rng = random.Random(7)
+    argv, env = _install_argv(tmp_path / "timing", key)
+    shutil.copytree(tmp / "seed", tmp_path / "timing")
+    start = time.monotonic()
+    subprocess.run(argv, env=env, capture_output=True, timeout=300, check=True)
+    duration = time.monotonic() - start
+    versions = []
+    for i in range(4):
+        store = tmp_path / f"random-{i}"
+        shutil.copytree(tmp / "seed", store)
+        argv, env = _install_argv(store, key)
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.3, 1.0) * duration)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        versions.append(_check_store(store))
+    assert set(versions) <= {1, 2}
+
+
+def test_install_that_runs_out_of_space_changes_nothing(seeded, tmp_path):
+    tmp, key = seeded
+    store = tmp_path / "full"
+    shutil.copytree(tmp / "seed", store)
+    argv, env = _install_argv(store, key)
+
+    def small_disk() -> None:  # writes beyond 8 KiB fail with EFBIG, as on a full disk
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
+
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, preexec_fn=small_disk)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("edge: error: install of ") and "nothing changed" in proc.stderr, proc.stderr
+    assert list((store / "tmp").iterdir()) == []
+    assert _check_store(store) == 1
+
+
+def test_a_killed_install_of_a_first_capsule_shows_nothing(tmp_path):
+    key = tmp_path / "device.key"
+    key.write_bytes((KEYS / "test-device.key").read_bytes())
+    os.chmod(key, 0o600)
+    store = tmp_path / "empty"
+    Store(store).close()
+    argv, env = _install_argv(store, key)
+    env["EDGE_STORE_CRASH_AT"] = "12"  # the catalogue's temporary file is written, not renamed
+    assert subprocess.run(argv, env=env, capture_output=True, timeout=300).returncode == -signal.SIGKILL
+    with Store(store) as opened:
+        assert opened.list(now=datetime(2030, 1, 1, tzinfo=timezone.utc)) == []

@@ -1,0 +1,281 @@
+"""The device store: install, list, remove, open by name, rollback records, floor, purge, unsafe paths.
+
+Uses the vector capsules (tests/vectors/README.md): ``older-version`` is alpha v1, ``ok`` alpha v2.
+Crash and disk-full behaviour of a real install process is in ``tests/test_store_crash.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from datetime import datetime, timezone
+
+import pytest
+
+from edge.errors import ExpiredCapsuleError, RateLimitedError, RollbackError, StoreError
+from edge.keys import Passphrase
+from edge.store import Store, default_store_dir
+
+from ...vectors.harness import VECTORS, private_key, public_key
+
+UTC = timezone.utc
+NOW = datetime(2026, 3, 1, tzinfo=UTC)
+LATER = datetime(2030, 1, 1, tzinfo=UTC)
+V1, V2 = VECTORS / "older-version" / "capsule", VECTORS / "ok" / "capsule"
+KEYS = dict(identities=[private_key("test-device")], trusted_keys=[public_key("test-publisher-1")])
+QUERY = "How do I reset the kiosk?"
+
+
+@pytest.fixture
+def store(tmp_path):
+    with Store(tmp_path / "store") as opened:
+        yield opened
+
+
+def test_install_makes_the_capsule_searchable_by_name(store):
+    entry = store.install(V2, now=NOW, **KEYS)
+    assert (entry.name, entry.version) == ("alpha", 2)
+    assert [e.name for e in store.list(now=NOW)] == ["alpha"]
+    path = store.capsule_path(entry)
+    assert path.read_bytes() == V2.read_bytes()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o444
+    with store.open("alpha", now=NOW, **KEYS) as capsule:
+        assert "power button" in " ".join(h.text for h in capsule.search(QUERY, k=2, now=NOW))
+
+
+def test_open_of_a_name_not_installed_is_a_store_error(store):
+    with pytest.raises(StoreError, match="no capsule named 'nope' is installed"):
+        store.open("nope", **KEYS)
+
+
+def test_newer_version_replaces_the_older_one_and_its_file(store):
+    first = store.install(V1, now=NOW, **KEYS)
+    second = store.install(V2, now=NOW, **KEYS)
+    assert [(e.name, e.version) for e in store.list(now=NOW)] == [("alpha", 2)]
+    assert not store.capsule_path(first).exists() and store.capsule_path(second).exists()
+
+
+def test_install_refuses_an_older_version(store):
+    store.install(V2, now=NOW, **KEYS)
+    with pytest.raises(RollbackError, match="version 1 is older than version 2 accepted on this device") as info:
+        store.install(V1, now=NOW, **KEYS)
+    assert (info.value.version, info.value.accepted_version) == (1, 2)
+    assert [e.version for e in store.list(now=NOW)] == [2]
+
+
+def test_rollback_record_survives_remove_and_restart(tmp_path):
+    with Store(tmp_path / "s") as store:
+        store.install(V2, now=NOW, **KEYS)
+        store.remove("alpha")
+        assert store.list(now=NOW) == []
+        with pytest.raises(RollbackError):
+            store.install(V1, now=NOW, **KEYS)
+    with Store(tmp_path / "s") as restarted:  # a new process reads the record from disk
+        with pytest.raises(RollbackError):
+            restarted.install(V1, now=NOW, **KEYS)
+        from edge.capsule import open_capsule
+
+        with pytest.raises(RollbackError):  # opening the old file by path is refused too
+            open_capsule(V1, now=NOW, device=restarted.state, **KEYS)
+
+
+def test_same_version_with_another_manifest_is_refused(store):
+    store.install(V2, now=NOW, **KEYS)
+    other = VECTORS / "rule-unknown-optional" / "capsule"  # alpha v2, different rules, validly signed
+    with pytest.raises(RollbackError, match="differs from the version 2 accepted"):
+        store.install(other, now=NOW, **KEYS)
+
+
+def test_reinstalling_the_same_file_is_harmless(store):
+    a = store.install(V2, now=NOW, **KEYS)
+    b = store.install(V2, now=NOW, **KEYS)
+    assert a.object_name == b.object_name and store.capsule_path(b).exists()
+
+
+def test_floor_is_persisted_and_a_clock_set_back_is_judged_at_the_floor(tmp_path):
+    with Store(tmp_path / "s") as store:
+        store.install(V2, now=NOW, **KEYS)
+        store.state.observe(datetime(2095, 1, 1, tzinfo=UTC))  # the clock once read 2095
+        store.state.flush_floor()
+    with Store(tmp_path / "s") as restarted:
+        assert restarted.state.floor_at == datetime(2095, 1, 1, tzinfo=UTC)
+        assert restarted.list(now=NOW)[0].status(restarted.state.trusted_time(NOW)) == "expired"
+        with pytest.raises(ExpiredCapsuleError, match="trusted time floor 2095-01-01T00:00:00Z"):
+            restarted.open("alpha", now=NOW, **KEYS)
+
+
+def test_verified_issued_at_raises_the_floor(store):
+    store.install(V2, now=datetime(1970, 1, 1, tzinfo=UTC), **KEYS)  # a Pi without RTC boots at 1970
+    assert store.state.floor_at == datetime(2026, 1, 1, tzinfo=UTC)  # the capsule's issued_at
+
+
+def test_expired_capsule_with_purge_rule_is_deleted_with_its_key_material(store, caplog):
+    vector = VECTORS / "rule-purge-on-expiry" / "capsule"  # expires 2026-06-01
+    entry = store.install(vector, now=NOW, **KEYS)
+    obj = store.path / "objects" / entry.object_name
+    assert obj.is_dir()
+    with caplog.at_level(logging.WARNING, logger="edge.store"):
+        assert store.list(now=LATER) == []
+    assert not obj.exists()
+    assert "purged expired capsule alpha v2" in caplog.text and "expired at 2026-06-01T00:00:00Z" in caplog.text
+    assert store.state.version_record(entry.capsule_id).version == 2  # the record stays
+
+
+def test_opening_an_expired_purge_capsule_purges_it_and_refuses(store):
+    store.install(VECTORS / "rule-purge-on-expiry" / "capsule", now=NOW, **KEYS)
+    with pytest.raises(ExpiredCapsuleError, match="purged from the store"):
+        store.open("alpha", now=LATER, **KEYS)
+    with pytest.raises(StoreError):
+        store.get("alpha")
+
+
+def test_a_capsule_that_expires_while_open_is_purged_at_its_next_use(store):
+    store.install(VECTORS / "rule-purge-on-expiry" / "capsule", now=NOW, **KEYS)
+    with store.open("alpha", now=NOW, **KEYS) as capsule:
+        assert capsule.search(QUERY, k=1, now=NOW)
+        with pytest.raises(ExpiredCapsuleError):
+            capsule.search(QUERY, k=1, now=LATER)
+    assert store.list(now=LATER) == []
+
+
+def test_expired_capsule_without_purge_rule_stays_listed_and_refuses_use(store):
+    store.install(VECTORS / "expired" / "capsule", now=NOW, **KEYS)
+    entry = store.list(now=LATER)[0]
+    assert entry.status(store.state.trusted_time(LATER)) == "expired"
+    with pytest.raises(ExpiredCapsuleError):
+        store.open("alpha", now=LATER, **KEYS)
+
+
+def test_passphrase_install_caches_the_content_key_and_remove_deletes_it(store):
+    vector = VECTORS / "passphrase" / "capsule"
+    secret = Passphrase(b"correct horse battery staple (test only)")
+    entry = store.install(vector, identities=[secret], trusted_keys=KEYS["trusted_keys"], now=NOW)
+    key = store.path / "objects" / entry.object_name / "content.key"
+    assert entry.content_key and stat.S_IMODE(key.stat().st_mode) == 0o400 and len(key.read_bytes()) == 32
+    with store.open("alpha", trusted_keys=KEYS["trusted_keys"], now=NOW) as capsule:  # no passphrase needed
+        assert capsule.read_chunk(0, now=NOW).text
+    store.remove("alpha")
+    assert not key.exists()
+
+
+def test_device_key_install_caches_no_key(store):
+    entry = store.install(VECTORS / "passphrase" / "capsule", now=NOW, **KEYS)
+    assert not entry.content_key
+    assert not (store.path / "objects" / entry.object_name / "content.key").exists()
+
+
+def test_rate_limit_holds_across_store_instances(tmp_path):
+    vector = VECTORS / "rule-rate-limit" / "capsule"  # 2 queries per hour
+    with Store(tmp_path / "s") as store:
+        store.install(vector, now=NOW, **KEYS)
+        with store.open("alpha", now=NOW, **KEYS) as capsule:
+            capsule.search(QUERY, k=1, now=NOW)
+    with Store(tmp_path / "s") as other_process:
+        with other_process.open("alpha", now=NOW, **KEYS) as capsule:
+            capsule.search(QUERY, k=1, now=NOW)
+            with pytest.raises(RateLimitedError, match="limit 2 per 3600 s") as info:
+                capsule.search(QUERY, k=1, now=NOW)
+            assert info.value.retry_after_s == 3600
+            assert capsule.search(QUERY, k=1, now=datetime(2026, 3, 1, 1, 0, 1, tzinfo=UTC))
+
+
+def test_a_failed_install_leaves_nothing_behind(store):
+    with pytest.raises(Exception):
+        store.install(VECTORS / "flip-video" / "EXPECT", now=NOW, **KEYS)
+    assert list((store.path / "tmp").iterdir()) == [] and list((store.path / "objects").iterdir()) == []
+
+
+@pytest.mark.parametrize("source", ["fifo", "/dev/zero"])
+def test_install_refuses_anything_but_a_regular_file(store, tmp_path, source):
+    if source == "fifo":
+        source = tmp_path / "pipe"
+        os.mkfifo(source)
+    with pytest.raises(StoreError, match="not a regular file"):  # and does not hang or read forever
+        store.install(source, now=NOW, **KEYS)
+
+
+def test_symlink_planted_where_the_object_goes_is_removed_not_followed(store, tmp_path):
+    import hashlib
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    object_name = "a1" * 16 + "-v2-" + hashlib.sha256(V2.read_bytes()).hexdigest()[:12]
+    os.symlink(victim, store.path / "objects" / object_name)
+    entry = store.install(V2, now=NOW, **KEYS)
+    assert list(victim.iterdir()) == []
+    assert not (store.path / "objects" / entry.object_name).is_symlink()
+    assert (store.path / "objects" / entry.object_name / "capsule").is_file()
+
+
+def test_an_installed_object_replaced_by_a_symlink_is_refused(store, tmp_path):
+    entry = store.install(V2, now=NOW, **KEYS)
+    obj = store.path / "objects" / entry.object_name
+    elsewhere = tmp_path / "elsewhere"
+    os.rename(obj, elsewhere)
+    os.symlink(elsewhere, obj)
+    with pytest.raises(StoreError, match="symbolic link"):
+        store.open("alpha", now=NOW, **KEYS)
+    store.remove("alpha")  # removes the link itself, never what it points to
+    assert (elsewhere / "capsule").is_file() and not obj.exists()
+
+
+def test_store_refuses_symlinked_state_files_and_directories(tmp_path):
+    for name in ("catalog.json", "tmp"):
+        root = tmp_path / name.replace(".", "-")
+        Store(root).close()
+        target = tmp_path / f"elsewhere-{name}"
+        os.rename(root / name, target)
+        os.symlink(target, root / name)
+        with pytest.raises(StoreError, match="symbolic link"):
+            Store(root)
+
+
+def test_a_non_store_directory_is_never_taken_over(tmp_path):
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "notes.txt").write_text("mine")
+    with pytest.raises(StoreError, match="not an edge store"):
+        Store(tmp_path / "home")
+
+
+def test_leftovers_of_a_killed_install_are_removed_by_the_next_writer(store):
+    (store.path / "tmp" / "install-1-dead").mkdir()
+    (store.path / "tmp" / "install-1-dead" / "capsule").write_bytes(b"half")
+    (store.path / "objects" / ("ff" * 16 + "-v9-000000000000")).mkdir()
+    store.install(V2, now=NOW, **KEYS)
+    assert list((store.path / "tmp").iterdir()) == []
+    assert [p.name for p in (store.path / "objects").iterdir()] == [store.get("alpha").object_name]
+
+
+def test_trust_document_install_and_update_are_persisted(tmp_path):
+    from edge.errors import TrustError
+
+    with Store(tmp_path / "s") as store:
+        doc = (VECTORS / "trust-rotated-key" / "installed-trust.json").read_bytes()
+        store.install_trust(doc, root_keys=[public_key("test-root-1")], now=NOW)
+        store.install_trust((VECTORS / "trust-rotated-key" / "trust.json").read_bytes(), now=NOW)
+    with Store(tmp_path / "s") as restarted:
+        assert restarted.state.root.version == 2
+        with pytest.raises(TrustError, match="older than the installed version 2"):
+            restarted.install_trust(doc, now=NOW)
+        entry = restarted.install(VECTORS / "trust-rotated-key" / "capsule", identities=KEYS["identities"], now=NOW)
+        assert entry.version == 2
+
+
+def test_record_version_only_raises(store):
+    store.record_version("a1" * 16, 3, "00" * 32)
+    with pytest.raises(StoreError, match="higher than 2"):
+        store.record_version("a1" * 16, 2, "00" * 32)
+    with pytest.raises(RollbackError):
+        store.install(V2, now=NOW, **KEYS)
+
+
+def test_default_store_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("EDGE_STORE_DIR", str(tmp_path / "x"))
+    assert default_store_dir() == tmp_path / "x"
+    monkeypatch.delenv("EDGE_STORE_DIR")
+    expected = "/var/lib/edge-capsules" if os.geteuid() == 0 else None
+    if expected:
+        assert str(default_store_dir()) == expected
+    else:
+        assert default_store_dir().name == "edge-capsules"
