@@ -91,6 +91,8 @@ def offsets(draw) -> int:
 def mutated(draw) -> bytes:
     data = bytearray(OK)
     for _ in range(draw(st.integers(1, 4))):
+        if not data:
+            break
         op = draw(st.sampled_from(["flip", "set", "insert", "delete", "truncate", "splice", "swap"]))
         at = min(draw(offsets()), max(0, len(data) - 1))
         if op == "flip":
