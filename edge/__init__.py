@@ -25,17 +25,23 @@ from .errors import (
     IntegrityError,
     ModelError,
     NotYetValidError,
+    RateLimitedError,
+    RollbackError,
     RuleViolationError,
     SignatureError,
+    StoreError,
+    TrustError,
 )
 from .keys import Passphrase, load_identity, load_public_key
+from .store import Store
+from .trust import DeviceState
 
 from ._version import __version__
 
 __all__ = [
-    "open_capsule", "verify_capsule", "Capsule", "Hit", "MemoryBudget",
+    "open_capsule", "verify_capsule", "Capsule", "Hit", "MemoryBudget", "Store", "DeviceState",
     "load_public_key", "load_identity", "Passphrase",
     "EdgeError", "CapsuleError", "CapsuleFormatError", "IntegrityError", "SignatureError", "DecryptionError",
     "ExpiredCapsuleError", "NotYetValidError", "RuleViolationError", "BudgetExceededError", "ModelError",
-    "FrameDecodeError",
+    "FrameDecodeError", "RollbackError", "RateLimitedError", "TrustError", "StoreError",
 ]

@@ -517,7 +517,7 @@ def open_capsule(
     log.info("opened capsule %s v%d (%d chunks, decoder %s)", manifest.name, manifest.version,
              manifest.n_chunks, reader.decoder_name)
     if device is not None:
-        policy = UsePolicy(manifest, rules, log=device, trusted_time=device.trusted_time,
+        policy = UsePolicy(manifest, rules, log=device, trusted_time=device.advance,
                            on_expired=lambda exc: device.capsule_expired(manifest, exc))
     else:
         policy = UsePolicy(manifest, rules, log=MemoryUseLog())

@@ -252,13 +252,13 @@ def check_validity_at(manifest: Manifest, *, now: datetime, at: datetime) -> Non
     """
     try:
         manifest.check_validity(at)
-    except ExpiredCapsuleError as exc:
+    except ExpiredCapsuleError:
         if at == now:
             raise
         raise ExpiredCapsuleError(
             f"capsule expired at {format_time(manifest.expires_at)} (clock {format_time(now)}, "
             f"trusted time floor {format_time(at)})", expires_at=manifest.expires_at, now=at) from None
-    except NotYetValidError as exc:
+    except NotYetValidError:
         if at == now:
             raise
         raise NotYetValidError(
@@ -320,9 +320,9 @@ class UsePolicy:
         manifest: the verified manifest (validity window, capsule id).
         rules: its parsed rules.
         log: where uses are counted for ``rate_limit``.
-        trusted_time: maps a wall-clock reading to the trusted time (FORMAT.md §13.2);
-            identity when the capsule was opened without device state.
-        on_expired: called once with the error when a use finds the capsule expired (the
+        trusted_time: records a wall-clock reading in the device's floor and returns the
+            trusted time (FORMAT.md §13.2); identity when opened without device state.
+        on_expired: called with the error whenever a use finds the capsule expired (the
             device store purges capsules with ``purge_on_expiry`` there).
     """
 

@@ -290,7 +290,7 @@ class StoreState(DeviceState):
 
     def capsule_expired(self, manifest: Manifest, exc: Exception) -> None:
         """Purge the installed capsule if its rules ask for it (FORMAT.md §13.4)."""
-        self._store._purge_expired(now=None, only_capsule_id=manifest.capsule_id)
+        self._store._purge_expired(now=getattr(exc, "now", None), only_capsule_id=manifest.capsule_id)
 
 
 class Store:

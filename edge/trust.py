@@ -351,6 +351,11 @@ class DeviceState:
             old, self._floor_at = self._floor_at, new
             self._floor_advanced(old, new)
 
+    def advance(self, now: datetime) -> datetime:
+        """Record the wall-clock reading ``now`` in the floor and return the trusted time."""
+        self.observe(now)
+        return self.trusted_time(now)
+
     def _floor_advanced(self, old: datetime | None, new: datetime) -> None:
         """Hook: persist the floor (the in-memory state keeps it in ``_floor_at`` only)."""
 

@@ -22,8 +22,8 @@ def _generated_files(root: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.skipif(platform.machine() != "x86_64",
-                    reason="vectors were generated on x86_64; onnxruntime and annoy round floats differently on "
-                           "other CPUs, so the embeddings and index bytes differ (the vectors themselves still run)")
+                    reason="checked where the vectors were generated (x86_64); not verified on other CPUs, where "
+                           "onnxruntime and annoy may round floats differently (the vectors themselves still run)")
 def test_regeneration_is_byte_identical(tmp_path):
     out = tmp_path / "vectors"
     proc = subprocess.run([sys.executable, "-m", "firmware_tools.vectors", "-o", str(out)], cwd=ROOT,
