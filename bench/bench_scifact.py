@@ -182,9 +182,7 @@ def main(argv=None) -> int:
         vectors = np.stack(cache.get_many([c.text for c in chunks]))
         cache.close()
         for qid in qids:
-            capsule._cache.clear()
-            capsule.budget.release("frame_cache")
-            capsule._cache_sizes.clear()
+            capsule.clear_cache()
             t0 = time.perf_counter()
             hits = capsule.search(queries[qid], k=10)
             totals.append((time.perf_counter() - t0) * 1e3)

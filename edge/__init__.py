@@ -12,9 +12,18 @@ Example::
 See ``edge/FORMAT.md`` for the file format. This package never imports ``firmware_tools``.
 """
 
-from .budget import MemoryBudget
-from .capsule import Capsule, Hit, open_capsule, verify_capsule
-from .errors import (
+import os as _os
+
+# OpenBLAS (under NumPy) reserves a large buffer per thread at import: 40 MiB of private
+# memory more with 2 cores, for matrix products far too small to gain from threads. The
+# runtime's own arithmetic is one query at a time, so keep it to one thread unless the
+# caller chose otherwise. Effective only if NumPy is not imported yet.
+_os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from .budget import MemoryBudget  # noqa: E402
+from .capsule import Capsule, Hit, open_capsule, verify_capsule  # noqa: E402
+from .capsule_set import CapsuleSet  # noqa: E402
+from .errors import (  # noqa: E402
     BudgetExceededError,
     CapsuleError,
     CapsuleFormatError,
@@ -32,14 +41,14 @@ from .errors import (
     StoreError,
     TrustError,
 )
-from .keys import Passphrase, load_identity, load_public_key
-from .store import Store
-from .trust import DeviceState
+from .keys import Passphrase, load_identity, load_public_key  # noqa: E402
+from .store import Store  # noqa: E402
+from .trust import DeviceState  # noqa: E402
 
-from ._version import __version__
+from ._version import __version__  # noqa: E402
 
 __all__ = [
-    "open_capsule", "verify_capsule", "Capsule", "Hit", "MemoryBudget", "Store", "DeviceState",
+    "open_capsule", "verify_capsule", "Capsule", "CapsuleSet", "Hit", "MemoryBudget", "Store", "DeviceState",
     "load_public_key", "load_identity", "Passphrase",
     "EdgeError", "CapsuleError", "CapsuleFormatError", "IntegrityError", "SignatureError", "DecryptionError",
     "ExpiredCapsuleError", "NotYetValidError", "RuleViolationError", "BudgetExceededError", "ModelError",

@@ -1,27 +1,60 @@
-"""MemoryBudget: a byte ledger every component reserves from before it allocates.
+"""MemoryBudget: a byte ledger every component reserves from before it maps or allocates.
 
-This first version accounts for the large allocations the runtime makes itself
-(the decrypted index, the decoded-frame cache); the device-store issue extends
-it to the model session and per-query buffers. Sizes are bytes.
+The budget bounds the runtime process's memory the way the kernel's ``RLIMIT_DATA`` does
+(private writable memory: heap, anonymous mappings) plus the in-memory copies the runtime
+makes itself (a decrypted index in a ``memfd`` is shared memory, which ``RLIMIT_DATA`` does
+not count but RAM does). File-backed, read-only mappings (the capsule, the model weights)
+are page cache the kernel can evict: they are reported, not charged.
+
+What is reserved, and how each figure was measured (x86_64, CPython 3.11, onnxruntime
+1.31.1, ``OPENBLAS_NUM_THREADS=1``; VmData and RssAnon from ``/proc/self/status`` in fresh
+processes, ``/tmp/memprobe`` scripts quoted in the device-memory issue's note):
+
+=================  ==========================================================================
+``runtime``        the process before any capsule: interpreter, NumPy, onnxruntime, PyAV,
+                   zxing-cpp, tokenizers, cryptography. Measured at the first open as the
+                   process's VmData (79.5 MiB here; 119.5 MiB when OpenBLAS starts one
+                   thread per core, which the ``edge`` command prevents).
+``model``          onnxruntime session and tokenizer: VmData +37.6 MiB, RssAnon +25.0 MiB
+                   with the weights memory-mapped (``MODEL_SESSION_BYTES`` = 40 MiB).
+``index``          the Annoy file: its plaintext size when decrypted into memory, 0 when it
+                   is mapped from storage (``encryption: none``).
+``vecs``           int8 re-ranking vectors when decrypted into memory.
+``projection``     the PCA projection widened to float32.
+``frame_cache``    decrypted frames kept for reuse, sized in bytes.
+``frame_decoder``  H.264 decoder context and picture buffers: 2 MiB + 3 bytes per pixel
+                   (VmData did not grow decoding 192x192 frames; the constant is headroom).
+``query``          per-query arrays: 2 MiB + candidates x re-ranking dim x 8 bytes (VmData
+                   grew 1.8 MiB over 40 queries up to 256 tokens).
+=================  ==========================================================================
 
 Example::
 
-    budget = MemoryBudget(parse_size("64MiB"))
+    budget = MemoryBudget(parse_size("192MiB"))
     with budget.reserve("index", 12 * MiB):
         ...                       # BudgetExceededError if it would not fit
-    budget.report()               # {"limit_bytes": ..., "reserved": {...}}
+    budget.report()               # {"limit_bytes": ..., "reserved_bytes": {...}, "measured": {...}}
 
-Source: FORMAT.md §11 (what is allocated at open).
+Source: FORMAT.md §4.4 (what a reader holds in memory); getrlimit(2) (RLIMIT_DATA); proc(5).
 """
 
 from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 
 from .errors import BudgetExceededError
+
+MiB = 1024 * 1024
+#: onnxruntime session + tokenizer of the int8 MiniLM model (measured 37.6 MiB VmData).
+MODEL_SESSION_BYTES = 40 * MiB
+#: Decoder context headroom; add 3 bytes per pixel of the frame size.
+FRAME_DECODER_BASE_BYTES = 2 * MiB
+#: Per-query headroom; add candidates x re-ranking dim x 8 bytes.
+QUERY_BASE_BYTES = 2 * MiB
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
           "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
@@ -31,25 +64,81 @@ _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*")
 def parse_size(text: str) -> int:
     """Return the byte count of a size such as ``"64MiB"``, ``"512M"`` or ``"1048576"``.
 
+    ``k``/``M``/``G`` and ``kB``/``MB``/``GB`` are powers of 1000; ``KiB``/``MiB``/``GiB``
+    powers of 1024.
+
     Raises:
-        ValueError: unparsable text or unknown unit.
+        ValueError: unparsable text, unknown unit, or zero.
     """
     match = _SIZE.fullmatch(text)
     if not match or match.group(2).lower() not in _UNITS:
         raise ValueError(f"cannot parse size {text!r}; use e.g. 64MiB, 512MB or a byte count")
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    value = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    if value <= 0:
+        raise ValueError(f"size {text!r} must be more than 0 bytes")
+    return value
 
 
 def format_mib(n_bytes: int) -> str:
     """Return ``n_bytes`` as ``"12.3 MiB"``."""
-    return f"{n_bytes / 1024**2:.1f} MiB"
+    return f"{n_bytes / MiB:.1f} MiB"
+
+
+@dataclass(frozen=True)
+class ProcessMemory:
+    """This process's memory as the kernel counts it, in bytes (``None`` where unknown).
+
+    Attributes:
+        data_bytes: VmData, what ``RLIMIT_DATA`` limits (private writable mappings).
+        rss_bytes: VmRSS, resident pages.
+        anon_bytes: RssAnon, resident anonymous pages.
+        file_bytes: RssFile, resident file-backed pages (libraries, mapped capsule and model).
+        shmem_bytes: RssShmem, resident shared memory (the memfd index).
+        peak_rss_bytes: VmHWM, the highest VmRSS so far.
+    """
+
+    data_bytes: int | None = None
+    rss_bytes: int | None = None
+    anon_bytes: int | None = None
+    file_bytes: int | None = None
+    shmem_bytes: int | None = None
+    peak_rss_bytes: int | None = None
+
+    def to_json(self) -> dict[str, int | None]:
+        """Return the fields as a dict."""
+        return asdict(self)
+
+
+_STATUS_FIELDS = {"VmData": "data_bytes", "VmRSS": "rss_bytes", "RssAnon": "anon_bytes",
+                  "RssFile": "file_bytes", "RssShmem": "shmem_bytes", "VmHWM": "peak_rss_bytes"}
+
+
+def read_process_memory() -> ProcessMemory:
+    """Return this process's memory from ``/proc/self/status`` (all ``None`` off Linux).
+
+    Source: proc(5).
+    """
+    values: dict[str, int] = {}
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                key, _, rest = line.partition(":")
+                if key in _STATUS_FIELDS:
+                    values[_STATUS_FIELDS[key]] = int(rest.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        return ProcessMemory()
+    return ProcessMemory(**values)
 
 
 class MemoryBudget:
     """A fixed limit in bytes and named reservations against it. Thread-safe.
 
     Args:
-        limit_bytes: the budget; ``None`` means unlimited (reservations are still tracked).
+        limit_bytes: the budget; ``None`` means unlimited (reservations are still tracked
+            and reported).
+
+    Raises:
+        ValueError: ``limit_bytes`` is not positive.
     """
 
     def __init__(self, limit_bytes: int | None = None) -> None:
@@ -74,18 +163,37 @@ class MemoryBudget:
 
         Raises:
             BudgetExceededError: the reservation would exceed the limit.
+            ValueError: ``n_bytes < 0``.
         """
-        if n_bytes < 0:
-            raise ValueError("n_bytes must be >= 0")
+        self.acquire_all({name: n_bytes})
+
+    def acquire_all(self, reservations: Mapping[str, int], *, what: str | None = None) -> None:
+        """Reserve several amounts at once, or none of them.
+
+        Args:
+            reservations: bytes per reservation name.
+            what: names the whole request in the error message (e.g. "capsule manual").
+
+        Raises:
+            BudgetExceededError: the sum would exceed the limit; the message lists the parts.
+            ValueError: a negative amount.
+        """
+        if any(n < 0 for n in reservations.values()):
+            raise ValueError("reservations must be >= 0 bytes")
+        total = sum(reservations.values())
         with self._lock:
             available = self.available_bytes
-            if available is not None and n_bytes > available:
+            if available is not None and total > available:
+                parts = ", ".join(f"{name} {format_mib(n)}" for name, n in reservations.items() if n)
+                label = what or next(iter(reservations), "reservation")
+                detail = f" ({parts})" if len(reservations) > 1 else ""
                 raise BudgetExceededError(
-                    f"{name} needs {format_mib(n_bytes)}, budget has {format_mib(available)} left "
-                    f"of {format_mib(self.limit_bytes or 0)}",
-                    requested_bytes=n_bytes, available_bytes=available,
+                    f"{label} needs {format_mib(total)}{detail}, budget has {format_mib(max(available, 0))} "
+                    f"left of {format_mib(self.limit_bytes or 0)}",
+                    requested_bytes=total, available_bytes=available,
                 )
-            self._reserved[name] = self._reserved.get(name, 0) + n_bytes
+            for name, n in reservations.items():
+                self._reserved[name] = self._reserved.get(name, 0) + n
 
     def release(self, name: str, n_bytes: int | None = None) -> None:
         """Release ``n_bytes`` (default: all) of reservation ``name``."""
@@ -106,8 +214,32 @@ class MemoryBudget:
         finally:
             self.release(name, n_bytes)
 
-    def report(self) -> dict[str, object]:
-        """Return the limit and current reservations, in bytes."""
+    def charge_runtime(self) -> None:
+        """Reserve the process's current private writable memory as ``runtime``, once.
+
+        Call after the runtime's libraries are imported and before any capsule allocates.
+
+        Raises:
+            BudgetExceededError: the process alone already exceeds the budget (the budget is
+                below this runtime's floor).
+        """
         with self._lock:
-            return {"limit_bytes": self.limit_bytes, "reserved_bytes": dict(self._reserved),
-                    "total_reserved_bytes": sum(self._reserved.values())}
+            if "runtime" in self._reserved:
+                return
+        data = read_process_memory().data_bytes or 0
+        try:
+            self.acquire("runtime", data)
+        except BudgetExceededError as exc:
+            raise BudgetExceededError(
+                f"budget {format_mib(self.limit_bytes or 0)} is below this runtime's floor: the interpreter "
+                f"and its libraries already hold {format_mib(data)}",
+                requested_bytes=data, available_bytes=exc.available_bytes,
+            ) from None
+
+    def report(self) -> dict[str, object]:
+        """Return the limit, current reservations and the measured process memory, in bytes."""
+        with self._lock:
+            reserved = dict(self._reserved)
+        return {"limit_bytes": self.limit_bytes, "reserved_bytes": reserved,
+                "total_reserved_bytes": sum(reserved.values()),
+                "measured": read_process_memory().to_json()}

@@ -20,12 +20,13 @@ Source: FORMAT.md §11 (open order), §5-§6 (frames).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import mmap
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from . import format as fmt
-from .budget import MemoryBudget
+from .budget import FRAME_DECODER_BASE_BYTES, MODEL_SESSION_BYTES, QUERY_BASE_BYTES, MemoryBudget, format_mib
 from .embedder import QueryEmbedder, find_model_dir
 from .errors import CapsuleError, CapsuleFormatError, IntegrityError, ModelError
 from .frames import FrameReader
@@ -76,6 +77,7 @@ class Hit:
         char_start, char_end: position of the chunk in the document text, in code points.
         frame_index, slot_index: where the chunk's text was read from in the MP4.
         text: the chunk text, read from its frame and authenticated.
+        capsule: name of the capsule it came from (manifest ``name``).
     """
 
     chunk_id: int
@@ -86,10 +88,12 @@ class Hit:
     frame_index: int
     slot_index: int
     text: str
+    capsule: str = ""
 
     def to_json(self) -> dict[str, object]:
         """Return a JSON-ready dict of all fields."""
-        return {"chunk_id": self.chunk_id, "score": round(self.score, 6), "document": self.document,
+        return {"capsule": self.capsule, "chunk_id": self.chunk_id, "score": round(self.score, 6),
+                "document": self.document,
                 "char_start": self.char_start, "char_end": self.char_end,
                 "frame_index": self.frame_index, "slot_index": self.slot_index, "text": self.text}
 
@@ -241,13 +245,15 @@ class Capsule:
         documents: source documents (decrypted DOCS).
         decoder_name: the H.264 decoder in use (``h264_v4l2m2m`` or ``h264``).
         budget: the memory budget the capsule's allocations are charged to.
+        memory_plan: bytes reserved in ``budget`` for this capsule, by component.
         last_timings: per-stage milliseconds of the last ``search``.
     """
 
     def __init__(self, *, cf: _CapsuleFile, manifest: Manifest, keys: ContentKeys, documents: list[Document],
                  frames: fmt.FrameTable, index: VectorIndex, reader: FrameReader, embedder: QueryEmbedder,
-                 budget: MemoryBudget, frame_cache_bytes: int, verified_at: datetime,
-                 decompressor, policy: UsePolicy | None = None) -> None:
+                 owns_embedder: bool, budget: MemoryBudget, memory_plan: dict[str, int], reservation_prefix: str,
+                 frame_cache_bytes: int, verified_at: datetime, decompressor,
+                 policy: UsePolicy | None = None) -> None:
         self._cf = cf
         self.manifest = manifest
         self._keys = keys
@@ -256,15 +262,20 @@ class Capsule:
         self._index = index
         self._reader = reader
         self._embedder = embedder
+        self._owns_embedder = owns_embedder
         self.budget = budget
+        self.memory_plan = memory_plan
+        self._prefix = reservation_prefix
         self.verified_at = verified_at
         self._decompressor = decompressor
         self._cache: OrderedDict[int, list[ChunkRecord]] = OrderedDict()
         self._cache_sizes: dict[int, int] = {}
         self._cache_limit = frame_cache_bytes
+        self._closed = False
         self.last_timings = StageTimings()
         self._policy = policy if policy is not None else UsePolicy(manifest, parse_rules(manifest.rules),
                                                                    log=MemoryUseLog())
+        self._ranked: set[int] = set()
 
     @property
     def rules(self) -> Rules:
@@ -280,6 +291,11 @@ class Capsule:
     def path(self) -> Path:
         """Path of the capsule file."""
         return self._cf.path
+
+    @property
+    def embedder(self) -> QueryEmbedder:
+        """The query embedder (shared when several capsules use one model)."""
+        return self._embedder
 
     def __enter__(self) -> "Capsule":
         return self
@@ -306,21 +322,73 @@ class Capsule:
         timings.qr_decode_ms += (t2 - t1) * 1e3
         timings.decrypt_ms += (t3 - t2) * 1e3
         timings.n_frames_decoded += 1
+        # The cache's whole size is reserved at open; entries are evicted to stay inside it.
         size = sum(len(r.text) * 4 + 64 for r in records)  # upper bound of str storage
         if size <= self._cache_limit:
             while self._cache and sum(self._cache_sizes.values()) + size > self._cache_limit:
                 old, _ = self._cache.popitem(last=False)
-                self.budget.release("frame_cache", self._cache_sizes.pop(old))
-            self.budget.acquire("frame_cache", size)
+                self._cache_sizes.pop(old)
             self._cache[frame_index] = records
             self._cache_sizes[frame_index] = size
         return records
+
+    def clear_cache(self) -> None:
+        """Drop the decrypted frames kept for reuse (their reservation stays)."""
+        self._cache.clear()
+        self._cache_sizes.clear()
 
     def _hit(self, chunk_id: int, score: float, timings: StageTimings) -> Hit:
         frame_index, slot, _ = self._frames.locate(chunk_id)
         record = self._frame_records(frame_index, timings)[slot]
         return Hit(chunk_id, score, self.documents[record.doc_index].name, record.char_start, record.char_end,
-                   frame_index, slot, record.text)
+                   frame_index, slot, record.text, self.manifest.name)
+
+    def rank(self, embedding, k: int, *, search_k: int = -1,
+             now: datetime | None = None) -> tuple[list[int], list[float]]:
+        """Return the ``k`` best chunk ids and scores for a query embedding; reads no frame.
+
+        A rank is one search use of the capsule: the validity window and the rules
+        (``operations``, ``query_limits``, ``rate_limit``) are checked first, and only the ids it
+        returns can then be read with ``read_hits``.
+
+        Args:
+            embedding: float32 [model.dim] from ``self.embedder`` (unit norm).
+            k: results wanted, >= 1 (capped at ``n_chunks``).
+            search_k: Annoy nodes to inspect; -1 uses the manifest's recommendation.
+            now: timezone-aware time of the query; ``None`` reads the clock once.
+
+        Returns:
+            ``(chunk_ids, scores)``, score (cosine similarity) descending.
+
+        Raises:
+            ExpiredCapsuleError, NotYetValidError, RuleViolationError, RateLimitedError: as for
+                ``search``.
+            RuntimeError: the capsule is closed.
+        """
+        self._check_open()
+        self._policy.before_use("search", at=_utc_now(now), k=k)
+        return self._rank(embedding, k, search_k)
+
+    def _rank(self, embedding, k: int, search_k: int) -> tuple[list[int], list[float]]:
+        ids, scores = self._index.search(embedding, min(k, self.manifest.n_chunks), search_k=search_k)
+        self._ranked = {int(i) for i in ids}
+        return ids, scores
+
+    def read_hits(self, chunk_ids, scores, timings: StageTimings | None = None) -> list[Hit]:
+        """Return ``Hit``s for ranked chunk ids, each text read from its frame and authenticated.
+
+        Raises:
+            FrameDecodeError, DecryptionError, CapsuleFormatError: as for ``search``.
+            ValueError: an id the last ``rank`` did not return (reading by id is ``read_chunk``,
+                which the rules govern separately).
+            RuntimeError: the capsule is closed.
+        """
+        self._check_open()
+        stray = [int(i) for i in chunk_ids if int(i) not in self._ranked]
+        if stray:
+            raise ValueError(f"chunk(s) {stray[:5]} were not returned by the last rank; use read_chunk")
+        timings = timings if timings is not None else StageTimings()
+        return [self._hit(int(i), float(score), timings) for i, score in zip(chunk_ids, scores)]
 
     def search(self, query: str, k: int = 5, *, search_k: int = -1, now: datetime | None = None) -> list[Hit]:
         """Return the ``k`` chunks nearest to ``query``, best first.
@@ -344,6 +412,7 @@ class Capsule:
             CapsuleFormatError: a frame's plaintext is malformed.
             ModelError: the embedder's output has the wrong shape.
             ValueError: ``k < 1`` or an empty query.
+            RuntimeError: the capsule is closed.
 
         Source: FORMAT.md §4.4-§6.
         """
@@ -351,16 +420,17 @@ class Capsule:
             raise ValueError("query must be non-empty text")
         if k < 1:
             raise ValueError("k must be >= 1")
+        self._check_open()
         self._policy.before_use("search", at=_utc_now(now), k=k)
         timings = StageTimings()
         t0 = time.perf_counter()
         vector = self._embedder.embed([query])[0]
         t1 = time.perf_counter()
-        ids, scores = self._index.search(vector, min(k, self.manifest.n_chunks), search_k=search_k)
+        ids, scores = self._rank(vector, k, search_k)
         t2 = time.perf_counter()
         timings.embed_ms = (t1 - t0) * 1e3
         timings.ann_ms = (t2 - t1) * 1e3
-        hits = [self._hit(i, score, timings) for i, score in zip(ids, scores)]
+        hits = self.read_hits(ids, scores, timings)
         self.last_timings = timings
         return hits
 
@@ -373,6 +443,7 @@ class Capsule:
                 validity window or the rules forbid reading now (FORMAT.md §4.2).
             FrameDecodeError, DecryptionError, CapsuleFormatError: as for ``search``.
         """
+        self._check_open()
         if not 0 <= chunk_id < self.manifest.n_chunks:
             raise ValueError(f"chunk id {chunk_id} outside 0..{self.manifest.n_chunks - 1}")
         self._policy.before_use("read", at=_utc_now(now))
@@ -387,11 +458,17 @@ class Capsule:
             ExpiredCapsuleError, NotYetValidError, RuleViolationError, RateLimitedError: the
                 validity window or the rules forbid exporting now (FORMAT.md §4.2).
             FrameDecodeError, DecryptionError, CapsuleFormatError: as for ``search``.
+            RuntimeError: the capsule is closed.
         """
+        self._check_open()
         self._policy.before_use("export", at=_utc_now(now))
         timings = StageTimings()
         for chunk_id in range(self.manifest.n_chunks):
             yield self._hit(chunk_id, 1.0, timings)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("capsule is closed")
 
     def info(self) -> dict[str, object]:
         """Return a JSON-ready summary of the verified manifest and runtime state."""
@@ -409,23 +486,83 @@ class Capsule:
                       "projection": None if m.index.projection is None else
                       {"method": m.index.projection.method, "dim_in": m.index.projection.dim_in,
                        "dim_out": m.index.projection.dim_out},
-                      "encryption": m.index.encryption, "bytes": self._index.n_bytes},
+                      "encryption": m.index.encryption, "bytes": self._index.n_bytes,
+                      "mapped_from": "file" if self._index.file_backed else "memory"},
             "video": {"codec": m.video.codec, "profile": m.video.profile, "size": f"{m.video.width}x{m.video.height}",
                       "crf": m.video.crf, "qr": f"v{m.video.qr_version}-{m.video.qr_ec_level}"},
             "rules": m.rules,
             "sections": {tag: {"length": s.length, "sha256": s.sha256} for tag, s in m.sections.items()},
             "file_bytes": self._cf.header.file_bytes,
             "decoder": self.decoder_name,
-            "memory": self.budget.report(),
+            "memory": {"plan_bytes": dict(self.memory_plan), **self.budget.report()},
         }
 
     def close(self) -> None:
-        """Release the index, decoder, cache and the file mapping."""
+        """Release the index, decoder, cache, file mapping and every reservation. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
         self._index.close()
         self._reader.close()
         self._cache.clear()
-        self.budget.release("frame_cache")
         self._cf.close()
+        for name in self.memory_plan:
+            self.budget.release(self._prefix + name)
+
+
+_open_counter = itertools.count(1)
+
+
+def _import_runtime_libraries() -> None:
+    """Import what queries need, so that the ``runtime`` reservation measures it."""
+    import annoy  # noqa: F401
+    import av  # noqa: F401
+    import numpy  # noqa: F401
+    import onnxruntime  # noqa: F401
+    import tokenizers  # noqa: F401
+    import zxingcpp  # noqa: F401
+
+
+def memory_plan(manifest: Manifest, *, section_lengths: dict[str, int], frame_cache_bytes: int,
+                include_model: bool, index_from_file: bool = False) -> dict[str, int]:
+    """Return the bytes a capsule will hold once open, by component (see ``edge.budget``).
+
+    Args:
+        manifest: the verified manifest.
+        section_lengths: length of each section in the file.
+        frame_cache_bytes: the decrypted-frame cache limit.
+        include_model: whether this capsule loads its own model session.
+        index_from_file: the Annoy plaintext is mapped from a file (not held in memory).
+
+    Returns:
+        Bytes per component; every value >= 0.
+
+    Source: edge/budget.py (what each component costs, measured).
+    """
+    info = manifest.index
+    if info.encryption == "none":
+        index_bytes = section_lengths["INDX"]
+        vecs_bytes = 0  # used in place from the file mapping
+    else:
+        index_bytes = stream_plaintext_bytes(section_lengths["INDX"])
+        vecs_bytes = info.vecs_plaintext_bytes
+    projection = info.projection
+    dim_out = projection.dim_out if projection else 0
+    plan = {
+        "model": MODEL_SESSION_BYTES if include_model else 0,
+        "index": 0 if index_from_file else index_bytes,
+        "vecs": vecs_bytes,
+        "projection": 4 * (projection.dim_in * projection.dim_out + projection.dim_in + projection.dim_out)
+        if projection else 0,
+        # parsed JSON while reading (~1 KiB per entry) outlives nothing but is the peak
+        "documents": 1024 * manifest.n_documents + 4 * stream_plaintext_bytes(section_lengths["DOCS"]),
+        "frame_table": 3 * section_lengths["FTAB"],
+        "dictionary": 2 * manifest.dictionary_bytes + (512 << 10),
+        "frame_decoder": FRAME_DECODER_BASE_BYTES + 3 * manifest.video.width * manifest.video.height,
+        "frame_cache": frame_cache_bytes,
+        "query": QUERY_BASE_BYTES + 8 * max(info.n_candidates, 1) * max(dim_out, 1),
+    }
+    return plan
 
 
 def open_capsule(
@@ -440,6 +577,9 @@ def open_capsule(
     n_threads: int = 1,
     prefer_hardware_decoder: bool = True,
     frame_cache_bytes: int = DEFAULT_FRAME_CACHE_BYTES,
+    embedders: Mapping[str, QueryEmbedder] | None = None,
+    verified_sections: Collection[str] = (),
+    index_path: Path | None = None,
     device: DeviceState | None = None,
 ) -> Capsule:
     """Verify and open a capsule; return it only if every open-level check passes.
@@ -452,11 +592,20 @@ def open_capsule(
             content key; X25519 keys also identify the device for the ``devices`` rule.
         threshold: distinct trusted signatures required (the trust document's when higher).
         now: timezone-aware time to judge validity; ``None`` reads the clock once.
-        budget: memory budget to charge; ``None`` is unlimited (still reported).
+        budget: memory budget to charge; ``None`` is unlimited (still reported). The whole
+            plan (``memory_plan``) is reserved before anything is mapped or allocated.
         model_search_path: directories holding model folders (see ``find_model_dir``).
         n_threads: onnxruntime intra-op threads for query embedding.
         prefer_hardware_decoder: try ``h264_v4l2m2m`` before software decoding.
-        frame_cache_bytes: bytes of decrypted frames to keep (an LRU cache).
+        frame_cache_bytes: bytes of decrypted frames to keep (an LRU cache), reserved at open.
+        embedders: open ``QueryEmbedder``s by model identity (sha256) to share: several
+            capsules, one model session. When none matches the manifest's model, the capsule
+            opens its own (and reserves ``model`` for it).
+        verified_sections: sections whose sha256 the caller has already checked against
+            this same signed manifest (a device store does at install); they are not hashed
+            again, so a large index opens without reading it whole.
+        index_path: a file holding the verified, unencrypted Annoy plaintext (a device store
+            extracts it at install): mapped file-backed instead of copied into memory.
         device: the device's state (trust document, time floor, version records, hardware id,
             rate log; FORMAT.md §13); ``None`` judges validity at ``now`` and keeps the rate in
             memory.
@@ -474,56 +623,82 @@ def open_capsule(
         RuleViolationError: a required rule this runtime lacks, a device not on the allow-list,
             or a runtime older than ``min_runtime``.
         ModelError: the manifest's model is not installed or does not load.
-        DecryptionError: no identity opens the capsule, or DOCS/INDX fail authentication.
-        BudgetExceededError: the index does not fit the budget.
+        DecryptionError: no identity opens the capsule, or a section fails authentication.
+        BudgetExceededError: the plan does not fit the budget (nothing was mapped), or the
+            process alone exceeds it.
 
-    Source: FORMAT.md §11.
+    Source: FORMAT.md §11; edge/budget.py.
     """
     now = _utc_now(now)
     budget = budget if budget is not None else MemoryBudget(None)
+    _import_runtime_libraries()
+    budget.charge_runtime()
     cf = _CapsuleFile(path)
+    prefix = ""
+    plan: dict[str, int] = {}
     index = None
+    own_embedder = None
     try:
         manifest, rules = _check_trust(cf, trusted_keys=trusted_keys, threshold=threshold, device=device, now=now,
                                        identities=identities)
-        model_dir = find_model_dir(manifest.model.sha256, model_search_path)
-        content_key = unwrap_content_key(manifest, identities)
+        embedder = (embedders or {}).get(manifest.model.sha256)
+        if embedder is None:
+            model_dir = find_model_dir(manifest.model.sha256, model_search_path)
+        if index_path is not None and manifest.index.encryption != "none":
+            raise ValueError("index_path is only for capsules with an unencrypted index")
+        prefix = f"{manifest.name}#{next(_open_counter)}/"
+        plan = memory_plan(manifest, section_lengths={t: e.length for t, e in cf.sections.items()},
+                           frame_cache_bytes=frame_cache_bytes, include_model=embedder is None,
+                           index_from_file=index_path is not None)
+        budget.acquire_all({prefix + name: n for name, n in plan.items()}, what=f"capsule {manifest.name}")
+        content_key = _unwrap_within_budget(manifest, identities, budget, prefix)
         keys = derive_keys(content_key, manifest.capsule_id_bytes)
         for tag in fmt.HASHED_SECTIONS[:-1]:  # all but VIDE, which frames authenticate one by one
-            _check_digest(cf, manifest, tag)
+            if tag not in verified_sections:
+                _check_digest(cf, manifest, tag)
         documents = _read_documents(open_stream(keys.section("DOCS"), cf.section("DOCS")), manifest)
         frames = fmt.FrameTable.from_bytes(cf.section("FTAB").tobytes(), n_frames=manifest.video.n_frames,
                                            n_chunks=manifest.n_chunks, video_bytes=cf.sections["VIDE"].length)
         decompressor = _read_dictionary(cf, keys, manifest)
-        index = _open_index(cf, keys, manifest, budget)
-        embedder = QueryEmbedder.open(model_dir, expected_sha256=manifest.model.sha256, n_threads=n_threads,
-                                      max_tokens=manifest.model.max_tokens)
+        index = _open_index(cf, keys, manifest, index_path)
+        if embedder is None:
+            embedder = own_embedder = QueryEmbedder.open(model_dir, expected_sha256=manifest.model.sha256,
+                                                         n_threads=n_threads, max_tokens=manifest.model.max_tokens)
         if embedder.dim != manifest.model.dim:
             raise ModelError(f"model gives {embedder.dim}-d embeddings, capsule needs {manifest.model.dim}")
         reader = FrameReader(cf.section("VIDE"), extradata=manifest.video.extradata,
                              sample_offsets=frames.sample_offsets, sample_sizes=frames.sample_bytes,
                              codec=manifest.video.codec, prefer_hardware=prefer_hardware_decoder)
-    except CapsuleError as exc:
-        log.warning("refused capsule %s: %s", cf.path, exc)
+    except BaseException as exc:
+        if isinstance(exc, CapsuleError):
+            log.warning("refused capsule %s: %s", cf.path, exc)
         if index is not None:
             index.close()
+        for name in plan:
+            budget.release(prefix + name)
         cf.close()
         raise
-    except BaseException:
-        if index is not None:
-            index.close()
-        cf.close()
-        raise
-    log.info("opened capsule %s v%d (%d chunks, decoder %s)", manifest.name, manifest.version,
-             manifest.n_chunks, reader.decoder_name)
+    log.info("opened capsule %s v%d (%d chunks, decoder %s, %s reserved)", manifest.name, manifest.version,
+             manifest.n_chunks, reader.decoder_name, format_mib(sum(plan.values())))
     if device is not None:
         policy = UsePolicy(manifest, rules, log=device, trusted_time=device.advance,
                            on_expired=lambda exc: device.capsule_expired(manifest, exc))
     else:
         policy = UsePolicy(manifest, rules, log=MemoryUseLog())
     return Capsule(cf=cf, manifest=manifest, keys=keys, documents=documents, frames=frames, index=index,
-                   reader=reader, embedder=embedder, budget=budget, frame_cache_bytes=frame_cache_bytes,
+                   reader=reader, embedder=embedder, owns_embedder=own_embedder is not None, budget=budget,
+                   memory_plan=plan, reservation_prefix=prefix, frame_cache_bytes=frame_cache_bytes,
                    verified_at=now, decompressor=decompressor, policy=policy)
+
+
+def _unwrap_within_budget(manifest: Manifest, identities: Sequence[Identity], budget: MemoryBudget,
+                          prefix: str) -> bytes:
+    """Unwrap the content key; scrypt's memory (128 * r * N bytes) is reserved while it runs."""
+    scrypt_bytes = max((128 * 8 * (1 << s.log_n) for s in manifest.recipients if s.type == "scrypt"), default=0)
+    if not any(isinstance(i, Passphrase) for i in identities):
+        scrypt_bytes = 0
+    with budget.reserve(prefix + "scrypt", scrypt_bytes):
+        return unwrap_content_key(manifest, identities)
 
 
 def _read_dictionary(cf: _CapsuleFile, keys: ContentKeys, manifest: Manifest):
@@ -540,9 +715,13 @@ def _read_dictionary(cf: _CapsuleFile, keys: ContentKeys, manifest: Manifest):
         raise CapsuleFormatError(f"dictionary is not a zstd dictionary ({type(exc).__name__})") from None
 
 
-def _open_index(cf: _CapsuleFile, keys: ContentKeys, manifest: Manifest, budget: MemoryBudget) -> VectorIndex:
-    """Decrypt PROJ, VECS and INDX (lengths checked before anything is allocated); load the index."""
+def _open_index(cf: _CapsuleFile, keys: ContentKeys, manifest: Manifest, index_path: Path | None) -> VectorIndex:
+    """Decrypt PROJ, VECS and INDX (lengths checked before anything is allocated); load the index.
+
+    The bytes are already reserved by ``open_capsule``'s plan, so the index reserves nothing.
+    """
     info = manifest.index
+    unreserved = MemoryBudget(None)
     proj_section = cf.section("PROJ")
     expected_proj = 0 if info.projection is None else info.projection.plaintext_bytes
     if stream_plaintext_bytes(len(proj_section)) != expected_proj:
@@ -555,9 +734,12 @@ def _open_index(cf: _CapsuleFile, keys: ContentKeys, manifest: Manifest, budget:
         if len(vecs_section) != info.vecs_plaintext_bytes:
             raise CapsuleFormatError(f"re-ranking vectors are {len(vecs_section)} bytes, "
                                      f"manifest needs {info.vecs_plaintext_bytes}")
+        if index_path is not None and os.stat(index_path).st_size != len(index_view):
+            raise IntegrityError(f"index file {index_path} is {os.stat(index_path).st_size} bytes, "
+                                 f"manifest says {len(index_view)}")
         vecs = {"vecs_view": vecs_section} if info.projection is not None else {}
-        return VectorIndex.from_segments([index_view], n_bytes=len(index_view), info=info, budget=budget,
-                                         projection=projection, **vecs)
+        return VectorIndex.from_segments([index_view], n_bytes=len(index_view), info=info, budget=unreserved,
+                                         projection=projection, index_path=index_path, **vecs)
     if stream_plaintext_bytes(len(vecs_section)) != info.vecs_plaintext_bytes:
         raise CapsuleFormatError(f"re-ranking vectors are {stream_plaintext_bytes(len(vecs_section))} bytes, "
                                  f"manifest needs {info.vecs_plaintext_bytes}")
@@ -567,7 +749,7 @@ def _open_index(cf: _CapsuleFile, keys: ContentKeys, manifest: Manifest, budget:
     else:
         vecs = {"vecs_segments": iter_open_stream(keys.section("VECS"), vecs_section)}
     return VectorIndex.from_segments(iter_open_stream(keys.section("INDX"), index_view),
-                                     n_bytes=stream_plaintext_bytes(len(index_view)), info=info, budget=budget,
+                                     n_bytes=stream_plaintext_bytes(len(index_view)), info=info, budget=unreserved,
                                      projection=projection, **vecs)
 
 

@@ -24,13 +24,14 @@ import os
 import sys
 from pathlib import Path
 
-from .budget import MemoryBudget, parse_size
+from .budget import MemoryBudget, format_mib, parse_size
 from .errors import EdgeError
 from .keys import KeyFileError, load_identity, load_passphrase, load_public_key
 from .manifest import format_time
 
 PROG = "edge"
 DEFAULT_CONFIG_DIR = "/etc/edge-capsules"
+RAM_BUDGET_ENV = "EDGE_RAM_BUDGET"
 
 _HINTS = {
     "SignatureError": "check --trust: is this capsule from a publisher this device trusts?",
@@ -43,6 +44,7 @@ _HINTS = {
     "TrustError": "trust documents come from the operator's root key (firmware-tools trust); see README",
     "StoreError": "see `edge list`; the store is $EDGE_STORE_DIR or --store",
     "RateLimitedError": "this capsule limits how often it may be queried; wait and try again",
+    "BudgetExceededError": "raise --ram-budget, or publish the capsule with a smaller or unencrypted index",
 }
 #: Files the hardware id is read from, in order, when $EDGE_CONFIG_DIR/hardware-id is absent.
 HARDWARE_ID_FILES = ("/sys/firmware/devicetree/base/serial-number",)
@@ -107,18 +109,27 @@ def _identities(args: argparse.Namespace, required: bool = True):
     return identities
 
 
+def _budget(args: argparse.Namespace) -> MemoryBudget | None:
+    limit = getattr(args, "ram_budget", None)
+    if limit is None and os.environ.get(RAM_BUDGET_ENV):
+        try:
+            limit = parse_size(os.environ[RAM_BUDGET_ENV])
+        except ValueError as exc:
+            raise SystemExit(_usage_error(f"${RAM_BUDGET_ENV}: {exc}")) from None
+    return MemoryBudget(limit) if limit else None
+
+
 def _open(args: argparse.Namespace):
     from .capsule import open_capsule
 
-    budget = MemoryBudget(args.ram_budget) if args.ram_budget else None
     store = _store(args)
     if _is_path(args.capsule):
         return open_capsule(args.capsule, trusted_keys=_trusted_keys(args), identities=_identities(args),
-                            budget=budget, n_threads=args.threads, device=store.state)
+                            budget=_budget(args), n_threads=args.threads, device=store.state)
     entry = store.get(args.capsule)
     return store.open(args.capsule, trusted_keys=_trusted_keys(args),
                       identities=_identities(args, required=not entry.content_key),
-                      budget=budget, n_threads=args.threads)
+                      budget=_budget(args), n_threads=args.threads)
 
 
 def _capsule_path(args: argparse.Namespace) -> str:
@@ -154,9 +165,16 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .capsule import verify_capsule
 
     identities = _identities(args, required=False)
+    if args.memory and not identities:
+        raise KeyFileError("--memory opens the capsule: pass --identity DEVICE.key or --passphrase-file")
     if identities:
         with _open(args) as capsule:
+            if args.memory:
+                capsule.search(MEMORY_PROBE_QUERY, k=min(5, capsule.manifest.n_chunks))
             info = capsule.info()
+        if args.memory and not args.json:
+            _print_memory(info["memory"])
+            return 0
     else:
         m = verify_capsule(_capsule_path(args), trusted_keys=_trusted_keys(args), full=False,
                            device=_store(args).state).manifest
@@ -177,17 +195,53 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+MEMORY_PROBE_QUERY = "memory probe: how much does one query use?"
+
+
+def _print_memory(memory: dict) -> None:
+    plan = memory["plan_bytes"]
+    reserved = memory["reserved_bytes"]
+    measured = memory["measured"]
+    limit = memory["limit_bytes"]
+    print(f"budget: {format_mib(limit) if limit else 'unlimited'}; reserved {format_mib(memory['total_reserved_bytes'])}")
+    runtime = next((n for name, n in reserved.items() if name == "runtime"), 0)
+    print(f"  {'runtime (interpreter, libraries)':40s} {format_mib(runtime):>10s}")
+    for name, n_bytes in plan.items():
+        print(f"  {name:40s} {format_mib(n_bytes):>10s}")
+    print("measured after one query (kernel counts, /proc/self/status):")
+    for key, label in (("data_bytes", "private writable (VmData, RLIMIT_DATA)"), ("rss_bytes", "resident (VmRSS)"),
+                       ("anon_bytes", "  anonymous (RssAnon)"), ("file_bytes", "  file-backed (RssFile)"),
+                       ("shmem_bytes", "  shared memory (RssShmem)"), ("peak_rss_bytes", "peak resident (VmHWM)")):
+        value = measured.get(key)
+        print(f"  {label:40s} {format_mib(value) if value is not None else 'n/a':>10s}")
+
+
 def cmd_search(args: argparse.Namespace) -> int:
+    from .capsule_set import CapsuleSet
+
     if args.k is not None and args.k < 1:
         raise SystemExit(_usage_error("-k must be at least 1"))
-    with _open(args) as capsule:
-        k = args.k if args.k is not None else min(5, capsule.rules.max_k or 5)
-        hits = capsule.search(args.query, k=k)
+    store = _store(args)
+    paths, cached = [], []
+    for target in args.capsules:
+        if _is_path(target):
+            paths.append(target)
+        else:
+            path, keys = store.resolve(target)
+            paths.append(path)
+            cached += keys
+    identities = _identities(args, required=len(cached) < len(args.capsules))
+    with CapsuleSet.open(paths, trusted_keys=_trusted_keys(args), identities=[*identities, *cached],
+                         budget=_budget(args), n_threads=args.threads, device=store.state) as capsules:
+        k = args.k if args.k is not None else min([5] + [c.rules.max_k for c in capsules.capsules if c.rules.max_k])
+        hits = capsules.search(args.query, k=k)
+        several = len(capsules.capsules) > 1
         for rank, hit in enumerate(hits, 1):
             if args.json:
                 print(json.dumps({"rank": rank, **hit.to_json()}))
             else:
-                print(f"[{rank}] score {hit.score:.3f}  {hit.document}  chars {hit.char_start}-{hit.char_end}  "
+                where = f"{hit.capsule}: " if several else ""
+                print(f"[{rank}] score {hit.score:.3f}  {where}{hit.document}  chars {hit.char_start}-{hit.char_end}  "
                       f"(chunk {hit.chunk_id})")
                 print("    " + hit.text.replace("\n", "\n    "))
     return 0
@@ -309,8 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--store", metavar="DIR", help="device store directory (default $EDGE_STORE_DIR, else "
                                                       "/var/lib/edge-capsules for root, else ~/.local/share/edge-capsules)")
 
-    def common(p: argparse.ArgumentParser, identity: bool = True) -> None:
-        p.add_argument("capsule", help="a .capsule file (contains / or ends in .capsule) or an installed name")
+    def common(p: argparse.ArgumentParser, identity: bool = True, several: bool = False) -> None:
+        if several:
+            p.add_argument("capsules", nargs="+", metavar="CAPSULE",
+                           help="a .capsule file (contains / or ends in .capsule) or an installed name; several "
+                                "are searched together")
+        else:
+            p.add_argument("capsule", help="a .capsule file (contains / or ends in .capsule) or an installed name")
         store_arg(p)
         p.add_argument("--trust", action="append", metavar="KEY.pub",
                        help="trusted publisher public key (file or folder of *.pub); repeatable; "
@@ -321,9 +380,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--passphrase-file", metavar="FILE", help="file whose first line is the capsule passphrase")
         p.add_argument("--json", action="store_true", help="print JSON (one object per line)")
 
+    ram_help = (f"memory budget for this process (e.g. 192MiB): capsules whose plan does not fit are refused "
+                f"before anything is mapped; default ${RAM_BUDGET_ENV}, else unlimited")
+    parser.add_argument("--ram-budget", type=_size_arg, metavar="SIZE", help=ram_help)
+
     def runtime(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--ram-budget", type=_size_arg, metavar="SIZE",
-                       help="refuse to allocate beyond this much for index and caches (e.g. 64MiB)")
+        p.add_argument("--ram-budget", type=_size_arg, metavar="SIZE", default=argparse.SUPPRESS, help=ram_help)
         p.add_argument("--threads", type=int, default=1, help="threads for query embedding (default 1)")
 
     p = sub.add_parser("verify", help="check signature, validity, digests and (with a key) every frame",
@@ -335,17 +397,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("info", help="print the verified manifest summary",
-                       description="Print what a capsule is, after verifying its signature and validity.",
-                       epilog="example: edge info manual.capsule --trust publisher.pub")
+                       description="Print what a capsule is, after verifying its signature and validity. "
+                                   "--memory opens it and prints the memory plan (what is reserved, by "
+                                   "component) and the memory measured after one probe query.",
+                       epilog="example: edge info manual.capsule --trust publisher.pub --identity device.key --memory")
     common(p)
+    p.add_argument("--memory", action="store_true", help="print the memory plan and measured use")
     runtime(p)
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("search", help="answer a question from a capsule",
-                       description="Embed the question, find the nearest chunks, read them from the video frames.",
+    p = sub.add_parser("search", help="answer a question from one or more capsules",
+                       description="Embed the question, find the nearest chunks, read them from the video frames. "
+                                   "With several capsules, the best k hits over all of them (one memory budget, "
+                                   "one model session per model).",
                        epilog="example: edge search manual.capsule \"how do I reset it?\" -k 3 --trust publisher.pub "
                               "--identity device.key")
-    common(p)
+    common(p, several=True)
     p.add_argument("query", help="the question, in quotes")
     p.add_argument("-k", type=int, default=None,
                    help="number of results (default 5, or the capsule's query limit when lower)")

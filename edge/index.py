@@ -27,6 +27,7 @@ import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from annoy import AnnoyIndex
@@ -108,7 +109,8 @@ class VectorIndex:
     """
 
     def __init__(self, annoy: AnnoyIndex, fd: int, n_bytes: int, info: IndexInfo, budget: MemoryBudget,
-                 projection: Projection | None, vecs: np.ndarray | None, reserved: dict[str, int]) -> None:
+                 projection: Projection | None, vecs: np.ndarray | None, reserved: dict[str, int],
+                 file_backed: bool = False) -> None:
         self._annoy = annoy
         self._fd = fd
         self.n_bytes = n_bytes
@@ -117,11 +119,13 @@ class VectorIndex:
         self.projection = projection
         self._vecs = vecs
         self._reserved = reserved
+        self.file_backed = file_backed
 
     @classmethod
     def from_segments(cls, segments: Iterable[bytes], *, n_bytes: int, info: IndexInfo, budget: MemoryBudget,
                       projection: Projection | None = None, vecs_segments: Iterable[bytes] | None = None,
-                      vecs_view: memoryview | None = None) -> "VectorIndex":
+                      vecs_view: memoryview | None = None, name_prefix: str = "",
+                      index_path: Path | None = None) -> "VectorIndex":
         """Write verified index bytes into a memfd and load Annoy over it.
 
         Args:
@@ -134,6 +138,10 @@ class VectorIndex:
                 row-major), copied into anonymous memory after it is reserved as ``vecs``.
             vecs_view: instead, the unencrypted VECS section itself (``encryption: none``):
                 used in place, file-backed, not reserved.
+            name_prefix: prefixes the reservation names (several capsules share a budget).
+            index_path: instead of ``segments``, a file holding exactly the verified Annoy
+                plaintext (a device store extracts unencrypted indexes): Annoy maps it
+                file-backed and nothing is reserved for it.
 
         Raises:
             CapsuleFormatError: ``n_bytes`` is not a whole number of nodes, or ``vecs`` has
@@ -147,24 +155,25 @@ class VectorIndex:
         vecs_bytes = info.vecs_plaintext_bytes
         if vecs_view is not None and len(vecs_view) != vecs_bytes:
             raise CapsuleFormatError(f"re-ranking vectors are {len(vecs_view)} bytes, manifest needs {vecs_bytes}")
+        if index_path is not None:
+            n_bytes = os.stat(index_path).st_size
         if n_bytes == 0 or n_bytes % info.node_bytes:
             raise CapsuleFormatError(
                 f"index is {n_bytes} bytes, not a whole number of {info.node_bytes}-byte annoy nodes"
             )
         if n_bytes // info.node_bytes < info.n_items:
             raise CapsuleFormatError(f"index holds {n_bytes // info.node_bytes} nodes, fewer than {info.n_items} items")
-        reserved = {"index": n_bytes}
+        reserved = {} if index_path is not None else {f"{name_prefix}index": n_bytes}
         if projection is not None:
-            reserved["projection"] = projection.n_bytes
+            reserved[f"{name_prefix}projection"] = projection.n_bytes
             if vecs_segments is not None:
-                reserved["vecs"] = vecs_bytes
+                reserved[f"{name_prefix}vecs"] = vecs_bytes
         acquired: list[tuple[str, int]] = []
         fd = -1
         vecs = None
         try:
-            for name, size in reserved.items():
-                budget.acquire(name, size)
-                acquired.append((name, size))
+            budget.acquire_all(reserved, what=f"{name_prefix or 'capsule '}index")
+            acquired = list(reserved.items())
             if vecs_view is not None:
                 vecs = np.frombuffer(vecs_view, dtype=np.int8)
             elif vecs_segments is not None:
@@ -179,12 +188,15 @@ class VectorIndex:
                     raise CapsuleFormatError(f"re-ranking vectors are {filled} bytes, manifest needs {vecs_bytes}")
             if vecs is not None:
                 vecs = vecs.reshape(info.n_items, info.projection.dim_out)
-            fd = os.memfd_create("edge-capsule-index", os.MFD_CLOEXEC)
-            written = 0
-            for piece in segments:
-                written += os.write(fd, piece)
-            if written != n_bytes:
-                raise CapsuleFormatError(f"index is {written} bytes, expected {n_bytes}")
+            if index_path is not None:
+                fd = os.open(index_path, os.O_RDONLY | os.O_CLOEXEC)
+            else:
+                fd = os.memfd_create("edge-capsule-index", os.MFD_CLOEXEC)
+                written = 0
+                for piece in segments:
+                    written += os.write(fd, piece)
+                if written != n_bytes:
+                    raise CapsuleFormatError(f"index is {written} bytes, expected {n_bytes}")
             annoy = AnnoyIndex(info.dim, info.metric)
             if not annoy.load(f"/proc/self/fd/{fd}", prefault=False):
                 raise CapsuleFormatError("annoy could not load the index")
@@ -196,9 +208,10 @@ class VectorIndex:
             for name, size in acquired:
                 budget.release(name, size)
             raise
-        log.debug("index loaded: %d items, %d trees, %d bytes in memfd, projection %s", info.n_items,
-                  annoy.get_n_trees(), n_bytes, info.projection)
-        return cls(annoy, fd, n_bytes, info, budget, projection, vecs, reserved)
+        log.debug("index loaded: %d items, %d trees, %d bytes %s, projection %s", info.n_items,
+                  annoy.get_n_trees(), n_bytes, "mapped from storage" if index_path else "in a memfd",
+                  info.projection)
+        return cls(annoy, fd, n_bytes, info, budget, projection, vecs, reserved, file_backed=index_path is not None)
 
     def search(self, embedding: np.ndarray, k: int, *, search_k: int = -1) -> tuple[list[int], list[float]]:
         """Return the ``k`` best chunk ids and their cosine similarities, best first.

@@ -759,6 +759,42 @@ class Store:
                 purged.append(entry)
         return purged
 
+    def resolve(self, name: str, *, now: datetime | None = None) -> tuple[Path, list[ContentKey]]:
+        """Return an installed capsule's file and its cached content key (if any), after a purge sweep.
+
+        For callers that open capsules themselves (``edge search`` over several capsules);
+        pass ``device=store.state`` to ``open_capsule``.
+
+        Raises:
+            StoreError: nothing is installed under ``name``, or its object is a symbolic link.
+            ExpiredCapsuleError: the capsule expired and was purged (its rules say so).
+        """
+        now = _utc_now(now)
+        self.state.observe(now)
+        purged = {e.name: e for e in self._purge_expired(now=now)}
+        if name in purged:
+            entry = purged[name]
+            at = self.state.trusted_time(now)
+            raise ExpiredCapsuleError(
+                f"capsule expired at {format_time(entry.expires_at)} (trusted time {format_time(at)}); "
+                "it was purged from the store", expires_at=entry.expires_at, now=at)
+        entry = self.get(name)
+        keys: list[ContentKey] = []
+        object_fd = self._subdir(entry.object_name, self._objects_fd)  # refuses a symlinked object
+        try:
+            if entry.content_key:
+                keys.append(ContentKey(entry.capsule_id, self._read_file(object_fd, "content.key", limit=32)))
+        finally:
+            os.close(object_fd)
+        path = self.capsule_path(entry)
+        try:
+            info = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            raise StoreError(f"capsule {name!r} was removed while it was being opened") from None
+        if not stat.S_ISREG(info.st_mode):
+            raise StoreError(f"store file {path} is not a regular file; refusing to open it")
+        return path, keys
+
     def open(self, name: str, *, identities: Sequence[Identity] = (), trusted_keys: Sequence[Ed25519PublicKey] = (),
              threshold: int = 1, now: datetime | None = None, **open_kwargs) -> Capsule:
         """Open an installed capsule by name, with the device state and any cached content key.
@@ -775,31 +811,9 @@ class Store:
             Everything ``open_capsule`` raises.
         """
         now = _utc_now(now)
-        self.state.observe(now)
-        purged = {e.name: e for e in self._purge_expired(now=now)}
-        if name in purged:
-            entry = purged[name]
-            at = self.state.trusted_time(now)
-            raise ExpiredCapsuleError(
-                f"capsule expired at {format_time(entry.expires_at)} (trusted time {format_time(at)}); "
-                "it was purged from the store", expires_at=entry.expires_at, now=at)
-        entry = self.get(name)
-        ids = list(identities)
-        object_fd = self._subdir(entry.object_name, self._objects_fd)  # refuses a symlinked object
-        try:
-            if entry.content_key:
-                ids.append(ContentKey(entry.capsule_id, self._read_file(object_fd, "content.key", limit=32)))
-        finally:
-            os.close(object_fd)
-        path = self.capsule_path(entry)
-        try:
-            info = os.stat(path, follow_symlinks=False)
-        except FileNotFoundError:
-            raise StoreError(f"capsule {name!r} was removed while it was being opened") from None
-        if not stat.S_ISREG(info.st_mode):
-            raise StoreError(f"store file {path} is not a regular file; refusing to open it")
-        return open_capsule(path, trusted_keys=trusted_keys, identities=ids, threshold=threshold, now=now,
-                            device=self.state, **open_kwargs)
+        path, keys = self.resolve(name, now=now)
+        return open_capsule(path, trusted_keys=trusted_keys, identities=[*identities, *keys], threshold=threshold,
+                            now=now, device=self.state, **open_kwargs)
 
     def install_trust(self, data: bytes, *, root_keys: Sequence[Ed25519PublicKey] = (),
                       now: datetime | None = None) -> TrustRoot:

@@ -104,13 +104,27 @@ def _write_keys(tmp: Path):
     return publisher, device, other
 
 
+#: One embedding cache for the whole test session: the real model embeds each chunk text once,
+#: later builds of the same text reuse the vectors (tests/unit/firmware_tools/test_streaming.py
+#: checks that a cached build is byte-identical to an uncached one).
+_SESSION_EMBEDDING_CACHE: list[Path] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_embedding_cache(tmp_path_factory):
+    _SESSION_EMBEDDING_CACHE.append(tmp_path_factory.mktemp("embeddings") / "cache.sqlite")
+    yield
+    _SESSION_EMBEDDING_CACHE.clear()
+
+
 def build_test_capsule(docs, out: Path, *, keys_dir: Path, **overrides) -> BuiltCapsule:
     """Build a real capsule with fixed keys, seed and clock (deterministic)."""
     from firmware_tools.build import build_capsule
 
     publisher, device, other = _write_keys(keys_dir)
     kwargs = dict(signing_key=publisher, recipients=[device.public_key()], issued_at=BUILD_ISSUED_AT,
-                  expires_at=BUILD_EXPIRES_AT, version=1, seed=b"test-seed", n_threads=2)
+                  expires_at=BUILD_EXPIRES_AT, version=1, seed=b"test-seed", n_threads=2,
+                  embedding_cache=_SESSION_EMBEDDING_CACHE[0] if _SESSION_EMBEDDING_CACHE else None)
     kwargs.update(overrides)
     result = build_capsule(docs if isinstance(docs, list) else [docs], out, **kwargs)
     return BuiltCapsule(out, publisher, device, other, keys_dir / "publisher.pub", keys_dir / "device.key",

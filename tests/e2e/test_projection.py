@@ -70,9 +70,9 @@ def test_projected_build_is_byte_identical(projected, tmp_path):
 
 def test_plain_index_maps_vecs_in_place_and_encrypted_decrypts_them(projected):
     with _open(projected) as capsule:
-        reserved = capsule.budget.report()["reserved_bytes"]
+        plan = capsule.memory_plan
         vecs_bytes = capsule.manifest.n_chunks * 128
         if projected.overrides["encrypt_index"]:
-            assert reserved["vecs"] == vecs_bytes
+            assert plan["vecs"] == vecs_bytes
         else:
-            assert "vecs" not in reserved and projected.result.section_bytes["VECS"] == vecs_bytes
+            assert plan["vecs"] == 0 and projected.result.section_bytes["VECS"] == vecs_bytes

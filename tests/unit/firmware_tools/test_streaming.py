@@ -43,5 +43,7 @@ def test_rebuild_with_embedding_cache_embeds_nothing_and_is_byte_identical(tmp_p
                                 embedding_cache=cache, name="tiny")
     assert second.result.n_embedded == 0
     assert second.path.read_bytes() == first.path.read_bytes()
-    uncached = build_test_capsule(TINY_DOCS / "good", tmp_path / "c.capsule", keys_dir=tmp_path / "keys", name="tiny")
+    uncached = build_test_capsule(TINY_DOCS / "good", tmp_path / "c.capsule", keys_dir=tmp_path / "keys", name="tiny",
+                                  embedding_cache=None)
+    assert uncached.result.n_embedded == uncached.result.n_chunks
     assert uncached.path.read_bytes() == first.path.read_bytes()

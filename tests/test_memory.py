@@ -1,0 +1,193 @@
+"""The memory budget, proven on real processes: prlimit, read-only mounts, shared budgets."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from edge import CapsuleSet, MemoryBudget, open_capsule
+from edge.budget import parse_size, read_process_memory
+from edge.errors import BudgetExceededError
+from edge.sealed import stream_plaintext_bytes
+
+from .conftest import FAQ_DOCS, ROOT, build_test_capsule, run_cli
+from .e2e.test_real_corpus import NOW, QUESTIONS
+
+MiB = 1 << 20
+QUESTION = QUESTIONS[0]
+
+
+def _keys(built):
+    return ["--trust", str(built.publisher_pub_path), "--identity", str(built.device_key_path)]
+
+
+@pytest.fixture(scope="module")
+def big_capsule(tmp_path_factory):
+    """The FAQ cut into ~1,700 short chunks: an index about 2.5 MiB larger than the FAQ's."""
+    tmp = tmp_path_factory.mktemp("big")
+    return build_test_capsule(FAQ_DOCS, tmp / "faq-fine.capsule", keys_dir=tmp / "keys", max_tokens=48,
+                              overlap_tokens=0, projection=False)
+
+
+def _memory_json(built, *extra):
+    proc = run_cli("edge", "info", str(built.path), *_keys(built), "--memory", "--json", *extra)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)["memory"]
+
+
+def test_plan_is_an_upper_bound_of_what_the_kernel_counts(faq_capsule):
+    memory = _memory_json(faq_capsule)
+    plan = memory["plan_bytes"]
+    assert memory["total_reserved_bytes"] == memory["reserved_bytes"]["runtime"] + sum(plan.values())
+    assert plan["model"] > 0 and plan["index"] == stream_plaintext_bytes(faq_capsule.result.section_bytes["INDX"])
+    # after opening and one query, the process holds no more private memory than was reserved
+    assert memory["measured"]["data_bytes"] <= memory["total_reserved_bytes"]
+
+
+def test_info_memory_prints_the_plan_and_measured_use(faq_capsule):
+    proc = run_cli("edge", "info", str(faq_capsule.path), *_keys(faq_capsule), "--memory")
+    assert proc.returncode == 0, proc.stderr
+    for word in ("budget: unlimited", "runtime (interpreter, libraries)", "model", "index", "frame_cache",
+                 "VmData, RLIMIT_DATA", "RssAnon", "RssFile"):
+        assert word in proc.stdout
+
+
+def test_query_process_under_rlimit_data_answers_and_a_bigger_capsule_is_refused(faq_capsule, big_capsule):
+    if shutil.which("prlimit") is None:
+        pytest.skip("prlimit (util-linux) is not installed")
+    budget = _memory_json(faq_capsule)["total_reserved_bytes"] + MiB
+    assert _memory_json(big_capsule)["total_reserved_bytes"] > budget  # the bigger index does not fit
+    limit = ["prlimit", f"--data={budget}", "--"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    search = [sys.executable, "-m", "edge", "--ram-budget", str(budget), "search"]
+    ok = subprocess.run(limit + search + [str(faq_capsule.path), QUESTION["question"], "--json",
+                                          *_keys(faq_capsule)], capture_output=True, text=True, env=env, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    hits = [json.loads(line) for line in ok.stdout.splitlines()]
+    assert any(QUESTION["answer_snippet"] in h["text"] for h in hits)
+
+    refused = subprocess.run(limit + search + [str(big_capsule.path), QUESTION["question"], *_keys(big_capsule)],
+                             capture_output=True, text=True, env=env, timeout=300)
+    assert refused.returncode == 1, refused.stderr
+    assert "Traceback" not in refused.stderr and "MemoryError" not in refused.stderr
+    error = [line for line in refused.stderr.splitlines() if line.startswith("edge: error: ")]
+    assert len(error) == 1 and "capsule faq-fine needs" in error[0] and "budget has" in error[0], refused.stderr
+
+
+def test_budget_below_the_runtime_floor_is_one_clear_error(faq_capsule):
+    proc = run_cli("edge", "--ram-budget", "16MiB", "search", str(faq_capsule.path), "python", *_keys(faq_capsule))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "below this runtime's floor" in proc.stderr and "16.0 MiB" in proc.stderr
+
+
+@pytest.mark.parametrize("text", ["lots", "-5MiB", "0", "12 parsecs"])
+def test_unparsable_budget_is_a_usage_error(faq_capsule, text):
+    proc = run_cli("edge", "search", str(faq_capsule.path), "python", "--ram-budget", text, *_keys(faq_capsule))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "--ram-budget" in proc.stderr
+
+
+def test_budget_from_environment(faq_capsule):
+    proc = run_cli("edge", "search", str(faq_capsule.path), "python", *_keys(faq_capsule),
+                   env={"EDGE_RAM_BUDGET": "20MiB"})
+    assert proc.returncode == 1 and "below this runtime's floor" in proc.stderr
+
+
+def test_parse_size_units():
+    assert parse_size("64MiB") == 64 * MiB and parse_size("1.5 GiB") == 3 * (1 << 29)
+    assert parse_size("512M") == 512_000_000 and parse_size("4096") == 4096
+    for bad in ("", "MiB", "1 parsec", "0"):
+        with pytest.raises(ValueError):
+            parse_size(bad)
+
+
+def test_refused_open_reserves_nothing_and_maps_nothing(faq_capsule, big_capsule):
+    budget = MemoryBudget(None)
+    trusted = [faq_capsule.publisher_key.public_key()]
+    with open_capsule(faq_capsule.path, trusted_keys=trusted, identities=[faq_capsule.device_key], now=NOW,
+                      budget=budget) as capsule:
+        needed = budget.reserved_bytes
+        plan = dict(capsule.memory_plan)
+    assert set(budget.report()["reserved_bytes"]) == {"runtime"}
+    tight = MemoryBudget(needed + plan["index"] // 2)
+    with pytest.raises(BudgetExceededError) as info:
+        open_capsule(big_capsule.path, trusted_keys=trusted, identities=[big_capsule.device_key], now=NOW,
+                     budget=tight)
+    assert info.value.requested_bytes > info.value.available_bytes
+    assert set(tight.report()["reserved_bytes"]) == {"runtime"}
+    maps = open("/proc/self/maps").read()
+    assert str(big_capsule.path) not in maps and "edge-capsule-index" not in maps
+
+
+def test_several_capsules_share_one_budget_and_one_model_session(faq_capsule, big_capsule):
+    budget = MemoryBudget(None)
+    trusted = [faq_capsule.publisher_key.public_key()]
+    with CapsuleSet.open([faq_capsule.path, big_capsule.path], trusted_keys=trusted,
+                         identities=[faq_capsule.device_key], now=NOW, budget=budget) as capsules:
+        first, second = capsules.capsules
+        assert first.embedder is second.embedder
+        assert first.memory_plan["model"] > 0 and second.memory_plan["model"] == 0
+        reserved = budget.report()["reserved_bytes"]
+        assert sum(1 for name in reserved if name.endswith("/model") and reserved[name]) == 1
+        hits = capsules.search(QUESTION["question"], k=8)
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+        assert {h.capsule for h in hits} == {"python-faq", "faq-fine"}
+        assert any(QUESTION["answer_snippet"] in h.text for h in hits)
+        for hit in hits:  # each hit is that capsule's own chunk, read from its frames
+            source = first if hit.capsule == "python-faq" else second
+            assert source.read_chunk(hit.chunk_id).text == hit.text
+    assert set(budget.report()["reserved_bytes"]) == {"runtime"}
+
+
+def test_search_several_capsules_from_the_cli(faq_capsule, big_capsule):
+    proc = run_cli("edge", "search", str(faq_capsule.path), str(big_capsule.path), QUESTION["question"], "-k", "4",
+                   "--json", *_keys(faq_capsule))
+    assert proc.returncode == 0, proc.stderr
+    hits = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(hits) == 4 and {h["capsule"] for h in hits} <= {"python-faq", "faq-fine"}
+
+
+def _can_mount() -> str | None:
+    if os.geteuid() != 0:
+        return "read-only mount test needs root (mount in a private namespace)"
+    if shutil.which("unshare") is None or shutil.which("mount") is None:
+        return "needs unshare and mount (util-linux)"
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"],
+                           capture_output=True, text=True)
+    return None if probe.returncode == 0 else f"cannot mount here: {probe.stderr.strip()}"
+
+
+def test_runtime_works_from_a_read_only_filesystem(faq_capsule, tmp_path):
+    reason = _can_mount()
+    if reason:
+        pytest.skip(reason)
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    models = ROOT / "models"
+    script = f"""
+set -e
+mount -t tmpfs -o size=64m tmpfs {mount}
+mkdir {mount}/capsules {mount}/models {mount}/keys
+cp {faq_capsule.path} {mount}/capsules/
+cp -r {models}/all-MiniLM-L6-v2 {mount}/models/
+cp {faq_capsule.publisher_pub_path} {faq_capsule.device_key_path} {mount}/keys/
+mount -o remount,ro {mount}
+if touch {mount}/capsules/probe 2>/dev/null; then echo "mount is writable" >&2; exit 3; fi
+cd {mount}
+EDGE_MODEL_PATH={mount}/models PYTHONPATH={ROOT} {sys.executable} -B -m edge search \
+    {mount}/capsules/{faq_capsule.path.name} "{QUESTION['question']}" --json \
+    --trust {mount}/keys/publisher.pub --identity {mount}/keys/device.key
+"""
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    hits = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert any(QUESTION["answer_snippet"] in h["text"] for h in hits)
+
+
+def test_read_process_memory_reads_proc():
+    memory = read_process_memory()
+    assert memory.data_bytes and memory.rss_bytes and memory.rss_bytes >= memory.anon_bytes
