@@ -86,6 +86,9 @@ class CapsuleSet:
             the capsule given first, then the lower chunk id.
 
         Raises:
+            ExpiredCapsuleError, NotYetValidError, RuleViolationError, RateLimitedError: a
+                capsule's validity window or rules refuse the search (each capsule counts it
+                as one search use; FORMAT.md §4.2).
             FrameDecodeError, DecryptionError, CapsuleFormatError: a hit's frame fails.
             ValueError: ``k < 1`` or an empty query.
         """

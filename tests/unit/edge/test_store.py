@@ -279,3 +279,30 @@ def test_default_store_dir_follows_the_environment(monkeypatch, tmp_path):
         assert str(default_store_dir()) == expected
     else:
         assert default_store_dir().name == "edge-capsules"
+
+
+def test_capsule_set_search_counts_as_a_search_of_every_capsule(store):
+    from edge.capsule_set import CapsuleSet
+    from edge.errors import RuleViolationError
+
+    paths = [VECTORS / "rule-max-k-exceeded" / "capsule"]  # query_limits.max_k 2
+    with CapsuleSet.open(paths, now=NOW, device=store.state, **KEYS) as capsules:
+        assert len(capsules.search(QUERY, k=2)) == 2
+        with pytest.raises(RuleViolationError, match="asks for 3 results"):
+            capsules.search(QUERY, k=3)
+        capsule = capsules.capsules[0]
+        ids, scores = capsule.rank(capsule.embedder.embed([QUERY])[0], 1)
+        with pytest.raises(ValueError, match="not returned by the last rank"):
+            capsule.read_hits([i for i in range(capsule.manifest.n_chunks) if i not in ids][:1], [0.0])
+        assert capsule.read_hits(ids, scores)[0].text
+
+
+def test_capsule_set_opens_installed_names_through_the_store(store):
+    from edge.capsule_set import CapsuleSet
+
+    store.install(VECTORS / "passphrase" / "capsule", identities=[Passphrase(b"correct horse battery staple (test only)")],
+                  trusted_keys=KEYS["trusted_keys"], now=NOW)
+    path, keys = store.resolve("alpha", now=NOW)
+    with CapsuleSet.open([path], trusted_keys=KEYS["trusted_keys"], identities=keys, now=NOW,
+                         device=store.state) as capsules:
+        assert "power button" in capsules.search(QUERY, k=1)[0].text
