@@ -123,6 +123,9 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="keep the capsule here (default: temp dir)")
     parser.add_argument("--max-docs", type=int, default=0, help="use only the first N documents (0: all)")
     parser.add_argument("--n-threads", type=int, default=2, help="build worker processes (default 2)")
+    parser.add_argument("--projection", choices=("auto", "on", "off"), default="auto",
+                        help="index kind: PCA projection + int8 re-ranking (on), full embeddings (off), or the "
+                             "builder's choice (auto; on from 2,048 chunks)")
     parser.add_argument("--embedding-cache", type=Path, default=None,
                         help="reuse chunk embeddings from this SQLite file (default: WORKDIR/embeddings.sqlite; "
                              "a warm cache makes the build figures those of a rebuild)")
@@ -153,12 +156,13 @@ def main(argv=None) -> int:
     if not (work / "device.key").exists():
         write_private_file(work / "device.key", private_key_pem(device))
 
-    capsule_path = work / "scifact.capsule"
+    capsule_path = work / f"scifact-{args.projection}.capsule"
     cache_path = args.embedding_cache or work / "embeddings.sqlite"
     t = time.perf_counter()
     result = build_capsule([docs_dir], capsule_path, signing_key=publisher, recipients=[device.public_key()],
                            issued_at=NOW - timedelta(days=1), expires_at=NOW + timedelta(days=365),
-                           seed=b"bench", n_threads=args.n_threads, embedding_cache=cache_path)
+                           seed=b"bench", n_threads=args.n_threads, embedding_cache=cache_path,
+                           projection={"auto": None, "on": True, "off": False}[args.projection])
     build_s = time.perf_counter() - t
     from firmware_tools.embedding import EmbeddingCache
 
@@ -241,6 +245,8 @@ def main(argv=None) -> int:
             "note": "frame cache cleared before each query; every hit's frame is decoded",
         },
         "fresh_query_process": fresh,
+        "memory_plan_covers_private_memory": fresh["budget_report"]["total_reserved_bytes"]
+        >= fresh["budget_report"]["measured"]["data_bytes"],
         "quality": {"ndcg@10": round(float(np.mean(ndcgs)), 4), "recall@10": round(float(np.mean(recalls)), 4),
                     "exact_search_same_embeddings_ndcg@10": round(float(np.mean(exact_ndcgs)), 4),
                     "exact_search_same_embeddings_recall@10": round(float(np.mean(exact_recalls)), 4),
@@ -249,6 +255,7 @@ def main(argv=None) -> int:
         "n_hits_checked": n_hits,
         "decoder": info["decoder"],
         "index": info["index"],
+        "projection": args.projection,
     }
     text = json.dumps(out, indent=2)
     print(text)

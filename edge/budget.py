@@ -130,6 +130,14 @@ def read_process_memory() -> ProcessMemory:
     return ProcessMemory(**values)
 
 
+def _describe(reservations: Mapping[str, int]) -> str:
+    """Return "index 40.1 MiB, vecs 6.0 MiB, other 0.3 MiB" (largest first, names without prefix)."""
+    big = sorted(((n, name.rsplit("/", 1)[-1]) for name, n in reservations.items() if n >= MiB // 10), reverse=True)
+    rest = sum(n for n in reservations.values() if n < MiB // 10)
+    parts = [f"{name} {format_mib(n)}" for n, name in big] + ([f"other {format_mib(rest)}"] if rest else [])
+    return ", ".join(parts)
+
+
 class MemoryBudget:
     """A fixed limit in bytes and named reservations against it. Thread-safe.
 
@@ -184,9 +192,8 @@ class MemoryBudget:
         with self._lock:
             available = self.available_bytes
             if available is not None and total > available:
-                parts = ", ".join(f"{name} {format_mib(n)}" for name, n in reservations.items() if n)
                 label = what or next(iter(reservations), "reservation")
-                detail = f" ({parts})" if len(reservations) > 1 else ""
+                detail = f" ({_describe(reservations)})" if len(reservations) > 1 else ""
                 raise BudgetExceededError(
                     f"{label} needs {format_mib(total)}{detail}, budget has {format_mib(max(available, 0))} "
                     f"left of {format_mib(self.limit_bytes or 0)}",

@@ -97,8 +97,16 @@ class Projection:
                 + self.scale.astype("<f4").tobytes())
 
     def project(self, vectors: np.ndarray) -> np.ndarray:
-        """Return ``(vectors - mean) @ axes.T``: float32 [n, dim_out] for float32 [n, dim_in]."""
+        """Return ``(vectors - mean) @ axes.T``: float32 [n, dim_out] for float32 [n, dim_in] (BLAS)."""
         return (np.asarray(vectors, dtype=np.float32) - self.mean) @ self.axes.T
+
+    def project_query(self, vector: np.ndarray) -> np.ndarray:
+        """Return one projected query, float32 [dim_out] for float32 [dim_in], without BLAS.
+
+        The first BLAS call makes OpenBLAS reserve a 32 MiB buffer (private memory that
+        ``RLIMIT_DATA`` counts); one matrix-vector product of this size does not need it.
+        """
+        return np.einsum("ij,j->i", self.axes, np.asarray(vector, dtype=np.float32) - self.mean)
 
 
 class VectorIndex:
@@ -237,14 +245,15 @@ class VectorIndex:
         if self.projection is None:
             ids, distances = self._annoy_search(embedding, k, search_k)
             return ids, [1.0 - d * d / 2.0 for d in distances]
-        z = self.projection.project(embedding[None, :])[0]
+        z = self.projection.project_query(embedding)
         candidates, _ = self._annoy_search(z[: self.info.dim], max(self.info.n_candidates, k), search_k)
         if not candidates:
             return [], []
         ids = np.asarray(candidates, dtype=np.int64)
         rows = self._vecs[ids].astype(np.float32) * self.projection.scale
-        norms = np.linalg.norm(rows, axis=1) * max(float(np.linalg.norm(z)), 1e-12)
-        scores = np.divide(rows @ z, norms, out=np.zeros(len(ids), dtype=np.float32), where=norms > 0)
+        norms = np.sqrt(np.einsum("ij,ij->i", rows, rows)) * max(float(np.sqrt(np.einsum("i,i->", z, z))), 1e-12)
+        scores = np.divide(np.einsum("ij,j->i", rows, z), norms, out=np.zeros(len(ids), dtype=np.float32),
+                           where=norms > 0)
         order = np.lexsort((ids, -scores))[:k]
         return [int(i) for i in ids[order]], [float(s) for s in scores[order]]
 

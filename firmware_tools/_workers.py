@@ -9,12 +9,14 @@ whether a pool ran.
 
 from __future__ import annotations
 
+import collections
 import logging
 import multiprocessing
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 log = logging.getLogger(__name__)
 
@@ -28,3 +30,51 @@ def spawn_pool(n_workers: int, initializer: Callable[..., None] | None = None,
         return None
     return ProcessPoolExecutor(max_workers=n_workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=initializer, initargs=initargs)
+
+
+def ordered_map(fn: Callable, tasks: Iterable, *, n_workers: int, max_in_flight: int | None = None,
+                initializer: Callable[..., None] | None = None, initargs: tuple = ()) -> Iterator:
+    """Yield ``fn(task)`` for each task, in order, computed in worker processes when possible.
+
+    At most ``max_in_flight`` tasks (default ``3 * n_workers``) are submitted at once, so a
+    long stream of tasks never sits in memory whole. Without a pool (one worker, or
+    ``__main__`` not importable) or when the pool breaks, the remaining tasks run here;
+    ``initializer`` then runs once in this process first.
+    """
+    tasks = iter(tasks)
+    pool = spawn_pool(n_workers, initializer, initargs) if n_workers > 1 else None
+    if pool is not None:
+        limit = max_in_flight or 3 * n_workers
+        pending: collections.deque = collections.deque()
+        try:
+            while True:
+                while len(pending) < limit:
+                    task = next(tasks, _DONE)
+                    if task is _DONE:
+                        break
+                    pending.append((pool.submit(fn, task), task))
+                if not pending:
+                    return
+                future, task = pending.popleft()
+                try:
+                    result = future.result()
+                except BrokenProcessPool as exc:
+                    log.warning("worker processes stopped (%s); finishing in this process", exc)
+                    tasks = _chain([task], (t for _, t in pending), tasks)
+                    pending.clear()
+                    break
+                yield result
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    if initializer is not None:
+        initializer(*initargs)
+    for task in tasks:
+        yield fn(task)
+
+
+_DONE = object()
+
+
+def _chain(*iterables: Iterable) -> Iterator:
+    for iterable in iterables:
+        yield from iterable

@@ -7,7 +7,7 @@ import pytest
 
 from firmware_tools._spool import ByteSpool, VectorSpool
 
-from ...conftest import TINY_DOCS, build_test_capsule
+from ...conftest import ROOT, TINY_DOCS, build_test_capsule
 
 
 def test_byte_spool_reads_back_items_slices_and_steps(tmp_path):
@@ -47,3 +47,30 @@ def test_rebuild_with_embedding_cache_embeds_nothing_and_is_byte_identical(tmp_p
                                   embedding_cache=None)
     assert uncached.result.n_embedded == uncached.result.n_chunks
     assert uncached.path.read_bytes() == first.path.read_bytes()
+
+
+def test_parallel_frame_packing_gives_the_same_payloads_as_one_process(tmp_path):
+    import random
+
+    from firmware_tools.build import _PACK_SEGMENT_RECORDS, _seal_frames
+    from firmware_tools.qr_video import DEFAULT_VIDEO_PARAMS
+    from firmware_tools.sealing import encode_record
+
+    words = (ROOT / "examples/python-faq/docs/general.txt").read_text().split()
+    rng = random.Random(5)
+    records = ByteSpool(tmp_path / "records")
+    n = 2 * _PACK_SEGMENT_RECORDS + 300
+    for i in range(n):
+        records.append(encode_record(0, i, i + 1, " ".join(rng.choice(words) for _ in range(rng.randint(5, 40)))))
+    records.close_writing()
+    outputs = []
+    for n_workers in (1, 2):
+        payloads = ByteSpool(tmp_path / f"payloads-{n_workers}")
+        firsts = _seal_frames(records, payloads, b"", bytes(32), bytes(16), 1, DEFAULT_VIDEO_PARAMS, n_workers,
+                              lambda *a: None)
+        payloads.close_writing()
+        outputs.append((firsts, list(payloads)))
+    assert outputs[0] == outputs[1]
+    firsts, payloads = outputs[0]
+    assert firsts[0] == 0 and firsts == sorted(firsts) and len(payloads) == len(firsts)
+    assert all(len(p) <= DEFAULT_VIDEO_PARAMS.payload_capacity_bytes for p in payloads)
