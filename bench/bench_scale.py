@@ -360,7 +360,7 @@ def cmd_index1m(work: Path, n_items: int = 1_000_000, sigma: float = 0.02) -> No
 
     import numpy as np
 
-    from firmware_tools.index_builder import DEFAULT_N_CANDIDATES, build_index  # noqa: F401
+    from firmware_tools.index_builder import build_index
 
     folder = work / "index1m"
     folder.mkdir(exist_ok=True)

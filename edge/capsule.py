@@ -515,7 +515,7 @@ _open_counter = itertools.count(1)
 
 def _import_runtime_libraries() -> None:
     """Import what queries need, so that the ``runtime`` reservation measures it."""
-    import annoy  # noqa: F401
+    import annoy  # noqa: F401  (pyflakes: imported for its memory, not used)
     import av  # noqa: F401
     import numpy  # noqa: F401
     import onnxruntime  # noqa: F401
@@ -861,20 +861,6 @@ def verify_capsule(
         raise
     finally:
         capsule.close()
-
-
-def read_manifest_unverified_for_display(path: str | os.PathLike[str]) -> dict[str, object]:
-    """Return the header and section table of a capsule, for diagnostics only.
-
-    Nothing from the manifest is returned: it is not trusted before verification.
-    """
-    cf = _CapsuleFile(path)
-    try:
-        return {"format": f"{cf.header.format_major}.{cf.header.format_minor}",
-                "file_bytes": cf.header.file_bytes,
-                "sections": {t: {"offset": e.offset, "length": e.length} for t, e in cf.sections.items()}}
-    finally:
-        cf.close()
 
 
 __all__ = ["Capsule", "Document", "Hit", "StageTimings", "VerifyReport", "open_capsule", "verify_capsule"]

@@ -426,7 +426,7 @@ def parse_manifest(data: bytes) -> Manifest:
     rules: dict[str, Any] = {}
     for rule_name in rules_obj.value:
         if not _NAME.fullmatch(rule_name):
-            raise CapsuleFormatError(f"manifest.rules has a malformed rule name")
+            raise CapsuleFormatError("manifest.rules has a malformed rule name")
         body = rules_obj.obj(rule_name)
         body.bool("optional")
         rules[rule_name] = dict(body.value)

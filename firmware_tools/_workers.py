@@ -36,13 +36,19 @@ def ordered_map(fn: Callable, tasks: Iterable, *, n_workers: int, max_in_flight:
                 initializer: Callable[..., None] | None = None, initargs: tuple = ()) -> Iterator:
     """Yield ``fn(task)`` for each task, in order, computed in worker processes when possible.
 
-    At most ``max_in_flight`` tasks (default ``3 * n_workers``) are submitted at once, so a
-    long stream of tasks never sits in memory whole. Without a pool (one worker, or
-    ``__main__`` not importable) or when the pool breaks, the remaining tasks run here;
-    ``initializer`` then runs once in this process first.
+    Args:
+        fn: a module-level function (it is pickled to the workers).
+        tasks: picklable task arguments, consumed lazily.
+        n_workers: worker processes; 0 runs every task in this process.
+        max_in_flight: tasks submitted at once (default ``3 * n_workers``), so a long stream
+            of tasks never sits in memory whole.
+        initializer, initargs: run once per worker (or once here, without workers).
+
+    Without a pool (``n_workers`` 0, or ``__main__`` not importable) or when the pool breaks,
+    the remaining tasks run here; results are the same either way.
     """
     tasks = iter(tasks)
-    pool = spawn_pool(n_workers, initializer, initargs) if n_workers > 1 else None
+    pool = spawn_pool(n_workers, initializer, initargs) if n_workers > 0 else None
     if pool is not None:
         limit = max_in_flight or 3 * n_workers
         pending: collections.deque = collections.deque()

@@ -228,7 +228,6 @@ def build_capsule(
     capsule_id_bytes = bytes.fromhex(capsule_id)
     rng = Randomness(seed)
     report = progress or (lambda stage, done, total: None)
-    stage_s: dict[str, float] = {}
 
     out_dir = output.parent if str(output.parent) else Path(".")
     fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".partial", dir=out_dir)
@@ -289,7 +288,6 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
         n_done = 0
 
         def flush_block() -> None:
-            nonlocal n_done
             texts = [c.text for c in block]
 
             def advance(n: int) -> None:
@@ -499,7 +497,8 @@ def _seal_frames(records: ByteSpool, payloads: ByteSpool, dictionary: bytes, pay
              for start in range(0, len(records), _PACK_SEGMENT_RECORDS))
     first_chunk_ids: list[int] = []
     next_chunk = 0
-    for status, value in ordered_map(_pack_segment, tasks, n_workers=n_workers if len(records) > 2 * _PACK_SEGMENT_RECORDS else 1,
+    parallel = n_workers > 1 and len(records) > 2 * _PACK_SEGMENT_RECORDS
+    for status, value in ordered_map(_pack_segment, tasks, n_workers=n_workers if parallel else 0,
                                      initializer=_init_packer, initargs=(dictionary,)):
         if status == "error":
             chunk_id, message = value

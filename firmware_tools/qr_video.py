@@ -60,14 +60,12 @@ ms; qrcode ~230-250 ms); see bench/QR_VIDEO.md for frames/s with 0, 1 and 2 rend
 
 from __future__ import annotations
 
-import collections
 import functools
 import logging
 import mmap
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -75,7 +73,7 @@ from typing import Any
 
 import numpy as np
 
-from ._workers import spawn_pool
+from ._workers import ordered_map
 from .errors import CapacityError
 
 log = logging.getLogger(__name__)
@@ -543,38 +541,10 @@ def _iter_lumas(payloads: Iterable[bytes], params: VideoParams, n_workers: int) 
                 frame_index += 1
             yield [bytes(p) for p in batch]
 
-    source = batches()
-    pool = spawn_pool(n_workers) if n_workers > 0 else None
-    if pool is None:
-        for batch in source:
-            yield from _render_batch((params, batch))
-        return
-    try:
-        pending: collections.deque = collections.deque()
-        while True:
-            while len(pending) < n_workers * _IN_FLIGHT_PER_WORKER:
-                batch = next(source, None)
-                if batch is None:
-                    break
-                pending.append((pool.submit(_render_batch, (params, batch)), batch))
-            if not pending:
-                return
-            future, batch = pending.popleft()
-            try:
-                lumas = future.result()
-            except BrokenProcessPool as exc:
-                # Same output either way: finish in this process rather than fail the build.
-                log.warning("qr render workers stopped (%s); rendering in this process", exc)
-                yield from _render_batch((params, batch))
-                for _, queued in pending:
-                    yield from _render_batch((params, queued))
-                pending.clear()
-                for rest in source:
-                    yield from _render_batch((params, rest))
-                return
-            yield from lumas
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    tasks = ((params, batch) for batch in batches())
+    for lumas in ordered_map(_render_batch, tasks, n_workers=n_workers,
+                             max_in_flight=n_workers * _IN_FLIGHT_PER_WORKER or None):
+        yield from lumas
 
 
 def _x264_options(params: VideoParams) -> dict[str, str]:
@@ -798,22 +768,10 @@ def check_mp4(
     if n < _MIN_FRAMES_FOR_POOL:
         n_workers = 0
     path_str, codec, extradata = str(path), params.codec, bytes(extradata)
-    if n_workers <= 1:
-        bad = _check_range((path_str, codec, extradata, offsets, sizes, 0, [bytes(p) for p in payloads]))
-    else:
-        step = min(4096, -(-n // (n_workers * 4)))
-        tasks = [(path_str, codec, extradata, offsets[s:s + step], sizes[s:s + step], s,
-                  [bytes(p) for p in payloads[s:s + step]]) for s in range(0, n, step)]
-        pool = spawn_pool(n_workers)
-        bad = None
-        if pool is not None:
-            try:
-                with pool:
-                    bad = [i for part in pool.map(_check_range, tasks) for i in part]
-            except BrokenProcessPool as exc:
-                log.warning("frame check workers stopped (%s); checking in this process", exc)
-        if bad is None:
-            bad = [i for task in tasks for i in _check_range(task)]
+    step = min(4096, max(1, -(-n // (max(n_workers, 1) * 4))))
+    tasks = ((path_str, codec, extradata, offsets[s:s + step], sizes[s:s + step], s,
+              [bytes(p) for p in payloads[s:s + step]]) for s in range(0, n, step))
+    bad = [i for part in ordered_map(_check_range, tasks, n_workers=n_workers if n_workers > 1 else 0) for i in part]
     if bad:
         log.warning("%d of %d frames did not round-trip: %s", len(bad), n, bad[:10])
     return sorted(bad)

@@ -12,7 +12,6 @@ Source: FORMAT.md §6-§9; age-encryption.org/v1.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Sequence
 
