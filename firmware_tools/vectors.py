@@ -58,7 +58,7 @@ from .cosign import assemble_capsule, read_sections
 from .keys import private_key_pem, public_key_pem
 from .qr_video import VideoParams, _encode_lumas, _read_sample_table, render_qr_frame
 from .sealing import Randomness, payload_compressor, seal_frame, sign_manifest, wrap_for_passphrase
-from .trust_writer import Delegate, next_trust_document, sign_trust_document, write_trust_document
+from .trust_writer import Delegate, next_trust_document, write_trust_document
 
 ROOT = Path(__file__).resolve().parents[1]
 VECTORS_DIR = ROOT / "tests" / "vectors"
