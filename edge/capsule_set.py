@@ -20,7 +20,7 @@ Source: edge/budget.py (shared reservations).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from .budget import MemoryBudget
@@ -43,13 +43,16 @@ class CapsuleSet:
 
     @classmethod
     def open(cls, paths: Sequence[str | os.PathLike[str]], *, budget: MemoryBudget | None = None,
-             now: datetime | None = None, **open_kwargs) -> "CapsuleSet":
+             now: datetime | None = None, per_capsule: Sequence[Mapping[str, object]] | None = None,
+             **open_kwargs) -> "CapsuleSet":
         """Verify and open every capsule; return the set, or raise and leave nothing open.
 
         Args:
             paths: capsule files, at least one.
             budget: shared budget; ``None`` is unlimited.
             now: one clock reading for every capsule (``None`` reads the clock once).
+            per_capsule: extra ``open_capsule`` arguments for each path, in order (a device
+                store's ``open_options``).
             open_kwargs: passed to ``open_capsule`` (``trusted_keys``, ``identities``, ...).
 
         Raises:
@@ -65,9 +68,10 @@ class CapsuleSet:
         budget = budget if budget is not None else MemoryBudget(None)
         opened: list[Capsule] = []
         try:
-            for path in paths:
+            for n, path in enumerate(paths):
                 shared = {c.manifest.model.sha256: c.embedder for c in opened}
-                opened.append(open_capsule(path, budget=budget, now=now, embedders=shared, **open_kwargs))
+                extra = dict(per_capsule[n]) if per_capsule else {}
+                opened.append(open_capsule(path, budget=budget, now=now, embedders=shared, **open_kwargs, **extra))
         except BaseException:
             for capsule in opened:
                 capsule.close()

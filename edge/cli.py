@@ -35,7 +35,7 @@ RAM_BUDGET_ENV = "EDGE_RAM_BUDGET"
 
 _HINTS = {
     "SignatureError": "check --trust: is this capsule from a publisher this device trusts?",
-    "DecryptionError": "this capsule was built for other devices; check --identity",
+    "DecryptionError": "check --identity: the capsule may be for other devices, or it was altered (edge verify)",
     "ExpiredCapsuleError": "ask the publisher for a newer version of this capsule",
     "ModelError": "install the model the capsule names (see models/*/MODEL.md) or set EDGE_MODEL_PATH",
     "IntegrityError": "the file is damaged or incomplete; copy it again",
@@ -222,17 +222,20 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.k is not None and args.k < 1:
         raise SystemExit(_usage_error("-k must be at least 1"))
     store = _store(args)
-    paths, cached = [], []
+    paths, cached, options = [], [], []
     for target in args.capsules:
         if _is_path(target):
             paths.append(target)
+            options.append({})
         else:
             path, keys = store.resolve(target)
             paths.append(path)
+            options.append(store.open_options(path))
             cached += keys
     identities = _identities(args, required=len(cached) < len(args.capsules))
     with CapsuleSet.open(paths, trusted_keys=_trusted_keys(args), identities=[*identities, *cached],
-                         budget=_budget(args), n_threads=args.threads, device=store.state) as capsules:
+                         budget=_budget(args), n_threads=args.threads, device=store.state,
+                         per_capsule=options) as capsules:
         k = args.k if args.k is not None else min([5] + [c.rules.max_k for c in capsules.capsules if c.rules.max_k])
         hits = capsules.search(args.query, k=k)
         several = len(capsules.capsules) > 1

@@ -82,6 +82,10 @@ SYSTEM_STORE_DIR = "/var/lib/edge-capsules"
 #: The floor is written when it has advanced this far past the stored value (flash wear).
 FLOOR_WRITE_STEP_S = 60
 COPY_BLOCK_BYTES = 1 << 20
+#: An unencrypted index is extracted at install to this file beside the capsule.
+INDEX_FILE = "index.annoy"
+#: Sections verified at install that opens do not hash again (they can be gigabytes).
+INSTALL_VERIFIED_SECTIONS = frozenset({"INDX", "VECS"})
 #: Temporary files older than this are leftovers of a killed write and are deleted.
 STALE_TEMP_S = 600
 MAX_STATE_FILE_BYTES = 64 << 20
@@ -626,6 +630,9 @@ class Store:
                     raise
                 manifest = report.manifest
                 crash("copy verified")
+                if manifest.index.encryption == "none":
+                    self._extract_index(copy_path, manifest, stage_fd)
+                    crash("index extracted")
                 catalog = self._read_catalog()
                 taken = catalog.entries.get(manifest.name)
                 if taken is not None and taken.capsule_id != manifest.capsule_id:
@@ -683,6 +690,60 @@ class Store:
         self.state.flush_floor(crash)
         crash("floor saved")
         return entry
+
+    @staticmethod
+    def _extract_index(copy_path: Path, manifest: Manifest, stage_fd: int) -> None:
+        """Write the verified copy's unencrypted INDX section to ``index.annoy`` (0444) beside it.
+
+        Annoy maps a whole file from its first byte, so an index inside the capsule can only be
+        read by copying it into memory; a file of its own is mapped file-backed (evictable
+        pages, nothing charged to the memory budget). Hashed again while copied.
+        """
+        from . import format as fmt
+
+        with open(copy_path, "rb") as capsule:
+            header = fmt.parse_header(capsule.read(fmt.HEADER_BYTES), file_bytes=os.fstat(capsule.fileno()).st_size)
+            entry = fmt.parse_section_table(capsule.read(header.table_bytes), header)["INDX"]
+            capsule.seek(entry.offset)
+            fd = os.open(INDEX_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=stage_fd)
+            try:
+                hasher = hashlib.sha256()
+                remaining = entry.length
+                while remaining:
+                    block = capsule.read(min(remaining, COPY_BLOCK_BYTES))
+                    if not block:
+                        raise StoreError(f"{copy_path} shrank while its index was extracted")
+                    hasher.update(block)
+                    view = memoryview(block)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    remaining -= len(block)
+                if hasher.hexdigest() != manifest.sections["INDX"].sha256:
+                    raise StoreError("the index changed while it was extracted")
+                os.fsync(fd)
+                os.fchmod(fd, 0o444)
+            finally:
+                os.close(fd)
+
+    def open_options(self, capsule_path: str | os.PathLike[str]) -> dict[str, object]:
+        """Return ``open_capsule`` keyword arguments for a capsule file of this store.
+
+        Every byte of an installed capsule was verified at install (``verify_capsule``,
+        ``full=True``) and its object is read-only, so the large index sections are not hashed
+        again at each open (``verified_sections``); an unencrypted index extracted at install
+        is mapped from its own file (``index_path``). The small sections are still hashed,
+        and frames are still authenticated one by one.
+        """
+        path = Path(capsule_path)
+        options: dict[str, object] = {"verified_sections": INSTALL_VERIFIED_SECTIONS}
+        index = path.with_name(INDEX_FILE)
+        try:
+            if stat.S_ISREG(os.stat(index, follow_symlinks=False).st_mode):
+                options["index_path"] = index
+        except FileNotFoundError:
+            pass
+        return options
 
     @staticmethod
     def _content_key_to_cache(manifest: Manifest, identities: Sequence[Identity]) -> bytes | None:
@@ -813,7 +874,7 @@ class Store:
         now = _utc_now(now)
         path, keys = self.resolve(name, now=now)
         return open_capsule(path, trusted_keys=trusted_keys, identities=[*identities, *keys], threshold=threshold,
-                            now=now, device=self.state, **open_kwargs)
+                            now=now, device=self.state, **{**self.open_options(path), **open_kwargs})
 
     def install_trust(self, data: bytes, *, root_keys: Sequence[Ed25519PublicKey] = (),
                       now: datetime | None = None) -> TrustRoot:

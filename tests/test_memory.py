@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 
@@ -191,3 +192,24 @@ EDGE_MODEL_PATH={mount}/models PYTHONPATH={ROOT} {sys.executable} -B -m edge sea
 def test_read_process_memory_reads_proc():
     memory = read_process_memory()
     assert memory.data_bytes and memory.rss_bytes and memory.rss_bytes >= memory.anon_bytes
+
+
+def test_store_maps_an_unencrypted_index_from_its_own_file(tmp_path):
+    from edge.store import Store
+
+    built = build_test_capsule(FAQ_DOCS, tmp_path / "plain.capsule", keys_dir=tmp_path / "keys", encrypt_index=False,
+                               name="faq-plain")
+    keys = dict(identities=[built.device_key], trusted_keys=[built.publisher_key.public_key()])
+    with Store(tmp_path / "store") as store:
+        entry = store.install(built.path, now=NOW, **keys)
+        index_file = store.capsule_path(entry).with_name("index.annoy")
+        assert stat.S_IMODE(index_file.stat().st_mode) == 0o444
+        assert index_file.stat().st_size == built.result.section_bytes["INDX"]
+        with store.open("faq-plain", now=NOW, **keys) as from_store, \
+                open_capsule(built.path, now=NOW, **keys) as from_file:
+            assert from_store.info()["index"]["mapped_from"] == "file" and from_store.memory_plan["index"] == 0
+            assert from_file.info()["index"]["mapped_from"] == "memory" and from_file.memory_plan["index"] > 0
+            assert str(index_file) in open("/proc/self/maps").read()
+            a = from_store.search(QUESTION["question"], k=5)
+            b = from_file.search(QUESTION["question"], k=5)
+            assert [(h.chunk_id, h.text) for h in a] == [(h.chunk_id, h.text) for h in b]
