@@ -14,9 +14,10 @@ Corpus: Debian bookworm's ``linux-doc-6.1`` (reStructuredText sources), ``python
 ``apt-get download`` and unpacked with ``dpkg-deb -x`` (nothing installed); HTML is read with the
 builder's own reader. Capsules use the builder's defaults except 128-token chunks with a
 16-token overlap (about 410 bytes per chunk on this corpus, the size memvid's comparisons use)
-and an unencrypted index, so that each capsule can be measured both ways: index decrypted into
-memory (what an encrypted index costs) and index mapped from a file (what a device store does
-with an unencrypted one). The capsules share one embedding cache: the smaller ones are prefixes
+and an unencrypted index, so that each capsule can be measured both ways: opened as a file (the
+index is copied into memory, as an encrypted one is decrypted into memory; every section is
+hashed) and installed in a device store (the index extracted at install and mapped from its own
+file; the big sections verified at install, not at each open). The capsules share one embedding cache: the smaller ones are prefixes
 of the largest's documents and embed nothing new.
 
 The 1M run has no 1M-chunk corpus behind it (embedding 1M chunks takes about 7 hours on this
@@ -194,7 +195,7 @@ def cmd_build(work: Path, targets: list[int], n_workers: int) -> None:
 QUERY_PROCESS = r"""
 import json, sys, time
 t_start = time.perf_counter()
-root, capsule_path, publisher, device, mode, index_file, queries_json = sys.argv[1:8]
+root, capsule_path, publisher, device, mode, store_dir, queries_json = sys.argv[1:8]
 sys.path.insert(0, root)
 from datetime import datetime, timezone
 from pathlib import Path
@@ -211,12 +212,14 @@ def rollup():
             "file_backed_bytes": out.get("Rss", 0) - out.get("Anonymous", 0),
             "private_dirty_bytes": out.get("Private_Dirty")}
 
-kwargs = {}
-if mode == "file":  # what a device store does: sections verified at install, index extracted
-    kwargs = {"index_path": Path(index_file), "verified_sections": {"INDX", "VECS"}}
 queries = json.loads(queries_json)
-capsule = open_capsule(capsule_path, trusted_keys=[load_public_key(publisher)], identities=[load_identity(device)],
-                       now=datetime(2026, 11, 22, tzinfo=timezone.utc), **kwargs)
+keys = dict(trusted_keys=[load_public_key(publisher)], identities=[load_identity(device)],
+            now=datetime(2026, 11, 22, tzinfo=timezone.utc))
+if mode == "store":  # installed: index extracted and mapped from its file, big sections not re-hashed
+    from edge.store import Store
+    capsule = Store(Path(store_dir)).open(Path(capsule_path).stem, **keys)
+else:  # the file as copied: index decrypted (here: copied) into memory, every section hashed
+    capsule = open_capsule(capsule_path, **keys)
 t_open = time.perf_counter()
 capsule.search(queries[0], k=10)
 t_first = time.perf_counter()
@@ -257,26 +260,19 @@ def _pct(values, q):
     return round(float(np.percentile(np.asarray(values, dtype=np.float64), q)), 2) if values else None
 
 
-def _extract_index(work: Path, capsule_path: Path) -> Path:
-    """Write the capsule's (unencrypted) INDX section to its own file, as a device store does."""
-    from edge import format as fmt
+def _install(work: Path, capsule_path: Path) -> dict:
+    """Install the capsule into the benchmark's device store (full verify, index extracted)."""
 
-    out = capsule_path.with_suffix(".indx")
-    if out.exists():
-        return out
-    with open(capsule_path, "rb") as f:
-        head = f.read(fmt.HEADER_BYTES)
-        header = fmt.parse_header(head, file_bytes=capsule_path.stat().st_size)
-        table = fmt.parse_section_table(f.read(header.table_bytes), header)
-        entry = table["INDX"]
-        f.seek(entry.offset)
-        remaining = entry.length
-        with open(out, "wb") as dst:
-            while remaining:
-                block = f.read(min(remaining, 1 << 20))
-                dst.write(block)
-                remaining -= len(block)
-    return out
+    from edge import load_identity, load_public_key
+    from edge.store import Store
+
+    with Store(work / "store") as store:
+        if any(e.name == capsule_path.stem for e in store.list(now=NOW)):
+            return {}
+        t = time.perf_counter()
+        store.install(capsule_path, identities=[load_identity(work / "device.key")],
+                      trusted_keys=[load_public_key(work / "publisher.pub")], now=NOW)
+        return {"install_s": round(time.perf_counter() - t, 1)}
 
 
 def cmd_query(work: Path, targets: list[int]) -> None:
@@ -285,17 +281,17 @@ def cmd_query(work: Path, targets: list[int]) -> None:
     results = json.loads((work / "query.json").read_text()) if (work / "query.json").exists() else {}
     for target in sorted(targets):
         path = work / f"scale-{target // 1000}k.capsule"
-        index_file = _extract_index(work, path)
-        for mode in ("memory", "file"):
+        installed = _install(work, path)
+        for mode in ("memory", "store"):
             subprocess.run(["sh", "-c", "sync; echo 3 > /proc/sys/vm/drop_caches"], capture_output=True)
             proc = subprocess.run([sys.executable, "-c", QUERY_PROCESS, str(ROOT), str(path), str(work / "publisher.pub"),
-                                   str(work / "device.key"), mode, str(index_file), json.dumps(queries[:211])],
+                                   str(work / "device.key"), mode, str(work / "store"), json.dumps(queries[:211])],
                                   capture_output=True, text=True, env=dict(os.environ, OPENBLAS_NUM_THREADS="1"))
             if proc.returncode != 0:
                 raise SystemExit(proc.stderr)
             raw = json.loads(proc.stdout.strip().splitlines()[-1])
             results[f"{target}/{mode}"] = {
-                "capsule": path.name, "index_mode": mode,
+                "capsule": path.name, "index_mode": mode, **(installed if mode == "store" else {}),
                 "cold_start_to_first_answer_s": round(raw["cold_start_to_first_answer_s"], 3),
                 "open_s": round(raw["open_s"], 3),
                 "query_ms_p50": _pct(raw["totals_ms"], 50), "query_ms_p95": _pct(raw["totals_ms"], 95),
@@ -425,7 +421,7 @@ def cmd_report(work: Path, out_dir: Path = ROOT / "bench") -> None:
     for key in sorted(query, key=lambda k: (int(k.split("/")[0]), k.split("/")[1])):
         target, mode = key.split("/")
         q, b = query[key], build[target]
-        lines.append(f"| {b['chunks']:,} | {b['capsule_per_raw_text']} | {'decrypted into memory' if mode == 'memory' else 'mapped from file'} "
+        lines.append(f"| {b['chunks']:,} | {b['capsule_per_raw_text']} | {'capsule file: index in memory' if mode == 'memory' else 'installed: index mapped from file'} "
                      f"| {q['cold_start_to_first_answer_s']} | {q['query_ms_p50']} / {q['query_ms_p95']} "
                      f"| {q['frames_per_query_mean']} | {_mib(q['memory']['rss_bytes'])} | {_mib(q['memory']['anon_bytes'])} "
                      f"| {_mib(q['memory']['file_backed_bytes'])} | {_mib(q['status']['data_bytes'])} "
@@ -445,10 +441,10 @@ def cmd_report(work: Path, out_dir: Path = ROOT / "bench") -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax_mem, ax_lat) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for mode, style in (("memory", "-o"), ("file", "--s")):
+    for mode, style in (("memory", "-o"), ("store", "--s")):
         keys = sorted((k for k in query if k.endswith("/" + mode)), key=lambda k: int(k.split("/")[0]))
         xs = [build[k.split("/")[0]]["chunks"] for k in keys]
-        label = "index in memory" if mode == "memory" else "index mapped from file"
+        label = "capsule file, index in memory" if mode == "memory" else "installed, index mapped from file"
         ax_mem.plot(xs, [query[k]["memory"]["anon_bytes"] / 2**20 for k in keys], style, label=f"anonymous, {label}")
         ax_mem.plot(xs, [query[k]["memory"]["rss_bytes"] / 2**20 for k in keys], style, alpha=0.5,
                     label=f"total RSS, {label}")
