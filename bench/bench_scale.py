@@ -262,7 +262,6 @@ def _pct(values, q):
 
 def _install(work: Path, capsule_path: Path) -> dict:
     """Install the capsule into the benchmark's device store (full verify, index extracted)."""
-
     from edge import load_identity, load_public_key
     from edge.store import Store
 
