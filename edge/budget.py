@@ -16,7 +16,9 @@ processes, ``/tmp/memprobe`` scripts quoted in the device-memory issue's note):
                    process's VmData (79.5 MiB here; 119.5 MiB when OpenBLAS starts one
                    thread per core, which the ``edge`` command prevents).
 ``model``          onnxruntime session and tokenizer: VmData +37.6 MiB, RssAnon +25.0 MiB
-                   with the weights memory-mapped (``MODEL_SESSION_BYTES`` = 40 MiB).
+                   with the weights memory-mapped (``MODEL_SESSION_BYTES`` = 40 MiB); for a
+                   ``tflite`` capsule the LiteRT engine (``LITERT_SESSION_BYTES`` = 104 MiB,
+                   from VmRSS, not VmData: measured less carefully).
 ``index``          the Annoy file: its plaintext size when decrypted into memory, 0 when it
                    is mapped from storage (``encryption: none``).
 ``vecs``           int8 re-ranking vectors when decrypted into memory.
@@ -51,6 +53,10 @@ from .errors import BudgetExceededError
 MiB = 1024 * 1024
 #: onnxruntime session + tokenizer of the int8 MiniLM model (measured 37.6 MiB VmData).
 MODEL_SESSION_BYTES = 40 * MiB
+#: The LiteRT engine and its model (``model.family`` ``tflite``): VmRSS grew by 101 MiB from
+#: before ai-edge-litert 2.3.0 was imported to after ``QueryEmbedder.open`` (x86_64,
+#: bench/bench_embedders.py); the 27 MB flatbuffer is mapped, XNNPACK repacks the weights.
+LITERT_SESSION_BYTES = 104 * MiB
 #: Decoder context headroom; add 3 bytes per pixel of the frame size.
 FRAME_DECODER_BASE_BYTES = 2 * MiB
 #: Per-query headroom; add candidates x re-ranking dim x 8 bytes.

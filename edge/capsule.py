@@ -35,8 +35,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from . import format as fmt
-from .budget import FRAME_DECODER_BASE_BYTES, MODEL_SESSION_BYTES, QUERY_BASE_BYTES, MemoryBudget, format_mib
-from .embedder import QueryEmbedder, find_model_dir
+from .budget import (
+    FRAME_DECODER_BASE_BYTES,
+    LITERT_SESSION_BYTES,
+    MODEL_SESSION_BYTES,
+    QUERY_BASE_BYTES,
+    MemoryBudget,
+    format_mib,
+)
+from .embedder import QueryEmbedder, check_engine, find_model_dir
 from .errors import CapsuleError, CapsuleFormatError, IntegrityError, ModelError
 from .frames import FrameReader
 from .index import Projection, VectorIndex
@@ -243,7 +250,8 @@ class Capsule:
     Attributes:
         manifest: the verified manifest.
         documents: source documents (decrypted DOCS).
-        decoder_name: the H.264 decoder in use (``h264_v4l2m2m`` or ``h264``).
+        decoder_name: the video decoder in use (``h264_v4l2m2m``/``hevc_v4l2m2m`` or ``h264``/``hevc``).
+        embedder_engine: the model family and engine embedding queries.
         budget: the memory budget the capsule's allocations are charged to.
         memory_plan: bytes reserved in ``budget`` for this capsule, by component.
         last_timings: per-stage milliseconds of the last ``search``.
@@ -286,6 +294,11 @@ class Capsule:
     def decoder_name(self) -> str:
         """Name of the video decoder in use."""
         return self._reader.decoder_name
+
+    @property
+    def embedder_engine(self) -> str:
+        """Model family and inference engine in use, e.g. ``"tflite (ai-edge-litert 2.3.0)"``."""
+        return f"{self._embedder.family} ({self._embedder.engine})"
 
     @property
     def path(self) -> Path:
@@ -480,7 +493,10 @@ class Capsule:
             "not_before": m.not_before.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "expires_at": m.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "n_chunks": m.n_chunks, "n_documents": m.n_documents, "n_frames": m.video.n_frames,
-            "model": {"name": m.model.name, "sha256": m.model.sha256, "dim": m.model.dim},
+            "model": {"name": m.model.name, "family": m.model.family, "sha256": m.model.sha256,
+                      "dim": m.model.dim},
+            "embedder": {"family": self._embedder.family, "engine": self._embedder.engine,
+                         "threads": self._embedder.n_threads, "model_path": str(self._embedder.model_path)},
             "index": {"dim": m.index.dim, "n_trees": m.index.n_trees, "search_k": m.index.search_k,
                       "n_candidates": m.index.n_candidates,
                       "projection": None if m.index.projection is None else
@@ -494,6 +510,7 @@ class Capsule:
             "sections": {tag: {"length": s.length, "sha256": s.sha256} for tag, s in m.sections.items()},
             "file_bytes": self._cf.header.file_bytes,
             "decoder": self.decoder_name,
+            "decoder_is_hardware": self._reader.is_hardware,
             "memory": {"plan_bytes": dict(self.memory_plan), **self.budget.report()},
         }
 
@@ -549,7 +566,8 @@ def memory_plan(manifest: Manifest, *, section_lengths: dict[str, int], frame_ca
     projection = info.projection
     dim_out = projection.dim_out if projection else 0
     plan = {
-        "model": MODEL_SESSION_BYTES if include_model else 0,
+        "model": (LITERT_SESSION_BYTES if manifest.model.family == "tflite" else MODEL_SESSION_BYTES)
+        if include_model else 0,
         "index": 0 if index_from_file else index_bytes,
         "vecs": vecs_bytes,
         "projection": 4 * (projection.dim_in * projection.dim_out + projection.dim_in + projection.dim_out)
@@ -622,7 +640,8 @@ def open_capsule(
         ExpiredCapsuleError, NotYetValidError: outside the validity window at the trusted time.
         RuleViolationError: a required rule this runtime lacks, a device not on the allow-list,
             or a runtime older than ``min_runtime``.
-        ModelError: the manifest's model is not installed or does not load.
+        ModelError: no engine for the manifest's model family is installed, or its
+            model is not installed or does not load.
         DecryptionError: no identity opens the capsule, or a section fails authentication.
         BudgetExceededError: the plan does not fit the budget (nothing was mapped), or the
             process alone exceeds it.
@@ -641,9 +660,10 @@ def open_capsule(
     try:
         manifest, rules = _check_trust(cf, trusted_keys=trusted_keys, threshold=threshold, device=device, now=now,
                                        identities=identities)
+        check_engine(manifest.model.family)
         embedder = (embedders or {}).get(manifest.model.sha256)
         if embedder is None:
-            model_dir = find_model_dir(manifest.model.sha256, model_search_path)
+            model_dir = find_model_dir(manifest.model.sha256, model_search_path, family=manifest.model.family)
         if index_path is not None and manifest.index.encryption != "none":
             raise ValueError("index_path is only for capsules with an unencrypted index")
         prefix = f"{manifest.name}#{next(_open_counter)}/"
@@ -662,7 +682,8 @@ def open_capsule(
         decompressor = _read_dictionary(cf, keys, manifest)
         index = _open_index(cf, keys, manifest, index_path)
         if embedder is None:
-            embedder = own_embedder = QueryEmbedder.open(model_dir, expected_sha256=manifest.model.sha256,
+            embedder = own_embedder = QueryEmbedder.open(model_dir, family=manifest.model.family,
+                                                         expected_sha256=manifest.model.sha256,
                                                          n_threads=n_threads, max_tokens=manifest.model.max_tokens)
         if embedder.dim != manifest.model.dim:
             raise ModelError(f"model gives {embedder.dim}-d embeddings, capsule needs {manifest.model.dim}")

@@ -185,8 +185,10 @@ def cmd_info(args: argparse.Namespace) -> int:
                 "expires_at": m.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "n_chunks": m.n_chunks, "n_documents": m.n_documents, "n_frames": m.video.n_frames,
                 "n_recipients": len(m.recipients),
-                "model": {"name": m.model.name, "sha256": m.model.sha256, "dim": m.model.dim},
-                "sections": {t: {"length": s.length, "sha256": s.sha256} for t, s in m.sections.items()}}
+                "model": {"name": m.model.name, "family": m.model.family, "sha256": m.model.sha256,
+                          "dim": m.model.dim},
+                "sections": {t: {"length": s.length, "sha256": s.sha256} for t, s in m.sections.items()},
+                **_runtime_probe(m)}
     if args.json:
         print(json.dumps(info))
     else:
@@ -214,6 +216,32 @@ def _print_memory(memory: dict) -> None:
                        ("shmem_bytes", "  shared memory (RssShmem)"), ("peak_rss_bytes", "peak resident (VmHWM)")):
         value = measured.get(key)
         print(f"  {label:40s} {format_mib(value) if value is not None else 'n/a':>10s}")
+
+
+def _runtime_probe(manifest) -> dict[str, object]:
+    """Return the embedder engine and video decoder this device would use for ``manifest``.
+
+    Opens the decoder with the manifest's extradata (no frame is read) and imports the
+    engine of the model family (no model is loaded); nothing here needs the content key.
+    """
+    from .embedder import engine_status
+    from .frames import FrameReader
+
+    ok, engine = engine_status(manifest.model.family)
+    probe: dict[str, object] = {"embedder": {"family": manifest.model.family,
+                                             "engine": engine if ok else None,
+                                             **({} if ok else {"unavailable": engine})}}
+    try:
+        reader = FrameReader(b"", extradata=manifest.video.extradata, sample_offsets=[], sample_sizes=[],
+                             codec=manifest.video.codec)
+    except EdgeError as exc:
+        probe["decoder"] = None
+        probe["decoder_unavailable"] = str(exc)
+    else:
+        probe["decoder"] = reader.decoder_name
+        probe["decoder_is_hardware"] = reader.is_hardware
+        reader.close()
+    return probe
 
 
 def cmd_search(args: argparse.Namespace) -> int:

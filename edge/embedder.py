@@ -1,19 +1,23 @@
 """Query embedder: text in, unit-norm float32 vector out, on the device.
 
-This module owns loading the int8 ONNX sentence-embedding model and its
-tokenizer from a model directory (``model.int8.onnx``, ``tokenizer.json``,
-``SHA256SUMS``), checking the model's sha256 against the value the caller
-expects (the capsule manifest), and running queries through onnxruntime on
-the CPU. Mean pooling and L2 normalisation are inside the model graph. It
-does not build or quantize models (``firmware_tools.model_export`` does),
-does not download anything, and does not read capsules.
+This module owns loading the int8 sentence-embedding model and its
+tokenizer from a model directory (``model.int8.onnx`` and/or
+``model.int8.tflite``, ``tokenizer.json``, ``SHA256SUMS``), checking the
+model's sha256 against the value the caller expects (the capsule manifest),
+and running queries on the CPU through the engine of the model's family
+(FORMAT.md §4.3): onnxruntime for ``onnx``, LiteRT (``ai-edge-litert``, or
+``tflite-runtime`` where it is the one installed and can run the model) for
+``tflite``. Mean pooling and L2 normalisation are inside both graphs. It
+does not build or quantize models (``firmware_tools.model_export`` and
+``firmware_tools.model_export_tflite`` do), does not download anything, and
+does not read capsules.
 
 Example::
 
     from edge.embedder import QueryEmbedder, find_model_dir
 
-    model_dir = find_model_dir(sha256=manifest_model_sha256)
-    embedder = QueryEmbedder.open(model_dir, expected_sha256=manifest_model_sha256)
+    model_dir = find_model_dir(sha256=manifest_model_sha256, family="tflite")
+    embedder = QueryEmbedder.open(model_dir, family="tflite", expected_sha256=manifest_model_sha256)
     vectors = embedder.embed(["how do I read binary data?"])  # float32 [1, 384]
 
 Source: models/all-MiniLM-L6-v2/MODEL.md.
@@ -26,21 +30,41 @@ import logging
 import os
 import re
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from edge.errors import ModelError
+from edge.manifest import MODEL_FAMILIES
 
 logger = logging.getLogger(__name__)
+
+# Official onnxruntime wheels since 1.29 carry 1DS telemetry on Linux: the first session writes a
+# device id and an event cache under ~/.cache/Microsoft/DeveloperTools/.onnxruntime (measured with
+# 1.32.0) and uploads events. The device runtime must not reach the network, so it opts out before
+# onnxruntime initializes; ORT_DISABLE_TELEMETRY=1 is onnxruntime's documented full opt-out (no
+# uploader, events, device id or cache). An operator who sets the variable keeps their value.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2-int8"
 """Model id of the default embedder (recorded in capsule manifests)."""
 
-MODEL_FILENAME = "model.int8.onnx"
+MODEL_FILENAMES = {"onnx": "model.int8.onnx", "tflite": "model.int8.tflite"}
+"""Model file name per family, inside a model directory."""
+MODEL_FILENAME = MODEL_FILENAMES["onnx"]
 MODEL_DATA_FILENAME = "model.int8.onnx.data"
+"""External weights of the ONNX graph, memory-mapped by onnxruntime."""
 TOKENIZER_FILENAME = "tokenizer.json"
+REFERENCE_FILENAME = "reference_embeddings.npz"
+KNOWN_ANSWER_SENTENCES = 4
+KNOWN_ANSWER_MIN_COS = 0.98
+"""At open, the first sentences of ``reference_embeddings.npz`` must embed within this cosine of
+their fp32 vectors (measured minimum: ONNX 0.991, LiteRT 0.996). It catches an engine that loads
+a model and computes garbage: tflite-runtime 2.14 under NumPy 1.26 runs model.int8.tflite and
+returns vectors at cos 0.02 to the reference (MODEL.md)."""
 SUMS_FILENAME = "SHA256SUMS"
 INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAME = "sentence_embedding"
@@ -95,7 +119,14 @@ def _sha256_file(path: Path) -> str:
     return _DIGESTS[key]
 
 
-def _model_identity_of(model_dir: Path) -> str:
+def _model_identity_of(model_dir: Path, family: str = "onnx") -> str:
+    """Return the identity of the ``family`` model in ``model_dir`` (FORMAT.md §4.3).
+
+    ``onnx``: :func:`model_identity` of the graph and its external weights; ``tflite``: the
+    sha256 of ``model.int8.tflite``. Raises OSError when a file cannot be read.
+    """
+    if family == "tflite":
+        return _sha256_file(model_dir / MODEL_FILENAMES["tflite"])
     return model_identity(_sha256_file(model_dir / MODEL_FILENAME), _sha256_file(model_dir / MODEL_DATA_FILENAME))
 
 
@@ -119,104 +150,114 @@ def _check_sha256_arg(sha256: str | None) -> str | None:
     return sha256.lower()
 
 
-class QueryEmbedder:
-    """Sentence embedder over an int8 ONNX model; create with :meth:`open`.
+def _check_family(family: str) -> str:
+    if family not in MODEL_FAMILIES:
+        raise ValueError(f"model family must be one of {', '.join(MODEL_FAMILIES)}, got {family!r}")
+    return family
 
-    Each text runs through the model on its own (batch 1) unless
-    ``embed(..., batch_size=n)`` asks otherwise, so a text's vector does not
-    depend on the texts embedded with it. The object holds no mutable state
-    after :meth:`open`; onnxruntime's ``run`` may be called from several
-    threads.
 
-    Source: models/all-MiniLM-L6-v2/MODEL.md.
+def _dist_version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "?"
+
+
+def _import_litert_interpreter() -> tuple[Any, str]:
+    """Return (Interpreter class, "package version") of the installed LiteRT.
+
+    ``ai-edge-litert`` first; then ``tflite-runtime``, whose last release
+    (2.14) imports only under NumPy 1.x (MODEL.md).
+
+    Raises:
+        ModelError: neither imports; the message names both failures.
     """
+    failures = []
+    try:
+        from ai_edge_litert.interpreter import Interpreter
 
-    def __init__(
-        self,
-        *,
-        session,
-        tokenizer,
-        model_path: Path,
-        sha256: str,
-        tokenizer_path: Path,
-        tokenizer_sha256: str,
-        dim: int,
-        max_tokens: int,
-        metadata: dict[str, str],
-    ) -> None:
-        """Store an opened session; use :meth:`open` instead of calling this."""
-        self._session = session
-        self._tokenizer = tokenizer
-        self._model_path = model_path
-        self._sha256 = sha256
-        self._tokenizer_path = tokenizer_path
-        self._tokenizer_sha256 = tokenizer_sha256
-        self._dim = dim
-        self._max_tokens = max_tokens
-        self._metadata = dict(metadata)
-        self._sep_id = tokenizer.token_to_id("[SEP]")
+        return Interpreter, f"ai-edge-litert {_dist_version('ai-edge-litert')}"
+    except ModuleNotFoundError as exc:
+        logger.debug("ai-edge-litert not importable: %s", exc)
+    except ImportError as exc:
+        failures.append(f"ai-edge-litert does not import: {exc}")
+    try:
+        from tflite_runtime.interpreter import Interpreter
 
-    @classmethod
-    def open(
-        cls,
-        model_dir: Path,
-        *,
-        expected_sha256: str | None = None,
-        n_threads: int = 1,
-        max_tokens: int = DEFAULT_MAX_TOKENS,
-        expected_tokenizer_sha256: str | None = None,
-    ) -> QueryEmbedder:
-        """Return an embedder for the model in ``model_dir``, hash-checked.
+        # tflite-runtime 2.14 (its last release) is built against NumPy 1.x: under NumPy 2 it
+        # imports, then every Interpreter() fails ("_ARRAY_API not found"). Say so up front.
+        tflrt = _dist_version("tflite-runtime")
+        if int(np.__version__.split(".")[0]) >= 2 and tflrt.startswith(("1.", "2.")):
+            failures.append(f"tflite-runtime {tflrt} cannot run under NumPy {np.__version__} (it needs NumPy 1.x)")
+        else:
+            return Interpreter, f"tflite-runtime {tflrt}"
+    except ModuleNotFoundError as exc:
+        logger.debug("tflite-runtime not importable: %s", exc)
+    except Exception as exc:  # noqa: BLE001 - under NumPy 2 its import fails in several ways
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        failures.append(f"tflite-runtime does not import ({type(exc).__name__}: {first})")
+    detail = "; ".join(failures) if failures else "neither ai-edge-litert nor tflite-runtime is installed"
+    raise ModelError(f"no LiteRT interpreter is usable: {detail} (pip install 'edge-capsules[litert]')")
 
-        The model's identity (``model_identity`` of its graph and weights
-        files) is computed before onnxruntime loads it.
 
-        Args:
-            model_dir: directory holding ``model.int8.onnx``,
-                ``model.int8.onnx.data`` and ``tokenizer.json``.
-            expected_sha256: lowercase hex model identity the files must have
-                (from the capsule manifest); None skips the comparison.
-            n_threads: onnxruntime intra-op threads, >= 1.
-            max_tokens: tokens per text after truncation, [CLS] and [SEP]
-                included; 3 <= max_tokens <= 512 (256 as trained).
-            expected_tokenizer_sha256: lowercase hex sha256 ``tokenizer.json``
-                must have (manifest ``model.tokenizer_sha256``); None skips it.
+def engine_status(family: str) -> tuple[bool, str]:
+    """Return whether this runtime can run models of ``family``, and its engine.
 
-        Returns:
-            A ready :class:`QueryEmbedder`.
+    Imports the engine (not the model): cheap enough for ``edge info``.
 
-        Raises:
-            ModelError: the directory, model file or tokenizer is missing or
-                unreadable; the model's (or tokenizer's) sha256 differs from
-                the expected one; onnxruntime cannot load the model; its
-                inputs are not ``input_ids``/``attention_mask`` (int64) or
-                its output is not ``sentence_embedding`` of dim 384.
-            ValueError: an expected sha256 is not 64 hex digits, or
-                ``n_threads``/``max_tokens`` is out of range.
+    Args:
+        family: ``"onnx"`` or ``"tflite"`` (FORMAT.md §4.3).
 
-        Source: models/all-MiniLM-L6-v2/MODEL.md (inputs, outputs, max tokens).
-        """
+    Returns:
+        ``(True, "onnxruntime 1.31.1")``-style name and version, or
+        ``(False, reason)`` when no engine for the family imports.
+
+    Raises:
+        ValueError: unknown family.
+
+    Source: FORMAT.md §4.3 (family to engine table).
+    """
+    _check_family(family)
+    if family == "onnx":
+        try:
+            import onnxruntime
+        except ImportError as exc:
+            return False, f"onnxruntime is not installed ({exc})"
+        return True, f"onnxruntime {onnxruntime.__version__}"
+    try:
+        _, name = _import_litert_interpreter()
+    except ModelError as exc:
+        return False, str(exc)
+    return True, name
+
+
+def check_engine(family: str) -> str:
+    """Return the engine name for ``family``, or raise if none is installed.
+
+    Raises:
+        ModelError: no engine for ``family`` imports here; the one-line
+            message names the family and the families this runtime can run.
+        ValueError: unknown family.
+
+    Source: FORMAT.md §4.3, §11 (model errors come before decryption).
+    """
+    ok, detail = engine_status(family)
+    if ok:
+        return detail
+    others = [f for f in MODEL_FAMILIES if f != family and engine_status(f)[0]]
+    have = f"this runtime runs only {', '.join(others)} models" if others else "this runtime runs no model family"
+    raise ModelError(f"capsule needs model family {family} and {have}: {detail}")
+
+
+class _OnnxEngine:
+    """onnxruntime session: int64 [batch, seq] inputs, any seq up to 512."""
+
+    family = "onnx"
+
+    def __init__(self, load_path: str, model_path: Path, n_threads: int) -> None:
         import onnxruntime as ort
-        from tokenizers import Tokenizer
-
-        expected_sha256 = _check_sha256_arg(expected_sha256)
-        expected_tokenizer_sha256 = _check_sha256_arg(expected_tokenizer_sha256)
-        if not isinstance(n_threads, int) or n_threads < 1:
-            raise ValueError(f"n_threads must be an int >= 1, got {n_threads!r}")
-        if not isinstance(max_tokens, int) or not 3 <= max_tokens <= MAX_POSITIONS:
-            raise ValueError(
-                f"max_tokens must be an int in [3, {MAX_POSITIONS}], got {max_tokens!r}"
-            )
-
-        model_dir = Path(model_dir)
-        if not model_dir.is_dir():
-            raise ModelError(f"model directory {model_dir} does not exist")
-        model_path = model_dir / MODEL_FILENAME
-        data_path = model_dir / MODEL_DATA_FILENAME
-        tokenizer_path = model_dir / TOKENIZER_FILENAME
-        for path in (model_path, data_path, tokenizer_path):
-            if not path.is_file():
-                raise ModelError(f"model file {path} is missing")
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = n_threads
@@ -227,25 +268,13 @@ class QueryEmbedder:
         options.enable_mem_pattern = _ENABLE_MEM_PATTERN
         options.log_severity_level = 3
         try:
-            sha256 = _model_identity_of(model_dir)
-        except OSError as exc:
-            raise ModelError(f"cannot read model file {model_path}: {exc.strerror}") from exc
-        if expected_sha256 is not None and sha256 != expected_sha256:
-            logger.warning("refusing model %s: sha256 %s, expected %s", model_path, sha256, expected_sha256)
-            raise ModelError(f"model {model_path} has sha256 {sha256}, expected {expected_sha256}")
-        # Loaded by path so that onnxruntime maps the external weights file (see the table
-        # above). The files are hashed just before; a device keeps its model folder on a
-        # read-only or root-owned file system, where nothing swaps them in between.
-        try:
-            session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(load_path, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ModelError(f"onnxruntime cannot load model file {model_path}: {exc}") from exc
-
         inputs = {node.name: node for node in session.get_inputs()}
         if sorted(inputs) != sorted(INPUT_NAMES):
             raise ModelError(
-                f"model file {model_path} has inputs {sorted(inputs)}, "
-                f"expected {sorted(INPUT_NAMES)}"
+                f"model file {model_path} has inputs {sorted(inputs)}, expected {sorted(INPUT_NAMES)}"
             )
         for name in INPUT_NAMES:
             if inputs[name].type != "tensor(int64)" or len(inputs[name].shape) != 2:
@@ -260,11 +289,233 @@ class QueryEmbedder:
                 f"expected ['{OUTPUT_NAME}']"
             )
         out_shape = outputs[0].shape
-        out_type = outputs[0].type
-        if len(out_shape) != 2 or out_shape[1] != EXPECTED_DIM or out_type != "tensor(float)":
+        if len(out_shape) != 2 or out_shape[1] != EXPECTED_DIM or outputs[0].type != "tensor(float)":
             raise ModelError(
                 f"model output {OUTPUT_NAME} is {outputs[0].type} {out_shape}, "
                 f"expected tensor(float) [batch, {EXPECTED_DIM}]"
+            )
+        self._session = session
+        self.name = f"onnxruntime {ort.__version__}"
+        self.max_seq = MAX_POSITIONS
+        self.metadata = dict(session.get_modelmeta().custom_metadata_map)
+
+    def run(self, ids_rows: Sequence[Sequence[int]]) -> np.ndarray:
+        longest = max(len(row) for row in ids_rows)
+        input_ids = np.zeros((len(ids_rows), longest), dtype=np.int64)
+        attention_mask = np.zeros((len(ids_rows), longest), dtype=np.int64)
+        for row_index, row in enumerate(ids_rows):
+            input_ids[row_index, : len(row)] = row
+            attention_mask[row_index, : len(row)] = 1
+        (out,) = self._session.run([OUTPUT_NAME], {"input_ids": input_ids, "attention_mask": attention_mask})
+        return out
+
+
+class _LiteRtEngine:
+    """LiteRT interpreter over a model with one signature per fixed input length.
+
+    Each signature takes ``input_ids`` and ``attention_mask`` (int32 or int64,
+    ``[1, n]``) and returns one float32 ``[1, 384]`` tensor; a text runs in
+    the signature with the smallest ``n`` that holds it, zero-padded and
+    masked (padding changes nothing: the mask zeroes it in attention and in
+    pooling). Rows run one at a time.
+    """
+
+    family = "tflite"
+
+    def __init__(self, load_path: str, model_path: Path, n_threads: int) -> None:
+        interpreter_class, name = _import_litert_interpreter()
+        try:
+            interpreter = interpreter_class(model_path=load_path, num_threads=n_threads)
+            keys = list(interpreter.get_signature_list())
+            runners = {key: interpreter.get_signature_runner(key) for key in keys}
+            details = {key: (r.get_input_details(), r.get_output_details()) for key, r in runners.items()}
+        except ModelError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - LiteRT raises ValueError/RuntimeError
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ModelError(f"{name} cannot load model file {model_path}: {first}") from exc
+        if not runners:
+            raise ModelError(f"model file {model_path} has no signatures")
+        self._by_len: dict[int, tuple[Any, str, np.dtype]] = {}
+        for key, (inputs, outputs) in details.items():
+            if sorted(inputs) != sorted(INPUT_NAMES):
+                raise ModelError(
+                    f"model file {model_path} signature {key} has inputs {sorted(inputs)}, "
+                    f"expected {sorted(INPUT_NAMES)}"
+                )
+            shapes = {tuple(int(d) for d in inputs[n]["shape"]) for n in INPUT_NAMES}
+            dtypes = {np.dtype(inputs[n]["dtype"]) for n in INPUT_NAMES}
+            shape, dtype = next(iter(shapes)), next(iter(dtypes))
+            if len(shapes) != 1 or len(dtypes) != 1 or len(shape) != 2 or shape[0] != 1 or shape[1] < 3 \
+                    or dtype not in (np.dtype(np.int32), np.dtype(np.int64)):
+                raise ModelError(
+                    f"model file {model_path} signature {key} inputs are {sorted(shapes)} "
+                    f"{sorted(d.name for d in dtypes)}, expected int32 or int64 [1, seq]"
+                )
+            if len(outputs) != 1:
+                raise ModelError(f"model file {model_path} signature {key} has {len(outputs)} outputs, expected 1")
+            (out_name, out_detail), = outputs.items()
+            if tuple(int(d) for d in out_detail["shape"]) != (1, EXPECTED_DIM) \
+                    or np.dtype(out_detail["dtype"]) != np.float32:
+                raise ModelError(
+                    f"model file {model_path} signature {key} output is {np.dtype(out_detail['dtype'])} "
+                    f"{list(out_detail['shape'])}, expected float32 [1, {EXPECTED_DIM}]"
+                )
+            self._by_len[shape[1]] = (runners[key], out_name, dtype)
+        self._lengths = sorted(self._by_len)
+        self._interpreter = interpreter  # keeps the model mapped while the runners live
+        self.max_seq = self._lengths[-1]
+        self.name = name
+        self.metadata: dict[str, str] = {}
+        self._lock = threading.Lock()  # an interpreter is not thread-safe
+
+    def run(self, ids_rows: Sequence[Sequence[int]]) -> np.ndarray:
+        out = np.empty((len(ids_rows), EXPECTED_DIM), dtype=np.float32)
+        with self._lock:
+            for row_index, row in enumerate(ids_rows):
+                seq = next(n for n in self._lengths if n >= len(row))
+                runner, out_name, dtype = self._by_len[seq]
+                input_ids = np.zeros((1, seq), dtype=dtype)
+                attention_mask = np.zeros((1, seq), dtype=dtype)
+                input_ids[0, : len(row)] = row
+                attention_mask[0, : len(row)] = 1
+                result = runner(input_ids=input_ids, attention_mask=attention_mask)
+                out[row_index] = result[out_name][0]
+        return out
+
+
+_ENGINES = {"onnx": _OnnxEngine, "tflite": _LiteRtEngine}
+
+
+class QueryEmbedder:
+    """Sentence embedder over an int8 model; create with :meth:`open`.
+
+    The engine follows the model family (FORMAT.md §4.3): onnxruntime for
+    ``onnx``, LiteRT for ``tflite``. Each text runs through the model on its
+    own (batch 1) unless ``embed(..., batch_size=n)`` asks otherwise (the
+    LiteRT graph has a fixed batch of 1 and always runs texts one by one),
+    so a text's vector does not depend on the texts embedded with it. The
+    object holds no mutable state after :meth:`open` beyond the engine's;
+    ``embed`` may be called from several threads.
+
+    Source: models/all-MiniLM-L6-v2/MODEL.md.
+    """
+
+    def __init__(
+        self,
+        *,
+        engine,
+        tokenizer,
+        model_path: Path,
+        sha256: str,
+        tokenizer_path: Path,
+        tokenizer_sha256: str,
+        dim: int,
+        max_tokens: int,
+        n_threads: int,
+    ) -> None:
+        """Store an opened engine; use :meth:`open` instead of calling this."""
+        self._engine = engine
+        self._tokenizer = tokenizer
+        self._model_path = model_path
+        self._sha256 = sha256
+        self._tokenizer_path = tokenizer_path
+        self._tokenizer_sha256 = tokenizer_sha256
+        self._dim = dim
+        self._max_tokens = max_tokens
+        self._n_threads = n_threads
+        self._metadata = dict(engine.metadata)
+        self._sep_id = tokenizer.token_to_id("[SEP]")
+
+    @classmethod
+    def open(
+        cls,
+        model_dir: Path,
+        *,
+        family: str = "onnx",
+        expected_sha256: str | None = None,
+        n_threads: int = 1,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        expected_tokenizer_sha256: str | None = None,
+    ) -> QueryEmbedder:
+        """Return an embedder for the ``family`` model in ``model_dir``, hash-checked.
+
+        The model's identity (FORMAT.md §4.3: ``model_identity`` of the ONNX
+        graph and weights files, or the sha256 of the ``.tflite`` file) is
+        computed before the engine loads it.
+
+        Args:
+            model_dir: directory holding the family's model files
+                (``model.int8.onnx`` + ``model.int8.onnx.data``, or
+                ``model.int8.tflite``) and ``tokenizer.json``.
+            family: ``"onnx"`` (onnxruntime) or ``"tflite"`` (LiteRT), the
+                manifest's ``model.family``.
+            expected_sha256: lowercase hex model identity the files must have
+                (from the capsule manifest); None skips the comparison.
+            n_threads: engine intra-op threads, >= 1.
+            max_tokens: tokens per text after truncation, [CLS] and [SEP]
+                included; 3 <= max_tokens <= 512 (256 as trained); for
+                ``tflite`` at most its longest signature (256).
+            expected_tokenizer_sha256: lowercase hex sha256 ``tokenizer.json``
+                must have (manifest ``model.tokenizer_sha256``); None skips it.
+
+        Returns:
+            A ready :class:`QueryEmbedder`.
+
+        Raises:
+            ModelError: no engine for ``family`` is installed; the engine does not
+                reproduce ``reference_embeddings.npz`` (when the directory has it)
+                to cos >= 0.98; the directory,
+                model file or tokenizer is missing or unreadable; the model's
+                (or tokenizer's) sha256 differs from the expected one; the
+                engine cannot load the model; its inputs are not
+                ``input_ids``/``attention_mask`` (int64 [batch, seq] for
+                ONNX; int32/int64 [1, seq] for LiteRT) or its output is not
+                float32 of dim 384; ``max_tokens`` exceeds the longest LiteRT
+                signature.
+            ValueError: unknown family, an expected sha256 is not 64 hex
+                digits, or ``n_threads``/``max_tokens`` is out of range.
+
+        Source: models/all-MiniLM-L6-v2/MODEL.md (inputs, outputs, max tokens).
+        """
+        from tokenizers import Tokenizer
+
+        family = _check_family(family)
+        expected_sha256 = _check_sha256_arg(expected_sha256)
+        expected_tokenizer_sha256 = _check_sha256_arg(expected_tokenizer_sha256)
+        if not isinstance(n_threads, int) or n_threads < 1:
+            raise ValueError(f"n_threads must be an int >= 1, got {n_threads!r}")
+        if not isinstance(max_tokens, int) or not 3 <= max_tokens <= MAX_POSITIONS:
+            raise ValueError(
+                f"max_tokens must be an int in [3, {MAX_POSITIONS}], got {max_tokens!r}"
+            )
+
+        model_dir = Path(model_dir)
+        if not model_dir.is_dir():
+            raise ModelError(f"model directory {model_dir} does not exist")
+        model_path = model_dir / MODEL_FILENAMES[family]
+        tokenizer_path = model_dir / TOKENIZER_FILENAME
+        needed = [model_path, tokenizer_path]
+        if family == "onnx":
+            needed.insert(1, model_dir / MODEL_DATA_FILENAME)
+        for path in needed:
+            if not path.is_file():
+                raise ModelError(f"model file {path} is missing")
+
+        try:
+            sha256 = _model_identity_of(model_dir, family)
+        except OSError as exc:
+            raise ModelError(f"cannot read model file {model_path}: {exc.strerror}") from exc
+        if expected_sha256 is not None and sha256 != expected_sha256:
+            logger.warning("refusing model %s: sha256 %s, expected %s", model_path, sha256, expected_sha256)
+            raise ModelError(f"model {model_path} has sha256 {sha256}, expected {expected_sha256}")
+        # Loaded by path so that onnxruntime maps the external weights file and LiteRT maps the
+        # flatbuffer (see the table above). The files are hashed just before; a device keeps
+        # its model folder on a read-only or root-owned file system, where nothing swaps them.
+        engine = _ENGINES[family](str(model_path), model_path, n_threads)
+        if max_tokens > engine.max_seq:
+            raise ModelError(
+                f"model file {model_path} takes at most {engine.max_seq} tokens, {max_tokens} requested"
             )
 
         try:
@@ -297,16 +548,8 @@ class QueryEmbedder:
         if tokenizer.token_to_id("[CLS]") is None or tokenizer.token_to_id("[SEP]") is None:
             raise ModelError(f"tokenizer file {tokenizer_path} has no [CLS]/[SEP] tokens")
 
-        metadata = dict(session.get_modelmeta().custom_metadata_map)
-        logger.debug(
-            "opened model %s sha256 %s (%d threads, max %d tokens)",
-            model_path,
-            sha256,
-            n_threads,
-            max_tokens,
-        )
-        return cls(
-            session=session,
+        embedder = cls(
+            engine=engine,
             tokenizer=tokenizer,
             model_path=model_path,
             sha256=sha256,
@@ -314,11 +557,61 @@ class QueryEmbedder:
             tokenizer_sha256=tokenizer_sha256,
             dim=EXPECTED_DIM,
             max_tokens=max_tokens,
-            metadata=metadata,
+            n_threads=n_threads,
         )
+        embedder._check_known_answers(model_dir / REFERENCE_FILENAME)
+        logger.debug(
+            "opened model %s sha256 %s with %s (%d threads, max %d tokens)",
+            model_path,
+            sha256,
+            engine.name,
+            n_threads,
+            max_tokens,
+        )
+        return embedder
+
+    def _check_known_answers(self, reference_path: Path) -> None:
+        """Raise ModelError unless the engine reproduces the reference vectors.
+
+        Skipped (DEBUG log) when the model directory has no reference file.
+        """
+        if not reference_path.is_file():
+            logger.debug("no %s: known-answer check skipped", reference_path)
+            return
+        try:
+            with np.load(reference_path, allow_pickle=False) as ref:
+                texts = [str(t) for t in ref["sentences"][:KNOWN_ANSWER_SENTENCES]]
+                want = np.asarray(ref["embeddings"][:KNOWN_ANSWER_SENTENCES], dtype=np.float32)
+        except (OSError, KeyError, ValueError) as exc:
+            raise ModelError(f"cannot read reference file {reference_path}: {exc}") from exc
+        # whole texts (the reference is untruncated), whatever this embedder's max_tokens
+        rows = [self._tokenizer.encode(text).ids for text in texts]
+        got = np.stack([self._run([row])[0] for row in rows]) if texts else np.zeros((0, self._dim))
+        cos = (got * want).sum(axis=1)
+        if not texts or float(cos.min()) < KNOWN_ANSWER_MIN_COS:
+            logger.warning("refusing %s with %s: known-answer cos %s", self._model_path, self.engine, cos)
+            raise ModelError(
+                f"{self.engine} computes wrong embeddings with {self._model_path.name}: cos "
+                f"{float(cos.min()):.3f} to the reference vectors, expected >= {KNOWN_ANSWER_MIN_COS}"
+            )
 
     # ------------------------------------------------------------------
     # properties
+
+    @property
+    def family(self) -> str:
+        """Model family in use: ``"onnx"`` or ``"tflite"`` (FORMAT.md §4.3)."""
+        return self._engine.family
+
+    @property
+    def engine(self) -> str:
+        """Inference engine and version, e.g. ``"ai-edge-litert 2.3.0"``."""
+        return self._engine.name
+
+    @property
+    def n_threads(self) -> int:
+        """Engine intra-op threads."""
+        return self._n_threads
 
     @property
     def dim(self) -> int:
@@ -337,7 +630,7 @@ class QueryEmbedder:
 
     @property
     def model_path(self) -> Path:
-        """Path of the loaded ``model.int8.onnx``."""
+        """Path of the loaded model file."""
         return self._model_path
 
     @property
@@ -352,7 +645,7 @@ class QueryEmbedder:
 
     @property
     def metadata(self) -> dict[str, str]:
-        """The model's ONNX metadata (``edge.*`` keys: name, dim, quantization)."""
+        """The model's ONNX metadata (``edge.*`` keys); empty for LiteRT."""
         return dict(self._metadata)
 
     # ------------------------------------------------------------------
@@ -415,15 +708,7 @@ class QueryEmbedder:
     # inference
 
     def _run(self, ids_rows: Sequence[Sequence[int]]) -> np.ndarray:
-        longest = max(len(row) for row in ids_rows)
-        input_ids = np.zeros((len(ids_rows), longest), dtype=np.int64)
-        attention_mask = np.zeros((len(ids_rows), longest), dtype=np.int64)
-        for row_index, row in enumerate(ids_rows):
-            input_ids[row_index, : len(row)] = row
-            attention_mask[row_index, : len(row)] = 1
-        (out,) = self._session.run(
-            [OUTPUT_NAME], {"input_ids": input_ids, "attention_mask": attention_mask}
-        )
+        out = self._engine.run(ids_rows)
         if out.shape != (len(ids_rows), self._dim) or out.dtype != np.float32:
             raise ModelError(
                 f"model output is {out.dtype} {out.shape}, expected float32 "
@@ -508,8 +793,8 @@ def default_search_path() -> list[Path]:
     return roots
 
 
-def _candidates(root: Path) -> list[Path]:
-    if (root / MODEL_FILENAME).is_file():
+def _candidates(root: Path, filename: str) -> list[Path]:
+    if (root / filename).is_file():
         return [root]
     if not root.is_dir():
         return []
@@ -517,11 +802,11 @@ def _candidates(root: Path) -> list[Path]:
         children = sorted(p for p in root.iterdir() if p.is_dir())
     except OSError:
         return []
-    return [p for p in children if (p / MODEL_FILENAME).is_file()]
+    return [p for p in children if (p / filename).is_file()]
 
 
-def _listed_sha256(model_dir: Path) -> str | None:
-    """Return the model identity computed from SHA256SUMS's listing, or None."""
+def _listed_sha256(model_dir: Path, family: str = "onnx") -> str | None:
+    """Return the ``family`` model identity computed from SHA256SUMS's listing, or None."""
     try:
         lines = (model_dir / SUMS_FILENAME).read_text(encoding="ascii").splitlines()
     except (OSError, UnicodeDecodeError):
@@ -531,27 +816,34 @@ def _listed_sha256(model_dir: Path) -> str | None:
         parts = line.split()
         if len(parts) == 2 and _SHA256_RE.match(parts[0].lower()):
             listed[parts[1].lstrip("*")] = parts[0].lower()
+    if family == "tflite":
+        return listed.get(MODEL_FILENAMES["tflite"])
     if MODEL_FILENAME not in listed or MODEL_DATA_FILENAME not in listed:
         return None
     return model_identity(listed[MODEL_FILENAME], listed[MODEL_DATA_FILENAME])
 
 
-def find_model_dir(sha256: str | None = None, search_path: list[Path] | None = None) -> Path:
-    """Return the model directory whose model identity is ``sha256``.
+def find_model_dir(
+    sha256: str | None = None, search_path: list[Path] | None = None, *, family: str = "onnx"
+) -> Path:
+    """Return the model directory whose ``family`` model has identity ``sha256``.
 
-    Candidates are checked in search order by the identity their
-    ``SHA256SUMS`` listing gives; the first that lists ``sha256`` is
-    confirmed by hashing its files (a candidate without ``SHA256SUMS`` is
-    hashed directly). A candidate whose files do not match its listing is
-    skipped with a warning. The digests are kept for
-    :meth:`QueryEmbedder.open`, which therefore does not hash them again.
+    Candidates are checked in search order by the hash their
+    ``SHA256SUMS`` lists; the first that lists ``sha256`` is confirmed by
+    hashing its model file once (a candidate without ``SHA256SUMS`` is
+    hashed directly). A candidate whose file does not match its listing is
+    skipped with a warning. :meth:`QueryEmbedder.open` hashes the file
+    again when it loads it.
 
     Args:
-        sha256: lowercase hex model identity (``model_identity``, from the
-            capsule manifest); None returns the first directory that holds a model.
+        sha256: lowercase hex sha256 of the model file (from the capsule
+            manifest); None returns the first directory that holds a model
+            of ``family``.
         search_path: directories to search instead of
             :func:`default_search_path`; each is a model directory or a
             parent of model directories.
+        family: ``"onnx"`` looks for ``model.int8.onnx``, ``"tflite"`` for
+            ``model.int8.tflite`` (FORMAT.md §4.3).
 
     Returns:
         The matching model directory.
@@ -559,27 +851,28 @@ def find_model_dir(sha256: str | None = None, search_path: list[Path] | None = N
     Raises:
         ModelError: no directory in the search path holds a model with
             ``sha256`` (or any model, when ``sha256`` is None); the message
-            names the hash and the directories searched.
-        ValueError: ``sha256`` is not 64 hex digits.
+            names the hash, the family and the directories searched.
+        ValueError: ``sha256`` is not 64 hex digits, or unknown family.
 
     Source: models/all-MiniLM-L6-v2/MODEL.md (SHA256SUMS).
     """
     sha256 = _check_sha256_arg(sha256)
+    filename = MODEL_FILENAMES[_check_family(family)]
     roots = [Path(p) for p in (default_search_path() if search_path is None else search_path)]
     unlisted: list[Path] = []
     for root in roots:
-        for candidate in _candidates(root):
+        for candidate in _candidates(root, filename):
             if sha256 is None:
                 logger.debug("found model directory %s", candidate)
                 return candidate
-            listed = _listed_sha256(candidate)
+            listed = _listed_sha256(candidate, family)
             if listed is None:
                 unlisted.append(candidate)
                 continue
             if listed != sha256:
                 continue
             try:
-                actual = _model_identity_of(candidate)
+                actual = _model_identity_of(candidate, family)
             except OSError:
                 actual = "unreadable"
             if actual == sha256:
@@ -588,7 +881,7 @@ def find_model_dir(sha256: str | None = None, search_path: list[Path] | None = N
             logger.warning("skipping %s: SHA256SUMS lists model %s but the files give %s", candidate, listed, actual)
     for candidate in unlisted:
         try:
-            actual = _model_identity_of(candidate)
+            actual = _model_identity_of(candidate, family)
         except OSError:
             continue
         if actual == sha256:
@@ -596,11 +889,15 @@ def find_model_dir(sha256: str | None = None, search_path: list[Path] | None = N
             return candidate
     searched = ", ".join(str(root) for root in roots) or "(none)"
     wanted = f"sha256 {sha256}" if sha256 else "any sha256"
-    raise ModelError(f"no model with {wanted} in: {searched}")
+    raise ModelError(f"no {family} model with {wanted} in: {searched}")
 
 
 __all__ = [
     "DEFAULT_MODEL_NAME",
+    "MODEL_FAMILIES",
+    "MODEL_FILENAMES",
+    "check_engine",
+    "engine_status",
     "DEFAULT_MAX_TOKENS",
     "EXPECTED_DIM",
     "QueryEmbedder",

@@ -26,6 +26,9 @@ from typing import Any
 from .errors import CapsuleFormatError, ExpiredCapsuleError, NotYetValidError, RuleViolationError
 from .format import HASHED_SECTIONS
 
+MODEL_FAMILIES = ("onnx", "tflite")
+"""Values of ``model.family`` (FORMAT.md §4.3): the model file format and engine."""
+
 FORMAT_ID = "edge-capsule/1"
 MAX_INT = (1 << 53) - 1
 MAX_RECIPIENTS = 1024
@@ -435,7 +438,7 @@ def parse_manifest(data: bytes) -> Manifest:
     m = top.obj("model")
     model = ModelInfo(
         name=m.str("name", max_len=128),
-        family=m.str("family", choices=("onnx",)),
+        family=m.str("family", choices=MODEL_FAMILIES),
         sha256=m.str("sha256", _HEX64, 64),
         tokenizer_sha256=m.str("tokenizer_sha256", _HEX64, 64),
         dim=m.int("dim", 1, 4096),

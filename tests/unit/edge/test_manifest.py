@@ -53,6 +53,8 @@ def test_unknown_field_is_refused(manifest_dict):
     (("index", "n_items"), 11, "n_items is 11, n_chunks is 10"),
     (("index", "metric"), "euclidean", "metric is 'euclidean'"),
     (("video", "gop"), 30, "gop must be an integer"),
+    (("model", "family"), "pytorch", "family is 'pytorch', expected one of onnx, tflite"),
+    (("video", "codec"), "vp9", "codec is 'vp9', expected one of h264, hevc"),
     (("recipients",), [], "list of 1..1024"),
     (("payload", "max_plaintext_bytes"), 1 << 30, "max_plaintext_bytes must be"),
 ])
@@ -63,6 +65,14 @@ def test_bad_fields_are_named(manifest_dict, path, value, message):
     target[path[-1]] = value
     with pytest.raises(CapsuleFormatError, match=message):
         parse_manifest(canonical_json(manifest_dict))
+
+
+@pytest.mark.parametrize("family, codec", [("onnx", "h264"), ("tflite", "h264"), ("onnx", "hevc"), ("tflite", "hevc")])
+def test_model_families_and_video_codecs_parse(manifest_dict, family, codec):
+    manifest_dict["model"]["family"] = family
+    manifest_dict["video"]["codec"] = codec
+    manifest = parse_manifest(canonical_json(manifest_dict))
+    assert (manifest.model.family, manifest.video.codec) == (family, codec)
 
 
 def test_scrypt_work_factor_out_of_bounds_is_refused(manifest_dict):
