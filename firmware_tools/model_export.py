@@ -48,6 +48,7 @@ from edge.embedder import (
     INPUT_NAMES,
     MODEL_DATA_FILENAME,
     MODEL_FILENAME,
+    MODEL_FILENAMES,
     OUTPUT_NAME,
     SUMS_FILENAME,
     TOKENIZER_FILENAME,
@@ -633,6 +634,22 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def write_sums(model_dir: Path) -> None:
+    """Rewrite ``SHA256SUMS`` in ``model_dir`` over the model files it holds.
+
+    Lists, in this order and when present, the ONNX graph and its external
+    weights, the LiteRT model (``model.int8.tflite``, written by
+    ``model_export_tflite``) and the tokenizer, in ``sha256sum`` format, so ``sha256sum -c SHA256SUMS`` works.
+    """
+    names = [MODEL_FILENAMES["onnx"], MODEL_DATA_FILENAME, MODEL_FILENAMES["tflite"], TOKENIZER_FILENAME]
+    sums = "".join(
+        f"{sha256_file(model_dir / name)}  {name}\n" for name in names if (model_dir / name).is_file()
+    )
+    tmp = model_dir / (SUMS_FILENAME + ".tmp")
+    tmp.write_text(sums, encoding="ascii")
+    os.replace(tmp, model_dir / SUMS_FILENAME)
+
+
 def _metadata(config: dict[str, Any], recipe: dict[str, Any]) -> dict[str, str]:
     import onnx
     import onnxruntime
@@ -751,14 +768,9 @@ def export_model(out_dir: Path, *, recipe: dict[str, Any] | None = None) -> dict
                 "n_tokens": np.array([len(row) for row in ids], dtype=np.int64),
             },
         )
-        sums = "".join(
-            f"{sha256_file(staged[name])}  {name}\n"
-            for name in (MODEL_FILENAME, MODEL_DATA_FILENAME, TOKENIZER_FILENAME)
-        )
-        staged[SUMS_FILENAME] = tmp_path / SUMS_FILENAME
-        staged[SUMS_FILENAME].write_text(sums, encoding="ascii")
         for name, path in staged.items():
             os.replace(path, out_dir / name)
+    write_sums(out_dir)
 
     model_path = out_dir / MODEL_FILENAME
     data_path = out_dir / MODEL_DATA_FILENAME

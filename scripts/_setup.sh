@@ -9,4 +9,4 @@ fi
 PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e ".[tools,test]"
+.venv/bin/python -m pip install -q -e ".[tools,litert,test]"
