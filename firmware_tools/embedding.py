@@ -48,9 +48,9 @@ MIN_TEXTS_FOR_POOL = 128
 _worker_embedder: QueryEmbedder | None = None
 
 
-def _init_worker(model_dir: str) -> None:
+def _init_worker(model_dir: str, family: str = "onnx") -> None:
     global _worker_embedder
-    _worker_embedder = QueryEmbedder.open(Path(model_dir), n_threads=1)
+    _worker_embedder = QueryEmbedder.open(Path(model_dir), family=family, n_threads=1)
 
 
 def _embed_task(texts: list[str]) -> np.ndarray:
@@ -102,7 +102,8 @@ class ChunkEmbedder:
     """Embeds chunk texts in worker processes, optionally through an ``EmbeddingCache``.
 
     Args:
-        model_dir: the model folder (``model.int8.onnx`` + ``tokenizer.json``).
+        model_dir: the model folder (``model.int8.onnx`` and/or ``model.int8.tflite``, ``tokenizer.json``).
+        family: ``"onnx"`` or ``"tflite"``: which model file (and engine) embeds (FORMAT.md §4.3).
         n_workers: worker processes, one onnxruntime thread each; 1 embeds in this process.
         cache_path: SQLite cache file, created if missing; ``None`` for no cache.
 
@@ -110,9 +111,11 @@ class ChunkEmbedder:
         ModelError: the model does not load or returns a wrong shape.
     """
 
-    def __init__(self, model_dir: Path, *, n_workers: int = 1, cache_path: Path | None = None) -> None:
+    def __init__(self, model_dir: Path, *, family: str = "onnx", n_workers: int = 1,
+                 cache_path: Path | None = None) -> None:
         self.model_dir = Path(model_dir)
-        self._local = QueryEmbedder.open(self.model_dir, n_threads=1)
+        self.family = family
+        self._local = QueryEmbedder.open(self.model_dir, family=family, n_threads=1)
         self.dim = self._local.dim
         self.n_workers = n_workers
         self._pool = None
@@ -162,7 +165,7 @@ class ChunkEmbedder:
         parts: list[np.ndarray] = []
         if len(texts) >= MIN_TEXTS_FOR_POOL and not self._pool_failed:
             if self._pool is None:
-                self._pool = spawn_pool(self.n_workers, _init_worker, (str(self.model_dir),))
+                self._pool = spawn_pool(self.n_workers, _init_worker, (str(self.model_dir), self.family))
                 self._pool_failed = self._pool is None
             if self._pool is not None:
                 try:

@@ -81,6 +81,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "VideoParams",
     "DEFAULT_VIDEO_PARAMS",
+    "HEVC_VIDEO_PARAMS",
     "EncodedVideo",
     "qr_byte_capacity",
     "render_qr_frame",
@@ -153,12 +154,16 @@ class VideoParams:
     """How payloads become QR symbols and H.264 frames (recorded in manifest ``video``).
 
     Attributes:
-        codec: video codec written, ``"h264"`` (the reader also knows ``"hevc"``).
-        profile: x264 profile, ``"high"`` (8x8 transform, CABAC; what Pi 4 decodes in hardware).
+        codec: ``"h264"`` (libx264; the Pi 4 decodes it in hardware) or ``"hevc"`` (libx265,
+            for devices with an HEVC but no H.264 decoder, such as the Pi 5; see
+            :data:`HEVC_VIDEO_PARAMS`).
+        profile: x264 profile, ``"high"`` (8x8 transform, CABAC; what Pi 4 decodes in hardware);
+            ``"main"`` for HEVC (8-bit 4:2:0 Main, not the RExt "Main Intra" that x265 signals
+            for ``keyint=1``).
         width: frame width in pixels, even.
         height: frame height in pixels, even.
         pix_fmt: ``"yuv420p"``; chroma is flat grey.
-        crf: x264 constant rate factor, 1..51 (0 would select the lossless High 4:4:4 profile).
+        crf: x264/x265 constant rate factor, 1..51 (0 would select a lossless profile).
         qr_version: QR version 1..40 (v40 = 177x177 modules).
         qr_ec_level: QR error-correction level ``"L"``/``"M"``/``"Q"``/``"H"``.
         pixels_per_module: pixels per QR module edge.
@@ -173,6 +178,10 @@ class VideoParams:
         qr_writer: ``"numpy"`` (this module's writer, ~0.4 ms per v40 symbol, needs a fixed
             ``qr_mask``) or ``"zxing"`` (zxing-cpp's, ~3.2 ms); both draw identical modules.
         encoder_threads: x264 thread count; fixed so that output does not depend on the machine.
+            (x265 always runs without a thread pool, ``pools=none``, for the same reason.)
+        x265_preset: x265 speed preset (HEVC only).
+        x265_params: extra ``key=value:key=value`` x265 options (HEVC only), after the fixed
+            closed-GOP, single-thread ones in ``_X265_FIXED_PARAMS``.
 
     Source: FORMAT.md §4.5 (video object).
     """
@@ -194,14 +203,20 @@ class VideoParams:
     qr_mask: int | None = 0
     qr_writer: str = "numpy"
     encoder_threads: int = 1
+    x265_preset: str = "veryfast"
+    x265_params: str = ""
 
     def __post_init__(self) -> None:
-        if self.codec != "h264":
-            raise ValueError(f"only h264 video can be written, not {self.codec!r}")
+        if self.codec not in ("h264", "hevc"):
+            raise ValueError(f"only h264 or hevc video can be written, not {self.codec!r}")
         if self.pix_fmt != "yuv420p":
             raise ValueError(f"only yuv420p video can be written, not {self.pix_fmt!r}")
-        if self.profile not in ("baseline", "main", "high"):
+        if self.codec == "h264" and self.profile not in ("baseline", "main", "high"):
             raise ValueError(f"h264 profile must be baseline, main or high, not {self.profile!r}")
+        if self.codec == "hevc" and self.profile != "main":
+            raise ValueError(f"hevc profile must be main, not {self.profile!r}")
+        if self.x265_preset not in _PRESETS:
+            raise ValueError(f"unknown x265 preset {self.x265_preset!r}")
         if not 1 <= self.crf <= 51:
             raise ValueError(f"crf must be 1..51 (0 is lossless High 4:4:4), not {self.crf}")
         qr_byte_capacity(self.qr_version, self.qr_ec_level)  # validates version and level
@@ -240,6 +255,23 @@ class VideoParams:
 #: module in 192x192, x264 veryfast with aq-mode=2:aq-strength=0.5 at CRF 25 (100% decode up to
 #: CRF 27): 3.315 MP4 bytes per payload byte, ~9.8 kB per full frame.
 DEFAULT_VIDEO_PARAMS = VideoParams()
+
+#: HEVC capsules (``firmware-tools build --codec hevc``) for devices whose hardware decodes HEVC
+#: but not H.264 (Raspberry Pi 5). Every frame is a forced IDR picture (closed GOPs of one
+#: frame, no CRA/RASL), HEVC Main profile. Chosen on 60 random full v40-L payloads, 1 px/module,
+#: 192x192, x265 veryfast (x86_64, PyAV 18.1 / x265 bundled in its wheel; frames read through
+#: ``edge.frames.FrameReader``). With forced IDRs x265 spends more bits at equal CRF than with
+#: keyint=1 (which signals the RExt "Main Intra" profile that hardware decoders may refuse), so
+#: the CRF scale moves up: CRF 30 4.56 B/B, 32 4.02, **33 3.75**, 34 3.42, 35 3.15 all 60/60; CRF 36 58/60,
+#: 37 53/60. CRF 33 keeps a 2-step margin below the cliff (H.264 default: 3.32 B/B).
+HEVC_VIDEO_PARAMS = VideoParams(codec="hevc", profile="main", crf=33)
+
+# Fixed x265 options: every frame an IDR picture (the encoder is also handed I-frames with
+# forced-idr=1), no B-frames, no scene cuts, closed GOPs; no threads (output independent of
+# the machine); no SEI with the encoder's settings; parameter sets only in hvcC.
+_X265_FIXED_PARAMS = ("keyint=1000:min-keyint=1000:scenecut=0:open-gop=0:bframes=0:frame-threads=1:"
+                      "pools=none:wpp=0:info=0:repeat-headers=0:log-level=error")
+_HEVC_IDR_NAL_TYPES = (19, 20)  # IDR_W_RADL, IDR_N_LP (ISO/IEC 23008-2 Table 7-1)
 
 
 @dataclass(frozen=True)
@@ -603,6 +635,12 @@ def encode_mp4_file(
     return video
 
 
+def _x265_options(params: VideoParams) -> dict[str, str]:
+    x265_params = _X265_FIXED_PARAMS + (":" + params.x265_params if params.x265_params else "")
+    return {"crf": str(params.crf), "preset": params.x265_preset, "profile": params.profile,
+            "forced-idr": "1", "x265-params": x265_params}
+
+
 def _encode_lumas(lumas: Iterable[bytes], out_path: Path, params: VideoParams,
                   progress: Callable[[int], None] | None = None) -> int:
     """Encode rendered luma images (H*W bytes each) as an MP4; return the frame count."""
@@ -613,18 +651,21 @@ def _encode_lumas(lumas: Iterable[bytes], out_path: Path, params: VideoParams,
     n_frames = 0
     container = av.open(str(out_path), mode="w", format="mp4", options={"fflags": "+bitexact"})
     try:
-        stream = container.add_stream("libx264", rate=params.fps)
+        hevc = params.codec == "hevc"
+        stream = container.add_stream("libx265" if hevc else "libx264", rate=params.fps)
         stream.width = width
         stream.height = height
         stream.pix_fmt = params.pix_fmt
         cc = stream.codec_context
         cc.gop_size = 1
         cc.max_b_frames = 0
-        cc.options = _x264_options(params)
+        cc.options = _x265_options(params) if hevc else _x264_options(params)
         for luma in lumas:
             yuv[:height] = np.frombuffer(luma, dtype=np.uint8).reshape(height, width)
             frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")  # copies: yuv is reused
             frame.pts = n_frames
+            if hevc:
+                frame.pict_type = av.video.frame.PictureType.I  # an IDR, with forced-idr=1
             for packet in stream.encode(frame):
                 container.mux(packet)
             n_frames += 1
@@ -687,16 +728,31 @@ def _read_sample_table(path: Path, n_frames: int) -> EncodedVideo:
                 f.seek(packet.pos)
                 if f.read(packet.size) != bytes(packet):
                     raise RuntimeError(f"sample {len(offsets)} bytes differ at file offset {packet.pos}")
+                if codec == "hevc":
+                    _check_hevc_idr(bytes(packet), len(offsets))
                 offsets.append(int(packet.pos))
                 sizes.append(int(packet.size))
     if len(offsets) != n_frames:
         raise RuntimeError(f"mp4 holds {len(offsets)} samples, encoded {n_frames} frames")
     if not extradata or extradata[0] != 1:
-        raise RuntimeError("mp4 has no avcC extradata")
+        raise RuntimeError(f"mp4 has no {'hvcC' if codec == 'hevc' else 'avcC'} extradata")
     if "4:4:4" in profile:
         raise RuntimeError(f"encoder produced profile {profile!r}, which hardware decoders refuse")
     return EncodedVideo(path=path, n_frames=n_frames, extradata=extradata, sample_offsets=offsets,
                         sample_sizes=sizes, profile=profile, codec=codec, size_bytes=path.stat().st_size)
+
+
+def _check_hevc_idr(sample: bytes, index: int) -> None:
+    """Raise unless every picture NAL unit in an HEVC sample (4-byte lengths) is an IDR slice."""
+    pos = 0
+    while pos + 5 <= len(sample):
+        size = int.from_bytes(sample[pos:pos + 4], "big")
+        nal_type = (sample[pos + 4] >> 1) & 0x3F
+        if nal_type < 32 and nal_type not in _HEVC_IDR_NAL_TYPES:  # 0..31 are VCL (slice) NAL units
+            raise RuntimeError(f"sample {index} holds an hevc slice of NAL type {nal_type}, not an IDR")
+        pos += 4 + size
+    if pos != len(sample):
+        raise RuntimeError(f"sample {index} is not a sequence of length-prefixed hevc NAL units")
 
 
 # -- round-trip check -------------------------------------------------------------------------------

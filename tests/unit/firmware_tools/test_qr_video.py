@@ -149,7 +149,8 @@ def test_progress_reports_frames_done(tmp_path):
     ({"width": 193}, "even"),
     ({"qr_ec_level": "X"}, "ec level"),
     ({"qr_version": 41}, "version must be 1..40"),
-    ({"codec": "hevc"}, "only h264"),
+    ({"codec": "vp9"}, "only h264 or hevc"),
+    ({"codec": "hevc", "profile": "high"}, "hevc profile must be main"),
     ({"qr_mask": 8}, "qr_mask"),
 ])
 def test_video_params_reject_unusable_settings(kwargs, match):
