@@ -278,3 +278,19 @@ def test_find_model_dir_not_found_names_hash_and_dirs(tmp_path: Path) -> None:
         find_model_dir(wanted, search_path=[tmp_path, MODELS_PATH])
     message = str(info.value)
     assert wanted in message and str(tmp_path) in message and str(MODELS_PATH) in message
+
+
+def test_onnxruntime_telemetry_is_off_and_writes_nothing(tmp_path: Path) -> None:
+    # onnxruntime >= 1.29 wheels write a telemetry device id and event cache under $HOME and
+    # upload events unless ORT_DISABLE_TELEMETRY=1 is set before it initializes.
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("ORT_DISABLE_TELEMETRY", "XDG_CACHE_HOME")}
+    env.update(HOME=str(tmp_path), PYTHONPATH=str(REPO_PATH))
+    code = ("from edge.embedder import QueryEmbedder, find_model_dir\n"
+            "QueryEmbedder.open(find_model_dir()).embed(['is anything written?'])\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert list(tmp_path.rglob("*")) == []
