@@ -19,7 +19,7 @@ def main() -> int:
     """Run the checks; print one JSON object; return the exit status."""
     import numpy as np
 
-    from edge.embedder import MODEL_FAMILIES, QueryEmbedder, engine_status, find_model_dir
+    from edge.embedder import MODEL_FAMILIES, QueryEmbedder, engine_status, find_model_dir, model_identity
     from edge.errors import EdgeError
     from edge.frames import FrameReader
 
@@ -34,8 +34,9 @@ def main() -> int:
             model_dir = find_model_dir(family=family)
             listed = {name: digest for digest, name in
                       (line.split() for line in (model_dir / "SHA256SUMS").read_text().splitlines())}
-            embedder = QueryEmbedder.open(model_dir, family=family,
-                                          expected_sha256=listed[f"model.int8.{family}"])
+            expected = (listed["model.int8.tflite"] if family == "tflite" else
+                        model_identity(listed["model.int8.onnx"], listed["model.int8.onnx.data"]))
+            embedder = QueryEmbedder.open(model_dir, family=family, expected_sha256=expected)
             norm = float(np.linalg.norm(embedder.embed(["is the device healthy?"])[0]))
             if abs(norm - 1.0) > 1e-3:
                 raise EdgeError(f"{family} embedding has norm {norm:.4f}")
