@@ -535,8 +535,11 @@ def _import_runtime_libraries() -> None:
     import annoy  # noqa: F401  (pyflakes: imported for its memory, not used)
     import av  # noqa: F401
     import numpy  # noqa: F401
-    import onnxruntime  # noqa: F401
     import tokenizers  # noqa: F401
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:  # a runtime with only LiteRT: check_engine() says what the capsule needs
+        pass
     import zxingcpp  # noqa: F401
 
 
