@@ -112,7 +112,13 @@ _SESSION_EMBEDDING_CACHE: list[Path] = []
 
 @pytest.fixture(scope="session", autouse=True)
 def _session_embedding_cache(tmp_path_factory):
-    _SESSION_EMBEDDING_CACHE.append(tmp_path_factory.mktemp("embeddings") / "cache.sqlite")
+    # $EDGE_TEST_EMBEDDING_CACHE names a cache file to use (and fill) instead: the emulated
+    # aarch64 run (docker/arm64/test.sh) starts from the one an x86 run filled, so that the
+    # builder's chunk embedding, a desktop job, does not run 100x slower under QEMU.
+    import os
+
+    given = os.environ.get("EDGE_TEST_EMBEDDING_CACHE")
+    _SESSION_EMBEDDING_CACHE.append(Path(given) if given else tmp_path_factory.mktemp("embeddings") / "cache.sqlite")
     yield
     _SESSION_EMBEDDING_CACHE.clear()
 
