@@ -313,6 +313,7 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
             flush_block()
         n_embedded = chunk_embedder.n_embedded
     records.close_writing()
+    report("read", len(docs), len(docs))
     vectors = vectors_spool.array()
     if not docs:
         raise BuildError("no documents found in the inputs")
