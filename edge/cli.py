@@ -69,11 +69,44 @@ def _hardware_id() -> str | None:
     return None
 
 
+class _NoStore:
+    """Stands in for the device store where none can exist (no --store, and the default
+    location cannot be created, e.g. a read-only root with no store on it): capsules open by
+    path with the device state in memory for this process only; names cannot be used."""
+
+    def __init__(self, path: Path, reason: str, hardware_id: str | None) -> None:
+        from .trust import DeviceState
+
+        self.path = path
+        self.reason = reason
+        self.state = DeviceState(hardware_id=hardware_id)
+        print(f"{PROG}: warning: no device store ({reason}); the trusted time floor and version records "
+              "are not kept between runs", file=sys.stderr)
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+    def __getattr__(self, name: str):
+        from .errors import StoreError
+
+        def unavailable(*args, **kwargs):
+            raise StoreError(f"no device store: {self.reason}")
+
+        return unavailable
+
+
 def _store(args: argparse.Namespace):
-    from .store import Store
+    from .errors import StoreError
+    from .store import Store, default_store_dir
 
     if getattr(args, "_store", None) is None:
-        args._store = Store(args.store, hardware_id=_hardware_id())
+        try:
+            args._store = Store(args.store, hardware_id=_hardware_id())
+        except StoreError as exc:
+            path = Path(args.store) if args.store else default_store_dir()
+            if args.store is not None or path.exists() or args.func not in _PATH_COMMANDS:
+                raise
+            args._store = _NoStore(path, str(exc), _hardware_id())
     return args._store
 
 
@@ -378,6 +411,10 @@ def cmd_trust(args: argparse.Namespace) -> int:
 def _usage_error(message: str) -> int:
     print(f"{PROG}: error: {message}", file=sys.stderr)
     return 2
+
+
+#: Commands that can work on a capsule file without a device store.
+_PATH_COMMANDS = frozenset({cmd_verify, cmd_info, cmd_search, cmd_read, cmd_export})
 
 
 def build_parser() -> argparse.ArgumentParser:

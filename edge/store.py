@@ -94,6 +94,8 @@ _OBJECT_NAME = re.compile(r"[0-9a-f]{32}-v[0-9]{1,16}-[0-9a-f]{12}")
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: errno values that mean "this file system or directory cannot be written".
+_READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def default_store_dir() -> Path:
@@ -311,11 +313,23 @@ class Store:
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, hardware_id: str | None = None) -> None:
         self.path = Path(path) if path is not None else default_store_dir()
+        self.read_only = False
         try:
             self.path.mkdir(mode=0o755, parents=True, exist_ok=True)
+        except OSError as exc:
+            if exc.errno not in _READ_ONLY_ERRNOS or not self.path.is_dir():
+                raise StoreError(f"cannot use store directory {self.path}: {exc.strerror}") from None
+        try:
             self._root_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
             raise StoreError(f"cannot use store directory {self.path}: {exc.strerror}") from None
+        if os.fstatvfs(self._root_fd).f_flag & os.ST_RDONLY or not os.access(self.path, os.W_OK):
+            # A Pi with a read-only root: the store serves what it holds; the floor, rate log
+            # and purges are not written (FORMAT.md §13: the state cannot move forward).
+            self.read_only = True
+            log.warning("device store %s is read-only: installs, removals, the trusted time floor, rate "
+                        "limits across processes and purges are not written", self.path)
+        self._ro_uses: dict[str, list[datetime]] = {}
         try:
             self._init_layout()
             self._objects_fd = self._subdir("objects")
@@ -329,6 +343,8 @@ class Store:
     # -- low-level file helpers -------------------------------------------------
     def _init_layout(self) -> None:
         marker = self._read_file(self._root_fd, "STORE", missing_ok=True)
+        if marker is None and self.read_only:
+            raise StoreError(f"{self.path} is read-only and not an edge store (no STORE file)")
         if marker is None:
             layout = {"lock", "objects", "tmp", "uses", "catalog.json"}
             if any(name not in layout and not name.startswith(".") for name in os.listdir(self._root_fd)):
@@ -411,8 +427,13 @@ class Store:
             crash(f"{name}: renamed into place")
         os.fsync(dir_fd)
 
+    def _check_writable(self, what: str) -> None:
+        if self.read_only:
+            raise StoreError(f"cannot {what}: the device store {self.path} is on a read-only file system")
+
     @contextmanager
     def _lock(self, name: str = "lock", dir_fd: int | None = None) -> Iterator[None]:
+        self._check_writable("change the store")
         try:
             fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
                          dir_fd=self._root_fd if dir_fd is None else dir_fd)
@@ -477,6 +498,8 @@ class Store:
         return _parse_time(obj["floor"], "clock.json")
 
     def _raise_floor(self, floor_at: datetime, crash: Callable[[str], None] | None = None) -> datetime:
+        if self.read_only:
+            return floor_at  # kept in memory for this process only
         with self._lock("clock.json.lock"):
             stored = self._read_floor()
             if stored is not None and stored >= floor_at:
@@ -486,6 +509,9 @@ class Store:
             return floor_at
 
     def _record_use(self, capsule_id: str, limit: RateLimit, at: datetime) -> None:
+        if self.read_only:  # counted in this process only
+            self._ro_uses[capsule_id] = admit_use(self._ro_uses.get(capsule_id, []), limit, at)
+            return
         name = f"{capsule_id}.json"
         with self._lock(f"{capsule_id}.lock", self._uses_fd):
             data = self._read_file(self._uses_fd, name, missing_ok=True)
@@ -805,6 +831,9 @@ class Store:
                     and (only_capsule_id is None or e.capsule_id == only_capsule_id)]
 
         if not due(self._read_catalog().entries):
+            return []
+        if self.read_only:
+            log.warning("cannot purge expired capsules from the read-only store %s", self.path)
             return []
         purged = []
         with self._writer():

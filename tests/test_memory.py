@@ -58,13 +58,13 @@ def test_info_memory_prints_the_plan_and_measured_use(faq_capsule):
         assert word in proc.stdout
 
 
-def test_query_process_under_rlimit_data_answers_and_a_bigger_capsule_is_refused(faq_capsule, big_capsule):
+def test_query_process_under_rlimit_data_answers_and_a_bigger_capsule_is_refused(faq_capsule, big_capsule, tmp_path):
     if shutil.which("prlimit") is None:
         pytest.skip("prlimit (util-linux) is not installed")
     budget = _memory_json(faq_capsule)["total_reserved_bytes"] + MiB
     assert _memory_json(big_capsule)["total_reserved_bytes"] > budget  # the bigger index does not fit
     limit = ["prlimit", f"--data={budget}", "--"]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), EDGE_STORE_DIR=str(tmp_path / "store"))
     search = [sys.executable, "-m", "edge", "--ram-budget", str(budget), "search"]
     ok = subprocess.run(limit + search + [str(faq_capsule.path), QUESTION["question"], "--json",
                                           *_keys(faq_capsule)], capture_output=True, text=True, env=env, timeout=300)
@@ -163,12 +163,17 @@ def _can_mount() -> str | None:
 
 
 def test_runtime_works_from_a_read_only_filesystem(faq_capsule, tmp_path):
+    """Capsules, model, keys and an installed store on a real read-only mount; /var/lib read-only
+    and empty too, so the default store cannot be created (a Pi with a read-only root)."""
     reason = _can_mount()
     if reason:
         pytest.skip(reason)
     mount = tmp_path / "ro"
     mount.mkdir()
     models = ROOT / "models"
+    edge = f"env -u EDGE_STORE_DIR EDGE_MODEL_PATH={mount}/models PYTHONPATH={ROOT} {sys.executable} -B -m edge"
+    keys = f"--trust {mount}/keys/publisher.pub --identity {mount}/keys/device.key"
+    question = QUESTION["question"]
     script = f"""
 set -e
 mount -t tmpfs -o size=64m tmpfs {mount}
@@ -176,17 +181,27 @@ mkdir {mount}/capsules {mount}/models {mount}/keys
 cp {faq_capsule.path} {mount}/capsules/
 cp -r {models}/all-MiniLM-L6-v2 {mount}/models/
 cp {faq_capsule.publisher_pub_path} {faq_capsule.device_key_path} {mount}/keys/
+{edge} install {mount}/capsules/{faq_capsule.path.name} {keys} --store {mount}/store >&2
 mount -o remount,ro {mount}
+mount -t tmpfs -o ro,size=1m tmpfs /var/lib
 if touch {mount}/capsules/probe 2>/dev/null; then echo "mount is writable" >&2; exit 3; fi
 cd {mount}
-EDGE_MODEL_PATH={mount}/models PYTHONPATH={ROOT} {sys.executable} -B -m edge search \
-    {mount}/capsules/{faq_capsule.path.name} "{QUESTION['question']}" --json \
-    --trust {mount}/keys/publisher.pub --identity {mount}/keys/device.key
+echo "== by path, no store"
+{edge} search {mount}/capsules/{faq_capsule.path.name} "{question}" --json {keys}
+echo "== by name, read-only store"
+{edge} search python-faq "{question}" --json {keys} --store {mount}/store
+echo "== install into the read-only store"
+{edge} install {mount}/capsules/{faq_capsule.path.name} {keys} --store {mount}/store 2>&1 && exit 4 || echo "exit $?"
 """
-    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    hits = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert any(QUESTION["answer_snippet"] in h["text"] for h in hits)
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    parts = proc.stdout.split("== ")
+    by_path, by_name, install = parts[1], parts[2], parts[3]
+    for part in (by_path, by_name):
+        hits = [json.loads(line) for line in part.splitlines()[1:] if line.startswith("{")]
+        assert any(QUESTION["answer_snippet"] in h["text"] for h in hits), proc.stderr
+    assert "edge: warning: no device store" in proc.stderr
+    assert "exit 1" in install and "read-only file system" in install and "Traceback" not in install
 
 
 def test_read_process_memory_reads_proc():
