@@ -66,7 +66,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from .capsule import Capsule, Identity, open_capsule, verify_capsule
-from .errors import CapsuleError, EdgeError, ExpiredCapsuleError, StoreError
+from .errors import CapsuleError, EdgeError, ExpiredCapsuleError, RuleViolationError, StoreError
 from .keys import ContentKey, Passphrase
 from .manifest import Manifest, canonical_json, format_time, parse_canonical_json
 from .rules import RateLimit, admit_use, parse_rules
@@ -327,9 +327,8 @@ class Store:
             # A Pi with a read-only root: the store serves what it holds; the floor, rate log
             # and purges are not written (FORMAT.md §13: the state cannot move forward).
             self.read_only = True
-            log.warning("device store %s is read-only: installs, removals, the trusted time floor, rate "
-                        "limits across processes and purges are not written", self.path)
-        self._ro_uses: dict[str, list[datetime]] = {}
+            log.warning("device store %s is read-only: installs, removals, the trusted time floor and purges "
+                        "are not written; capsules with a rate_limit rule are refused", self.path)
         try:
             self._init_layout()
             self._objects_fd = self._subdir("objects")
@@ -509,9 +508,10 @@ class Store:
             return floor_at
 
     def _record_use(self, capsule_id: str, limit: RateLimit, at: datetime) -> None:
-        if self.read_only:  # counted in this process only
-            self._ro_uses[capsule_id] = admit_use(self._ro_uses.get(capsule_id, []), limit, at)
-            return
+        if self.read_only:  # fail closed: a count kept per process would let a kiosk query forever
+            raise RuleViolationError(f"capsule {capsule_id} has a rate_limit rule ({limit.max_queries} per "
+                                     f"{limit.window_s} s) that cannot be enforced: the device store {self.path} "
+                                     "is read-only, so uses cannot be counted across processes")
         name = f"{capsule_id}.json"
         with self._lock(f"{capsule_id}.lock", self._uses_fd):
             data = self._read_file(self._uses_fd, name, missing_ok=True)

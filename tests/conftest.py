@@ -172,3 +172,10 @@ def _cli_store_dir() -> str:
     if not _CLI_STORE_DIR:
         _CLI_STORE_DIR.append(tempfile.mkdtemp(prefix="edge-test-store-"))
     return _CLI_STORE_DIR[0]
+
+
+def pytest_configure(config):
+    """Every process the suite starts gets a private store: tests never touch /var/lib/edge-capsules."""
+    import os
+
+    os.environ.setdefault("EDGE_STORE_DIR", _cli_store_dir())

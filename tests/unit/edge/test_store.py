@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from edge.errors import ExpiredCapsuleError, RateLimitedError, RollbackError, StoreError
+from edge.errors import ExpiredCapsuleError, RateLimitedError, RollbackError, RuleViolationError, StoreError
 from edge.keys import Passphrase
 from edge.store import Store, default_store_dir
 
@@ -306,3 +306,18 @@ def test_capsule_set_opens_installed_names_through_the_store(store):
     with CapsuleSet.open([path], trusted_keys=KEYS["trusted_keys"], identities=keys, now=NOW,
                          device=store.state) as capsules:
         assert "power button" in capsules.search(QUERY, k=1)[0].text
+
+
+def test_read_only_store_refuses_a_rate_limited_capsule_instead_of_counting_per_process(tmp_path):
+    """A per-process count on a read-only store would let a kiosk (one process per query) query
+    without limit: fail closed. (Detection of a real read-only mount: tests/test_memory.py.)"""
+    vector = VECTORS / "rule-rate-limit" / "capsule"
+    with Store(tmp_path / "s") as store:
+        store.install(vector, now=NOW, **KEYS)
+    with Store(tmp_path / "s") as store:
+        store.read_only = True  # what Store() sets on a read-only mount
+        with store.open("alpha", now=NOW, **KEYS) as capsule:
+            with pytest.raises(RuleViolationError, match="rate_limit rule .* cannot be enforced.* read-only"):
+                capsule.search(QUERY, k=1, now=NOW)
+        with pytest.raises(StoreError, match="read-only file system"):
+            store.remove("alpha")
