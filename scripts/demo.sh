@@ -7,6 +7,9 @@ OUT="${OUT_DIR:-out/demo}"
 mkdir -p "$OUT"
 rm -f "$OUT"/publisher.key "$OUT"/publisher.pub "$OUT"/device.key "$OUT"/device.pub
 export PATH="$PWD/.venv/bin:$PATH"
+# The demo keeps its device state (time floor, version records) beside its files, not in the
+# system store /var/lib/edge-capsules.
+export EDGE_STORE_DIR="${EDGE_STORE_DIR:-$OUT/store}"
 set -x
 firmware-tools keygen --kind publisher -o "$OUT/publisher.key"
 firmware-tools keygen --kind device -o "$OUT/device.key"
