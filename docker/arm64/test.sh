@@ -17,7 +17,8 @@
 #   5. prints `uname -m`, Python, and the wheel tags of every distribution in /opt/edge
 #   6. the image's runtime, as uid 10001 in a READ-ONLY view of the root, with no builder installed:
 #      healthcheck.py, then portable_check.py on the x86-built capsules (full verify, every chunk
-#      byte-exact, same top-1 hits, scores within 0.02) -- the capsule format is portable
+#      byte-exact, same top-1 hits, scores within 0.02) -- the capsule format is portable; then
+#      `edge install` into a writable store volume at /var/lib/edge-capsules and `edge search NAME`
 #   7. test venv /opt/edge-test = the same runtime + the builder extra + pytest (`.[tools,litert,test]`,
 #      as scripts/_setup.sh on x86), then `python -m pytest -q`: the SAME default suite as x86. The
 #      suite's chunk-embedding cache (tests/conftest.py, $EDGE_TEST_EMBEDDING_CACHE) is first filled
@@ -197,6 +198,7 @@ deb $sec $SUITE-security main"
   in_root "$R" sh -c "apt-get update -qq && apt-get install -y -qq --no-install-recommends $APT_BUILD $APT_RUNTIME >/dev/null && apt-get clean"
   in_root "$R" update-ca-certificates >/dev/null 2>&1 || true
   in_root "$R" sh -c 'getent group 10001 >/dev/null || groupadd --system --gid 10001 edge; id -u 10001 >/dev/null 2>&1 || useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin edge'
+  in_root "$R" install -d -o 10001 -g 10001 -m 755 /var/lib/edge-capsules  # the Dockerfile's store mount point
 }
 
 # ---------------------------------------------------------------- 4. Dockerfile build stage
@@ -247,6 +249,16 @@ runtime_checks() {
     --identity /capsules/device.key --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print("edge info (aarch64):", json.dumps({k: d[k] for k in ("decoder", "decoder_is_hardware", "embedder")}))'
   in_root "$RO" "${as_device[@]}" edge search /capsules/faq-h264-onnx.capsule "How do I copy a file?" -k 1 \
     --trust /capsules/publisher.pub --identity /capsules/device.key | sed -n 1,4p
+  # A device store on a writable volume (as docker/arm64/README.md runs it), the root still read-only:
+  # install verifies every frame, then search by name.
+  local store="$WORK/store-volume"
+  rm -rf "$store"; install -d -o 10001 -g 10001 "$store"
+  mount --bind "$store" "$RO/var/lib/edge-capsules"
+  local keys=(--trust /capsules/publisher.pub --identity /capsules/device.key)
+  in_root "$RO" "${as_device[@]}" EDGE_STORE_DIR=/var/lib/edge-capsules edge install /capsules/faq-h264-onnx.capsule "${keys[@]}"
+  in_root "$RO" "${as_device[@]}" EDGE_STORE_DIR=/var/lib/edge-capsules edge search faq-h264-onnx "How do I copy a file?" -k 1 \
+    "${keys[@]}" | sed -n 1,2p
+  umount "$RO/var/lib/edge-capsules"
   umount -R "$RO"
   umount "$R/capsules"
 }
@@ -266,7 +278,7 @@ test_suite() {
   fi
   cp "$WORK/test-embeddings.sqlite" "$R/opt/test-embeddings.sqlite"
   in_root "$R" sh -c 'cd /src && EDGE_TEST_EMBEDDING_CACHE=/opt/test-embeddings.sqlite \
-      exec /opt/edge-test/bin/python -m pytest -q -p no:cacheprovider --durations=15'
+      exec /opt/edge-test/bin/python -m pytest -q -rs -p no:cacheprovider --durations=15'
 }
 
 trap 'umount_all' EXIT
