@@ -277,6 +277,50 @@ def _install(work: Path, capsule_path: Path) -> dict:
         return {"install_s": round(time.perf_counter() - t, 1)}
 
 
+def _run_fresh(argv: list[str], cgroup_limit_bytes: int | None = None) -> tuple[dict, dict | None]:
+    """Drop the page cache, run a query process (optionally in a memory cgroup) and return its
+    last stdout line as JSON, with the cgroup's report (``None`` without one)."""
+    subprocess.run(["sh", "-c", "sync; echo 3 > /proc/sys/vm/drop_caches"], capture_output=True)
+    cgroup = MemoryCgroup(cgroup_limit_bytes) if cgroup_limit_bytes else None
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, preexec_fn=cgroup.enter if cgroup else None,
+                              env=dict(os.environ, OPENBLAS_NUM_THREADS="1"))
+        report = cgroup.report() if cgroup else None
+    finally:
+        if cgroup:
+            cgroup.remove()
+    if proc.returncode != 0:
+        raise SystemExit(f"query process exited {proc.returncode}: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1]), report
+
+
+def _query_argv(work: Path, path: Path, mode: str, queries: list[str]) -> list[str]:
+    return [sys.executable, "-c", QUERY_PROCESS, str(ROOT), str(path), str(work / "publisher.pub"),
+            str(work / "device.key"), mode, str(work / "store"), json.dumps(queries)]
+
+
+def _query_summary(raw: dict) -> dict:
+    """Percentiles and memory from one QUERY_PROCESS run."""
+    return {"cold_start_to_first_answer_s": round(raw["cold_start_to_first_answer_s"], 3),
+            "open_s": round(raw["open_s"], 3),
+            "query_ms_p50": _pct(raw["totals_ms"], 50), "query_ms_p95": _pct(raw["totals_ms"], 95),
+            **{f"{k[:-3]}_ms_p50": _pct(v, 50) for k, v in raw["stages_ms"].items()},
+            "frames_per_query_mean": round(statistics.mean(raw["frames_per_query"]), 2),
+            "n_queries_timed": len(raw["totals_ms"]),
+            "memory": raw["memory_after_queries"], "status": raw["status"],
+            "plan_total_bytes": raw["plan_total_bytes"]}
+
+
+def _index_summary(raw: dict) -> dict:
+    """Percentiles and memory from one INDEX_PROCESS run (embedding + ANN, no frames)."""
+    total = [e + a for e, a in zip(raw["embed_ms"], raw["ann_ms"])]
+    return {"cold_start_to_first_answer_s": round(raw["cold_start_to_first_answer_s"], 3),
+            "embed_ms_p50": _pct(raw["embed_ms"], 50), "ann_ms_p50": _pct(raw["ann_ms"], 50),
+            "ann_ms_p95": _pct(raw["ann_ms"], 95), "query_ms_p50_without_frames": _pct(total, 50),
+            "query_ms_p95_without_frames": _pct(total, 95), "n_queries_timed": len(total),
+            "memory": raw["memory"], "status": raw["status"]}
+
+
 def cmd_query(work: Path, targets: list[int]) -> None:
     """Fresh query processes per capsule and index mode: memory, latency, cold start."""
     queries = _queries()
@@ -285,24 +329,9 @@ def cmd_query(work: Path, targets: list[int]) -> None:
         path = work / f"scale-{target // 1000}k.capsule"
         installed = _install(work, path)
         for mode in ("memory", "store"):
-            subprocess.run(["sh", "-c", "sync; echo 3 > /proc/sys/vm/drop_caches"], capture_output=True)
-            proc = subprocess.run([sys.executable, "-c", QUERY_PROCESS, str(ROOT), str(path), str(work / "publisher.pub"),
-                                   str(work / "device.key"), mode, str(work / "store"), json.dumps(queries[:211])],
-                                  capture_output=True, text=True, env=dict(os.environ, OPENBLAS_NUM_THREADS="1"))
-            if proc.returncode != 0:
-                raise SystemExit(proc.stderr)
-            raw = json.loads(proc.stdout.strip().splitlines()[-1])
-            results[f"{target}/{mode}"] = {
-                "capsule": path.name, "index_mode": mode, **(installed if mode == "store" else {}),
-                "cold_start_to_first_answer_s": round(raw["cold_start_to_first_answer_s"], 3),
-                "open_s": round(raw["open_s"], 3),
-                "query_ms_p50": _pct(raw["totals_ms"], 50), "query_ms_p95": _pct(raw["totals_ms"], 95),
-                **{f"{k[:-3]}_ms_p50": _pct(v, 50) for k, v in raw["stages_ms"].items()},
-                "frames_per_query_mean": round(statistics.mean(raw["frames_per_query"]), 2),
-                "n_queries_timed": len(raw["totals_ms"]),
-                "memory": raw["memory_after_queries"], "status": raw["status"],
-                "plan_total_bytes": raw["plan_total_bytes"],
-            }
+            raw, _ = _run_fresh(_query_argv(work, path, mode, queries[:211]))
+            results[f"{target}/{mode}"] = {"capsule": path.name, "index_mode": mode,
+                                           **(installed if mode == "store" else {}), **_query_summary(raw)}
             (work / "query.json").write_text(json.dumps(results, indent=2))
             print(json.dumps({f"{target}/{mode}": results[f"{target}/{mode}"]}), flush=True)
 
@@ -386,20 +415,10 @@ def cmd_index1m(work: Path, n_items: int = 1_000_000, sigma: float = 0.02) -> No
         (folder / "meta.json").write_text(json.dumps({"n_items": n_items, "ann_dim": 64, "refine_dim": 256,
                                                       "n_trees": 8, "search_k": 8000, "real_vectors": len(real),
                                                       "sigma": sigma, "build_s": round(build_s, 1)}))
-    subprocess.run(["sh", "-c", "sync; echo 3 > /proc/sys/vm/drop_caches"], capture_output=True)
-    proc = subprocess.run([sys.executable, "-c", INDEX_PROCESS, str(ROOT), str(folder), json.dumps(_queries()[:211])],
-                          capture_output=True, text=True, env=dict(os.environ, OPENBLAS_NUM_THREADS="1"))
-    if proc.returncode != 0:
-        raise SystemExit(proc.stderr)
-    raw = json.loads(proc.stdout.strip().splitlines()[-1])
+    raw, _ = _run_fresh([sys.executable, "-c", INDEX_PROCESS, str(ROOT), str(folder), json.dumps(_queries()[:211])])
     meta = json.loads((folder / "meta.json").read_text())
-    total = [e + a for e, a in zip(raw["embed_ms"], raw["ann_ms"])]
     result = {**meta, "index_bytes": (folder / "index.annoy").stat().st_size,
-              "vecs_bytes": (folder / "vecs.int8").stat().st_size,
-              "cold_start_to_first_answer_s": round(raw["cold_start_to_first_answer_s"], 3),
-              "embed_ms_p50": _pct(raw["embed_ms"], 50), "ann_ms_p50": _pct(raw["ann_ms"], 50),
-              "ann_ms_p95": _pct(raw["ann_ms"], 95), "query_ms_p50_without_frames": _pct(total, 50),
-              "query_ms_p95_without_frames": _pct(total, 95), "memory": raw["memory"], "status": raw["status"]}
+              "vecs_bytes": (folder / "vecs.int8").stat().st_size, **_index_summary(raw)}
     (work / "index1m.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result), flush=True)
 
@@ -445,21 +464,6 @@ class MemoryCgroup:
         self.path.rmdir()
 
 
-def _run_limited(argv: list[str], limit_bytes: int) -> tuple[dict, dict]:
-    """Run a query process under a memory cgroup; return (its JSON line, the cgroup's report)."""
-    subprocess.run(["sh", "-c", "sync; echo 3 > /proc/sys/vm/drop_caches"], capture_output=True)
-    cgroup = MemoryCgroup(limit_bytes)
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, preexec_fn=cgroup.enter,
-                              env=dict(os.environ, OPENBLAS_NUM_THREADS="1"))
-        report = cgroup.report()
-    finally:
-        cgroup.remove()
-    if proc.returncode != 0:
-        raise SystemExit(f"query process under {limit_bytes} bytes exited {proc.returncode}: {proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1]), report
-
-
 def cmd_pressure(work: Path, limits_mib: list[int], with_1m: bool = False) -> None:
     """The 250k installed capsule and the 1M index again, each process capped at each of ``limits_mib``.
 
@@ -470,53 +474,22 @@ def cmd_pressure(work: Path, limits_mib: list[int], with_1m: bool = False) -> No
     100 MiB it took about 6,000 major faults a minute and had not finished 211 queries in 7 minutes.
     """
     everything = json.loads((work / "pressure.json").read_text()) if (work / "pressure.json").exists() else {}
-    for limit_mib in limits_mib:
-        everything[str(limit_mib)] = {**everything.get(str(limit_mib), {}),
-                                      **_pressure_run(work, limit_mib, skip=everything.get(str(limit_mib), {}),
-                                                      with_1m=with_1m)}
-        (work / "pressure.json").write_text(json.dumps(everything, indent=2))
-
-
-def _pressure_run(work: Path, limit_mib: int, skip: dict, with_1m: bool) -> dict:
-    limit = limit_mib * 2**20
-    queries = json.dumps(_queries()[:211])
-    results = {}
     path = work / "scale-250k.capsule"
-    if "250000/store" not in skip:
-        results.update(_pressure_capsule(work, path, limit, queries))
-    if with_1m and "1000000/index-only" not in skip:
-        results.update(_pressure_index(work, limit))
-    return results
-
-
-def _pressure_capsule(work: Path, path: Path, limit: int, queries: str) -> dict:
-    results = {}
-    raw, cg = _run_limited([sys.executable, "-c", QUERY_PROCESS, str(ROOT), str(path), str(work / "publisher.pub"),
-                            str(work / "device.key"), "store", str(work / "store"), queries], limit)
-    results["250000/store"] = {
-        "capsule": path.name, "index_mode": "store", "cgroup": cg,
-        "cold_start_to_first_answer_s": round(raw["cold_start_to_first_answer_s"], 3),
-        "query_ms_p50": _pct(raw["totals_ms"], 50), "query_ms_p95": _pct(raw["totals_ms"], 95),
-        **{f"{k[:-3]}_ms_p50": _pct(v, 50) for k, v in raw["stages_ms"].items()},
-        "n_queries_timed": len(raw["totals_ms"]), "memory": raw["memory_after_queries"], "status": raw["status"]}
-    print(json.dumps(results["250000/store"]), flush=True)
-    return results
-
-
-def _pressure_index(work: Path, limit: int) -> dict:
-    results = {}
-    # 1 + 10 warm-up + 20 timed queries: under a tight cap each one faults in thousands of index pages
-    raw, cg = _run_limited([sys.executable, "-c", INDEX_PROCESS, str(ROOT), str(work / "index1m"),
-                            json.dumps(_queries()[:31])], limit)
-    total = [e + a for e, a in zip(raw["embed_ms"], raw["ann_ms"])]
-    results["1000000/index-only"] = {
-        "cgroup": cg, "cold_start_to_first_answer_s": round(raw["cold_start_to_first_answer_s"], 3),
-        "embed_ms_p50": _pct(raw["embed_ms"], 50), "ann_ms_p50": _pct(raw["ann_ms"], 50),
-        "ann_ms_p95": _pct(raw["ann_ms"], 95), "query_ms_p50_without_frames": _pct(total, 50),
-        "query_ms_p95_without_frames": _pct(total, 95), "n_queries_timed": len(total), "memory": raw["memory"],
-        "status": raw["status"]}
-    print(json.dumps(results["1000000/index-only"]), flush=True)
-    return results
+    for limit_mib in limits_mib:
+        done, limit = everything.setdefault(str(limit_mib), {}), limit_mib * 2**20
+        if "250000/store" not in done:
+            raw, cgroup = _run_fresh(_query_argv(work, path, "store", _queries()[:211]), limit)
+            done["250000/store"] = {"capsule": path.name, "index_mode": "store", "cgroup": cgroup,
+                                    **_query_summary(raw)}
+            print(json.dumps(done["250000/store"]), flush=True)
+            (work / "pressure.json").write_text(json.dumps(everything, indent=2))
+        if with_1m and "1000000/index-only" not in done:
+            # 1 + 10 warm-up + 20 timed queries: under a tight cap each one faults in thousands of pages
+            raw, cgroup = _run_fresh([sys.executable, "-c", INDEX_PROCESS, str(ROOT), str(work / "index1m"),
+                                      json.dumps(_queries()[:31])], limit)
+            done["1000000/index-only"] = {"cgroup": cgroup, **_index_summary(raw)}
+            print(json.dumps(done["1000000/index-only"]), flush=True)
+            (work / "pressure.json").write_text(json.dumps(everything, indent=2))
 
 
 def _mib(n: int | None) -> str:

@@ -114,6 +114,27 @@ def default_store_dir() -> Path:
     return Path(data_home) / "edge-capsules"
 
 
+def _copy_hashed(read: Callable[[int], bytes], dst_fd: int, n_bytes: int, hasher: hashlib._Hash, *,
+                 shrank: str, after_block: Callable[[int], None] | None = None) -> None:
+    """Copy exactly ``n_bytes`` from ``read`` to ``dst_fd`` in ``COPY_BLOCK_BYTES`` blocks, hashing them.
+
+    Raises:
+        StoreError: ``read`` ran dry first (message ``shrank``).
+    """
+    remaining = n_bytes
+    while remaining > 0:
+        block = read(min(remaining, COPY_BLOCK_BYTES))
+        if not block:
+            raise StoreError(shrank)
+        hasher.update(block)
+        view = memoryview(block)
+        while view:
+            view = view[os.write(dst_fd, view):]
+        remaining -= len(block)
+        if after_block is not None:
+            after_block(n_bytes - remaining)
+
+
 def _utc_now(now: datetime | None) -> datetime:
     if now is None:
         return datetime.now(timezone.utc)
@@ -629,17 +650,9 @@ class Store:
                               dir_fd=stage_fd)
                 try:
                     crash("capsule file created")
-                    remaining = info.st_size
-                    while remaining > 0:
-                        block = os.read(src, min(remaining, COPY_BLOCK_BYTES))
-                        if not block:
-                            raise StoreError(f"{source} shrank while it was being copied")
-                        hasher.update(block)
-                        view = memoryview(block)
-                        while view:
-                            view = view[os.write(dst, view):]
-                        remaining -= len(block)
-                        crash(f"capsule copy: {info.st_size - remaining} of {info.st_size} bytes written")
+                    _copy_hashed(lambda n: os.read(src, n), dst, info.st_size, hasher,
+                                 shrank=f"{source} shrank while it was being copied",
+                                 after_block=lambda done: crash(f"capsule copy: {done} of {info.st_size} bytes written"))
                     os.fsync(dst)
                     crash("capsule file synced")
                     os.fchmod(dst, 0o444)
@@ -735,16 +748,8 @@ class Store:
                          dir_fd=stage_fd)
             try:
                 hasher = hashlib.sha256()
-                remaining = entry.length
-                while remaining:
-                    block = capsule.read(min(remaining, COPY_BLOCK_BYTES))
-                    if not block:
-                        raise StoreError(f"{copy_path} shrank while its index was extracted")
-                    hasher.update(block)
-                    view = memoryview(block)
-                    while view:
-                        view = view[os.write(fd, view):]
-                    remaining -= len(block)
+                _copy_hashed(capsule.read, fd, entry.length, hasher,
+                             shrank=f"{copy_path} shrank while its index was extracted")
                 if hasher.hexdigest() != manifest.sections["INDX"].sha256:
                     raise StoreError("the index changed while it was extracted")
                 os.fsync(fd)

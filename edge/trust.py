@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from . import manifest as _m
@@ -33,7 +32,7 @@ from .errors import CapsuleFormatError, RollbackError, SignatureError, TrustErro
 from .keys import keyid
 from .manifest import Manifest, SignatureEntry, canonical_json, format_time, parse_canonical_json
 from .rules import RateLimit, admit_use
-from .verify import verify_signatures
+from .verify import valid_signers, verify_signatures
 
 log = logging.getLogger(__name__)
 
@@ -186,19 +185,7 @@ def parse_trust_document(data: bytes) -> tuple[TrustRoot, tuple[SignatureEntry, 
 
 def _count_root_signatures(doc: TrustRoot, sigs: Sequence[SignatureEntry], keys: dict[str, Ed25519PublicKey]) -> int:
     signed = parse_canonical_json(doc.raw, what="trust document")["signed"]
-    message = trust_signed_message(signed)
-    n_valid = 0
-    for entry in sigs:
-        key = keys.get(entry.keyid)
-        if key is None:
-            continue
-        try:
-            key.verify(entry.sig, message)
-        except InvalidSignature:
-            log.warning("trust document signature by root key %s does not verify", entry.keyid[:16])
-            continue
-        n_valid += 1
-    return n_valid
+    return len(valid_signers(sigs, keys, trust_signed_message(signed), what="trust document root signature"))
 
 
 def verify_trust_document(data: bytes, *, root_keys: Sequence[Ed25519PublicKey] = (),

@@ -32,6 +32,27 @@ def signed_message(manifest_bytes: bytes) -> bytes:
     return SIGNATURE_CONTEXT + bytes(manifest_bytes)
 
 
+def valid_signers(signatures: Sequence[SignatureEntry], keys_by_id: dict[str, Ed25519PublicKey], message: bytes,
+                  *, what: str = "signature") -> list[str]:
+    """Return the key ids in ``keys_by_id`` whose entry in ``signatures`` verifies over ``message``.
+
+    Entries by unknown keys are skipped; a known key's bad signature is logged at WARNING
+    (``what`` names it in the log line) and skipped.
+    """
+    valid = []
+    for entry in signatures:
+        key = keys_by_id.get(entry.keyid)
+        if key is None:
+            continue
+        try:
+            key.verify(entry.sig, message)
+        except InvalidSignature:
+            log.warning("%s by key %s does not verify", what, entry.keyid[:16])
+            continue
+        valid.append(entry.keyid)
+    return valid
+
+
 def verify_signatures(
     manifest_bytes: bytes,
     signatures: Sequence[SignatureEntry],
@@ -61,18 +82,7 @@ def verify_signatures(
     if not trusted_keys:
         raise ValueError("no trusted keys given")
     by_id = {keyid(k): k for k in trusted_keys}
-    message = signed_message(manifest_bytes)
-    valid = []
-    for entry in signatures:
-        key = by_id.get(entry.keyid)
-        if key is None:
-            continue
-        try:
-            key.verify(entry.sig, message)
-        except InvalidSignature:
-            log.warning("signature by key %s does not verify", entry.keyid[:16])
-            continue
-        valid.append(entry.keyid)
+    valid = valid_signers(signatures, by_id, signed_message(manifest_bytes))
     if len(valid) < threshold:
         raise SignatureError(
             f"manifest signed by {len(valid)}/{threshold} trusted keys "
