@@ -93,6 +93,21 @@ class EmbeddingCache:
                              [(self._key(t), v.astype(np.float32).tobytes()) for t, v in zip(texts, vectors)])
         self._db.commit()
 
+    def export_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """Return every entry, sorted by key: keys uint8 [n, 32] and vectors float32 [n, dim]."""
+        rows = self._db.execute("SELECT key, vector FROM vectors ORDER BY key").fetchall()
+        keys = np.array([np.frombuffer(k, dtype=np.uint8) for k, _ in rows], dtype=np.uint8).reshape(-1, 32)
+        vectors = np.array([np.frombuffer(v, dtype=np.float32) for _, v in rows], dtype=np.float32)
+        return keys, vectors.reshape(-1, self._dim)
+
+    def import_rows(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        """Add entries made by ``export_rows`` (keys uint8 [n, 32], vectors float32 [n, dim])."""
+        if keys.shape != (len(vectors), 32) or vectors.shape[1:] != (self._dim,):
+            raise ValueError(f"expected keys [n, 32] and vectors [n, {self._dim}], got {keys.shape} and {vectors.shape}")
+        self._db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?)",
+                             [(k.tobytes(), v.astype(np.float32).tobytes()) for k, v in zip(keys, vectors)])
+        self._db.commit()
+
     def close(self) -> None:
         """Close the database."""
         self._db.close()

@@ -103,6 +103,21 @@ def fit_projection(vectors: np.ndarray, dim_out: int) -> Projection:
                       np.ones(dim_out, dtype=np.float32))
 
 
+def project_for_build(projection: Projection, vectors: np.ndarray) -> np.ndarray:
+    """Return ``(vectors - mean) @ axes.T`` as float32 [n, dim_out], computed in float64.
+
+    The runtime's float32 ``Projection.project`` goes through whichever SGEMM kernel OpenBLAS
+    picks for the CPU (Haswell, SkylakeX, Zen, NEON), and those round differently in the last
+    bit, which then moves the quantization scale, the int8 rows and the Annoy trees. Computing in
+    float64 and rounding once to float32 gives the same float32 on every kernel unless a value
+    lies within float64 rounding noise of a float32 rounding boundary (about 2^-28 per value).
+    Measured: the test vectors regenerate byte-identically with OPENBLAS_CORETYPE=Prescott,
+    Haswell, SkylakeX and Zen (tests/vectors/README.md).
+    """
+    centred = np.asarray(vectors, dtype=np.float64) - projection.mean.astype(np.float64)
+    return (centred @ projection.axes.astype(np.float64).T).astype(np.float32)
+
+
 def quantization_scale(peak: np.ndarray) -> np.ndarray:
     """Return float32 per-coordinate steps for symmetric int8 (-127..127) given max |value|."""
     return np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
@@ -171,13 +186,13 @@ def build_index(vectors: np.ndarray, *, n_trees: int, seed: int, work_dir: Path,
     projection = fit_projection(vectors, refine_dim)
     peak = np.zeros(refine_dim, dtype=np.float32)
     for start in range(0, n_items, _BLOCK_ROWS):
-        peak = np.maximum(peak, np.abs(projection.project(vectors[start:start + _BLOCK_ROWS])).max(axis=0))
+        peak = np.maximum(peak, np.abs(project_for_build(projection, vectors[start:start + _BLOCK_ROWS])).max(axis=0))
     projection = Projection(projection.mean, projection.axes, quantization_scale(peak))
     index = _new_annoy(ann_dim, seed, annoy_path)
     vecs_path = work_dir / "vecs.int8"
     with open(vecs_path, "wb") as vecs_out:
         for start in range(0, n_items, _BLOCK_ROWS):
-            projected = projection.project(vectors[start:start + _BLOCK_ROWS])
+            projected = project_for_build(projection, vectors[start:start + _BLOCK_ROWS])
             vecs_out.write(quantize_rows(projected, projection.scale).tobytes())
             for offset, row in enumerate(projected[:, :ann_dim]):
                 index.add_item(start + offset, row.tolist())

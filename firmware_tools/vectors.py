@@ -63,6 +63,11 @@ from .trust_writer import Delegate, next_trust_document, write_trust_document
 ROOT = Path(__file__).resolve().parents[1]
 VECTORS_DIR = ROOT / "tests" / "vectors"
 DOCS_DIR = VECTORS_DIR / "src" / "docs"
+#: The chunk embeddings the genuine capsules are built from (EmbeddingCache rows: keys uint8
+#: [n, 32], vectors float32 [n, 384]). Committed, so that the vectors regenerate byte for byte on
+#: any CPU: onnxruntime's int8 kernels round differently per instruction set (AVX2, AVX-512 VNNI,
+#: AMX, NEON), and the PCA, the int8 re-ranking vectors and the Annoy trees follow the embeddings.
+EMBEDDINGS_FILE = VECTORS_DIR / "src" / "chunk-embeddings.npz"
 #: What the generator owns in the output directory (everything else is left alone).
 KEYS_SUBDIR = "keys"
 
@@ -219,18 +224,47 @@ def _base_manifest_sha(data: bytes) -> str:
     return hashlib.sha256(read_sections(data)["MANI"]).hexdigest()
 
 
-def _build_genuine(out_dir: Path) -> dict[str, bytes]:
-    from .build import build_capsule
+class StaleEmbeddingsError(Exception):
+    """The documents in ``src/docs/`` hold chunks that ``EMBEDDINGS_FILE`` has no embedding for."""
 
+
+def _build_genuine(out_dir: Path, *, refresh_embeddings: bool = False) -> dict[str, bytes]:
+    """Build the three genuine capsules from ``DOCS_DIR`` with the pinned chunk embeddings.
+
+    With ``refresh_embeddings`` the model embeds every chunk on this CPU and ``EMBEDDINGS_FILE`` is
+    rewritten (do it only when ``src/docs/`` or the chunking change, and commit the result).
+
+    Raises:
+        StaleEmbeddingsError: a chunk has no pinned embedding (and ``refresh_embeddings`` is off).
+    """
+    from edge.embedder import QueryEmbedder, find_model_dir
+
+    from .build import build_capsule
+    from .embedding import EmbeddingCache
+
+    model = QueryEmbedder.open(find_model_dir(None), n_threads=1)
+    cache_path = out_dir / "embeddings.sqlite"
+    cache = EmbeddingCache(cache_path, model.sha256, model.dim)
+    if not refresh_embeddings:
+        with np.load(EMBEDDINGS_FILE) as pinned:
+            cache.import_rows(pinned["keys"], pinned["vectors"])
     built = {}
     specs = {"alpha-v1": ("alpha", ALPHA_ID, 1), "alpha-v2": ("alpha", ALPHA_ID, 2), "beta-v1": ("beta", BETA_ID, 1)}
     for label, (name, capsule_id, version) in specs.items():
         path = out_dir / f"{label}.capsule"
-        build_capsule([DOCS_DIR], path, signing_key=test_key("test-publisher-1"),
-                      recipients=[test_key("test-device").public_key()], issued_at=ISSUED_AT, expires_at=EXPIRES_AT,
-                      version=version, name=name, capsule_id=capsule_id, publisher_name="Test Publisher 1",
-                      **BUILD_OPTIONS)
+        result = build_capsule([DOCS_DIR], path, signing_key=test_key("test-publisher-1"),
+                               recipients=[test_key("test-device").public_key()], issued_at=ISSUED_AT,
+                               expires_at=EXPIRES_AT, version=version, name=name, capsule_id=capsule_id,
+                               publisher_name="Test Publisher 1", embedding_cache=cache_path, **BUILD_OPTIONS)
+        if result.n_embedded and not refresh_embeddings:
+            raise StaleEmbeddingsError(
+                f"{result.n_embedded} chunks of {DOCS_DIR} have no embedding in {EMBEDDINGS_FILE}: the documents "
+                "or the chunking changed; run python -m firmware_tools.vectors --refresh-embeddings and commit it")
         built[label] = path.read_bytes()
+    if refresh_embeddings:
+        keys, vectors = cache.export_rows()
+        np.savez(EMBEDDINGS_FILE, keys=keys, vectors=vectors)
+    cache.close()
     return built
 
 
@@ -620,13 +654,20 @@ def _family_vectors() -> list[Vector]:
     ]
 
 
-def generate(out_dir: Path) -> list[str]:
+def generate(out_dir: Path, *, refresh_embeddings: bool = False) -> list[str]:
     """Write every vector and the test keys into ``out_dir``; return the vector names.
+
+    The genuine capsules are built from the pinned chunk embeddings in ``EMBEDDINGS_FILE``, so the
+    output is byte-identical on any CPU; ``refresh_embeddings`` re-embeds on this CPU and rewrites
+    that file (see ``_build_genuine``).
+
+    Raises:
+        StaleEmbeddingsError: a chunk has no pinned embedding.
 
     Source: FORMAT.md §14.
     """
     with tempfile.TemporaryDirectory(prefix="edge-vectors-build-") as tmp:
-        built = _build_genuine(Path(tmp))
+        built = _build_genuine(Path(tmp), refresh_embeddings=refresh_embeddings)
     alpha1, alpha2_bytes, beta_bytes = built["alpha-v1"], built["alpha-v2"], built["beta-v1"]
     alpha2, beta = Draft(alpha2_bytes), Draft(beta_bytes)
     ok_sha = _base_manifest_sha(alpha2_bytes)
@@ -723,8 +764,15 @@ def main(argv: list[str] | None = None) -> int:
                                      epilog="example: python -m firmware_tools.vectors -o /tmp/vectors")
     parser.add_argument("-o", "--output", type=Path, default=VECTORS_DIR, help="output directory (default "
                                                                                "tests/vectors)")
+    parser.add_argument("--refresh-embeddings", action="store_true",
+                        help=f"embed the chunks with the model on this CPU and rewrite {EMBEDDINGS_FILE.name} "
+                             "(only after src/docs or the chunking changed)")
     args = parser.parse_args(argv)
-    names = generate(args.output)
+    try:
+        names = generate(args.output, refresh_embeddings=args.refresh_embeddings)
+    except StaleEmbeddingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(f"wrote {len(names)} vectors to {args.output}")
     return 0
 
