@@ -42,7 +42,7 @@ def test_regeneration_is_byte_identical(tmp_path):
 
 #: Least cosine between an embedding made on this CPU and the pinned one made on another
 #: (measured: MODEL.md, "Cross-CPU drift").
-CROSS_CPU_MIN_COS = 0.99
+CROSS_CPU_MIN_COS = 0.98
 
 
 def test_pinned_embeddings_are_this_models_within_cross_cpu_tolerance():
