@@ -36,6 +36,14 @@ MAX_SIGNATURES = 16
 SCRYPT_LOG_N_RANGE = (10, 18)
 MAX_PLAINTEXT_LIMIT = 1 << 20
 MAX_DICTIONARY_BYTES = 1 << 20
+#: ``model.max_tokens`` this runtime's query embedder takes: [CLS] + 1 token + [SEP] at least,
+#: at most the BERT position table (edge/embedder.py ``MAX_POSITIONS``, ``QueryEmbedder.load``).
+MODEL_MAX_TOKENS_RANGE = (3, 512)
+#: Largest ``index.search_k``: Annoy takes it as a C ``int`` (annoymodule.cc, ``"Oi|ii"``).
+MAX_SEARCH_K = (1 << 31) - 1
+#: Largest ``n_chunks`` / ``index.n_items``: Annoy item ids and node counts are int32
+#: (annoylib.h ``AnnoyIndex<int32_t, float, ...>``), and ids index the frame table.
+MAX_ITEMS = (1 << 31) - 1
 #: Rules this runtime implements (FORMAT.md §4.2). Others fail closed unless optional.
 KNOWN_RULES: frozenset[str] = frozenset(
     {"devices", "operations", "query_limits", "rate_limit", "purge_on_expiry", "min_runtime"})
@@ -403,11 +411,17 @@ def parse_manifest(data: bytes) -> Manifest:
     Returns:
         The ``Manifest``; ``raw`` is ``data``.
 
+    Every integer is bounded to what this runtime can honour, not only to what the format
+    can express (FORMAT.md §10): ``model.max_tokens`` to the embedder's 3..512,
+    ``index.search_k`` to Annoy's C ``int``, ``n_chunks``/``index.n_items`` to Annoy's int32
+    item ids.
+
     Raises:
         CapsuleFormatError: not canonical JSON, a missing, unknown or malformed
-            field, or values that contradict each other.
+            field, a value outside its bounds, or values that contradict each other;
+            nothing else, whatever ``data`` holds.
 
-    Source: FORMAT.md §4.
+    Source: FORMAT.md §4, §10.
     """
     top = _Obj(parse_canonical_json(data, what="manifest"), "manifest")
     if top.str("format") != FORMAT_ID:
@@ -444,7 +458,7 @@ def parse_manifest(data: bytes) -> Manifest:
         dim=m.int("dim", 1, 4096),
         pooling=m.str("pooling", choices=("mean",)),
         normalization=m.str("normalization", choices=("l2",)),
-        max_tokens=m.int("max_tokens", 1, 8192),
+        max_tokens=m.int("max_tokens", *MODEL_MAX_TOKENS_RANGE),
     )
     m.done()
 
@@ -453,7 +467,7 @@ def parse_manifest(data: bytes) -> Manifest:
     chunk_overlap_tokens = c.int("overlap_tokens", 0, 8192)
     c.done()
 
-    n_chunks = top.int("n_chunks", 1, (1 << 32) - 1)
+    n_chunks = top.int("n_chunks", 1, MAX_ITEMS)
     n_documents = top.int("n_documents", 1, 1 << 24)
 
     i = top.obj("index")
@@ -467,10 +481,10 @@ def parse_manifest(data: bytes) -> Manifest:
     index = IndexInfo(
         dim=i.int("dim", 1, 4096),
         metric=i.str("metric", choices=("angular",)),
-        n_items=i.int("n_items", 1, (1 << 32) - 1),
+        n_items=i.int("n_items", 1, MAX_ITEMS),
         n_trees=i.int("n_trees", 1, 1024),
         seed=i.int("seed", 0, (1 << 31) - 1),
-        search_k=i.int("search_k", 1, 1 << 31),
+        search_k=i.int("search_k", 1, MAX_SEARCH_K),
         n_candidates=i.int("n_candidates", 1, 65536),
         projection=projection,
         encryption=i.str("encryption", choices=("chacha20poly1305-stream", "none")),
