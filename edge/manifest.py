@@ -90,11 +90,19 @@ def _check_encodable(obj: Any) -> None:
     raise ValueError(f"type {type(obj).__name__} is not JSON")
 
 
+def _show(key: str, limit: int = 40) -> str:
+    """A key from untrusted JSON for a one-line message: as is when it looks like a field
+    name, else escaped with ``ascii`` (no control characters, no newline); at most ``limit`` chars."""
+    if _NAME.fullmatch(key) and len(key) <= limit:
+        return key
+    return ascii(key[:limit]) + ("..." if len(key) > limit else "")
+
+
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, value in pairs:
         if key in result:
-            raise CapsuleFormatError(f"duplicate key {key!r} in JSON")
+            raise CapsuleFormatError(f"duplicate key {ascii(key[:40])}{'...' if len(key) > 40 else ''} in JSON")
         result[key] = value
     return result
 
@@ -132,6 +140,8 @@ def parse_canonical_json(data: bytes, *, what: str) -> Any:
         again = canonical_json(obj)
     except ValueError as exc:
         raise CapsuleFormatError(f"{what}: {exc}") from None
+    except RecursionError:  # json.loads took a nesting that re-encoding, deeper in the stack, does not
+        raise CapsuleFormatError(f"{what} nests too deeply") from None
     if again != bytes(data):
         raise CapsuleFormatError(f"{what} is not in canonical JSON form")
     return obj
@@ -211,7 +221,8 @@ class _Obj:
     def done(self) -> None:
         extra = sorted(set(self.value) - self.seen)
         if extra:
-            raise CapsuleFormatError(f"{self.path} has unknown key(s) {', '.join(extra)}")
+            shown = ", ".join(_show(k) for k in extra[:3]) + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
+            raise CapsuleFormatError(f"{self.path} has unknown key(s) {shown}")
 
 
 def format_time(value: datetime) -> str:
