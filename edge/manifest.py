@@ -36,6 +36,14 @@ MAX_SIGNATURES = 16
 SCRYPT_LOG_N_RANGE = (10, 18)
 MAX_PLAINTEXT_LIMIT = 1 << 20
 MAX_DICTIONARY_BYTES = 1 << 20
+#: ``model.max_tokens`` this runtime's query embedder takes: [CLS] + 1 token + [SEP] at least,
+#: at most the BERT position table (edge/embedder.py ``MAX_POSITIONS``, ``QueryEmbedder.load``).
+MODEL_MAX_TOKENS_RANGE = (3, 512)
+#: Largest ``index.search_k``: Annoy takes it as a C ``int`` (annoymodule.cc, ``"Oi|ii"``).
+MAX_SEARCH_K = (1 << 31) - 1
+#: Largest ``n_chunks`` / ``index.n_items``: Annoy item ids and node counts are int32
+#: (annoylib.h ``AnnoyIndex<int32_t, float, ...>``), and ids index the frame table.
+MAX_ITEMS = (1 << 31) - 1
 #: Rules this runtime implements (FORMAT.md §4.2). Others fail closed unless optional.
 KNOWN_RULES: frozenset[str] = frozenset(
     {"devices", "operations", "query_limits", "rate_limit", "purge_on_expiry", "min_runtime"})
@@ -82,11 +90,19 @@ def _check_encodable(obj: Any) -> None:
     raise ValueError(f"type {type(obj).__name__} is not JSON")
 
 
+def _show(key: str, limit: int = 40) -> str:
+    """A key from untrusted JSON for a one-line message: as is when it looks like a field
+    name, else escaped with ``ascii`` (no control characters, no newline); at most ``limit`` chars."""
+    if _NAME.fullmatch(key) and len(key) <= limit:
+        return key
+    return ascii(key[:limit]) + ("..." if len(key) > limit else "")
+
+
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, value in pairs:
         if key in result:
-            raise CapsuleFormatError(f"duplicate key {key!r} in JSON")
+            raise CapsuleFormatError(f"duplicate key {ascii(key[:40])}{'...' if len(key) > 40 else ''} in JSON")
         result[key] = value
     return result
 
@@ -124,6 +140,8 @@ def parse_canonical_json(data: bytes, *, what: str) -> Any:
         again = canonical_json(obj)
     except ValueError as exc:
         raise CapsuleFormatError(f"{what}: {exc}") from None
+    except RecursionError:  # json.loads took a nesting that re-encoding, deeper in the stack, does not
+        raise CapsuleFormatError(f"{what} nests too deeply") from None
     if again != bytes(data):
         raise CapsuleFormatError(f"{what} is not in canonical JSON form")
     return obj
@@ -203,7 +221,8 @@ class _Obj:
     def done(self) -> None:
         extra = sorted(set(self.value) - self.seen)
         if extra:
-            raise CapsuleFormatError(f"{self.path} has unknown key(s) {', '.join(extra)}")
+            shown = ", ".join(_show(k) for k in extra[:3]) + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
+            raise CapsuleFormatError(f"{self.path} has unknown key(s) {shown}")
 
 
 def format_time(value: datetime) -> str:
@@ -403,11 +422,17 @@ def parse_manifest(data: bytes) -> Manifest:
     Returns:
         The ``Manifest``; ``raw`` is ``data``.
 
+    Every integer is bounded to what this runtime can honour, not only to what the format
+    can express (FORMAT.md §10): ``model.max_tokens`` to the embedder's 3..512,
+    ``index.search_k`` to Annoy's C ``int``, ``n_chunks``/``index.n_items`` to Annoy's int32
+    item ids.
+
     Raises:
         CapsuleFormatError: not canonical JSON, a missing, unknown or malformed
-            field, or values that contradict each other.
+            field, a value outside its bounds, or values that contradict each other;
+            nothing else, whatever ``data`` holds.
 
-    Source: FORMAT.md §4.
+    Source: FORMAT.md §4, §10.
     """
     top = _Obj(parse_canonical_json(data, what="manifest"), "manifest")
     if top.str("format") != FORMAT_ID:
@@ -444,7 +469,7 @@ def parse_manifest(data: bytes) -> Manifest:
         dim=m.int("dim", 1, 4096),
         pooling=m.str("pooling", choices=("mean",)),
         normalization=m.str("normalization", choices=("l2",)),
-        max_tokens=m.int("max_tokens", 1, 8192),
+        max_tokens=m.int("max_tokens", *MODEL_MAX_TOKENS_RANGE),
     )
     m.done()
 
@@ -453,7 +478,7 @@ def parse_manifest(data: bytes) -> Manifest:
     chunk_overlap_tokens = c.int("overlap_tokens", 0, 8192)
     c.done()
 
-    n_chunks = top.int("n_chunks", 1, (1 << 32) - 1)
+    n_chunks = top.int("n_chunks", 1, MAX_ITEMS)
     n_documents = top.int("n_documents", 1, 1 << 24)
 
     i = top.obj("index")
@@ -467,10 +492,10 @@ def parse_manifest(data: bytes) -> Manifest:
     index = IndexInfo(
         dim=i.int("dim", 1, 4096),
         metric=i.str("metric", choices=("angular",)),
-        n_items=i.int("n_items", 1, (1 << 32) - 1),
+        n_items=i.int("n_items", 1, MAX_ITEMS),
         n_trees=i.int("n_trees", 1, 1024),
         seed=i.int("seed", 0, (1 << 31) - 1),
-        search_k=i.int("search_k", 1, 1 << 31),
+        search_k=i.int("search_k", 1, MAX_SEARCH_K),
         n_candidates=i.int("n_candidates", 1, 65536),
         projection=projection,
         encryption=i.str("encryption", choices=("chacha20poly1305-stream", "none")),

@@ -1,0 +1,148 @@
+"""Every integer parse_manifest accepts is one this runtime can honour (ISSUE9 §1, FORMAT.md §10).
+
+``model.max_tokens`` used to be accepted up to 8192 while the embedder takes 3..512, and
+``index.search_k`` up to 2^31 while Annoy takes a C ``int``: a publisher-signed manifest gave a
+traceback at open or at the first search. Each numeric field is tried one past each bound.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+from annoy import AnnoyIndex
+from cryptography.hazmat.primitives import serialization
+
+from edge import open_capsule
+from edge.embedder import MAX_POSITIONS
+from edge.errors import CapsuleFormatError
+from edge.manifest import MAX_INT, MAX_ITEMS, MAX_SEARCH_K, MODEL_MAX_TOKENS_RANGE, canonical_json, parse_manifest
+from firmware_tools.vectors import Draft
+from tests.conftest import sample_manifest_dict
+
+VECTORS = Path(__file__).resolve().parents[2] / "vectors"
+
+
+def _raw(obj) -> bytes:
+    """Canonical JSON form without canonical_json's own integer check (to write out-of-range values)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _projected() -> dict:
+    m = sample_manifest_dict()
+    m["index"].update(dim=64, projection={"method": "pca", "dim_in": 384, "dim_out": 256})
+    return m
+
+
+def _scrypt() -> dict:
+    m = sample_manifest_dict()
+    m["recipients"] = [{"type": "scrypt", "salt": "AAECAwQFBgcICQoLDA0ODw==", "log_n": 15,
+                        "body": m["recipients"][0]["body"]}]
+    return m
+
+
+#: (base manifest, path, low, high): every integer field parse_manifest reads, with its bounds.
+FIELDS = [
+    (sample_manifest_dict, ("version",), 1, MAX_INT),
+    (sample_manifest_dict, ("model", "dim"), 1, 4096),
+    (sample_manifest_dict, ("model", "max_tokens"), *MODEL_MAX_TOKENS_RANGE),
+    (sample_manifest_dict, ("chunking", "max_tokens"), 1, 8192),
+    (sample_manifest_dict, ("chunking", "overlap_tokens"), 0, 8192),
+    (sample_manifest_dict, ("n_chunks",), 1, MAX_ITEMS),
+    (sample_manifest_dict, ("n_documents",), 1, 1 << 24),
+    (sample_manifest_dict, ("index", "dim"), 1, 4096),
+    (sample_manifest_dict, ("index", "n_items"), 1, MAX_ITEMS),
+    (sample_manifest_dict, ("index", "n_trees"), 1, 1024),
+    (sample_manifest_dict, ("index", "seed"), 0, (1 << 31) - 1),
+    (sample_manifest_dict, ("index", "search_k"), 1, MAX_SEARCH_K),
+    (sample_manifest_dict, ("index", "n_candidates"), 1, 65536),
+    (_projected, ("index", "projection", "dim_in"), 1, 4096),
+    (_projected, ("index", "projection", "dim_out"), 1, 4096),
+    (sample_manifest_dict, ("video", "gop"), 1, 1),
+    (sample_manifest_dict, ("video", "width"), 21, 4096),
+    (sample_manifest_dict, ("video", "height"), 21, 4096),
+    (sample_manifest_dict, ("video", "crf"), 0, 63),
+    (sample_manifest_dict, ("video", "fps"), 1, 240),
+    (sample_manifest_dict, ("video", "n_frames"), 1, 1 << 24),
+    (sample_manifest_dict, ("video", "qr", "version"), 1, 40),
+    (sample_manifest_dict, ("video", "qr", "pixels_per_module"), 1, 16),
+    (sample_manifest_dict, ("video", "qr", "quiet_zone_modules"), 0, 16),
+    (sample_manifest_dict, ("payload", "max_plaintext_bytes"), 16, 1 << 20),
+    (sample_manifest_dict, ("payload", "dictionary_bytes"), 0, 1 << 20),
+    (sample_manifest_dict, ("sections", "INDX", "length"), 0, MAX_INT),
+    (_scrypt, ("recipients", 0, "log_n"), 10, 18),
+]
+
+
+def _set(obj, path, value):
+    for key in path[:-1]:
+        obj = obj[key]
+    obj[path[-1]] = value
+
+
+def _name(path) -> str:
+    return "manifest" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
+
+
+CASES = [(base, path, value) for base, path, low, high in FIELDS for value in (low - 1, high + 1)]
+
+
+@pytest.mark.parametrize("base, path, value", CASES,
+                         ids=[f"{'.'.join(map(str, p))}={v}" for _, p, v in CASES])
+def test_one_past_each_bound_is_refused_in_one_line(base, path, value):
+    m = base()
+    parse_manifest(canonical_json(m))  # the base itself is fine
+    _set(m, path, value)
+    with pytest.raises(CapsuleFormatError) as err:
+        parse_manifest(_raw(m))
+    message = str(err.value)
+    assert "\n" not in message and not message.endswith(".")
+    if 0 <= value <= MAX_INT:  # negative or huge integers are refused as not canonical, before any field
+        assert message.startswith(_name(path)), message
+
+
+@pytest.mark.parametrize("path, value", [
+    (("model", "max_tokens"), 3), (("model", "max_tokens"), 512), (("index", "search_k"), MAX_SEARCH_K),
+])
+def test_tightened_bounds_themselves_are_accepted(path, value):
+    m = sample_manifest_dict()
+    _set(m, path, value)
+    assert parse_manifest(canonical_json(m))
+
+
+def test_largest_item_count_is_accepted():
+    m = sample_manifest_dict()
+    m["n_chunks"] = m["index"]["n_items"] = MAX_ITEMS
+    assert parse_manifest(canonical_json(m)).index.n_items == MAX_ITEMS
+
+
+def test_bounds_are_the_consumers_bounds():
+    assert MODEL_MAX_TOKENS_RANGE[1] == MAX_POSITIONS  # the embedder's position table
+    annoy = AnnoyIndex(2, "angular")
+    annoy.add_item(0, [1.0, 0.0])
+    annoy.build(1)
+    assert annoy.get_nns_by_vector([1.0, 0.0], 1, search_k=MAX_SEARCH_K) == [0]
+    with pytest.raises(OverflowError):
+        annoy.get_nns_by_vector([1.0, 0.0], 1, search_k=MAX_SEARCH_K + 1)
+
+
+def _key(name: str, private: bool):
+    data = (VECTORS / "keys" / f"{name}.{'key' if private else 'pub'}").read_bytes()
+    if private:
+        return serialization.load_pem_private_key(data, password=None)
+    return serialization.load_pem_public_key(data)
+
+
+@pytest.mark.parametrize("path, value", [(("model", "max_tokens"), 513), (("model", "max_tokens"), 2),
+                                         (("index", "search_k"), 1 << 31)])
+def test_signed_capsule_with_a_value_the_runtime_cannot_honour_is_refused_at_open(path, value, tmp_path):
+    draft = Draft((VECTORS / "ok" / "capsule").read_bytes())
+    _set(draft.manifest, path, value)
+    capsule = tmp_path / "signed.capsule"
+    capsule.write_bytes(draft.build())  # re-signed by test-publisher-1
+    with pytest.raises(CapsuleFormatError, match=rf"^{_name(path)} must be an integer in \d+\.\.\d+$"):
+        open_capsule(capsule, trusted_keys=[_key("test-publisher-1", False)],
+                     identities=[_key("test-device", True)], now=datetime(2030, 1, 1, tzinfo=timezone.utc))
