@@ -209,6 +209,12 @@ def check_annoy_structure(read, *, n_bytes: int, info: IndexInfo) -> int:
     return len(roots)
 
 
+#: Largest re-ranking scale a reader accepts (FORMAT.md §5.2). The writer's scale is the largest
+#: |coordinate| of a projected unit embedding over 127, at most about 2/127; 1 leaves a wide
+#: margin while 127 * scale and sums of its squares stay far from float32 overflow.
+MAX_REFINE_SCALE = 1.0
+
+
 @dataclass(frozen=True)
 class Projection:
     """The PCA projection of FORMAT.md §5.2, widened to float32.
@@ -257,8 +263,10 @@ class Projection:
         scale = np.frombuffer(plaintext, dtype="<f4", count=p.dim_out, offset=axes_end).astype(np.float32)
         if not (np.isfinite(mean).all() and np.isfinite(axes).all() and np.isfinite(scale).all()):
             raise CapsuleFormatError("projection holds non-finite values")
-        if (scale <= 0).any():
-            raise CapsuleFormatError("projection holds a re-ranking scale <= 0")
+        if (scale <= 0).any() or (scale > MAX_REFINE_SCALE).any():
+            raise CapsuleFormatError(f"projection holds a re-ranking scale <= 0 or > {MAX_REFINE_SCALE:g}")
+        if (np.abs(mean) > 1).any() or (np.abs(axes) > 1).any():
+            raise CapsuleFormatError("projection holds a mean or axis coordinate outside [-1, 1]")
         return cls(mean, axes, scale)
 
     def to_bytes(self) -> bytes:

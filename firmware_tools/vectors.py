@@ -556,6 +556,24 @@ def _manifest_vectors(alpha2: Draft, beta: Draft) -> list[Vector]:
         d.reseal("PROJ", bytes(plain))
 
     edited("proj-nonfinite", "format", "PROJ mean[0] is NaN; re-sealed with the capsule's key and re-signed", proj_nan)
+    def proj_scale_huge(d: Draft) -> None:
+        plain = bytearray(d.plaintext("PROJ"))
+        plain[-4:] = np.float32(3.4e38).tobytes()
+        d.reseal("PROJ", bytes(plain))
+
+    edited("proj-scale-huge", "format", "PROJ's last re-ranking scale is 3.4e38 (finite, but 127 * scale overflows "
+           "float32: scores would be NaN); re-sealed and re-signed", proj_scale_huge)
+
+    def index_child_out_of_range(d: Draft) -> None:
+        plain = bytearray(d.plaintext("INDX"))
+        node_bytes = 12 + 4 * d.manifest["index"]["dim"]
+        counts = np.frombuffer(bytes(plain), dtype="<i4").reshape(-1, node_bytes // 4)[:, 0]
+        for node in np.flatnonzero(counts == d.manifest["index"]["n_items"]):  # the roots (annoylib.h load())
+            plain[int(node) * node_bytes + 4:int(node) * node_bytes + 8] = (1 << 30).to_bytes(4, "little")
+        d.reseal("INDX", bytes(plain))
+
+    edited("index-child-out-of-range-resigned", "format", "every Annoy root's first child is node 2^30 (past the "
+           "end); re-sealed and re-signed: refused before Annoy maps it", index_child_out_of_range)
     edited("vecs-wrong-length", "format", "VECS plaintext one row short; re-sealed and re-signed",
            lambda d: d.reseal("VECS", d.plaintext("VECS")[:-d.manifest["index"]["projection"]["dim_out"]]))
     edited("index-length-not-whole-nodes", "format", "INDX plaintext one byte longer; re-sealed and re-signed",

@@ -83,6 +83,8 @@ def test_index_without_projection_scores_are_cosines(tmp_path):
     (lambda b: b + b"\0\0\0\0", "needs"),
     (lambda b: b[:-4] + np.float32(0).tobytes(), "scale <= 0"),
     (lambda b: np.float32(np.nan).tobytes() + b[4:], "non-finite"),
+    (lambda b: b[:-4] + np.float32(3.4e38).tobytes(), "> 1"),  # finite, but scores overflow to NaN
+    (lambda b: np.float32(1.5).tobytes() + b[4:], "outside \\[-1, 1\\]"),
 ])
 def test_malformed_projection_is_refused(built, mutate, message):
     with pytest.raises(CapsuleFormatError, match=message):
