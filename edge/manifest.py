@@ -61,11 +61,27 @@ _TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 def canonical_json(obj: Any) -> bytes:
     """Return the canonical UTF-8 JSON encoding of ``obj`` (FORMAT.md §4).
 
+    This is RFC 8785 (JSON Canonicalization Scheme) restricted to integers in ``[0, 2^53)``
+    and no floats: object members sorted by the UTF-16 code units of their names, no
+    whitespace, strings escaped only where RFC 8785 requires (``"``, ``\\``, control
+    characters, the short forms ``\\b \\f \\n \\r \\t``, others ``\\u00xx``), UTF-8 out.
+    ``tests/unit/edge/test_manifest.py`` checks it against the ``rfc8785`` package.
+
     Raises:
-        ValueError: ``obj`` holds a float or an integer outside ``[0, 2^53)``.
+        ValueError: ``obj`` holds a float, an integer outside ``[0, 2^53)``, a non-string
+            key, or a lone surrogate.
     """
     _check_encodable(obj)
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return json.dumps(_jcs_ordered(obj), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _jcs_ordered(obj: Any) -> Any:
+    """``obj`` with every object's members in RFC 8785 §3.2.3 order (UTF-16 code units)."""
+    if isinstance(obj, dict):
+        return {key: _jcs_ordered(obj[key]) for key in sorted(obj, key=lambda k: k.encode("utf-16-be", "surrogatepass"))}
+    if isinstance(obj, (list, tuple)):
+        return [_jcs_ordered(value) for value in obj]
+    return obj
 
 
 def _check_encodable(obj: Any) -> None:

@@ -112,3 +112,31 @@ def test_canonical_json_refuses_floats_and_big_ints():
         canonical_json({"a": 1.5})
     with pytest.raises(ValueError):
         canonical_json({"a": 1 << 60})
+
+
+# --- canonical JSON is RFC 8785 (JCS) restricted to integers, checked against an independent implementation
+
+import rfc8785  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from edge.manifest import canonical_json as _canonical_json  # noqa: E402
+
+_JSON_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)  # no lone surrogates
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(0, (1 << 53) - 1) | _JSON_TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_JSON_TEXT, inner, max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_JSON)
+def test_canonical_json_equals_rfc8785(obj):
+    assert _canonical_json(obj) == rfc8785.dumps(obj)
+
+
+def test_canonical_json_orders_keys_by_utf16_code_units_as_rfc8785_does():
+    # U+FFFF sorts after U+1F600 by code point but before it by UTF-16 code units (0xFFFF > 0xD83D)
+    obj = {"\uffff": 1, "\U0001F600": 2, "a": 3}
+    assert _canonical_json(obj) == rfc8785.dumps(obj)
+    assert _canonical_json(obj).index("\U0001F600".encode()) < _canonical_json(obj).index("\uffff".encode())
