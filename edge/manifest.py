@@ -414,6 +414,59 @@ class Manifest:
                 not_before=self.not_before, now=now,
             )
 
+    def to_json(self) -> dict[str, Any]:
+        """Return the manifest as the JSON object of FORMAT.md §4.1 (the writer's side of ``parse_manifest``).
+
+        ``parse_manifest(canonical_json(m.to_json()))`` equals ``m`` (but for ``raw``), and for
+        any bytes ``b`` that ``parse_manifest`` accepts, ``parse_manifest(b).to_bytes() == b``.
+        """
+        projection = self.index.projection
+        video = self.video
+        return {
+            "format": FORMAT_ID,
+            "capsule_id": self.capsule_id,
+            "name": self.name,
+            "version": self.version,
+            "publisher": {"keyid": self.publisher_keyid, "name": self.publisher_name},
+            "issued_at": format_time(self.issued_at),
+            "not_before": format_time(self.not_before),
+            "expires_at": format_time(self.expires_at),
+            "rules": {name: dict(body) for name, body in self.rules.items()},
+            "model": {"name": self.model.name, "family": self.model.family, "sha256": self.model.sha256,
+                      "tokenizer_sha256": self.model.tokenizer_sha256, "dim": self.model.dim,
+                      "pooling": self.model.pooling, "normalization": self.model.normalization,
+                      "max_tokens": self.model.max_tokens},
+            "chunking": {"max_tokens": self.chunk_max_tokens, "overlap_tokens": self.chunk_overlap_tokens},
+            "index": {"format": "annoy", "dim": self.index.dim, "metric": self.index.metric,
+                      "n_items": self.index.n_items, "n_trees": self.index.n_trees, "seed": self.index.seed,
+                      "search_k": self.index.search_k, "n_candidates": self.index.n_candidates,
+                      "projection": None if projection is None else {
+                          "method": projection.method, "dim_in": projection.dim_in, "dim_out": projection.dim_out},
+                      "encryption": self.index.encryption},
+            "video": {"container": "mp4", "codec": video.codec, "profile": video.profile, "width": video.width,
+                      "height": video.height, "pix_fmt": video.pix_fmt, "crf": video.crf, "gop": 1,
+                      "fps": video.fps, "n_frames": video.n_frames,
+                      "extradata": base64.b64encode(video.extradata).decode("ascii"),
+                      "qr": {"version": video.qr_version, "ec_level": video.qr_ec_level,
+                             "pixels_per_module": video.pixels_per_module,
+                             "quiet_zone_modules": video.quiet_zone_modules}},
+            "payload": {"aead": "chacha20poly1305", "compression": "zstd", "layout": "frame-v1",
+                        "max_plaintext_bytes": self.max_plaintext_bytes, "dictionary_bytes": self.dictionary_bytes},
+            "n_chunks": self.n_chunks,
+            "n_documents": self.n_documents,
+            "sections": {tag: {"length": d.length, "sha256": d.sha256} for tag, d in self.sections.items()},
+            "recipients": [stanza_to_json(stanza) for stanza in self.recipients],
+            "builder": dict(self.builder),
+        }
+
+    def to_bytes(self) -> bytes:
+        """Return the canonical JSON bytes of ``to_json()``: what the publisher signs (MANI).
+
+        Raises:
+            ValueError: a value that canonical JSON cannot hold (see ``canonical_json``).
+        """
+        return canonical_json(self.to_json())
+
     def check_rules(self) -> None:
         """Raise if a required rule is one this runtime does not implement.
 
