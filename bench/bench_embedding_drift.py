@@ -55,7 +55,7 @@ def _texts() -> dict[str, list[str]]:
 
     offsets = TokenizerOffsets.from_file(MODEL_DIR / "tokenizer.json")
     docs = iter_documents([ROOT / "tests" / "vectors" / "src" / "docs"])
-    # the test vectors' chunking (firmware_tools/vectors.py BUILD_OPTIONS)
+    # the test vectors' chunking (tests/vectors/generate.py BUILD_OPTIONS)
     chunks = [c.text for c in chunk_documents(docs, token_offsets=offsets, token_offsets_batch=offsets.batch,
                                               max_tokens=48, overlap_tokens=8)]
     return {"reference_sentences": sentences, "vector_chunks": chunks}

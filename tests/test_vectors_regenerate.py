@@ -1,4 +1,4 @@
-"""``python -m firmware_tools.vectors`` rebuilds tests/vectors/ byte for byte on any CPU (FORMAT.md §14).
+"""``python -m tests.vectors.generate`` rebuilds tests/vectors/ byte for byte on any CPU (FORMAT.md §14).
 
 The genuine capsules are built from the committed chunk embeddings (tests/vectors/src/
 chunk-embeddings.npz), not from the model on this CPU: onnxruntime's int8 kernels round
@@ -20,7 +20,7 @@ from .conftest import ROOT
 
 VECTORS = ROOT / "tests" / "vectors"
 #: Paths in tests/vectors/ that the generator does not write.
-HAND_WRITTEN = ("src", "README.md", "__init__.py", "harness.py", "test_vectors.py", "__pycache__")
+HAND_WRITTEN = ("src", "README.md", "__init__.py", "harness.py", "test_vectors.py", "generate.py", "__pycache__")
 
 
 def _generated_files(root: Path) -> dict[str, bytes]:
@@ -30,7 +30,7 @@ def _generated_files(root: Path) -> dict[str, bytes]:
 
 def test_regeneration_is_byte_identical(tmp_path):
     out = tmp_path / "vectors"
-    proc = subprocess.run([sys.executable, "-m", "firmware_tools.vectors", "-o", str(out)], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "tests.vectors.generate", "-o", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     committed, regenerated = _generated_files(VECTORS), _generated_files(out)
@@ -49,7 +49,7 @@ def test_pinned_embeddings_are_this_models_within_cross_cpu_tolerance():
     from edge.embedder import QueryEmbedder, find_model_dir
     from firmware_tools.chunking import TokenizerOffsets, chunk_documents
     from firmware_tools.documents import iter_documents
-    from firmware_tools.vectors import BUILD_OPTIONS, DOCS_DIR, EMBEDDINGS_FILE
+    from tests.vectors.generate import BUILD_OPTIONS, DOCS_DIR, EMBEDDINGS_FILE
 
     model_dir = find_model_dir(None)
     embedder = QueryEmbedder.open(model_dir, n_threads=1)

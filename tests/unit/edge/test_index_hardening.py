@@ -23,7 +23,7 @@ from edge.budget import MemoryBudget
 from edge.errors import CapsuleFormatError
 from edge.index import Projection, VectorIndex, check_annoy_structure
 from edge.manifest import parse_manifest
-from firmware_tools.vectors import Draft
+from tests.vectors.generate import Draft
 
 ROOT = Path(__file__).resolve().parents[3]
 OK = ROOT / "tests" / "vectors" / "ok" / "capsule"

@@ -20,7 +20,7 @@ from edge import open_capsule
 from edge.embedder import MAX_POSITIONS
 from edge.errors import CapsuleFormatError
 from edge.manifest import MAX_INT, MAX_ITEMS, MAX_SEARCH_K, MODEL_MAX_TOKENS_RANGE, canonical_json, parse_manifest
-from firmware_tools.vectors import Draft
+from tests.vectors.generate import Draft
 from tests.conftest import sample_manifest_dict
 
 VECTORS = Path(__file__).resolve().parents[2] / "vectors"

@@ -1,6 +1,6 @@
 """Regenerate ``tests/vectors/``: tiny capsules with EXPECT files, byte for byte.
 
-``python -m firmware_tools.vectors [-o DIR]`` builds three genuine capsules from the two short
+``python -m tests.vectors.generate [-o DIR]`` builds three genuine capsules from the two short
 documents in ``tests/vectors/src/docs/`` with test-only keys (derived from their names, written to
 ``tests/vectors/keys/``), a fixed clock and fixed seeds, and derives every other vector from them:
 header and table patches, manifests edited and re-signed, sections re-sealed with the capsule's
@@ -14,8 +14,11 @@ It deliberately does not run the vectors (``tests/vectors/test_vectors.py`` and
 
 Example::
 
-    python -m firmware_tools.vectors                  # rewrite tests/vectors/
-    python -m firmware_tools.vectors -o /tmp/v        # regenerate elsewhere, then diff -r
+    python -m tests.vectors.generate                  # rewrite tests/vectors/
+    python -m tests.vectors.generate -o /tmp/v        # regenerate elsewhere, then diff -r
+
+It lives under ``tests/`` (as python-tuf keeps ``tests/generated_data/generate_md.py``): it is
+test tooling, not part of the installed builder, and it uses the builder's internals.
 
 Source: FORMAT.md §14.
 """
@@ -54,13 +57,13 @@ from edge.sealed import (
     zstd_decompressor,
 )
 
-from .cosign import assemble_capsule, read_sections
-from .keys import private_key_pem, public_key_pem
-from .qr_video import VideoParams, _encode_lumas, _read_sample_table, render_qr_frame
-from .sealing import Randomness, payload_compressor, seal_frame, sign_manifest, wrap_for_passphrase
-from .trust_writer import Delegate, next_trust_document, write_trust_document
+from firmware_tools.cosign import assemble_capsule, read_sections
+from firmware_tools.keys import private_key_pem, public_key_pem
+from firmware_tools.qr_video import VideoParams, _encode_lumas, _read_sample_table, render_qr_frame
+from firmware_tools.sealing import Randomness, payload_compressor, seal_frame, sign_manifest, wrap_for_passphrase
+from firmware_tools.trust_writer import Delegate, next_trust_document, write_trust_document
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 VECTORS_DIR = ROOT / "tests" / "vectors"
 DOCS_DIR = VECTORS_DIR / "src" / "docs"
 #: The chunk embeddings the genuine capsules are built from (EmbeddingCache rows: keys uint8
@@ -239,8 +242,8 @@ def _build_genuine(out_dir: Path, *, refresh_embeddings: bool = False) -> dict[s
     """
     from edge.embedder import QueryEmbedder, find_model_dir
 
-    from .build import build_capsule
-    from .embedding import EmbeddingCache
+    from firmware_tools.build import build_capsule
+    from firmware_tools.embedding import EmbeddingCache
 
     model = QueryEmbedder.open(find_model_dir(None), n_threads=1)
     cache_path = out_dir / "embeddings.sqlite"
@@ -259,7 +262,7 @@ def _build_genuine(out_dir: Path, *, refresh_embeddings: bool = False) -> dict[s
         if result.n_embedded and not refresh_embeddings:
             raise StaleEmbeddingsError(
                 f"{result.n_embedded} chunks of {DOCS_DIR} have no embedding in {EMBEDDINGS_FILE}: the documents "
-                "or the chunking changed; run python -m firmware_tools.vectors --refresh-embeddings and commit it")
+                "or the chunking changed; run python -m tests.vectors.generate --refresh-embeddings and commit it")
         built[label] = path.read_bytes()
     if refresh_embeddings:
         keys, vectors = cache.export_rows()
@@ -778,8 +781,8 @@ def generate(out_dir: Path, *, refresh_embeddings: bool = False) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Regenerate the vectors; print how many were written."""
-    parser = argparse.ArgumentParser(prog="python -m firmware_tools.vectors", description=__doc__.split("\n\n")[0],
-                                     epilog="example: python -m firmware_tools.vectors -o /tmp/vectors")
+    parser = argparse.ArgumentParser(prog="python -m tests.vectors.generate", description=__doc__.split("\n\n")[0],
+                                     epilog="example: python -m tests.vectors.generate -o /tmp/vectors")
     parser.add_argument("-o", "--output", type=Path, default=VECTORS_DIR, help="output directory (default "
                                                                                "tests/vectors)")
     parser.add_argument("--refresh-embeddings", action="store_true",
