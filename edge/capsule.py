@@ -692,7 +692,8 @@ def open_capsule(
             raise ModelError(f"model gives {embedder.dim}-d embeddings, capsule needs {manifest.model.dim}")
         reader = FrameReader(cf.section("VIDE"), extradata=manifest.video.extradata,
                              sample_offsets=frames.sample_offsets, sample_sizes=frames.sample_bytes,
-                             codec=manifest.video.codec, prefer_hardware=prefer_hardware_decoder)
+                             codec=manifest.video.codec, prefer_hardware=prefer_hardware_decoder,
+                             width=manifest.video.width, height=manifest.video.height)
     except BaseException as exc:
         if isinstance(exc, CapsuleError):
             log.warning("refused capsule %s: %s", cf.path, exc)
