@@ -44,7 +44,7 @@ from .budget import (
     format_mib,
 )
 from .embedder import QueryEmbedder, check_engine, find_model_dir
-from .errors import CapsuleError, CapsuleFormatError, IntegrityError, ModelError
+from .errors import BudgetExceededError, CapsuleError, CapsuleFormatError, IntegrityError, ModelError
 from .frames import FrameReader
 from .index import Projection, VectorIndex
 from ._version import __version__
@@ -54,13 +54,17 @@ from .rules import MemoryUseLog, Rules, UsePolicy, check_validity_at, parse_rule
 from .sealed import (
     ChunkRecord,
     ContentKeys,
+    JSON_PARSE_PEAK_FACTOR,
+    MAX_DOCS_WINDOW_BYTES,
     decompress_bounded,
+    docs_plaintext_limit,
     derive_keys,
     iter_open_stream,
     open_frame,
     open_stream,
     stream_plaintext_bytes,
     unwrap_content_key,
+    zstd_content_size,
     zstd_decompressor,
 )
 from .trust import DeviceState, verify_manifest_with_root
@@ -579,7 +583,8 @@ def memory_plan(manifest: Manifest, *, section_lengths: dict[str, int], frame_ca
         "documents": 1024 * manifest.n_documents + 4 * stream_plaintext_bytes(section_lengths["DOCS"]),
         "frame_table": 3 * section_lengths["FTAB"],
         "dictionary": 2 * manifest.dictionary_bytes + (512 << 10),
-        "frame_decoder": FRAME_DECODER_BASE_BYTES + 3 * manifest.video.width * manifest.video.height,
+        "frame_decoder": FRAME_DECODER_BASE_BYTES + 3 * manifest.video.width * manifest.video.height
+        + 2 * manifest.max_plaintext_bytes,  # decompress_bounded: output + its checking pass
         "frame_cache": frame_cache_bytes,
         "query": QUERY_BASE_BYTES + 8 * max(info.n_candidates, 1) * max(dim_out, 1),
     }
@@ -679,7 +684,8 @@ def open_capsule(
         for tag in fmt.HASHED_SECTIONS[:-1]:  # all but VIDE, which frames authenticate one by one
             if tag not in verified_sections:
                 _check_digest(cf, manifest, tag)
-        documents = _read_documents(open_stream(keys.section("DOCS"), cf.section("DOCS")), manifest)
+        documents = _read_documents(open_stream(keys.section("DOCS"), cf.section("DOCS")), manifest,
+                                    budget=budget, reservation=prefix + "documents_inflate")
         frames = fmt.FrameTable.from_bytes(cf.section("FTAB").tobytes(), n_frames=manifest.video.n_frames,
                                            n_chunks=manifest.n_chunks, video_bytes=cf.sections["VIDE"].length)
         decompressor = _read_dictionary(cf, keys, manifest)
@@ -692,7 +698,8 @@ def open_capsule(
             raise ModelError(f"model gives {embedder.dim}-d embeddings, capsule needs {manifest.model.dim}")
         reader = FrameReader(cf.section("VIDE"), extradata=manifest.video.extradata,
                              sample_offsets=frames.sample_offsets, sample_sizes=frames.sample_bytes,
-                             codec=manifest.video.codec, prefer_hardware=prefer_hardware_decoder)
+                             codec=manifest.video.codec, prefer_hardware=prefer_hardware_decoder,
+                             width=manifest.video.width, height=manifest.video.height)
     except BaseException as exc:
         if isinstance(exc, CapsuleError):
             log.warning("refused capsule %s: %s", cf.path, exc)
@@ -777,10 +784,22 @@ def _open_index(cf: _CapsuleFile, keys: ContentKeys, manifest: Manifest, index_p
                                      projection=projection, **vecs)
 
 
-def _read_documents(sealed_plaintext: bytes, manifest: Manifest) -> list[Document]:
-    plaintext = decompress_bounded(sealed_plaintext, fmt.MAX_DOCS_PLAINTEXT_BYTES, zstd_decompressor(),
-                                   what="document list", require_content_size=True)
-    obj = parse_canonical_json(plaintext, what="document list")
+def _read_documents(sealed_plaintext: bytes, manifest: Manifest, *, budget: MemoryBudget,
+                    reservation: str) -> list[Document]:
+    """Inflate and parse DOCS; the size its zstd header declares, bounded by ``n_documents``, is
+    charged (``JSON_PARSE_PEAK_FACTOR`` times) to ``budget`` before anything is inflated."""
+    limit = docs_plaintext_limit(manifest.n_documents, fmt.MAX_DOCS_PLAINTEXT_BYTES)
+    declared = zstd_content_size(sealed_plaintext, limit, what="document list")
+    with budget.reserve(reservation, JSON_PARSE_PEAK_FACTOR * declared):
+        plaintext = decompress_bounded(sealed_plaintext, declared,
+                                       zstd_decompressor(max_window_bytes=MAX_DOCS_WINDOW_BYTES),
+                                       what="document list", require_content_size=True)
+        try:
+            obj = parse_canonical_json(plaintext, what="document list")
+        except MemoryError:
+            raise BudgetExceededError(f"parsing the {declared}-byte document list ran out of memory",
+                                      requested_bytes=JSON_PARSE_PEAK_FACTOR * declared, available_bytes=0) from None
+        del plaintext
     if not isinstance(obj, dict) or set(obj) != {"documents"} or not isinstance(obj["documents"], list):
         raise CapsuleFormatError("document list must be {\"documents\": [...]}")
     docs = []

@@ -5,6 +5,12 @@ gives each sample's byte offset and size, the manifest gives the stream's ``avcC
 (FORMAT.md §4.5), and one all-intra sample decodes alone into exactly one frame. The QR code in
 that frame is read with zxing-cpp and its raw byte-mode content comes back unchanged.
 
+Before any decoder (hardware or software) sees a byte, ``parse_extradata`` checks the
+``avcC``/``hvcC`` record and the frame size its SPS declares against the manifest, and
+``check_sample`` checks that a sample is length-prefixed NAL units of only the types the builder
+writes (IDR slices, user-data SEI; never a parameter set). Decoders open with FFmpeg's
+``max_pixels`` set to the declared coded size, and a decoded frame of another size is refused.
+
 It deliberately does not open files, parse the MP4 container, decrypt or authenticate anything:
 callers pass a bytes-like view of ``VIDE`` (an mmap slice; it is never copied whole) and get the
 opaque frame payload, which the AEAD of FORMAT.md §6 authenticates upstream.
@@ -39,15 +45,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .errors import FrameDecodeError
+from .errors import CapsuleFormatError, FrameDecodeError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FrameReader", "HARDWARE_DECODERS", "SOFTWARE_DECODERS"]
+__all__ = ["FrameReader", "HARDWARE_DECODERS", "SOFTWARE_DECODERS", "StreamParameters", "check_sample",
+           "parse_extradata"]
 
 #: codec name in the manifest -> FFmpeg hardware (V4L2 M2M) decoder tried first.
 HARDWARE_DECODERS: dict[str, str] = {"h264": "h264_v4l2m2m", "hevc": "hevc_v4l2m2m"}
@@ -84,10 +92,20 @@ class FrameReader:
         sample_sizes: byte size of each frame's sample, same length as ``sample_offsets``.
         codec: ``"h264"`` or ``"hevc"`` (manifest ``video.codec``).
         prefer_hardware: try the V4L2 M2M hardware decoder first; ``False`` forces software.
+        width, height: the manifest's ``video.width`` / ``video.height`` in pixels; the SPS in
+            ``extradata`` must declare exactly this size. ``None`` takes the SPS's size.
+
+    Every sample passes ``check_sample`` before any decoder (hardware or software) sees it; the
+    decoders are opened with FFmpeg's ``max_pixels`` = width * height, so that no picture larger
+    than the declared frame is ever allocated; and a decoded frame of another size is refused.
+    An empty ``extradata`` (a probe for available decoders) opens the decoders, but no sample
+    is then accepted.
 
     Raises:
         ValueError: unknown codec, mismatched table lengths, or a sample outside ``video``
             (callers check FTAB against ``VIDE`` first, so this is a caller mistake).
+        CapsuleFormatError: ``extradata`` is malformed (see ``parse_extradata``) or its SPS
+            declares another frame size than ``width`` x ``height``.
         FrameDecodeError: neither the hardware nor the software decoder can be opened.
 
     Source: FORMAT.md §4.5 (video), §5 (frame table).
@@ -102,6 +120,8 @@ class FrameReader:
         sample_sizes: Sequence[int] | np.ndarray,
         codec: str = "h264",
         prefer_hardware: bool = True,
+        width: int | None = None,
+        height: int | None = None,
     ) -> None:
         if codec not in SOFTWARE_DECODERS:
             raise ValueError(f"unsupported video codec {codec!r}, expected one of {sorted(SOFTWARE_DECODERS)}")
@@ -120,6 +140,13 @@ class FrameReader:
         self._sizes = sizes
         self._extradata = bytes(extradata)
         self._codec = codec
+        self._params: StreamParameters | None = None
+        if self._extradata:
+            self._params = parse_extradata(self._extradata, codec)
+            declared = (self._params.width, self._params.height)
+            if (width, height) != (None, None) and declared != (width, height):
+                raise CapsuleFormatError(f"{codec} sps declares a {declared[0]}x{declared[1]} frame, "
+                                         f"manifest says {width}x{height}")
         self._prefer_hardware = bool(prefer_hardware)
         self._av = _import_av()
         zx = _import_zxing()
@@ -175,7 +202,8 @@ class FrameReader:
             uint8 array of shape [height, width], C-contiguous, 0 = black, 255 = white.
 
         Raises:
-            FrameDecodeError: the decoder rejects the sample or returns no frame.
+            FrameDecodeError: the sample fails ``check_sample``, the decoder rejects it or returns
+                no frame, or the frame is not the stream's declared size.
             IndexError: ``frame_index`` is out of range (a caller mistake).
             RuntimeError: the reader is closed.
 
@@ -184,6 +212,7 @@ class FrameReader:
         index = self._check_index(frame_index)
         if self._closed:
             raise RuntimeError("frame reader is closed")
+        self._checked_sample(index)  # refused here, before any decoder, and not retried
         try:
             return self._decode_with(self._ctx, index)
         except FrameDecodeError:
@@ -284,12 +313,25 @@ class FrameReader:
         ctx.extradata = self._extradata
         ctx.thread_type = "NONE"
         ctx.thread_count = 1
+        # FFmpeg refuses (ENOMEM/EINVAL) any picture over max_pixels before allocating it, in
+        # hardware wrappers too (ff_set_dimensions / ff_get_buffer). PyAV 18.1 passes these
+        # options to avcodec_open2 (checked by tests/unit/edge/test_frames_hardening.py).
+        max_pixels = self._params.coded_pixels if self._params else 1
+        ctx.options = {"max_pixels": str(max_pixels)}
         ctx.open()  # a missing V4L2 device fails here, not in create()
         return ctx
 
-    def _decode_with(self, ctx: Any, index: int) -> np.ndarray:
+    def _checked_sample(self, index: int) -> memoryview:
+        """Return sample ``index`` after ``check_sample`` (the filter before every decoder)."""
+        if self._params is None:
+            raise FrameDecodeError(f"frame {index}: no stream parameters (empty extradata)")
         start = int(self._offsets[index])
         sample = self._view[start:start + int(self._sizes[index])]
+        check_sample(sample, self._codec, self._params.nal_length_bytes, index)
+        return sample
+
+    def _decode_with(self, ctx: Any, index: int) -> np.ndarray:
+        sample = self._checked_sample(index)
         try:
             frames = ctx.decode(self._av.Packet(sample))
             if not frames:
@@ -298,7 +340,12 @@ class FrameReader:
                 ctx.flush_buffers()
             if not frames:
                 raise FrameDecodeError(f"frame {index}: {ctx.name} returned no picture")
-            return _luma(frames[-1])
+            frame = frames[-1]
+            params = self._params
+            if (frame.width, frame.height) != (params.width, params.height):
+                raise FrameDecodeError(f"frame {index}: {ctx.name} decoded a {frame.width}x{frame.height} "
+                                       f"picture, stream is {params.width}x{params.height}")
+            return _luma(frame)
         except FrameDecodeError:
             raise
         except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad frame, never a crash
@@ -342,3 +389,344 @@ def _luma(frame: Any) -> np.ndarray:
         rows = np.frombuffer(plane, dtype=np.uint8).reshape(-1, plane.line_size)[:height, :width]
         return np.ascontiguousarray(rows)
     return frame.to_ndarray(format="gray")
+
+
+# -- stream parameters and sample filter ----------------------------------------------------------
+#
+# Every byte FFmpeg sees is checked here first: the extradata (signed, but possibly by a stolen
+# key) must be one avcC/hvcC record whose single SPS declares exactly the manifest's frame size,
+# and every sample must be length-prefixed NAL units of only the types the builder writes. A
+# sample carrying its own SPS/PPS (or VPS) could otherwise make the decoder allocate for any
+# frame size it declares (16000x16000 cost 1.04 GB RSS per frame, issue 9).
+
+#: NAL unit types a sample may hold, per codec (what firmware_tools.qr_video writes).
+#: H.264 (ISO/IEC 14496-10 Table 7-1): 5 IDR slice, 6 SEI (x264's version SEI in frame 0).
+#: HEVC (ISO/IEC 23008-2 Table 7-1): 19 IDR_W_RADL, 20 IDR_N_LP, 39 prefix SEI.
+SAMPLE_NAL_TYPES: dict[str, frozenset[int]] = {"h264": frozenset({5, 6}), "hevc": frozenset({19, 20, 39})}
+_SLICE_NAL_TYPES = {"h264": frozenset({5}), "hevc": frozenset({19, 20})}
+_SEI_NAL_TYPES = {"h264": 6, "hevc": 39}
+#: SEI payload types a sample may carry: only user_data_unregistered (encoder version text).
+_SEI_PAYLOAD_TYPES = frozenset({5})
+#: Cropped pixels per dimension, at most (below one 64-pixel HEVC CTB; x264 crops < 16).
+MAX_CROP_PIXELS = 63
+#: NAL units per sample, at most (the builder writes 1-2).
+MAX_SAMPLE_NAL_UNITS = 64
+_H264_HIGH_PROFILES = frozenset({100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135})
+
+
+@dataclass(frozen=True)
+class StreamParameters:
+    """What a checked ``avcC``/``hvcC`` record declares.
+
+    Attributes:
+        nal_length_bytes: size of each sample's NAL unit length prefix (1, 2 or 4).
+        width: frame width in pixels after cropping (the SPS's conformance window).
+        height: frame height in pixels after cropping.
+        coded_pixels: pixels of the coded picture before cropping, its width rounded up to 64
+            (what FFmpeg's ``max_pixels`` is compared with).
+    """
+
+    nal_length_bytes: int
+    width: int
+    height: int
+    coded_pixels: int
+
+
+class _Bits:
+    """Bounds-checked big-endian bit reader over an RBSP (Exp-Golomb as in H.264 §9.1)."""
+
+    def __init__(self, data: bytes, what: str) -> None:
+        self._value = int.from_bytes(data, "big")
+        self._n_bits = 8 * len(data)
+        self._pos = 0
+        self._what = what
+
+    def u(self, n: int) -> int:
+        if self._pos + n > self._n_bits:
+            raise CapsuleFormatError(f"{self._what} ends early at bit {self._pos}")
+        self._pos += n
+        return (self._value >> (self._n_bits - self._pos)) & ((1 << n) - 1)
+
+    def ue(self, limit: int = (1 << 32) - 2) -> int:
+        zeros = 0
+        while self.u(1) == 0:
+            zeros += 1
+            if zeros > 31:
+                raise CapsuleFormatError(f"{self._what} has an exp-golomb code over 32 bits")
+        value = (1 << zeros) - 1 + self.u(zeros)
+        if value > limit:
+            raise CapsuleFormatError(f"{self._what} field value {value} over its limit {limit}")
+        return value
+
+    def se(self) -> int:
+        k = self.ue()
+        return (k + 1) // 2 if k & 1 else -(k // 2)
+
+
+def _rbsp(nal_payload: bytes) -> bytes:
+    """Remove emulation prevention bytes (00 00 03 -> 00 00; H.264 §7.4.1)."""
+    return nal_payload.replace(b"\x00\x00\x03", b"\x00\x00")
+
+
+def _crop_units(chroma_format_idc: int, separate_planes: bool) -> tuple[int, int]:
+    """Return (SubWidthC, SubHeightC): H.264 Table 6-1, HEVC Table 6-1."""
+    if chroma_format_idc == 0 or separate_planes:
+        return 1, 1
+    return {1: (2, 2), 2: (2, 1), 3: (1, 1)}[chroma_format_idc]
+
+
+def _h264_sps_size(nal: bytes) -> tuple[int, int, int, int]:
+    """Return (coded width, coded height, width, height) an H.264 SPS declares (ISO/IEC 14496-10 §7.3.2.1.1, §7.4.2.1.1)."""
+    b = _Bits(_rbsp(nal[1:]), "h264 sps")
+    profile_idc = b.u(8)
+    b.u(16)  # constraint flags, level_idc
+    b.ue(31)  # seq_parameter_set_id
+    chroma_format_idc, separate = 1, False
+    if profile_idc in _H264_HIGH_PROFILES:
+        chroma_format_idc = b.ue(3)
+        if chroma_format_idc == 3:
+            separate = bool(b.u(1))
+        b.ue(6), b.ue(6), b.u(1)  # bit depths, qpprime_y_zero_transform_bypass_flag
+        if b.u(1):  # seq_scaling_matrix_present_flag
+            for i in range(8 if chroma_format_idc != 3 else 12):
+                if b.u(1):
+                    last = following = 8
+                    for _ in range(16 if i < 6 else 64):
+                        if following:
+                            following = (last + b.se()) % 256
+                        last = following or last
+    b.ue(12)  # log2_max_frame_num_minus4
+    poc_type = b.ue(2)
+    if poc_type == 0:
+        b.ue(12)
+    elif poc_type == 1:
+        b.u(1), b.se(), b.se()
+        for _ in range(b.ue(255)):
+            b.se()
+    b.ue(16), b.u(1)  # max_num_ref_frames, gaps_in_frame_num_value_allowed_flag
+    width_mbs, height_map_units = b.ue(1 << 16) + 1, b.ue(1 << 16) + 1
+    frame_mbs_only = b.u(1)
+    if not frame_mbs_only:
+        b.u(1)  # mb_adaptive_frame_field_flag
+    b.u(1)  # direct_8x8_inference_flag
+    coded_width = width = 16 * width_mbs
+    coded_height = height = 16 * height_map_units * (2 - frame_mbs_only)
+    if b.u(1):  # frame_cropping_flag
+        crop_x, crop_y = _crop_units(chroma_format_idc, separate)
+        crop_y *= 2 - frame_mbs_only
+        left, right, top, bottom = (b.ue(1 << 20) for _ in range(4))
+        width -= crop_x * (left + right)
+        height -= crop_y * (top + bottom)
+    return coded_width, coded_height, width, height
+
+
+def _hevc_sps_size(nal: bytes) -> tuple[int, int, int, int]:
+    """Return (coded width, coded height, width, height) an HEVC SPS declares (ISO/IEC 23008-2 §7.3.2.2, §7.3.3)."""
+    b = _Bits(_rbsp(nal[2:]), "hevc sps")
+    b.u(4)  # sps_video_parameter_set_id
+    max_sub_layers_minus1 = b.u(3)
+    if max_sub_layers_minus1 > 6:
+        raise CapsuleFormatError(f"hevc sps has {max_sub_layers_minus1 + 1} sub-layers, limit is 7")
+    b.u(1)  # sps_temporal_id_nesting_flag
+    b.u(48), b.u(48)  # general profile_tier_level: 88 bits, then general_level_idc
+    present = [(b.u(1), b.u(1)) for _ in range(max_sub_layers_minus1)]
+    if max_sub_layers_minus1:
+        b.u(2 * (8 - max_sub_layers_minus1))  # reserved_zero_2bits
+    for profile_present, level_present in present:
+        if profile_present:
+            b.u(44), b.u(44)
+        if level_present:
+            b.u(8)
+    b.ue(15)  # sps_seq_parameter_set_id
+    chroma_format_idc = b.ue(3)
+    separate = bool(b.u(1)) if chroma_format_idc == 3 else False
+    coded_width, coded_height = width, height = b.ue(1 << 20), b.ue(1 << 20)
+    if b.u(1):  # conformance_window_flag
+        crop_x, crop_y = _crop_units(chroma_format_idc, separate)
+        left, right, top, bottom = (b.ue(1 << 20) for _ in range(4))
+        width -= crop_x * (left + right)
+        height -= crop_y * (top + bottom)
+    return coded_width, coded_height, width, height
+
+
+def _take(data: bytes, pos: int, n: int, what: str) -> tuple[bytes, int]:
+    if n < 0 or pos + n > len(data):
+        raise CapsuleFormatError(f"{what} ends early: {n} bytes needed at offset {pos} of {len(data)}")
+    return data[pos:pos + n], pos + n
+
+
+def _avcc_nal_units(extradata: bytes) -> tuple[int, list[tuple[int, bytes]]]:
+    """Split an avcC record (ISO/IEC 14496-15 §5.3.3.1) into (nal length size, [(type, nal)])."""
+    what = "h264 extradata (avcC)"
+    head, pos = _take(extradata, 0, 6, what)
+    if head[0] != 1:
+        raise CapsuleFormatError(f"{what} version is {head[0]}, expected 1")
+    units: list[tuple[int, bytes]] = []
+    for expected_type, count in ((7, head[5] & 0x1F), (8, None)):
+        if count is None:
+            raw, pos = _take(extradata, pos, 1, what)
+            count = raw[0]
+        for _ in range(count):
+            raw, pos = _take(extradata, pos, 2, what)
+            nal, pos = _take(extradata, pos, int.from_bytes(raw, "big"), what)
+            if not nal or nal[0] & 0x80 or nal[0] & 0x1F != expected_type:
+                raise CapsuleFormatError(f"{what} holds a nal unit that is not type {expected_type}")
+            units.append((expected_type, nal))
+    if pos < len(extradata) and head[1] in _H264_HIGH_PROFILES:  # §5.3.3.1.2 high-profile tail
+        tail, pos = _take(extradata, pos, 4, what)
+        for _ in range(tail[3]):
+            raw, pos = _take(extradata, pos, 2, what)
+            nal, pos = _take(extradata, pos, int.from_bytes(raw, "big"), what)
+            if not nal or nal[0] & 0x80 or nal[0] & 0x1F != 13:
+                raise CapsuleFormatError(f"{what} holds a nal unit that is not type 13")
+            units.append((13, nal))
+    if pos != len(extradata):
+        raise CapsuleFormatError(f"{what} has {len(extradata) - pos} bytes after its last nal unit")
+    return (head[4] & 3) + 1, units
+
+
+def _hvcc_nal_units(extradata: bytes) -> tuple[int, list[tuple[int, bytes]]]:
+    """Split an hvcC record (ISO/IEC 14496-15 §8.3.3.1) into (nal length size, [(type, nal)])."""
+    what = "hevc extradata (hvcC)"
+    head, pos = _take(extradata, 0, 23, what)
+    if head[0] != 1:
+        raise CapsuleFormatError(f"{what} version is {head[0]}, expected 1")
+    units: list[tuple[int, bytes]] = []
+    for _ in range(head[22]):
+        raw, pos = _take(extradata, pos, 3, what)
+        array_type = raw[0] & 0x3F
+        if array_type not in (32, 33, 34, 39):
+            raise CapsuleFormatError(f"{what} holds nal units of type {array_type}")
+        for _ in range(int.from_bytes(raw[1:3], "big")):
+            raw, pos = _take(extradata, pos, 2, what)
+            nal, pos = _take(extradata, pos, int.from_bytes(raw, "big"), what)
+            if len(nal) < 2 or nal[0] & 0x80 or (nal[0] >> 1) & 0x3F != array_type:
+                raise CapsuleFormatError(f"{what} holds a nal unit that is not type {array_type}")
+            if array_type == 39:
+                _check_sei(nal, 2, what, CapsuleFormatError)
+            units.append((array_type, nal))
+    if pos != len(extradata):
+        raise CapsuleFormatError(f"{what} has {len(extradata) - pos} bytes after its last nal unit")
+    return (head[21] & 3) + 1, units
+
+
+def parse_extradata(extradata: bytes, codec: str) -> StreamParameters:
+    """Check a stream's ``avcC``/``hvcC`` record and return the parameters it declares.
+
+    The record must hold exactly one SPS (and, for HEVC, one VPS), at least one PPS, nothing
+    else but SPS extensions (H.264) or user-data SEI (HEVC), every length inside the record.
+
+    Args:
+        extradata: the manifest's ``video.extradata``.
+        codec: ``"h264"`` or ``"hevc"``.
+
+    Returns:
+        The NAL length size and the cropped frame size the SPS declares.
+
+    Raises:
+        CapsuleFormatError: the record is malformed, holds other NAL units, or its SPS is
+            malformed or declares an empty frame.
+
+    Source: ISO/IEC 14496-15 §5.3.3 (avcC), §8.3.3 (hvcC); ISO/IEC 14496-10 §7.3.2.1 and
+    ISO/IEC 23008-2 §7.3.2.2 (SPS); FORMAT.md §4.5.
+    """
+    if codec == "h264":
+        nal_length_bytes, units = _avcc_nal_units(bytes(extradata))
+        need = {7: (1, 1), 8: (1, 256)}
+        sps_size = _h264_sps_size
+    else:
+        nal_length_bytes, units = _hvcc_nal_units(bytes(extradata))
+        need = {32: (1, 1), 33: (1, 1), 34: (1, 64)}
+        sps_size = _hevc_sps_size
+    for nal_type, (low, high) in need.items():
+        count = sum(1 for t, _ in units if t == nal_type)
+        if not low <= count <= high:
+            raise CapsuleFormatError(f"{codec} extradata holds {count} nal units of type {nal_type}, "
+                                     f"expected {low}..{high}")
+    if nal_length_bytes == 3:
+        raise CapsuleFormatError(f"{codec} extradata declares 3-byte nal lengths (only 1, 2 or 4 exist)")
+    sps = next(nal for t, nal in units if t == (7 if codec == "h264" else 33))
+    coded_width, coded_height, width, height = sps_size(sps)
+    if width < 1 or height < 1:
+        raise CapsuleFormatError(f"{codec} sps declares a {width}x{height} frame")
+    if coded_width - width > MAX_CROP_PIXELS or coded_height - height > MAX_CROP_PIXELS:
+        raise CapsuleFormatError(f"{codec} sps crops a {coded_width}x{coded_height} picture to {width}x{height}, "
+                                 f"at most {MAX_CROP_PIXELS} pixels per side")
+    # FFmpeg checks max_pixels against the width rounded up to its stride alignment (64 with
+    # AVX-512, libavcodec/decode.c ff_get_buffer), so the limit allows for that rounding.
+    return StreamParameters(nal_length_bytes, width, height, -(-coded_width // 64) * 64 * coded_height)
+
+
+def _check_sei(nal: bytes, header_bytes: int, what: str, error: type[Exception] = FrameDecodeError) -> None:
+    """Refuse an SEI NAL unit holding anything but user_data_unregistered messages."""
+    rbsp = _rbsp(nal[header_bytes:])
+    pos = 0
+    while pos < len(rbsp) and rbsp[pos:] != b"\x80":
+        values = []
+        for _ in range(2):  # payloadType, payloadSize: runs of 0xFF then a last byte (§7.3.5)
+            value = 0
+            while pos < len(rbsp) and rbsp[pos] == 0xFF:
+                value += 255
+                pos += 1
+            if pos >= len(rbsp):
+                raise error(f"{what}: sei message ends early")
+            value += rbsp[pos]
+            pos += 1
+            values.append(value)
+        payload_type, payload_size = values
+        if payload_type not in _SEI_PAYLOAD_TYPES:
+            raise error(f"{what}: sei payload type {payload_type} is not allowed")
+        pos += payload_size
+    if pos >= len(rbsp):
+        raise error(f"{what}: sei message overruns its nal unit")
+
+
+def check_sample(sample: bytes | memoryview, codec: str, nal_length_bytes: int, frame_index: int) -> None:
+    """Refuse a sample that is not length-prefixed NAL units of the types a capsule may hold.
+
+    Allowed: slices of an IDR picture and user-data SEI (``SAMPLE_NAL_TYPES``); never a
+    parameter set (SPS, PPS, VPS), which would override the manifest's stream parameters.
+    At most ``MAX_SAMPLE_NAL_UNITS`` units, each length inside the sample.
+
+    Raises:
+        FrameDecodeError: a length overruns the sample, a unit has another type, a nonzero
+            forbidden bit or HEVC layer id, or the sample holds no slice.
+
+    Source: ISO/IEC 14496-15 §5.3.2 / §8.3.2 (sample format); Table 7-1 of ISO/IEC 14496-10 and
+    ISO/IEC 23008-2 (NAL unit types); FORMAT.md §4.5.
+    """
+    where = f"frame {frame_index}"
+    allowed = SAMPLE_NAL_TYPES[codec]
+    header_bytes = 1 if codec == "h264" else 2
+    view = memoryview(sample)
+    pos, n_units, n_slices = 0, 0, 0
+    while pos < len(view):
+        if len(view) - pos < nal_length_bytes:
+            raise FrameDecodeError(f"{where}: sample ends inside a nal unit length")
+        length = int.from_bytes(view[pos:pos + nal_length_bytes], "big")
+        pos += nal_length_bytes
+        if not header_bytes <= length <= len(view) - pos:
+            raise FrameDecodeError(f"{where}: nal unit of {length} bytes does not fit the "
+                                   f"{len(view)}-byte sample at offset {pos}")
+        n_units += 1
+        if n_units > MAX_SAMPLE_NAL_UNITS:
+            raise FrameDecodeError(f"{where}: sample holds over {MAX_SAMPLE_NAL_UNITS} nal units")
+        first = view[pos]
+        if codec == "h264":
+            nal_type, bad_header = first & 0x1F, first & 0x80
+        else:
+            second = view[pos + 1]
+            nal_type = (first >> 1) & 0x3F
+            bad_header = first & 0x80 or first & 1 or second & 0xF8 or not second & 7  # layer 0, tid >= 1
+        if bad_header:
+            raise FrameDecodeError(f"{where}: nal unit header {bytes(view[pos:pos + header_bytes]).hex()} "
+                                   f"is not allowed")
+        if nal_type not in allowed:
+            raise FrameDecodeError(f"{where}: sample holds a nal unit of type {nal_type}, "
+                                   f"allowed {sorted(allowed)}")
+        if nal_type == _SEI_NAL_TYPES[codec]:
+            _check_sei(bytes(view[pos:pos + length]), header_bytes, where)
+        n_slices += nal_type in _SLICE_NAL_TYPES[codec]
+        pos += length
+    if not n_slices:
+        raise FrameDecodeError(f"{where}: sample holds no idr slice")

@@ -33,9 +33,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 import zstandard
 
-from .errors import CapsuleFormatError, DecryptionError
+from .errors import BudgetExceededError, CapsuleFormatError, DecryptionError
 from .keys import ContentKey, Passphrase, raw_public_bytes
-from .manifest import SCRYPT_LOG_N_RANGE, Manifest, Stanza
+from .manifest import MAX_RECIPIENTS, SCRYPT_LOG_N_RANGE, Manifest, Stanza
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +102,42 @@ def _try_stanza(stanza: Stanza, identity: X25519PrivateKey | Passphrase, capsule
         return None
 
 
+#: X25519 stanzas tried per X25519 identity, at most: the manifest's recipient limit. One try is
+#: an X25519 exchange, an HKDF and a ChaCha20-Poly1305 open (~0.1 ms on x86, ~0.5 ms on a Pi 4).
+MAX_X25519_STANZAS = MAX_RECIPIENTS
+
+
+def check_recipient_stanzas(recipients: Sequence[Stanza]) -> None:
+    """Refuse a recipient list whose unwrap work is not bounded as age bounds it.
+
+    A scrypt stanza MUST be the only stanza (age-encryption.org/v1: "the scrypt recipient
+    stanza ... MUST be the only stanza in the header"), so one open runs scrypt at most once per
+    passphrase; X25519 stanzas number at most ``MAX_X25519_STANZAS``. Total work before the first
+    byte is decrypted is then at most one scrypt at ``2^log_n`` (``log_n`` <= 18: 256 MiB, ~1 s)
+    per passphrase identity, or ``MAX_X25519_STANZAS`` X25519 tries per device key.
+
+    Raises:
+        CapsuleFormatError: no stanza, a scrypt stanza beside any other, or too many stanzas.
+
+    Source: FORMAT.md §7; age-encryption.org/v1 (scrypt recipient stanza).
+    """
+    n_scrypt = sum(1 for s in recipients if s.type == "scrypt")
+    if not recipients:
+        raise CapsuleFormatError("manifest has no recipient stanza")
+    if n_scrypt and len(recipients) != 1:
+        raise CapsuleFormatError(f"a scrypt stanza must be the only recipient stanza, manifest has "
+                                 f"{len(recipients)} ({n_scrypt} scrypt)")
+    if len(recipients) > MAX_X25519_STANZAS:
+        raise CapsuleFormatError(f"manifest has {len(recipients)} recipient stanzas, limit is {MAX_X25519_STANZAS}")
+
+
 def unwrap_content_key(manifest: Manifest,
                        identities: Sequence[X25519PrivateKey | Passphrase | ContentKey]) -> bytes:
     """Return the 32-byte content key from the first stanza an identity opens.
+
+    The stanza list is checked first (``check_recipient_stanzas``), so the work is bounded
+    before any key derivation starts: at most one scrypt per passphrase, at most
+    ``MAX_X25519_STANZAS`` X25519 tries per device key.
 
     Args:
         manifest: the verified manifest.
@@ -112,10 +145,12 @@ def unwrap_content_key(manifest: Manifest,
             store cached for this capsule, tried in order.
 
     Raises:
+        CapsuleFormatError: a scrypt stanza beside another stanza, or too many stanzas.
         DecryptionError: no identity opens any stanza (one opaque message).
 
-    Source: FORMAT.md §7.
+    Source: FORMAT.md §7; age-encryption.org/v1.
     """
+    check_recipient_stanzas(manifest.recipients)
     capsule_id = manifest.capsule_id_bytes
     for identity in identities:
         if isinstance(identity, ContentKey):  # cached by the device store; checked by the first AEAD
@@ -249,27 +284,95 @@ class ChunkRecord:
     text: str
 
 
-def zstd_decompressor(dictionary: bytes = b"") -> zstandard.ZstdDecompressor:
-    """Return a zstd decompressor, using ``dictionary`` when it is non-empty (FORMAT.md §5.4)."""
+#: zstd window accepted by default: the frame plaintext limit (FORMAT.md §10). A streaming
+#: decoder allocates the window a frame header asks for (up to 128 MiB without this bound).
+MAX_FRAME_WINDOW_BYTES = 1 << 20
+#: zstd window accepted for DOCS: 8 MiB, the window of zstd level 19, the builder's level.
+MAX_DOCS_WINDOW_BYTES = 8 << 20
+
+
+def zstd_decompressor(dictionary: bytes = b"", *,
+                      max_window_bytes: int = MAX_FRAME_WINDOW_BYTES) -> zstandard.ZstdDecompressor:
+    """Return a zstd decompressor, using ``dictionary`` when it is non-empty (FORMAT.md §5.4).
+
+    Frames whose header asks for a window over ``max_window_bytes`` are refused when read
+    (``decompress_bounded`` raises ``CapsuleFormatError``), before the window is allocated.
+    """
     if not dictionary:
-        return zstandard.ZstdDecompressor()
-    return zstandard.ZstdDecompressor(dict_data=zstandard.ZstdCompressionDict(dictionary))
+        return zstandard.ZstdDecompressor(max_window_size=max_window_bytes)
+    return zstandard.ZstdDecompressor(dict_data=zstandard.ZstdCompressionDict(dictionary),
+                                      max_window_size=max_window_bytes)
+
+
+#: Bytes of canonical JSON per DOCS entry, on average, that a reader accepts (FORMAT.md §8):
+#: ``{"bytes":N,"media_type":"...","name":"..."}`` with a path-length name fits in far less.
+MAX_DOCUMENT_ENTRY_BYTES = 4096
+#: Python objects per byte of JSON, at most: the parse peak of a document list is below this
+#: many times its length (measured with tracemalloc on CPython 3.11: 7.9x for real lists,
+#: 27.2x for the worst shape, ``[{},{},...]``).
+JSON_PARSE_PEAK_FACTOR = 32
+
+
+def docs_plaintext_limit(n_documents: int, hard_limit_bytes: int) -> int:
+    """Return the most DOCS plaintext bytes a reader accepts for ``n_documents`` entries.
+
+    ``min(hard_limit_bytes, 64 + MAX_DOCUMENT_ENTRY_BYTES * n_documents)``: the document list
+    cannot declare more than its entries can fill, so a signed 64 MiB bomb with 2 entries is
+    refused from its header, before anything is inflated.
+
+    Source: FORMAT.md §8 (DOCS), §10 (limits).
+    """
+    return min(hard_limit_bytes, 64 + MAX_DOCUMENT_ENTRY_BYTES * max(n_documents, 0))
+
+
+def zstd_content_size(data: bytes | memoryview, max_bytes: int, *, what: str) -> int:
+    """Return the content size a zstd frame header declares, refusing one over ``max_bytes``.
+
+    Reads only the frame header (RFC 8878 §3.1.1.1); nothing is inflated.
+
+    Raises:
+        CapsuleFormatError: not a zstd frame, no content size in the header, or a size over
+            ``max_bytes``.
+    """
+    try:
+        size = zstandard.frame_content_size(data)
+    except zstandard.ZstdError:
+        raise CapsuleFormatError(f"{what} is not a zstd frame") from None
+    if size < 0:
+        raise CapsuleFormatError(f"{what} zstd frame does not record its content size")
+    if size > max_bytes:
+        raise CapsuleFormatError(f"{what} decompresses to {size} bytes, limit is {max_bytes}")
+    return size
+
+
+#: Output read from zstd per step while decompressing (the cap is checked after each step).
+ZSTD_READ_PIECE_BYTES = 64 * 1024
 
 
 def decompress_bounded(data: bytes, max_bytes: int, decompressor: zstandard.ZstdDecompressor,
                        *, what: str = "frame payload", require_content_size: bool = False) -> bytes:
     """Return the content of exactly one zstd frame, refusing output beyond ``max_bytes``.
 
+    Streams: zstd's stream reader yields at most ``ZSTD_READ_PIECE_BYTES`` per step and
+    decompression stops as soon as the output passes the cap (``max_bytes``, or the content size
+    the header declares, whichever is smaller), so a bomb costs at most cap + 1 bytes of output
+    and the time to produce them. The decompressor bounds zstd's window buffer
+    (``zstd_decompressor``). A second pass, whose output is then known to be bounded, checks that
+    the frame ends exactly at the end of ``data`` (the stream reader does not report leftovers).
+
     Args:
         data: one zstd frame and nothing else.
-        max_bytes: the most output accepted; at most this much is ever allocated.
+        max_bytes: the most output accepted; memory is bounded by about twice this.
         decompressor: from ``zstd_decompressor``.
         what: names the input in error messages.
         require_content_size: refuse a frame whose header does not record its size (DOCS).
 
     Raises:
         CapsuleFormatError: not a zstd frame, corrupt or truncated, trailing bytes, a missing
-            content size where one is required, or output over the bound (a decompression bomb).
+            content size where one is required, output over the cap (a decompression bomb), or
+            a window larger than the decompressor allows.
+        BudgetExceededError: the system refuses memory for the bounded output (``MemoryError``,
+            e.g. under ``prlimit --data``).
 
     Source: FORMAT.md §6 (payloads), §8 (DOCS); RFC 8878 (zstd).
     """
@@ -281,19 +384,32 @@ def decompress_bounded(data: bytes, max_bytes: int, decompressor: zstandard.Zstd
         raise CapsuleFormatError(f"{what} decompresses to {size} bytes, limit is {max_bytes}")
     if size < 0 and require_content_size:
         raise CapsuleFormatError(f"{what} zstd frame does not record its content size")
+    cap = max_bytes if size < 0 else size
     try:
-        out = decompressor.decompress(data, max_output_size=max_bytes)
-        # The bounded call above does not report bytes after the frame; a second pass, whose
-        # output is now known to be bounded, does.
+        out = bytearray()
+        reader = decompressor.stream_reader(data, read_across_frames=False)
+        while True:
+            piece = reader.read(min(ZSTD_READ_PIECE_BYTES, cap + 1 - len(out)))
+            if not piece:
+                break
+            out += piece
+            if len(out) > cap:
+                log.warning("%s passes its %d-byte cap while decompressing; refused", what, cap)
+                raise CapsuleFormatError(f"{what} decompresses to over {cap} bytes")
         stream = decompressor.decompressobj()
-        again = stream.decompress(data)
+        again = stream.decompress(data)  # bounded: the same frame gave at most cap bytes above
+    except MemoryError:
+        raise BudgetExceededError(f"decompressing {what} needs up to {2 * cap} bytes, the system refused them",
+                                  requested_bytes=2 * cap, available_bytes=0) from None
     except zstandard.ZstdError:
-        raise CapsuleFormatError(
-            f"{what} is not one zstd frame that decompresses within {max_bytes} bytes"
-        ) from None
-    if not stream.eof or stream.unused_data or again != out:
+        raise CapsuleFormatError(f"{what} is not one zstd frame that decompresses within {cap} bytes") from None
+    if not stream.eof:
+        raise CapsuleFormatError(f"{what} zstd frame is truncated")
+    if stream.unused_data or again != out:
         raise CapsuleFormatError(f"{what} has bytes after its zstd frame")
-    return out
+    if size >= 0 and len(again) != size:
+        raise CapsuleFormatError(f"{what} decompresses to {len(again)} bytes, its header says {size}")
+    return again
 
 
 def parse_records(plaintext: bytes, n_slots: int, n_documents: int) -> list[ChunkRecord]:
