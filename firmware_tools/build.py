@@ -214,6 +214,9 @@ def build_capsule(
     """
     if not recipients and passphrase is None:
         raise ValueError("give at least one recipient device key or a passphrase")
+    if recipients and passphrase is not None:
+        raise ValueError("a passphrase capsule has no other recipients: a scrypt stanza must be the only stanza "
+                         "(FORMAT.md §7, as age); build one capsule per way in")
     issued_at = issued_at or _default_issued_at()
     not_before = not_before or issued_at
     for label, value in (("expires_at", expires_at), ("not_before", not_before), ("issued_at", issued_at)):

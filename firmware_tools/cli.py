@@ -98,6 +98,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     passphrase = load_passphrase(args.passphrase_file) if args.passphrase_file else None
     if not recipients and passphrase is None:
         raise SystemExit(_usage("give at least one --recipient DEVICE.pub or a --passphrase-file"))
+    if recipients and passphrase is not None:
+        raise SystemExit(_usage("--passphrase-file cannot be combined with --recipient: a passphrase capsule has "
+                                "no other recipients (FORMAT.md §7, as age)"))
     rules = json.loads(Path(args.rules).read_text()) if args.rules else None
     seed = bytes.fromhex(args.seed) if args.seed else None
     bars = _Bars(enabled=not args.quiet)
@@ -226,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="capsule path to write (replaced atomically)")
     p.add_argument("--signing-key", required=True, help="publisher Ed25519 private key (mode 600)")
     p.add_argument("--recipient", action="append", metavar="DEVICE.pub", help="device X25519 public key; repeatable")
-    p.add_argument("--passphrase-file", help="also let this passphrase open the capsule (scrypt)")
+    p.add_argument("--passphrase-file", help="let this passphrase, and nothing else, open the capsule (scrypt; "
+                                                 "not with --recipient)")
     p.add_argument("--expires", type=_date_arg, required=True, help="expiry: YYYY-MM-DD, ISO time, or +90d")
     p.add_argument("--not-before", type=_date_arg, help="start of validity (default: issue time)")
     p.add_argument("--issued-at", type=_date_arg, help="issue time (default: now, or $SOURCE_DATE_EPOCH)")

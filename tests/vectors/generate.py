@@ -601,22 +601,25 @@ def _manifest_vectors(alpha2: Draft, beta: Draft) -> list[Vector]:
     edited("stanza-body-flipped", "decryption", "one bit of the stanza body flipped; re-signed",
            lambda d: stanza(d, body=base64.b64encode(bytes(body)).decode()))
 
-    def scrypt_stanza(log_n: int) -> Callable[[Draft], None]:
+    def scrypt_stanza(log_n: int, *, alone: bool = True) -> Callable[[Draft], None]:
         def edit(d: Draft) -> None:
             content_key = unwrap_content_key(parse_manifest(alpha2.sections["MANI"]), [test_key("test-device")])
             s = wrap_for_passphrase(content_key, Passphrase(PASSPHRASE.encode()), bytes.fromhex(ALPHA_ID),
                                     Randomness(SEED + b"scrypt"), 10)
             entry = {"type": "scrypt", "salt": base64.b64encode(s.salt).decode(), "log_n": log_n,
                      "body": base64.b64encode(s.body).decode()}
-            d.manifest["recipients"].append(entry)
+            d.manifest["recipients"] = [entry] if alone else d.manifest["recipients"] + [entry]
         return edit
 
     edited("stanza-scrypt-log-n-too-big", "format", "a scrypt stanza with log_n 20 (1 GiB of work): refused "
            "before running scrypt", scrypt_stanza(20))
+    edited("stanza-scrypt-beside-x25519", "format", "an X25519 and a scrypt stanza: age allows a scrypt stanza "
+           "only alone, so a passphrase cannot be one of several ways in", scrypt_stanza(10, alone=False),
+           passphrase=PASSPHRASE)
     d = alpha2.copy()
     scrypt_stanza(10)(d)
     with_pass = d.build()
-    v.append(Vector("passphrase", _expect("ok", "X25519 and scrypt (log_n 10) stanzas; opened with the passphrase",
+    v.append(Vector("passphrase", _expect("ok", "one scrypt (log_n 10) stanza, alone; opened with the passphrase",
                                           passphrase=PASSPHRASE), {"capsule": with_pass}))
     v.append(Vector("wrong-passphrase", _expect("decryption", "opened with a wrong passphrase", base="passphrase",
                                                 passphrase="wrong horse battery staple")))

@@ -23,8 +23,8 @@ from edge.sealed import (
     zstd_content_size,
     zstd_decompressor,
 )
-from firmware_tools import vectors as fv
-from firmware_tools.vectors import Draft
+from tests.vectors import generate as fv
+from tests.vectors.generate import Draft
 
 from tests.conftest import ROOT
 

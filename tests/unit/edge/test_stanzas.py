@@ -14,7 +14,7 @@ from edge.errors import CapsuleFormatError, DecryptionError
 from edge.keys import ContentKey, Passphrase
 from edge.manifest import canonical_json, parse_manifest, stanza_to_json
 from edge.sealed import MAX_X25519_STANZAS, check_recipient_stanzas, unwrap_content_key
-from firmware_tools import vectors as fv
+from tests.vectors import generate as fv
 from firmware_tools.sealing import Randomness, wrap_for_device, wrap_for_passphrase
 
 from tests.conftest import ROOT

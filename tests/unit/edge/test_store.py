@@ -160,7 +160,7 @@ def test_passphrase_install_caches_the_content_key_and_remove_deletes_it(store):
 
 
 def test_device_key_install_caches_no_key(store):
-    entry = store.install(VECTORS / "passphrase" / "capsule", now=NOW, **KEYS)
+    entry = store.install(VECTORS / "ok" / "capsule", now=NOW, **KEYS)
     assert not entry.content_key
     assert not (store.path / "objects" / entry.object_name / "content.key").exists()
 
