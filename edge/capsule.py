@@ -4,7 +4,12 @@
 the header, signatures, manifest, validity window, rules, model, key unwrap and
 section digests have all checked out (FORMAT.md §11). Text only ever comes out of
 a frame whose AEAD verified. Nothing is written to disk: the index is decrypted
-into a memfd, the video is memory-mapped read-only.
+into a memfd. A capsule opened by path is read with bounded preads
+(``edge.container``): small sections are read once and parsed from the copy that
+was hashed, an unencrypted index is hashed while it is copied, and each video
+sample is read when its frame is decoded, so a file that shrinks or changes under
+an open capsule gives a typed error, not SIGBUS. Only device-store objects, which
+the runtime owns, are memory-mapped.
 
 Example::
 
@@ -22,11 +27,10 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
-import mmap
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,6 +47,7 @@ from .budget import (
     MemoryBudget,
     format_mib,
 )
+from .container import ContainerFile
 from .embedder import QueryEmbedder, check_engine, find_model_dir
 from .errors import BudgetExceededError, CapsuleError, CapsuleFormatError, IntegrityError, ModelError
 from .frames import FrameReader
@@ -74,7 +79,6 @@ log = logging.getLogger(__name__)
 
 Identity = X25519PrivateKey | Passphrase | ContentKey
 DEFAULT_FRAME_CACHE_BYTES = 1 << 20
-_HASH_BLOCK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -144,70 +148,40 @@ def _utc_now(now: datetime | None) -> datetime:
     return now
 
 
-class _CapsuleFile:
-    """Header, table, signed manifest of a capsule file; no decryption."""
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        try:
-            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        except OSError as exc:
-            raise CapsuleFormatError(f"cannot open capsule {self.path}: {exc.strerror}") from None
-        try:
-            size = os.fstat(fd).st_size
-            if size < fmt.HEADER_BYTES:
-                raise CapsuleFormatError(
-                    f"file is {size} bytes, shorter than the {fmt.HEADER_BYTES}-byte capsule header"
-                )
-            self.mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-        finally:
-            os.close(fd)
-        try:
-            self.view = memoryview(self.mm)
-            self.header = fmt.parse_header(self.view[: fmt.HEADER_BYTES].tobytes(), file_bytes=size)
-            table = self.view[fmt.HEADER_BYTES: fmt.HEADER_BYTES + self.header.table_bytes].tobytes()
-            self.sections = fmt.parse_section_table(table, self.header)
-            for start, end in fmt.padding_ranges(self.sections, self.header):
-                if any(self.view[start:end]):
-                    raise CapsuleFormatError(f"padding bytes {start}..{end} are not zero")
-        except BaseException:
-            self.close()
-            raise
-
-    def section(self, tag: str) -> memoryview:
-        entry = self.sections[tag]
-        return self.view[entry.offset: entry.end]
-
-    def close(self) -> None:
-        if getattr(self, "view", None) is not None:
-            self.view.release()
-            self.view = None
-        if getattr(self, "mm", None) is not None:
-            try:
-                self.mm.close()
-            except BufferError:  # a caller still holds a slice; the GC will close it
-                pass
-            self.mm = None
+def _check_sha256(data: bytes, manifest: Manifest, tag: str) -> bytes:
+    """Return ``data`` (section ``tag`` as read) if its SHA-256 is the manifest's."""
+    _compare_digest(hashlib.sha256(data).hexdigest(), manifest, tag)
+    return data
 
 
-def _hash_view(view: memoryview) -> str:
-    hasher = hashlib.sha256()
-    for start in range(0, len(view), _HASH_BLOCK_BYTES):
-        hasher.update(view[start: start + _HASH_BLOCK_BYTES])
-    return hasher.hexdigest()
-
-
-def _check_digest(cf: _CapsuleFile, manifest: Manifest, tag: str) -> None:
+def _compare_digest(actual: str, manifest: Manifest, tag: str) -> None:
     expected = manifest.sections[tag].sha256
-    actual = _hash_view(cf.section(tag))
     if actual != expected:
         raise IntegrityError(f"{tag} section sha256 is {actual[:16]}…, manifest says {expected[:16]}…")
 
 
-def _read_verified_manifest(cf: _CapsuleFile, trusted_keys: Sequence[Ed25519PublicKey], threshold: int,
+def _read_section(cf: ContainerFile, manifest: Manifest, tag: str, verified_sections: Collection[str]) -> bytes:
+    """Read section ``tag`` once and check that very copy against the manifest (unless the store
+    verified this file at install); what is parsed is what was hashed."""
+    data = cf.read(tag)
+    return data if tag in verified_sections else _check_sha256(data, manifest, tag)
+
+
+def _hashed_blocks(cf: ContainerFile, manifest: Manifest, tag: str) -> Iterator[bytes]:
+    """Yield section ``tag`` in blocks while hashing them; after the last block, raise
+    ``IntegrityError`` unless the digest is the manifest's. The consumer must not use the bytes
+    before the generator is exhausted (``VectorIndex.from_segments`` writes them all first)."""
+    hasher = hashlib.sha256()
+    for block in cf.iter_blocks(tag):
+        hasher.update(block)
+        yield block
+    _compare_digest(hasher.hexdigest(), manifest, tag)
+
+
+def _read_verified_manifest(cf: ContainerFile, trusted_keys: Sequence[Ed25519PublicKey], threshold: int,
                             device: DeviceState | None = None, at: datetime | None = None) -> Manifest:
-    mani = cf.section("MANI").tobytes()
-    signatures = parse_signatures(cf.section("SIGS").tobytes())
+    mani = cf.read("MANI")
+    signatures = parse_signatures(cf.read("SIGS"))
     if trusted_keys:
         verify_signatures(mani, signatures, trusted_keys, threshold=threshold)
     elif device is not None and device.root is not None:
@@ -226,7 +200,7 @@ def _read_verified_manifest(cf: _CapsuleFile, trusted_keys: Sequence[Ed25519Publ
     return manifest
 
 
-def _check_trust(cf: _CapsuleFile, *, trusted_keys: Sequence[Ed25519PublicKey], threshold: int,
+def _check_trust(cf: ContainerFile, *, trusted_keys: Sequence[Ed25519PublicKey], threshold: int,
                  device: DeviceState | None, now: datetime, identities: Sequence[Identity],
                  device_rules: bool = True) -> tuple[Manifest, Rules]:
     """Signatures, version record, time floor, validity window and open-level rules (FORMAT.md §11)."""
@@ -261,7 +235,7 @@ class Capsule:
         last_timings: per-stage milliseconds of the last ``search``.
     """
 
-    def __init__(self, *, cf: _CapsuleFile, manifest: Manifest, keys: ContentKeys, documents: list[Document],
+    def __init__(self, *, cf: ContainerFile, manifest: Manifest, keys: ContentKeys, documents: list[Document],
                  frames: fmt.FrameTable, index: VectorIndex, reader: FrameReader, embedder: QueryEmbedder,
                  owns_embedder: bool, budget: MemoryBudget, memory_plan: dict[str, int], reservation_prefix: str,
                  frame_cache_bytes: int, verified_at: datetime, decompressor,
@@ -556,7 +530,8 @@ def memory_plan(manifest: Manifest, *, section_lengths: dict[str, int], frame_ca
         section_lengths: length of each section in the file.
         frame_cache_bytes: the decrypted-frame cache limit.
         include_model: whether this capsule loads its own model session.
-        index_from_file: the Annoy plaintext is mapped from a file (not held in memory).
+        index_from_file: the capsule is a device-store object the runtime owns: its Annoy
+            plaintext and unencrypted VECS are mapped from files (not held in memory).
 
     Returns:
         Bytes per component; every value >= 0.
@@ -566,7 +541,8 @@ def memory_plan(manifest: Manifest, *, section_lengths: dict[str, int], frame_ca
     info = manifest.index
     if info.encryption == "none":
         index_bytes = section_lengths["INDX"]
-        vecs_bytes = 0  # used in place from the file mapping
+        # used in place from the mapping of a store object; copied when opened by path
+        vecs_bytes = 0 if index_from_file else info.vecs_plaintext_bytes
     else:
         index_bytes = stream_plaintext_bytes(section_lengths["INDX"])
         vecs_bytes = info.vecs_plaintext_bytes
@@ -660,7 +636,10 @@ def open_capsule(
     budget = budget if budget is not None else MemoryBudget(None)
     _import_runtime_libraries()
     budget.charge_runtime()
-    cf = _CapsuleFile(path)
+    # A device-store object (verified at install, owned by the runtime's user) may be mapped;
+    # anything else is read with bounded preads, never through a mapping that can fault.
+    owned_file = index_path is not None or bool(verified_sections)
+    cf = ContainerFile(path, mapping=owned_file)
     prefix = ""
     plan: dict[str, int] = {}
     index = None
@@ -677,26 +656,30 @@ def open_capsule(
         prefix = f"{manifest.name}#{next(_open_counter)}/"
         plan = memory_plan(manifest, section_lengths={t: e.length for t, e in cf.sections.items()},
                            frame_cache_bytes=frame_cache_bytes, include_model=embedder is None,
-                           index_from_file=index_path is not None)
+                           index_from_file=owned_file)
         budget.acquire_all({prefix + name: n for name, n in plan.items()}, what=f"capsule {manifest.name}")
         content_key = _unwrap_within_budget(manifest, identities, budget, prefix)
         keys = derive_keys(content_key, manifest.capsule_id_bytes)
-        for tag in fmt.HASHED_SECTIONS[:-1]:  # all but VIDE, which frames authenticate one by one
-            if tag not in verified_sections:
-                _check_digest(cf, manifest, tag)
-        documents = _read_documents(open_stream(keys.section("DOCS"), cf.section("DOCS")), manifest,
+        # Small sections are read once and parsed from the copy that was hashed.
+        small = {tag: _read_section(cf, manifest, tag, verified_sections) for tag in ("DOCS", "FTAB", "ZDIC", "PROJ")}
+        for tag in ("VECS", "INDX"):
+            # Encrypted: hashed here, then read again through the AEAD. Plain and opened by path:
+            # hashed while copied (_open_index), so what Annoy reads is what was hashed.
+            if tag not in verified_sections and (manifest.index.encryption != "none" or owned_file):
+                _compare_digest(cf.sha256(tag), manifest, tag)
+        documents = _read_documents(open_stream(keys.section("DOCS"), small["DOCS"]), manifest,
                                     budget=budget, reservation=prefix + "documents_inflate")
-        frames = fmt.FrameTable.from_bytes(cf.section("FTAB").tobytes(), n_frames=manifest.video.n_frames,
+        frames = fmt.FrameTable.from_bytes(small["FTAB"], n_frames=manifest.video.n_frames,
                                            n_chunks=manifest.n_chunks, video_bytes=cf.sections["VIDE"].length)
-        decompressor = _read_dictionary(cf, keys, manifest)
-        index = _open_index(cf, keys, manifest, index_path)
+        decompressor = _read_dictionary(small["ZDIC"], keys, manifest)
+        index = _open_index(cf, keys, manifest, small["PROJ"], index_path)
         if embedder is None:
             embedder = own_embedder = QueryEmbedder.open(model_dir, family=manifest.model.family,
                                                          expected_sha256=manifest.model.sha256,
                                                          n_threads=n_threads, max_tokens=manifest.model.max_tokens)
         if embedder.dim != manifest.model.dim:
             raise ModelError(f"model gives {embedder.dim}-d embeddings, capsule needs {manifest.model.dim}")
-        reader = FrameReader(cf.section("VIDE"), extradata=manifest.video.extradata,
+        reader = FrameReader(cf.mapped_section("VIDE") if owned_file else cf.section("VIDE"), extradata=manifest.video.extradata,
                              sample_offsets=frames.sample_offsets, sample_sizes=frames.sample_bytes,
                              codec=manifest.video.codec, prefer_hardware=prefer_hardware_decoder,
                              width=manifest.video.width, height=manifest.video.height)
@@ -732,9 +715,8 @@ def _unwrap_within_budget(manifest: Manifest, identities: Sequence[Identity], bu
         return unwrap_content_key(manifest, identities)
 
 
-def _read_dictionary(cf: _CapsuleFile, keys: ContentKeys, manifest: Manifest):
+def _read_dictionary(section: bytes, keys: ContentKeys, manifest: Manifest):
     """Return the frame decompressor, with the ZDIC dictionary when there is one (FORMAT.md §5.4)."""
-    section = cf.section("ZDIC")
     if stream_plaintext_bytes(len(section)) != manifest.dictionary_bytes:
         raise CapsuleFormatError(f"dictionary section holds {stream_plaintext_bytes(len(section))} bytes, "
                                  f"manifest says {manifest.dictionary_bytes}")
@@ -746,41 +728,52 @@ def _read_dictionary(cf: _CapsuleFile, keys: ContentKeys, manifest: Manifest):
         raise CapsuleFormatError(f"dictionary is not a zstd dictionary ({type(exc).__name__})") from None
 
 
-def _open_index(cf: _CapsuleFile, keys: ContentKeys, manifest: Manifest, index_path: Path | None) -> VectorIndex:
+def _open_index(cf: ContainerFile, keys: ContentKeys, manifest: Manifest, proj_section: bytes,
+                index_path: Path | None) -> VectorIndex:
     """Decrypt PROJ, VECS and INDX (lengths checked before anything is allocated); load the index.
 
     The bytes are already reserved by ``open_capsule``'s plan, so the index reserves nothing.
+    An unencrypted index is copied into the index's memfd, and unencrypted VECS into memory,
+    while they are hashed, unless ``cf`` is a mapped store object (then VECS is used in place
+    and ``index_path`` is the store's extracted, verified copy).
     """
     info = manifest.index
     unreserved = MemoryBudget(None)
-    proj_section = cf.section("PROJ")
     expected_proj = 0 if info.projection is None else info.projection.plaintext_bytes
     if stream_plaintext_bytes(len(proj_section)) != expected_proj:
         raise CapsuleFormatError(f"projection section holds {stream_plaintext_bytes(len(proj_section))} bytes, "
                                  f"manifest needs {expected_proj}")
     projection = Projection.from_bytes(open_stream(keys.section("PROJ"), proj_section), info=info)
-    vecs_section = cf.section("VECS")
-    index_view = cf.section("INDX")
+    vecs_length = cf.sections["VECS"].length
+    index_length = cf.sections["INDX"].length
     if info.encryption == "none":
-        if len(vecs_section) != info.vecs_plaintext_bytes:
-            raise CapsuleFormatError(f"re-ranking vectors are {len(vecs_section)} bytes, "
+        if vecs_length != info.vecs_plaintext_bytes:
+            raise CapsuleFormatError(f"re-ranking vectors are {vecs_length} bytes, "
                                      f"manifest needs {info.vecs_plaintext_bytes}")
-        if index_path is not None and os.stat(index_path).st_size != len(index_view):
+        if index_path is not None and os.stat(index_path).st_size != index_length:
             raise IntegrityError(f"index file {index_path} is {os.stat(index_path).st_size} bytes, "
-                                 f"manifest says {len(index_view)}")
-        vecs = {"vecs_view": vecs_section} if info.projection is not None else {}
-        return VectorIndex.from_segments([index_view], n_bytes=len(index_view), info=info, budget=unreserved,
+                                 f"manifest says {index_length}")
+        if cf.is_mapped:
+            vecs = {"vecs_view": cf.mapped_section("VECS")} if info.projection is not None else {}
+            segments: Iterable[bytes] = [] if index_path is not None else cf.iter_blocks("INDX")
+        else:
+            vecs = {"vecs_segments": _hashed_blocks(cf, manifest, "VECS")} if info.projection is not None else {}
+            segments = _hashed_blocks(cf, manifest, "INDX")
+            if info.projection is None:
+                _compare_digest(cf.sha256("VECS"), manifest, "VECS")  # empty
+        return VectorIndex.from_segments(segments, n_bytes=index_length, info=info, budget=unreserved,
                                          projection=projection, index_path=index_path, **vecs)
-    if stream_plaintext_bytes(len(vecs_section)) != info.vecs_plaintext_bytes:
-        raise CapsuleFormatError(f"re-ranking vectors are {stream_plaintext_bytes(len(vecs_section))} bytes, "
+    if stream_plaintext_bytes(vecs_length) != info.vecs_plaintext_bytes:
+        raise CapsuleFormatError(f"re-ranking vectors are {stream_plaintext_bytes(vecs_length)} bytes, "
                                  f"manifest needs {info.vecs_plaintext_bytes}")
+    vecs_section = cf.section("VECS")
     if info.projection is None:
         open_stream(keys.section("VECS"), vecs_section)  # authenticate the empty section
         vecs = {}
     else:
         vecs = {"vecs_segments": iter_open_stream(keys.section("VECS"), vecs_section)}
-    return VectorIndex.from_segments(iter_open_stream(keys.section("INDX"), index_view),
-                                     n_bytes=stream_plaintext_bytes(len(index_view)), info=info, budget=unreserved,
+    return VectorIndex.from_segments(iter_open_stream(keys.section("INDX"), cf.section("INDX")),
+                                     n_bytes=stream_plaintext_bytes(index_length), info=info, budget=unreserved,
                                      projection=projection, **vecs)
 
 
@@ -868,12 +861,12 @@ def verify_capsule(
     if not device_rules and identities:
         raise ValueError("device_rules=False is for a publisher's self-check, without identities")
     if not identities:
-        cf = _CapsuleFile(path)
+        cf = ContainerFile(path)
         try:
             manifest, _ = _check_trust(cf, trusted_keys=trusted_keys, threshold=threshold, device=device, now=now,
                                        identities=identities, device_rules=device_rules)
             for tag in fmt.HASHED_SECTIONS if full else fmt.HASHED_SECTIONS[:-1]:
-                _check_digest(cf, manifest, tag)
+                _compare_digest(cf.sha256(tag), manifest, tag)
             return VerifyReport(manifest, full, notes=["no identity given: frames not decrypted"])
         except CapsuleError as exc:
             log.warning("refused capsule %s: %s", cf.path, exc)
@@ -886,7 +879,7 @@ def verify_capsule(
     try:
         report = VerifyReport(capsule.manifest, full)
         if full:
-            _check_digest(capsule._cf, capsule.manifest, "VIDE")
+            _compare_digest(capsule._cf.sha256("VIDE"), capsule.manifest, "VIDE")
             timings = StageTimings()
             n_frames = capsule._frames.n_frames
             for frame_index in range(n_frames):

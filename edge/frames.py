@@ -44,6 +44,7 @@ bench/QR_VIDEO.md): H.264 software decode p50 1.3-1.8 ms, QR read p50 1.0-1.3 ms
 from __future__ import annotations
 
 import logging
+import mmap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -84,7 +85,9 @@ class FrameReader:
     """Decode single frames of an all-intra capsule video by frame index.
 
     Args:
-        video: bytes-like view of the whole MP4 (``bytes``, ``memoryview`` or an mmap slice).
+        video: the whole MP4: bytes-like (``bytes``, ``memoryview``, an mmap slice) or an object
+            with ``len`` and slicing to ``bytes`` (``edge.container.SectionReader``, which reads
+            each sample with pread, so a file that shrinks gives ``IntegrityError``, not SIGBUS).
             Only the samples that are read are copied, one at a time.
         extradata: the stream's codec extradata (``avcC`` for H.264), from the manifest.
         sample_offsets: byte offset of each frame's sample inside ``video``, frame order;
@@ -125,9 +128,12 @@ class FrameReader:
     ) -> None:
         if codec not in SOFTWARE_DECODERS:
             raise ValueError(f"unsupported video codec {codec!r}, expected one of {sorted(SOFTWARE_DECODERS)}")
-        view = memoryview(video)
-        if view.ndim != 1 or view.itemsize != 1:
-            view = view.cast("B")
+        if isinstance(video, (bytes, bytearray, memoryview, mmap.mmap)):
+            view = memoryview(video)
+            if view.ndim != 1 or view.itemsize != 1:
+                view = view.cast("B")
+        else:  # a container.SectionReader: each sample is read with pread when it is decoded
+            view = video
         offsets = np.asarray(sample_offsets, dtype=np.int64).reshape(-1)
         sizes = np.asarray(sample_sizes, dtype=np.int64).reshape(-1)
         if offsets.shape != sizes.shape:
@@ -270,7 +276,8 @@ class FrameReader:
             return
         self._closed = True
         self._ctx = None
-        self._view.release()
+        if isinstance(self._view, memoryview):
+            self._view.release()
         log.debug("frame reader closed (%s)", self._decoder_name)
 
     def __enter__(self) -> "FrameReader":

@@ -216,6 +216,9 @@ def stream_plaintext_bytes(sealed_bytes: int) -> int:
 def iter_open_stream(key: bytes, sealed: bytes | memoryview) -> Iterator[bytes]:
     """Yield the plaintext segments of a STREAM ciphertext, each authenticated.
 
+    ``sealed`` is bytes-like or any object with ``len`` and contiguous slicing that returns
+    bytes (``edge.container.SectionReader``: a section read by pread, segment by segment).
+
     Memory use is one 64 KiB segment at a time.
 
     Raises:
@@ -226,7 +229,8 @@ def iter_open_stream(key: bytes, sealed: bytes | memoryview) -> Iterator[bytes]:
     """
     stream_plaintext_bytes(len(sealed))
     aead = ChaCha20Poly1305(key)
-    view = memoryview(sealed)
+    # bytes-like input is sliced without copying; a ``container.SectionReader`` reads each slice
+    view = memoryview(sealed) if isinstance(sealed, (bytes, bytearray, memoryview)) else sealed
     full = STREAM_SEGMENT_BYTES + TAG_BYTES
     n_segments = max(1, -(-len(view) // full))
     for counter in range(n_segments):
