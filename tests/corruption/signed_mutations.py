@@ -2,7 +2,7 @@
 
 What a stolen publisher key can do (issue 9, "Proof"): take the ``ok`` test vector, change the
 plaintext of a section (or a frame payload, an H.264 sample, a manifest field), re-seal it with
-the capsule's own content keys (``firmware_tools.vectors.Draft``), recompute the digests and
+the capsule's own content keys (``tests.vectors.generate.Draft``), recompute the digests and
 re-sign the manifest with ``test-publisher-1``. Every byte then passes the signature and the
 AEAD, so the mutation reaches annoy, FFmpeg/PyAV, zxing-cpp, zstd and the JSON parser.
 
@@ -105,7 +105,7 @@ def base() -> Base:
     """Return the process's ``Base`` (built on first use: ~0.3 s)."""
     global _BASE
     if _BASE is None:
-        from firmware_tools.vectors import Draft
+        from tests.vectors.generate import Draft
 
         draft = Draft(OK_CAPSULE.read_bytes())
         plain = {t: draft.plaintext(t) for t in ("DOCS", "ZDIC", "PROJ", "VECS", "INDX")}
@@ -129,7 +129,7 @@ def _now():
 
 
 def _open_kwargs() -> dict:
-    from firmware_tools.vectors import test_key
+    from tests.vectors.generate import test_key
 
     return dict(trusted_keys=[test_key("test-publisher-1").public_key()], identities=[test_key("test-device")],
                 now=_now())
