@@ -714,6 +714,8 @@ def _edit_int_field(rng, d, fields: dict[str, tuple[int, int]]) -> str:
         for p in parents:
             obj = obj[p]
         original = obj[leaf]
+        if isinstance(original, bool) or not isinstance(original, int):  # a second edit of one field
+            original = lo
         r = rng.random()
         if r < 0.6:  # accepted by the parser, at its edges
             value = rng.choice([lo, lo + 1, hi, hi - 1, hi // 2, max(lo, original - 1), min(hi, original + 1),
