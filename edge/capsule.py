@@ -24,6 +24,7 @@ import itertools
 import logging
 import mmap
 import os
+import stat
 import time
 from collections import OrderedDict
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -146,11 +147,14 @@ class _CapsuleFile:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         try:
-            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         except OSError as exc:
             raise CapsuleFormatError(f"cannot open capsule {self.path}: {exc.strerror}") from None
         try:
-            size = os.fstat(fd).st_size
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):  # a FIFO would block, a device read without end
+                raise CapsuleFormatError(f"capsule {self.path} is not a regular file")
+            size = info.st_size
             if size < fmt.HEADER_BYTES:
                 raise CapsuleFormatError(
                     f"file is {size} bytes, shorter than the {fmt.HEADER_BYTES}-byte capsule header"
