@@ -24,6 +24,7 @@ import os
 import sys
 from pathlib import Path
 
+from ._files import read_regular_file
 from .budget import MemoryBudget, format_mib, parse_size
 from .errors import EdgeError
 from .keys import KeyFileError, load_identity, load_passphrase, load_public_key
@@ -58,10 +59,9 @@ def _config_dir() -> Path:
 def _hardware_id() -> str | None:
     """Return this device's hardware id: ``$EDGE_CONFIG_DIR/hardware-id``, else the board serial."""
     for path in (_config_dir() / "hardware-id", *map(Path, HARDWARE_ID_FILES)):
-        try:
-            with open(path, "rb") as handle:
-                raw = handle.read(MAX_HARDWARE_ID_BYTES + 1)
-        except OSError:
+        try:  # sysfs may report st_size 4096 for a short attribute: read up to that, then judge
+            raw = read_regular_file(path, max_bytes=4096, what="hardware id file", error=KeyFileError)
+        except KeyFileError:
             continue
         text = raw.replace(b"\x00", b"").decode("ascii", errors="replace").strip()
         if text and len(raw) <= MAX_HARDWARE_ID_BYTES:
@@ -374,6 +374,9 @@ def cmd_remove(args: argparse.Namespace) -> int:
 def cmd_trust(args: argparse.Namespace) -> int:
     from datetime import datetime, timezone
 
+    from .errors import TrustError
+    from .trust import MAX_TRUST_BYTES
+
     store = _store(args)
     if args.action in ("init", "update"):
         if not args.file:
@@ -384,7 +387,7 @@ def cmd_trust(args: argparse.Namespace) -> int:
             raise SystemExit(_usage_error("edge trust update takes no --root: the installed root signs updates"))
         if args.action == "init" and store.state.root is not None:
             raise SystemExit(_usage_error("a trust document is installed already; use edge trust update"))
-        data = Path(args.file).read_bytes()
+        data = read_regular_file(args.file, max_bytes=MAX_TRUST_BYTES, what="trust document", error=TrustError)
         root = store.install_trust(data, root_keys=[load_public_key(p) for p in args.root or []])
     else:
         root = store.state.root

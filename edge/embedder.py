@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from edge._files import read_regular_file
 from edge.errors import ModelError
 from edge.manifest import MODEL_FAMILIES
 
@@ -58,6 +59,8 @@ MODEL_FILENAME = MODEL_FILENAMES["onnx"]
 MODEL_DATA_FILENAME = "model.int8.onnx.data"
 """External weights of the ONNX graph, memory-mapped by onnxruntime."""
 TOKENIZER_FILENAME = "tokenizer.json"
+MAX_TOKENIZER_BYTES = 16 << 20
+"""Largest tokenizer.json read (the shipped one is 466 kB)."""
 REFERENCE_FILENAME = "reference_embeddings.npz"
 KNOWN_ANSWER_SENTENCES = 4
 KNOWN_ANSWER_MIN_COS = 0.98
@@ -66,6 +69,7 @@ their fp32 vectors (measured minimum: ONNX 0.991, LiteRT 0.996). It catches an e
 a model and computes garbage: tflite-runtime 2.14 under NumPy 1.26 runs model.int8.tflite and
 returns vectors at cos 0.02 to the reference (MODEL.md)."""
 SUMS_FILENAME = "SHA256SUMS"
+MAX_SUMS_BYTES = 64 << 10
 INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAME = "sentence_embedding"
 EXPECTED_DIM = 384
@@ -518,12 +522,8 @@ class QueryEmbedder:
                 f"model file {model_path} takes at most {engine.max_seq} tokens, {max_tokens} requested"
             )
 
-        try:
-            tokenizer_bytes = tokenizer_path.read_bytes()
-        except OSError as exc:
-            raise ModelError(
-                f"cannot read tokenizer file {tokenizer_path}: {exc.strerror}"
-            ) from exc
+        tokenizer_bytes = read_regular_file(tokenizer_path, max_bytes=MAX_TOKENIZER_BYTES, what="tokenizer file",
+                                            error=ModelError)
         tokenizer_sha256 = hashlib.sha256(tokenizer_bytes).hexdigest()
         if expected_tokenizer_sha256 is not None and tokenizer_sha256 != expected_tokenizer_sha256:
             logger.warning(
@@ -808,7 +808,8 @@ def _candidates(root: Path, filename: str) -> list[Path]:
 def _listed_sha256(model_dir: Path, family: str = "onnx") -> str | None:
     """Return the ``family`` model identity computed from SHA256SUMS's listing, or None."""
     try:
-        lines = (model_dir / SUMS_FILENAME).read_text(encoding="ascii").splitlines()
+        lines = read_regular_file(model_dir / SUMS_FILENAME, max_bytes=MAX_SUMS_BYTES, what="checksum file",
+                                  error=OSError).decode("ascii").splitlines()
     except (OSError, UnicodeDecodeError):
         return None
     listed = {}

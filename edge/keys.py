@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 from dataclasses import dataclass
-from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+from ._files import read_regular_file
 
 MAX_KEY_FILE_BYTES = 16 * 1024
 
@@ -68,24 +68,9 @@ def keyid(key: Ed25519PublicKey | X25519PublicKey) -> str:
     return hashlib.sha256(raw_public_bytes(key)).hexdigest()
 
 
-def _read(path: str | os.PathLike[str], *, private: bool) -> bytes:
-    path = Path(path)
-    try:
-        info = path.stat()
-    except OSError as exc:
-        raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise KeyFileError(f"key file {path} is not a regular file")
-    if info.st_size > MAX_KEY_FILE_BYTES:
-        raise KeyFileError(f"key file {path} is {info.st_size} bytes, limit is {MAX_KEY_FILE_BYTES}")
-    if private and info.st_mode & 0o077:
-        raise KeyFileError(
-            f"private key file {path} has mode {stat.S_IMODE(info.st_mode):o}; make it 600 (chmod 600 {path})"
-        )
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from None
+def _read(path: str | os.PathLike[str], *, private: bool, what: str | None = None) -> bytes:
+    what = what or ("private key file" if private else "key file")
+    return read_regular_file(path, max_bytes=MAX_KEY_FILE_BYTES, what=what, error=KeyFileError, private=private)
 
 
 def load_public_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
@@ -154,7 +139,7 @@ def load_passphrase(path: str | os.PathLike[str]) -> Passphrase:
     Raises:
         KeyFileError: unreadable, too open, or empty.
     """
-    data = _read(path, private=True)
+    data = _read(path, private=True, what="passphrase file")
     line = data.split(b"\n", 1)[0].rstrip(b"\r")
     if not line:
         raise KeyFileError(f"passphrase file {path} is empty")

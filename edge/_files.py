@@ -1,0 +1,80 @@
+"""Read a small file a user names (a key, a trust document, a passphrase): regular files only.
+
+A path a user passes may be a FIFO (``open`` blocks for ever waiting for a writer), a character
+device such as ``/dev/zero`` (``read_bytes`` reads until memory runs out), a directory, or a file
+that grows while it is read. :func:`read_regular_file` opens without blocking, refuses anything
+that is not a regular file, checks the size before reading and the bytes actually read after.
+Capsules themselves are not read here (``edge.capsule`` maps them); this module only reads.
+
+Example::
+
+    data = read_regular_file("trust.json", max_bytes=1 << 20, what="trust document",
+                             error=TrustError)
+    key_pem = read_regular_file("device.key", max_bytes=16384, what="key file",
+                                error=KeyFileError, private=True)
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+_READ_BLOCK_BYTES = 1 << 16
+
+
+def read_regular_file(path: str | os.PathLike[str], *, max_bytes: int, what: str = "file",
+                      error: type[Exception] = OSError, private: bool = False) -> bytes:
+    """Return the bytes of the regular file ``path``, at most ``max_bytes`` of them.
+
+    The file is opened ``O_RDONLY | O_NONBLOCK | O_CLOEXEC`` (a FIFO opens at once instead of
+    waiting for a writer) and checked with ``fstat`` on that descriptor before any byte is read.
+
+    Args:
+        path: the file to read; symlinks are followed.
+        max_bytes: the largest size accepted, checked on ``st_size`` before reading and on
+            the bytes read (a file that grows past it while being read is refused too).
+        what: how messages name the file, e.g. ``"key file"``.
+        error: the exception class raised (called with one message string).
+        private: also refuse a file readable or writable by group or others (mode & 0o077),
+            as ssh does for private keys.
+
+    Returns:
+        The file's contents, ``len <= max_bytes``.
+
+    Raises:
+        error: the file cannot be opened or read, is not a regular file (FIFO, device,
+            directory, socket), is larger than ``max_bytes``, or (``private``) is too open.
+            The message names the path and gives the numbers.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise error(f"{what} {path} is not a regular file")
+        if info.st_size > max_bytes:
+            raise error(f"{what} {path} is {info.st_size} bytes, limit is {max_bytes}")
+        if private and info.st_mode & 0o077:
+            raise error(f"{what} {path} has mode {stat.S_IMODE(info.st_mode):o}; make it 600 (chmod 600 {path})")
+        blocks: list[bytes] = []
+        n_read = 0
+        while n_read <= max_bytes:
+            try:
+                block = os.read(fd, min(_READ_BLOCK_BYTES, max_bytes + 1 - n_read))
+            except OSError as exc:
+                raise error(f"cannot read {what} {path}: {exc.strerror}") from None
+            if not block:
+                break
+            blocks.append(block)
+            n_read += len(block)
+        if n_read > max_bytes:
+            raise error(f"{what} {path} grew past {max_bytes} bytes while being read")
+        return b"".join(blocks)
+    finally:
+        os.close(fd)
+
+
+__all__ = ["read_regular_file"]

@@ -1,0 +1,109 @@
+"""The ``edge`` CLI on hostile local input (issue 9): non-regular files, bad arguments, pipes,
+terminal escapes in signed strings, core dumps, the default k bound, ``info --memory``.
+
+Most tests call ``edge.cli.main([...])`` in-process; the ones that need a real FIFO, pipe,
+signal, bytes argv or resource limit run ``python -m edge`` as a child process, with a timeout
+that only guards against the hang the test is about.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+
+import pytest
+
+from edge._files import read_regular_file
+from edge.cli import main
+from edge.errors import TrustError
+from edge.keys import KeyFileError
+
+from ...conftest import ROOT
+
+#: Seconds a child may take before it counts as hung (the old code never returned).
+HANG_TIMEOUT_S = 120
+
+
+def _keys(built):
+    return ["--trust", str(built.publisher_pub_path), "--identity", str(built.device_key_path)]
+
+
+def _child(argv, *, stdin=None, timeout=HANG_TIMEOUT_S, limit_as_bytes=None, **kwargs):
+    """Run ``python -m edge ARGV`` (argv items may be bytes) and return the CompletedProcess."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+    def limit():
+        if limit_as_bytes is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (limit_as_bytes, limit_as_bytes))
+
+    return subprocess.run([sys.executable, "-m", "edge", *argv], input=stdin, capture_output=True, env=env,
+                          cwd=ROOT, timeout=timeout, preexec_fn=limit, **kwargs)
+
+
+def _assert_one_error_line(stderr: str | bytes, fragment: str) -> None:
+    if isinstance(stderr, bytes):
+        stderr = stderr.decode("utf-8", "replace")
+    assert "Traceback" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("edge: error: ")]
+    assert len(errors) == 1, stderr
+    assert all(line.startswith("edge: ") for line in stderr.splitlines() if line.strip()), stderr
+    assert fragment in errors[0], stderr
+
+
+# ---------------------------------------------------------------------------
+# 1. Non-regular files
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "directory"])
+def test_read_regular_file_refuses_what_is_not_a_regular_file(tmp_path, kind):
+    path = {"device": "/dev/zero", "directory": str(tmp_path)}.get(kind, tmp_path / "pipe")
+    if kind == "fifo":
+        os.mkfifo(path)  # opening it O_RDONLY without O_NONBLOCK would wait for a writer for ever
+    with pytest.raises(TrustError, match=f"trust document {path} is not a regular file"):
+        read_regular_file(path, max_bytes=1024, what="trust document", error=TrustError)
+
+
+def test_read_regular_file_checks_the_size_before_reading(tmp_path):
+    path = tmp_path / "big"
+    path.write_bytes(b"x" * 1025)
+    with pytest.raises(KeyFileError, match="is 1025 bytes, limit is 1024"):
+        read_regular_file(path, max_bytes=1024, what="key file", error=KeyFileError)
+    assert read_regular_file(path, max_bytes=1025, error=KeyFileError) == b"x" * 1025
+    missing = tmp_path / "missing"
+    with pytest.raises(KeyFileError, match=f"cannot read key file {missing}: No such file"):
+        read_regular_file(missing, max_bytes=10, what="key file", error=KeyFileError)
+
+
+@pytest.mark.parametrize("command", ["search", "verify"])
+def test_search_and_verify_refuse_a_fifo_instead_of_hanging(tiny_capsule, tmp_path, command):
+    fifo = tmp_path / "pipe.capsule"
+    os.mkfifo(fifo)
+    extra = ["What is Python?"] if command == "search" else []
+    proc = _child([command, str(fifo), *extra, *_keys(tiny_capsule)], text=True)
+    assert proc.returncode == 1, proc.stderr
+    _assert_one_error_line(proc.stderr, f"capsule {fifo} is not a regular file")
+
+
+def test_trust_init_refuses_dev_zero_without_reading_it(tiny_capsule, tmp_path):
+    # The old code read /dev/zero whole before checking the 1 MiB limit: under this address-space
+    # limit it died of MemoryError; without one it grew by gigabytes.
+    proc = _child(["trust", "init", "/dev/zero", "--root", str(tiny_capsule.publisher_pub_path),
+                   "--store", str(tmp_path / "store")], text=True, limit_as_bytes=4 << 30)
+    assert proc.returncode == 1, proc.stderr
+    _assert_one_error_line(proc.stderr, "trust document /dev/zero is not a regular file")
+
+
+@pytest.mark.parametrize("flag", ["--trust", "--identity", "--passphrase-file"])
+@pytest.mark.parametrize("kind", ["device", "fifo"])
+def test_key_and_passphrase_files_must_be_regular_files(tiny_capsule, tmp_path, capsys, flag, kind):
+    path = "/dev/zero"
+    if kind == "fifo":
+        path = str(tmp_path / "key.pipe")
+        os.mkfifo(path)
+    keys = {"--trust": ["--trust", path, "--identity", str(tiny_capsule.device_key_path)],
+            "--identity": ["--trust", str(tiny_capsule.publisher_pub_path), "--identity", path],
+            "--passphrase-file": ["--trust", str(tiny_capsule.publisher_pub_path), "--passphrase-file", path]}[flag]
+    assert main(["search", str(tiny_capsule.path), "What is Python?", *keys]) == 1
+    _assert_one_error_line(capsys.readouterr().err, f"{path} is not a regular file")
