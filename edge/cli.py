@@ -111,18 +111,55 @@ def _store(args: argparse.Namespace):
 
 
 def _trusted_keys(args: argparse.Namespace):
+    from .errors import TrustError
+    from .keys import keyid
+
     paths: list[Path] = []
     for item in args.trust or []:
         p = Path(item)
         paths.extend(sorted(p.glob("*.pub")) if p.is_dir() else [p])
+    root = _store(args).state.root
     if not args.trust:
-        if _store(args).state.root is not None:
+        if root is not None:
             return []  # the installed trust document delegates the keys
-        paths = sorted((_config_dir() / "trusted").glob("*.pub"))
+        paths = _provisioned_key_paths()
     if not paths:
         raise KeyFileError(f"no trusted publisher keys: install a trust document (edge trust init), pass --trust "
                            f"KEY.pub or put keys in {_config_dir() / 'trusted'}")
-    return [load_public_key(p) for p in paths]
+    keys = [load_public_key(p) for p in paths]
+    revoked = sorted({keyid(k) for k in keys} & root.revoked) if root is not None else []
+    if revoked:
+        raise TrustError(f"--trust key {revoked[0][:16]} is revoked by this device's trust document "
+                         f"(version {root.version})")
+    return keys
+
+
+def _provisioned_key_paths() -> list[Path]:
+    return sorted((_config_dir() / "trusted").glob("*.pub"))
+
+
+def _ad_hoc(args: argparse.Namespace) -> bool:
+    """Whether --trust names keys other than the device's own trust (its trust document, else
+    the keys provisioned in $EDGE_CONFIG_DIR/trusted): those inspect, they never move device state."""
+    from .keys import keyid
+
+    if not getattr(args, "trust", None):
+        return False
+    if _store(args).state.root is not None:
+        return True
+    provisioned = {keyid(load_public_key(p)) for p in _provisioned_key_paths()}
+    return not {keyid(k) for k in _trusted_keys(args)} <= provisioned
+
+
+def _device(args: argparse.Namespace):
+    """The device state to verify with: the store's, or a read-only view of it for ad-hoc keys."""
+    state = _store(args).state
+    if not _ad_hoc(args):
+        return state
+    if not getattr(args, "_noted_ad_hoc", False):
+        args._noted_ad_hoc = True
+        print(f"{PROG}: note: verified with ad-hoc keys (--trust); device state unchanged", file=sys.stderr)
+    return state.inspection_view()
 
 
 def _is_path(target: str) -> bool:
@@ -158,11 +195,12 @@ def _open(args: argparse.Namespace):
     store = _store(args)
     if _is_path(args.capsule):
         return open_capsule(args.capsule, trusted_keys=_trusted_keys(args), identities=_identities(args),
-                            budget=_budget(args), n_threads=args.threads, device=store.state)
+                            budget=_budget(args), n_threads=args.threads, device=_device(args))
     entry = store.get(args.capsule)
+    inspect_only = _device(args) is not store.state
     return store.open(args.capsule, trusted_keys=_trusted_keys(args),
                       identities=_identities(args, required=not entry.content_key),
-                      budget=_budget(args), n_threads=args.threads)
+                      budget=_budget(args), n_threads=args.threads, inspect_only=inspect_only)
 
 
 def _capsule_path(args: argparse.Namespace) -> str:
@@ -177,7 +215,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     report = verify_capsule(_capsule_path(args), trusted_keys=_trusted_keys(args),
                             identities=_identities(args, required=False), full=not args.quick,
-                            device=_store(args).state)
+                            device=_device(args))
     m = report.manifest
     result = {"ok": True, "name": m.name, "version": m.version, "capsule_id": m.capsule_id,
               "expires_at": m.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ"), "full": report.full,
@@ -210,7 +248,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             return 0
     else:
         m = verify_capsule(_capsule_path(args), trusted_keys=_trusted_keys(args), full=False,
-                           device=_store(args).state).manifest
+                           device=_device(args)).manifest
         info = {"name": m.name, "capsule_id": m.capsule_id, "version": m.version,
                 "publisher": {"keyid": m.publisher_keyid, "name": m.publisher_name},
                 "issued_at": m.issued_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -295,7 +333,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             cached += keys
     identities = _identities(args, required=len(cached) < len(args.capsules))
     with CapsuleSet.open(paths, trusted_keys=_trusted_keys(args), identities=[*identities, *cached],
-                         budget=_budget(args), n_threads=args.threads, device=store.state,
+                         budget=_budget(args), n_threads=args.threads, device=_device(args),
                          per_capsule=options) as capsules:
         k = args.k if args.k is not None else min([5] + [c.rules.max_k for c in capsules.capsules if c.rules.max_k])
         hits = capsules.search(args.query, k=k)
@@ -334,7 +372,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_install(args: argparse.Namespace) -> int:
+    from .errors import TrustError
+
     store = _store(args)
+    if store.state.root is None and _ad_hoc(args) and _provisioned_key_paths():
+        raise TrustError(f"this device trusts the publisher keys in {_config_dir() / 'trusted'}: capsules are "
+                         "installed only under those, not ad-hoc keys (--trust)")
     entry = store.install(args.capsule, identities=_identities(args), trusted_keys=_trusted_keys(args))
     if args.json:
         print(json.dumps({"installed": entry.name, **entry.to_json()}))

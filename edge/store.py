@@ -66,12 +66,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from .capsule import Capsule, Identity, open_capsule, verify_capsule
-from .errors import CapsuleError, EdgeError, ExpiredCapsuleError, RuleViolationError, StoreError
+from .errors import CapsuleError, EdgeError, ExpiredCapsuleError, RuleViolationError, StoreError, TrustError
 from .keys import ContentKey, Passphrase
-from .manifest import Manifest, canonical_json, format_time, parse_canonical_json
+from .manifest import Manifest, canonical_json, format_time, parse_canonical_json, parse_signatures
 from .rules import RateLimit, admit_use, parse_rules
 from .sealed import unwrap_content_key
-from .trust import DeviceState, TrustRoot, VersionRecord, manifest_sha256, parse_trust_document
+from .trust import (DeviceState, TrustRoot, VersionRecord, manifest_sha256, parse_trust_document,
+                    trusted_signers)
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ MAX_STATE_FILE_BYTES = 64 << 20
 MAX_CAPSULE_BYTES = 1 << 40
 _OBJECT_NAME = re.compile(r"[0-9a-f]{32}-v[0-9]{1,16}-[0-9a-f]{12}")
 _HEX32 = re.compile(r"[0-9a-f]{32}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: errno values that mean "this file system or directory cannot be written".
@@ -228,7 +230,8 @@ class _Catalog:
         return canonical_json({
             "format": STORE_FORMAT,
             "entries": {name: e.to_json() for name, e in self.entries.items()},
-            "versions": {cid: {"version": r.version, "manifest_sha256": r.manifest_sha256}
+            "versions": {cid: {"version": r.version, "manifest_sha256": r.manifest_sha256,
+                               **({"signers": sorted(r.signers)} if r.signers else {})}
                          for cid, r in self.versions.items()},
         })
 
@@ -244,10 +247,15 @@ class _Catalog:
             raise StoreError("store file catalog.json is damaged")
         versions = {}
         for cid, rec in obj["versions"].items():
-            if (not _HEX32.fullmatch(cid) or not isinstance(rec, dict) or set(rec) != {"version", "manifest_sha256"}
+            if (not _HEX32.fullmatch(cid) or not isinstance(rec, dict)
+                    or set(rec) - {"signers"} != {"version", "manifest_sha256"}
                     or not isinstance(rec["version"], int) or not isinstance(rec["manifest_sha256"], str)):
                 raise StoreError("store file catalog.json has a damaged version record")
-            versions[cid] = VersionRecord(rec["version"], rec["manifest_sha256"])
+            signers = rec.get("signers", [])
+            if (not isinstance(signers, list) or len(signers) > 64
+                    or not all(isinstance(k, str) and _HEX64.fullmatch(k) for k in signers)):
+                raise StoreError("store file catalog.json has a damaged version record")
+            versions[cid] = VersionRecord(rec["version"], rec["manifest_sha256"], frozenset(signers))
         return cls({name: Entry.from_json(name, e) for name, e in obj["entries"].items()}, versions)
 
 
@@ -587,10 +595,16 @@ class Store:
             identities: device keys and/or passphrase; with only a passphrase opening the
                 capsule, its content key is cached beside it (mode 0400) so later queries need
                 no passphrase.
-            trusted_keys: publisher keys; empty to use the installed trust document.
+            trusted_keys: the publisher keys provisioned on this device; empty to use the
+                installed trust document. Refused (``TrustError``) when a trust document is
+                installed: it is then the device's only trust, and other keys would bypass its
+                revocations, delegation expiries and threshold.
             threshold: distinct trusted signatures required.
             now: wall-clock time; ``None`` reads the clock once.
             model_search_path: where the model is looked up (see ``find_model_dir``).
+
+        The device state (floor, version record with the signing key ids) moves only when the
+        install succeeds; the copy is judged with a read-only view of it.
 
         Returns:
             The new catalogue ``Entry``.
@@ -598,6 +612,9 @@ class Store:
         Raises:
             CapsuleError: any check of ``verify_capsule(full=True)`` fails, including
                 ``RollbackError`` for an older version than this device accepted.
+            TrustError: ``trusted_keys`` given although a trust document is installed, or the
+                capsule id belongs to other keys (FORMAT.md §13.1: a version record keeps its
+                signers, and a later version must be signed by one of them).
             ModelError: the capsule's model is not installed.
             StoreError: not a regular file, the name is taken by another capsule id, the
                 disk is full or the store is unsafe; nothing is changed.
@@ -609,6 +626,9 @@ class Store:
         with self._writer():
             crash("store locked")
             self.state.reload()
+            if trusted_keys and self.state.root is not None:
+                raise TrustError(f"this device has a trust document (version {self.state.root.version}): capsules "
+                                 "are installed only under the keys it delegates, not ad-hoc keys (--trust)")
             staging = f"install-{os.getpid()}-{os.urandom(6).hex()}"
             try:
                 entry = self._install_locked(Path(capsule_path), staging, crash, identities=identities,
@@ -661,13 +681,18 @@ class Store:
                 crash("capsule file closed read-only")
                 copy_path = self.path / "tmp" / staging / "capsule"
                 try:
+                    # judged with the device's floor and records, moved only once the install succeeds
                     report = verify_capsule(copy_path, trusted_keys=trusted_keys, identities=identities,
                                             threshold=threshold, now=now, full=True,
-                                            model_search_path=model_search_path, device=self.state)
-                except CapsuleError as exc:
+                                            model_search_path=model_search_path,
+                                            device=self.state.inspection_view())
+                    manifest = report.manifest
+                    signers = self._signers(copy_path, trusted_keys, now)
+                    self.state.check_version(manifest)
+                    self.state.check_owner(manifest, signers)
+                except (CapsuleError, TrustError) as exc:
                     log.warning("refused to install %s: %s", source, exc)
                     raise
-                manifest = report.manifest
                 crash("copy verified")
                 if manifest.index.encryption == "none":
                     self._extract_index(copy_path, manifest, stage_fd)
@@ -708,7 +733,8 @@ class Store:
         crash("object renamed into place")
         os.fsync(self._objects_fd)
         crash("objects directory synced")
-        self.state.accept_version(manifest)
+        self.state.observe(now, manifest.issued_at)
+        self.state.accept_version(manifest, signers)
         rules = parse_rules(manifest.rules)
         entry = Entry(name=manifest.name, capsule_id=manifest.capsule_id, version=manifest.version,
                       object_name=object_name, file_sha256=file_sha256, manifest_sha256=manifest_sha256(manifest),
@@ -729,6 +755,20 @@ class Store:
         self.state.flush_floor(crash)
         crash("floor saved")
         return entry
+
+    def _signers(self, copy_path: Path, trusted_keys: Sequence[Ed25519PublicKey], now: datetime) -> list[str]:
+        """Return the key ids whose signatures on the verified copy verify against the device's trust."""
+        from . import format as fmt
+
+        with open(copy_path, "rb") as capsule:
+            header = fmt.parse_header(capsule.read(fmt.HEADER_BYTES), file_bytes=os.fstat(capsule.fileno()).st_size)
+            table = fmt.parse_section_table(capsule.read(header.table_bytes), header)
+            parts = {}
+            for tag in ("MANI", "SIGS"):
+                capsule.seek(table[tag].offset)
+                parts[tag] = capsule.read(table[tag].length)
+        return trusted_signers(parts["MANI"], parse_signatures(parts["SIGS"]), trusted_keys=trusted_keys,
+                               root=self.state.root, at=self.state.trusted_time(now))
 
     @staticmethod
     def _extract_index(copy_path: Path, manifest: Manifest, stage_fd: int) -> None:
@@ -788,11 +828,14 @@ class Store:
         others = [i for i in identities if isinstance(i, Passphrase)]
         return unwrap_content_key(manifest, others) if others else None
 
-    def record_version(self, capsule_id: str, version: int, manifest_sha256: str) -> None:
+    def record_version(self, capsule_id: str, version: int, manifest_sha256: str,
+                       signers: Sequence[str] = ()) -> None:
         """Provision a version record: refuse versions of ``capsule_id`` below ``version`` from now on.
 
         Only raises a record, never lowers one (an operator provisioning a device, or a test
-        setting up device state).
+        setting up device state). ``signers`` (hex64 key ids) own the id from now on; empty
+        binds it to nobody until the next install (the operator's way to move an id whose
+        key was lost or revoked).
 
         Raises:
             StoreError: the store already holds a higher version record for that id.
@@ -806,7 +849,9 @@ class Store:
             if current is not None and current.version > version:
                 raise StoreError(f"capsule {capsule_id} has version record {current.version} already, "
                                  f"higher than {version}")
-            catalog.versions[capsule_id] = VersionRecord(version, manifest_sha256)
+            if not all(_HEX64.fullmatch(k) for k in signers):
+                raise ValueError("signers must be hex64 key ids")
+            catalog.versions[capsule_id] = VersionRecord(version, manifest_sha256, frozenset(signers))
             self._write_atomic(self._root_fd, "catalog.json", catalog.to_bytes())
             self.state.reload()
 
@@ -891,14 +936,17 @@ class Store:
         return path, keys
 
     def open(self, name: str, *, identities: Sequence[Identity] = (), trusted_keys: Sequence[Ed25519PublicKey] = (),
-             threshold: int = 1, now: datetime | None = None, **open_kwargs) -> Capsule:
+             threshold: int = 1, now: datetime | None = None, inspect_only: bool = False, **open_kwargs) -> Capsule:
         """Open an installed capsule by name, with the device state and any cached content key.
 
         Args:
             name: the installed name.
             identities: device keys or passphrase (not needed when a content key is cached).
-            trusted_keys: publisher keys; empty to use the installed trust document.
+            trusted_keys: publisher keys; empty to use the installed trust document. With a
+                trust document installed, keys given here are ad-hoc: the capsule opens with
+                ``state.inspection_view()`` and moves no device state.
             threshold, now, open_kwargs: as for ``open_capsule``.
+            inspect_only: open with ``state.inspection_view()`` (the caller's keys are ad-hoc).
 
         Raises:
             StoreError: nothing is installed under ``name``.
@@ -907,8 +955,10 @@ class Store:
         """
         now = _utc_now(now)
         path, keys = self.resolve(name, now=now)
+        ad_hoc = inspect_only or (bool(trusted_keys) and self.state.root is not None)
         return open_capsule(path, trusted_keys=trusted_keys, identities=[*identities, *keys], threshold=threshold,
-                            now=now, device=self.state, **{**self.open_options(path), **open_kwargs})
+                            now=now, device=self.state.inspection_view() if ad_hoc else self.state,
+                            **{**self.open_options(path), **open_kwargs})
 
     def install_trust(self, data: bytes, *, root_keys: Sequence[Ed25519PublicKey] = (),
                       now: datetime | None = None) -> TrustRoot:

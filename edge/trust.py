@@ -21,18 +21,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from . import manifest as _m
-from .errors import CapsuleFormatError, RollbackError, SignatureError, TrustError
+from .errors import CapsuleFormatError, RollbackError, RuleViolationError, SignatureError, TrustError
 from .keys import keyid
 from .manifest import Manifest, SignatureEntry, canonical_json, format_time, parse_canonical_json
 from .rules import RateLimit, admit_use
-from .verify import valid_signers, verify_signatures
+from .verify import signed_message, valid_signers, verify_signatures
 
 log = logging.getLogger(__name__)
 
@@ -285,10 +285,20 @@ def verify_manifest_with_root(manifest_bytes: bytes, signatures: Sequence[Signat
 
 @dataclass(frozen=True)
 class VersionRecord:
-    """The highest version of one capsule id a device accepted, and its MANI SHA-256 (hex)."""
+    """The highest version of one capsule id a device accepted (FORMAT.md §13.1).
+
+    Attributes:
+        version: that version.
+        manifest_sha256: SHA-256 (hex) of its MANI.
+        signers: key ids (hex64) of the trusted keys whose signatures on it verified: they own
+            the capsule id (a later version needs a signature by one of them). Empty for a
+            record provisioned without signers, or written by a store before signers were
+            kept; such a record binds nothing until the next accepted version.
+    """
 
     version: int
     manifest_sha256: str
+    signers: frozenset[str] = frozenset()
 
 
 class DeviceState:
@@ -298,20 +308,42 @@ class DeviceState:
     simulator. The state only moves forward: the floor never decreases, version records only
     rise, a trust document is only replaced by a newer one.
 
+    Only verification against the device's own trust (its trust document, else the publisher
+    keys provisioned on it) may move this state. A caller verifying with other ("ad-hoc")
+    keys passes ``inspection_view()`` instead: it judges with the same floor, records and
+    hardware id, and forgets whatever moves in it.
+
     Args:
         root: the installed trust document, or ``None`` (callers then pass publisher keys).
         floor_at: the trusted time floor, or ``None``.
         hardware_id: this device's hardware id for the ``devices`` rule, or ``None``.
         versions: capsule id -> ``VersionRecord``.
+        inspect_only: a view for ad-hoc keys (see ``inspection_view``).
     """
 
     def __init__(self, *, root: TrustRoot | None = None, floor_at: datetime | None = None,
-                 hardware_id: str | None = None, versions: dict[str, VersionRecord] | None = None) -> None:
+                 hardware_id: str | None = None, versions: dict[str, VersionRecord] | None = None,
+                 inspect_only: bool = False) -> None:
         self._root = root
         self._floor_at = floor_at
         self.hardware_id = hardware_id
         self._versions = dict(versions or {})
         self._uses: dict[str, list[datetime]] = {}
+        self.inspect_only = inspect_only
+
+    def inspection_view(self) -> "DeviceState":
+        """Return an in-memory copy that judges like this state and never changes it.
+
+        For verification with ad-hoc publisher keys (``edge verify --trust KEY``): the copy
+        holds the same trust document, floor, version records and hardware id, so a capsule
+        this device would refuse as expired or rolled back is still refused; the floor it
+        advances and the versions it sees are forgotten with it; ``accept_version`` raises
+        ``ValueError``; a capsule with a ``rate_limit`` rule is refused (``RuleViolationError``),
+        because a count that is not kept would let the limit be bypassed, and a count that
+        is kept would let a self-signed capsule spend a genuine capsule's queries.
+        """
+        return DeviceState(root=self._root, floor_at=self._floor_at, hardware_id=self.hardware_id,
+                           versions=dict(self._versions), inspect_only=True)
 
     # -- time -----------------------------------------------------------------
     @property
@@ -368,6 +400,8 @@ class DeviceState:
 
         Source: FORMAT.md §12.
         """
+        if self.inspect_only:
+            raise ValueError("an inspection view of the device state cannot install a trust document")
         if self._root is not None and root_keys:
             raise ValueError("a trust document is installed already; an update takes no root keys")
         try:
@@ -417,17 +451,48 @@ class DeviceState:
                 f"accepted {record.manifest_sha256[:16]}…)",
                 capsule_id=manifest.capsule_id, version=manifest.version, accepted_version=record.version)
 
-    def accept_version(self, manifest: Manifest) -> bool:
+    def check_owner(self, manifest: Manifest, signers: Collection[str]) -> None:
+        """Raise unless a key that owns ``manifest``'s capsule id signed it (FORMAT.md §13.1).
+
+        The capsule id namespace belongs to the keys (or delegations) that signed the version
+        this device accepted: ``signers``, the key ids whose signatures on ``manifest``
+        verified against the device's trust, must include one of the record's signers. A
+        publisher moving an id to a new key signs one version with the old and the new key.
+
+        Raises:
+            TrustError: the record names signers and none of them signed this manifest.
+        """
+        record = self.version_record(manifest.capsule_id)
+        if record is None or not record.signers or record.signers & set(signers):
+            return
+        raise TrustError(
+            f"capsule {manifest.name} ({manifest.capsule_id}) version {manifest.version} is signed by key(s) "
+            f"{', '.join(k[:16] for k in sorted(signers)) or 'none'}, but this device's version {record.version} of "
+            f"that capsule id was signed by {', '.join(k[:16] for k in sorted(record.signers))}: the id belongs to "
+            "them (a new key must co-sign with an owner once)")
+
+    def accept_version(self, manifest: Manifest, signers: Collection[str] = ()) -> bool:
         """Record ``manifest``'s version when it is the highest; return whether it changed.
+
+        Args:
+            manifest: a manifest verified against the device's own trust.
+            signers: key ids whose signatures on it verified; stored in the record as the
+                owners of the capsule id (``check_owner``).
 
         Raises:
             RollbackError: see ``check_version``.
+            TrustError: see ``check_owner``.
+            ValueError: this is an ``inspection_view``.
         """
+        if self.inspect_only:
+            raise ValueError("an inspection view of the device state cannot accept a version")
         self.check_version(manifest)
+        self.check_owner(manifest, signers)
         record = self.version_record(manifest.capsule_id)
         if record is not None and record.version == manifest.version:
             return False
-        self._versions[manifest.capsule_id] = VersionRecord(manifest.version, manifest_sha256(manifest))
+        self._versions[manifest.capsule_id] = VersionRecord(manifest.version, manifest_sha256(manifest),
+                                                            frozenset(signers))
         return True
 
     def capsule_expired(self, manifest: Manifest, exc: Exception) -> None:
@@ -435,8 +500,36 @@ class DeviceState:
 
     # -- uses -------------------------------------------------------------------
     def record_use(self, capsule_id: str, limit: RateLimit, at: datetime) -> None:
-        """Admit one use of ``capsule_id`` at trusted time ``at`` or raise ``RateLimitedError``."""
+        """Admit one use of ``capsule_id`` at trusted time ``at`` or raise ``RateLimitedError``.
+
+        Raises:
+            RateLimitedError: the limit is reached.
+            RuleViolationError: this is an ``inspection_view`` (the use could not be counted).
+        """
+        if self.inspect_only:
+            raise RuleViolationError(f"capsule {capsule_id} has a rate_limit rule ({limit.max_queries} per "
+                                     f"{limit.window_s} s) that is only counted for capsules verified with this "
+                                     "device's own trust, not with ad-hoc keys (--trust)")
         self._uses[capsule_id] = admit_use(self._uses.get(capsule_id, []), limit, at)
+
+
+def trusted_signers(manifest_bytes: bytes, signatures: Sequence[SignatureEntry], *,
+                    trusted_keys: Sequence[Ed25519PublicKey], root: TrustRoot | None, at: datetime) -> list[str]:
+    """Return the key ids whose signatures on ``manifest_bytes`` verify against the device's trust.
+
+    Args:
+        manifest_bytes: the exact MANI bytes.
+        signatures: parsed SIGS entries.
+        trusted_keys: the provisioned publisher keys; empty to use ``root``.
+        root: the trust document: its keys delegated, unexpired and unrevoked at ``at``.
+        at: the trusted time.
+
+    Returns:
+        Sorted key ids (hex64); empty when none verifies. Thresholds are not checked here
+        (``verify_signatures`` / ``verify_manifest_with_root`` do that).
+    """
+    keys = list(trusted_keys) if trusted_keys else root.signing_keys(at) if root is not None else []
+    return sorted(valid_signers(signatures, {keyid(k): k for k in keys}, signed_message(manifest_bytes)))
 
 
 def manifest_sha256(manifest: Manifest) -> str:
@@ -445,4 +538,5 @@ def manifest_sha256(manifest: Manifest) -> str:
 
 
 __all__ = ["TRUST_TYPE", "TRUST_CONTEXT", "Delegation", "TrustRoot", "trust_signed_message", "parse_trust_document",
-           "verify_trust_document", "verify_manifest_with_root", "VersionRecord", "DeviceState", "manifest_sha256"]
+           "verify_trust_document", "verify_manifest_with_root", "VersionRecord", "DeviceState", "trusted_signers",
+           "manifest_sha256"]

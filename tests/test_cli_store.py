@@ -81,11 +81,18 @@ def test_rules_are_enforced_by_the_cli(device):
 
 
 def test_rate_limit_holds_across_cli_processes(device):
-    env, keys, _ = device
+    """Uses are counted for capsules verified with the device's own (provisioned) keys; with ad-hoc
+    --trust keys a rate-limited capsule is refused, since the use would not be counted."""
+    env, keys, tmp = device
+    (tmp / "config" / "trusted").mkdir()
+    shutil.copy(KEYS / "test-publisher-1.pub", tmp / "config" / "trusted")
+    own = keys[2:]  # --identity only: the provisioned key is the device's trust
     path = str(VECTORS / "rule-rate-limit" / "capsule")
+    proc = run_cli("edge", "search", path, QUERY, "-k", "1", *keys, "--trust", str(KEYS / "test-untrusted.pub"), env=env)
+    _assert_one_line_error(proc, "only counted for capsules verified with this device's own trust")
     for _ in range(2):
-        assert run_cli("edge", "search", path, QUERY, "-k", "1", *keys, env=env).returncode == 0
-    proc = run_cli("edge", "search", path, QUERY, "-k", "1", *keys, env=env)
+        assert run_cli("edge", "search", path, QUERY, "-k", "1", *own, env=env).returncode == 0
+    proc = run_cli("edge", "search", path, QUERY, "-k", "1", *own, env=env)
     _assert_one_line_error(proc, "query rate limit reached")
 
 
