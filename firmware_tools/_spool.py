@@ -2,7 +2,8 @@
 
 A build of hundreds of thousands of chunks must not hold them all in memory.
 Each spool is a temporary file plus an in-memory offset table (8 bytes per item);
-items are read back by index or slice, in order or not.
+items are read back by index or slice, in order or not. Spool files hold plaintext: they are
+created with mode 0600, and the builder keeps them in a private folder (``build._private_work_dir``).
 
 Example::
 
@@ -22,6 +23,17 @@ from pathlib import Path
 import numpy as np
 
 
+def open_private(path: Path):
+    """Create (or truncate) ``path`` for writing with mode 0600; return a binary file object."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "wb")
+
+
 class ByteSpool:
     """Variable-length byte items in one file; ``Sequence[bytes]``-like once written.
 
@@ -31,7 +43,7 @@ class ByteSpool:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._out = open(self.path, "wb")
+        self._out = open_private(self.path)
         self._offsets = array("Q", [0])
         self._in = None
 
@@ -97,7 +109,7 @@ class VectorSpool:
     def __init__(self, path: Path, dim: int) -> None:
         self.path = Path(path)
         self.dim = dim
-        self._out = open(self.path, "wb")
+        self._out = open_private(self.path)
         self.n_rows = 0
 
     def append(self, rows: np.ndarray) -> None:
@@ -126,9 +138,9 @@ def file_segments(path: Path, block_bytes: int = 1 << 20) -> Iterator[bytes]:
 
 
 def write_blocks(path: Path, blocks) -> int:
-    """Write an iterable of byte blocks to ``path``; return the byte count."""
+    """Write an iterable of byte blocks to ``path`` (mode 0600); return the byte count."""
     n = 0
-    with open(path, "wb") as out:
+    with open_private(path) as out:
         for block in blocks:
             out.write(block)
             n += len(block)

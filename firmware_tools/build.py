@@ -11,6 +11,12 @@ The pipeline (FORMAT.md §1):
 7. write and sign the manifest, assemble the file in a temporary file beside the output,
    re-verify it with the runtime (``edge.verify_capsule``), and rename it into place.
 
+Intermediate files (chunk text, vectors, the video before it is placed) live only in a private
+folder under ``$TMPDIR`` (``tempfile.mkdtemp``, mode 0700, files 0600), never on the output's
+medium; the output directory only ever sees the sealed capsule, as a mode-0600 temporary file
+renamed into place. The folder is removed on every exit path except SIGKILL, which leaves
+``$TMPDIR/firmware-tools-build-*`` behind (local disk, owner-only).
+
 A failed build leaves no file at the output path. The same documents, keys, seed and
 ``issued_at`` give a byte-identical capsule.
 
@@ -26,12 +32,14 @@ Source: FORMAT.md.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import logging
 import os
+import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -237,12 +245,12 @@ def build_capsule(
     report = progress or (lambda stage, done, total: None)
 
     out_dir = output.parent if str(output.parent) else Path(".")
+    # Only the sealed capsule ever touches the output's directory (mkstemp: mode 0600).
     fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".partial", dir=out_dir)
     os.close(fd)
     tmp_capsule = Path(tmp_name)
     try:
-        with tempfile.TemporaryDirectory(prefix=f".{output.name}.", suffix=".work", dir=out_dir) as work_name:
-            work = Path(work_name)
+        with _private_work_dir() as work:
             result = _build_into(
                 tmp_capsule, work, inputs=inputs, signing_key=signing_key, recipients=recipients,
                 passphrase=passphrase, expires_at=expires_at, not_before=not_before, issued_at=issued_at,
@@ -261,6 +269,27 @@ def build_capsule(
     result.path = output
     result.file_bytes = output.stat().st_size
     return result
+
+
+#: Prefix of the private spool folder in the temporary directory (``$TMPDIR``, else ``/tmp``).
+WORK_DIR_PREFIX = "firmware-tools-build-"
+
+
+@contextlib.contextmanager
+def _private_work_dir() -> Iterator[Path]:
+    """Yield a private spool folder on local temporary storage, removed on exit.
+
+    The spool holds every chunk's plaintext (records, payloads before sealing, vectors), so it is
+    never beside the output (which may be a USB stick): it is ``tempfile.mkdtemp`` in
+    ``$TMPDIR`` (else ``/tmp``), mode 0700, its files mode 0600. It is removed on every exit
+    Python sees (success, error, Ctrl-C, and SIGTERM/SIGHUP through the CLI). A SIGKILL leaves
+    it behind as ``$TMPDIR/firmware-tools-build-*``: local disk, readable only by this user.
+    """
+    work = Path(tempfile.mkdtemp(prefix=WORK_DIR_PREFIX))
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipients, passphrase, expires_at,

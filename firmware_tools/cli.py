@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import re
+import signal
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -104,6 +105,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     rules = json.loads(Path(args.rules).read_text()) if args.rules else None
     seed = bytes.fromhex(args.seed) if args.seed else None
     bars = _Bars(enabled=not args.quiet)
+    # SIGTERM / SIGHUP unwind like Ctrl-C, so the private spool and the partial capsule are removed.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _exit_on_signal)
     try:
         result = build_capsule(
             args.documents, Path(args.output), signing_key=signing_key, recipients=recipients,
@@ -129,6 +133,10 @@ def cmd_build(args: argparse.Namespace) -> int:
               f"{result.n_frames} frames, {result.file_bytes} bytes "
               f"({summary['size_ratio']}x the {result.raw_text_bytes} bytes of text)")
     return 0
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _ed25519_private(path: str, what: str):
