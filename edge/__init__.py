@@ -32,6 +32,7 @@ from .errors import (  # noqa: E402
     ExpiredCapsuleError,
     FrameDecodeError,
     IntegrityError,
+    KeyFileError,
     ModelError,
     NotYetValidError,
     RateLimitedError,
@@ -52,5 +53,5 @@ __all__ = [
     "load_public_key", "load_identity", "Passphrase",
     "EdgeError", "CapsuleError", "CapsuleFormatError", "IntegrityError", "SignatureError", "DecryptionError",
     "ExpiredCapsuleError", "NotYetValidError", "RuleViolationError", "BudgetExceededError", "ModelError",
-    "FrameDecodeError", "RollbackError", "RateLimitedError", "TrustError", "StoreError",
+    "FrameDecodeError", "RollbackError", "RateLimitedError", "TrustError", "StoreError", "KeyFileError",
 ]

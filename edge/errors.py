@@ -129,6 +129,13 @@ class StoreError(EdgeError):
     expect = "store"
 
 
+class KeyFileError(EdgeError, ValueError):
+    """A key, passphrase or trust file is missing, malformed, of the wrong type, too large, not a
+    regular file, or too widely readable. Also a ``ValueError``: it is the caller's file."""
+
+    expect = "key"
+
+
 class BudgetExceededError(EdgeError):
     """The operation would exceed the memory budget."""
 
@@ -166,6 +173,7 @@ __all__ = [
     "RollbackError",
     "TrustError",
     "StoreError",
+    "KeyFileError",
     "BudgetExceededError",
     "ModelError",
     "FrameDecodeError",

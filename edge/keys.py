@@ -25,12 +25,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from ._files import read_regular_file
+from .errors import KeyFileError
 
 MAX_KEY_FILE_BYTES = 16 * 1024
-
-
-class KeyFileError(ValueError):
-    """A key file is missing, malformed, of the wrong type, or too widely readable."""
 
 
 @dataclass(frozen=True)
