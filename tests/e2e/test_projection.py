@@ -7,6 +7,7 @@ import pytest
 
 from edge import open_capsule
 from edge.capsule import verify_capsule
+from edge.store import Store
 
 from ..conftest import FAQ_DOCS, build_test_capsule
 from .test_real_corpus import NOW, QUESTIONS
@@ -68,11 +69,17 @@ def test_projected_build_is_byte_identical(projected, tmp_path):
     assert again.path.read_bytes() == projected.path.read_bytes()
 
 
-def test_plain_index_maps_vecs_in_place_and_encrypted_decrypts_them(projected):
+def test_plain_vecs_are_copied_by_path_and_mapped_in_place_from_the_store(projected, tmp_path):
+    """Opened by path, VECS is read (and hashed) into memory and charged; a store object maps it."""
     with _open(projected) as capsule:
-        plan = capsule.memory_plan
-        vecs_bytes = capsule.manifest.n_chunks * 128
-        if projected.overrides["encrypt_index"]:
-            assert plan["vecs"] == vecs_bytes
-        else:
-            assert plan["vecs"] == 0 and projected.result.section_bytes["VECS"] == vecs_bytes
+        vecs_bytes = capsule.manifest.n_chunks * 128  # int8 rows of refine_dim
+        assert capsule.memory_plan["vecs"] == vecs_bytes
+    if projected.overrides["encrypt_index"]:
+        return
+    keys = dict(identities=[projected.device_key], trusted_keys=[projected.publisher_key.public_key()])
+    with Store(tmp_path / "store") as store:
+        entry = store.install(projected.path, now=NOW, **keys)
+        with store.open(entry.name, now=NOW, **keys) as capsule:
+            assert capsule.memory_plan["vecs"] == 0 and capsule.memory_plan["index"] == 0
+            hits = capsule.search(QUESTIONS[0]["question"], k=3)
+            assert hits and hits[0].score > 0.3
