@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
@@ -47,7 +48,7 @@ from .budget import (
     MemoryBudget,
     format_mib,
 )
-from .container import ContainerFile
+from .container import BLOCK_BYTES, ContainerFile
 from .embedder import QueryEmbedder, check_engine, find_model_dir
 from .errors import BudgetExceededError, CapsuleError, CapsuleFormatError, IntegrityError, ModelError
 from .frames import FrameReader
@@ -176,6 +177,45 @@ def _hashed_blocks(cf: ContainerFile, manifest: Manifest, tag: str) -> Iterator[
         hasher.update(block)
         yield block
     _compare_digest(hasher.hexdigest(), manifest, tag)
+
+
+def _hash_video(cf: ContainerFile, manifest: Manifest, frames: fmt.FrameTable) -> np.ndarray:
+    """Hash ``VIDE`` against the manifest and return each sample's SHA-256 from the same bytes.
+
+    One sequential pass of bounded preads (``container.BLOCK_BYTES``, at least one sample, so a
+    sample spans at most two blocks). The per-sample digests, uint8 [n_frames, 32], let the
+    frame reader authenticate every sample it reads later, one at a time: the bytes FFmpeg
+    decodes are bytes the signed manifest pins, even if the file changes after the open.
+
+    Raises:
+        IntegrityError: the section's SHA-256 is not the manifest's, or the file shrank.
+
+    Source: FORMAT.md §5 (frame table); issue 9 ("authenticate every sample before decoding it").
+    FORMAT-v2.md §3 pins these digests in FTAB instead, which removes this pass.
+    """
+    offsets = frames.sample_offsets.astype(np.int64)
+    ends = offsets + frames.sample_bytes.astype(np.int64)
+    order = np.argsort(ends, kind="stable")
+    digests = np.empty((frames.n_frames, 32), dtype=np.uint8)
+    section = hashlib.sha256()
+    previous, previous_start, start, k = b"", 0, 0, 0
+    for block in cf.iter_blocks("VIDE"):
+        section.update(block)
+        block_end = start + len(block)
+        while k < order.shape[0] and ends[order[k]] <= block_end:
+            i = int(order[k])
+            a, b = int(offsets[i]), int(ends[i])
+            if a >= start:
+                sample = block[a - start:b - start]
+            elif a >= previous_start:  # spans the two blocks (a sample is <= one block)
+                sample = previous[a - previous_start:] + block[:b - start]
+            else:  # overlapping samples: read this one again, it is hashed like the rest
+                sample = cf.read_at(cf.sections["VIDE"].offset + a, b - a, what="VIDE section")
+            digests[i] = np.frombuffer(hashlib.sha256(sample).digest(), dtype=np.uint8)
+            k += 1
+        previous, previous_start, start = block, start, block_end
+    _compare_digest(section.hexdigest(), manifest, "VIDE")
+    return digests
 
 
 def _read_verified_manifest(cf: ContainerFile, trusted_keys: Sequence[Ed25519PublicKey], threshold: int,
@@ -558,6 +598,8 @@ def memory_plan(manifest: Manifest, *, section_lengths: dict[str, int], frame_ca
         # parsed JSON while reading (~1 KiB per entry) outlives nothing but is the peak
         "documents": 1024 * manifest.n_documents + 4 * stream_plaintext_bytes(section_lengths["DOCS"]),
         "frame_table": 3 * section_lengths["FTAB"],
+        # per-sample SHA-256 kept when opened by path (_hash_video)
+        "sample_digests": 0 if index_from_file else 32 * manifest.video.n_frames,
         "dictionary": 2 * manifest.dictionary_bytes + (512 << 10),
         "frame_decoder": FRAME_DECODER_BASE_BYTES + 3 * manifest.video.width * manifest.video.height
         + 2 * manifest.max_plaintext_bytes,  # decompress_bounded: output + its checking pass
@@ -679,10 +721,14 @@ def open_capsule(
                                                          n_threads=n_threads, max_tokens=manifest.model.max_tokens)
         if embedder.dim != manifest.model.dim:
             raise ModelError(f"model gives {embedder.dim}-d embeddings, capsule needs {manifest.model.dim}")
-        reader = FrameReader(cf.mapped_section("VIDE") if owned_file else cf.section("VIDE"), extradata=manifest.video.extradata,
+        # Opened by path, every sample is authenticated before a decoder sees it: VIDE is hashed
+        # here and each sample is compared with its digest when it is read (FrameReader).
+        sample_sha256 = None if owned_file else _hash_video(cf, manifest, frames)
+        reader = FrameReader(cf.mapped_section("VIDE") if owned_file else cf.section("VIDE"),
+                             extradata=manifest.video.extradata,
                              sample_offsets=frames.sample_offsets, sample_sizes=frames.sample_bytes,
                              codec=manifest.video.codec, prefer_hardware=prefer_hardware_decoder,
-                             width=manifest.video.width, height=manifest.video.height)
+                             width=manifest.video.width, height=manifest.video.height, sample_sha256=sample_sha256)
     except BaseException as exc:
         if isinstance(exc, CapsuleError):
             log.warning("refused capsule %s: %s", cf.path, exc)
@@ -879,7 +925,8 @@ def verify_capsule(
     try:
         report = VerifyReport(capsule.manifest, full)
         if full:
-            _compare_digest(capsule._cf.sha256("VIDE"), capsule.manifest, "VIDE")
+            if capsule._cf.is_mapped:  # a store object; opened by path, VIDE was hashed at open
+                _compare_digest(capsule._cf.sha256("VIDE"), capsule.manifest, "VIDE")
             timings = StageTimings()
             n_frames = capsule._frames.n_frames
             for frame_index in range(n_frames):

@@ -43,6 +43,7 @@ bench/QR_VIDEO.md): H.264 software decode p50 1.3-1.8 ms, QR read p50 1.0-1.3 ms
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import mmap
 from collections.abc import Sequence
@@ -51,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CapsuleFormatError, FrameDecodeError
+from .errors import CapsuleFormatError, FrameDecodeError, IntegrityError
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,12 @@ class FrameReader:
         prefer_hardware: try the V4L2 M2M hardware decoder first; ``False`` forces software.
         width, height: the manifest's ``video.width`` / ``video.height`` in pixels; the SPS in
             ``extradata`` must declare exactly this size. ``None`` takes the SPS's size.
+        sample_sha256: uint8 array of shape [n_frames, 32], the SHA-256 of each sample as it
+            was read when ``VIDE`` was hashed against the manifest (``edge.capsule`` computes
+            it when a capsule is opened by path). Each sample is then read once per decode and
+            compared before anything else looks at it, so a file changed on disk after the open
+            gives ``IntegrityError``, never unauthenticated bytes to FFmpeg. ``None``: the
+            caller owns ``video`` (a device-store object, verified at install).
 
     Every sample passes ``check_sample`` before any decoder (hardware or software) sees it; the
     decoders are opened with FFmpeg's ``max_pixels`` = width * height, so that no picture larger
@@ -125,6 +132,7 @@ class FrameReader:
         prefer_hardware: bool = True,
         width: int | None = None,
         height: int | None = None,
+        sample_sha256: np.ndarray | None = None,
     ) -> None:
         if codec not in SOFTWARE_DECODERS:
             raise ValueError(f"unsupported video codec {codec!r}, expected one of {sorted(SOFTWARE_DECODERS)}")
@@ -141,6 +149,11 @@ class FrameReader:
         if offsets.size and (int(offsets.min()) < 0 or int(sizes.min()) < 1
                              or int((offsets + sizes).max()) > len(view)):
             raise ValueError(f"sample table does not fit in a {len(view)}-byte video")
+        if sample_sha256 is not None:
+            sample_sha256 = np.asarray(sample_sha256, dtype=np.uint8)
+            if sample_sha256.shape != (offsets.shape[0], 32):
+                raise ValueError(f"sample_sha256 has shape {sample_sha256.shape}, expected ({offsets.shape[0]}, 32)")
+        self._sample_sha256 = sample_sha256
         self._view = view
         self._offsets = offsets
         self._sizes = sizes
@@ -208,6 +221,8 @@ class FrameReader:
             uint8 array of shape [height, width], C-contiguous, 0 = black, 255 = white.
 
         Raises:
+            IntegrityError: the sample's SHA-256 differs from ``sample_sha256`` (the file
+                changed after it was hashed at open), or the file shrank.
             FrameDecodeError: the sample fails ``check_sample``, the decoder rejects it or returns
                 no frame, or the frame is not the stream's declared size.
             IndexError: ``frame_index`` is out of range (a caller mistake).
@@ -218,14 +233,14 @@ class FrameReader:
         index = self._check_index(frame_index)
         if self._closed:
             raise RuntimeError("frame reader is closed")
-        self._checked_sample(index)  # refused here, before any decoder, and not retried
+        sample = self._checked_sample(index)  # refused here, before any decoder, and not retried
         try:
-            return self._decode_with(self._ctx, index)
+            return self._decode_with(self._ctx, index, sample)
         except FrameDecodeError:
             self._reset_decoder()
             if not self.is_hardware:
                 raise
-            return self._switch_to_software(index, "decode")
+            return self._switch_to_software(index, "decode", sample)
 
     def decode_qr(self, luma: np.ndarray, frame_index: int | None = None) -> bytes:
         """Return the raw bytes of the one QR code in a luma image.
@@ -328,17 +343,20 @@ class FrameReader:
         ctx.open()  # a missing V4L2 device fails here, not in create()
         return ctx
 
-    def _checked_sample(self, index: int) -> memoryview:
-        """Return sample ``index`` after ``check_sample`` (the filter before every decoder)."""
+    def _checked_sample(self, index: int) -> bytes:
+        """Read sample ``index`` once, authenticate it (``sample_sha256``) and filter it
+        (``check_sample``); the returned copy is what the decoder gets."""
         if self._params is None:
             raise FrameDecodeError(f"frame {index}: no stream parameters (empty extradata)")
         start = int(self._offsets[index])
-        sample = self._view[start:start + int(self._sizes[index])]
+        sample = bytes(self._view[start:start + int(self._sizes[index])])
+        if self._sample_sha256 is not None and hashlib.sha256(sample).digest() != self._sample_sha256[index].tobytes():
+            raise IntegrityError(f"frame {index}: sample sha256 differs from the video hashed at open "
+                                 "(the capsule file changed on disk)")
         check_sample(sample, self._codec, self._params.nal_length_bytes, index)
         return sample
 
-    def _decode_with(self, ctx: Any, index: int) -> np.ndarray:
-        sample = self._checked_sample(index)
+    def _decode_with(self, ctx: Any, index: int, sample: bytes) -> np.ndarray:
         try:
             frames = ctx.decode(self._av.Packet(sample))
             if not frames:
@@ -359,7 +377,7 @@ class FrameReader:
             raise FrameDecodeError(f"frame {index}: {ctx.name} cannot decode sample "
                                    f"({type(exc).__name__})") from exc
 
-    def _switch_to_software(self, index: int, stage: str) -> Any:
+    def _switch_to_software(self, index: int, stage: str, sample: bytes | None = None) -> Any:
         """Retry frame ``index`` in software after the hardware decoder failed it.
 
         If software succeeds, the hardware decoder is wrong for this video and is dropped for
@@ -372,7 +390,7 @@ class FrameReader:
             sw = self._create_context(sw_name)
         except Exception as exc:  # noqa: BLE001
             raise FrameDecodeError(f"frame {index}: {hw_name} failed and {sw_name} cannot open") from exc
-        luma = self._decode_with(sw, index)
+        luma = self._decode_with(sw, index, sample if sample is not None else self._checked_sample(index))
         result = luma if stage == "decode" else self._read_qr(luma, index)
         log.warning("hardware decoder %s failed frame %d that %s reads; using %s from now on",
                     hw_name, index, sw_name, sw_name)

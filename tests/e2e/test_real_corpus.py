@@ -144,31 +144,50 @@ def _model_sha(built):
                           full=False).manifest.model.sha256
 
 
-def test_altered_video_frame_never_returns_text(faq_capsule, tmp_path):
-    """Flip bytes inside one frame's sample: reading that frame fails typed; full verify fails."""
-    from edge import format as fmt
-
-    data = bytearray(faq_capsule.path.read_bytes())
-    header = fmt.parse_header(bytes(data[:64]), file_bytes=len(data))
-    table = fmt.parse_section_table(bytes(data[64:64 + header.table_bytes]), header)
-    with _open(faq_capsule) as good:
-        frames = good._frames
-        target = 1
-        start = table["VIDE"].offset + int(frames.sample_offsets[target])
-        chunk_in_frame = int(frames.first_chunk_ids[target])
-    for i in range(start + 40, start + int(frames.sample_bytes[target]) - 10, 37):
+def _flip_sample_bytes(data: bytearray, offset: int, n_bytes: int) -> None:
+    for i in range(offset + 40, offset + n_bytes - 10, 37):
         data[i] ^= 0xFF
+
+
+def _sample_in_file(capsule, frame_index: int) -> tuple[int, int]:
+    """(file offset, bytes) of one frame's sample."""
+    frames = capsule._frames
+    return (capsule._cf.sections["VIDE"].offset + int(frames.sample_offsets[frame_index]),
+            int(frames.sample_bytes[frame_index]))
+
+
+def test_altered_video_frame_is_refused_at_open(faq_capsule, tmp_path):
+    """Flip bytes inside one frame's sample: opened by path, VIDE is hashed first, so the open
+    is refused before any sample reaches FFmpeg; full verify refuses too."""
+    data = bytearray(faq_capsule.path.read_bytes())
+    with _open(faq_capsule) as good:
+        _flip_sample_bytes(data, *_sample_in_file(good, 1))
     bad = tmp_path / "video.capsule"
     bad.write_bytes(bytes(data))
     built = type(faq_capsule)(**{**faq_capsule.__dict__, "path": bad})
-    with _open(built) as capsule:  # open does not hash the video (FORMAT.md §11) ...
-        from edge.errors import CapsuleError
-
-        with pytest.raises(CapsuleError):  # ... but the frame's AEAD or QR decode refuses it
-            capsule.read_chunk(chunk_in_frame)
-        assert capsule.read_chunk(0).text  # other frames still serve
+    with pytest.raises(IntegrityError, match="VIDE section sha256"):
+        _open(built)
     with pytest.raises(IntegrityError, match="VIDE section sha256"):
         verify_capsule(bad, trusted_keys=[faq_capsule.publisher_key.public_key()], now=NOW, full=True)
+
+
+def test_sample_changed_after_open_is_refused_before_decoding(faq_capsule, tmp_path):
+    """Change one sample in place after the open (another process writing the file): reading
+    that frame is IntegrityError from its per-sample digest; other frames still serve."""
+    path = tmp_path / "video.capsule"
+    path.write_bytes(faq_capsule.path.read_bytes())
+    built = type(faq_capsule)(**{**faq_capsule.__dict__, "path": path})
+    with _open(built) as capsule:
+        offset, n_bytes = _sample_in_file(capsule, 1)
+        chunk_in_frame = int(capsule._frames.first_chunk_ids[1])
+        data = bytearray(path.read_bytes())
+        _flip_sample_bytes(data, offset, n_bytes)
+        with open(path, "r+b") as f:  # same inode, same size: what the open's descriptor reads
+            f.seek(offset)
+            f.write(data[offset:offset + n_bytes])
+        with pytest.raises(IntegrityError, match="frame 1: sample sha256"):
+            capsule.read_chunk(chunk_in_frame)
+        assert capsule.read_chunk(0).text
 
 
 def test_section_from_another_capsule_is_refused(faq_capsule, tiny_capsule, tmp_path):
