@@ -77,4 +77,45 @@ def read_regular_file(path: str | os.PathLike[str], *, max_bytes: int, what: str
         os.close(fd)
 
 
-__all__ = ["read_regular_file"]
+def check_safe_directory(path: str | os.PathLike[str], *, what: str, error: type[Exception] = OSError) -> None:
+    """Refuse a directory another local user could change, as ssh's ``StrictModes`` does.
+
+    ``path`` and every directory above it must be owned by root or the effective user, and
+    must not be writable by group or others, unless the sticky bit is set (``/tmp``: others
+    cannot rename or delete what they do not own). Otherwise an unprivileged user could
+    replace the device's state (version records, time floor, trust) or plant files in it.
+
+    Args:
+        path: an existing directory (resolved; symlinks in it are followed for the check).
+        what: how messages name it, e.g. ``"store directory"``.
+        error: the exception class raised (called with one message string).
+
+    Raises:
+        error: a directory on the way is owned by another user, or writable by group or
+            others without the sticky bit. The message names it, its owner and mode, and the fix.
+
+    Source: OpenSSH sshd_config(5) ``StrictModes``; issue 9 ("state under a directory only that
+    user can write").
+    """
+    euid = os.geteuid()
+    target = os.path.realpath(path)
+    current = target
+    while True:
+        try:
+            info = os.stat(current)
+        except OSError as exc:
+            raise error(f"cannot check {what} {target}: {current}: {exc.strerror}") from None
+        mode = stat.S_IMODE(info.st_mode)
+        if info.st_uid not in (0, euid):
+            raise error(f"{what} {target} is not safe: {current} is owned by uid {info.st_uid}, not by root "
+                        f"or this user (uid {euid}); another user could replace the device state in it")
+        if mode & 0o022 and not mode & stat.S_ISVTX:
+            raise error(f"{what} {target} is not safe: {current} has mode {mode:o}, writable by group or others; "
+                        f"run chmod go-w {current}")
+        parent = os.path.dirname(current)
+        if parent == current:
+            return
+        current = parent
+
+
+__all__ = ["read_regular_file", "check_safe_directory"]

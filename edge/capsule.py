@@ -219,8 +219,13 @@ def _hash_video(cf: ContainerFile, manifest: Manifest, frames: fmt.FrameTable) -
 
 
 def _read_verified_manifest(cf: ContainerFile, trusted_keys: Sequence[Ed25519PublicKey], threshold: int,
-                            device: DeviceState | None = None, at: datetime | None = None) -> Manifest:
+                            device: DeviceState | None = None, at: datetime | None = None,
+                            expected_manifest_sha256: str | None = None) -> Manifest:
     mani = cf.read("MANI")
+    if expected_manifest_sha256 is not None and hashlib.sha256(mani).hexdigest() != expected_manifest_sha256:
+        # before any signature check, so a swapped file moves no device state
+        raise IntegrityError(f"{cf.path} holds another manifest than the one installed under its name "
+                             "(the file was replaced after install)")
     signatures = parse_signatures(cf.read("SIGS"))
     if trusted_keys:
         verify_signatures(mani, signatures, trusted_keys, threshold=threshold)
@@ -242,12 +247,12 @@ def _read_verified_manifest(cf: ContainerFile, trusted_keys: Sequence[Ed25519Pub
 
 def _check_trust(cf: ContainerFile, *, trusted_keys: Sequence[Ed25519PublicKey], threshold: int,
                  device: DeviceState | None, now: datetime, identities: Sequence[Identity],
-                 device_rules: bool = True) -> tuple[Manifest, Rules]:
+                 device_rules: bool = True, expected_manifest_sha256: str | None = None) -> tuple[Manifest, Rules]:
     """Signatures, version record, time floor, validity window and open-level rules (FORMAT.md §11)."""
     if device is not None:
         device.observe(now)
     at = device.trusted_time(now) if device is not None else now
-    manifest = _read_verified_manifest(cf, trusted_keys, threshold, device, at)
+    manifest = _read_verified_manifest(cf, trusted_keys, threshold, device, at, expected_manifest_sha256)
     if device is not None:
         device.observe(now, manifest.issued_at)
         at = device.trusted_time(now)
@@ -625,6 +630,7 @@ def open_capsule(
     verified_sections: Collection[str] = (),
     index_path: Path | None = None,
     device: DeviceState | None = None,
+    expected_manifest_sha256: str | None = None,
 ) -> Capsule:
     """Verify and open a capsule; return it only if every open-level check passes.
 
@@ -653,13 +659,17 @@ def open_capsule(
         device: the device's state (trust document, time floor, version records, hardware id,
             rate log; FORMAT.md §13); ``None`` judges validity at ``now`` and keeps the rate in
             memory.
+        expected_manifest_sha256: SHA-256 (hex) of the exact MANI bytes the caller expects (a
+            device store's catalogue entry): any other manifest is refused before its
+            signatures are checked, so a file swapped in moves no device state.
 
     Returns:
         An open ``Capsule``.
 
     Raises:
         CapsuleFormatError: bad magic, version, table, manifest, limits, malformed rule.
-        IntegrityError: truncated/extended file, section length or sha256 mismatch.
+        IntegrityError: truncated/extended file, section length or sha256 mismatch, a manifest
+            other than ``expected_manifest_sha256``, or ``index_path`` beside an encrypted index.
         SignatureError: too few valid trusted (delegated, unexpired, unrevoked) signatures.
         RollbackError: older than the version the device accepted, or the same version with
             another manifest.
@@ -688,13 +698,14 @@ def open_capsule(
     own_embedder = None
     try:
         manifest, rules = _check_trust(cf, trusted_keys=trusted_keys, threshold=threshold, device=device, now=now,
-                                       identities=identities)
+                                       identities=identities, expected_manifest_sha256=expected_manifest_sha256)
         check_engine(manifest.model.family)
         embedder = (embedders or {}).get(manifest.model.sha256)
         if embedder is None:
             model_dir = find_model_dir(manifest.model.sha256, model_search_path, family=manifest.model.family)
         if index_path is not None and manifest.index.encryption != "none":
-            raise ValueError("index_path is only for capsules with an unencrypted index")
+            raise IntegrityError(f"index file {index_path} was given for a capsule whose index is encrypted "
+                                 "(a file planted beside it?); refusing both")
         prefix = f"{manifest.name}#{next(_open_counter)}/"
         plan = memory_plan(manifest, section_lengths={t: e.length for t, e in cf.sections.items()},
                            frame_cache_bytes=frame_cache_bytes, include_model=embedder is None,

@@ -65,6 +65,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from ._files import check_safe_directory
 from .capsule import Capsule, Identity, open_capsule, verify_capsule
 from .errors import CapsuleError, EdgeError, ExpiredCapsuleError, RuleViolationError, StoreError, TrustError
 from .keys import ContentKey, Passphrase
@@ -336,8 +337,10 @@ class Store:
         hardware_id: this device's hardware id for the ``devices`` rule (FORMAT.md §4.2).
 
     Raises:
-        StoreError: the directory cannot be created or opened, is not a store, or holds a
-            symbolic link where a store file or directory should be.
+        StoreError: the directory cannot be created or opened, is not a store, holds a
+            symbolic link where a store file or directory should be, or it or a directory
+            above it is owned by another user or writable by group or others
+            (``edge._files.check_safe_directory``).
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, hardware_id: str | None = None) -> None:
@@ -348,6 +351,8 @@ class Store:
         except OSError as exc:
             if exc.errno not in _READ_ONLY_ERRNOS or not self.path.is_dir():
                 raise StoreError(f"cannot use store directory {self.path}: {exc.strerror}") from None
+        # the version records, time floor and trust live here: no other local user may change them
+        check_safe_directory(self.path, what="store directory", error=StoreError)
         try:
             self._root_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
@@ -804,10 +809,21 @@ class Store:
         ``full=True``) and its object is read-only, so the large index sections are not hashed
         again at each open (``verified_sections``); an unencrypted index extracted at install
         is mapped from its own file (``index_path``). The small sections are still hashed,
-        and frames are still authenticated one by one.
+        and frames are still authenticated one by one. The catalogue entry's manifest digest
+        is passed as ``expected_manifest_sha256``: a file swapped into the object directory
+        (another capsule, another version, even validly signed) is refused at open.
+
+        Raises:
+            StoreError: ``capsule_path`` is not the capsule of an installed entry.
         """
         path = Path(capsule_path)
         options: dict[str, object] = {"verified_sections": INSTALL_VERIFIED_SECTIONS}
+        entry = next((e for e in self._read_catalog().entries.values() if e.object_name == path.parent.name), None)
+        if entry is None:
+            raise StoreError(f"{path} is not the capsule of any installed entry of {self.path}")
+        # the catalogue pins the manifest installed under the name: a validly signed file
+        # swapped into the object is refused before it moves any device state
+        options["expected_manifest_sha256"] = entry.manifest_sha256
         index = path.with_name(INDEX_FILE)
         try:
             if stat.S_ISREG(os.stat(index, follow_symlinks=False).st_mode):
@@ -858,8 +874,14 @@ class Store:
     def remove(self, name: str, *, now: datetime | None = None) -> Entry:
         """Remove an installed capsule and its cached key; keep its version record.
 
+        On a full file system the new catalogue cannot be written: the object's files are
+        deleted first to make room, then the catalogue is written. A crash between the two
+        leaves an entry whose file is gone; opening it is a ``StoreError`` and a repeated
+        ``remove`` finishes. Removing is always possible, so space can always be freed.
+
         Raises:
-            StoreError: nothing is installed under ``name``.
+            StoreError: nothing is installed under ``name``, or the catalogue cannot be
+                written even after the object was deleted.
         """
         self.state.observe(_utc_now(now))
         with self._writer():
@@ -867,7 +889,18 @@ class Store:
             entry = catalog.entries.pop(name, None)
             if entry is None:
                 raise StoreError(f"no capsule named {name!r} is installed in {self.path}")
-            self._write_atomic(self._root_fd, "catalog.json", catalog.to_bytes())
+            try:
+                self._write_atomic(self._root_fd, "catalog.json", catalog.to_bytes())
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise StoreError(f"cannot remove {name!r}: writing catalog.json failed: {exc.strerror}") from None
+                log.warning("store %s is full: deleting the files of %s before writing the catalogue", self.path, name)
+                self._remove_tree(self._objects_fd, entry.object_name)
+                try:
+                    self._write_atomic(self._root_fd, "catalog.json", catalog.to_bytes())
+                except OSError as again:
+                    raise StoreError(f"cannot remove {name!r}: its files are deleted, but catalog.json cannot be "
+                                     f"written: {again.strerror}") from None
             self._remove_tree(self._objects_fd, entry.object_name)
             self._remove_tree(self._uses_fd, f"{entry.capsule_id}.json")
         log.info("removed capsule %s v%d (%s); its version record stays", entry.name, entry.version, entry.capsule_id)

@@ -160,3 +160,45 @@ def test_a_killed_install_of_a_first_capsule_shows_nothing(tmp_path):
     assert subprocess.run(argv, env=env, capture_output=True, timeout=300).returncode == -signal.SIGKILL
     with Store(store) as opened:
         assert opened.list(now=datetime(2030, 1, 1, tzinfo=timezone.utc)) == []
+
+
+def _can_mount_tmpfs() -> bool:
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+                            "mount -t tmpfs -o size=64k tmpfs /mnt"], capture_output=True, timeout=30) \
+        if shutil.which("unshare") else None
+    return probe is not None and probe.returncode == 0
+
+
+# A real full file system: a small tmpfs mounted in a user and mount namespace (no root needed
+# where the kernel allows unprivileged user namespaces; skipped where it does not).
+_FULL_DISK_SCRIPT = r"""
+set -e
+mount -t tmpfs -o size=4m tmpfs "$MNT"
+cp -a "$SEED" "$MNT/store"
+# fill the file system to the last byte, as a device whose logs ran away
+dd if=/dev/zero of="$MNT/filler" bs=4k 2>/dev/null || true
+if "$PY" -c 'import os; os.write(os.open(os.environ["MNT"] + "/probe", os.O_WRONLY | os.O_CREAT), b"x" * 4096)' 2>/dev/null; then
+  echo "NOT FULL"; exit 3
+fi
+set +e
+EDGE_STORE_DIR="$MNT/store" "$PY" -m edge remove alpha
+echo "remove rc=$?"
+EDGE_STORE_DIR="$MNT/store" "$PY" -m edge list --json
+echo "list rc=$?"
+ls "$MNT/store/objects" | wc -l | sed 's/^/objects=/'
+"""
+
+
+@pytest.mark.skipif(not _can_mount_tmpfs(), reason="unprivileged user and mount namespaces are not available")
+def test_remove_frees_space_on_a_full_file_system(seeded, tmp_path):
+    tmp, _ = seeded
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    env = dict(os.environ, MNT=str(mnt), SEED=str(tmp / "seed"), PY=sys.executable, PYTHONPATH=str(ROOT))
+    proc = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "bash", "-c", _FULL_DISK_SCRIPT],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "remove rc=0" in proc.stdout, proc.stdout + proc.stderr
+    assert "list rc=0" in proc.stdout and '"alpha"' not in proc.stdout.split("remove rc=0", 1)[1], proc.stdout
+    assert "objects=0" in proc.stdout, proc.stdout

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from edge.errors import ExpiredCapsuleError, RateLimitedError, RollbackError, RuleViolationError, StoreError
+from edge.errors import ExpiredCapsuleError, IntegrityError, RateLimitedError, RollbackError, RuleViolationError, StoreError
 from edge.keys import Passphrase
 from edge.store import Store, default_store_dir
 
@@ -321,3 +321,68 @@ def test_read_only_store_refuses_a_rate_limited_capsule_instead_of_counting_per_
                 capsule.search(QUERY, k=1, now=NOW)
         with pytest.raises(StoreError, match="read-only file system"):
             store.remove("alpha")
+
+
+def _replace_object_file(store, entry, name: str, data: bytes) -> None:
+    path = store.capsule_path(entry).with_name(name)
+    if path.exists():
+        path.chmod(0o644)
+    path.write_bytes(data)
+
+
+def test_a_validly_signed_file_swapped_into_an_object_is_refused_and_moves_no_state(store, tiny_capsule, faq_capsule):
+    # two real capsules, two capsule ids, one trusted publisher: the swapped-in file verifies
+    keys = dict(identities=[tiny_capsule.device_key], trusted_keys=[tiny_capsule.publisher_key.public_key()])
+    at = datetime(2026, 6, 1, tzinfo=UTC)
+    entry = store.install(tiny_capsule.path, now=at, **keys)
+    versions_before = store._read_catalog().versions
+    floor_before = store.state.trusted_time(at)
+    _replace_object_file(store, entry, "capsule", faq_capsule.path.read_bytes())
+    with pytest.raises(IntegrityError, match="holds another manifest than the one installed under its name"):
+        store.open(entry.name, now=at, **keys)
+    assert store._read_catalog().versions == versions_before
+    assert store.state.trusted_time(at) == floor_before
+
+
+def test_an_index_file_planted_beside_an_encrypted_index_is_refused(store):
+    entry = store.install(V2, now=NOW, **KEYS)
+    assert not store.capsule_path(entry).with_name("index.annoy").exists()
+    _replace_object_file(store, entry, "index.annoy", b"\0" * 4096)
+    with pytest.raises(IntegrityError, match="index is encrypted"):
+        store.open("alpha", now=NOW, **KEYS)
+
+
+def test_open_options_are_only_for_installed_objects(store, tmp_path):
+    store.install(V2, now=NOW, **KEYS)
+    with pytest.raises(StoreError, match="is not the capsule of any installed entry"):
+        store.open_options(tmp_path / "elsewhere" / "capsule")
+
+
+def test_a_store_directory_other_users_can_write_is_refused(tmp_path):
+    path = tmp_path / "store"
+    Store(path).close()
+    path.chmod(0o777)
+    with pytest.raises(StoreError, match=r"store directory .* is not safe: .* has mode 777, writable by group or "
+                                         r"others; run chmod go-w"):
+        Store(path)
+    path.chmod(0o755)
+    Store(path).close()
+
+
+def test_a_store_below_a_directory_other_users_can_write_is_refused(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o775)  # another user in the group could rename the store away and plant its own
+    with pytest.raises(StoreError, match=f"{shared} has mode 775"):
+        Store(shared / "store")
+    shared.chmod(0o1777)  # sticky, as /tmp: others cannot rename what they do not own
+    Store(shared / "store").close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a directory to another user")
+def test_a_store_directory_owned_by_another_user_is_refused(tmp_path):
+    path = tmp_path / "store"
+    Store(path).close()
+    os.chown(path, 4242, 4242)
+    with pytest.raises(StoreError, match="is owned by uid 4242, not by root or this user"):
+        Store(path)
