@@ -36,9 +36,9 @@ Example::
         hits = capsule.search("how do I reset it?")
     store.remove("manual")            # the version record stays: v1 cannot come back after v2
 
-Fault injection: with ``EDGE_STORE_CRASH_AT=N`` in the environment, an install kills its own
-process with SIGKILL at its N-th checkpoint (the test suite uses this to prove atomicity);
-``-vv`` logs every checkpoint.
+Install checkpoints: every state change of an install is a numbered checkpoint, logged at
+``-vv``. The crash suite kills a real install at each one by setting ``Store._checkpoint_observer``
+in its own process (``tests/kill_at_checkpoint.py``); the shipped runtime has no switch for it.
 
 Source: FORMAT.md §13; TUF specification §5 (rollback, freeze, endless data).
 """
@@ -53,9 +53,7 @@ import logging
 import os
 import re
 import shutil
-import signal
 import stat
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -79,7 +77,6 @@ log = logging.getLogger(__name__)
 
 STORE_FORMAT = "edge-store/1"
 STORE_ENV = "EDGE_STORE_DIR"
-CRASH_ENV = "EDGE_STORE_CRASH_AT"
 SYSTEM_STORE_DIR = "/var/lib/edge-capsules"
 #: The floor is written when it has advanced this far past the stored value (flash wear).
 FLOOR_WRITE_STEP_S = 60
@@ -260,20 +257,23 @@ class _Catalog:
         return cls({name: Entry.from_json(name, e) for name, e in obj["entries"].items()}, versions)
 
 
-class _Crash:
-    """Counts install checkpoints; SIGKILLs the process at ``$EDGE_STORE_CRASH_AT`` (fault injection)."""
+class _Checkpoints:
+    """Counts the state changes of one install; logs each at ``-vv`` and tells ``observer``.
 
-    def __init__(self) -> None:
-        value = os.environ.get(CRASH_ENV, "")
-        self.at = int(value) if value.isdigit() else 0
+    The observer is ``Store._checkpoint_observer``: ``None`` in the runtime. The crash suite
+    (``tests/kill_at_checkpoint.py``) sets it in its own process to SIGKILL itself at one
+    checkpoint; nothing the runtime reads (environment, files) can.
+    """
+
+    def __init__(self, observer: Callable[[int, str], None] | None) -> None:
         self.n = 0
+        self.observer = observer
 
     def __call__(self, what: str) -> None:
         self.n += 1
         log.debug("install checkpoint %d: %s", self.n, what)
-        if self.n == self.at:
-            sys.stderr.flush()
-            os.kill(os.getpid(), signal.SIGKILL)
+        if self.observer is not None:
+            self.observer(self.n, what)
 
 
 class StoreState(DeviceState):
@@ -342,6 +342,9 @@ class Store:
             above it is owned by another user or writable by group or others
             (``edge._files.check_safe_directory``).
     """
+
+    #: Test hook: called with (checkpoint number, description) at each install checkpoint.
+    _checkpoint_observer: Callable[[int, str], None] | None = None
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, hardware_id: str | None = None) -> None:
         self.path = Path(path) if path is not None else default_store_dir()
@@ -627,7 +630,7 @@ class Store:
         Source: FORMAT.md §13.
         """
         now = _utc_now(now)
-        crash = _Crash()
+        crash = _Checkpoints(self._checkpoint_observer)
         with self._writer():
             crash("store locked")
             self.state.reload()
@@ -1019,4 +1022,4 @@ class Store:
         self.close()
 
 
-__all__ = ["Store", "StoreState", "Entry", "default_store_dir", "STORE_ENV", "CRASH_ENV"]
+__all__ = ["Store", "StoreState", "Entry", "default_store_dir", "STORE_ENV"]

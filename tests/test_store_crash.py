@@ -1,7 +1,7 @@
 """A real ``edge install`` process killed at every checkpoint leaves the previous version serving.
 
 The store starts with capsule alpha v1 installed. ``edge install`` of alpha v2 runs in a child
-process with ``EDGE_STORE_CRASH_AT=N``, which SIGKILLs itself at its N-th checkpoint (every
+process (``tests/kill_at_checkpoint.py N``), which SIGKILLs itself at its N-th checkpoint (every
 state change of an install: staging, copy, fsyncs, renames, catalogue, floor). After each kill
 the store must show exactly one of the two versions, that version must open and answer, no
 half-installed file may be visible, the version record must match what is visible, and the next
@@ -48,9 +48,10 @@ def seeded(tmp_path_factory):
     return tmp, key
 
 
-def _install_argv(store: Path, key: Path, verbose: bool = False) -> tuple[list[str], dict]:
+def _install_argv(store: Path, key: Path, verbose: bool = False, kill_at: int | None = None) -> tuple[list[str], dict]:
     env = dict(os.environ, EDGE_STORE_DIR=str(store), PYTHONPATH=str(ROOT))
-    argv = [sys.executable, "-m", "edge", *(["-vv"] if verbose else []), "install", str(V2), "--trust",
+    edge = ["-m", "edge"] if kill_at is None else [str(ROOT / "tests" / "kill_at_checkpoint.py"), str(kill_at)]
+    argv = [sys.executable, *edge, *(["-vv"] if verbose else []), "install", str(V2), "--trust",
             str(KEYS / "test-publisher-1.pub"), "--identity", str(key)]
     return argv, env
 
@@ -95,8 +96,7 @@ def test_install_killed_at_every_checkpoint_leaves_one_whole_version(seeded, tmp
     def run(n: int) -> tuple[int, int]:
         store = tmp_path / f"kill-{n}"
         shutil.copytree(seed, store)
-        argv, env = _install_argv(store, key)
-        env["EDGE_STORE_CRASH_AT"] = str(n)
+        argv, env = _install_argv(store, key, kill_at=n)
         proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
         return n, proc.returncode
 
@@ -155,8 +155,7 @@ def test_a_killed_install_of_a_first_capsule_shows_nothing(tmp_path):
     os.chmod(key, 0o600)
     store = tmp_path / "empty"
     Store(store).close()
-    argv, env = _install_argv(store, key)
-    env["EDGE_STORE_CRASH_AT"] = "12"  # the catalogue's temporary file is written, not renamed
+    argv, env = _install_argv(store, key, kill_at=12)  # the catalogue's temporary file is written, not renamed
     assert subprocess.run(argv, env=env, capture_output=True, timeout=300).returncode == -signal.SIGKILL
     with Store(store) as opened:
         assert opened.list(now=datetime(2030, 1, 1, tzinfo=timezone.utc)) == []
