@@ -109,11 +109,10 @@ def main(argv: list[str] | None = None) -> int:
 
         with Store(work / "store") as store:
             store.install(path, identities=[identity], trusted_keys=trust, now=NOW)
-            store_path = store.capsule_path(store.list(now=NOW)[0])
-            options = store.open_options(store_path)
+            name = store.list(now=NOW)[0].name
 
             def open_store():
-                open_capsule(store_path, trusted_keys=trust, identities=[identity], now=NOW, **options).close()
+                store.open(name, trusted_keys=trust, identities=[identity], now=NOW).close()
 
             open_by_path()  # warm the page cache and the model
             result = {

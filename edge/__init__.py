@@ -21,7 +21,7 @@ import os as _os
 _os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from .budget import MemoryBudget  # noqa: E402
-from .capsule import Capsule, Hit, open_capsule, verify_capsule  # noqa: E402
+from .capsule import Capsule, Hit, OpenOptions, open_capsule, verify_capsule  # noqa: E402
 from .capsule_set import CapsuleSet  # noqa: E402
 from .errors import (  # noqa: E402
     BudgetExceededError,
@@ -49,7 +49,7 @@ from .trust import DeviceState  # noqa: E402
 from ._version import __version__  # noqa: E402
 
 __all__ = [
-    "open_capsule", "verify_capsule", "Capsule", "CapsuleSet", "Hit", "MemoryBudget", "Store", "DeviceState",
+    "open_capsule", "verify_capsule", "OpenOptions", "Capsule", "CapsuleSet", "Hit", "MemoryBudget", "Store", "DeviceState",
     "load_public_key", "load_identity", "Passphrase",
     "EdgeError", "CapsuleError", "CapsuleFormatError", "IntegrityError", "SignatureError", "DecryptionError",
     "ExpiredCapsuleError", "NotYetValidError", "RuleViolationError", "BudgetExceededError", "ModelError",

@@ -30,8 +30,8 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -614,62 +614,86 @@ def memory_plan(manifest: Manifest, *, section_lengths: dict[str, int], frame_ca
     return plan
 
 
+@dataclass(frozen=True)
+class OpenOptions:
+    """How ``open_capsule`` and ``verify_capsule`` open a capsule, beyond keys, budget and time.
+
+    Attributes:
+        threshold: distinct trusted signatures required (the trust document's when higher), >= 1.
+        device: the device's state (trust document, time floor, version records, hardware id,
+            rate log; FORMAT.md §13); ``None`` judges validity at ``now`` and keeps the rate in
+            memory. A device store passes its own (``Store.open``).
+        model_search_path: directories holding model folders (see ``find_model_dir``).
+        n_threads: onnxruntime intra-op threads for query embedding, >= 1.
+        prefer_hardware_decoder: try ``h264_v4l2m2m``/``hevc_v4l2m2m`` before software decoding.
+        frame_cache_bytes: bytes of decrypted frames to keep (an LRU cache), reserved at open, >= 0.
+
+    Raises:
+        ValueError: ``threshold`` or ``n_threads`` below 1, or ``frame_cache_bytes`` negative.
+    """
+
+    threshold: int = 1
+    device: DeviceState | None = None
+    model_search_path: Sequence[Path] | None = None
+    n_threads: int = 1
+    prefer_hardware_decoder: bool = True
+    frame_cache_bytes: int = DEFAULT_FRAME_CACHE_BYTES
+
+    def __post_init__(self) -> None:
+        if self.threshold < 1 or self.n_threads < 1 or self.frame_cache_bytes < 0:
+            raise ValueError(f"OpenOptions: threshold ({self.threshold}) and n_threads ({self.n_threads}) must be "
+                             f">= 1, frame_cache_bytes ({self.frame_cache_bytes}) >= 0")
+
+
+@dataclass(frozen=True)
+class _InstalledObject:
+    """What a device store verified at install; the store builds it (``Store._installed_object``).
+
+    Attributes:
+        manifest_sha256: SHA-256 (hex) of the MANI bytes the catalogue recorded: any other
+            manifest is refused before its signatures are checked, so a swapped file moves no
+            device state.
+        verified_sections: sections hashed at install against that manifest; not hashed again.
+        index_path: the verified, unencrypted Annoy plaintext extracted at install, mapped
+            file-backed; ``None`` for an encrypted index.
+    """
+
+    manifest_sha256: str
+    verified_sections: frozenset[str]
+    index_path: Path | None = None
+
+
 def open_capsule(
     path: str | os.PathLike[str],
     *,
     trusted_keys: Sequence[Ed25519PublicKey],
     identities: Sequence[Identity],
-    threshold: int = 1,
-    now: datetime | None = None,
     budget: MemoryBudget | None = None,
-    model_search_path: Sequence[Path] | None = None,
-    n_threads: int = 1,
-    prefer_hardware_decoder: bool = True,
-    frame_cache_bytes: int = DEFAULT_FRAME_CACHE_BYTES,
-    embedders: Mapping[str, QueryEmbedder] | None = None,
-    verified_sections: Collection[str] = (),
-    index_path: Path | None = None,
-    device: DeviceState | None = None,
-    expected_manifest_sha256: str | None = None,
+    now: datetime | None = None,
+    options: OpenOptions | None = None,
 ) -> Capsule:
     """Verify and open a capsule; return it only if every open-level check passes.
 
     Args:
         path: the capsule file.
         trusted_keys: Ed25519 publisher keys this device trusts; empty to use the keys that
-            ``device.root`` delegates (FORMAT.md §12).
+            ``options.device.root`` delegates (FORMAT.md §12).
         identities: X25519 device keys, passphrases or a cached ``ContentKey`` to unwrap the
             content key; X25519 keys also identify the device for the ``devices`` rule.
-        threshold: distinct trusted signatures required (the trust document's when higher).
-        now: timezone-aware time to judge validity; ``None`` reads the clock once.
         budget: memory budget to charge; ``None`` is unlimited (still reported). The whole
             plan (``memory_plan``) is reserved before anything is mapped or allocated.
-        model_search_path: directories holding model folders (see ``find_model_dir``).
-        n_threads: onnxruntime intra-op threads for query embedding.
-        prefer_hardware_decoder: try ``h264_v4l2m2m`` before software decoding.
-        frame_cache_bytes: bytes of decrypted frames to keep (an LRU cache), reserved at open.
-        embedders: open ``QueryEmbedder``s by model identity (sha256) to share: several
-            capsules, one model session. When none matches the manifest's model, the capsule
-            opens its own (and reserves ``model`` for it).
-        verified_sections: sections whose sha256 the caller has already checked against
-            this same signed manifest (a device store does at install); they are not hashed
-            again, so a large index opens without reading it whole.
-        index_path: a file holding the verified, unencrypted Annoy plaintext (a device store
-            extracts it at install): mapped file-backed instead of copied into memory.
-        device: the device's state (trust document, time floor, version records, hardware id,
-            rate log; FORMAT.md §13); ``None`` judges validity at ``now`` and keeps the rate in
-            memory.
-        expected_manifest_sha256: SHA-256 (hex) of the exact MANI bytes the caller expects (a
-            device store's catalogue entry): any other manifest is refused before its
-            signatures are checked, so a file swapped in moves no device state.
+        now: timezone-aware time to judge validity; ``None`` reads the clock once.
+        options: threshold, device state, model path, threads, decoder and frame cache
+            (``OpenOptions``); ``None`` is ``OpenOptions()``.
 
     Returns:
         An open ``Capsule``.
 
     Raises:
         CapsuleFormatError: bad magic, version, table, manifest, limits, malformed rule.
-        IntegrityError: truncated/extended file, section length or sha256 mismatch, a manifest
-            other than ``expected_manifest_sha256``, or ``index_path`` beside an encrypted index.
+        IntegrityError: truncated/extended file, section length or sha256 mismatch; for a
+            store object, a manifest other than the installed one or an index file beside an
+            encrypted index.
         SignatureError: too few valid trusted (delegated, unexpired, unrevoked) signatures.
         RollbackError: older than the version the device accepted, or the same version with
             another manifest.
@@ -684,13 +708,34 @@ def open_capsule(
 
     Source: FORMAT.md §11; edge/budget.py.
     """
+    return _open_capsule(path, trusted_keys=trusted_keys, identities=identities, budget=budget, now=now,
+                         options=options if options is not None else OpenOptions())
+
+
+def _open_capsule(path: str | os.PathLike[str], *, trusted_keys: Sequence[Ed25519PublicKey],
+                  identities: Sequence[Identity], budget: MemoryBudget | None, now: datetime | None,
+                  options: OpenOptions, installed: _InstalledObject | None = None,
+                  embedders: Mapping[str, QueryEmbedder] | None = None) -> Capsule:
+    """``open_capsule`` with the internals of a device store and a capsule set.
+
+    ``installed``: the object is a store's, verified at install (mapped, manifest pinned,
+    large sections not hashed again). ``embedders``: open ``QueryEmbedder``s by model sha256
+    to share (several capsules, one model session); when none matches, the capsule opens
+    its own and reserves ``model`` for it.
+    """
+    threshold, device, n_threads = options.threshold, options.device, options.n_threads
+    model_search_path, frame_cache_bytes = options.model_search_path, options.frame_cache_bytes
+    prefer_hardware_decoder = options.prefer_hardware_decoder
+    verified_sections: Collection[str] = installed.verified_sections if installed else ()
+    index_path = installed.index_path if installed else None
+    expected_manifest_sha256 = installed.manifest_sha256 if installed else None
     now = _utc_now(now)
     budget = budget if budget is not None else MemoryBudget(None)
     _import_runtime_libraries()
     budget.charge_runtime()
     # A device-store object (verified at install, owned by the runtime's user) may be mapped;
     # anything else is read with bounded preads, never through a mapping that can fault.
-    owned_file = index_path is not None or bool(verified_sections)
+    owned_file = installed is not None
     cf = ContainerFile(path, mapping=owned_file)
     prefix = ""
     plan: dict[str, int] = {}
@@ -887,12 +932,10 @@ def verify_capsule(
     *,
     trusted_keys: Sequence[Ed25519PublicKey],
     identities: Sequence[Identity] = (),
-    threshold: int = 1,
     now: datetime | None = None,
     full: bool = True,
-    model_search_path: Sequence[Path] | None = None,
-    progress=None,
-    device: DeviceState | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    options: OpenOptions | None = None,
     device_rules: bool = True,
 ) -> VerifyReport:
     """Check a capsule without searching it; return what was checked.
@@ -903,8 +946,11 @@ def verify_capsule(
     authenticates every payload.
 
     Args:
+        path, trusted_keys, identities, now: as for ``open_capsule``.
+        full: also hash ``VIDE`` and, with identities, decode and authenticate every frame.
         progress: optional callable ``progress(n_frames_done, n_frames)``.
-        device: the device's state, as for ``open_capsule``.
+        options: as for ``open_capsule`` (threshold, device, model path); the decoder is
+            software and the frame cache off whatever they say.
         device_rules: ``False`` skips the rules that bind a capsule to a device (``devices``,
             ``min_runtime``): for the publisher's self-check after a build, never on a device.
 
@@ -915,6 +961,8 @@ def verify_capsule(
     Source: FORMAT.md §11 (full verify).
     """
     now = _utc_now(now)
+    options = options if options is not None else OpenOptions()
+    threshold, device = options.threshold, options.device
     if not device_rules and identities:
         raise ValueError("device_rules=False is for a publisher's self-check, without identities")
     if not identities:
@@ -930,9 +978,8 @@ def verify_capsule(
             raise
         finally:
             cf.close()
-    capsule = open_capsule(path, trusted_keys=trusted_keys, identities=identities, threshold=threshold, now=now,
-                           model_search_path=model_search_path, prefer_hardware_decoder=False, frame_cache_bytes=0,
-                           device=device)
+    capsule = open_capsule(path, trusted_keys=trusted_keys, identities=identities, now=now,
+                           options=replace(options, prefer_hardware_decoder=False, frame_cache_bytes=0))
     try:
         report = VerifyReport(capsule.manifest, full)
         if full:
@@ -957,4 +1004,5 @@ def verify_capsule(
         capsule.close()
 
 
-__all__ = ["Capsule", "Document", "Hit", "StageTimings", "VerifyReport", "open_capsule", "verify_capsule"]
+__all__ = ["Capsule", "Document", "Hit", "OpenOptions", "StageTimings", "VerifyReport", "open_capsule",
+           "verify_capsule"]

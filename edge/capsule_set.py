@@ -20,11 +20,14 @@ Source: edge/budget.py (shared reservations).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .budget import MemoryBudget
-from .capsule import Capsule, Hit, StageTimings, open_capsule
+from .capsule import Capsule, Hit, Identity, OpenOptions, StageTimings, _InstalledObject, _open_capsule, _utc_now
 
 __all__ = ["CapsuleSet"]
 
@@ -42,36 +45,42 @@ class CapsuleSet:
         self.budget = budget
 
     @classmethod
-    def open(cls, paths: Sequence[str | os.PathLike[str]], *, budget: MemoryBudget | None = None,
-             now: datetime | None = None, per_capsule: Sequence[Mapping[str, object]] | None = None,
-             **open_kwargs) -> "CapsuleSet":
-        """Verify and open every capsule; return the set, or raise and leave nothing open.
+    def open(cls, paths: Sequence[str | os.PathLike[str]], *, trusted_keys: Sequence[Ed25519PublicKey],
+             identities: Sequence[Identity], budget: MemoryBudget | None = None, now: datetime | None = None,
+             options: OpenOptions | None = None) -> "CapsuleSet":
+        """Verify and open every capsule file; return the set, or raise and leave nothing open.
+
+        Installed capsules open by name with ``Store.open_set``.
 
         Args:
             paths: capsule files, at least one.
+            trusted_keys, identities, options: as for ``open_capsule``, the same for each.
             budget: shared budget; ``None`` is unlimited.
             now: one clock reading for every capsule (``None`` reads the clock once).
-            per_capsule: extra ``open_capsule`` arguments for each path, in order (a device
-                store's ``open_options``).
-            open_kwargs: passed to ``open_capsule`` (``trusted_keys``, ``identities``, ...).
 
         Raises:
             Everything ``open_capsule`` raises, for the first capsule that fails; capsules
             opened before it are closed again.
             ValueError: no paths.
         """
-        if not paths:
-            raise ValueError("give at least one capsule")
-        from .capsule import _utc_now
+        return cls._open([(Path(p), None) for p in paths], trusted_keys=trusted_keys, identities=identities,
+                         budget=budget, now=now, options=options if options is not None else OpenOptions())
 
+    @classmethod
+    def _open(cls, opens: Sequence[tuple[Path, _InstalledObject | None]], *, trusted_keys: Sequence[Ed25519PublicKey],
+              identities: Sequence[Identity], budget: MemoryBudget | None, now: datetime | None,
+              options: OpenOptions) -> "CapsuleSet":
+        """``open`` for (file, what a store verified at install or ``None``) pairs; one model session per model."""
+        if not opens:
+            raise ValueError("give at least one capsule")
         now = _utc_now(now)
         budget = budget if budget is not None else MemoryBudget(None)
         opened: list[Capsule] = []
         try:
-            for n, path in enumerate(paths):
+            for path, installed in opens:
                 shared = {c.manifest.model.sha256: c.embedder for c in opened}
-                extra = dict(per_capsule[n]) if per_capsule else {}
-                opened.append(open_capsule(path, budget=budget, now=now, embedders=shared, **open_kwargs, **extra))
+                opened.append(_open_capsule(path, trusted_keys=trusted_keys, identities=identities, budget=budget,
+                                            now=now, options=options, installed=installed, embedders=shared))
         except BaseException:
             for capsule in opened:
                 capsule.close()

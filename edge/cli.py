@@ -86,6 +86,18 @@ class _NoStore:
     def close(self) -> None:
         """Nothing to close."""
 
+    def open_set(self, targets, *, options, inspect_only: bool = False, **kwargs):
+        """``Store.open_set`` for files only, judged with this process's in-memory state."""
+        from dataclasses import replace
+
+        from .capsule_set import CapsuleSet
+        from .errors import StoreError
+
+        if any(isinstance(t, str) for t in targets):
+            raise StoreError(f"no device store: {self.reason}")
+        device = self.state.inspection_view() if inspect_only else self.state
+        return CapsuleSet.open(targets, options=replace(options, device=device), **kwargs)
+
     def __getattr__(self, name: str):
         from .errors import StoreError
 
@@ -190,17 +202,17 @@ def _budget(args: argparse.Namespace) -> MemoryBudget | None:
 
 
 def _open(args: argparse.Namespace):
-    from .capsule import open_capsule
+    from .capsule import OpenOptions, open_capsule
 
     store = _store(args)
+    options = OpenOptions(n_threads=args.threads, device=_device(args))
     if _is_path(args.capsule):
         return open_capsule(args.capsule, trusted_keys=_trusted_keys(args), identities=_identities(args),
-                            budget=_budget(args), n_threads=args.threads, device=_device(args))
+                            budget=_budget(args), options=options)
     entry = store.get(args.capsule)
-    inspect_only = _device(args) is not store.state
     return store.open(args.capsule, trusted_keys=_trusted_keys(args),
                       identities=_identities(args, required=not entry.content_key),
-                      budget=_budget(args), n_threads=args.threads, inspect_only=inspect_only)
+                      budget=_budget(args), options=options, inspect_only=options.device is not store.state)
 
 
 def _capsule_path(args: argparse.Namespace) -> str:
@@ -211,11 +223,11 @@ def _capsule_path(args: argparse.Namespace) -> str:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .capsule import verify_capsule
+    from .capsule import OpenOptions, verify_capsule
 
     report = verify_capsule(_capsule_path(args), trusted_keys=_trusted_keys(args),
                             identities=_identities(args, required=False), full=not args.quick,
-                            device=_device(args))
+                            options=OpenOptions(device=_device(args)))
     m = report.manifest
     result = {"ok": True, "name": m.name, "version": m.version, "capsule_id": m.capsule_id,
               "expires_at": m.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ"), "full": report.full,
@@ -233,7 +245,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .capsule import verify_capsule
+    from .capsule import OpenOptions, verify_capsule
 
     identities = _identities(args, required=False)
     if args.memory and not identities:
@@ -248,7 +260,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             return 0
     else:
         m = verify_capsule(_capsule_path(args), trusted_keys=_trusted_keys(args), full=False,
-                           device=_device(args)).manifest
+                           options=OpenOptions(device=_device(args))).manifest
         info = {"name": m.name, "capsule_id": m.capsule_id, "version": m.version,
                 "publisher": {"keyid": m.publisher_keyid, "name": m.publisher_name},
                 "issued_at": m.issued_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -316,25 +328,18 @@ def _runtime_probe(manifest) -> dict[str, object]:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .capsule_set import CapsuleSet
+    from .capsule import OpenOptions
 
     if args.k is not None and args.k < 1:
         raise SystemExit(_usage_error("-k must be at least 1"))
     store = _store(args)
-    paths, cached, options = [], [], []
-    for target in args.capsules:
-        if _is_path(target):
-            paths.append(target)
-            options.append({})
-        else:
-            path, keys = store.resolve(target)
-            paths.append(path)
-            options.append(store.open_options(path))
-            cached += keys
-    identities = _identities(args, required=len(cached) < len(args.capsules))
-    with CapsuleSet.open(paths, trusted_keys=_trusted_keys(args), identities=[*identities, *cached],
-                         budget=_budget(args), n_threads=args.threads, device=_device(args),
-                         per_capsule=options) as capsules:
+    targets = [Path(t) if _is_path(t) else t for t in args.capsules]
+    cached = [t for t in targets if isinstance(t, str) and store.get(t).content_key]
+    identities = _identities(args, required=len(cached) < len(targets))
+    device = _device(args)
+    with store.open_set(targets, trusted_keys=_trusted_keys(args), identities=identities, budget=_budget(args),
+                        options=OpenOptions(n_threads=args.threads),
+                        inspect_only=device is not store.state) as capsules:
         k = args.k if args.k is not None else min([5] + [c.rules.max_k for c in capsules.capsules if c.rules.max_k])
         hits = capsules.search(args.query, k=k)
         several = len(capsules.capsules) > 1

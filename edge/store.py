@@ -56,7 +56,7 @@ import shutil
 import stat
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -64,7 +64,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from ._files import check_safe_directory
-from .capsule import Capsule, Identity, open_capsule, verify_capsule
+from .budget import MemoryBudget
+from .capsule import Capsule, Identity, OpenOptions, _InstalledObject, _open_capsule, verify_capsule
+from .capsule_set import CapsuleSet
 from .errors import CapsuleError, EdgeError, ExpiredCapsuleError, RuleViolationError, StoreError, TrustError
 from .keys import ContentKey, Passphrase
 from .manifest import Manifest, canonical_json, format_time, parse_canonical_json, parse_signatures
@@ -690,10 +692,10 @@ class Store:
                 copy_path = self.path / "tmp" / staging / "capsule"
                 try:
                     # judged with the device's floor and records, moved only once the install succeeds
-                    report = verify_capsule(copy_path, trusted_keys=trusted_keys, identities=identities,
-                                            threshold=threshold, now=now, full=True,
-                                            model_search_path=model_search_path,
-                                            device=self.state.inspection_view())
+                    report = verify_capsule(copy_path, trusted_keys=trusted_keys, identities=identities, now=now,
+                                            full=True, options=OpenOptions(threshold=threshold,
+                                                                           model_search_path=model_search_path,
+                                                                           device=self.state.inspection_view()))
                     manifest = report.manifest
                     signers = self._signers(copy_path, trusted_keys, now)
                     self.state.check_version(manifest)
@@ -805,35 +807,33 @@ class Store:
             finally:
                 os.close(fd)
 
-    def open_options(self, capsule_path: str | os.PathLike[str]) -> dict[str, object]:
-        """Return ``open_capsule`` keyword arguments for a capsule file of this store.
+    def _installed_object(self, capsule_path: str | os.PathLike[str]) -> _InstalledObject:
+        """Return what was verified at install about a capsule file of this store.
 
         Every byte of an installed capsule was verified at install (``verify_capsule``,
         ``full=True``) and its object is read-only, so the large index sections are not hashed
         again at each open (``verified_sections``); an unencrypted index extracted at install
         is mapped from its own file (``index_path``). The small sections are still hashed,
         and frames are still authenticated one by one. The catalogue entry's manifest digest
-        is passed as ``expected_manifest_sha256``: a file swapped into the object directory
+        is pinned: a file swapped into the object directory
         (another capsule, another version, even validly signed) is refused at open.
 
         Raises:
             StoreError: ``capsule_path`` is not the capsule of an installed entry.
         """
         path = Path(capsule_path)
-        options: dict[str, object] = {"verified_sections": INSTALL_VERIFIED_SECTIONS}
         entry = next((e for e in self._read_catalog().entries.values() if e.object_name == path.parent.name), None)
         if entry is None:
             raise StoreError(f"{path} is not the capsule of any installed entry of {self.path}")
+        index: Path | None = path.with_name(INDEX_FILE)
+        try:
+            if not stat.S_ISREG(os.stat(index, follow_symlinks=False).st_mode):
+                index = None
+        except FileNotFoundError:
+            index = None
         # the catalogue pins the manifest installed under the name: a validly signed file
         # swapped into the object is refused before it moves any device state
-        options["expected_manifest_sha256"] = entry.manifest_sha256
-        index = path.with_name(INDEX_FILE)
-        try:
-            if stat.S_ISREG(os.stat(index, follow_symlinks=False).st_mode):
-                options["index_path"] = index
-        except FileNotFoundError:
-            pass
-        return options
+        return _InstalledObject(entry.manifest_sha256, INSTALL_VERIFIED_SECTIONS, index)
 
     @staticmethod
     def _content_key_to_cache(manifest: Manifest, identities: Sequence[Identity]) -> bytes | None:
@@ -972,7 +972,8 @@ class Store:
         return path, keys
 
     def open(self, name: str, *, identities: Sequence[Identity] = (), trusted_keys: Sequence[Ed25519PublicKey] = (),
-             threshold: int = 1, now: datetime | None = None, inspect_only: bool = False, **open_kwargs) -> Capsule:
+             budget: MemoryBudget | None = None, now: datetime | None = None, options: OpenOptions | None = None,
+             inspect_only: bool = False) -> Capsule:
         """Open an installed capsule by name, with the device state and any cached content key.
 
         Args:
@@ -981,7 +982,8 @@ class Store:
             trusted_keys: publisher keys; empty to use the installed trust document. With a
                 trust document installed, keys given here are ad-hoc: the capsule opens with
                 ``state.inspection_view()`` and moves no device state.
-            threshold, now, open_kwargs: as for ``open_capsule``.
+            budget, now: as for ``open_capsule``.
+            options: as for ``open_capsule``; its ``device`` is replaced by this store's state.
             inspect_only: open with ``state.inspection_view()`` (the caller's keys are ad-hoc).
 
         Raises:
@@ -991,10 +993,47 @@ class Store:
         """
         now = _utc_now(now)
         path, keys = self.resolve(name, now=now)
+        return _open_capsule(path, trusted_keys=trusted_keys, identities=[*identities, *keys], budget=budget, now=now,
+                             options=self._with_state(options, trusted_keys, inspect_only),
+                             installed=self._installed_object(path))
+
+    def _with_state(self, options: OpenOptions | None, trusted_keys: Sequence[Ed25519PublicKey],
+                    inspect_only: bool) -> OpenOptions:
+        """``options`` with this store's state, or a read-only view of it for ad-hoc keys."""
         ad_hoc = inspect_only or (bool(trusted_keys) and self.state.root is not None)
-        return open_capsule(path, trusted_keys=trusted_keys, identities=[*identities, *keys], threshold=threshold,
-                            now=now, device=self.state.inspection_view() if ad_hoc else self.state,
-                            **{**self.open_options(path), **open_kwargs})
+        return replace(options or OpenOptions(), device=self.state.inspection_view() if ad_hoc else self.state)
+
+    def open_set(self, targets: Sequence[str | os.PathLike[str]], *, identities: Sequence[Identity] = (),
+                 trusted_keys: Sequence[Ed25519PublicKey] = (), budget: MemoryBudget | None = None,
+                 now: datetime | None = None, options: OpenOptions | None = None,
+                 inspect_only: bool = False) -> CapsuleSet:
+        """Open several capsules to search together: installed names (``str``) and files (``Path``).
+
+        A name opens as ``open`` does; a path opens by path (read with preads, every section
+        and sample hashed), judged with this store's state too. One budget, one model session
+        per model, one clock reading.
+
+        Args:
+            targets: installed names and capsule files, at least one; order breaks score ties.
+            identities, trusted_keys, budget, now, options, inspect_only: as for ``open``.
+
+        Raises:
+            ValueError: no targets.
+            As ``open``, for the first target that fails; the ones opened before it are closed.
+        """
+        now = _utc_now(now)
+        options = self._with_state(options, trusted_keys, inspect_only)
+        opens: list[tuple[Path, _InstalledObject | None]] = []
+        cached: list[ContentKey] = []
+        for target in targets:
+            if isinstance(target, str):
+                path, keys = self.resolve(target, now=now)
+                opens.append((path, self._installed_object(path)))
+                cached += keys
+            else:
+                opens.append((Path(target), None))
+        return CapsuleSet._open(opens, trusted_keys=trusted_keys, identities=[*identities, *cached], budget=budget,
+                                now=now, options=options)
 
     def install_trust(self, data: bytes, *, root_keys: Sequence[Ed25519PublicKey] = (),
                       now: datetime | None = None) -> TrustRoot:

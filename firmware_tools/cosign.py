@@ -27,7 +27,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge import format as fmt
-from edge.capsule import verify_capsule
+from edge.capsule import OpenOptions, verify_capsule
 from edge.errors import CapsuleError
 from edge.manifest import parse_signatures, signatures_to_bytes
 
@@ -94,8 +94,8 @@ def add_signatures(capsule_path: Path, signing_keys: Sequence[Ed25519PrivateKey]
             handle.flush()
             os.fsync(handle.fileno())
         try:
-            verify_capsule(tmp, trusted_keys=[k.public_key() for k in signing_keys], threshold=len(signing_keys),
-                           full=True, device_rules=False,
+            verify_capsule(tmp, trusted_keys=[k.public_key() for k in signing_keys], full=True, device_rules=False,
+                           options=OpenOptions(threshold=len(signing_keys)),
                            now=_manifest_not_before(sections["MANI"]))
         except CapsuleError as exc:
             raise BuildError(f"refusing to co-sign {capsule_path}: {exc}") from exc

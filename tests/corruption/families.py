@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge.capsule import open_capsule, verify_capsule
+from edge.capsule import OpenOptions, open_capsule, verify_capsule
 from edge.errors import CapsuleError
 
 from ..vectors.harness import VECTORS, Expect, device_state, identities, mutations, outcome, resign, trusted_keys
@@ -37,7 +37,7 @@ def run_family(name: str, tmp: Path, genuine: list[str]) -> int:
     for label, data, needs_resign in inputs:
         path.write_bytes(resign(data) if needs_resign else data)
         holder: list = []
-        opened = outcome(lambda: holder.append(open_capsule(path, device=device_state(vector, expect), **kwargs)))
+        opened = outcome(lambda: holder.append(open_capsule(path, options=OpenOptions(device=device_state(vector, expect)), **kwargs)))
         assert opened in open_words, (name, label, opened)
         if not holder:
             assert opened in words, (name, label, opened)
@@ -54,6 +54,6 @@ def run_family(name: str, tmp: Path, genuine: list[str]) -> int:
         finally:
             capsule.close()
         final = outcome(lambda: verify_capsule(path, full=True, trusted_keys=kwargs["trusted_keys"], now=expect.now,
-                                               device=device_state(vector, expect)))
+                                               options=OpenOptions(device=device_state(vector, expect))))
         assert final in words, (name, label, final)
     return len(inputs)

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from edge import open_capsule
+from edge import OpenOptions, open_capsule
 from edge.errors import (
     CapsuleFormatError,
     DecryptionError,
@@ -136,7 +136,7 @@ def test_truncated_file_is_refused(faq_capsule, tmp_path, cut):
 def test_missing_model_is_refused_with_its_hash(faq_capsule, tmp_path, monkeypatch):
     monkeypatch.setenv("EDGE_MODEL_PATH", str(tmp_path))
     with pytest.raises(ModelError, match=_model_sha(faq_capsule)[:12]):
-        _open(faq_capsule, model_search_path=[tmp_path])
+        _open(faq_capsule, options=OpenOptions(model_search_path=[tmp_path]))
 
 
 def _model_sha(built):

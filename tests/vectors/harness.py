@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 
 from edge import format as fmt
 from edge.budget import MemoryBudget
-from edge.capsule import open_capsule, verify_capsule
+from edge.capsule import OpenOptions, open_capsule, verify_capsule
 from edge.errors import EdgeError
 from edge.keys import Passphrase
 from edge.trust import DeviceState, VersionRecord
@@ -165,14 +165,14 @@ def run_library(vector: Path, path: Path) -> tuple[str, str]:
     holder: list = []
 
     def do_open():
-        holder.append(open_capsule(path, device=device, budget=budget, **kwargs))
+        holder.append(open_capsule(path, budget=budget, options=OpenOptions(device=device), **kwargs))
 
     opened = outcome(do_open)
     if budget is not None:
         return opened, opened
     name, args = _operation(expect)
     if name == "verify":
-        final = outcome(lambda: verify_capsule(path, full=True, device=device_state(vector, expect), **kwargs))
+        final = outcome(lambda: verify_capsule(path, full=True, options=OpenOptions(device=device_state(vector, expect)), **kwargs))
         if holder:
             holder[0].close()
         return opened, final

@@ -16,6 +16,7 @@ import pytest
 from edge.errors import ExpiredCapsuleError, IntegrityError, RateLimitedError, RollbackError, RuleViolationError, StoreError
 from edge.keys import Passphrase
 from edge.store import Store, default_store_dir
+from edge.capsule import OpenOptions
 
 from ...vectors.harness import VECTORS, private_key, public_key
 
@@ -77,7 +78,7 @@ def test_rollback_record_survives_remove_and_restart(tmp_path):
         from edge.capsule import open_capsule
 
         with pytest.raises(RollbackError):  # opening the old file by path is refused too
-            open_capsule(V1, now=NOW, device=restarted.state, **KEYS)
+            open_capsule(V1, now=NOW, options=OpenOptions(device=restarted.state), **KEYS)
 
 
 def test_same_version_with_another_manifest_is_refused(store):
@@ -286,7 +287,7 @@ def test_capsule_set_search_counts_as_a_search_of_every_capsule(store):
     from edge.errors import RuleViolationError
 
     paths = [VECTORS / "rule-max-k-exceeded" / "capsule"]  # query_limits.max_k 2
-    with CapsuleSet.open(paths, now=NOW, device=store.state, **KEYS) as capsules:
+    with CapsuleSet.open(paths, now=NOW, options=OpenOptions(device=store.state), **KEYS) as capsules:
         assert len(capsules.search(QUERY, k=2)) == 2
         with pytest.raises(RuleViolationError, match="asks for 3 results"):
             capsules.search(QUERY, k=3)
@@ -297,14 +298,15 @@ def test_capsule_set_search_counts_as_a_search_of_every_capsule(store):
         assert capsule.read_hits(ids, scores)[0].text
 
 
-def test_capsule_set_opens_installed_names_through_the_store(store):
-    from edge.capsule_set import CapsuleSet
-
+def test_open_set_opens_installed_names_and_files_together(store, tiny_capsule):
     store.install(VECTORS / "passphrase" / "capsule", identities=[Passphrase(b"correct horse battery staple (test only)")],
                   trusted_keys=KEYS["trusted_keys"], now=NOW)
-    path, keys = store.resolve("alpha", now=NOW)
-    with CapsuleSet.open([path], trusted_keys=KEYS["trusted_keys"], identities=keys, now=NOW,
-                         device=store.state) as capsules:
+    # an installed name (its cached content key opens it) beside a file opened by path
+    at = datetime(2027, 1, 1, tzinfo=UTC)
+    with store.open_set(["alpha", tiny_capsule.path], now=at, identities=[tiny_capsule.device_key],
+                        trusted_keys=[*KEYS["trusted_keys"], tiny_capsule.publisher_key.public_key()]) as capsules:
+        assert [c.manifest.name for c in capsules.capsules] [0] == "alpha"
+        assert [c._cf.is_mapped for c in capsules.capsules] == [True, False]  # store object mapped, file read
         assert "power button" in capsules.search(QUERY, k=1)[0].text
 
 
@@ -355,7 +357,7 @@ def test_an_index_file_planted_beside_an_encrypted_index_is_refused(store):
 def test_open_options_are_only_for_installed_objects(store, tmp_path):
     store.install(V2, now=NOW, **KEYS)
     with pytest.raises(StoreError, match="is not the capsule of any installed entry"):
-        store.open_options(tmp_path / "elsewhere" / "capsule")
+        store._installed_object(tmp_path / "elsewhere" / "capsule")
 
 
 def test_a_store_directory_other_users_can_write_is_refused(tmp_path):
