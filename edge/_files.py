@@ -1,4 +1,9 @@
-"""Read a small file a user names (a key, a trust document, a passphrase): regular files only.
+"""Files the runtime and the builder read from users and write for them: the one implementation.
+
+Reading: a small file a user names (a key, a trust document, a passphrase), regular files only.
+Writing: ``atomic_write`` is the project's only atomic-replace implementation (temporary file in
+the same directory, fsync, rename, directory fsync), used by the device store, the builder and
+co-signing.
 
 A path a user passes may be a FIFO (``open`` blocks for ever waiting for a writer), a character
 device such as ``/dev/zero`` (``read_bytes`` reads until memory runs out), a directory, or a file
@@ -18,6 +23,9 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 _READ_BLOCK_BYTES = 1 << 16
 
@@ -118,4 +126,83 @@ def check_safe_directory(path: str | os.PathLike[str], *, what: str, error: type
         current = parent
 
 
-__all__ = ["read_regular_file", "check_safe_directory"]
+def _no_checkpoint(what: str) -> None:
+    pass
+
+
+@contextmanager
+def atomic_write(dir_fd: int, name: str, *, mode: int = 0o644,
+                 checkpoint: Callable[[str], None] = _no_checkpoint) -> Iterator[tuple[int, str]]:
+    """Replace ``name`` in the directory ``dir_fd`` atomically with what the caller writes.
+
+    Yields ``(fd, temporary_name)``: a new file ``.NAME.PID.RANDOM.tmp`` in the same directory,
+    opened ``O_EXCL | O_NOFOLLOW`` with ``mode``. The caller writes through ``fd`` (or by
+    name, through ``dir_fd``). On a normal exit the file is fsynced, renamed over ``name`` and
+    the directory fsynced, so after a crash ``name`` is the old file or the new one, whole.
+    On an exception the temporary file is removed and ``name`` is untouched.
+
+    Args:
+        dir_fd: an open directory descriptor.
+        name: the file name in it (no slash).
+        mode: permission bits of the new file (before the umask).
+        checkpoint: called with ``"NAME: temporary file written"``, ``"... synced"`` and
+            ``"... renamed into place"`` (the store's install checkpoints).
+
+    Raises:
+        OSError: creating, writing, syncing or renaming failed (ENOSPC on a full disk); the
+            temporary file is gone.
+
+    Source: the rename-over pattern of POSIX rename(2); directory fsync as in SQLite's
+    journal commit.
+    """
+    tmp = f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
+    closed = False
+    try:
+        yield fd, tmp
+        checkpoint(f"{name}: temporary file written")
+        os.fsync(fd)
+        os.close(fd)
+        closed = True
+        checkpoint(f"{name}: temporary file synced")
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        if not closed:
+            os.close(fd)
+        try:
+            os.unlink(tmp, dir_fd=dir_fd)
+        except OSError:
+            pass
+        raise
+    checkpoint(f"{name}: renamed into place")
+    os.fsync(dir_fd)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte of ``data`` to ``fd`` (``os.write`` may write fewer)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+@contextmanager
+def atomic_replace(path: str | os.PathLike[str], *, mode: int = 0o600) -> Iterator[Path]:
+    """``atomic_write`` for a writer that needs a path: yields the temporary file's path.
+
+    The builder writes a capsule to the yielded path, checks it, and on a normal exit it
+    replaces ``path``; on an exception ``path`` is untouched and the temporary file removed.
+
+    Raises:
+        OSError: as ``atomic_write``, or the directory of ``path`` cannot be opened.
+    """
+    target = Path(path)
+    parent = target.parent if str(target.parent) else Path(".")
+    dir_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        with atomic_write(dir_fd, target.name, mode=mode) as (_, tmp):
+            yield parent / tmp
+    finally:
+        os.close(dir_fd)
+
+
+__all__ = ["read_regular_file", "check_safe_directory", "atomic_write", "atomic_replace", "write_all"]

@@ -32,7 +32,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +55,7 @@ from .frames import FrameReader
 from .index import Projection, VectorIndex
 from ._version import __version__
 from .keys import ContentKey, Passphrase, keyid
+from .clock import format_time, utc_now
 from .manifest import Manifest, parse_canonical_json, parse_manifest, parse_signatures
 from .rules import MemoryUseLog, Rules, UsePolicy, check_validity_at, parse_rules
 from .sealed import (
@@ -140,13 +141,6 @@ class Document:
     n_bytes: int
     media_type: str
 
-
-def _utc_now(now: datetime | None) -> datetime:
-    if now is None:
-        return datetime.now(timezone.utc)
-    if now.tzinfo is None:
-        raise ValueError("now must be timezone-aware")
-    return now
 
 
 def _check_sha256(data: bytes, manifest: Manifest, tag: str) -> bytes:
@@ -402,7 +396,7 @@ class Capsule:
             RuntimeError: the capsule is closed.
         """
         self._check_open()
-        self._policy.before_use("search", at=_utc_now(now), k=k)
+        self._policy.before_use("search", at=utc_now(now), k=k)
         return self._rank(embedding, k, search_k)
 
     def _rank(self, embedding, k: int, search_k: int) -> tuple[list[int], list[float]]:
@@ -457,7 +451,7 @@ class Capsule:
         if k < 1:
             raise ValueError("k must be >= 1")
         self._check_open()
-        self._policy.before_use("search", at=_utc_now(now), k=k)
+        self._policy.before_use("search", at=utc_now(now), k=k)
         timings = StageTimings()
         t0 = time.perf_counter()
         vector = self._embedder.embed([query])[0]
@@ -482,7 +476,7 @@ class Capsule:
         self._check_open()
         if not 0 <= chunk_id < self.manifest.n_chunks:
             raise ValueError(f"chunk id {chunk_id} outside 0..{self.manifest.n_chunks - 1}")
-        self._policy.before_use("read", at=_utc_now(now))
+        self._policy.before_use("read", at=utc_now(now))
         return self._hit(chunk_id, 1.0, StageTimings())
 
     def export(self, *, now: datetime | None = None) -> Iterator[Hit]:
@@ -497,7 +491,7 @@ class Capsule:
             RuntimeError: the capsule is closed.
         """
         self._check_open()
-        self._policy.before_use("export", at=_utc_now(now))
+        self._policy.before_use("export", at=utc_now(now))
         timings = StageTimings()
         for chunk_id in range(self.manifest.n_chunks):
             yield self._hit(chunk_id, 1.0, timings)
@@ -512,9 +506,9 @@ class Capsule:
         return {
             "name": m.name, "capsule_id": m.capsule_id, "version": m.version,
             "publisher": {"keyid": m.publisher_keyid, "name": m.publisher_name},
-            "issued_at": m.issued_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "not_before": m.not_before.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "expires_at": m.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "issued_at": format_time(m.issued_at),
+            "not_before": format_time(m.not_before),
+            "expires_at": format_time(m.expires_at),
             "n_chunks": m.n_chunks, "n_documents": m.n_documents, "n_frames": m.video.n_frames,
             "model": {"name": m.model.name, "family": m.model.family, "sha256": m.model.sha256,
                       "dim": m.model.dim},
@@ -729,7 +723,7 @@ def _open_capsule(path: str | os.PathLike[str], *, trusted_keys: Sequence[Ed2551
     verified_sections: Collection[str] = installed.verified_sections if installed else ()
     index_path = installed.index_path if installed else None
     expected_manifest_sha256 = installed.manifest_sha256 if installed else None
-    now = _utc_now(now)
+    now = utc_now(now)
     budget = budget if budget is not None else MemoryBudget(None)
     _import_runtime_libraries()
     budget.charge_runtime()
@@ -960,7 +954,7 @@ def verify_capsule(
 
     Source: FORMAT.md §11 (full verify).
     """
-    now = _utc_now(now)
+    now = utc_now(now)
     options = options if options is not None else OpenOptions()
     threshold, device = options.threshold, options.device
     if not device_rules and identities:

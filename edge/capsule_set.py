@@ -27,7 +27,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .budget import MemoryBudget
-from .capsule import Capsule, Hit, Identity, OpenOptions, StageTimings, _InstalledObject, _open_capsule, _utc_now
+from .clock import utc_now
+from .capsule import Capsule, Hit, Identity, OpenOptions, StageTimings, _InstalledObject, _open_capsule
 
 __all__ = ["CapsuleSet"]
 
@@ -73,7 +74,7 @@ class CapsuleSet:
         """``open`` for (file, what a store verified at install or ``None``) pairs; one model session per model."""
         if not opens:
             raise ValueError("give at least one capsule")
-        now = _utc_now(now)
+        now = utc_now(now)
         budget = budget if budget is not None else MemoryBudget(None)
         opened: list[Capsule] = []
         try:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from .clock import format_time
 from .errors import CapsuleFormatError, ExpiredCapsuleError, NotYetValidError, RuleViolationError
 from .format import HASHED_SECTIONS
 
@@ -239,13 +240,6 @@ class _Obj:
         if extra:
             shown = ", ".join(_show(k) for k in extra[:3]) + (f" and {len(extra) - 3} more" if len(extra) > 3 else "")
             raise CapsuleFormatError(f"{self.path} has unknown key(s) {shown}")
-
-
-def format_time(value: datetime) -> str:
-    """Return ``value`` (timezone-aware) as ``YYYY-MM-DDTHH:MM:SSZ`` in UTC."""
-    if value.tzinfo is None:
-        raise ValueError("timestamps must be timezone-aware")
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # ---------------------------------------------------------------------------

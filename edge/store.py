@@ -63,13 +63,14 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from ._files import check_safe_directory
+from ._files import atomic_write, check_safe_directory, write_all
 from .budget import MemoryBudget
 from .capsule import Capsule, Identity, OpenOptions, _InstalledObject, _open_capsule, verify_capsule
 from .capsule_set import CapsuleSet
 from .errors import CapsuleError, EdgeError, ExpiredCapsuleError, RuleViolationError, StoreError, TrustError
 from .keys import ContentKey, Passphrase
-from .manifest import Manifest, canonical_json, format_time, parse_canonical_json, parse_signatures
+from .clock import format_time, utc_now
+from .manifest import Manifest, canonical_json, parse_canonical_json, parse_signatures
 from .rules import RateLimit, admit_use, parse_rules
 from .sealed import unwrap_content_key
 from .trust import (DeviceState, TrustRoot, VersionRecord, manifest_sha256, parse_trust_document,
@@ -136,13 +137,6 @@ def _copy_hashed(read: Callable[[int], bytes], dst_fd: int, n_bytes: int, hasher
         if after_block is not None:
             after_block(n_bytes - remaining)
 
-
-def _utc_now(now: datetime | None) -> datetime:
-    if now is None:
-        return datetime.now(timezone.utc)
-    if now.tzinfo is None:
-        raise ValueError("now must be timezone-aware")
-    return now
 
 
 def _parse_time(text: object, what: str) -> datetime:
@@ -440,30 +434,8 @@ class Store:
 
     def _write_atomic(self, dir_fd: int, name: str, data: bytes, *, mode: int = 0o644,
                       crash: Callable[[str], None] | None = None) -> None:
-        tmp = f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
-        try:
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                if crash:
-                    crash(f"{name}: temporary file written")
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            if crash:
-                crash(f"{name}: temporary file synced")
-            os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        except BaseException:
-            try:
-                os.unlink(tmp, dir_fd=dir_fd)
-            except OSError:
-                pass
-            raise
-        if crash:
-            crash(f"{name}: renamed into place")
-        os.fsync(dir_fd)
+        with atomic_write(dir_fd, name, mode=mode, **({"checkpoint": crash} if crash else {})) as (fd, _):
+            write_all(fd, data)
 
     def _check_writable(self, what: str) -> None:
         if self.read_only:
@@ -493,7 +465,7 @@ class Store:
     def _sweep(self) -> None:
         for name in os.listdir(self._tmp_fd):
             self._remove_tree(self._tmp_fd, name)
-        now_s = datetime.now(timezone.utc).timestamp()
+        now_s = utc_now().timestamp()
         for dir_fd in (self._root_fd, self._uses_fd):  # temporary files of writes killed half-way
             for name in os.listdir(dir_fd):
                 if name.startswith(".") and name.endswith(".tmp"):
@@ -572,7 +544,7 @@ class Store:
 
         Source: FORMAT.md §13.4.
         """
-        now = _utc_now(now)
+        now = utc_now(now)
         self.state.observe(now)
         self._purge_expired(now=now)
         return sorted(self._read_catalog().entries.values(), key=lambda e: e.name)
@@ -631,7 +603,7 @@ class Store:
 
         Source: FORMAT.md §13.
         """
-        now = _utc_now(now)
+        now = utc_now(now)
         crash = _Checkpoints(self._checkpoint_observer)
         with self._writer():
             crash("store locked")
@@ -886,7 +858,7 @@ class Store:
             StoreError: nothing is installed under ``name``, or the catalogue cannot be
                 written even after the object was deleted.
         """
-        self.state.observe(_utc_now(now))
+        self.state.observe(utc_now(now))
         with self._writer():
             catalog = self._read_catalog()
             entry = catalog.entries.pop(name, None)
@@ -910,7 +882,7 @@ class Store:
         return entry
 
     def _purge_expired(self, *, now: datetime | None, only_capsule_id: str | None = None) -> list[Entry]:
-        at = self.state.trusted_time(_utc_now(now))
+        at = self.state.trusted_time(utc_now(now))
 
         def due(entries: dict[str, Entry]) -> list[Entry]:
             return [e for e in entries.values() if e.purge_on_expiry and at >= e.expires_at
@@ -945,7 +917,7 @@ class Store:
             StoreError: nothing is installed under ``name``, or its object is a symbolic link.
             ExpiredCapsuleError: the capsule expired and was purged (its rules say so).
         """
-        now = _utc_now(now)
+        now = utc_now(now)
         self.state.observe(now)
         purged = {e.name: e for e in self._purge_expired(now=now)}
         if name in purged:
@@ -991,7 +963,7 @@ class Store:
             ExpiredCapsuleError: the capsule expired (it is purged first if its rules say so).
             Everything ``open_capsule`` raises.
         """
-        now = _utc_now(now)
+        now = utc_now(now)
         path, keys = self.resolve(name, now=now)
         return _open_capsule(path, trusted_keys=trusted_keys, identities=[*identities, *keys], budget=budget, now=now,
                              options=self._with_state(options, trusted_keys, inspect_only),
@@ -1021,7 +993,7 @@ class Store:
             ValueError: no targets.
             As ``open``, for the first target that fails; the ones opened before it are closed.
         """
-        now = _utc_now(now)
+        now = utc_now(now)
         options = self._with_state(options, trusted_keys, inspect_only)
         opens: list[tuple[Path, _InstalledObject | None]] = []
         cached: list[ContentKey] = []
@@ -1044,7 +1016,7 @@ class Store:
         """
         with self._writer():
             self.state.reload()
-            return self.state.install_trust(data, root_keys=root_keys, now=_utc_now(now))
+            return self.state.install_trust(data, root_keys=root_keys, now=utc_now(now))
 
     def close(self) -> None:
         """Close the store's directory descriptors."""
