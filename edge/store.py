@@ -1,9 +1,10 @@
 """The device store: capsules installed atomically, and the device's trust state on disk.
 
-This module owns the store directory: installing a capsule (copy, full verification of the
-copy, atomic switch), listing, removing, opening by name, purging expired capsules, and the
-persistent ``DeviceState`` of FORMAT.md §13 (version records, trusted time floor, rate log,
-trust document). It does not parse capsules itself: it calls ``verify_capsule`` and
+This module owns the store directory and its lock: listing, removing, opening by name,
+purging expired capsules. Its parts: the install transaction (``store_install``), the catalogue
+(``store_catalog``), the persistent ``DeviceState`` of FORMAT.md §13 (``store_state``: trusted
+time floor, rate log, trust document; version records go with the catalogue) and dir-fd file
+I/O (``store_files``). It does not parse capsules itself: it calls ``verify_capsule`` and
 ``open_capsule`` on the copy it made.
 
 Layout (every file is written to a temporary name, fsynced and renamed; directories are fsynced)::
@@ -47,56 +48,39 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
-import json
 import logging
 import os
 import re
-import shutil
 import stat
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
+from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from ._files import atomic_write, check_safe_directory, write_all
+from ._files import check_safe_directory
 from .budget import MemoryBudget
 from .capsule import Capsule, Identity, OpenOptions, _InstalledObject, _open_capsule, verify_capsule
 from .capsule_set import CapsuleSet
-from .errors import CapsuleError, EdgeError, ExpiredCapsuleError, RuleViolationError, StoreError, TrustError
-from .keys import ContentKey, Passphrase
 from .clock import format_time, utc_now
-from .manifest import Manifest, canonical_json, parse_canonical_json, parse_signatures
-from .rules import RateLimit, admit_use, parse_rules
-from .sealed import unwrap_content_key
-from .trust import (DeviceState, TrustRoot, VersionRecord, manifest_sha256, parse_trust_document,
-                    trusted_signers)
+from .errors import ExpiredCapsuleError, StoreError, TrustError
+from .keys import ContentKey
+from .store_catalog import HEX32, HEX64, STORE_FORMAT, Catalog, Entry
+from .store_files import open_subdir, read_file, remove_tree, write_file
+from .store_install import INDEX_FILE, Checkpoints, install_locked
+from .store_state import load_device_state
+from .trust import TrustRoot, VersionRecord
 
 log = logging.getLogger(__name__)
 
-STORE_FORMAT = "edge-store/1"
 STORE_ENV = "EDGE_STORE_DIR"
 SYSTEM_STORE_DIR = "/var/lib/edge-capsules"
-#: The floor is written when it has advanced this far past the stored value (flash wear).
-FLOOR_WRITE_STEP_S = 60
-COPY_BLOCK_BYTES = 1 << 20
-#: An unencrypted index is extracted at install to this file beside the capsule.
-INDEX_FILE = "index.annoy"
 #: Sections verified at install that opens do not hash again (they can be gigabytes).
 INSTALL_VERIFIED_SECTIONS = frozenset({"INDX", "VECS"})
 #: Temporary files older than this are leftovers of a killed write and are deleted.
 STALE_TEMP_S = 600
-MAX_STATE_FILE_BYTES = 64 << 20
-MAX_CAPSULE_BYTES = 1 << 40
-_OBJECT_NAME = re.compile(r"[0-9a-f]{32}-v[0-9]{1,16}-[0-9a-f]{12}")
-_HEX32 = re.compile(r"[0-9a-f]{32}")
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: errno values that mean "this file system or directory cannot be written".
 _READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
 
@@ -116,213 +100,6 @@ def default_store_dir() -> Path:
     data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(data_home) / "edge-capsules"
 
-
-def _copy_hashed(read: Callable[[int], bytes], dst_fd: int, n_bytes: int, hasher: hashlib._Hash, *,
-                 shrank: str, after_block: Callable[[int], None] | None = None) -> None:
-    """Copy exactly ``n_bytes`` from ``read`` to ``dst_fd`` in ``COPY_BLOCK_BYTES`` blocks, hashing them.
-
-    Raises:
-        StoreError: ``read`` ran dry first (message ``shrank``).
-    """
-    remaining = n_bytes
-    while remaining > 0:
-        block = read(min(remaining, COPY_BLOCK_BYTES))
-        if not block:
-            raise StoreError(shrank)
-        hasher.update(block)
-        view = memoryview(block)
-        while view:
-            view = view[os.write(dst_fd, view):]
-        remaining -= len(block)
-        if after_block is not None:
-            after_block(n_bytes - remaining)
-
-
-
-def _parse_time(text: object, what: str) -> datetime:
-    if not isinstance(text, str):
-        raise StoreError(f"store file {what} is damaged: bad time")
-    try:
-        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
-    except ValueError:
-        raise StoreError(f"store file {what} is damaged: bad time {text!r}") from None
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One installed capsule, as the catalogue records it.
-
-    Attributes:
-        name: the capsule's name (unique in the store).
-        capsule_id, version: identity of the installed capsule.
-        object_name: its directory under ``objects/``.
-        file_sha256, manifest_sha256: digests of the installed file and its MANI (hex).
-        file_bytes: size of the capsule file.
-        installed_at, not_before, expires_at: UTC times.
-        purge_on_expiry: the capsule's rules ask for deletion once expired.
-        content_key: a content key is cached beside it (passphrase installs).
-    """
-
-    name: str
-    capsule_id: str
-    version: int
-    object_name: str
-    file_sha256: str
-    manifest_sha256: str
-    file_bytes: int
-    installed_at: datetime
-    not_before: datetime
-    expires_at: datetime
-    purge_on_expiry: bool
-    content_key: bool
-
-    def status(self, at: datetime) -> str:
-        """Return ``"ok"``, ``"expired"`` or ``"not-yet-valid"`` at trusted time ``at``."""
-        if at >= self.expires_at:
-            return "expired"
-        if at < self.not_before:
-            return "not-yet-valid"
-        return "ok"
-
-    def to_json(self) -> dict[str, object]:
-        """Return the catalogue's JSON object for this entry (times as ``YYYY-MM-DDTHH:MM:SSZ``)."""
-        out = asdict(self)
-        del out["name"]
-        for key in ("installed_at", "not_before", "expires_at"):
-            out[key] = format_time(out[key])
-        return out
-
-    @classmethod
-    def from_json(cls, name: str, obj: object) -> "Entry":
-        """Parse one catalogue entry.
-
-        Raises:
-            StoreError: a missing or malformed field, or an unsafe object name.
-        """
-        fields = {"capsule_id", "version", "object_name", "file_sha256", "manifest_sha256", "file_bytes",
-                  "installed_at", "not_before", "expires_at", "purge_on_expiry", "content_key"}
-        if not isinstance(obj, dict) or set(obj) != fields or not _NAME.fullmatch(name):
-            raise StoreError(f"store catalogue entry {name!r} is damaged")
-        if (not isinstance(obj["object_name"], str) or not _OBJECT_NAME.fullmatch(obj["object_name"])
-                or not isinstance(obj["capsule_id"], str) or not _HEX32.fullmatch(obj["capsule_id"])
-                or not isinstance(obj["version"], int) or not isinstance(obj["file_bytes"], int)):
-            raise StoreError(f"store catalogue entry {name!r} is damaged")
-        return cls(name=name, capsule_id=obj["capsule_id"], version=obj["version"], object_name=obj["object_name"],
-                   file_sha256=str(obj["file_sha256"]), manifest_sha256=str(obj["manifest_sha256"]),
-                   file_bytes=obj["file_bytes"], installed_at=_parse_time(obj["installed_at"], "catalog.json"),
-                   not_before=_parse_time(obj["not_before"], "catalog.json"),
-                   expires_at=_parse_time(obj["expires_at"], "catalog.json"),
-                   purge_on_expiry=bool(obj["purge_on_expiry"]), content_key=bool(obj["content_key"]))
-
-
-@dataclass
-class _Catalog:
-    entries: dict[str, Entry]
-    versions: dict[str, VersionRecord]
-
-    def to_bytes(self) -> bytes:
-        return canonical_json({
-            "format": STORE_FORMAT,
-            "entries": {name: e.to_json() for name, e in self.entries.items()},
-            "versions": {cid: {"version": r.version, "manifest_sha256": r.manifest_sha256,
-                               **({"signers": sorted(r.signers)} if r.signers else {})}
-                         for cid, r in self.versions.items()},
-        })
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> "_Catalog":
-        try:
-            obj = parse_canonical_json(data, what="store catalogue")
-        except CapsuleError as exc:
-            raise StoreError(f"store file catalog.json is damaged: {exc}") from None
-        if not isinstance(obj, dict) or set(obj) != {"format", "entries", "versions"} or obj["format"] != STORE_FORMAT:
-            raise StoreError("store file catalog.json is damaged or of another store format")
-        if not isinstance(obj["entries"], dict) or not isinstance(obj["versions"], dict):
-            raise StoreError("store file catalog.json is damaged")
-        versions = {}
-        for cid, rec in obj["versions"].items():
-            if (not _HEX32.fullmatch(cid) or not isinstance(rec, dict)
-                    or set(rec) - {"signers"} != {"version", "manifest_sha256"}
-                    or not isinstance(rec["version"], int) or not isinstance(rec["manifest_sha256"], str)):
-                raise StoreError("store file catalog.json has a damaged version record")
-            signers = rec.get("signers", [])
-            if (not isinstance(signers, list) or len(signers) > 64
-                    or not all(isinstance(k, str) and _HEX64.fullmatch(k) for k in signers)):
-                raise StoreError("store file catalog.json has a damaged version record")
-            versions[cid] = VersionRecord(rec["version"], rec["manifest_sha256"], frozenset(signers))
-        return cls({name: Entry.from_json(name, e) for name, e in obj["entries"].items()}, versions)
-
-
-class _Checkpoints:
-    """Counts the state changes of one install; logs each at ``-vv`` and tells ``observer``.
-
-    The observer is ``Store._checkpoint_observer``: ``None`` in the runtime. The crash suite
-    (``tests/kill_at_checkpoint.py``) sets it in its own process to SIGKILL itself at one
-    checkpoint; nothing the runtime reads (environment, files) can.
-    """
-
-    def __init__(self, observer: Callable[[int, str], None] | None) -> None:
-        self.n = 0
-        self.observer = observer
-
-    def __call__(self, what: str) -> None:
-        self.n += 1
-        log.debug("install checkpoint %d: %s", self.n, what)
-        if self.observer is not None:
-            self.observer(self.n, what)
-
-
-class StoreState(DeviceState):
-    """The ``DeviceState`` of a store, kept on disk (FORMAT.md §13).
-
-    Created by ``Store``; loads the trust document, floor and version records when made, and
-    writes the floor, trust document and rate log as they change. Version records are written
-    by ``Store.install`` together with the catalogue.
-    """
-
-    def __init__(self, store: "Store", *, hardware_id: str | None) -> None:
-        catalog = store._read_catalog()
-        root = None
-        raw_trust = store._read_file(store._root_fd, "trust.json", missing_ok=True)
-        if raw_trust is not None:
-            try:
-                root, _ = parse_trust_document(raw_trust)
-            except EdgeError as exc:
-                raise StoreError(f"store file trust.json is damaged: {exc}") from None
-        floor = store._read_floor()
-        super().__init__(root=root, floor_at=floor, hardware_id=hardware_id, versions=catalog.versions)
-        self._store = store
-        self._stored_floor = floor
-
-    def _floor_advanced(self, old: datetime | None, new: datetime) -> None:
-        if self._stored_floor is None or (new - self._stored_floor).total_seconds() >= FLOOR_WRITE_STEP_S:
-            self.flush_floor()
-
-    def flush_floor(self, crash: Callable[[str], None] | None = None) -> None:
-        """Write the floor now (it is otherwise written once it moved ``FLOOR_WRITE_STEP_S``)."""
-        if self.floor_at is not None:
-            self._stored_floor = self._store._raise_floor(self.floor_at, crash)
-
-    def _save_root(self, doc: TrustRoot) -> None:
-        self._store._write_atomic(self._store._root_fd, "trust.json", doc.raw)
-
-    def reload(self) -> None:
-        """Re-read the trust document and version records (another process may have changed them)."""
-        raw_trust = self._store._read_file(self._store._root_fd, "trust.json", missing_ok=True)
-        if raw_trust is not None and (self._root is None or raw_trust != self._root.raw):
-            try:
-                self._root, _ = parse_trust_document(raw_trust)
-            except EdgeError as exc:
-                raise StoreError(f"store file trust.json is damaged: {exc}") from None
-        self._versions = dict(self._store._read_catalog().versions)
-
-    def record_use(self, capsule_id: str, limit: RateLimit, at: datetime) -> None:
-        """Admit one use at trusted time ``at`` across processes, or raise ``RateLimitedError``."""
-        self._store._record_use(capsule_id, limit, at)
-
-    def capsule_expired(self, manifest: Manifest, exc: Exception) -> None:
-        """Purge the installed capsule if its rules ask for it (FORMAT.md §13.4)."""
-        self._store._purge_expired(now=getattr(exc, "now", None), only_capsule_id=manifest.capsule_id)
 
 
 class Store:
@@ -364,17 +141,17 @@ class Store:
                         "are not written; capsules with a rate_limit rule are refused", self.path)
         try:
             self._init_layout()
-            self._objects_fd = self._subdir("objects")
-            self._tmp_fd = self._subdir("tmp")
-            self._uses_fd = self._subdir("uses")
-            self.state = StoreState(self, hardware_id=hardware_id)
+            self._objects_fd = open_subdir(self._root_fd, "objects")
+            self._tmp_fd = open_subdir(self._root_fd, "tmp")
+            self._uses_fd = open_subdir(self._root_fd, "uses")
+            self.state, self._persistence = load_device_state(self, hardware_id=hardware_id)
         except BaseException:
             self.close()
             raise
 
     # -- low-level file helpers -------------------------------------------------
     def _init_layout(self) -> None:
-        marker = self._read_file(self._root_fd, "STORE", missing_ok=True)
+        marker = read_file(self._root_fd, "STORE", missing_ok=True)
         if marker is None and self.read_only:
             raise StoreError(f"{self.path} is read-only and not an edge store (no STORE file)")
         if marker is None:
@@ -387,55 +164,12 @@ class Store:
                         os.mkdir(name, 0o755, dir_fd=self._root_fd)
                     except FileExistsError:
                         pass
-                if self._read_file(self._root_fd, "catalog.json", missing_ok=True) is None:
-                    self._write_atomic(self._root_fd, "catalog.json", _Catalog({}, {}).to_bytes())
-                self._write_atomic(self._root_fd, "STORE", (STORE_FORMAT + "\n").encode())
+                if read_file(self._root_fd, "catalog.json", missing_ok=True) is None:
+                    write_file(self._root_fd, "catalog.json", Catalog({}, {}).to_bytes())
+                write_file(self._root_fd, "STORE", (STORE_FORMAT + "\n").encode())
             log.info("created device store %s", self.path)
         elif marker != (STORE_FORMAT + "\n").encode():
             raise StoreError(f"{self.path} is a store of another format ({marker[:32]!r})")
-
-    def _subdir(self, name: str, parent_fd: int | None = None) -> int:
-        try:
-            return os.open(name, _DIR_FLAGS, dir_fd=self._root_fd if parent_fd is None else parent_fd)
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise StoreError(f"store path {name} is a symbolic link or not a directory; refusing to use it") from None
-            raise StoreError(f"cannot open store directory {name}: {exc.strerror}") from None
-
-    def _read_file(self, dir_fd: int, name: str, *, missing_ok: bool = False,
-                   limit: int = MAX_STATE_FILE_BYTES) -> bytes | None:
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-        except FileNotFoundError:
-            if missing_ok:
-                return None
-            raise StoreError(f"store file {name} is missing") from None
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise StoreError(f"store file {name} is a symbolic link; refusing to read it") from None
-            raise StoreError(f"cannot read store file {name}: {exc.strerror}") from None
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise StoreError(f"store file {name} is not a regular file")
-            if info.st_size > limit:
-                raise StoreError(f"store file {name} is {info.st_size} bytes, limit is {limit}")
-            chunks = []
-            remaining = info.st_size
-            while remaining > 0:
-                block = os.read(fd, min(remaining, COPY_BLOCK_BYTES))
-                if not block:
-                    break
-                chunks.append(block)
-                remaining -= len(block)
-            return b"".join(chunks)
-        finally:
-            os.close(fd)
-
-    def _write_atomic(self, dir_fd: int, name: str, data: bytes, *, mode: int = 0o644,
-                      crash: Callable[[str], None] | None = None) -> None:
-        with atomic_write(dir_fd, name, mode=mode, **({"checkpoint": crash} if crash else {})) as (fd, _):
-            write_all(fd, data)
 
     def _check_writable(self, what: str) -> None:
         if self.read_only:
@@ -464,7 +198,7 @@ class Store:
 
     def _sweep(self) -> None:
         for name in os.listdir(self._tmp_fd):
-            self._remove_tree(self._tmp_fd, name)
+            remove_tree(self._tmp_fd, name)
         now_s = utc_now().timestamp()
         for dir_fd in (self._root_fd, self._uses_fd):  # temporary files of writes killed half-way
             for name in os.listdir(dir_fd):
@@ -476,64 +210,13 @@ class Store:
         for name in os.listdir(self._objects_fd):
             if name not in referenced:
                 log.info("removing unreferenced store object %s", name)
-                self._remove_tree(self._objects_fd, name)
+                remove_tree(self._objects_fd, name)
 
-    def _remove_tree(self, dir_fd: int, name: str) -> None:
-        try:
-            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return
-        if stat.S_ISDIR(info.st_mode):
-            shutil.rmtree(name, dir_fd=dir_fd)  # does not follow symlinks (shutil.rmtree.avoids_symlink_attacks)
-        else:
-            os.unlink(name, dir_fd=dir_fd)
-        os.fsync(dir_fd)
-
-    def _read_catalog(self) -> _Catalog:
-        data = self._read_file(self._root_fd, "catalog.json", missing_ok=True)
+    def _read_catalog(self) -> Catalog:
+        data = read_file(self._root_fd, "catalog.json", missing_ok=True)
         if data is None:
-            return _Catalog({}, {})
-        return _Catalog.from_bytes(data)
-
-    def _read_floor(self) -> datetime | None:
-        data = self._read_file(self._root_fd, "clock.json", missing_ok=True)
-        if data is None:
-            return None
-        try:
-            obj = json.loads(data)
-        except ValueError:
-            raise StoreError("store file clock.json is damaged") from None
-        if not isinstance(obj, dict) or set(obj) != {"floor"}:
-            raise StoreError("store file clock.json is damaged")
-        return _parse_time(obj["floor"], "clock.json")
-
-    def _raise_floor(self, floor_at: datetime, crash: Callable[[str], None] | None = None) -> datetime:
-        if self.read_only:
-            return floor_at  # kept in memory for this process only
-        with self._lock("clock.json.lock"):
-            stored = self._read_floor()
-            if stored is not None and stored >= floor_at:
-                return stored
-            self._write_atomic(self._root_fd, "clock.json", canonical_json({"floor": format_time(floor_at)}),
-                               crash=crash)
-            return floor_at
-
-    def _record_use(self, capsule_id: str, limit: RateLimit, at: datetime) -> None:
-        if self.read_only:  # fail closed: a count kept per process would let a kiosk query forever
-            raise RuleViolationError(f"capsule {capsule_id} has a rate_limit rule ({limit.max_queries} per "
-                                     f"{limit.window_s} s) that cannot be enforced: the device store {self.path} "
-                                     "is read-only, so uses cannot be counted across processes")
-        name = f"{capsule_id}.json"
-        with self._lock(f"{capsule_id}.lock", self._uses_fd):
-            data = self._read_file(self._uses_fd, name, missing_ok=True)
-            times = []
-            if data is not None:
-                try:
-                    times = [_parse_time(t, name) for t in json.loads(data)["times"]]
-                except (ValueError, KeyError, TypeError):
-                    raise StoreError(f"store file uses/{name} is damaged") from None
-            kept = admit_use(times, limit, at)
-            self._write_atomic(self._uses_fd, name, canonical_json({"times": [format_time(t) for t in kept]}))
+            return Catalog({}, {})
+        return Catalog.from_bytes(data)
 
     # -- public API -------------------------------------------------------------
     def list(self, *, now: datetime | None = None) -> list[Entry]:
@@ -604,180 +287,30 @@ class Store:
         Source: FORMAT.md §13.
         """
         now = utc_now(now)
-        crash = _Checkpoints(self._checkpoint_observer)
+        crash = Checkpoints(self._checkpoint_observer)
         with self._writer():
             crash("store locked")
-            self.state.reload()
+            self._persistence.reload()
             if trusted_keys and self.state.root is not None:
                 raise TrustError(f"this device has a trust document (version {self.state.root.version}): capsules "
                                  "are installed only under the keys it delegates, not ad-hoc keys (--trust)")
             staging = f"install-{os.getpid()}-{os.urandom(6).hex()}"
             try:
-                entry = self._install_locked(Path(capsule_path), staging, crash, identities=identities,
-                                             trusted_keys=trusted_keys, threshold=threshold, now=now,
-                                             model_search_path=model_search_path)
+                entry = install_locked(self, Path(capsule_path), staging, crash, identities=identities,
+                                       trusted_keys=trusted_keys, threshold=threshold, now=now,
+                                       model_search_path=model_search_path)
             except OSError as exc:
                 raise StoreError(f"install of {capsule_path} failed, nothing changed: "
                                  f"{exc.strerror or exc}") from None
             finally:
                 try:
-                    self._remove_tree(self._tmp_fd, staging)
+                    remove_tree(self._tmp_fd, staging)
                 except OSError:
                     pass
             crash("install finished")
         log.info("installed capsule %s v%d (%s) as object %s", entry.name, entry.version, entry.capsule_id,
                  entry.object_name)
         return entry
-
-    def _install_locked(self, source: Path, staging: str, crash: Callable[[str], None], *,
-                        identities: Sequence[Identity], trusted_keys: Sequence[Ed25519PublicKey], threshold: int,
-                        now: datetime, model_search_path: Sequence[Path] | None) -> Entry:
-        try:
-            src = os.open(source, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-        except OSError as exc:
-            raise StoreError(f"cannot read {source}: {exc.strerror}") from None
-        hasher = hashlib.sha256()
-        try:
-            info = os.fstat(src)
-            if not stat.S_ISREG(info.st_mode):
-                raise StoreError(f"{source} is not a regular file; refusing to install from it")
-            if info.st_size > MAX_CAPSULE_BYTES:
-                raise StoreError(f"{source} is {info.st_size} bytes, limit is {MAX_CAPSULE_BYTES}")
-            crash("source opened and checked")
-            os.mkdir(staging, 0o700, dir_fd=self._tmp_fd)
-            crash("staging directory created")
-            stage_fd = self._subdir(staging, self._tmp_fd)
-            try:
-                dst = os.open("capsule", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                              dir_fd=stage_fd)
-                try:
-                    crash("capsule file created")
-                    _copy_hashed(lambda n: os.read(src, n), dst, info.st_size, hasher,
-                                 shrank=f"{source} shrank while it was being copied",
-                                 after_block=lambda done: crash(f"capsule copy: {done} of {info.st_size} bytes written"))
-                    os.fsync(dst)
-                    crash("capsule file synced")
-                    os.fchmod(dst, 0o444)
-                finally:
-                    os.close(dst)
-                crash("capsule file closed read-only")
-                copy_path = self.path / "tmp" / staging / "capsule"
-                try:
-                    # judged with the device's floor and records, moved only once the install succeeds
-                    report = verify_capsule(copy_path, trusted_keys=trusted_keys, identities=identities, now=now,
-                                            full=True, options=OpenOptions(threshold=threshold,
-                                                                           model_search_path=model_search_path,
-                                                                           device=self.state.inspection_view()))
-                    manifest = report.manifest
-                    signers = self._signers(copy_path, trusted_keys, now)
-                    self.state.check_version(manifest)
-                    self.state.check_owner(manifest, signers)
-                except (CapsuleError, TrustError) as exc:
-                    log.warning("refused to install %s: %s", source, exc)
-                    raise
-                crash("copy verified")
-                if manifest.index.encryption == "none":
-                    self._extract_index(copy_path, manifest, stage_fd)
-                    crash("index extracted")
-                catalog = self._read_catalog()
-                taken = catalog.entries.get(manifest.name)
-                if taken is not None and taken.capsule_id != manifest.capsule_id:
-                    raise StoreError(f"name {manifest.name!r} is taken by capsule {taken.capsule_id}; "
-                                     "remove it first")
-                content_key = self._content_key_to_cache(manifest, identities)
-                if content_key is not None:
-                    fd = os.open("content.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                                 0o400, dir_fd=stage_fd)
-                    try:
-                        os.write(fd, content_key)
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
-                    crash("content key written")
-                os.fsync(stage_fd)
-                crash("staging directory synced")
-            finally:
-                os.close(stage_fd)
-        finally:
-            os.close(src)
-        file_sha256 = hasher.hexdigest()
-        object_name = f"{manifest.capsule_id}-v{manifest.version}-{file_sha256[:12]}"
-        try:
-            os.rename(staging, object_name, src_dir_fd=self._tmp_fd, dst_dir_fd=self._objects_fd)
-        except OSError as exc:
-            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
-                raise
-            existing = os.stat(object_name, dir_fd=self._objects_fd, follow_symlinks=False)
-            if not stat.S_ISDIR(existing.st_mode):
-                raise StoreError(f"store path objects/{object_name} is a symbolic link or not a directory; "
-                                 "refusing to use it") from None
-            # the same file is installed already (a re-install): keep the existing object
-        crash("object renamed into place")
-        os.fsync(self._objects_fd)
-        crash("objects directory synced")
-        self.state.observe(now, manifest.issued_at)
-        self.state.accept_version(manifest, signers)
-        rules = parse_rules(manifest.rules)
-        entry = Entry(name=manifest.name, capsule_id=manifest.capsule_id, version=manifest.version,
-                      object_name=object_name, file_sha256=file_sha256, manifest_sha256=manifest_sha256(manifest),
-                      file_bytes=info.st_size, installed_at=now.replace(microsecond=0),
-                      not_before=manifest.not_before, expires_at=manifest.expires_at,
-                      purge_on_expiry=rules.purge_on_expiry,
-                      content_key=content_key is not None)
-        entries = {n: e for n, e in catalog.entries.items() if e.capsule_id != manifest.capsule_id}
-        entries[manifest.name] = entry
-        versions = dict(catalog.versions)
-        versions[manifest.capsule_id] = self.state.version_record(manifest.capsule_id)
-        self._write_atomic(self._root_fd, "catalog.json", _Catalog(entries, versions).to_bytes(), crash=crash)
-        crash("catalogue replaced")
-        for old in catalog.entries.values():
-            if old.capsule_id == manifest.capsule_id and old.object_name != object_name:
-                self._remove_tree(self._objects_fd, old.object_name)
-                crash("previous version removed")
-        self.state.flush_floor(crash)
-        crash("floor saved")
-        return entry
-
-    def _signers(self, copy_path: Path, trusted_keys: Sequence[Ed25519PublicKey], now: datetime) -> list[str]:
-        """Return the key ids whose signatures on the verified copy verify against the device's trust."""
-        from . import format as fmt
-
-        with open(copy_path, "rb") as capsule:
-            header = fmt.parse_header(capsule.read(fmt.HEADER_BYTES), file_bytes=os.fstat(capsule.fileno()).st_size)
-            table = fmt.parse_section_table(capsule.read(header.table_bytes), header)
-            parts = {}
-            for tag in ("MANI", "SIGS"):
-                capsule.seek(table[tag].offset)
-                parts[tag] = capsule.read(table[tag].length)
-        return trusted_signers(parts["MANI"], parse_signatures(parts["SIGS"]), trusted_keys=trusted_keys,
-                               root=self.state.root, at=self.state.trusted_time(now))
-
-    @staticmethod
-    def _extract_index(copy_path: Path, manifest: Manifest, stage_fd: int) -> None:
-        """Write the verified copy's unencrypted INDX section to ``index.annoy`` (0444) beside it.
-
-        Annoy maps a whole file from its first byte, so an index inside the capsule can only be
-        read by copying it into memory; a file of its own is mapped file-backed (evictable
-        pages, nothing charged to the memory budget). Hashed again while copied.
-        """
-        from . import format as fmt
-
-        with open(copy_path, "rb") as capsule:
-            header = fmt.parse_header(capsule.read(fmt.HEADER_BYTES), file_bytes=os.fstat(capsule.fileno()).st_size)
-            entry = fmt.parse_section_table(capsule.read(header.table_bytes), header)["INDX"]
-            capsule.seek(entry.offset)
-            fd = os.open(INDEX_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                         dir_fd=stage_fd)
-            try:
-                hasher = hashlib.sha256()
-                _copy_hashed(capsule.read, fd, entry.length, hasher,
-                             shrank=f"{copy_path} shrank while its index was extracted")
-                if hasher.hexdigest() != manifest.sections["INDX"].sha256:
-                    raise StoreError("the index changed while it was extracted")
-                os.fsync(fd)
-                os.fchmod(fd, 0o444)
-            finally:
-                os.close(fd)
 
     def _installed_object(self, capsule_path: str | os.PathLike[str]) -> _InstalledObject:
         """Return what was verified at install about a capsule file of this store.
@@ -807,18 +340,6 @@ class Store:
         # swapped into the object is refused before it moves any device state
         return _InstalledObject(entry.manifest_sha256, INSTALL_VERIFIED_SECTIONS, index)
 
-    @staticmethod
-    def _content_key_to_cache(manifest: Manifest, identities: Sequence[Identity]) -> bytes | None:
-        devices = [i for i in identities if isinstance(i, X25519PrivateKey)]
-        if devices:
-            try:
-                unwrap_content_key(manifest, devices)
-                return None  # the device key opens it: nothing to cache
-            except CapsuleError:
-                pass
-        others = [i for i in identities if isinstance(i, Passphrase)]
-        return unwrap_content_key(manifest, others) if others else None
-
     def record_version(self, capsule_id: str, version: int, manifest_sha256: str,
                        signers: Sequence[str] = ()) -> None:
         """Provision a version record: refuse versions of ``capsule_id`` below ``version`` from now on.
@@ -832,7 +353,7 @@ class Store:
             StoreError: the store already holds a higher version record for that id.
             ValueError: malformed id or digest.
         """
-        if not _HEX32.fullmatch(capsule_id) or not re.fullmatch(r"[0-9a-f]{64}", manifest_sha256) or version < 1:
+        if not HEX32.fullmatch(capsule_id) or not re.fullmatch(r"[0-9a-f]{64}", manifest_sha256) or version < 1:
             raise ValueError("capsule_id must be 32 hex, manifest_sha256 64 hex, version >= 1")
         with self._writer():
             catalog = self._read_catalog()
@@ -840,11 +361,11 @@ class Store:
             if current is not None and current.version > version:
                 raise StoreError(f"capsule {capsule_id} has version record {current.version} already, "
                                  f"higher than {version}")
-            if not all(_HEX64.fullmatch(k) for k in signers):
+            if not all(HEX64.fullmatch(k) for k in signers):
                 raise ValueError("signers must be hex64 key ids")
             catalog.versions[capsule_id] = VersionRecord(version, manifest_sha256, frozenset(signers))
-            self._write_atomic(self._root_fd, "catalog.json", catalog.to_bytes())
-            self.state.reload()
+            write_file(self._root_fd, "catalog.json", catalog.to_bytes())
+            self._persistence.reload()
 
     def remove(self, name: str, *, now: datetime | None = None) -> Entry:
         """Remove an installed capsule and its cached key; keep its version record.
@@ -865,19 +386,19 @@ class Store:
             if entry is None:
                 raise StoreError(f"no capsule named {name!r} is installed in {self.path}")
             try:
-                self._write_atomic(self._root_fd, "catalog.json", catalog.to_bytes())
+                write_file(self._root_fd, "catalog.json", catalog.to_bytes())
             except OSError as exc:
                 if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                     raise StoreError(f"cannot remove {name!r}: writing catalog.json failed: {exc.strerror}") from None
                 log.warning("store %s is full: deleting the files of %s before writing the catalogue", self.path, name)
-                self._remove_tree(self._objects_fd, entry.object_name)
+                remove_tree(self._objects_fd, entry.object_name)
                 try:
-                    self._write_atomic(self._root_fd, "catalog.json", catalog.to_bytes())
+                    write_file(self._root_fd, "catalog.json", catalog.to_bytes())
                 except OSError as again:
                     raise StoreError(f"cannot remove {name!r}: its files are deleted, but catalog.json cannot be "
                                      f"written: {again.strerror}") from None
-            self._remove_tree(self._objects_fd, entry.object_name)
-            self._remove_tree(self._uses_fd, f"{entry.capsule_id}.json")
+            remove_tree(self._objects_fd, entry.object_name)
+            remove_tree(self._uses_fd, f"{entry.capsule_id}.json")
         log.info("removed capsule %s v%d (%s); its version record stays", entry.name, entry.version, entry.capsule_id)
         return entry
 
@@ -898,9 +419,9 @@ class Store:
             catalog = self._read_catalog()
             for entry in due(catalog.entries):
                 del catalog.entries[entry.name]
-                self._write_atomic(self._root_fd, "catalog.json", catalog.to_bytes())
-                self._remove_tree(self._objects_fd, entry.object_name)
-                self._remove_tree(self._uses_fd, f"{entry.capsule_id}.json")
+                write_file(self._root_fd, "catalog.json", catalog.to_bytes())
+                remove_tree(self._objects_fd, entry.object_name)
+                remove_tree(self._uses_fd, f"{entry.capsule_id}.json")
                 log.warning("purged expired capsule %s v%d (%s): expired at %s, trusted time %s; deleted its "
                             "file%s", entry.name, entry.version, entry.capsule_id, format_time(entry.expires_at),
                             format_time(at), " and cached content key" if entry.content_key else "")
@@ -928,10 +449,10 @@ class Store:
                 "it was purged from the store", expires_at=entry.expires_at, now=at)
         entry = self.get(name)
         keys: list[ContentKey] = []
-        object_fd = self._subdir(entry.object_name, self._objects_fd)  # refuses a symlinked object
+        object_fd = open_subdir(self._objects_fd, entry.object_name)  # refuses a symlinked object
         try:
             if entry.content_key:
-                keys.append(ContentKey(entry.capsule_id, self._read_file(object_fd, "content.key", limit=32)))
+                keys.append(ContentKey(entry.capsule_id, read_file(object_fd, "content.key", limit=32)))
         finally:
             os.close(object_fd)
         path = self.capsule_path(entry)
@@ -1007,6 +528,14 @@ class Store:
         return CapsuleSet._open(opens, trusted_keys=trusted_keys, identities=[*identities, *cached], budget=budget,
                                 now=now, options=options)
 
+    def flush_floor(self) -> None:
+        """Write the trusted time floor now (it is otherwise written once it moved 60 s: flash wear).
+
+        Raises:
+            StoreError: the store cannot be locked.
+        """
+        self._persistence.flush_floor()
+
     def install_trust(self, data: bytes, *, root_keys: Sequence[Ed25519PublicKey] = (),
                       now: datetime | None = None) -> TrustRoot:
         """Install a trust document (first install with ``root_keys``, else an update).
@@ -1015,7 +544,7 @@ class Store:
             TrustError: see ``edge.trust.verify_trust_document``.
         """
         with self._writer():
-            self.state.reload()
+            self._persistence.reload()
             return self.state.install_trust(data, root_keys=root_keys, now=utc_now(now))
 
     def close(self) -> None:
@@ -1033,4 +562,4 @@ class Store:
         self.close()
 
 
-__all__ = ["Store", "StoreState", "Entry", "default_store_dir", "STORE_ENV"]
+__all__ = ["Store", "Entry", "default_store_dir", "STORE_ENV"]

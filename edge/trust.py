@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Collection, Sequence
+from typing import Protocol
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -301,11 +302,32 @@ class VersionRecord:
     signers: frozenset[str] = frozenset()
 
 
-class DeviceState:
-    """What a device remembers between uses (FORMAT.md §13), held in memory.
+class StatePersistence(Protocol):
+    """Where a ``DeviceState`` keeps what it remembers; ``edge.store_state`` keeps it on disk.
 
-    ``edge.store.Store`` gives a subclass that keeps it on disk; tests use this class as a
-    simulator. The state only moves forward: the floor never decreases, version records only
+    The state calls these after it changed in memory; each may raise to refuse the change
+    (a full or read-only disk, a rate limit counted across processes).
+    """
+
+    def floor_advanced(self, floor_at: datetime) -> None:
+        """The trusted time floor rose to ``floor_at`` (write it, or batch the writes)."""
+
+    def save_trust(self, doc: TrustRoot) -> None:
+        """A newer trust document was verified: keep its exact bytes (``doc.raw``)."""
+
+    def record_use(self, capsule_id: str, limit: RateLimit, at: datetime) -> None:
+        """Admit one use at trusted time ``at`` across processes, or raise ``RateLimitedError``."""
+
+    def capsule_expired(self, manifest: Manifest, exc: Exception) -> None:
+        """A use found the capsule expired (purge it if its rules say so, FORMAT.md §13.4)."""
+
+
+class DeviceState:
+    """What a device remembers between uses (FORMAT.md §13).
+
+    Held in memory; with a ``persistence`` (``edge.store_state.StorePersistence``, which a
+    ``Store`` gives its state) every change is also kept on disk. Without one, tests use it as
+    a simulator. The state only moves forward: the floor never decreases, version records only
     rise, a trust document is only replaced by a newer one.
 
     Only verification against the device's own trust (its trust document, else the publisher
@@ -319,17 +341,25 @@ class DeviceState:
         hardware_id: this device's hardware id for the ``devices`` rule, or ``None``.
         versions: capsule id -> ``VersionRecord``.
         inspect_only: a view for ad-hoc keys (see ``inspection_view``).
+        persistence: where changes are kept (``StatePersistence``); ``None``: memory only.
     """
 
     def __init__(self, *, root: TrustRoot | None = None, floor_at: datetime | None = None,
                  hardware_id: str | None = None, versions: dict[str, VersionRecord] | None = None,
-                 inspect_only: bool = False) -> None:
+                 inspect_only: bool = False, persistence: StatePersistence | None = None) -> None:
         self._root = root
         self._floor_at = floor_at
         self.hardware_id = hardware_id
         self._versions = dict(versions or {})
         self._uses: dict[str, list[datetime]] = {}
         self.inspect_only = inspect_only
+        self._persistence = persistence
+
+    def refresh(self, *, root: TrustRoot | None, versions: dict[str, VersionRecord]) -> None:
+        """Take the trust document and version records read again from disk (another process wrote them)."""
+        if root is not None:
+            self._root = root
+        self._versions = dict(versions)
 
     def inspection_view(self) -> "DeviceState":
         """Return an in-memory copy that judges like this state and never changes it.
@@ -367,16 +397,14 @@ class DeviceState:
         candidates = [t for t in (self._floor_at, now, issued_at) if t is not None]
         new = max(candidates)
         if self._floor_at is None or new > self._floor_at:
-            old, self._floor_at = self._floor_at, new
-            self._floor_advanced(old, new)
+            self._floor_at = new
+            if self._persistence is not None:
+                self._persistence.floor_advanced(new)
 
     def advance(self, now: datetime) -> datetime:
         """Record the wall-clock reading ``now`` in the floor and return the trusted time."""
         self.observe(now)
         return self.trusted_time(now)
-
-    def _floor_advanced(self, old: datetime | None, new: datetime) -> None:
-        """Hook: persist the floor (the in-memory state keeps it in ``_floor_at`` only)."""
 
     # -- trust ------------------------------------------------------------------
     @property
@@ -410,7 +438,8 @@ class DeviceState:
             log.warning("refused trust document: %s", exc)
             raise
         if doc is not self._root:
-            self._save_root(doc)
+            if self._persistence is not None:
+                self._persistence.save_trust(doc)
             self._root = doc
             log.info("installed trust document version %d (%d publisher key(s), threshold %d)", doc.version,
                      len(doc.publishers), doc.threshold)
@@ -419,9 +448,6 @@ class DeviceState:
         else:
             self.observe(doc.issued_at)
         return doc
-
-    def _save_root(self, doc: TrustRoot) -> None:
-        """Hook: persist a newly installed trust document."""
 
     # -- versions ---------------------------------------------------------------
     def version_record(self, capsule_id: str) -> VersionRecord | None:
@@ -496,7 +522,9 @@ class DeviceState:
         return True
 
     def capsule_expired(self, manifest: Manifest, exc: Exception) -> None:
-        """Hook: a use found ``manifest``'s capsule expired (the store purges it if its rules say so)."""
+        """A use found ``manifest``'s capsule expired: tell the persistence (a store purges it if its rules say so)."""
+        if self._persistence is not None and not self.inspect_only:
+            self._persistence.capsule_expired(manifest, exc)
 
     # -- uses -------------------------------------------------------------------
     def record_use(self, capsule_id: str, limit: RateLimit, at: datetime) -> None:
@@ -510,7 +538,10 @@ class DeviceState:
             raise RuleViolationError(f"capsule {capsule_id} has a rate_limit rule ({limit.max_queries} per "
                                      f"{limit.window_s} s) that is only counted for capsules verified with this "
                                      "device's own trust, not with ad-hoc keys (--trust)")
-        self._uses[capsule_id] = admit_use(self._uses.get(capsule_id, []), limit, at)
+        if self._persistence is not None:
+            self._persistence.record_use(capsule_id, limit, at)
+        else:
+            self._uses[capsule_id] = admit_use(self._uses.get(capsule_id, []), limit, at)
 
 
 def trusted_signers(manifest_bytes: bytes, signatures: Sequence[SignatureEntry], *,
@@ -538,5 +569,5 @@ def manifest_sha256(manifest: Manifest) -> str:
 
 
 __all__ = ["TRUST_TYPE", "TRUST_CONTEXT", "Delegation", "TrustRoot", "trust_signed_message", "parse_trust_document",
-           "verify_trust_document", "verify_manifest_with_root", "VersionRecord", "DeviceState", "trusted_signers",
+           "verify_trust_document", "verify_manifest_with_root", "VersionRecord", "DeviceState", "StatePersistence", "trusted_signers",
            "manifest_sha256"]

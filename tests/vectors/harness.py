@@ -255,7 +255,7 @@ def run_cli(vector: Path, path: Path, tmp: Path, monkeypatch, capsys) -> str:
     try:
         if expect.get("floor"):
             store.state.observe(parse_time(expect.get("floor")))
-            store.state.flush_floor()
+            store.flush_floor()
         if expect.get("installed"):
             capsule_id, version, sha = expect.get("installed").split()
             store.record_version(capsule_id, int(version), sha)

@@ -98,7 +98,7 @@ def test_floor_is_persisted_and_a_clock_set_back_is_judged_at_the_floor(tmp_path
     with Store(tmp_path / "s") as store:
         store.install(V2, now=NOW, **KEYS)
         store.state.observe(datetime(2095, 1, 1, tzinfo=UTC))  # the clock once read 2095
-        store.state.flush_floor()
+        store.flush_floor()
     with Store(tmp_path / "s") as restarted:
         assert restarted.state.floor_at == datetime(2095, 1, 1, tzinfo=UTC)
         assert restarted.list(now=NOW)[0].status(restarted.state.trusted_time(NOW)) == "expired"

@@ -1,0 +1,229 @@
+"""The install transaction of a device store: copy, verify the copy, stage, switch.
+
+``install_locked`` runs with the store's lock held (``Store.install``). It copies the capsule
+into a private staging directory under ``tmp/``, verifies **the copy** fully (signature,
+validity, rules, version record and owner, every section digest, every frame), extracts an
+unencrypted index, caches a passphrase capsule's content key, renames the staging directory
+into ``objects/`` and replaces ``catalog.json``: that rename is the one step that makes the new
+version visible. Every state change is a numbered checkpoint (``Checkpoints``), logged at
+``-vv``; the crash suite kills a real install at each one.
+
+Source: FORMAT.md §13; TUF specification §5 (endless data: the copy is bounded and hashed).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import stat
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from .capsule import Identity, OpenOptions, verify_capsule
+from .errors import CapsuleError, StoreError, TrustError
+from .keys import Passphrase
+from .manifest import Manifest, parse_signatures
+from .rules import parse_rules
+from .sealed import unwrap_content_key
+from .store_catalog import Catalog, Entry
+from .store_files import copy_hashed, open_subdir, remove_tree, write_file
+from .trust import manifest_sha256, trusted_signers
+
+if TYPE_CHECKING:
+    from .store import Store
+
+__all__ = ["Checkpoints", "install_locked", "INDEX_FILE", "MAX_CAPSULE_BYTES"]
+
+log = logging.getLogger(__name__)
+
+#: An unencrypted index is extracted at install to this file beside the capsule.
+INDEX_FILE = "index.annoy"
+MAX_CAPSULE_BYTES = 1 << 40
+
+
+class Checkpoints:
+    """Counts the state changes of one install; logs each at ``-vv`` and tells ``observer``.
+
+    The observer is ``Store._checkpoint_observer``: ``None`` in the runtime. The crash suite
+    (``tests/kill_at_checkpoint.py``) sets it in its own process to SIGKILL itself at one
+    checkpoint; nothing the runtime reads (environment, files) can.
+    """
+
+    def __init__(self, observer: Callable[[int, str], None] | None) -> None:
+        self.n = 0
+        self.observer = observer
+
+    def __call__(self, what: str) -> None:
+        self.n += 1
+        log.debug("install checkpoint %d: %s", self.n, what)
+        if self.observer is not None:
+            self.observer(self.n, what)
+
+
+def install_locked(store: "Store", source: Path, staging: str, crash: Callable[[str], None], *,
+                    identities: Sequence[Identity], trusted_keys: Sequence[Ed25519PublicKey], threshold: int,
+                    now: datetime, model_search_path: Sequence[Path] | None) -> Entry:
+    try:
+        src = os.open(source, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise StoreError(f"cannot read {source}: {exc.strerror}") from None
+    hasher = hashlib.sha256()
+    try:
+        info = os.fstat(src)
+        if not stat.S_ISREG(info.st_mode):
+            raise StoreError(f"{source} is not a regular file; refusing to install from it")
+        if info.st_size > MAX_CAPSULE_BYTES:
+            raise StoreError(f"{source} is {info.st_size} bytes, limit is {MAX_CAPSULE_BYTES}")
+        crash("source opened and checked")
+        os.mkdir(staging, 0o700, dir_fd=store._tmp_fd)
+        crash("staging directory created")
+        stage_fd = open_subdir(store._tmp_fd, staging)
+        try:
+            dst = os.open("capsule", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                          dir_fd=stage_fd)
+            try:
+                crash("capsule file created")
+                copy_hashed(lambda n: os.read(src, n), dst, info.st_size, hasher,
+                             shrank=f"{source} shrank while it was being copied",
+                             after_block=lambda done: crash(f"capsule copy: {done} of {info.st_size} bytes written"))
+                os.fsync(dst)
+                crash("capsule file synced")
+                os.fchmod(dst, 0o444)
+            finally:
+                os.close(dst)
+            crash("capsule file closed read-only")
+            copy_path = store.path / "tmp" / staging / "capsule"
+            try:
+                # judged with the device's floor and records, moved only once the install succeeds
+                report = verify_capsule(copy_path, trusted_keys=trusted_keys, identities=identities, now=now,
+                                        full=True, options=OpenOptions(threshold=threshold,
+                                                                       model_search_path=model_search_path,
+                                                                       device=store.state.inspection_view()))
+                manifest = report.manifest
+                signers = _signers(store, copy_path, trusted_keys, now)
+                store.state.check_version(manifest)
+                store.state.check_owner(manifest, signers)
+            except (CapsuleError, TrustError) as exc:
+                log.warning("refused to install %s: %s", source, exc)
+                raise
+            crash("copy verified")
+            if manifest.index.encryption == "none":
+                _extract_index(copy_path, manifest, stage_fd)
+                crash("index extracted")
+            catalog = store._read_catalog()
+            taken = catalog.entries.get(manifest.name)
+            if taken is not None and taken.capsule_id != manifest.capsule_id:
+                raise StoreError(f"name {manifest.name!r} is taken by capsule {taken.capsule_id}; "
+                                 "remove it first")
+            content_key = _content_key_to_cache(manifest, identities)
+            if content_key is not None:
+                fd = os.open("content.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             0o400, dir_fd=stage_fd)
+                try:
+                    os.write(fd, content_key)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                crash("content key written")
+            os.fsync(stage_fd)
+            crash("staging directory synced")
+        finally:
+            os.close(stage_fd)
+    finally:
+        os.close(src)
+    file_sha256 = hasher.hexdigest()
+    object_name = f"{manifest.capsule_id}-v{manifest.version}-{file_sha256[:12]}"
+    try:
+        os.rename(staging, object_name, src_dir_fd=store._tmp_fd, dst_dir_fd=store._objects_fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
+            raise
+        existing = os.stat(object_name, dir_fd=store._objects_fd, follow_symlinks=False)
+        if not stat.S_ISDIR(existing.st_mode):
+            raise StoreError(f"store path objects/{object_name} is a symbolic link or not a directory; "
+                             "refusing to use it") from None
+        # the same file is installed already (a re-install): keep the existing object
+    crash("object renamed into place")
+    os.fsync(store._objects_fd)
+    crash("objects directory synced")
+    store.state.observe(now, manifest.issued_at)
+    store.state.accept_version(manifest, signers)
+    rules = parse_rules(manifest.rules)
+    entry = Entry(name=manifest.name, capsule_id=manifest.capsule_id, version=manifest.version,
+                  object_name=object_name, file_sha256=file_sha256, manifest_sha256=manifest_sha256(manifest),
+                  file_bytes=info.st_size, installed_at=now.replace(microsecond=0),
+                  not_before=manifest.not_before, expires_at=manifest.expires_at,
+                  purge_on_expiry=rules.purge_on_expiry,
+                  content_key=content_key is not None)
+    entries = {n: e for n, e in catalog.entries.items() if e.capsule_id != manifest.capsule_id}
+    entries[manifest.name] = entry
+    versions = dict(catalog.versions)
+    versions[manifest.capsule_id] = store.state.version_record(manifest.capsule_id)
+    write_file(store._root_fd, "catalog.json", Catalog(entries, versions).to_bytes(), checkpoint=crash)
+    crash("catalogue replaced")
+    for old in catalog.entries.values():
+        if old.capsule_id == manifest.capsule_id and old.object_name != object_name:
+            remove_tree(store._objects_fd, old.object_name)
+            crash("previous version removed")
+    store._persistence.flush_floor(crash)
+    crash("floor saved")
+    return entry
+
+def _signers(store: "Store", copy_path: Path, trusted_keys: Sequence[Ed25519PublicKey], now: datetime) -> list[str]:
+    """Return the key ids whose signatures on the verified copy verify against the device's trust."""
+    from . import format as fmt
+
+    with open(copy_path, "rb") as capsule:
+        header = fmt.parse_header(capsule.read(fmt.HEADER_BYTES), file_bytes=os.fstat(capsule.fileno()).st_size)
+        table = fmt.parse_section_table(capsule.read(header.table_bytes), header)
+        parts = {}
+        for tag in ("MANI", "SIGS"):
+            capsule.seek(table[tag].offset)
+            parts[tag] = capsule.read(table[tag].length)
+    return trusted_signers(parts["MANI"], parse_signatures(parts["SIGS"]), trusted_keys=trusted_keys,
+                           root=store.state.root, at=store.state.trusted_time(now))
+
+def _extract_index(copy_path: Path, manifest: Manifest, stage_fd: int) -> None:
+    """Write the verified copy's unencrypted INDX section to ``index.annoy`` (0444) beside it.
+
+    Annoy maps a whole file from its first byte, so an index inside the capsule can only be
+    read by copying it into memory; a file of its own is mapped file-backed (evictable
+    pages, nothing charged to the memory budget). Hashed again while copied.
+    """
+    from . import format as fmt
+
+    with open(copy_path, "rb") as capsule:
+        header = fmt.parse_header(capsule.read(fmt.HEADER_BYTES), file_bytes=os.fstat(capsule.fileno()).st_size)
+        entry = fmt.parse_section_table(capsule.read(header.table_bytes), header)["INDX"]
+        capsule.seek(entry.offset)
+        fd = os.open(INDEX_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                     dir_fd=stage_fd)
+        try:
+            hasher = hashlib.sha256()
+            copy_hashed(capsule.read, fd, entry.length, hasher,
+                         shrank=f"{copy_path} shrank while its index was extracted")
+            if hasher.hexdigest() != manifest.sections["INDX"].sha256:
+                raise StoreError("the index changed while it was extracted")
+            os.fsync(fd)
+            os.fchmod(fd, 0o444)
+        finally:
+            os.close(fd)
+
+
+def _content_key_to_cache(manifest: Manifest, identities: Sequence[Identity]) -> bytes | None:
+    devices = [i for i in identities if isinstance(i, X25519PrivateKey)]
+    if devices:
+        try:
+            unwrap_content_key(manifest, devices)
+            return None  # the device key opens it: nothing to cache
+        except CapsuleError:
+            pass
+    others = [i for i in identities if isinstance(i, Passphrase)]
+    return unwrap_content_key(manifest, others) if others else None
