@@ -50,6 +50,8 @@ _HINTS = {
 #: Files the hardware id is read from, in order, when $EDGE_CONFIG_DIR/hardware-id is absent.
 HARDWARE_ID_FILES = ("/sys/firmware/devicetree/base/serial-number",)
 MAX_HARDWARE_ID_BYTES = 128
+#: Largest --threads: more than any board this runs on has cores; onnxruntime starts one thread each.
+MAX_THREADS = 256
 
 
 def _config_dir() -> Path:
@@ -318,8 +320,6 @@ def _runtime_probe(manifest) -> dict[str, object]:
 def cmd_search(args: argparse.Namespace) -> int:
     from .capsule_set import CapsuleSet
 
-    if args.k is not None and args.k < 1:
-        raise SystemExit(_usage_error("-k must be at least 1"))
     store = _store(args)
     paths, cached, options = [], [], []
     for target in args.capsules:
@@ -500,7 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def runtime(p: argparse.ArgumentParser) -> None:
         p.add_argument("--ram-budget", type=_size_arg, metavar="SIZE", default=argparse.SUPPRESS, help=ram_help)
-        p.add_argument("--threads", type=int, default=1, help="threads for query embedding (default 1)")
+        p.add_argument("--threads", type=_int_arg(1, MAX_THREADS), default=1, metavar="N",
+                       help=f"threads for query embedding, 1-{MAX_THREADS} (default 1)")
 
     p = sub.add_parser("verify", help="check signature, validity, digests and (with a key) every frame",
                        description="Verify a capsule. Without --identity: signature, validity window, rules and "
@@ -528,7 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "--identity device.key")
     common(p, several=True)
     p.add_argument("query", help="the question, in quotes")
-    p.add_argument("-k", type=int, default=None,
+    p.add_argument("-k", type=_int_arg(1), default=None,
                    help="number of results (default 5, or the capsule's query limit when lower)")
     runtime(p)
     p.set_defaults(func=cmd_search)
@@ -583,6 +584,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_trust)
     return parser
+
+
+def _int_arg(low: int, high: int | None = None):
+    """Return an argparse type: a decimal integer in ``low..high`` (no upper bound if ``None``)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{value} is not in {low}..{high}" if high is not None
+                                             else f"{value} is below {low}")
+        return value
+
+    return parse
 
 
 def _size_arg(text: str) -> int:

@@ -31,8 +31,12 @@ def _keys(built):
 
 
 def _child(argv, *, stdin=None, timeout=HANG_TIMEOUT_S, limit_as_bytes=None, **kwargs):
-    """Run ``python -m edge ARGV`` (argv items may be bytes) and return the CompletedProcess."""
+    """Run ``python -m edge ARGV`` (argv items may be bytes) and return the CompletedProcess.
+
+    ``stdin`` is bytes or text to feed, or a file object to connect."""
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if stdin is not None and not isinstance(stdin, (bytes, str)):
+        kwargs["stdin"], stdin = stdin, None
 
     def limit():
         if limit_as_bytes is not None:
@@ -107,3 +111,30 @@ def test_key_and_passphrase_files_must_be_regular_files(tiny_capsule, tmp_path, 
             "--passphrase-file": ["--trust", str(tiny_capsule.publisher_pub_path), "--passphrase-file", path]}[flag]
     assert main(["search", str(tiny_capsule.path), "What is Python?", *keys]) == 1
     _assert_one_error_line(capsys.readouterr().err, f"{path} is not a regular file")
+
+
+# ---------------------------------------------------------------------------
+# 2. Bad arguments: one-line usage errors (exit 2), never a traceback
+
+
+def _assert_usage_error(proc, fragment: str) -> None:
+    """Exit 2, no traceback, nothing on stdout, and ``fragment`` in the stderr error line."""
+    stderr = proc.stderr.decode("utf-8", "replace") if isinstance(proc.stderr, bytes) else proc.stderr
+    assert proc.returncode == 2, stderr
+    assert "Traceback" not in stderr, stderr
+    assert not proc.stdout, proc.stdout
+    errors = [line for line in stderr.splitlines() if "error: " in line]
+    assert len(errors) == 1 and fragment in errors[0], stderr
+
+
+@pytest.mark.parametrize("threads", ["0", "-3", "x"])
+def test_threads_must_be_a_positive_integer(tiny_capsule, threads):
+    proc = _child(["search", str(tiny_capsule.path), "What is Python?", f"--threads={threads}",
+                   *_keys(tiny_capsule)], text=True)
+    _assert_usage_error(proc, "argument --threads")
+
+
+@pytest.mark.parametrize("k", ["0", "-3"])
+def test_k_must_be_a_positive_integer(tiny_capsule, k):
+    proc = _child(["search", str(tiny_capsule.path), "What is Python?", f"-k={k}", *_keys(tiny_capsule)], text=True)
+    _assert_usage_error(proc, "argument -k")
