@@ -317,9 +317,26 @@ def _runtime_probe(manifest) -> dict[str, object]:
     return probe
 
 
+def _query(args: argparse.Namespace) -> str:
+    """Return the search query, checked.
+
+    Raises:
+        SystemExit(2): the query is empty or whitespace, or not valid UTF-8.
+    """
+    query = args.query
+    try:
+        query.encode("utf-8")  # argv bytes that are not UTF-8 arrive as lone surrogates
+    except UnicodeEncodeError:
+        raise SystemExit(_usage_error("the query is not valid UTF-8")) from None
+    if not query.strip():
+        raise SystemExit(_usage_error("the query is empty"))
+    return query
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from .capsule_set import CapsuleSet
 
+    query = _query(args)
     store = _store(args)
     paths, cached, options = [], [], []
     for target in args.capsules:
@@ -336,7 +353,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                          budget=_budget(args), n_threads=args.threads, device=_device(args),
                          per_capsule=options) as capsules:
         k = args.k if args.k is not None else min([5] + [c.rules.max_k for c in capsules.capsules if c.rules.max_k])
-        hits = capsules.search(args.query, k=k)
+        hits = capsules.search(query, k=k)
         several = len(capsules.capsules) > 1
         for rank, hit in enumerate(hits, 1):
             if args.json:

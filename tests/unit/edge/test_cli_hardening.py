@@ -127,6 +127,13 @@ def _assert_usage_error(proc, fragment: str) -> None:
     assert len(errors) == 1 and fragment in errors[0], stderr
 
 
+@pytest.mark.parametrize("json_flag", [[], ["--json"]])
+@pytest.mark.parametrize("query", ["", "  \t\n "])
+def test_search_refuses_an_empty_or_blank_query(tiny_capsule, query, json_flag):
+    proc = _child(["search", str(tiny_capsule.path), query, *json_flag, *_keys(tiny_capsule)], text=True)
+    _assert_usage_error(proc, "edge: error: the query is empty")
+
+
 @pytest.mark.parametrize("threads", ["0", "-3", "x"])
 def test_threads_must_be_a_positive_integer(tiny_capsule, threads):
     proc = _child(["search", str(tiny_capsule.path), "What is Python?", f"--threads={threads}",
@@ -138,3 +145,9 @@ def test_threads_must_be_a_positive_integer(tiny_capsule, threads):
 def test_k_must_be_a_positive_integer(tiny_capsule, k):
     proc = _child(["search", str(tiny_capsule.path), "What is Python?", f"-k={k}", *_keys(tiny_capsule)], text=True)
     _assert_usage_error(proc, "argument -k")
+
+
+def test_search_refuses_a_query_of_invalid_utf8_bytes(tiny_capsule):
+    query = os.fsencode("caf") + b"\xe9 \xff\xfe"  # Latin-1, then bytes no UTF-8 text holds
+    proc = _child([b"search", os.fsencode(tiny_capsule.path), query, *map(os.fsencode, _keys(tiny_capsule))])
+    _assert_usage_error(proc, "edge: error: the query is not valid UTF-8")
