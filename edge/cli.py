@@ -50,6 +50,9 @@ _HINTS = {
 #: Files the hardware id is read from, in order, when $EDGE_CONFIG_DIR/hardware-id is absent.
 HARDWARE_ID_FILES = ("/sys/firmware/devicetree/base/serial-number",)
 MAX_HARDWARE_ID_BYTES = 128
+#: Largest query ``edge search CAPSULE -`` reads from stdin: far more than the model's
+#: max_tokens (at most 512 tokens) ever uses, small enough to hold without a budget.
+MAX_STDIN_QUERY_BYTES = 64 * 1024
 #: Largest --threads: more than any board this runs on has cores; onnxruntime starts one thread each.
 MAX_THREADS = 256
 
@@ -318,16 +321,26 @@ def _runtime_probe(manifest) -> dict[str, object]:
 
 
 def _query(args: argparse.Namespace) -> str:
-    """Return the search query, checked.
+    """Return the search query: the argument, or stdin for ``-`` (at most ``MAX_STDIN_QUERY_BYTES``).
 
     Raises:
-        SystemExit(2): the query is empty or whitespace, or not valid UTF-8.
+        SystemExit(2): the query is empty or whitespace, not valid UTF-8, or stdin holds more
+            than ``MAX_STDIN_QUERY_BYTES`` (read no further than one byte past the limit).
     """
-    query = args.query
-    try:
-        query.encode("utf-8")  # argv bytes that are not UTF-8 arrive as lone surrogates
-    except UnicodeEncodeError:
-        raise SystemExit(_usage_error("the query is not valid UTF-8")) from None
+    if args.query == "-":
+        raw = sys.stdin.buffer.read(MAX_STDIN_QUERY_BYTES + 1)
+        if len(raw) > MAX_STDIN_QUERY_BYTES:
+            raise SystemExit(_usage_error(f"the query on stdin is over {MAX_STDIN_QUERY_BYTES} bytes"))
+        try:
+            query = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise SystemExit(_usage_error(f"the query on stdin is not valid UTF-8 (byte {exc.start})")) from None
+    else:
+        query = args.query
+        try:
+            query.encode("utf-8")  # argv bytes that are not UTF-8 arrive as lone surrogates
+        except UnicodeEncodeError:
+            raise SystemExit(_usage_error("the query is not valid UTF-8")) from None
     if not query.strip():
         raise SystemExit(_usage_error("the query is empty"))
     return query
@@ -539,13 +552,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("search", help="answer a question from one or more capsules",
-                       description="Embed the question, find the nearest chunks, read them from the video frames. "
-                                   "With several capsules, the best k hits over all of them (one memory budget, "
-                                   "one model session per model).",
+                       description="Embed the question, find the nearest chunks, read them from the video\n"
+                                   "frames. With several capsules, the best k hits over all of them (one memory\n"
+                                   "budget, one model session per model). A query of - is read from stdin.",
                        epilog="example: edge search manual.capsule \"how do I reset it?\" -k 3 --trust publisher.pub "
-                              "--identity device.key")
+                              "--identity device.key\n"
+                              "example: echo \"how do I reset it?\" | edge search manual -",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     common(p, several=True)
-    p.add_argument("query", help="the question, in quotes")
+    p.add_argument("query", help=f"the question, in quotes; - reads it from stdin (UTF-8, at most "
+                                 f"{MAX_STDIN_QUERY_BYTES // 1024} KiB)")
     p.add_argument("-k", type=_int_arg(1), default=None,
                    help="number of results (default 5, or the capsule's query limit when lower)")
     runtime(p)

@@ -151,3 +151,28 @@ def test_search_refuses_a_query_of_invalid_utf8_bytes(tiny_capsule):
     query = os.fsencode("caf") + b"\xe9 \xff\xfe"  # Latin-1, then bytes no UTF-8 text holds
     proc = _child([b"search", os.fsencode(tiny_capsule.path), query, *map(os.fsencode, _keys(tiny_capsule))])
     _assert_usage_error(proc, "edge: error: the query is not valid UTF-8")
+
+
+def test_search_reads_the_query_from_stdin_for_a_dash(tiny_capsule):
+    argv = ["search", str(tiny_capsule.path), "-k", "2", "--json", *_keys(tiny_capsule)]
+    from_stdin = _child([*argv[:2], "-", *argv[2:]], stdin=b"What is Python?\n")
+    from_argv = _child([*argv[:2], "What is Python?\n", *argv[2:]])
+    assert from_stdin.returncode == 0, from_stdin.stderr
+    assert from_stdin.stdout == from_argv.stdout and len(from_stdin.stdout.splitlines()) == 2
+
+
+@pytest.mark.parametrize("stdin, fragment", [
+    (b"", "the query is empty"),
+    (b" \n\t\n", "the query is empty"),
+    (b"What is \xff Python?", "the query on stdin is not valid UTF-8 (byte 8)"),
+    (b"a" * (64 * 1024 + 1), "the query on stdin is over 65536 bytes"),
+])
+def test_search_refuses_a_bad_query_on_stdin(tiny_capsule, stdin, fragment):
+    proc = _child(["search", str(tiny_capsule.path), "-", *_keys(tiny_capsule)], stdin=stdin)
+    _assert_usage_error(proc, f"edge: error: {fragment}")
+
+
+def test_search_reads_no_more_than_the_limit_from_an_endless_stdin(tiny_capsule):
+    with open("/dev/zero", "rb") as endless:
+        proc = _child(["search", str(tiny_capsule.path), "-", *_keys(tiny_capsule)], stdin=endless)
+    _assert_usage_error(proc, "edge: error: the query on stdin is over 65536 bytes")
