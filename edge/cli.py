@@ -642,6 +642,27 @@ def _size_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+#: Exit status after the reader of stdout went away (``edge list | head -1``): 128 + SIGPIPE,
+#: what a shell reports for a Unix tool that SIGPIPE killed.
+EXIT_BROKEN_PIPE = 128 + 13
+
+
+def _stdout_closed() -> int:
+    """Stop writing quietly once stdout's reader has gone (EPIPE), as Unix tools do.
+
+    Python ignores SIGPIPE, so the write raises ``BrokenPipeError`` instead of killing the
+    process mid-way (which could cut a store update short). stdout is pointed at /dev/null so
+    that the interpreter's final flush of what is still buffered cannot fail again.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout has no descriptor (replaced by a caller)
+        pass
+    return EXIT_BROKEN_PIPE
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``edge`` CLI; return the exit code."""
     parser = build_parser()
@@ -649,7 +670,23 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.ERROR if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format=f"{PROG}: %(levelname)s: %(name)s: %(message)s")
     try:
+        code = _run(args)
+        sys.stdout.flush()  # a reader that went away shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        return _stdout_closed()
+    finally:
+        store = getattr(args, "_store", None)
+        if store is not None:
+            store.close()
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the parsed command; turn the runtime's errors into one stderr line and an exit code."""
+    try:
         return args.func(args)
+    except BrokenPipeError:
+        raise
     except (EdgeError, KeyFileError) as exc:
         if getattr(args, "json", False):
             print(json.dumps({"error": getattr(exc, "expect", "key"), "message": str(exc)}))
@@ -663,10 +700,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    finally:
-        store = getattr(args, "_store", None)
-        if store is not None:
-            store.close()
 
 
 __all__ = ["main", "build_parser"]

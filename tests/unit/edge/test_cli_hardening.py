@@ -42,7 +42,9 @@ def _child(argv, *, stdin=None, timeout=HANG_TIMEOUT_S, limit_as_bytes=None, **k
         if limit_as_bytes is not None:
             resource.setrlimit(resource.RLIMIT_AS, (limit_as_bytes, limit_as_bytes))
 
-    return subprocess.run([sys.executable, "-m", "edge", *argv], input=stdin, capture_output=True, env=env,
+    if "stdout" not in kwargs:
+        kwargs["capture_output"] = True
+    return subprocess.run([sys.executable, "-m", "edge", *argv], input=stdin, env=env,
                           cwd=ROOT, timeout=timeout, preexec_fn=limit, **kwargs)
 
 
@@ -176,3 +178,34 @@ def test_search_reads_no_more_than_the_limit_from_an_endless_stdin(tiny_capsule)
     with open("/dev/zero", "rb") as endless:
         proc = _child(["search", str(tiny_capsule.path), "-", *_keys(tiny_capsule)], stdin=endless)
     _assert_usage_error(proc, "edge: error: the query on stdin is over 65536 bytes")
+
+
+# ---------------------------------------------------------------------------
+# 3. stdout's reader goes away (edge list | head -1): exit quietly, as Unix tools do
+
+
+def _child_into_closed_pipe(argv):
+    """Run ``python -m edge ARGV`` with stdout a pipe whose read end is already closed, so that the
+    first write fails with EPIPE whatever the timing (``head -1`` exiting early, made certain)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return _child(argv, stdout=write_end, stderr=subprocess.PIPE, text=True)
+    finally:
+        os.close(write_end)
+
+
+@pytest.mark.parametrize("argv", [
+    ["list"],
+    ["search", "{capsule}", "What is Python?", "-k", "3"],
+    ["search", "{capsule}", "What is Python?", "-k", "3", "--json"],
+])
+def test_a_closed_stdout_ends_the_command_quietly(tiny_capsule, tmp_path, argv):
+    argv = [a.format(capsule=tiny_capsule.path) for a in argv]
+    if argv[0] == "search":
+        argv += _keys(tiny_capsule)
+    proc = _child_into_closed_pipe([*argv, "--store", str(tmp_path / "store")])
+    # was "edge: error: Broken pipe", or a BrokenPipeError report; --trust keys get their note
+    assert all(line.startswith("edge: note: ") for line in proc.stderr.splitlines()), proc.stderr
+    assert proc.returncode == 141  # 128 + SIGPIPE, what a shell shows for a tool SIGPIPE ended
+
