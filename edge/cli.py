@@ -21,6 +21,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -57,6 +58,30 @@ MAX_STDIN_QUERY_BYTES = 64 * 1024
 MAX_THREADS = 256
 
 
+#: Characters a terminal may act on: C0 and C1 controls and DEL (escape sequences, bell,
+#: carriage return), Unicode bidirectional overrides and isolates (text shown reordered), and
+#: lone surrogates (argv or file names that were not UTF-8). ``_BODY`` keeps tab and newline.
+_BIDI_AND_SURROGATES = r"\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff"
+_TERMINAL_UNSAFE = re.compile(rf"[\x00-\x1f\x7f-\x9f{_BIDI_AND_SURROGATES}]")
+_TERMINAL_UNSAFE_BODY = re.compile(rf"[\x00-\x08\x0b-\x1f\x7f-\x9f{_BIDI_AND_SURROGATES}]")
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def _printable(value: object, *, body: bool = False) -> str:
+    """Return ``str(value)`` safe to print on a terminal: each control character (C0, C1, DEL),
+    bidi override and lone surrogate becomes a visible escape (``\\x1b``, ``\\u202e``).
+
+    Names, titles and messages (``body=False``) stay on one line; chunk text (``body=True``)
+    keeps its newlines and tabs. Strings inside capsules are the publisher's, signed or not:
+    human output passes them through here, JSON output (``--json``) prints them exactly.
+    """
+    return (_TERMINAL_UNSAFE_BODY if body else _TERMINAL_UNSAFE).sub(_escape_char, str(value))
+
+
 def _config_dir() -> Path:
     return Path(os.environ.get("EDGE_CONFIG_DIR", DEFAULT_CONFIG_DIR))
 
@@ -85,7 +110,7 @@ class _NoStore:
         self.path = path
         self.reason = reason
         self.state = DeviceState(hardware_id=hardware_id)
-        print(f"{PROG}: warning: no device store ({reason}); the trusted time floor and version records "
+        print(f"{PROG}: warning: no device store ({_printable(reason)}); the trusted time floor and version records "
               "are not kept between runs", file=sys.stderr)
 
     def close(self) -> None:
@@ -231,9 +256,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     else:
         detail = (f"{report.n_frames_checked} frames / {report.n_chunks_checked} chunks decrypted"
                   if report.n_frames_checked else "signature, validity and section digests")
-        print(f"ok: {m.name} v{m.version} ({m.capsule_id}), expires {result['expires_at']}; checked {detail}")
+        print(f"ok: {_printable(m.name)} v{m.version} ({m.capsule_id}), expires {result['expires_at']}; checked {detail}")
         for note in report.notes:
-            print(f"note: {note}")
+            print(f"note: {_printable(note)}")
     return 0
 
 
@@ -269,7 +294,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(info))
     else:
         for key, value in info.items():
-            print(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+            print(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else _printable(value)}")
     return 0
 
 
@@ -372,10 +397,10 @@ def cmd_search(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps({"rank": rank, **hit.to_json()}))
             else:
-                where = f"{hit.capsule}: " if several else ""
-                print(f"[{rank}] score {hit.score:.3f}  {where}{hit.document}  chars {hit.char_start}-{hit.char_end}  "
+                where = f"{_printable(hit.capsule)}: " if several else ""
+                print(f"[{rank}] score {hit.score:.3f}  {where}{_printable(hit.document)}  chars {hit.char_start}-{hit.char_end}  "
                       f"(chunk {hit.chunk_id})")
-                print("    " + hit.text.replace("\n", "\n    "))
+                print("    " + _printable(hit.text, body=True).replace("\n", "\n    "))
     return 0
 
 
@@ -384,13 +409,13 @@ def cmd_read(args: argparse.Namespace) -> int:
         try:
             hit = capsule.read_chunk(args.chunk_id)
         except ValueError as exc:
-            print(f"{PROG}: error: {exc}", file=sys.stderr)
+            print(f"{PROG}: error: {_printable(exc)}", file=sys.stderr)
             return 1
         if args.json:
             print(json.dumps(hit.to_json()))
         else:
-            print(f"# {hit.document} chars {hit.char_start}-{hit.char_end} (chunk {hit.chunk_id})")
-            print(hit.text)
+            print(f"# {_printable(hit.document)} chars {hit.char_start}-{hit.char_end} (chunk {hit.chunk_id})")
+            print(_printable(hit.text, body=True))
     return 0
 
 
@@ -412,7 +437,7 @@ def cmd_install(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"installed": entry.name, **entry.to_json()}))
     else:
-        print(f"installed {entry.name} v{entry.version} ({entry.capsule_id}), expires {format_time(entry.expires_at)}, "
+        print(f"installed {_printable(entry.name)} v{entry.version} ({entry.capsule_id}), expires {format_time(entry.expires_at)}, "
               f"{entry.file_bytes} bytes" + ("; content key cached" if entry.content_key else ""))
     return 0
 
@@ -428,9 +453,9 @@ def cmd_list(args: argparse.Namespace) -> int:
             print(json.dumps({"name": entry.name, "status": entry.status(at), **entry.to_json()}))
         return 0
     if not entries:
-        print(f"no capsules installed in {store.path}")
+        print(f"no capsules installed in {_printable(store.path)}")
     for entry in entries:
-        print(f"{entry.name}  v{entry.version}  {entry.status(at)}  expires {format_time(entry.expires_at)}  "
+        print(f"{_printable(entry.name)}  v{entry.version}  {entry.status(at)}  expires {format_time(entry.expires_at)}  "
               f"{entry.capsule_id}  {entry.file_bytes} bytes")
     return 0
 
@@ -440,7 +465,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"removed": entry.name, **entry.to_json()}))
     else:
-        print(f"removed {entry.name} v{entry.version}; versions below {entry.version} stay refused on this device")
+        print(f"removed {_printable(entry.name)} v{entry.version}; versions below {entry.version} stay refused on this device")
     return 0
 
 
@@ -477,7 +502,7 @@ def cmd_trust(args: argparse.Namespace) -> int:
               f"root {root.root_threshold}-of-{len(root.root_keys)}, capsules need {root.threshold} signature(s)")
         for d in root.publishers.values():
             state = "valid" if at < d.expires_at else "expired"
-            print(f"publisher {d.keyid}  {d.name or '-'}  until {format_time(d.expires_at)}  {state}")
+            print(f"publisher {d.keyid}  {_printable(d.name or '-')}  until {format_time(d.expires_at)}  {state}")
         for kid in sorted(root.revoked):
             print(f"revoked   {kid}")
         print(f"trusted time {info['trusted_time']} (floor {info['floor']})")
@@ -485,7 +510,7 @@ def cmd_trust(args: argparse.Namespace) -> int:
 
 
 def _usage_error(message: str) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+    print(f"{PROG}: error: {_printable(message)}", file=sys.stderr)
     return 2
 
 
@@ -690,13 +715,13 @@ def _run(args: argparse.Namespace) -> int:
     except (EdgeError, KeyFileError) as exc:
         if getattr(args, "json", False):
             print(json.dumps({"error": getattr(exc, "expect", "key"), "message": str(exc)}))
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {_printable(exc)}", file=sys.stderr)
         hint = _HINTS.get(type(exc).__name__)
         if hint:
             print(f"{PROG}: hint: {hint}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"{PROG}: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        print(_printable(f"{PROG}: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

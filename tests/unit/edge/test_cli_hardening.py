@@ -8,6 +8,7 @@ that only guards against the hang the test is about.
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import subprocess
@@ -209,3 +210,49 @@ def test_a_closed_stdout_ends_the_command_quietly(tiny_capsule, tmp_path, argv):
     assert all(line.startswith("edge: note: ") for line in proc.stderr.splitlines()), proc.stderr
     assert proc.returncode == 141  # 128 + SIGPIPE, what a shell shows for a tool SIGPIPE ended
 
+
+
+# ---------------------------------------------------------------------------
+# 4. Terminal escapes in publisher-signed strings: escaped in human output, exact in JSON
+
+EVIL_NAME = "reset\x1b[2J\x07\u202e.md"  # clear screen, bell, right-to-left override
+EVIL_TEXT = "To reset the unit\x1b]0;owned\x07 hold the button\x1b[31m for ten\tseconds.\x9b1m Then wait."
+
+
+@pytest.fixture(scope="module")
+def escape_capsule(tmp_path_factory):
+    from ...conftest import build_test_capsule
+
+    tmp = tmp_path_factory.mktemp("escapes")
+    (tmp / "docs").mkdir()
+    (tmp / "docs" / EVIL_NAME).write_text(f"# Reset\n\n{EVIL_TEXT}\n", encoding="utf-8")
+    return build_test_capsule(tmp / "docs", tmp / "escapes.capsule", keys_dir=tmp / "keys")
+
+
+def _assert_no_terminal_controls(text: str) -> None:
+    unsafe = [c for c in text if (ord(c) < 0x20 and c not in "\n\t") or 0x7f <= ord(c) <= 0x9f or c == "\u202e"]
+    assert not unsafe, repr(text)
+
+
+@pytest.mark.parametrize("command", ["search", "read"])
+def test_control_characters_in_signed_strings_are_escaped_in_human_output(escape_capsule, tmp_path, command):
+    extra = ["how do I reset the unit?", "-k", "1"] if command == "search" else ["0"]
+    argv = [command, str(escape_capsule.path), *extra, *_keys(escape_capsule), "--store", str(tmp_path / "s")]
+    human = _child(argv, text=True)
+    assert human.returncode == 0, human.stderr
+    _assert_no_terminal_controls(human.stdout)
+    assert "reset\\x1b[2J\\x07\\u202e.md" in human.stdout
+    assert "unit\\x1b]0;owned\\x07 hold the button\\x1b[31m for ten\tseconds.\\x9b1m" in human.stdout
+
+    exact = _child([*argv, "--json"], text=True)
+    assert exact.returncode == 0, exact.stderr
+    hit = json.loads(exact.stdout.splitlines()[0])
+    assert hit["document"] == EVIL_NAME and EVIL_TEXT in hit["text"]
+
+
+def test_error_messages_stay_on_one_line_without_terminal_controls(escape_capsule, tmp_path):
+    missing = tmp_path / "gone\x1b[2J\nedge: error: forged.capsule"
+    proc = _child(["verify", str(missing), *_keys(escape_capsule), "--store", str(tmp_path / "s")], text=True)
+    assert proc.returncode == 1
+    _assert_no_terminal_controls(proc.stderr.replace("\n", ""))
+    _assert_one_error_line(proc.stderr, "gone\\x1b[2J\\x0aedge: error: forged.capsule")
