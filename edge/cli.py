@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 from ._files import read_regular_file
+from ._process import harden_process
 from .budget import MemoryBudget, format_mib, parse_size
 from .errors import EdgeError
 from .keys import KeyFileError, load_identity, load_passphrase, load_public_key
@@ -689,7 +690,12 @@ def _stdout_closed() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the ``edge`` CLI; return the exit code."""
+    """Run the ``edge`` CLI; return the exit code.
+
+    First turns core dumps off for this process (``edge._process.harden_process``): the
+    commands hold decrypted chunk text and the device's private key in memory.
+    """
+    harden_process()
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.ERROR if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG

@@ -256,3 +256,68 @@ def test_error_messages_stay_on_one_line_without_terminal_controls(escape_capsul
     assert proc.returncode == 1
     _assert_no_terminal_controls(proc.stderr.replace("\n", ""))
     _assert_one_error_line(proc.stderr, "gone\\x1b[2J\\x0aedge: error: forged.capsule")
+
+
+# ---------------------------------------------------------------------------
+# 5. No core dumps: RLIMIT_CORE 0 and (Linux) not dumpable, from the library call and the CLI
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(2) and /proc are Linux")
+
+
+@linux_only
+def test_harden_process_turns_core_dumps_off():
+    script = ("import resource; from edge._process import harden_process, is_dumpable; "
+              "before = (is_dumpable(), resource.getrlimit(resource.RLIMIT_CORE)); done = harden_process(); "
+              "print(before, (is_dumpable(), resource.getrlimit(resource.RLIMIT_CORE)), done, harden_process())")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=ROOT,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_CORE, (1 << 20, 1 << 20)),
+                          timeout=HANG_TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr
+    done = "{'core_limit_zero': True, 'not_dumpable': True}"
+    assert proc.stdout.strip() == f"(True, ({1 << 20}, {1 << 20})) (False, (0, 0)) {done} {done}"
+
+
+def _core_limit_once_hardened(argv, *, wait=True):
+    """Start ``argv`` with RLIMIT_CORE 1 MiB and stdin an open pipe; return its ``/proc/PID/limits``
+    core line once that reads 0 (or after ``HANG_TIMEOUT_S``; at once if not ``wait``), then its
+    exit status and stderr after stdin is closed."""
+    import time
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+                             env=env, text=True,
+                             preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_CORE, (1 << 20, 1 << 20)))
+    try:
+        deadline = time.monotonic() + HANG_TIMEOUT_S  # guards against a child that never hardens
+        core = ""
+        while time.monotonic() < deadline and child.poll() is None:
+            with open(f"/proc/{child.pid}/limits") as limits:
+                core = " ".join(next(line for line in limits if line.startswith("Max core file size")).split())
+            if core == "Max core file size 0 0 bytes" or not wait:
+                break
+            time.sleep(0.05)
+        _, stderr = child.communicate(input="", timeout=HANG_TIMEOUT_S)
+        return core, child.returncode, stderr
+    finally:
+        child.kill()
+        child.wait()
+
+
+@linux_only
+def test_the_cli_turns_core_dumps_off_before_it_reads_anything(tiny_capsule):
+    # edge search CAPSULE - waits on stdin for the query, before any key or capsule is read: by
+    # then its core limit, read from outside, is 0. The same main() run under a wrapper then
+    # reports PR_GET_DUMPABLE 0 (the /proc view of dumpability is root's alone when tests run as root).
+    wrapper = ("import sys\nfrom edge.cli import main\nfrom edge._process import is_dumpable\n"
+               "try:\n    sys.exit(main(sys.argv[1:]))\nfinally:\n    print('dumpable:', is_dumpable(), file=sys.stderr)")
+    core, returncode, stderr = _core_limit_once_hardened(
+        [sys.executable, "-c", wrapper, "search", str(tiny_capsule.path), "-", *_keys(tiny_capsule)])
+    assert core == "Max core file size 0 0 bytes", stderr
+    assert returncode == 2 and "edge: error: the query is empty" in stderr  # stdin closed empty
+    assert stderr.splitlines()[-1] == "dumpable: False", stderr
+    # Control: the same wrapper that does not call main() keeps the limit it was given.
+    core, returncode, stderr = _core_limit_once_hardened(
+        [sys.executable, "-c", "import sys; sys.stdin.read(); from edge._process import is_dumpable; "
+                               "print('dumpable:', is_dumpable(), file=sys.stderr)"], wait=False)
+    assert core == "Max core file size 1048576 1048576 bytes" and stderr.strip() == "dumpable: True", stderr
