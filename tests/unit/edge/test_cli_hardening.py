@@ -321,3 +321,34 @@ def test_the_cli_turns_core_dumps_off_before_it_reads_anything(tiny_capsule):
         [sys.executable, "-c", "import sys; sys.stdin.read(); from edge._process import is_dumpable; "
                                "print('dumpable:', is_dumpable(), file=sys.stderr)"], wait=False)
     assert core == "Max core file size 1048576 1048576 bytes" and stderr.strip() == "dumpable: True", stderr
+
+
+# ---------------------------------------------------------------------------
+# 6. Without query_limits.max_k, a capsule that does not allow export bounds k by default
+
+
+@pytest.fixture(scope="module")
+def search_only_capsule(tmp_path_factory):
+    from ...conftest import TINY_DOCS, build_test_capsule
+
+    tmp = tmp_path_factory.mktemp("search-only")
+    return build_test_capsule(TINY_DOCS / "good", tmp / "search-only.capsule", keys_dir=tmp / "keys",
+                              rules={"operations": {"optional": False, "allow": ["search"]}})
+
+
+def test_k_is_bounded_by_default_when_export_is_not_allowed(search_only_capsule, tiny_capsule, tmp_path):
+    def search(built, k):
+        return _child(["search", str(built.path), "What is Python?", "-k", str(k), "--json", *_keys(built),
+                       "--store", str(tmp_path / "store")], text=True)
+
+    n_chunks = tiny_capsule.result.n_chunks
+    assert search_only_capsule.result.n_chunks == n_chunks
+    everything = search(tiny_capsule, 1000)  # export allowed: k = n_chunks is an export anyway
+    assert everything.returncode == 0 and len(everything.stdout.splitlines()) == n_chunks, everything.stderr
+    for k in (1000, 51):
+        proc = search(search_only_capsule, k)
+        assert proc.returncode == 1, proc.stdout  # was: every chunk
+        _assert_one_error_line(proc.stderr, f"search asks for {k} results, this capsule allows at most 50")
+        assert json.loads(proc.stdout)["error"] == "rule"
+    proc = search(search_only_capsule, 50)
+    assert proc.returncode == 0 and len(proc.stdout.splitlines()) == min(50, n_chunks), proc.stderr
