@@ -272,7 +272,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     if identities:
         with _open(args) as capsule:
             if args.memory:
-                capsule.search(MEMORY_PROBE_QUERY, k=min(5, capsule.manifest.n_chunks))
+                _memory_probe(capsule)
             info = capsule.info()
         if args.memory and not args.json:
             _print_memory(info["memory"])
@@ -300,6 +300,20 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 MEMORY_PROBE_QUERY = "memory probe: how much does one query use?"
+MEMORY_PROBE_K = 5
+
+
+def _memory_probe(capsule) -> None:
+    """Do one query's work on ``capsule`` so that the memory it takes can be measured: embed
+    ``MEMORY_PROBE_QUERY``, rank ``MEMORY_PROBE_K`` hits, read and authenticate their frames.
+
+    This is not a use of the capsule: nothing it reads is printed or returned, so it spends no
+    ``rate_limit`` use and is not held to ``query_limits.max_k`` or ``operations`` (a public
+    ``search`` did both: ``info --memory`` took a kiosk's query and failed when max_k < 5).
+    """
+    vector = capsule.embedder.embed([MEMORY_PROBE_QUERY])[0]
+    ids, scores = capsule._rank(vector, min(MEMORY_PROBE_K, capsule.manifest.n_chunks), -1)  # no policy: no use
+    capsule.read_hits(ids, scores)
 
 
 def _print_memory(memory: dict) -> None:

@@ -31,11 +31,11 @@ def _keys(built):
     return ["--trust", str(built.publisher_pub_path), "--identity", str(built.device_key_path)]
 
 
-def _child(argv, *, stdin=None, timeout=HANG_TIMEOUT_S, limit_as_bytes=None, **kwargs):
+def _child(argv, *, stdin=None, timeout=HANG_TIMEOUT_S, limit_as_bytes=None, env=None, **kwargs):
     """Run ``python -m edge ARGV`` (argv items may be bytes) and return the CompletedProcess.
 
     ``stdin`` is bytes or text to feed, or a file object to connect."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, **(env or {}), PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     if stdin is not None and not isinstance(stdin, (bytes, str)):
         kwargs["stdin"], stdin = stdin, None
 
@@ -352,3 +352,39 @@ def test_k_is_bounded_by_default_when_export_is_not_allowed(search_only_capsule,
         assert json.loads(proc.stdout)["error"] == "rule"
     proc = search(search_only_capsule, 50)
     assert proc.returncode == 0 and len(proc.stdout.splitlines()) == min(50, n_chunks), proc.stderr
+
+
+# ---------------------------------------------------------------------------
+# 7. edge info --memory measures one query's work without spending a use
+
+
+@pytest.mark.parametrize("max_k", [None, 3])
+def test_info_memory_spends_no_rate_limit_use_and_works_with_max_k_below_5(tmp_path, max_k):
+    import shutil
+
+    from ...conftest import TINY_DOCS, build_test_capsule
+
+    rules = {"rate_limit": {"optional": False, "max_queries": 1, "window_s": 3600}}
+    if max_k is not None:
+        rules["query_limits"] = {"optional": False, "max_k": max_k}
+    built = build_test_capsule(TINY_DOCS / "good", tmp_path / "limited.capsule", keys_dir=tmp_path / "keys",
+                               rules=rules)
+    (tmp_path / "config" / "trusted").mkdir(parents=True)  # the device's own trust: uses are counted
+    shutil.copy(built.publisher_pub_path, tmp_path / "config" / "trusted")
+    env = {"EDGE_CONFIG_DIR": str(tmp_path / "config")}
+    base = [str(built.path), "--identity", str(built.device_key_path), "--store", str(tmp_path / "store")]
+
+    human = _child(["info", *base, "--memory"], env=env, text=True)
+    assert human.returncode == 0, human.stderr  # was, with max_k 3: search asks for 5 results, at most 3
+    assert human.stdout.startswith("budget: ") and "measured after one query" in human.stdout
+    as_json = _child(["info", *base, "--memory", "--json"], env=env, text=True)
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout)["memory"]["measured"]["rss_bytes"] > 0
+
+    first = _child(["search", base[0], "What is Python?", *base[1:]], env=env, text=True)
+    assert first.returncode == 0, first.stderr  # was: query rate limit reached (info had spent the use)
+    hits = [line for line in first.stdout.splitlines() if line.startswith("[")]
+    assert len(hits) == min(max_k or 5, built.result.n_chunks)  # default k: 5, or max_k when lower
+    second = _child(["search", base[0], "What is Python?", *base[1:]], env=env, text=True)
+    assert second.returncode == 1
+    _assert_one_error_line(second.stderr, "query rate limit reached")
