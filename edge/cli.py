@@ -704,12 +704,16 @@ def _stdout_closed() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the ``edge`` CLI; return the exit code.
+    """Run the ``edge`` CLI on ``argv`` (default ``sys.argv[1:]``); return the exit code.
 
-    First turns core dumps off for this process (``edge._process.harden_process``): the
-    commands hold decrypted chunk text and the device's private key in memory.
+    Run as the program (``argv`` is ``None``: the ``edge`` script, ``python -m edge``), it first
+    turns core dumps off for the process (``edge._process.harden_process``), since the commands
+    hold decrypted chunk text and the device's private key in memory. A caller that passes
+    ``argv`` runs it inside its own process and decides that for itself (``harden_process()``):
+    the core limit cannot be raised again once lowered.
     """
-    harden_process()
+    if argv is None:
+        harden_process()
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.ERROR if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG

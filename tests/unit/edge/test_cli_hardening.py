@@ -262,20 +262,34 @@ def test_error_messages_stay_on_one_line_without_terminal_controls(escape_capsul
 # 5. No core dumps: RLIMIT_CORE 0 and (Linux) not dumpable, from the library call and the CLI
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(2) and /proc are Linux")
+#: The core limit each child starts with, so that a limit of 0 is the child's own doing.
+CHILD_CORE_LIMIT = 1 << 20
+
+
+def _give_child_a_core_limit() -> None:
+    resource.setrlimit(resource.RLIMIT_CORE, (CHILD_CORE_LIMIT, CHILD_CORE_LIMIT))
+
+
+@pytest.fixture
+def core_limit_to_take():
+    hard = resource.getrlimit(resource.RLIMIT_CORE)[1]
+    if hard != resource.RLIM_INFINITY and hard < CHILD_CORE_LIMIT:
+        pytest.skip(f"the hard core limit here is {hard}: a child cannot be given one to take away")
 
 
 @linux_only
-def test_harden_process_turns_core_dumps_off():
+def test_harden_process_turns_core_dumps_off(core_limit_to_take):
     script = ("import resource; from edge._process import harden_process, is_dumpable; "
               "before = (is_dumpable(), resource.getrlimit(resource.RLIMIT_CORE)); done = harden_process(); "
               "print(before, (is_dumpable(), resource.getrlimit(resource.RLIMIT_CORE)), done, harden_process())")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=ROOT,
-                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_CORE, (1 << 20, 1 << 20)),
+                          preexec_fn=_give_child_a_core_limit,
                           timeout=HANG_TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr
     done = "{'core_limit_zero': True, 'not_dumpable': True}"
-    assert proc.stdout.strip() == f"(True, ({1 << 20}, {1 << 20})) (False, (0, 0)) {done} {done}"
+    limit = CHILD_CORE_LIMIT
+    assert proc.stdout.strip() == f"(True, ({limit}, {limit})) (False, (0, 0)) {done} {done}"
 
 
 def _core_limit_once_hardened(argv, *, wait=True):
@@ -287,7 +301,7 @@ def _core_limit_once_hardened(argv, *, wait=True):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
                              env=env, text=True,
-                             preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_CORE, (1 << 20, 1 << 20)))
+                             preexec_fn=_give_child_a_core_limit)
     try:
         deadline = time.monotonic() + HANG_TIMEOUT_S  # guards against a child that never hardens
         core = ""
@@ -305,22 +319,24 @@ def _core_limit_once_hardened(argv, *, wait=True):
 
 
 @linux_only
-def test_the_cli_turns_core_dumps_off_before_it_reads_anything(tiny_capsule):
+def test_the_cli_turns_core_dumps_off_before_it_reads_anything(tiny_capsule, core_limit_to_take):
     # edge search CAPSULE - waits on stdin for the query, before any key or capsule is read: by
-    # then its core limit, read from outside, is 0. The same main() run under a wrapper then
-    # reports PR_GET_DUMPABLE 0 (the /proc view of dumpability is root's alone when tests run as root).
+    # then its core limit, read from outside, is 0. The wrapper, the same sys.exit(main()) as the
+    # edge script, then reports PR_GET_DUMPABLE 0 (from outside that shows only as /proc/PID
+    # owned by root, which says nothing when the tests run as root).
     wrapper = ("import sys\nfrom edge.cli import main\nfrom edge._process import is_dumpable\n"
-               "try:\n    sys.exit(main(sys.argv[1:]))\nfinally:\n    print('dumpable:', is_dumpable(), file=sys.stderr)")
+               "try:\n    sys.exit(main())\nfinally:\n    print('dumpable:', is_dumpable(), file=sys.stderr)")
     core, returncode, stderr = _core_limit_once_hardened(
         [sys.executable, "-c", wrapper, "search", str(tiny_capsule.path), "-", *_keys(tiny_capsule)])
     assert core == "Max core file size 0 0 bytes", stderr
     assert returncode == 2 and "edge: error: the query is empty" in stderr  # stdin closed empty
     assert stderr.splitlines()[-1] == "dumpable: False", stderr
-    # Control: the same wrapper that does not call main() keeps the limit it was given.
+    # Control: a child that never calls main() keeps the limit it was given and stays dumpable.
     core, returncode, stderr = _core_limit_once_hardened(
         [sys.executable, "-c", "import sys; sys.stdin.read(); from edge._process import is_dumpable; "
                                "print('dumpable:', is_dumpable(), file=sys.stderr)"], wait=False)
-    assert core == "Max core file size 1048576 1048576 bytes" and stderr.strip() == "dumpable: True", stderr
+    assert core == f"Max core file size {CHILD_CORE_LIMIT} {CHILD_CORE_LIMIT} bytes", stderr
+    assert stderr.strip() == "dumpable: True", stderr
 
 
 # ---------------------------------------------------------------------------
