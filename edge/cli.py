@@ -21,10 +21,12 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
 from ._files import read_regular_file
+from ._process import harden_process
 from .budget import MemoryBudget, format_mib, parse_size
 from .errors import EdgeError
 from .keys import KeyFileError, load_identity, load_passphrase, load_public_key
@@ -50,6 +52,35 @@ _HINTS = {
 #: Files the hardware id is read from, in order, when $EDGE_CONFIG_DIR/hardware-id is absent.
 HARDWARE_ID_FILES = ("/sys/firmware/devicetree/base/serial-number",)
 MAX_HARDWARE_ID_BYTES = 128
+#: Largest query ``edge search CAPSULE -`` reads from stdin: far more than the model's
+#: max_tokens (at most 512 tokens) ever uses, small enough to hold without a budget.
+MAX_STDIN_QUERY_BYTES = 64 * 1024
+#: Largest --threads: more than any board this runs on has cores; onnxruntime starts one thread each.
+MAX_THREADS = 256
+
+
+#: Characters a terminal may act on: C0 and C1 controls and DEL (escape sequences, bell,
+#: carriage return), Unicode bidirectional overrides and isolates (text shown reordered), and
+#: lone surrogates (argv or file names that were not UTF-8). ``_BODY`` keeps tab and newline.
+_BIDI_AND_SURROGATES = r"\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff"
+_TERMINAL_UNSAFE = re.compile(rf"[\x00-\x1f\x7f-\x9f{_BIDI_AND_SURROGATES}]")
+_TERMINAL_UNSAFE_BODY = re.compile(rf"[\x00-\x08\x0b-\x1f\x7f-\x9f{_BIDI_AND_SURROGATES}]")
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def _printable(value: object, *, body: bool = False) -> str:
+    """Return ``str(value)`` safe to print on a terminal: each control character (C0, C1, DEL),
+    bidi override and lone surrogate becomes a visible escape (``\\x1b``, ``\\u202e``).
+
+    Names, titles and messages (``body=False``) stay on one line; chunk text (``body=True``)
+    keeps its newlines and tabs. Strings inside capsules are the publisher's, signed or not:
+    human output passes them through here, JSON output (``--json``) prints them exactly.
+    """
+    return (_TERMINAL_UNSAFE_BODY if body else _TERMINAL_UNSAFE).sub(_escape_char, str(value))
 
 
 def _config_dir() -> Path:
@@ -80,7 +111,7 @@ class _NoStore:
         self.path = path
         self.reason = reason
         self.state = DeviceState(hardware_id=hardware_id)
-        print(f"{PROG}: warning: no device store ({reason}); the trusted time floor and version records "
+        print(f"{PROG}: warning: no device store ({_printable(reason)}); the trusted time floor and version records "
               "are not kept between runs", file=sys.stderr)
 
     def close(self) -> None:
@@ -238,9 +269,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     else:
         detail = (f"{report.n_frames_checked} frames / {report.n_chunks_checked} chunks decrypted"
                   if report.n_frames_checked else "signature, validity and section digests")
-        print(f"ok: {m.name} v{m.version} ({m.capsule_id}), expires {result['expires_at']}; checked {detail}")
+        print(f"ok: {_printable(m.name)} v{m.version} ({m.capsule_id}), expires {result['expires_at']}; checked {detail}")
         for note in report.notes:
-            print(f"note: {note}")
+            print(f"note: {_printable(note)}")
     return 0
 
 
@@ -253,7 +284,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     if identities:
         with _open(args) as capsule:
             if args.memory:
-                capsule.search(MEMORY_PROBE_QUERY, k=min(5, capsule.manifest.n_chunks))
+                _memory_probe(capsule)
             info = capsule.info()
         if args.memory and not args.json:
             _print_memory(info["memory"])
@@ -276,11 +307,25 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(info))
     else:
         for key, value in info.items():
-            print(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+            print(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else _printable(value)}")
     return 0
 
 
 MEMORY_PROBE_QUERY = "memory probe: how much does one query use?"
+MEMORY_PROBE_K = 5
+
+
+def _memory_probe(capsule) -> None:
+    """Do one query's work on ``capsule`` so that the memory it takes can be measured: embed
+    ``MEMORY_PROBE_QUERY``, rank ``MEMORY_PROBE_K`` hits, read and authenticate their frames.
+
+    This is not a use of the capsule: nothing it reads is printed or returned, so it spends no
+    ``rate_limit`` use and is not held to ``query_limits.max_k`` or ``operations`` (a public
+    ``search`` did both: ``info --memory`` took a kiosk's query and failed when max_k < 5).
+    """
+    vector = capsule.embedder.embed([MEMORY_PROBE_QUERY])[0]
+    ids, scores = capsule._rank(vector, min(MEMORY_PROBE_K, capsule.manifest.n_chunks), -1)  # no policy: no use
+    capsule.read_hits(ids, scores)
 
 
 def _print_memory(memory: dict) -> None:
@@ -327,11 +372,36 @@ def _runtime_probe(manifest) -> dict[str, object]:
     return probe
 
 
+def _query(args: argparse.Namespace) -> str:
+    """Return the search query: the argument, or stdin for ``-`` (at most ``MAX_STDIN_QUERY_BYTES``).
+
+    Raises:
+        SystemExit(2): the query is empty or whitespace, not valid UTF-8, or stdin holds more
+            than ``MAX_STDIN_QUERY_BYTES`` (read no further than one byte past the limit).
+    """
+    if args.query == "-":
+        raw = sys.stdin.buffer.read(MAX_STDIN_QUERY_BYTES + 1)
+        if len(raw) > MAX_STDIN_QUERY_BYTES:
+            raise SystemExit(_usage_error(f"the query on stdin is over {MAX_STDIN_QUERY_BYTES} bytes"))
+        try:
+            query = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise SystemExit(_usage_error(f"the query on stdin is not valid UTF-8 (byte {exc.start})")) from None
+    else:
+        query = args.query
+        try:
+            query.encode("utf-8")  # argv bytes that are not UTF-8 arrive as lone surrogates
+        except UnicodeEncodeError:
+            raise SystemExit(_usage_error("the query is not valid UTF-8")) from None
+    if not query.strip():
+        raise SystemExit(_usage_error("the query is empty"))
+    return query
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from .capsule import OpenOptions
 
-    if args.k is not None and args.k < 1:
-        raise SystemExit(_usage_error("-k must be at least 1"))
+    query = _query(args)
     store = _store(args)
     targets = [Path(t) if _is_path(t) else t for t in args.capsules]
     cached = [t for t in targets if isinstance(t, str) and store.get(t).content_key]
@@ -341,16 +411,16 @@ def cmd_search(args: argparse.Namespace) -> int:
                         options=OpenOptions(n_threads=args.threads),
                         inspect_only=device is not store.state) as capsules:
         k = args.k if args.k is not None else min([5] + [c.rules.max_k for c in capsules.capsules if c.rules.max_k])
-        hits = capsules.search(args.query, k=k)
+        hits = capsules.search(query, k=k)
         several = len(capsules.capsules) > 1
         for rank, hit in enumerate(hits, 1):
             if args.json:
                 print(json.dumps({"rank": rank, **hit.to_json()}))
             else:
-                where = f"{hit.capsule}: " if several else ""
-                print(f"[{rank}] score {hit.score:.3f}  {where}{hit.document}  chars {hit.char_start}-{hit.char_end}  "
+                where = f"{_printable(hit.capsule)}: " if several else ""
+                print(f"[{rank}] score {hit.score:.3f}  {where}{_printable(hit.document)}  chars {hit.char_start}-{hit.char_end}  "
                       f"(chunk {hit.chunk_id})")
-                print("    " + hit.text.replace("\n", "\n    "))
+                print("    " + _printable(hit.text, body=True).replace("\n", "\n    "))
     return 0
 
 
@@ -359,13 +429,13 @@ def cmd_read(args: argparse.Namespace) -> int:
         try:
             hit = capsule.read_chunk(args.chunk_id)
         except ValueError as exc:
-            print(f"{PROG}: error: {exc}", file=sys.stderr)
+            print(f"{PROG}: error: {_printable(exc)}", file=sys.stderr)
             return 1
         if args.json:
             print(json.dumps(hit.to_json()))
         else:
-            print(f"# {hit.document} chars {hit.char_start}-{hit.char_end} (chunk {hit.chunk_id})")
-            print(hit.text)
+            print(f"# {_printable(hit.document)} chars {hit.char_start}-{hit.char_end} (chunk {hit.chunk_id})")
+            print(_printable(hit.text, body=True))
     return 0
 
 
@@ -387,7 +457,7 @@ def cmd_install(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"installed": entry.name, **entry.to_json()}))
     else:
-        print(f"installed {entry.name} v{entry.version} ({entry.capsule_id}), expires {format_time(entry.expires_at)}, "
+        print(f"installed {_printable(entry.name)} v{entry.version} ({entry.capsule_id}), expires {format_time(entry.expires_at)}, "
               f"{entry.file_bytes} bytes" + ("; content key cached" if entry.content_key else ""))
     return 0
 
@@ -403,9 +473,9 @@ def cmd_list(args: argparse.Namespace) -> int:
             print(json.dumps({"name": entry.name, "status": entry.status(at), **entry.to_json()}))
         return 0
     if not entries:
-        print(f"no capsules installed in {store.path}")
+        print(f"no capsules installed in {_printable(store.path)}")
     for entry in entries:
-        print(f"{entry.name}  v{entry.version}  {entry.status(at)}  expires {format_time(entry.expires_at)}  "
+        print(f"{_printable(entry.name)}  v{entry.version}  {entry.status(at)}  expires {format_time(entry.expires_at)}  "
               f"{entry.capsule_id}  {entry.file_bytes} bytes")
     return 0
 
@@ -415,7 +485,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"removed": entry.name, **entry.to_json()}))
     else:
-        print(f"removed {entry.name} v{entry.version}; versions below {entry.version} stay refused on this device")
+        print(f"removed {_printable(entry.name)} v{entry.version}; versions below {entry.version} stay refused on this device")
     return 0
 
 
@@ -452,7 +522,7 @@ def cmd_trust(args: argparse.Namespace) -> int:
               f"root {root.root_threshold}-of-{len(root.root_keys)}, capsules need {root.threshold} signature(s)")
         for d in root.publishers.values():
             state = "valid" if at < d.expires_at else "expired"
-            print(f"publisher {d.keyid}  {d.name or '-'}  until {format_time(d.expires_at)}  {state}")
+            print(f"publisher {d.keyid}  {_printable(d.name or '-')}  until {format_time(d.expires_at)}  {state}")
         for kid in sorted(root.revoked):
             print(f"revoked   {kid}")
         print(f"trusted time {info['trusted_time']} (floor {info['floor']})")
@@ -460,7 +530,7 @@ def cmd_trust(args: argparse.Namespace) -> int:
 
 
 def _usage_error(message: str) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+    print(f"{PROG}: error: {_printable(message)}", file=sys.stderr)
     return 2
 
 
@@ -505,7 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def runtime(p: argparse.ArgumentParser) -> None:
         p.add_argument("--ram-budget", type=_size_arg, metavar="SIZE", default=argparse.SUPPRESS, help=ram_help)
-        p.add_argument("--threads", type=int, default=1, help="threads for query embedding (default 1)")
+        p.add_argument("--threads", type=_int_arg(1, MAX_THREADS), default=1, metavar="N",
+                       help=f"threads for query embedding, 1-{MAX_THREADS} (default 1)")
 
     p = sub.add_parser("verify", help="check signature, validity, digests and (with a key) every frame",
                        description="Verify a capsule. Without --identity: signature, validity window, rules and "
@@ -526,14 +597,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("search", help="answer a question from one or more capsules",
-                       description="Embed the question, find the nearest chunks, read them from the video frames. "
-                                   "With several capsules, the best k hits over all of them (one memory budget, "
-                                   "one model session per model).",
+                       description="Embed the question, find the nearest chunks, read them from the video\n"
+                                   "frames. With several capsules, the best k hits over all of them (one memory\n"
+                                   "budget, one model session per model). A query of - is read from stdin.",
                        epilog="example: edge search manual.capsule \"how do I reset it?\" -k 3 --trust publisher.pub "
-                              "--identity device.key")
+                              "--identity device.key\n"
+                              "example: echo \"how do I reset it?\" | edge search manual -",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     common(p, several=True)
-    p.add_argument("query", help="the question, in quotes")
-    p.add_argument("-k", type=int, default=None,
+    p.add_argument("query", help=f"the question, in quotes; - reads it from stdin (UTF-8, at most "
+                                 f"{MAX_STDIN_QUERY_BYTES // 1024} KiB)")
+    p.add_argument("-k", type=_int_arg(1), default=None,
                    help="number of results (default 5, or the capsule's query limit when lower)")
     runtime(p)
     p.set_defaults(func=cmd_search)
@@ -590,6 +664,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _int_arg(low: int, high: int | None = None):
+    """Return an argparse type: a decimal integer in ``low..high`` (no upper bound if ``None``)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{value} is not in {low}..{high}" if high is not None
+                                             else f"{value} is below {low}")
+        return value
+
+    return parse
+
+
 def _size_arg(text: str) -> int:
     try:
         return parse_size(text)
@@ -597,31 +687,73 @@ def _size_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+#: Exit status after the reader of stdout went away (``edge list | head -1``): 128 + SIGPIPE,
+#: what a shell reports for a Unix tool that SIGPIPE killed.
+EXIT_BROKEN_PIPE = 128 + 13
+
+
+def _stdout_closed() -> int:
+    """Stop writing quietly once stdout's reader has gone (EPIPE), as Unix tools do.
+
+    Python ignores SIGPIPE, so the write raises ``BrokenPipeError`` instead of killing the
+    process mid-way (which could cut a store update short). stdout is pointed at /dev/null so
+    that the interpreter's final flush of what is still buffered cannot fail again.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout has no descriptor (replaced by a caller)
+        pass
+    return EXIT_BROKEN_PIPE
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the ``edge`` CLI; return the exit code."""
+    """Run the ``edge`` CLI on ``argv`` (default ``sys.argv[1:]``); return the exit code.
+
+    Run as the program (``argv`` is ``None``: the ``edge`` script, ``python -m edge``), it first
+    turns core dumps off for the process (``edge._process.harden_process``), since the commands
+    hold decrypted chunk text and the device's private key in memory. A caller that passes
+    ``argv`` runs it inside its own process and decides that for itself (``harden_process()``):
+    the core limit cannot be raised again once lowered.
+    """
+    if argv is None:
+        harden_process()
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.ERROR if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format=f"{PROG}: %(levelname)s: %(name)s: %(message)s")
     try:
+        code = _run(args)
+        sys.stdout.flush()  # a reader that went away shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        return _stdout_closed()
+    finally:
+        store = getattr(args, "_store", None)
+        if store is not None:
+            store.close()
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the parsed command; turn the runtime's errors into one stderr line and an exit code."""
+    try:
         return args.func(args)
+    except BrokenPipeError:
+        raise
     except (EdgeError, KeyFileError) as exc:
         if getattr(args, "json", False):
             print(json.dumps({"error": getattr(exc, "expect", "key"), "message": str(exc)}))
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {_printable(exc)}", file=sys.stderr)
         hint = _HINTS.get(type(exc).__name__)
         if hint:
             print(f"{PROG}: hint: {hint}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"{PROG}: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        print(_printable(f"{PROG}: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
-    finally:
-        store = getattr(args, "_store", None)
-        if store is not None:
-            store.close()
 
 
 __all__ = ["main", "build_parser"]

@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 OPERATIONS = ("export", "read", "search")
 MAX_LIST_ITEMS = 1024
 MAX_K_LIMIT = 1024
+#: The most results one search may ask for when a capsule sets no ``query_limits.max_k`` and
+#: does not allow ``export`` (FORMAT.md §4.2): otherwise ``k = n_chunks`` is an export.
+DEFAULT_MAX_K_WITHOUT_EXPORT = 50
 MAX_QUERIES_LIMIT = 10000
 MAX_WINDOW_S = 31 * 24 * 3600
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -67,7 +70,8 @@ class Rules:
         device_keyids: X25519 key ids (hex64) allowed to use the capsule, or ``None``.
         hardware_ids: hardware ids allowed, or ``None``.
         allowed_operations: subset of ``OPERATIONS`` (all three when the rule is absent).
-        max_k: largest number of results one search may ask for, or ``None``.
+        max_k: largest number of results one search may ask for, or ``None`` (then
+            ``DEFAULT_MAX_K_WITHOUT_EXPORT`` applies unless export is allowed).
         rate_limit: ``RateLimit`` or ``None``.
         purge_on_expiry: the store deletes the capsule and its cached key once expired.
         min_runtime: ``(major, minor, patch)`` the runtime must be at least, or ``None``.
@@ -130,7 +134,8 @@ class Rules:
         """Raise if ``operation`` (with ``k`` results, for search) is not allowed.
 
         Raises:
-            RuleViolationError: the operation is not allowed, or ``k > max_k``.
+            RuleViolationError: the operation is not allowed, or ``k > max_k`` (without
+                ``max_k``: ``k > DEFAULT_MAX_K_WITHOUT_EXPORT`` when export is not allowed).
             ValueError: unknown operation name.
 
         Source: FORMAT.md §4.2 ``operations``, ``query_limits``.
@@ -141,8 +146,12 @@ class Rules:
             raise RuleViolationError(
                 f"operation {operation!r} is not allowed by this capsule's rules "
                 f"(allowed: {', '.join(sorted(self.allowed_operations))})")
-        if operation == "search" and self.max_k is not None and k is not None and k > self.max_k:
-            raise RuleViolationError(f"search asks for {k} results, this capsule allows at most {self.max_k}")
+        limit = self.max_k
+        if limit is None and "export" not in self.allowed_operations:
+            limit = DEFAULT_MAX_K_WITHOUT_EXPORT
+        if operation == "search" and limit is not None and k is not None and k > limit:
+            why = "" if self.max_k is not None else " (the default when its rules do not allow export)"
+            raise RuleViolationError(f"search asks for {k} results, this capsule allows at most {limit}{why}")
 
 
 class _Params:

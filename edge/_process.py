@@ -1,0 +1,76 @@
+"""Process-wide hardening for the runtime: no core dumps of decrypted text or device keys.
+
+A core dump of the runtime holds whatever was in memory: decrypted chunk text, content keys and
+the raw X25519 device private key. ``harden_process()`` turns core dumps off for the calling
+process before any of that is loaded (issue 9, "Secrets"):
+
+- ``setrlimit(RLIMIT_CORE, (0, 0))``: no core file, and the process cannot raise the limit
+  again (POSIX; where the platform has ``resource``).
+- ``prctl(PR_SET_DUMPABLE, 0)`` (Linux prctl(2)): no core even through a ``core_pattern``
+  pipe such as systemd-coredump (which ignores RLIMIT_CORE), no ptrace attach and no
+  ``/proc/PID/mem`` or ``environ`` reads by other processes of the same user; ``/proc/PID/*``
+  becomes owned by root. The kernel resets it when the process ``exec``\\ s a program.
+
+The ``edge`` CLI calls it first thing; library users call it once at start-up::
+
+    from edge._process import harden_process
+    harden_process()
+
+Root, or a process with ``CAP_SYS_PTRACE``, can still read the memory of a running process;
+this stops dumps and same-user inspection, not a privileged attacker.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import sys
+
+log = logging.getLogger(__name__)
+
+#: linux/prctl.h
+PR_GET_DUMPABLE = 3
+PR_SET_DUMPABLE = 4
+
+
+def _libc():
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def harden_process() -> dict[str, bool]:
+    """Turn core dumps off for this process (and, on Linux, same-user ptrace and /proc reads).
+
+    Safe to call more than once. Failures are logged, never raised: a platform without the
+    call leaves the process as it was.
+
+    Returns:
+        ``{"core_limit_zero": bool, "not_dumpable": bool}``: which of the two took effect
+        (``not_dumpable`` is ``False`` off Linux).
+    """
+    done = {"core_limit_zero": False, "not_dumpable": False}
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        resource = None
+    if resource is not None:
+        try:
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+            done["core_limit_zero"] = True
+        except (ValueError, OSError) as exc:
+            log.warning("setrlimit(RLIMIT_CORE, 0) failed: %s", exc)
+    if sys.platform.startswith("linux"):
+        if _libc().prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0:
+            done["not_dumpable"] = True
+        else:
+            log.warning("prctl(PR_SET_DUMPABLE, 0) failed: errno %d", ctypes.get_errno())
+    return done
+
+
+def is_dumpable() -> bool | None:
+    """Return prctl(2) ``PR_GET_DUMPABLE`` for this process as a bool, or ``None`` off Linux."""
+    if not sys.platform.startswith("linux"):
+        return None
+    return bool(_libc().prctl(PR_GET_DUMPABLE, 0, 0, 0, 0))
+
+
+__all__ = ["harden_process", "is_dumpable"]
