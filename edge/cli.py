@@ -30,7 +30,7 @@ from ._process import harden_process
 from .budget import MemoryBudget, format_mib, parse_size
 from .errors import EdgeError
 from .keys import KeyFileError, load_identity, load_passphrase, load_public_key
-from .manifest import format_time
+from .clock import format_time, utc_now
 
 PROG = "edge"
 DEFAULT_CONFIG_DIR = "/etc/edge-capsules"
@@ -87,9 +87,30 @@ def _config_dir() -> Path:
     return Path(os.environ.get("EDGE_CONFIG_DIR", DEFAULT_CONFIG_DIR))
 
 
+def _trusted_config_dir() -> Path:
+    """The configuration directory, refused when another local user could change it.
+
+    Its provisioned publisher keys, hardware id and device key decide what this device trusts
+    and which ``devices`` rules it meets, so it must be as safe as the store
+    (``edge._files.check_safe_directory``). A directory that does not exist holds nothing.
+
+    Raises:
+        KeyFileError: it or a directory above it is owned by another user or writable by group
+            or others without the sticky bit.
+    """
+    from ._files import check_safe_directory
+
+    path = _config_dir()
+    if path.is_dir():
+        check_safe_directory(path, what="configuration directory", error=KeyFileError)
+        if (path / "trusted").is_dir():
+            check_safe_directory(path / "trusted", what="trusted-keys directory", error=KeyFileError)
+    return path
+
+
 def _hardware_id() -> str | None:
     """Return this device's hardware id: ``$EDGE_CONFIG_DIR/hardware-id``, else the board serial."""
-    for path in (_config_dir() / "hardware-id", *map(Path, HARDWARE_ID_FILES)):
+    for path in (_trusted_config_dir() / "hardware-id", *map(Path, HARDWARE_ID_FILES)):
         try:  # sysfs may report st_size 4096 for a short attribute: read up to that, then judge
             raw = read_regular_file(path, max_bytes=4096, what="hardware id file", error=KeyFileError)
         except KeyFileError:
@@ -178,7 +199,7 @@ def _trusted_keys(args: argparse.Namespace):
 
 
 def _provisioned_key_paths() -> list[Path]:
-    return sorted((_config_dir() / "trusted").glob("*.pub"))
+    return sorted((_trusted_config_dir() / "trusted").glob("*.pub"))
 
 
 def _ad_hoc(args: argparse.Namespace) -> bool:
@@ -214,7 +235,7 @@ def _identities(args: argparse.Namespace, required: bool = True):
     if getattr(args, "passphrase_file", None):
         identities.append(load_passphrase(args.passphrase_file))
     if not identities:
-        default = _config_dir() / "device.key"
+        default = _trusted_config_dir() / "device.key"
         if default.exists():
             identities.append(load_identity(default))
     if required and not identities:
@@ -261,7 +282,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
                             options=OpenOptions(device=_device(args)))
     m = report.manifest
     result = {"ok": True, "name": m.name, "version": m.version, "capsule_id": m.capsule_id,
-              "expires_at": m.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ"), "full": report.full,
+              "expires_at": format_time(m.expires_at), "full": report.full,
               "frames_checked": report.n_frames_checked, "chunks_checked": report.n_chunks_checked,
               "notes": report.notes}
     if args.json:
@@ -294,9 +315,9 @@ def cmd_info(args: argparse.Namespace) -> int:
                            options=OpenOptions(device=_device(args))).manifest
         info = {"name": m.name, "capsule_id": m.capsule_id, "version": m.version,
                 "publisher": {"keyid": m.publisher_keyid, "name": m.publisher_name},
-                "issued_at": m.issued_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                "not_before": m.not_before.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                "expires_at": m.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "issued_at": format_time(m.issued_at),
+                "not_before": format_time(m.not_before),
+                "expires_at": format_time(m.expires_at),
                 "n_chunks": m.n_chunks, "n_documents": m.n_documents, "n_frames": m.video.n_frames,
                 "n_recipients": len(m.recipients),
                 "model": {"name": m.model.name, "family": m.model.family, "sha256": m.model.sha256,
@@ -463,11 +484,9 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from datetime import datetime, timezone
-
     store = _store(args)
     entries = store.list()
-    at = store.state.trusted_time(datetime.now(timezone.utc))
+    at = store.state.trusted_time(utc_now())
     if args.json:
         for entry in entries:
             print(json.dumps({"name": entry.name, "status": entry.status(at), **entry.to_json()}))
@@ -490,8 +509,6 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_trust(args: argparse.Namespace) -> int:
-    from datetime import datetime, timezone
-
     from .errors import TrustError
     from .trust import MAX_TRUST_BYTES
 
@@ -511,7 +528,7 @@ def cmd_trust(args: argparse.Namespace) -> int:
         root = store.state.root
         if root is None:
             raise KeyFileError(f"no trust document is installed in {store.path}; see edge trust init")
-    at = store.state.trusted_time(datetime.now(timezone.utc))
+    at = store.state.trusted_time(utc_now())
     info = {**root.to_json(), "floor": format_time(store.state.floor_at) if store.state.floor_at else None,
             "trusted_time": format_time(at)}
     if args.json:

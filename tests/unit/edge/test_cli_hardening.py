@@ -21,7 +21,7 @@ from edge.cli import main
 from edge.errors import TrustError
 from edge.keys import KeyFileError
 
-from ...conftest import ROOT
+from ...conftest import ROOT, run_cli
 
 #: Seconds a child may take before it counts as hung (the old code never returned).
 HANG_TIMEOUT_S = 120
@@ -404,3 +404,22 @@ def test_info_memory_spends_no_rate_limit_use_and_works_with_max_k_below_5(tmp_p
     second = _child(["search", base[0], "What is Python?", *base[1:]], env=env, text=True)
     assert second.returncode == 1
     _assert_one_error_line(second.stderr, "query rate limit reached")
+
+
+def test_a_configuration_directory_other_users_can_write_is_refused(tmp_path, tiny_capsule):
+    # provisioned keys decide what the device trusts: a group-writable folder would let another
+    # user plant a publisher key (or a hardware id that meets a `devices` rule)
+    config = tmp_path / "config"
+    (config / "trusted").mkdir(parents=True)
+    (config / "trusted" / "publisher.pub").write_bytes(tiny_capsule.publisher_pub_path.read_bytes())
+    env = {"EDGE_CONFIG_DIR": str(config), "EDGE_STORE_DIR": str(tmp_path / "store")}
+    args = ("edge", "verify", str(tiny_capsule.path), "--quick")
+    assert run_cli(*args, env=env).returncode == 0
+    (config / "trusted").chmod(0o777)
+    proc = run_cli(*args, env=env)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("edge: error: trusted-keys directory ") and "has mode 777" in proc.stderr, proc.stderr
+    (config / "trusted").chmod(0o755)
+    config.chmod(0o775)
+    proc = run_cli(*args, env=env)
+    assert proc.returncode == 1 and "configuration directory" in proc.stderr and "mode 775" in proc.stderr, proc.stderr
