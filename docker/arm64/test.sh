@@ -60,7 +60,7 @@ for arg in "$@"; do
 done
 # The two apt stages of docker/arm64/Dockerfile.
 APT_BUILD="python3 python3-venv python3-dev build-essential ca-certificates"
-APT_RUNTIME="python3 libzbar0"
+APT_RUNTIME="python3"
 EXTRAS=litert   # the Dockerfile's default EDGE_EXTRAS
 
 T_START=$SECONDS
