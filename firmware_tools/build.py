@@ -52,6 +52,7 @@ from edge import format as fmt
 from edge.embedder import DEFAULT_MODEL_NAME, QueryEmbedder, find_model_dir
 from edge.errors import CapsuleError
 from edge.keys import Passphrase, keyid
+from edge._files import atomic_replace
 from edge.manifest import FORMAT_ID, canonical_json, format_time, signatures_to_bytes, stanza_to_json
 from edge.sealed import derive_keys, seal_stream
 
@@ -244,13 +245,10 @@ def build_capsule(
     rng = Randomness(seed)
     report = progress or (lambda stage, done, total: None)
 
-    out_dir = output.parent if str(output.parent) else Path(".")
-    # Only the sealed capsule ever touches the output's directory (mkstemp: mode 0600).
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".partial", dir=out_dir)
-    os.close(fd)
-    tmp_capsule = Path(tmp_name)
+    # Only the sealed capsule ever touches the output's directory (a 0600 temporary file that
+    # replaces the output atomically, or is removed on any failure: edge._files.atomic_replace).
     try:
-        with _private_work_dir() as work:
+        with atomic_replace(output, mode=0o600) as tmp_capsule, _private_work_dir() as work:
             result = _build_into(
                 tmp_capsule, work, inputs=inputs, signing_key=signing_key, recipients=recipients,
                 passphrase=passphrase, expires_at=expires_at, not_before=not_before, issued_at=issued_at,
@@ -261,11 +259,8 @@ def build_capsule(
                 n_candidates=n_candidates, encrypt_index=encrypt_index, video_params=video_params, rng=rng,
                 scrypt_log_n=scrypt_log_n, n_workers=n_threads or os.cpu_count() or 1,
                 embedding_cache=embedding_cache, report=report, model_family=model_family)
-        os.replace(tmp_capsule, output)
-        _fsync_dir(out_dir)
-    except BaseException:
-        tmp_capsule.unlink(missing_ok=True)
-        raise
+    except FileNotFoundError as exc:
+        raise BuildError(f"cannot write {output}: {exc.strerror}") from None
     result.path = output
     result.file_bytes = output.stat().st_size
     return result
@@ -582,9 +577,3 @@ def _write_capsule(path: Path, lengths: dict[str, int], small: dict[str, bytes],
         os.fsync(out.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -19,14 +19,13 @@ Source: FORMAT.md §2-§3 (layout), §9 (signatures).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge import format as fmt
+from edge._files import atomic_replace
 from edge.capsule import OpenOptions, verify_capsule
 from edge.errors import CapsuleError
 from edge.manifest import parse_signatures, signatures_to_bytes
@@ -86,23 +85,14 @@ def add_signatures(capsule_path: Path, signing_keys: Sequence[Ed25519PrivateKey]
         existing[entry.keyid] = entry
     sections["SIGS"] = signatures_to_bytes(sorted(existing.values(), key=lambda e: e.keyid))
     out = assemble_capsule(sections)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{output_path.name}.", suffix=".partial", dir=output_path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(out)
-            handle.flush()
-            os.fsync(handle.fileno())
+    with atomic_replace(output_path, mode=0o644) as tmp:
+        tmp.write_bytes(out)
         try:
             verify_capsule(tmp, trusted_keys=[k.public_key() for k in signing_keys], full=True, device_rules=False,
                            options=OpenOptions(threshold=len(signing_keys)),
                            now=_manifest_not_before(sections["MANI"]))
         except CapsuleError as exc:
             raise BuildError(f"refusing to co-sign {capsule_path}: {exc}") from exc
-        os.replace(tmp, output_path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return sorted(existing)
 
 

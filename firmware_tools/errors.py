@@ -23,3 +23,7 @@ class ReproducibilityError(BuildError):
     """Two builds from identical inputs differ."""
 
 
+
+
+class VideoEncodeError(BuildError):
+    """FFmpeg, the encoder or the QR writer failed, or the MP4 written is not the one encoded."""

@@ -74,7 +74,7 @@ from typing import Any
 import numpy as np
 
 from ._workers import ordered_map
-from .errors import CapacityError
+from .errors import CapacityError, VideoEncodeError
 
 log = logging.getLogger(__name__)
 
@@ -313,7 +313,7 @@ def _qr_modules(payload: bytes, params: VideoParams) -> np.ndarray:
     modules = _zxing_modules(payload, params.qr_version, params.qr_ec_level, params.qr_mask)
     n = params.symbol_modules
     if modules.shape != (n, n):
-        raise RuntimeError(f"qr encoder drew {modules.shape} modules, expected {n}x{n}")
+        raise VideoEncodeError(f"qr encoder drew {modules.shape} modules, expected {n}x{n}")
     return modules
 
 
@@ -366,7 +366,7 @@ class _NumpyQrWriter:
     (position, byte value) -> EC contribution, so that the EC codewords of all blocks are one gather
     and one XOR-reduce. The function patterns, format and version information are copied from a
     zxing-cpp-drawn symbol with the same version/EC/mask, and the first use checks that this writer
-    and zxing-cpp's draw identical modules for sample payloads (RuntimeError if not).
+    and zxing-cpp's draw identical modules for sample payloads (VideoEncodeError if not).
 
     Source: ISO/IEC 18004:2015 §7 (byte mode, §7.4.5; no ECI; terminator and 0xEC/0x11 padding).
     """
@@ -406,7 +406,7 @@ class _NumpyQrWriter:
         n_blocks = _N_BLOCKS[ec_level][version - 1]
         n_ec = (total_cw - n_data) // n_blocks
         if (total_cw - n_data) % n_blocks:
-            raise RuntimeError(f"qr block table inconsistent for version {version}-{ec_level}")
+            raise VideoEncodeError(f"qr block table inconsistent for version {version}-{ec_level}")
         short = n_data // n_blocks
         lengths = [short] * (n_blocks - n_data % n_blocks) + [short + 1] * (n_data % n_blocks)
         kmax = max(lengths)
@@ -460,7 +460,7 @@ class _NumpyQrWriter:
         self._flat_pos = r_arr * n + c_arr
         self._template = _zxing_modules(b"\xa5", version, ec_level, mask)
         if self._template.shape != (n, n):
-            raise RuntimeError(f"zxing-cpp drew {self._template.shape} modules for version {version}")
+            raise VideoEncodeError(f"zxing-cpp drew {self._template.shape} modules for version {version}")
         self._self_check(version, ec_level, mask)
 
     def _data_codewords(self, payload: bytes) -> np.ndarray:
@@ -494,7 +494,7 @@ class _NumpyQrWriter:
             # bytes 0xA0..0xDF: zint keeps them in byte mode (no numeric/alphanumeric/kanji runs)
             sample = rng.integers(0xA0, 0xE0, size, dtype=np.uint8).tobytes()
             if not np.array_equal(self.modules(sample), _zxing_modules(sample, version, ec_level, mask)):
-                raise RuntimeError(f"numpy qr writer disagrees with zxing-cpp for version {version}-{ec_level} "
+                raise VideoEncodeError(f"numpy qr writer disagrees with zxing-cpp for version {version}-{ec_level} "
                                    f"mask {mask}")
 
 
@@ -618,7 +618,9 @@ def encode_mp4_file(
     Raises:
         CapacityError: a payload is longer than ``params.payload_capacity_bytes`` (names the frame).
         ValueError: no payloads, or an empty payload.
-        RuntimeError: the finished MP4 does not demux into one keyframe sample per payload.
+        VideoEncodeError: FFmpeg or the encoder failed (an unwritable output, a full disk, an
+            option the encoder refuses), or the finished MP4 does not demux into one keyframe
+            sample per payload; the message names what failed.
 
     Source: FORMAT.md §4.5 (video), §5 (frame table).
     """
@@ -628,8 +630,15 @@ def encode_mp4_file(
     known = len(payloads) if isinstance(payloads, Sequence) else n_frames_hint
     if known is not None and known < _MIN_FRAMES_FOR_POOL:
         n_workers = 0
-    n_frames = _encode_lumas(_iter_lumas(payloads, params, n_workers), out_path, params, progress)
-    video = _read_sample_table(out_path, n_frames)
+    import av
+
+    try:
+        n_frames = _encode_lumas(_iter_lumas(payloads, params, n_workers), out_path, params, progress)
+        video = _read_sample_table(out_path, n_frames)
+    except av.FFmpegError as exc:  # PyAV's errors: some are OSError or ValueError, others neither
+        raise VideoEncodeError(f"encoding the {params.codec} MP4 {out_path.name} failed: {exc}") from None
+    except OSError as exc:
+        raise VideoEncodeError(f"writing the MP4 {out_path} failed: {exc.strerror or exc}") from None
     log.debug("wrote %d frames, %d bytes to %s (%s, crf %d)", n_frames, video.size_bytes, out_path,
               video.profile, params.crf)
     return video
@@ -724,20 +733,20 @@ def _read_sample_table(path: Path, n_frames: int) -> EncodedVideo:
                 if packet.size == 0:
                     continue  # the demuxer's end-of-stream marker
                 if not packet.is_keyframe or packet.pos is None or packet.pos < 0:
-                    raise RuntimeError(f"sample {len(offsets)} is not a keyframe at a known file offset")
+                    raise VideoEncodeError(f"sample {len(offsets)} is not a keyframe at a known file offset")
                 f.seek(packet.pos)
                 if f.read(packet.size) != bytes(packet):
-                    raise RuntimeError(f"sample {len(offsets)} bytes differ at file offset {packet.pos}")
+                    raise VideoEncodeError(f"sample {len(offsets)} bytes differ at file offset {packet.pos}")
                 if codec == "hevc":
                     _check_hevc_idr(bytes(packet), len(offsets))
                 offsets.append(int(packet.pos))
                 sizes.append(int(packet.size))
     if len(offsets) != n_frames:
-        raise RuntimeError(f"mp4 holds {len(offsets)} samples, encoded {n_frames} frames")
+        raise VideoEncodeError(f"mp4 holds {len(offsets)} samples, encoded {n_frames} frames")
     if not extradata or extradata[0] != 1:
-        raise RuntimeError(f"mp4 has no {'hvcC' if codec == 'hevc' else 'avcC'} extradata")
+        raise VideoEncodeError(f"mp4 has no {'hvcC' if codec == 'hevc' else 'avcC'} extradata")
     if "4:4:4" in profile:
-        raise RuntimeError(f"encoder produced profile {profile!r}, which hardware decoders refuse")
+        raise VideoEncodeError(f"encoder produced profile {profile!r}, which hardware decoders refuse")
     return EncodedVideo(path=path, n_frames=n_frames, extradata=extradata, sample_offsets=offsets,
                         sample_sizes=sizes, profile=profile, codec=codec, size_bytes=path.stat().st_size)
 
@@ -749,10 +758,10 @@ def _check_hevc_idr(sample: bytes, index: int) -> None:
         size = int.from_bytes(sample[pos:pos + 4], "big")
         nal_type = (sample[pos + 4] >> 1) & 0x3F
         if nal_type < 32 and nal_type not in _HEVC_IDR_NAL_TYPES:  # 0..31 are VCL (slice) NAL units
-            raise RuntimeError(f"sample {index} holds an hevc slice of NAL type {nal_type}, not an IDR")
+            raise VideoEncodeError(f"sample {index} holds an hevc slice of NAL type {nal_type}, not an IDR")
         pos += 4 + size
     if pos != len(sample):
-        raise RuntimeError(f"sample {index} is not a sequence of length-prefixed hevc NAL units")
+        raise VideoEncodeError(f"sample {index} is not a sequence of length-prefixed hevc NAL units")
 
 
 # -- round-trip check -------------------------------------------------------------------------------

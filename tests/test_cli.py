@@ -122,7 +122,27 @@ def test_build_stops_cleanly_on_unsupported_document(tmp_path):
                    str(tmp_path / "p.key"), "--recipient", str(tmp_path / "d.pub"), "--expires", "+30d", "-q")
     _assert_one_line_error(proc, "notes.docx", prog="firmware-tools")
     assert not out.exists()
-    assert [p.name for p in tmp_path.iterdir() if "partial" in p.name] == []
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary capsule left
+
+
+@pytest.mark.parametrize("case", ["output-folder-missing", "rules-not-json", "no-documents"])
+def test_build_failures_are_one_line_and_leave_nothing(tmp_path, case):
+    run_cli("firmware_tools", "keygen", "--kind", "publisher", "-o", str(tmp_path / "p.key"))
+    run_cli("firmware_tools", "keygen", "--kind", "device", "-o", str(tmp_path / "d.key"))
+    docs, out, extra = str(TINY_DOCS / "good"), tmp_path / "out.capsule", []
+    if case == "output-folder-missing":
+        out, expected = tmp_path / "no-such-folder" / "out.capsule", "No such file or directory"
+    elif case == "rules-not-json":
+        (tmp_path / "rules.json").write_text("{not json")
+        extra, expected = ["--rules", str(tmp_path / "rules.json")], "Expecting property name"
+    else:
+        (tmp_path / "empty").mkdir()
+        docs, expected = str(tmp_path / "empty"), "holds no supported documents"
+    proc = run_cli("firmware_tools", "build", docs, "-o", str(out), "--signing-key", str(tmp_path / "p.key"),
+                   "--recipient", str(tmp_path / "d.pub"), "--expires", "+30d", "-q", *extra)
+    _assert_one_line_error(proc, expected, prog="firmware-tools")
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
 def test_build_refuses_world_readable_signing_key(tmp_path):

@@ -143,7 +143,7 @@ def test_kill_9_build_takes_its_workers_with_it_and_leaves_no_plaintext_beside_t
         [p for p in workers if _alive(p)]
 
     beside = _files_under(out_dir)
-    assert all(p.is_file() and p.name.endswith(".partial") for p in beside), beside
+    assert all(p.is_file() and p.name.endswith(".tmp") for p in beside), beside
     assert not any(_PLAINTEXT in p.read_bytes() for p in beside)
     # the accepted residue of a kill -9: the private folder on local disk, owner-only
     assert [p.name for p in local_tmp.iterdir()] == [spool.name]

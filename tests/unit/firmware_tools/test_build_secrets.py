@@ -48,7 +48,7 @@ def test_build_spools_only_in_a_private_tmpdir_never_beside_the_output(tmp_path,
     assert {stage for stage, *_ in seen} >= {"read", "embed", "seal", "encode", "check", "index"}
     for stage, beside, work_dirs, modes, files in seen:
         # beside the output: at most the sealed capsule's own temporary file, never a work dir
-        assert all(n.startswith(".tiny.capsule.") and n.endswith(".partial") for n in beside), (stage, beside)
+        assert all(n.startswith(".tiny.capsule.") and n.endswith(".tmp") for n in beside), (stage, beside)
         assert len(work_dirs) == 1 and modes == [0o700], (stage, work_dirs, modes)
     spool_files = {name: mode for *_, files in seen for name, mode in files}
     assert any(name.endswith("/records") for name in spool_files), spool_files

@@ -186,3 +186,11 @@ def test_numpy_qr_writer_draws_what_zxing_cpp_draws():
         luma = np.pad(writer.modules(payload), 4, constant_values=255)
         found = zxingcpp.read_barcodes(luma, formats=zxingcpp.BarcodeFormat.QRCode)
         assert len(found) == 1 and found[0].bytes == payload
+
+
+def test_an_mp4_that_cannot_be_written_is_a_video_encode_error(tmp_path):
+    from firmware_tools.errors import BuildError, VideoEncodeError
+
+    with pytest.raises(VideoEncodeError, match=r"encoding the h264 MP4 frames.mp4 failed: .*No such file") as info:
+        encode_mp4_file([b"x" * 100], tmp_path / "missing" / "frames.mp4", DEFAULT_VIDEO_PARAMS, n_workers=0)
+    assert isinstance(info.value, BuildError) and "\n" not in str(info.value)
