@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from edge import load_identity, load_public_key, open_capsule
-    from edge.capsule import _hash_video
+    from edge.verification import _hash_video
     from edge.container import ContainerFile
     from edge.store import Store
 

@@ -55,6 +55,11 @@ class ContentKey:
         return f"ContentKey({self.capsule_id}, <hidden>)"
 
 
+#: What opens a capsule's content key: a device key (X25519 stanza), a passphrase (scrypt
+#: stanza) or a content key the store cached (FORMAT.md §7, §13.4).
+Identity = X25519PrivateKey | Passphrase | ContentKey
+
+
 def raw_public_bytes(key: Ed25519PublicKey | X25519PublicKey) -> bytes:
     """Return the 32 raw bytes of an Ed25519 or X25519 public key."""
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
