@@ -30,7 +30,7 @@ import numpy as np
 
 from edge.errors import FrameDecodeError
 from edge.frames import FrameReader
-from firmware_tools import qr_video
+from firmware_tools import qr_video, qr_writer
 from firmware_tools.qr_video import DEFAULT_VIDEO_PARAMS, VideoParams, check_mp4, encode_mp4_file
 
 
@@ -93,7 +93,7 @@ def bench_qr_encoders(n: int) -> dict:
         q.make(fit=False)
         return (1 - np.asarray(q.get_matrix(), np.uint8)) * 255
 
-    writer = qr_video._numpy_writer(40, "L", 0)
+    writer = qr_writer.numpy_writer(40, "L", 0)
     encoders = {"numpy_writer_mask0 (default)": writer.modules, "zxingcpp_fixed_mask0": lambda p: zx(p, 0),
                 "zxingcpp_auto_mask": lambda p: zx(p, None), "segno": sg, "qrcode": qc}
     counts = {"numpy_writer_mask0 (default)": n, "zxingcpp_fixed_mask0": n, "zxingcpp_auto_mask": n,

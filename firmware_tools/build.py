@@ -53,6 +53,7 @@ from edge.embedder import DEFAULT_MODEL_NAME, QueryEmbedder, find_model_dir
 from edge.errors import CapsuleError
 from edge.keys import Passphrase, keyid
 from edge._files import atomic_replace
+from edge.clock import utc_now
 from edge.manifest import FORMAT_ID, canonical_json, format_time, signatures_to_bytes, stanza_to_json
 from edge.sealed import derive_keys, seal_stream
 
@@ -491,7 +492,7 @@ def _default_issued_at() -> datetime:
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     if epoch:
         return datetime.fromtimestamp(int(epoch), tz=timezone.utc)
-    return datetime.now(timezone.utc).replace(microsecond=0)
+    return utc_now().replace(microsecond=0)
 
 
 #: Records packed per worker task. Segments are packed independently (in parallel); each

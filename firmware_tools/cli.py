@@ -15,6 +15,7 @@ import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from edge.clock import utc_now
 from edge.errors import EdgeError
 from edge.keys import KeyFileError, load_passphrase, load_private_key, load_recipient_key
 
@@ -29,7 +30,7 @@ def parse_when(text: str, *, now: datetime | None = None) -> datetime:
     Raises:
         ValueError: any other form.
     """
-    now = now or datetime.now(timezone.utc).replace(microsecond=0)
+    now = now or utc_now().replace(microsecond=0)
     rel = re.fullmatch(r"\+?(\d+)([dh])", text.strip())
     if rel:
         amount = int(rel.group(1))
@@ -173,7 +174,7 @@ def cmd_trust(args: argparse.Namespace) -> int:
     revoke = [r if len(r) == 64 and all(c in "0123456789abcdef" for c in r) else keyid(load_public_key(r))
               for r in args.revoke or []]
     new_root = [load_public_key(p) for p in args.new_root] if args.new_root else None
-    issued_at = args.issued_at or datetime.now(timezone.utc).replace(microsecond=0)
+    issued_at = args.issued_at or utc_now().replace(microsecond=0)
     if args.previous:
         data = next_trust_document(Path(args.previous).read_bytes(), root_signing_keys=roots, issued_at=issued_at,
                                    add=add, revoke=revoke, threshold=args.threshold, root_public_keys=new_root,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import zxingcpp
 
-from firmware_tools import qr_video
+from firmware_tools import qr_video, qr_writer
 from firmware_tools.errors import CapacityError
 from firmware_tools.qr_video import (
     DEFAULT_VIDEO_PARAMS,
@@ -181,7 +181,7 @@ def test_numpy_qr_writer_draws_what_zxing_cpp_draws():
         payload = rng.randbytes(n)
         assert np.array_equal(render_qr_frame(payload, DEFAULT_VIDEO_PARAMS), render_qr_frame(payload, slow))
     for version, level, mask in ((1, "H", 3), (7, "M", 5), (27, "Q", 6)):
-        writer = qr_video._numpy_writer(version, level, mask)
+        writer = qr_writer.numpy_writer(version, level, mask)
         payload = rng.randbytes(qr_byte_capacity(version, level))
         luma = np.pad(writer.modules(payload), 4, constant_values=255)
         found = zxingcpp.read_barcodes(luma, formats=zxingcpp.BarcodeFormat.QRCode)
