@@ -13,6 +13,9 @@ delegates unless ``--trust`` names keys. Every command uses the device store
 (``$EDGE_STORE_DIR``, ``--store``; see ``edge.store``) for the time floor, the version records and
 the rate log; a CAPSULE argument that contains ``/`` or ends in ``.capsule`` is a file, anything
 else is the name of an installed capsule.
+
+Size: ~780 lines: one argparse tree, the human and JSON output of each verb and the one-line
+error policy, which are easiest to review together; the verbs call the library API.
 """
 
 from __future__ import annotations

@@ -21,6 +21,9 @@ Example::
     vectors = embedder.embed(["how do I read binary data?"])  # float32 [1, 384]
 
 Source: models/all-MiniLM-L6-v2/MODEL.md.
+
+Size: ~900 lines because the ONNX and LiteRT engines share the tokenizer, pooling, memory
+figures and the known-answer check at open, which must agree across engines to the bit.
 """
 
 from __future__ import annotations

@@ -21,6 +21,9 @@ Example::
 
 Command line: ``python -m firmware_tools.model_export -o models/all-MiniLM-L6-v2``;
 the builder CLI's ``firmware-tools export-model`` calls :func:`export_model`.
+
+Size: ~940 lines: one linear, pinned recipe (load, check the source, export, quantize, verify
+against fp32, write the sums) that reads top to bottom; the LiteRT recipe reuses its loaders.
 """
 
 from __future__ import annotations

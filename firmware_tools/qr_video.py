@@ -56,6 +56,9 @@ bytes per full frame (3.315 B/B; FACTS reported 3.6-4.0 B/B for medium CRF 23-25
 Speed (2,000 frames, ``encode_mp4_file``): QR drawing 0.3-0.5 ms/symbol with this module's NumPy
 writer (zxing-cpp's writer 2.6-3.0 ms with a fixed mask, 14 ms choosing the mask; segno ~190-225
 ms; qrcode ~230-250 ms); see bench/QR_VIDEO.md for frames/s with 0, 1 and 2 render workers.
+
+Size: ~630 lines because the render pool, the x264/x265 encoder options and the MP4 sample-table
+check share ``VideoParams`` and must change together; the QR writer is ``qr_writer.py``.
 """
 
 from __future__ import annotations
