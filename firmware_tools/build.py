@@ -60,6 +60,7 @@ from edge.sealed import derive_keys, seal_stream
 from . import __version__
 from .chunking import TokenizerOffsets, chunk_documents
 from .documents import iter_documents
+from .container_writer import section_bytes, write_container
 from ._spool import ByteSpool, VectorSpool, file_segments, write_blocks
 from ._workers import ordered_map
 from .embedding import ChunkEmbedder
@@ -560,20 +561,10 @@ def _hash_file(path: Path) -> tuple[str, int]:
 
 
 def _write_capsule(path: Path, lengths: dict[str, int], small: dict[str, bytes], files: dict[str, Path]) -> None:
-    header, entries = fmt.layout_sections(lengths)
+    sources = {tag: section_bytes(small[tag]) if tag in small else (lengths[tag], file_segments(files[tag]))
+               for tag in lengths}
     with open(path, "wb") as out:
-        out.write(header.to_bytes())
-        for entry in entries:
-            out.write(entry.to_bytes())
-        for entry in entries:
-            out.write(bytes(entry.offset - out.tell()))
-            if entry.tag in small:
-                out.write(small[entry.tag])
-            else:
-                for block in file_segments(files[entry.tag]):
-                    out.write(block)
-        if out.tell() != header.file_bytes:
-            raise BuildError(f"wrote {out.tell()} bytes, layout says {header.file_bytes}")
+        write_container(out, sources)
         out.flush()
         os.fsync(out.fileno())
 

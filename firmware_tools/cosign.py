@@ -2,9 +2,10 @@
 
 SIGS is covered by no digest (FORMAT.md §9), so a second or third publisher key can sign a
 capsule after it was built: MANI, the section digests and the existing signatures stay valid;
-only the section offsets after SIGS shift. Each co-signer checks what it signs first: the
-capsule's digests are verified against the manifest before the new signature is added, and the
-result is verified again before it replaces the output.
+only the section offsets after SIGS shift. The input is read through the runtime's container
+reader (header, table and padding checked; bounded preads) and streamed section by section into
+the new file, so co-signing a large capsule holds none of it in memory; the result is verified
+fully (signatures, every section digest, every frame) before it replaces the output.
 
 It does not decide who must sign: the device's trust document sets the threshold (FORMAT.md §12).
 
@@ -26,10 +27,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge import format as fmt
 from edge._files import atomic_replace
+from edge.container import ContainerFile
 from edge.capsule import OpenOptions, verify_capsule
 from edge.errors import CapsuleError
 from edge.manifest import parse_signatures, signatures_to_bytes
 
+from .container_writer import container_bytes, section_bytes, write_container
 from .errors import BuildError
 from .sealing import sign_manifest
 
@@ -47,15 +50,7 @@ def read_sections(data: bytes) -> dict[str, bytes]:
 
 def assemble_capsule(sections: dict[str, bytes]) -> bytes:
     """Return the capsule bytes for ``sections`` (every tag of ``SECTION_ORDER``), laid out per FORMAT.md §3."""
-    header, entries = fmt.layout_sections({tag: len(sections[tag]) for tag in fmt.SECTION_ORDER})
-    out = bytearray(header.to_bytes())
-    for entry in entries:
-        out += entry.to_bytes()
-    for entry in entries:
-        out += bytes(entry.offset - len(out))
-        out += sections[entry.tag]
-    assert len(out) == header.file_bytes
-    return bytes(out)
+    return container_bytes(sections)
 
 
 def add_signatures(capsule_path: Path, signing_keys: Sequence[Ed25519PrivateKey],
@@ -75,22 +70,28 @@ def add_signatures(capsule_path: Path, signing_keys: Sequence[Ed25519PrivateKey]
             verify; nothing is written then.
     """
     output_path = Path(output_path or capsule_path)
-    data = Path(capsule_path).read_bytes()
     try:
-        sections = read_sections(data)
-        existing = {e.keyid: e for e in parse_signatures(sections["SIGS"])}
+        source = ContainerFile(capsule_path)  # header, table and padding checked; bounded preads
     except CapsuleError as exc:
         raise BuildError(f"cannot co-sign {capsule_path}: {exc}") from exc
-    for entry in sign_manifest(sections["MANI"], list(signing_keys)):
-        existing[entry.keyid] = entry
-    sections["SIGS"] = signatures_to_bytes(sorted(existing.values(), key=lambda e: e.keyid))
-    out = assemble_capsule(sections)
-    with atomic_replace(output_path, mode=0o644) as tmp:
-        tmp.write_bytes(out)
+    with source, atomic_replace(output_path, mode=0o644) as tmp:
+        try:
+            mani = source.read("MANI")
+            existing = {e.keyid: e for e in parse_signatures(source.read("SIGS"))}
+        except CapsuleError as exc:
+            raise BuildError(f"cannot co-sign {capsule_path}: {exc}") from exc
+        for entry in sign_manifest(mani, list(signing_keys)):
+            existing[entry.keyid] = entry
+        sigs = signatures_to_bytes(sorted(existing.values(), key=lambda e: e.keyid))
+        # every other section is copied block by block: co-signing a large capsule holds none of it
+        sources = {tag: (entry.length, source.iter_blocks(tag)) for tag, entry in source.sections.items()}
+        sources.update(MANI=section_bytes(mani), SIGS=section_bytes(sigs))
+        with open(tmp, "wb") as out:
+            write_container(out, sources)
         try:
             verify_capsule(tmp, trusted_keys=[k.public_key() for k in signing_keys], full=True, device_rules=False,
                            options=OpenOptions(threshold=len(signing_keys)),
-                           now=_manifest_not_before(sections["MANI"]))
+                           now=_manifest_not_before(mani))
         except CapsuleError as exc:
             raise BuildError(f"refusing to co-sign {capsule_path}: {exc}") from exc
     return sorted(existing)
