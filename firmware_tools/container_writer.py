@@ -33,21 +33,27 @@ def section_bytes(data: bytes) -> SectionSource:
     return len(data), (data,)
 
 
-def write_container(out: BinaryIO, sections: Mapping[str, SectionSource]) -> int:
+def write_container(out: BinaryIO, sections: Mapping[str, SectionSource], *, check_limits: bool = True) -> int:
     """Write a capsule container with ``sections`` (every tag of ``SECTION_ORDER``) to ``out``.
 
     Args:
         out: a binary file positioned at 0 (``tell()`` is used to place the padding).
         sections: ``(length, blocks)`` for each tag; the blocks must add up to the length.
+        check_limits: refuse lengths outside FORMAT.md §10; ``False`` only for test vectors
+            that must be malformed.
 
     Returns:
         Bytes written (the header's ``file_bytes``).
 
     Raises:
-        BuildError: a section's blocks do not add up to its declared length, or the file does
-            not end where the layout says.
-        CapsuleFormatError: a length is outside the format's limits (from ``layout_sections``).
+        BuildError: a length is outside the format's limits (FORMAT.md §10; nothing is written
+            then), a section's blocks do not add up to its declared length, or the file does not
+            end where the layout says.
     """
+    for tag in fmt.SECTION_ORDER if check_limits else ():
+        low, high = fmt.SECTION_LIMITS[tag]
+        if not low <= sections[tag][0] <= high:
+            raise BuildError(f"section {tag} is {sections[tag][0]} bytes, the format allows {low}..{high}")
     header, entries = fmt.layout_sections({tag: sections[tag][0] for tag in fmt.SECTION_ORDER})
     out.write(header.to_bytes())
     for entry in entries:
@@ -65,10 +71,10 @@ def write_container(out: BinaryIO, sections: Mapping[str, SectionSource]) -> int
     return header.file_bytes
 
 
-def container_bytes(sections: Mapping[str, bytes]) -> bytes:
+def container_bytes(sections: Mapping[str, bytes], *, check_limits: bool = True) -> bytes:
     """Return the container for in-memory ``sections`` (small capsules, test vectors)."""
     import io
 
     buffer = io.BytesIO()
-    write_container(buffer, {tag: section_bytes(data) for tag, data in sections.items()})
+    write_container(buffer, {tag: section_bytes(data) for tag, data in sections.items()}, check_limits=check_limits)
     return buffer.getvalue()
