@@ -451,7 +451,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_read(args: argparse.Namespace) -> int:
     with _open(args) as capsule:
         try:
-            hit = capsule.read_chunk(args.chunk_id)
+            hit = capsule.read(args.chunk_id)
         except ValueError as exc:
             print(f"{PROG}: error: {_printable(exc)}", file=sys.stderr)
             return 1

@@ -39,7 +39,7 @@ class Hit:
 
     Attributes:
         chunk_id: 0-based chunk id (= Annoy item id).
-        score: cosine similarity to the query in [-1, 1] (1.0 for ``read_chunk``).
+        score: cosine similarity to the query in [-1, 1] (1.0 for ``read``).
         document: source document name as given to the builder.
         char_start, char_end: position of the chunk in the document text, in code points.
         frame_index, slot_index: where the chunk's text was read from in the MP4.
@@ -241,14 +241,14 @@ class Capsule:
 
         Raises:
             FrameDecodeError, DecryptionError, CapsuleFormatError: as for ``search``.
-            ValueError: an id the last ``rank`` did not return (reading by id is ``read_chunk``,
+            ValueError: an id the last ``rank`` did not return (reading by id is ``read``,
                 which the rules govern separately).
             RuntimeError: the capsule is closed.
         """
         self._check_open()
         stray = [int(i) for i in chunk_ids if int(i) not in self._ranked]
         if stray:
-            raise ValueError(f"chunk(s) {stray[:5]} were not returned by the last rank; use read_chunk")
+            raise ValueError(f"chunk(s) {stray[:5]} were not returned by the last rank; use read")
         timings = timings if timings is not None else StageTimings()
         return [self._hit(int(i), float(score), timings) for i, score in zip(chunk_ids, scores)]
 
@@ -296,7 +296,7 @@ class Capsule:
         self.last_timings = timings
         return hits
 
-    def read_chunk(self, chunk_id: int, *, now: datetime | None = None) -> Hit:
+    def read(self, chunk_id: int, *, now: datetime | None = None) -> Hit:
         """Return chunk ``chunk_id`` read from its frame (score 1.0).
 
         Raises:

@@ -140,7 +140,7 @@ def test_several_capsules_share_one_budget_and_one_model_session(faq_capsule, bi
         assert any(QUESTION["answer_snippet"] in h.text for h in hits)
         for hit in hits:  # each hit is that capsule's own chunk, read from its frames
             source = first if hit.capsule == "python-faq" else second
-            assert source.read_chunk(hit.chunk_id).text == hit.text
+            assert source.read(hit.chunk_id).text == hit.text
     assert set(budget.report()["reserved_bytes"]) == {"runtime"}
 
 

@@ -49,7 +49,7 @@ def _measure(capsule_path: Path, trusted, identities, now: datetime) -> dict:
                     "engine": capsule.embedder_engine})
         digest = hashlib.sha256()
         for chunk_id in range(m.n_chunks):
-            digest.update(capsule.read_chunk(chunk_id).text.encode("utf-8") + b"\0")
+            digest.update(capsule.read(chunk_id).text.encode("utf-8") + b"\0")
         out["text_sha256"] = digest.hexdigest()
         questions = QUESTIONS["faq" if capsule_path.name.startswith("faq") else "tiny"]
         out["hits"] = {q: [{"chunk_id": h.chunk_id, "score": round(h.score, 6),

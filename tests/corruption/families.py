@@ -21,7 +21,7 @@ def genuine_texts() -> list[str]:
     expect = Expect.read(VECTORS / "ok" / "EXPECT")
     with open_capsule(VECTORS / "ok" / "capsule", trusted_keys=trusted_keys(expect), identities=identities(expect),
                       now=expect.now) as capsule:
-        return [capsule.read_chunk(i, now=expect.now).text for i in range(capsule.manifest.n_chunks)]
+        return [capsule.read(i, now=expect.now).text for i in range(capsule.manifest.n_chunks)]
 
 
 def run_family(name: str, tmp: Path, genuine: list[str]) -> int:
@@ -46,7 +46,7 @@ def run_family(name: str, tmp: Path, genuine: list[str]) -> int:
         try:
             for chunk_id in range(capsule.manifest.n_chunks):
                 try:
-                    text = capsule.read_chunk(chunk_id, now=expect.now).text
+                    text = capsule.read(chunk_id, now=expect.now).text
                 except CapsuleError as exc:
                     assert exc.expect in read_words, (name, label, chunk_id, exc)
                 else:

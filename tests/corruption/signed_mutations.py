@@ -20,7 +20,7 @@ the genuine draft are loaded once), one case at a time per worker, each under:
 - death by a signal or any exit is a ``crash`` for the case in flight.
 
 The operation per case: ``open_capsule`` with the test-device identity, ``search`` for
-``QUERY``, then ``read_chunk`` for every chunk id the manifest names (at most a few past the
+``QUERY``, then ``read`` for every chunk id the manifest names (at most a few past the
 genuine count). The outcome must be success with genuine text, or one of the capsule error
 classes (``CapsuleError`` subclasses, ``BudgetExceededError``, ``ModelError``). Any other
 exception is a ``traceback``; text that differs from the genuine chunk (or, for a re-sealed
@@ -119,7 +119,7 @@ def _genuine_texts() -> list[str]:
     from edge.capsule import open_capsule
 
     with open_capsule(OK_CAPSULE, **_open_kwargs()) as capsule:
-        return [capsule.read_chunk(i, now=_now()).text for i in range(capsule.manifest.n_chunks)]
+        return [capsule.read(i, now=_now()).text for i in range(capsule.manifest.n_chunks)]
 
 
 def _now():
@@ -987,7 +987,7 @@ def run_one(path: Path, genuine: list[str], control: str | None = None,
                 refusals.append(f"search: {type(exc).__name__}: {str(exc)[:160]}")
             for chunk_id in range(min(n, len(genuine) + EXTRA_READS)):
                 try:
-                    hit = capsule.read_chunk(chunk_id, now=now)
+                    hit = capsule.read(chunk_id, now=now)
                 except Exception as exc:  # noqa: BLE001
                     if not _allowed(exc):
                         raise

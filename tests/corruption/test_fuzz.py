@@ -46,7 +46,7 @@ COUNTS: dict[str, int] = {}
 @lru_cache(maxsize=1)
 def genuine() -> tuple[str, ...]:
     with open_capsule(VECTORS / "ok" / "capsule", **KEYS) as capsule:
-        return tuple(capsule.read_chunk(i, now=EXPECT.now).text for i in range(capsule.manifest.n_chunks))
+        return tuple(capsule.read(i, now=EXPECT.now).text for i in range(capsule.manifest.n_chunks))
 
 
 def check(data: bytes, kind: str) -> None:
@@ -64,7 +64,7 @@ def check(data: bytes, kind: str) -> None:
             try:
                 for chunk_id in range(capsule.manifest.n_chunks):
                     try:
-                        text = capsule.read_chunk(chunk_id, now=EXPECT.now).text
+                        text = capsule.read(chunk_id, now=EXPECT.now).text
                     except CapsuleError:
                         continue
                     assert text == texts[chunk_id], f"chunk {chunk_id} returned text that is not genuine"
@@ -153,7 +153,7 @@ def test_mutations_of_a_valid_capsule_raise_only_capsule_errors_and_never_return
 def test_the_genuine_capsule_passes_the_same_checks():
     """The properties can fail: the unmutated capsule opens and every chunk comes back."""
     with open_capsule(VECTORS / "ok" / "capsule", **KEYS) as capsule:
-        assert [capsule.read_chunk(i, now=EXPECT.now).text for i in range(capsule.manifest.n_chunks)] == list(genuine())
+        assert [capsule.read(i, now=EXPECT.now).text for i in range(capsule.manifest.n_chunks)] == list(genuine())
     verify_capsule(VECTORS / "ok" / "capsule", trusted_keys=KEYS["trusted_keys"], now=EXPECT.now, full=True)
 
 

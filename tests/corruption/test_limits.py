@@ -54,7 +54,7 @@ def test_frame_decompression_bomb_is_refused_within_the_plaintext_bound(tmp_path
     expect = Expect.read(vector / "EXPECT")
     with open_capsule(vector / "capsule", trusted_keys=trusted_keys(expect), identities=identities(expect),
                       now=expect.now) as capsule:
-        word, peak = _peak_while(lambda: capsule.read_chunk(0, now=expect.now))
+        word, peak = _peak_while(lambda: capsule.read(0, now=expect.now))
         limit = capsule.manifest.max_plaintext_bytes
     assert word == "format"
     assert peak < 4 * limit  # the payload inflates to 1 MiB; at most the 64 KiB bound is ever produced

@@ -115,7 +115,7 @@ def test_hevc_capsule_full_verify_search_and_decoder(hevc_capsule, tiny_capsule)
         assert capsule.manifest.video.codec == "hevc" and capsule.manifest.video.profile == "Main"
         assert capsule.decoder_name in ("hevc", "hevc_v4l2m2m")
         for chunk_id in range(capsule.manifest.n_chunks):  # every chunk, read by frame seek
-            assert capsule.read_chunk(chunk_id).text == h264_capsule.read_chunk(chunk_id).text
+            assert capsule.read(chunk_id).text == h264_capsule.read(chunk_id).text
     proc = run_cli("edge", "info", str(hevc_capsule.path), "--trust", str(hevc_capsule.publisher_pub_path), "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["decoder"] in ("hevc", "hevc_v4l2m2m")

@@ -82,7 +82,7 @@ def test_capsule_has_no_plaintext_copy_of_the_text(faq_capsule):
 
 def test_read_chunk_matches_search_hit(capsule):
     hit = capsule.search(QUESTIONS[0]["question"], k=1)[0]
-    again = capsule.read_chunk(hit.chunk_id)
+    again = capsule.read(hit.chunk_id)
     assert again.text == hit.text and again.document == hit.document
 
 
@@ -186,8 +186,8 @@ def test_sample_changed_after_open_is_refused_before_decoding(faq_capsule, tmp_p
             f.seek(offset)
             f.write(data[offset:offset + n_bytes])
         with pytest.raises(IntegrityError, match="frame 1: sample sha256"):
-            capsule.read_chunk(chunk_in_frame)
-        assert capsule.read_chunk(0).text
+            capsule.read(chunk_in_frame)
+        assert capsule.read(0).text
 
 
 def test_section_from_another_capsule_is_refused(faq_capsule, tiny_capsule, tmp_path):

@@ -186,7 +186,7 @@ def run_library(vector: Path, path: Path) -> tuple[str, str]:
             if name == "search":
                 results.append(outcome(lambda: capsule.search(args[1], k=int(args[0]), now=now)))
             elif name == "read":
-                results.append(outcome(lambda: capsule.read_chunk(int(args[0]), now=now)))
+                results.append(outcome(lambda: capsule.read(int(args[0]), now=now)))
             elif name == "export":
                 results.append(outcome(lambda: list(capsule.export(now=now))))
             else:

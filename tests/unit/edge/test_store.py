@@ -155,7 +155,7 @@ def test_passphrase_install_caches_the_content_key_and_remove_deletes_it(store):
     key = store.path / "objects" / entry.object_name / "content.key"
     assert entry.content_key and stat.S_IMODE(key.stat().st_mode) == 0o400 and len(key.read_bytes()) == 32
     with store.open("alpha", trusted_keys=KEYS["trusted_keys"], now=NOW) as capsule:  # no passphrase needed
-        assert capsule.read_chunk(0, now=NOW).text
+        assert capsule.read(0, now=NOW).text
     store.remove("alpha")
     assert not key.exists()
 
