@@ -8,7 +8,7 @@ There is no flag that skips verification or overrides the clock.
 Trusted publisher keys and the device identity come from flags, or from the
 device configuration directory ``$EDGE_CONFIG_DIR`` (default
 ``/etc/edge-capsules``): ``trusted/*.pub``, ``device.key``, ``hardware-id``. Once a trust
-document is installed in the store (``edge trust init``), capsules are judged by the keys it
+document is installed in the store (``edge trust install``), capsules are judged by the keys it
 delegates unless ``--trust`` names keys. Every command uses the device store
 (``$EDGE_STORE_DIR``, ``--store``; see ``edge.store``) for the time floor, the version records and
 the rate log; a CAPSULE argument that contains ``/`` or ends in ``.capsule`` is a file, anything
@@ -191,7 +191,7 @@ def _trusted_keys(args: argparse.Namespace):
             return []  # the installed trust document delegates the keys
         paths = _provisioned_key_paths()
     if not paths:
-        raise KeyFileError(f"no trusted publisher keys: install a trust document (edge trust init), pass --trust "
+        raise KeyFileError(f"no trusted publisher keys: install a trust document (edge trust install), pass --trust "
                            f"KEY.pub or put keys in {_config_dir() / 'trusted'}")
     keys = [load_public_key(p) for p in paths]
     revoked = sorted({keyid(k) for k in keys} & root.revoked) if root is not None else []
@@ -516,21 +516,25 @@ def cmd_trust(args: argparse.Namespace) -> int:
     from .trust import MAX_TRUST_BYTES
 
     store = _store(args)
+    if args.action == "install":  # the API verb (Store.install_trust): first install with --root, else update
+        args.action = "init" if args.root else "update"
     if args.action in ("init", "update"):
         if not args.file:
             raise SystemExit(_usage_error(f"edge trust {args.action} needs a trust document file"))
         if args.action == "init" and not args.root:
             raise SystemExit(_usage_error("edge trust init needs --root ROOT.pub (the provisioned root key)"))
+        if args.action == "update" and store.state.root is None:
+            raise SystemExit(_usage_error("no trust document is installed yet: the first install needs --root ROOT.pub"))
         if args.action == "update" and args.root:
             raise SystemExit(_usage_error("edge trust update takes no --root: the installed root signs updates"))
         if args.action == "init" and store.state.root is not None:
-            raise SystemExit(_usage_error("a trust document is installed already; use edge trust update"))
+            raise SystemExit(_usage_error("a trust document is installed already; install an update without --root"))
         data = read_regular_file(args.file, max_bytes=MAX_TRUST_BYTES, what="trust document", error=TrustError)
         root = store.install_trust(data, root_keys=[load_public_key(p) for p in args.root or []])
     else:
         root = store.state.root
         if root is None:
-            raise KeyFileError(f"no trust document is installed in {store.path}; see edge trust init")
+            raise KeyFileError(f"no trust document is installed in {store.path}; see edge trust install")
     at = store.state.trusted_time(utc_now())
     info = {**root.to_json(), "floor": format_time(store.state.floor_at) if store.state.floor_at else None,
             "trusted_time": format_time(at)}
@@ -672,11 +676,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_remove)
 
     p = sub.add_parser("trust", help="install, update or show the device's root-signed trust document",
-                       description="init: first install, checked against the provisioned root key(s). update: a "
-                                   "newer version, signed by the installed root. show: the delegations in force.",
-                       epilog="example: edge trust init trust.json --root root.pub")
-    p.add_argument("action", choices=("init", "update", "show"), help="what to do")
-    p.add_argument("file", nargs="?", help="trust document (init, update)")
+                       description="install (Store.install_trust): with --root, the first install, checked against "
+                                   "the provisioned root key(s); without, a newer version signed by the installed "
+                                   "root. init and update are the same two steps, each refusing the other. "
+                                   "show: the delegations in force.",
+                       epilog="example: edge trust install trust.json --root root.pub (first install); "
+                              "edge trust install trust-v2.json (an update); edge trust show")
+    p.add_argument("action", choices=("install", "init", "update", "show"), help="what to do")
+    p.add_argument("file", nargs="?", help="trust document (install, init, update)")
     p.add_argument("--root", action="append", metavar="ROOT.pub", help="provisioned root public key (init); repeatable")
     store_arg(p)
     p.add_argument("--json", action="store_true", help="print JSON")

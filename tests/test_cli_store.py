@@ -109,7 +109,9 @@ def test_provision_root_delegate_cosign_rotate_and_revoke_end_to_end(device):
                    "--delegate", str(KEYS / "test-publisher-2.pub"), "--expires", "2090-01-01", "--threshold", "2")
     assert proc.returncode == 0, proc.stderr
     assert "version 1, 2 publisher key(s), threshold 2" in proc.stdout
-    proc = run_cli("edge", "trust", "init", str(tmp / "trust-v1.json"), "--root", str(tmp / "root.pub"), env=env)
+    proc = run_cli("edge", "trust", "update", str(tmp / "trust-v1.json"), env=env)  # nothing installed yet
+    assert proc.returncode == 2 and "the first install needs --root" in proc.stderr, proc.stderr
+    proc = run_cli("edge", "trust", "install", str(tmp / "trust-v1.json"), "--root", str(tmp / "root.pub"), env=env)
     assert proc.returncode == 0, proc.stderr
     assert "capsules need 2 signature(s)" in proc.stdout
     capsule = tmp / "alpha.capsule"
@@ -124,7 +126,7 @@ def test_provision_root_delegate_cosign_rotate_and_revoke_end_to_end(device):
                    "--previous", str(tmp / "trust-v1.json"), "--delegate", str(KEYS / "test-publisher-3.pub"),
                    "--expires", "2090-01-01", "--revoke", str(KEYS / "test-publisher-1.pub"), "--threshold", "1")
     assert proc.returncode == 0 and "version 2" in proc.stdout, proc.stderr
-    proc = run_cli("edge", "trust", "update", str(tmp / "trust-v2.json"), "--json", env=env)
+    proc = run_cli("edge", "trust", "install", str(tmp / "trust-v2.json"), "--json", env=env)
     assert proc.returncode == 0 and json.loads(proc.stdout)["version"] == 2
     by_p1 = tmp / "by-p1.capsule"
     shutil.copy(VECTORS / "ok" / "capsule", by_p1)
