@@ -505,19 +505,7 @@ def verify_capsule(
     try:
         report = VerifyReport(capsule.manifest, full)
         if full:
-            if capsule._cf.is_mapped:  # a store object; opened by path, VIDE was hashed at open
-                _compare_digest(capsule._cf.sha256("VIDE"), capsule.manifest, "VIDE")
-            timings = StageTimings()
-            n_frames = capsule._frames.n_frames
-            for frame_index in range(n_frames):
-                report.n_chunks_checked += len(capsule._frame_records(frame_index, timings))
-                report.n_frames_checked += 1
-                if progress is not None:
-                    progress(frame_index + 1, n_frames)
-            if report.n_chunks_checked != capsule.manifest.n_chunks:
-                raise IntegrityError(
-                    f"frames hold {report.n_chunks_checked} chunks, manifest says {capsule.manifest.n_chunks}"
-                )
+            report.n_frames_checked, report.n_chunks_checked = capsule.check_frames(progress)
         return report
     except CapsuleError as exc:
         log.warning("refused capsule %s: %s", capsule.path, exc)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -23,12 +23,14 @@ from . import format as fmt
 from .budget import MemoryBudget
 from .container import ContainerFile
 from .embedder import QueryEmbedder
+from .errors import IntegrityError
 from .frames import FrameReader
-from .index import VectorIndex
 from .clock import format_time, utc_now
+from .index import VectorIndex
 from .manifest import Manifest
 from .rules import MemoryUseLog, Rules, UsePolicy, parse_rules
 from .sealed import ChunkRecord, ContentKeys, open_frame
+from .verification import _compare_digest
 
 log = logging.getLogger("edge.capsule")
 
@@ -310,6 +312,32 @@ class Capsule:
             raise ValueError(f"chunk id {chunk_id} outside 0..{self.manifest.n_chunks - 1}")
         self._policy.before_use("read", at=utc_now(now))
         return self._hit(chunk_id, 1.0, StageTimings())
+
+    def check_frames(self, progress: Callable[[int, int], None] | None = None) -> tuple[int, int]:
+        """Decode and authenticate every frame, as full verification does; return (frames, chunks).
+
+        A mapped store object also has its ``VIDE`` section hashed again first (opened by path,
+        it was hashed at open). Uses no rule and counts no use: it returns no text.
+
+        Args:
+            progress: optional ``progress(n_frames_done, n_frames)``.
+
+        Raises:
+            IntegrityError: ``VIDE`` differs from the manifest, a sample changed, or the frames
+                hold another number of chunks than the manifest says.
+            FrameDecodeError, DecryptionError: a frame does not decode or authenticate.
+        """
+        if self._cf.is_mapped:
+            _compare_digest(self._cf.sha256("VIDE"), self.manifest, "VIDE")
+        timings = StageTimings()
+        n_frames, n_chunks = self._frames.n_frames, 0
+        for frame_index in range(n_frames):
+            n_chunks += len(self._frame_records(frame_index, timings))
+            if progress is not None:
+                progress(frame_index + 1, n_frames)
+        if n_chunks != self.manifest.n_chunks:
+            raise IntegrityError(f"frames hold {n_chunks} chunks, manifest says {self.manifest.n_chunks}")
+        return n_frames, n_chunks
 
     def export(self, *, now: datetime | None = None) -> Iterator[Hit]:
         """Yield every chunk in id order, each read from its frame (score 1.0).
