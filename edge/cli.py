@@ -281,7 +281,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from .capsule import OpenOptions, verify_capsule
 
     report = verify_capsule(_capsule_path(args), trusted_keys=_trusted_keys(args),
-                            identities=_identities(args, required=False), full=not args.quick,
+                            identities=_identities(args, required=False), full=args.full,
                             options=OpenOptions(device=_device(args)))
     m = report.manifest
     result = {"ok": True, "name": m.name, "version": m.version, "capsule_id": m.capsule_id,
@@ -607,7 +607,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "every section digest. With --identity: also decode and authenticate every frame.",
                        epilog="example: edge verify manual.capsule --trust publisher.pub --identity device.key")
     common(p)
-    p.add_argument("--quick", action="store_true", help="skip hashing the video and decoding frames")
+    p.add_argument("--full", action=argparse.BooleanOptionalAction, default=True,
+                   help="hash the video and decode every frame (verify_capsule(full=...)); --no-full skips them "
+                        "(default --full)")
+    p.add_argument("--quick", dest="full", action="store_false", help="same as --no-full")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("info", help="print the verified manifest summary",

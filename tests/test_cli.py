@@ -181,3 +181,12 @@ def test_wrong_passphrase_one_line_error(tmp_path):
     proc = run_cli("edge", "search", str(built.path), "What is Python?", "-k", "1", "--trust",
                    str(built.publisher_pub_path), "--passphrase-file", str(secret))
     assert proc.returncode == 0 and "score" in proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize("flag, full", [([], True), (["--full"], True), (["--no-full"], False), (["--quick"], False)])
+def test_verify_full_flag_is_the_api_keyword(tiny_capsule, flag, full):
+    keys = ["--trust", str(tiny_capsule.publisher_pub_path), "--identity", str(tiny_capsule.device_key_path)]
+    proc = run_cli("edge", "verify", str(tiny_capsule.path), *keys, *flag, "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["full"] is full and (report["frames_checked"] > 0) is full
