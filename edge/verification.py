@@ -12,7 +12,7 @@ Source: FORMAT.md §3 (section digests), §9 (signatures), §11 (open order), §
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from datetime import datetime
 
 import numpy as np
@@ -28,6 +28,8 @@ from .manifest import Manifest, parse_manifest, parse_signatures
 from .rules import Rules, check_validity_at, parse_rules
 from .trust import DeviceState, verify_manifest_with_root
 from .verify import verify_signatures
+
+__all__ = ["verify_manifest"]
 
 
 def _check_sha256(data: bytes, manifest: Manifest, tag: str) -> bytes:
@@ -99,15 +101,46 @@ def _hash_video(cf: ContainerFile, manifest: Manifest, frames: fmt.FrameTable) -
     return digests
 
 
-def _read_verified_manifest(cf: ContainerFile, trusted_keys: Sequence[Ed25519PublicKey], threshold: int,
-                            device: DeviceState | None = None, at: datetime | None = None,
-                            expected_manifest_sha256: str | None = None) -> Manifest:
-    mani = cf.read("MANI")
+def verify_manifest(mani: bytes, sigs: bytes, *, section_lengths: Mapping[str, int],
+                    trusted_keys: Sequence[Ed25519PublicKey], identities: Sequence[Identity], now: datetime,
+                    threshold: int = 1, device: DeviceState | None = None, device_rules: bool = True,
+                    expected_manifest_sha256: str | None = None, where: str = "capsule") -> tuple[Manifest, Rules]:
+    """Turn MANI and SIGS bytes, the trust and the time into a verified manifest and its rules.
+
+    No capsule I/O and no allocation beyond the manifest: the caller read the bytes (and the
+    section lengths from the table) and does everything else after. In order (FORMAT.md §11):
+    the pinned manifest digest if given, signatures at the trusted time (trusted keys, else the
+    device's trust document), manifest parse, section lengths vs. the manifest, the device's floor
+    (``now`` and the verified ``issued_at``) and version record, the validity window, the
+    open-level rules. The device state moves only after the signatures verified.
+
+    Args:
+        mani, sigs: the exact MANI and SIGS section bytes.
+        section_lengths: length of every section by tag, from the section table.
+        trusted_keys: publisher keys; empty to use ``device.root``.
+        identities: the caller's identities (their X25519 keys are the device for ``devices``).
+        now: the wall-clock reading (timezone-aware), read once by the caller.
+        threshold, device: as ``OpenOptions``.
+        device_rules: ``False`` skips ``devices`` and ``min_runtime`` (publisher self-check).
+        expected_manifest_sha256: refuse any other manifest before its signatures (a store entry).
+        where: how messages name the capsule (its path).
+
+    Returns:
+        ``(manifest, rules)``.
+
+    Raises:
+        IntegrityError, CapsuleFormatError, SignatureError, TrustError, RollbackError,
+        ExpiredCapsuleError, NotYetValidError, RuleViolationError: see FORMAT.md §11.
+        ValueError: no trusted keys and no trust document.
+    """
+    if device is not None:
+        device.observe(now)
+    at = device.trusted_time(now) if device is not None else now
     if expected_manifest_sha256 is not None and hashlib.sha256(mani).hexdigest() != expected_manifest_sha256:
         # before any signature check, so a swapped file moves no device state
-        raise IntegrityError(f"{cf.path} holds another manifest than the one installed under its name "
+        raise IntegrityError(f"{where} holds another manifest than the one installed under its name "
                              "(the file was replaced after install)")
-    signatures = parse_signatures(cf.read("SIGS"))
+    signatures = parse_signatures(sigs)
     if trusted_keys:
         verify_signatures(mani, signatures, trusted_keys, threshold=threshold)
     elif device is not None and device.root is not None:
@@ -116,24 +149,13 @@ def _read_verified_manifest(cf: ContainerFile, trusted_keys: Sequence[Ed25519Pub
         raise ValueError("no trusted keys given, and the device has no trust document")
     manifest = parse_manifest(mani)
     for tag, digest in manifest.sections.items():
-        actual = cf.sections[tag].length
+        actual = section_lengths[tag]
         if actual != digest.length:
             raise IntegrityError(f"{tag} section is {actual} bytes, manifest says {digest.length}")
-    if cf.sections["FTAB"].length != manifest.video.n_frames * fmt.FRAME_ENTRY_BYTES:
+    if section_lengths["FTAB"] != manifest.video.n_frames * fmt.FRAME_ENTRY_BYTES:
         raise CapsuleFormatError(
-            f"frame table is {cf.sections['FTAB'].length} bytes, manifest says {manifest.video.n_frames} frames"
+            f"frame table is {section_lengths['FTAB']} bytes, manifest says {manifest.video.n_frames} frames"
         )
-    return manifest
-
-
-def _check_trust(cf: ContainerFile, *, trusted_keys: Sequence[Ed25519PublicKey], threshold: int,
-                 device: DeviceState | None, now: datetime, identities: Sequence[Identity],
-                 device_rules: bool = True, expected_manifest_sha256: str | None = None) -> tuple[Manifest, Rules]:
-    """Signatures, version record, time floor, validity window and open-level rules (FORMAT.md §11)."""
-    if device is not None:
-        device.observe(now)
-    at = device.trusted_time(now) if device is not None else now
-    manifest = _read_verified_manifest(cf, trusted_keys, threshold, device, at, expected_manifest_sha256)
     if device is not None:
         device.observe(now, manifest.issued_at)
         at = device.trusted_time(now)
@@ -146,3 +168,14 @@ def _check_trust(cf: ContainerFile, *, trusted_keys: Sequence[Ed25519PublicKey],
                            hardware_id=device.hardware_id if device is not None else None)
         rules.check_runtime(__version__)
     return manifest, rules
+
+
+def _check_trust(cf: ContainerFile, *, trusted_keys: Sequence[Ed25519PublicKey], threshold: int,
+                 device: DeviceState | None, now: datetime, identities: Sequence[Identity],
+                 device_rules: bool = True, expected_manifest_sha256: str | None = None) -> tuple[Manifest, Rules]:
+    """``verify_manifest`` over the MANI and SIGS of an open container (the only reads it makes)."""
+    return verify_manifest(cf.read("MANI"), cf.read("SIGS"),
+                           section_lengths={tag: e.length for tag, e in cf.sections.items()},
+                           trusted_keys=trusted_keys, identities=identities, now=now, threshold=threshold,
+                           device=device, device_rules=device_rules,
+                           expected_manifest_sha256=expected_manifest_sha256, where=str(cf.path))
