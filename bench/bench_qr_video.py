@@ -30,7 +30,7 @@ import numpy as np
 
 from edge.errors import FrameDecodeError
 from edge.frames import FrameReader
-from firmware_tools import qr_video, qr_writer
+from firmware_tools import mp4_writer, qr_video, qr_writer
 from firmware_tools.qr_video import DEFAULT_VIDEO_PARAMS, VideoParams, check_mp4, encode_mp4_file
 
 
@@ -126,9 +126,9 @@ def bench_qr_encoders(n: int) -> dict:
 def trial(params: VideoParams, lumas: list[bytes], payloads: list[bytes], tmp: Path) -> dict:
     path = tmp / "sweep.mp4"
     t0, c0 = time.perf_counter(), time.process_time()
-    n = qr_video._encode_lumas(lumas, path, params)
+    n = mp4_writer.encode_lumas(lumas, path, params)
     enc_wall, enc_cpu = time.perf_counter() - t0, time.process_time() - c0
-    video = qr_video._read_sample_table(path, n)
+    video = mp4_writer.read_sample_table(path, n)
     bad = check_mp4(path, payloads, params, video.extradata, video.sample_offsets, video.sample_sizes,
                     n_workers=0)
     return {"crf": params.crf, "ok": n - len(bad), "n": n,
@@ -220,8 +220,8 @@ def bench_decode(n: int, tmp: Path) -> list[dict]:
     for crf in range(base.crf, base.crf + 5):
         params = replace(base, crf=crf)
         path = tmp / "decode.mp4"
-        k = qr_video._encode_lumas(lumas, path, params)
-        video = qr_video._read_sample_table(path, k)
+        k = mp4_writer.encode_lumas(lumas, path, params)
+        video = mp4_writer.read_sample_table(path, k)
         data = path.read_bytes()
         reader = FrameReader(memoryview(data), extradata=video.extradata, sample_offsets=video.sample_offsets,
                              sample_sizes=video.sample_sizes, prefer_hardware=False)

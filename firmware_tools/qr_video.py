@@ -57,8 +57,8 @@ Speed (2,000 frames, ``encode_mp4_file``): QR drawing 0.3-0.5 ms/symbol with thi
 writer (zxing-cpp's writer 2.6-3.0 ms with a fixed mask, 14 ms choosing the mask; segno ~190-225
 ms; qrcode ~230-250 ms); see bench/QR_VIDEO.md for frames/s with 0, 1 and 2 render workers.
 
-Size: ~630 lines because the render pool, the x264/x265 encoder options and the MP4 sample-table
-check share ``VideoParams`` and must change together; the QR writer is ``qr_writer.py``.
+Its parts: the QR symbols are ``qr_writer.py``, the MP4 encoding and sample table ``mp4_writer.py``;
+this module holds ``VideoParams``, the render pool and the decode check.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ import mmap
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
@@ -76,6 +76,7 @@ import numpy as np
 
 from ._workers import ordered_map
 from .errors import CapacityError, VideoEncodeError
+from .mp4_writer import EncodedVideo, encode_lumas, read_sample_table
 from .qr_writer import DATA_CODEWORDS, numpy_writer, zxing_modules
 
 log = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ class VideoParams:
             (x265 always runs without a thread pool, ``pools=none``, for the same reason.)
         x265_preset: x265 speed preset (HEVC only).
         x265_params: extra ``key=value:key=value`` x265 options (HEVC only), after the fixed
-            closed-GOP, single-thread ones in ``_X265_FIXED_PARAMS``.
+            closed-GOP, single-thread ones in ``mp4_writer.X265_FIXED_PARAMS``.
 
     Source: FORMAT.md §4.5 (video object).
     """
@@ -243,40 +244,6 @@ HEVC_VIDEO_PARAMS = VideoParams(codec="hevc", profile="main", crf=33)
 # Fixed x265 options: every frame an IDR picture (the encoder is also handed I-frames with
 # forced-idr=1), no B-frames, no scene cuts, closed GOPs; no threads (output independent of
 # the machine); no SEI with the encoder's settings; parameter sets only in hvcC.
-_X265_FIXED_PARAMS = ("keyint=1000:min-keyint=1000:scenecut=0:open-gop=0:bframes=0:frame-threads=1:"
-                      "pools=none:wpp=0:info=0:repeat-headers=0:log-level=error")
-_HEVC_IDR_NAL_TYPES = (19, 20)  # IDR_W_RADL, IDR_N_LP (ISO/IEC 23008-2 Table 7-1)
-
-
-@dataclass(frozen=True)
-class EncodedVideo:
-    """An MP4 written by :func:`encode_mp4_file` or :func:`encode_mp4`.
-
-    Attributes:
-        path: the MP4 file, or ``None`` when the bytes are in ``mp4_bytes``.
-        n_frames: number of frames (= samples = payloads).
-        extradata: the stream's ``avcC`` record (manifest ``video.extradata``).
-        sample_offsets: byte offset of each frame's sample from the start of the MP4.
-        sample_sizes: byte size of each frame's sample.
-        profile: H.264 profile as the decoder names it, e.g. ``"High"``.
-        codec: ``"h264"``.
-        size_bytes: MP4 file size in bytes.
-        mp4_bytes: the whole MP4 (only from :func:`encode_mp4`).
-
-    Source: FORMAT.md §4.5 (video), §5 (frame table).
-    """
-
-    path: Path | None
-    n_frames: int
-    extradata: bytes
-    sample_offsets: list[int]
-    sample_sizes: list[int]
-    profile: str
-    codec: str
-    size_bytes: int
-    mp4_bytes: bytes | None = field(default=None, repr=False)
-
-
 # -- QR rendering -----------------------------------------------------------------------------
 
 
@@ -367,16 +334,6 @@ def _iter_lumas(payloads: Iterable[bytes], params: VideoParams, n_workers: int) 
         yield from lumas
 
 
-def _x264_options(params: VideoParams) -> dict[str, str]:
-    options = {"crf": str(params.crf), "preset": params.x264_preset, "profile": params.profile,
-               "threads": str(params.encoder_threads)}
-    if params.x264_tune:
-        options["tune"] = params.x264_tune
-    if params.x264_params:
-        options["x264-params"] = params.x264_params
-    return options
-
-
 def encode_mp4_file(
     payloads: Iterable[bytes],
     out_path: str | os.PathLike[str],
@@ -421,8 +378,8 @@ def encode_mp4_file(
     import av
 
     try:
-        n_frames = _encode_lumas(_iter_lumas(payloads, params, n_workers), out_path, params, progress)
-        video = _read_sample_table(out_path, n_frames)
+        n_frames = encode_lumas(_iter_lumas(payloads, params, n_workers), out_path, params, progress)
+        video = read_sample_table(out_path, n_frames)
     except av.FFmpegError as exc:  # PyAV's errors: some are OSError or ValueError, others neither
         raise VideoEncodeError(f"encoding the {params.codec} MP4 {out_path.name} failed: {exc}") from None
     except OSError as exc:
@@ -430,53 +387,6 @@ def encode_mp4_file(
     log.debug("wrote %d frames, %d bytes to %s (%s, crf %d)", n_frames, video.size_bytes, out_path,
               video.profile, params.crf)
     return video
-
-
-def _x265_options(params: VideoParams) -> dict[str, str]:
-    x265_params = _X265_FIXED_PARAMS + (":" + params.x265_params if params.x265_params else "")
-    return {"crf": str(params.crf), "preset": params.x265_preset, "profile": params.profile,
-            "forced-idr": "1", "x265-params": x265_params}
-
-
-def _encode_lumas(lumas: Iterable[bytes], out_path: Path, params: VideoParams,
-                  progress: Callable[[int], None] | None = None) -> int:
-    """Encode rendered luma images (H*W bytes each) as an MP4; return the frame count."""
-    import av
-
-    width, height = params.width, params.height
-    yuv = np.full((height * 3 // 2, width), 128, dtype=np.uint8)  # chroma stays flat grey
-    n_frames = 0
-    container = av.open(str(out_path), mode="w", format="mp4", options={"fflags": "+bitexact"})
-    try:
-        hevc = params.codec == "hevc"
-        stream = container.add_stream("libx265" if hevc else "libx264", rate=params.fps)
-        stream.width = width
-        stream.height = height
-        stream.pix_fmt = params.pix_fmt
-        cc = stream.codec_context
-        cc.gop_size = 1
-        cc.max_b_frames = 0
-        cc.options = _x265_options(params) if hevc else _x264_options(params)
-        for luma in lumas:
-            yuv[:height] = np.frombuffer(luma, dtype=np.uint8).reshape(height, width)
-            frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")  # copies: yuv is reused
-            frame.pts = n_frames
-            if hevc:
-                frame.pict_type = av.video.frame.PictureType.I  # an IDR, with forced-idr=1
-            for packet in stream.encode(frame):
-                container.mux(packet)
-            n_frames += 1
-            if progress is not None and n_frames % 64 == 0:
-                progress(n_frames)
-        if n_frames == 0:
-            raise ValueError("no frame payloads to encode")
-        for packet in stream.encode(None):
-            container.mux(packet)
-    finally:
-        container.close()
-    if progress is not None and n_frames % 64:
-        progress(n_frames)
-    return n_frames
 
 
 def encode_mp4(
@@ -503,56 +413,6 @@ def encode_mp4(
     return EncodedVideo(path=None, n_frames=video.n_frames, extradata=video.extradata,
                         sample_offsets=video.sample_offsets, sample_sizes=video.sample_sizes,
                         profile=video.profile, codec=video.codec, size_bytes=len(data), mp4_bytes=data)
-
-
-def _read_sample_table(path: Path, n_frames: int) -> EncodedVideo:
-    """Demux the finished MP4 and return its sample table, checking it against the file bytes."""
-    import av
-
-    offsets: list[int] = []
-    sizes: list[int] = []
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        extradata = bytes(stream.codec_context.extradata or b"")
-        profile = stream.codec_context.profile or ""
-        codec = stream.codec_context.name
-        with open(path, "rb") as f:
-            for packet in container.demux(stream):
-                if packet.size == 0:
-                    continue  # the demuxer's end-of-stream marker
-                if not packet.is_keyframe or packet.pos is None or packet.pos < 0:
-                    raise VideoEncodeError(f"sample {len(offsets)} is not a keyframe at a known file offset")
-                f.seek(packet.pos)
-                if f.read(packet.size) != bytes(packet):
-                    raise VideoEncodeError(f"sample {len(offsets)} bytes differ at file offset {packet.pos}")
-                if codec == "hevc":
-                    _check_hevc_idr(bytes(packet), len(offsets))
-                offsets.append(int(packet.pos))
-                sizes.append(int(packet.size))
-    if len(offsets) != n_frames:
-        raise VideoEncodeError(f"mp4 holds {len(offsets)} samples, encoded {n_frames} frames")
-    if not extradata or extradata[0] != 1:
-        raise VideoEncodeError(f"mp4 has no {'hvcC' if codec == 'hevc' else 'avcC'} extradata")
-    if "4:4:4" in profile:
-        raise VideoEncodeError(f"encoder produced profile {profile!r}, which hardware decoders refuse")
-    return EncodedVideo(path=path, n_frames=n_frames, extradata=extradata, sample_offsets=offsets,
-                        sample_sizes=sizes, profile=profile, codec=codec, size_bytes=path.stat().st_size)
-
-
-def _check_hevc_idr(sample: bytes, index: int) -> None:
-    """Raise unless every picture NAL unit in an HEVC sample (4-byte lengths) is an IDR slice."""
-    pos = 0
-    while pos + 5 <= len(sample):
-        size = int.from_bytes(sample[pos:pos + 4], "big")
-        nal_type = (sample[pos + 4] >> 1) & 0x3F
-        if nal_type < 32 and nal_type not in _HEVC_IDR_NAL_TYPES:  # 0..31 are VCL (slice) NAL units
-            raise VideoEncodeError(f"sample {index} holds an hevc slice of NAL type {nal_type}, not an IDR")
-        pos += 4 + size
-    if pos != len(sample):
-        raise VideoEncodeError(f"sample {index} is not a sequence of length-prefixed hevc NAL units")
-
-
-# -- round-trip check -------------------------------------------------------------------------------
 
 
 def _check_range(args: tuple[str, str, bytes, list[int], list[int], int, list[bytes]]) -> list[int]:

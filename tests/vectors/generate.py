@@ -59,7 +59,8 @@ from edge.sealed import (
 
 from firmware_tools.cosign import assemble_capsule, read_sections
 from firmware_tools.keys import private_key_pem, public_key_pem
-from firmware_tools.qr_video import VideoParams, _encode_lumas, _read_sample_table, render_qr_frame
+from firmware_tools.mp4_writer import encode_lumas, read_sample_table
+from firmware_tools.qr_video import VideoParams, render_qr_frame
 from firmware_tools.sealing import Randomness, payload_compressor, seal_frame, sign_manifest, wrap_for_passphrase
 from firmware_tools.trust_writer import Delegate, next_trust_document, write_trust_document
 
@@ -169,8 +170,8 @@ class Draft:
                  for f in frames]
         with tempfile.TemporaryDirectory(prefix="edge-vectors-") as tmp:
             path = Path(tmp) / "v.mp4"
-            n = _encode_lumas(lumas, path, VIDEO_PARAMS)
-            video = _read_sample_table(path, n)
+            n = encode_lumas(lumas, path, VIDEO_PARAMS)
+            video = read_sample_table(path, n)
             mp4 = path.read_bytes()
         firsts = first_chunk_ids if first_chunk_ids is not None else [int(x) for x in self.frame_table().first_chunk_ids]
         table = fmt.FrameTable(np.asarray(video.sample_offsets, dtype=np.uint64),
