@@ -58,6 +58,7 @@ from edge.embedder import (
     model_identity,
 )
 from edge.errors import EdgeError
+from edge._files import atomic_replace
 from firmware_tools.errors import BuildError
 
 logger = logging.getLogger(__name__)
@@ -648,9 +649,8 @@ def write_sums(model_dir: Path) -> None:
     sums = "".join(
         f"{sha256_file(model_dir / name)}  {name}\n" for name in names if (model_dir / name).is_file()
     )
-    tmp = model_dir / (SUMS_FILENAME + ".tmp")
-    tmp.write_text(sums, encoding="ascii")
-    os.replace(tmp, model_dir / SUMS_FILENAME)
+    with atomic_replace(model_dir / SUMS_FILENAME, mode=0o644) as tmp:
+        tmp.write_text(sums, encoding="ascii")
 
 
 def _metadata(config: dict[str, Any], recipe: dict[str, Any]) -> dict[str, str]:
