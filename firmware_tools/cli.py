@@ -1,7 +1,8 @@
 """``firmware-tools``: the desktop builder's command line (keygen, build, sign, trust, export-model).
 
-Errors print as ``firmware-tools: error: <message>`` with exit code 1; usage
-errors exit 2. Progress bars go to stderr; key material is never printed.
+Errors print as one line, ``firmware-tools: error: <message>``, with exit code 1; usage
+errors exit 2. No traceback is printed (``-vv`` logs one for an unexpected error). Progress
+bars go to stderr; key material is never printed.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from edge.clock import utc_now
 from edge.errors import EdgeError
 from edge.keys import KeyFileError, load_passphrase, load_private_key, load_recipient_key
 
-from .errors import BuildError
+from .errors import BuildError, describe
 
 PROG = "firmware-tools"
+log = logging.getLogger(PROG)
 
 
 def parse_when(text: str, *, now: datetime | None = None) -> datetime:
@@ -42,6 +44,33 @@ def parse_when(text: str, *, now: datetime | None = None) -> datetime:
             continue
         return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
     raise ValueError(f"cannot read date {text!r}; use YYYY-MM-DD, YYYY-MM-DDTHH:MM:SSZ or +90d")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, not {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, not {value}")
+    return value
+
+
+def _hex_arg(text: str) -> bytes:
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not hex digits") from None
 
 
 def _date_arg(text: str) -> datetime:
@@ -93,6 +122,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     from .build import build_capsule
     from .qr_video import DEFAULT_VIDEO_PARAMS, HEVC_VIDEO_PARAMS
 
+    if args.overlap_tokens >= args.max_tokens:
+        raise SystemExit(_usage(f"--overlap-tokens {args.overlap_tokens} must be below --max-tokens {args.max_tokens}"))
     signing_key = load_private_key(args.signing_key)
     if not isinstance(signing_key, Ed25519PrivateKey):
         raise KeyFileError(f"{args.signing_key} is not an Ed25519 publisher key (make one with keygen --kind publisher)")
@@ -104,7 +135,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         raise SystemExit(_usage("--passphrase-file cannot be combined with --recipient: a passphrase capsule has "
                                 "no other recipients (FORMAT.md §7, as age)"))
     rules = json.loads(Path(args.rules).read_text()) if args.rules else None
-    seed = bytes.fromhex(args.seed) if args.seed else None
+    seed = args.seed
     bars = _Bars(enabled=not args.quiet)
     # SIGTERM / SIGHUP unwind like Ctrl-C, so the private spool and the partial capsule are removed.
     for signum in (signal.SIGTERM, signal.SIGHUP):
@@ -209,6 +240,30 @@ def _usage(message: str) -> int:
     return 2
 
 
+_BUILD_EXAMPLES = """\
+example: firmware-tools build docs/ -o manual.capsule --signing-key publisher.key \\
+             --recipient kiosk-7.pub --expires 2027-06-30 --version 3
+
+more examples:
+  two devices, valid for 90 days, rules from a file, summary as JSON:
+    firmware-tools build docs/ faq.md -o manual.capsule --signing-key publisher.key \\
+        --recipient kiosk-7.pub --recipient kiosk-8.pub --expires +90d --rules rules.json --json
+  opened by a passphrase instead of device keys (the file is mode 600):
+    firmware-tools build docs/ -o manual.capsule --signing-key publisher.key \\
+        --passphrase-file pass.txt --expires +30d
+  a Pi 5 (HEVC decoder), reusing embeddings from the last build:
+    firmware-tools build docs/ -o manual.capsule --signing-key publisher.key \\
+        --recipient pi5.pub --expires +90d --codec hevc --embedding-cache embed.sqlite
+  a byte-identical rebuild (same documents, keys, seed, issue time and embeddings):
+    firmware-tools build docs/ -o manual.capsule --signing-key publisher.key \\
+        --recipient kiosk-7.pub --expires 2027-06-30 --issued-at 2026-12-01 --seed 00 \\
+        --embedding-cache embed.sqlite
+
+Errors print one line, "firmware-tools: error: ...", exit 1 (usage errors exit 2);
+a failed build leaves nothing at or beside the output path.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the ``firmware-tools`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -232,8 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="build a capsule from documents",
                        description="Chunk, embed, encrypt and pack documents (.txt .md .rst .html .pdf, or folders of "
                                    "them) into one signed capsule file.",
-                       epilog="example: firmware-tools build docs/ -o manual.capsule --signing-key publisher.key "
-                              "--recipient kiosk-7.pub --expires 2027-06-30 --version 3")
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_BUILD_EXAMPLES)
     p.add_argument("documents", nargs="+", type=Path, help="files or folders to pack")
     p.add_argument("-o", "--output", required=True, help="capsule path to write (replaced atomically)")
     p.add_argument("--signing-key", required=True, help="publisher Ed25519 private key (mode 600)")
@@ -243,14 +297,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expires", type=_date_arg, required=True, help="expiry: YYYY-MM-DD, ISO time, or +90d")
     p.add_argument("--not-before", type=_date_arg, help="start of validity (default: issue time)")
     p.add_argument("--issued-at", type=_date_arg, help="issue time (default: now, or $SOURCE_DATE_EPOCH)")
-    p.add_argument("--version", type=int, default=1, help="capsule version, >= 1 (default 1)")
+    p.add_argument("--version", type=_positive_int, default=1, help="capsule version, >= 1 (default 1)")
     p.add_argument("--name", help="capsule name (default: output file name)")
     p.add_argument("--capsule-id", help="32 hex chars (default: derived from the publisher key and name)")
     p.add_argument("--publisher-name", default="", help="human-readable publisher name")
     p.add_argument("--rules", help="JSON file with the manifest's rules object")
-    p.add_argument("--max-tokens", type=int, default=200, help="chunk size in model tokens (default 200)")
-    p.add_argument("--overlap-tokens", type=int, default=32, help="chunk overlap in model tokens (default 32)")
-    p.add_argument("--n-trees", type=int, default=None,
+    p.add_argument("--max-tokens", type=_positive_int, default=200, help="chunk size in model tokens (default 200)")
+    p.add_argument("--overlap-tokens", type=_non_negative_int, default=32, help="chunk overlap in model tokens (default 32)")
+    p.add_argument("--n-trees", type=_positive_int, default=None,
                    help="Annoy trees (default: 16 over full embeddings, 8 over the projection)")
     p.add_argument("--plain-index", action="store_true",
                    help="do not encrypt the index (embeddings leak content; see FORMAT.md 4.4)")
@@ -260,11 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--codec", choices=("h264", "hevc"), default="h264",
                    help="h264 (Pi 4 hardware decoder) or hevc (all-IDR HEVC Main, for the Pi 5's "
                         "HEVC decoder) (default h264)")
-    p.add_argument("--seed", help="hex seed for a reproducible build (default: OS randomness)")
+    p.add_argument("--seed", type=_hex_arg, help="hex seed for a reproducible build (default: OS randomness)")
     p.add_argument("--embedding-cache", type=Path, metavar="FILE",
                    help="SQLite file of chunk embeddings kept between builds: a rebuild embeds only new or "
                         "changed chunks (created if missing)")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=_positive_int, default=None,
                    help="embedding worker processes (default: one per CPU)")
     p.add_argument("--json", action="store_true", help="print the build summary as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -320,10 +374,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (BuildError, EdgeError, KeyFileError, ValueError, FileExistsError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {describe(exc)}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {describe(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a library error no step typed: still one line, never a traceback
+        log.debug("unexpected error", exc_info=True)
+        print(f"{PROG}: error: unexpected {type(exc).__name__}: {describe(exc)} (run with -vv for details)",
+              file=sys.stderr)
+        return 1

@@ -27,3 +27,14 @@ class ReproducibilityError(BuildError):
 
 class VideoEncodeError(BuildError):
     """FFmpeg, the encoder or the QR writer failed, or the MP4 written is not the one encoded."""
+
+
+def describe(exc: BaseException) -> str:
+    """Return one line for a library's or the OS's exception: its text and the file it names.
+
+    ``OSError(28, "No space left on device", "/mnt/x")`` -> ``"No space left on device: /mnt/x"``;
+    other exceptions give their text with newlines folded, or their class name when it is empty.
+    """
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc.strerror)
+    return " ".join(str(exc).split()) or type(exc).__name__

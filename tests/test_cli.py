@@ -190,3 +190,27 @@ def test_verify_full_flag_is_the_api_keyword(tiny_capsule, flag, full):
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["full"] is full and (report["frames_checked"] > 0) is full
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--version", "0"], "--version: must be >= 1"),
+    (["--workers", "0"], "--workers: must be >= 1"),
+    (["--max-tokens", "-3"], "--max-tokens: must be >= 1"),
+    (["--seed", "zz"], "--seed: 'zz' is not hex digits"),
+    (["--max-tokens", "16", "--overlap-tokens", "16"], "--overlap-tokens 16 must be below --max-tokens 16"),
+])
+def test_build_usage_errors_exit_2_without_traceback(tmp_path, extra, fragment):
+    run_cli("firmware_tools", "keygen", "--kind", "publisher", "-o", str(tmp_path / "p.key"))
+    run_cli("firmware_tools", "keygen", "--kind", "device", "-o", str(tmp_path / "d.key"))
+    proc = run_cli("firmware_tools", "build", str(TINY_DOCS / "good"), "-o", str(tmp_path / "x.capsule"),
+                   "--signing-key", str(tmp_path / "p.key"), "--recipient", str(tmp_path / "d.pub"),
+                   "--expires", "+30d", "-q", *extra)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and fragment in proc.stderr, proc.stderr
+    assert not (tmp_path / "x.capsule").exists()
+
+
+def test_build_help_shows_several_examples():
+    proc = run_cli("firmware_tools", "build", "--help")
+    assert proc.returncode == 0 and "example: firmware-tools build" in proc.stdout
+    for option in ("--passphrase-file pass.txt", "--codec hevc", "--embedding-cache embed.sqlite", "--seed 00"):
+        assert option in proc.stdout
