@@ -354,7 +354,7 @@ def test_an_index_file_planted_beside_an_encrypted_index_is_refused(store):
         store.open("alpha", now=NOW, **KEYS)
 
 
-def test_open_options_are_only_for_installed_objects(store, tmp_path):
+def test_installed_object_options_are_only_for_installed_objects(store, tmp_path):
     store.install(V2, now=NOW, **KEYS)
     with pytest.raises(StoreError, match="is not the capsule of any installed entry"):
         store._installed_object(tmp_path / "elsewhere" / "capsule")
