@@ -247,6 +247,8 @@ def build_capsule(
     rng = Randomness(seed)
     report = progress or (lambda stage, done, total: None)
 
+    if output.is_dir():  # refused before any work, not after the whole build at the final rename
+        raise BuildError(f"cannot write {output}: it is a folder; give a capsule file path")
     # Only the sealed capsule ever touches the output's directory (a 0600 temporary file that
     # replaces the output atomically, or is removed on any failure: edge._files.atomic_replace).
     try:

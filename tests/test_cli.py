@@ -125,13 +125,16 @@ def test_build_stops_cleanly_on_unsupported_document(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary capsule left
 
 
-@pytest.mark.parametrize("case", ["output-folder-missing", "rules-not-json", "no-documents"])
+@pytest.mark.parametrize("case", ["output-folder-missing", "output-is-a-folder", "rules-not-json", "no-documents"])
 def test_build_failures_are_one_line_and_leave_nothing(tmp_path, case):
     run_cli("firmware_tools", "keygen", "--kind", "publisher", "-o", str(tmp_path / "p.key"))
     run_cli("firmware_tools", "keygen", "--kind", "device", "-o", str(tmp_path / "d.key"))
     docs, out, extra = str(TINY_DOCS / "good"), tmp_path / "out.capsule", []
     if case == "output-folder-missing":
         out, expected = tmp_path / "no-such-folder" / "out.capsule", "No such file or directory"
+    elif case == "output-is-a-folder":
+        out, expected = tmp_path / "a-folder", "it is a folder"
+        out.mkdir()
     elif case == "rules-not-json":
         (tmp_path / "rules.json").write_text("{not json")
         extra, expected = ["--rules", str(tmp_path / "rules.json")], "Expecting property name"
@@ -141,7 +144,7 @@ def test_build_failures_are_one_line_and_leave_nothing(tmp_path, case):
     proc = run_cli("firmware_tools", "build", docs, "-o", str(out), "--signing-key", str(tmp_path / "p.key"),
                    "--recipient", str(tmp_path / "d.pub"), "--expires", "+30d", "-q", *extra)
     _assert_one_line_error(proc, expected, prog="firmware-tools")
-    assert not out.exists()
+    assert not out.exists() or (out.is_dir() and not any(out.iterdir()))
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
