@@ -312,7 +312,7 @@ class Store:
                  entry.object_name)
         return entry
 
-    def _installed_object(self, capsule_path: str | os.PathLike[str]) -> _InstalledObject:
+    def _installed_object(self, capsule_path: str | os.PathLike[str], entry: Entry | None = None) -> _InstalledObject:
         """Return what was verified at install about a capsule file of this store.
 
         Every byte of an installed capsule was verified at install (``verify_capsule``,
@@ -323,11 +323,15 @@ class Store:
         is pinned: a file swapped into the object directory
         (another capsule, another version, even validly signed) is refused at open.
 
+        ``entry``: the catalogue entry of ``capsule_path`` when the caller has it (no catalogue read).
+
         Raises:
             StoreError: ``capsule_path`` is not the capsule of an installed entry.
         """
         path = Path(capsule_path)
-        entry = next((e for e in self._read_catalog().entries.values() if e.object_name == path.parent.name), None)
+        if entry is None:
+            entry = next((e for e in self._read_catalog().entries.values() if e.object_name == path.parent.name),
+                         None)
         if entry is None:
             raise StoreError(f"{path} is not the capsule of any installed entry of {self.path}")
         index: Path | None = path.with_name(INDEX_FILE)
@@ -431,13 +435,18 @@ class Store:
     def resolve(self, name: str, *, now: datetime | None = None) -> tuple[Path, list[ContentKey]]:
         """Return an installed capsule's file and its cached content key (if any), after a purge sweep.
 
-        For callers that open capsules themselves (``edge search`` over several capsules);
-        pass ``device=store.state`` to ``open_capsule``.
+        For callers that open capsules themselves (``open`` and ``open_set`` do it all); pass
+        ``options=OpenOptions(device=store.state)`` to ``open_capsule``.
 
         Raises:
             StoreError: nothing is installed under ``name``, or its object is a symbolic link.
             ExpiredCapsuleError: the capsule expired and was purged (its rules say so).
         """
+        _, path, keys = self._resolve(name, now=now)
+        return path, keys
+
+    def _resolve(self, name: str, *, now: datetime | None) -> tuple[Entry, Path, list[ContentKey]]:
+        """``resolve``, also returning the catalogue entry it read."""
         now = utc_now(now)
         self.state.observe(now)
         purged = {e.name: e for e in self._purge_expired(now=now)}
@@ -462,7 +471,7 @@ class Store:
             raise StoreError(f"capsule {name!r} was removed while it was being opened") from None
         if not stat.S_ISREG(info.st_mode):
             raise StoreError(f"store file {path} is not a regular file; refusing to open it")
-        return path, keys
+        return entry, path, keys
 
     def open(self, name: str, *, identities: Sequence[Identity] = (), trusted_keys: Sequence[Ed25519PublicKey] = (),
              budget: MemoryBudget | None = None, now: datetime | None = None, options: OpenOptions | None = None,
@@ -485,10 +494,10 @@ class Store:
             Everything ``open_capsule`` raises.
         """
         now = utc_now(now)
-        path, keys = self.resolve(name, now=now)
+        entry, path, keys = self._resolve(name, now=now)
         return _open_capsule(path, trusted_keys=trusted_keys, identities=[*identities, *keys], budget=budget, now=now,
                              options=self._with_state(options, trusted_keys, inspect_only),
-                             installed=self._installed_object(path))
+                             installed=self._installed_object(path, entry))
 
     def _with_state(self, options: OpenOptions | None, trusted_keys: Sequence[Ed25519PublicKey],
                     inspect_only: bool) -> OpenOptions:
@@ -520,8 +529,8 @@ class Store:
         cached: list[ContentKey] = []
         for target in targets:
             if isinstance(target, str):
-                path, keys = self.resolve(target, now=now)
-                opens.append((path, self._installed_object(path)))
+                entry, path, keys = self._resolve(target, now=now)
+                opens.append((path, self._installed_object(path, entry)))
                 cached += keys
             else:
                 opens.append((Path(target), None))
