@@ -35,6 +35,7 @@ from .errors import (  # noqa: E402
     KeyFileError,
     ModelError,
     NotYetValidError,
+    QueryError,
     RateLimitedError,
     RollbackError,
     RuleViolationError,
@@ -42,6 +43,7 @@ from .errors import (  # noqa: E402
     StoreError,
     TrustError,
 )
+from .retrieval import SEARCH_MODES, SearchResult  # noqa: E402
 from .keys import Passphrase, load_identity, load_public_key  # noqa: E402
 from .store import Store  # noqa: E402
 from .trust import DeviceState  # noqa: E402
@@ -49,9 +51,10 @@ from .trust import DeviceState  # noqa: E402
 from ._version import __version__  # noqa: E402
 
 __all__ = [
-    "open_capsule", "verify_capsule", "OpenOptions", "Capsule", "CapsuleSet", "Hit", "MemoryBudget", "Store", "DeviceState",
+    "open_capsule", "verify_capsule", "OpenOptions", "Capsule", "CapsuleSet", "Hit", "SearchResult", "SEARCH_MODES", "MemoryBudget", "Store", "DeviceState",
     "load_public_key", "load_identity", "Passphrase",
     "EdgeError", "CapsuleError", "CapsuleFormatError", "IntegrityError", "SignatureError", "DecryptionError",
     "ExpiredCapsuleError", "NotYetValidError", "RuleViolationError", "BudgetExceededError", "ModelError",
     "FrameDecodeError", "RollbackError", "RateLimitedError", "TrustError", "StoreError", "KeyFileError",
+    "QueryError",
 ]

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -206,3 +206,37 @@ def atomic_replace(path: str | os.PathLike[str], *, mode: int = 0o600) -> Iterat
 
 
 __all__ = ["read_regular_file", "check_safe_directory", "atomic_write", "atomic_replace", "write_all"]
+
+
+def sealed_memfd(name: str, blocks: Iterable[bytes], *, n_bytes: int, what: str) -> int:
+    """Write ``blocks`` (``n_bytes`` in all) into a new memfd and seal it against any change.
+
+    The memfd is sealed with ``F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL``, so the
+    bytes a caller checks after this returns are the bytes a C library later reads or maps.
+
+    Returns:
+        The memfd (``O_CLOEXEC``); the caller closes it.
+
+    Raises:
+        CapsuleFormatError: the blocks add up to more or fewer than ``n_bytes``.
+    """
+    import fcntl
+
+    from .errors import CapsuleFormatError
+
+    fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        written = 0
+        for piece in blocks:
+            if written + len(piece) > n_bytes:
+                raise CapsuleFormatError(f"{what} exceeds the {n_bytes} bytes expected")
+            write_all(fd, piece)
+            written += len(piece)
+        if written != n_bytes:
+            raise CapsuleFormatError(f"{what} is {written} bytes, expected {n_bytes}")
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+                    | fcntl.F_SEAL_SEAL)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd

@@ -55,6 +55,7 @@ from .embedder import QueryEmbedder, check_engine, find_model_dir
 from .errors import BudgetExceededError, CapsuleError, CapsuleFormatError, IntegrityError, ModelError
 from .frames import FrameReader
 from .index import Projection, VectorIndex
+from .lexical import LexicalIndex, lexical_plan_bytes
 from .keys import Identity, Passphrase
 from .manifest import Manifest, parse_canonical_json
 from .opened import Capsule, Document, Hit, StageTimings
@@ -70,6 +71,10 @@ from .verification import _check_trust, _compare_digest, _hash_video, _hashed_bl
 log = logging.getLogger(__name__)
 
 DEFAULT_FRAME_CACHE_BYTES = 1 << 20
+#: Most headings one document may list in DOCS (FORMAT.md §8).
+MAX_HEADINGS_PER_DOCUMENT = 100_000
+#: Longest heading title in DOCS, in characters.
+MAX_HEADING_CHARS = 200
 
 
 _open_counter = itertools.count(1)
@@ -123,7 +128,8 @@ def memory_plan(manifest: Manifest, *, section_lengths: dict[str, int], frame_ca
         "projection": 4 * (projection.dim_in * projection.dim_out + projection.dim_in + projection.dim_out)
         if projection else 0,
         # parsed JSON while reading (~1 KiB per entry) outlives nothing but is the peak
-        "documents": 1024 * manifest.n_documents + 4 * stream_plaintext_bytes(section_lengths["DOCS"]),
+        # (headings make parsed entries larger than their compressed JSON: 16x, not 4x)
+        "documents": 1024 * manifest.n_documents + 16 * stream_plaintext_bytes(section_lengths["DOCS"]),
         "frame_table": 3 * section_lengths["FTAB"],
         # per-sample SHA-256 kept when opened by path (_hash_video)
         "sample_digests": 0 if index_from_file else 32 * manifest.video.n_frames,
@@ -132,6 +138,8 @@ def memory_plan(manifest: Manifest, *, section_lengths: dict[str, int], frame_ca
         + 2 * manifest.max_plaintext_bytes,  # decompress_bounded: output + its checking pass
         "frame_cache": frame_cache_bytes,
         "query": QUERY_BASE_BYTES + 8 * max(info.n_candidates, 1) * max(dim_out, 1),
+        # SQLite's copy of LEXI, the collected plaintext while it loads, and the page cache
+        "lexical": 0 if manifest.lexical is None else lexical_plan_bytes(manifest.lexical.plaintext_bytes),
     }
     return plan
 
@@ -261,7 +269,7 @@ def _open_capsule(path: str | os.PathLike[str], *, trusted_keys: Sequence[Ed2551
     cf = ContainerFile(path, mapping=owned_file)
     prefix = ""
     plan: dict[str, int] = {}
-    index = None
+    index = lexical = None
     own_embedder = None
     try:
         manifest, rules = _check_trust(cf, trusted_keys=trusted_keys, threshold=threshold, device=device, now=now,
@@ -282,7 +290,7 @@ def _open_capsule(path: str | os.PathLike[str], *, trusted_keys: Sequence[Ed2551
         keys = derive_keys(content_key, manifest.capsule_id_bytes)
         # Small sections are read once and parsed from the copy that was hashed.
         small = {tag: _read_section(cf, manifest, tag, verified_sections) for tag in ("DOCS", "FTAB", "ZDIC", "PROJ")}
-        for tag in ("VECS", "INDX"):
+        for tag in ("VECS", "INDX", "LEXI"):
             # Encrypted: hashed here, then read again through the AEAD. Plain and opened by path:
             # hashed while copied (_open_index), so what Annoy reads is what was hashed.
             if tag not in verified_sections and (manifest.index.encryption != "none" or owned_file):
@@ -293,6 +301,7 @@ def _open_capsule(path: str | os.PathLike[str], *, trusted_keys: Sequence[Ed2551
                                            n_chunks=manifest.n_chunks, video_bytes=cf.sections["VIDE"].length)
         decompressor = _read_dictionary(small["ZDIC"], keys, manifest)
         index = _open_index(cf, keys, manifest, small["PROJ"], index_path)
+        lexical = _open_lexical(cf, keys, manifest)
         if embedder is None:
             embedder = own_embedder = QueryEmbedder.open(model_dir, family=manifest.model.family,
                                                          expected_sha256=manifest.model.sha256,
@@ -312,6 +321,8 @@ def _open_capsule(path: str | os.PathLike[str], *, trusted_keys: Sequence[Ed2551
             log.warning("refused capsule %s: %s", cf.path, exc)
         if index is not None:
             index.close()
+        if lexical is not None:
+            lexical.close()
         for name in plan:
             budget.release(prefix + name)
         cf.close()
@@ -324,7 +335,7 @@ def _open_capsule(path: str | os.PathLike[str], *, trusted_keys: Sequence[Ed2551
     else:
         policy = UsePolicy(manifest, rules, log=MemoryUseLog())
     return Capsule(cf=cf, manifest=manifest, keys=keys, documents=documents, frames=frames, index=index,
-                   reader=reader, embedder=embedder, owns_embedder=own_embedder is not None, budget=budget,
+                   lexical=lexical, reader=reader, embedder=embedder, owns_embedder=own_embedder is not None, budget=budget,
                    memory_plan=plan, reservation_prefix=prefix, frame_cache_bytes=frame_cache_bytes,
                    verified_at=now, decompressor=decompressor, policy=policy)
 
@@ -401,11 +412,40 @@ def _open_index(cf: ContainerFile, keys: ContentKeys, manifest: Manifest, proj_s
                                      projection=projection, **vecs)
 
 
+def _open_lexical(cf: ContainerFile, keys: ContentKeys, manifest: Manifest) -> LexicalIndex | None:
+    """Authenticate LEXI and open it (``None`` when the manifest has no lexical index).
+
+    Encrypted (``index.encryption`` not ``none``): LEXI was hashed against the manifest by the
+    caller and is read again through the AEAD. Plain: hashed while it is read. Its length is
+    checked against the declared ``plaintext_bytes`` before a byte is collected; SQLite sees the
+    bytes only after ``LexicalIndex.open`` has checked the header (FORMAT.md §5.5).
+    """
+    info = manifest.lexical
+    length = cf.sections["LEXI"].length
+    encrypted = manifest.index.encryption != "none"
+    if info is None:
+        if length != (16 if encrypted else 0):
+            raise CapsuleFormatError(f"lexical section is {length} bytes, but the manifest has no lexical index")
+        if encrypted:
+            open_stream(keys.section("LEXI"), cf.section("LEXI"))  # authenticate the empty section
+        return None
+    plaintext_bytes = stream_plaintext_bytes(length) if encrypted else length
+    if plaintext_bytes != info.plaintext_bytes:
+        raise CapsuleFormatError(f"lexical section holds {plaintext_bytes} bytes, manifest says {info.plaintext_bytes}")
+    if encrypted:
+        blocks = iter_open_stream(keys.section("LEXI"), cf.section("LEXI"))
+    elif cf.is_mapped:
+        blocks = cf.iter_blocks("LEXI")
+    else:
+        blocks = _hashed_blocks(cf, manifest, "LEXI")
+    return LexicalIndex.open(blocks, info=info, n_chunks=manifest.n_chunks)
+
+
 def _read_documents(sealed_plaintext: bytes, manifest: Manifest, *, budget: MemoryBudget,
                     reservation: str) -> list[Document]:
     """Inflate and parse DOCS; the size its zstd header declares, bounded by ``n_documents``, is
     charged (``JSON_PARSE_PEAK_FACTOR`` times) to ``budget`` before anything is inflated."""
-    limit = docs_plaintext_limit(manifest.n_documents, fmt.MAX_DOCS_PLAINTEXT_BYTES)
+    limit = docs_plaintext_limit(manifest.n_documents, fmt.MAX_DOCS_PLAINTEXT_BYTES, manifest.n_chunks)
     declared = zstd_content_size(sealed_plaintext, limit, what="document list")
     with budget.reserve(reservation, JSON_PARSE_PEAK_FACTOR * declared):
         plaintext = decompress_bounded(sealed_plaintext, declared,
@@ -420,15 +460,38 @@ def _read_documents(sealed_plaintext: bytes, manifest: Manifest, *, budget: Memo
     if not isinstance(obj, dict) or set(obj) != {"documents"} or not isinstance(obj["documents"], list):
         raise CapsuleFormatError("document list must be {\"documents\": [...]}")
     docs = []
+    first_chunk_id = 0
     for n, item in enumerate(obj["documents"]):
-        if (not isinstance(item, dict) or set(item) != {"name", "bytes", "media_type"}
-                or not isinstance(item["name"], str) or not isinstance(item["bytes"], int)
-                or isinstance(item["bytes"], bool) or not isinstance(item["media_type"], str)):
+        if (not isinstance(item, dict) or set(item) != {"name", "bytes", "media_type", "n_chunks", "headings"}
+                or not isinstance(item["name"], str) or not _is_int(item["bytes"])
+                or not isinstance(item["media_type"], str) or not _is_int(item["n_chunks"])
+                or not isinstance(item["headings"], list) or len(item["headings"]) > MAX_HEADINGS_PER_DOCUMENT):
             raise CapsuleFormatError(f"document {n} entry is malformed")
-        docs.append(Document(item["name"], item["bytes"], item["media_type"]))
+        docs.append(Document(item["name"], item["bytes"], item["media_type"], n_chunks=item["n_chunks"],
+                             first_chunk_id=first_chunk_id, headings=_parse_headings(item["headings"], n)))
+        first_chunk_id += item["n_chunks"]
     if len(docs) != manifest.n_documents:
         raise CapsuleFormatError(f"document list has {len(docs)} entries, manifest says {manifest.n_documents}")
+    if first_chunk_id != manifest.n_chunks:
+        raise CapsuleFormatError(f"documents hold {first_chunk_id} chunks, manifest says {manifest.n_chunks}")
     return docs
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _parse_headings(items: list, n: int) -> tuple[tuple[int, int, str], ...]:
+    """``[[char_start, level, title], ...]``: char_start strictly increasing, level 1..6, title
+    1..``MAX_HEADING_CHARS`` characters (FORMAT.md §8)."""
+    out: list[tuple[int, int, str]] = []
+    for item in items:
+        if (not isinstance(item, list) or len(item) != 3 or not _is_int(item[0]) or not _is_int(item[1])
+                or not 1 <= item[1] <= 6 or not isinstance(item[2], str) or not 1 <= len(item[2]) <= MAX_HEADING_CHARS
+                or (out and item[0] <= out[-1][0])):
+            raise CapsuleFormatError(f"document {n} has a malformed heading")
+        out.append((item[0], item[1], item[2]))
+    return tuple(out)
 
 
 @dataclass

@@ -3,9 +3,8 @@
 A device often carries more than one capsule (a product manual, a safety sheet, a
 FAQ). They share one ``MemoryBudget`` and, when they were built with the same model,
 one model session (the largest single reservation, ~40 MiB). A query is embedded
-once per model, ranked in every capsule's index, and the best ``k`` hits overall are
-read from their frames; scores are comparable because every capsule scores by cosine
-similarity with the same model.
+once per model, ranked in every capsule's indexes (dense, lexical or both), and the best
+``k`` hits overall are read from their frames.
 
 Example::
 
@@ -28,7 +27,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .budget import MemoryBudget
 from .clock import utc_now
-from .capsule import Capsule, Hit, Identity, OpenOptions, StageTimings, _InstalledObject, _open_capsule
+from .capsule import Capsule, Identity, OpenOptions, StageTimings, _InstalledObject, _open_capsule
+from .lexical import LexicalQuery
+from .opened import Candidate
+from .retrieval import SearchResult
 
 __all__ = ["CapsuleSet"]
 
@@ -88,39 +90,61 @@ class CapsuleSet:
             raise
         return cls(opened, budget)
 
-    def search(self, query: str, k: int = 5) -> list[Hit]:
+    def search(self, query: str, k: int = 5, *, mode: str | None = None, documents: Sequence[str] | None = None,
+               now: datetime | None = None) -> SearchResult:
         """Return the ``k`` best chunks over all capsules, best first.
 
+        Each capsule ranks the query in its own indexes (``Capsule.search``'s modes); the
+        candidates are merged, exact identifier matches first, then by score, and only the
+        best ``k`` overall are read from their frames. In hybrid mode the scores are RRF scores
+        of each capsule's own rankings; in lexical mode BM25, whose scale depends on each
+        capsule's statistics, so merging across capsules is approximate.
+
         Args:
-            query: UTF-8 text.
+            query: text.
             k: hits wanted, >= 1.
+            mode: ``"hybrid"``, ``"dense"``, ``"lexical"``; ``None``: hybrid when every capsule
+                has a lexical index, else dense.
+            documents: ``fnmatch`` glob patterns over document names (``None``: all).
+            now: one clock reading for the rules of every capsule.
 
         Returns:
-            Up to k ``Hit``s (``hit.capsule`` names the capsule), score descending; ties go to
-            the capsule given first, then the lower chunk id.
+            A ``SearchResult`` (``hit.capsule`` names the capsule); ties go to the capsule given
+            first, then the lower chunk id. ``exact_match`` is true when any capsule holds every
+            identifier of the query.
 
         Raises:
             ExpiredCapsuleError, NotYetValidError, RuleViolationError, RateLimitedError: a
                 capsule's validity window or rules refuse the search (each capsule counts it
                 as one search use; FORMAT.md §4.2).
             FrameDecodeError, DecryptionError, CapsuleFormatError: a hit's frame fails.
-            ValueError: ``k < 1`` or an empty query.
+            QueryError: an empty query, ``k < 1``, an unknown mode, or a lexical mode when a
+                capsule has no lexical index.
         """
-        if not isinstance(query, str) or not query.strip():
-            raise ValueError("query must be non-empty text")
-        if k < 1:
-            raise ValueError("k must be >= 1")
+        if mode is None:
+            mode = "hybrid" if all(c.has_lexical for c in self.capsules) else "dense"
+        for capsule in self.capsules:
+            capsule._check_query(query, k, mode)
+        at = utc_now(now)
+        for capsule in self.capsules:
+            capsule._policy.before_use("search", at=at, k=k)
+        timings = StageTimings()
+        lexical_query = LexicalQuery.parse(query)
         vectors: dict[int, object] = {}
-        ranked: list[tuple[float, int, int, Capsule]] = []
+        merged: list[tuple[int, Candidate]] = []
+        exact_matches: list[bool] = []
         for order, capsule in enumerate(self.capsules):
             key = id(capsule.embedder)
-            if key not in vectors:
+            if mode != "lexical" and key not in vectors:
                 vectors[key] = capsule.embedder.embed([query])[0]
-            ids, scores = capsule.rank(vectors[key], k)
-            ranked.extend((score, order, chunk_id, capsule) for chunk_id, score in zip(ids, scores))
-        ranked.sort(key=lambda item: (-item[0], item[1], item[2]))
-        timings = StageTimings()
-        return [capsule.read_hits([chunk_id], [score], timings)[0] for score, _, chunk_id, capsule in ranked[:k]]
+            found, exact = capsule._candidates(lexical_query, vectors.get(key), k, mode, documents, -1, timings)
+            merged.extend((order, cand) for cand in found)
+            if exact is not None:
+                exact_matches.append(exact)
+        merged.sort(key=lambda item: (not item[1].exact, -item[1].score, item[0], item[1].chunk_id))
+        hits = [cand.capsule._read_candidates([cand], lexical_query, timings)[0] for _, cand in merged[:k]]
+        return SearchResult(tuple(hits), mode=mode, identifiers=lexical_query.identifier_terms,
+                            exact_match=any(exact_matches) if exact_matches else None, timings=timings)
 
     def close(self) -> None:
         """Close every capsule (releases their reservations)."""

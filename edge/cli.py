@@ -32,6 +32,7 @@ from ._files import read_regular_file
 from ._process import harden_process
 from .budget import MemoryBudget, format_mib, parse_size
 from .errors import EdgeError
+from .retrieval import SEARCH_MODES
 from .keys import KeyFileError, load_identity, load_passphrase, load_public_key
 from .clock import format_time, utc_now
 
@@ -58,6 +59,8 @@ MAX_HARDWARE_ID_BYTES = 128
 #: Largest query ``edge search CAPSULE -`` reads from stdin: far more than the model's
 #: max_tokens (at most 512 tokens) ever uses, small enough to hold without a budget.
 MAX_STDIN_QUERY_BYTES = 64 * 1024
+#: Between a hit's document and its headings: "manual.md › Fault codes › E-4021".
+HEADING_SEPARATOR = " \u203a "
 #: Largest --threads: more than any board this runs on has cores; onnxruntime starts one thread each.
 MAX_THREADS = 256
 
@@ -435,16 +438,53 @@ def cmd_search(args: argparse.Namespace) -> int:
                         options=OpenOptions(n_threads=args.threads),
                         inspect_only=device is not store.state) as capsules:
         k = args.k if args.k is not None else min([5] + [c.rules.max_k for c in capsules.capsules if c.rules.max_k])
-        hits = capsules.search(query, k=k)
+        result = capsules.search(query, k=k, mode=args.mode, documents=args.document or None)
         several = len(capsules.capsules) > 1
-        for rank, hit in enumerate(hits, 1):
+        if args.json:
+            for rank, hit in enumerate(result, 1):
+                print(json.dumps({"rank": rank, "mode": result.mode, "exact_match": result.exact_match,
+                                  **hit.to_json()}))
+            return 0
+        if result.exact_match is False:
+            wanted = " ".join(result.identifiers)
+            print(f"no entry for {_printable(wanted)}: no chunk holds it; the nearest passages follow")
+        bold = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+        for rank, hit in enumerate(result, 1):
+            where = f"{_printable(hit.capsule)}: " if several else ""
+            path = HEADING_SEPARATOR.join(hit.heading_path)
+            section = f"{HEADING_SEPARATOR}{_printable(path)}" if hit.heading_path else ""
+            found_by = "+".join(hit.matched) + (", exact" if hit.exact else "")
+            print(f"[{rank}] score {hit.score:.3f}  {where}{_printable(hit.document)}{section}  "
+                  f"chars {hit.char_start}-{hit.char_end}  (chunk {hit.chunk_id}; {found_by})")
+            if hit.answer is not None and hit.answer != (0, len(hit.text)):
+                print("    > " + _highlighted(hit.text, hit.highlights, hit.answer, bold).replace("\n", " "))
+            print("    " + _highlighted(hit.text, hit.highlights, (0, len(hit.text)), bold).replace("\n", "\n    "))
+    return 0
+
+
+def _highlighted(text: str, spans, window: tuple[int, int], bold: bool) -> str:
+    """``text[window]`` made printable, with the highlight ``spans`` in bold on a terminal."""
+    start, end = window
+    if not bold:
+        return _printable(text[start:end], body=True)
+    out, pos = [], start
+    for lo, hi in spans:
+        if lo < pos or hi > end:
+            continue
+        out.append(_printable(text[pos:lo], body=True))
+        out.append("\x1b[1m" + _printable(text[lo:hi], body=True) + "\x1b[0m")
+        pos = hi
+    out.append(_printable(text[pos:end], body=True))
+    return "".join(out)
+
+
+def cmd_documents(args: argparse.Namespace) -> int:
+    with _open(args) as capsule:
+        for document in capsule.documents():
             if args.json:
-                print(json.dumps({"rank": rank, **hit.to_json()}))
+                print(json.dumps(document.to_json()))
             else:
-                where = f"{_printable(hit.capsule)}: " if several else ""
-                print(f"[{rank}] score {hit.score:.3f}  {where}{_printable(hit.document)}  chars {hit.char_start}-{hit.char_end}  "
-                      f"(chunk {hit.chunk_id})")
-                print("    " + _printable(hit.text, body=True).replace("\n", "\n    "))
+                print(f"{_printable(document.name)}  {document.n_chunks} chunks  {_printable(document.title)}")
     return 0
 
 
@@ -559,7 +599,7 @@ def _usage_error(message: str) -> int:
 
 
 #: Commands that can work on a capsule file without a device store.
-_PATH_COMMANDS = frozenset({cmd_verify, cmd_info, cmd_search, cmd_read, cmd_export})
+_PATH_COMMANDS = frozenset({cmd_verify, cmd_info, cmd_search, cmd_read, cmd_export, cmd_documents})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -636,8 +676,22 @@ def build_parser() -> argparse.ArgumentParser:
                                  f"{MAX_STDIN_QUERY_BYTES // 1024} KiB)")
     p.add_argument("-k", type=_int_arg(1), default=None,
                    help="number of results (default 5, or the capsule's query limit when lower)")
+    p.add_argument("--mode", choices=SEARCH_MODES, default=None,
+                   help="hybrid (default when the capsule has a lexical index: embeddings and BM25 fused, "
+                        "exact codes first), dense (embeddings only) or lexical (BM25 only)")
+    p.add_argument("--document", action="append", metavar="GLOB",
+                   help="only hits from documents whose name matches GLOB (repeatable), e.g. 'faq/*'")
     runtime(p)
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("documents", help="list a capsule's documents: name, title, chunks",
+                       description="List the documents a capsule was built from (the rules must allow read).",
+                       epilog="example: edge documents manual.capsule --trust publisher.pub --identity device.key\n"
+                              "example: edge search manual \"E-4021\" --document 'faults/*'",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    common(p)
+    runtime(p)
+    p.set_defaults(func=cmd_documents)
 
     p = sub.add_parser("read", help="print one chunk by id",
                        description="Read one chunk's text from its video frame.",

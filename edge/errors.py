@@ -129,6 +129,14 @@ class StoreError(EdgeError):
     expect = "store"
 
 
+class QueryError(EdgeError, ValueError):
+    """A search request is malformed: empty or NUL-holding query text, ``k < 1``, an unknown
+    mode, or a lexical mode on a capsule without a lexical index. Also a ``ValueError``: it is
+    the caller's request, not the capsule."""
+
+    expect = "query"
+
+
 class KeyFileError(EdgeError, ValueError):
     """A key, passphrase or trust file is missing, malformed, of the wrong type, too large, not a
     regular file, or too widely readable. Also a ``ValueError``: it is the caller's file."""

@@ -25,7 +25,7 @@ from .errors import CapsuleFormatError, IntegrityError
 
 MAGIC = b"\x89ECP\r\n\x1a\n"
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 0
+FORMAT_MINOR = 1
 HEADER_BYTES = 64
 SECTION_ENTRY_BYTES = 32
 MAX_SECTIONS = 16
@@ -34,13 +34,13 @@ KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
 
-#: Version 1.0 section order; each tag exactly once.
-SECTION_ORDER = ("MANI", "SIGS", "DOCS", "FTAB", "ZDIC", "PROJ", "VECS", "INDX", "VIDE")
+#: Version 1.1 section order; each tag exactly once.
+SECTION_ORDER = ("MANI", "SIGS", "DOCS", "FTAB", "ZDIC", "PROJ", "VECS", "INDX", "LEXI", "VIDE")
 #: Sections whose length and sha256 the manifest records.
-HASHED_SECTIONS = ("DOCS", "FTAB", "ZDIC", "PROJ", "VECS", "INDX", "VIDE")
+HASHED_SECTIONS = ("DOCS", "FTAB", "ZDIC", "PROJ", "VECS", "INDX", "LEXI", "VIDE")
 #: Alignment of each section's first byte (FORMAT.md §3).
 SECTION_ALIGN = {"MANI": 8, "SIGS": 8, "DOCS": 8, "FTAB": 8, "ZDIC": 8, "PROJ": 8, "VECS": 4096, "INDX": 4096,
-                 "VIDE": 4096}
+                 "LEXI": 4096, "VIDE": 4096}
 #: (min, max) length of each section in bytes (FORMAT.md §10).
 SECTION_LIMITS = {
     "MANI": (1, 4 * MiB),
@@ -51,6 +51,7 @@ SECTION_LIMITS = {
     "PROJ": (16, 64 * MiB),
     "VECS": (0, 64 * GiB),
     "INDX": (1, 16 * GiB),
+    "LEXI": (0, 4 * GiB + 4 * MiB),
     "VIDE": (1, 64 * GiB),
 }
 #: Largest decompressed DOCS plaintext (FORMAT.md §8, §10).
@@ -144,6 +145,11 @@ def parse_header(data: bytes, *, file_bytes: int) -> Header:
     if minor > FORMAT_MINOR:
         raise CapsuleFormatError(
             f"capsule format version {major}.{minor} is newer than this runtime ({FORMAT_MAJOR}.{FORMAT_MINOR})"
+        )
+    if minor < FORMAT_MINOR:
+        raise CapsuleFormatError(
+            f"capsule format version {major}.{minor} has no lexical index and is not read by this runtime "
+            f"({FORMAT_MAJOR}.{FORMAT_MINOR}): rebuild it with firmware-tools 0.2 or later"
         )
     if header_bytes != HEADER_BYTES or entry_bytes != SECTION_ENTRY_BYTES:
         raise CapsuleFormatError(

@@ -23,7 +23,6 @@ Source: FORMAT.md §4.4, §5.2-§5.3; annoy (Spotify) README.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 from collections.abc import Iterable
@@ -33,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from annoy import AnnoyIndex
 
+from ._files import sealed_memfd
 from .budget import MemoryBudget
 from .errors import CapsuleFormatError, IntegrityError
 from .manifest import IndexInfo
@@ -287,14 +287,6 @@ class Projection:
         return np.einsum("ij,j->i", self.axes, np.asarray(vector, dtype=np.float32) - self.mean)
 
 
-def _write_all(fd: int, data: bytes) -> int:
-    """Write all of ``data`` to ``fd`` (``os.write`` may write less); return its length."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-    return len(data)
-
-
 class VectorIndex:
     """Annoy index in a memfd, optional projection and int8 re-ranking vectors.
 
@@ -391,17 +383,8 @@ class VectorIndex:
             if index_path is not None:
                 fd = os.open(index_path, os.O_RDONLY | os.O_CLOEXEC)
             else:
-                fd = os.memfd_create("edge-capsule-index", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-                written = 0
-                for piece in segments:
-                    if written + len(piece) > n_bytes:
-                        raise CapsuleFormatError(f"index exceeds the {n_bytes} bytes expected")
-                    written += _write_all(fd, piece)
-                if written != n_bytes:
-                    raise CapsuleFormatError(f"index is {written} bytes, expected {n_bytes}")
                 # From here on the bytes checked are the bytes Annoy maps: nobody can change them.
-                fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK
-                            | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
+                fd = sealed_memfd("edge-capsule-index", segments, n_bytes=n_bytes, what="index")
             n_roots = check_annoy_structure(lambda offset, size: os.pread(fd, size, offset), n_bytes=n_bytes,
                                             info=info)
             annoy = AnnoyIndex(info.dim, info.metric)
@@ -475,6 +458,23 @@ class VectorIndex:
         if not np.isfinite(distances).all():
             raise CapsuleFormatError("annoy returned a non-finite distance")
         return ids, distances
+
+    def score_items(self, embedding: np.ndarray, chunk_ids: list[int], k: int) -> tuple[list[int], list[float]]:
+        """Score ``chunk_ids`` exhaustively against a query; return the ``k`` best, as ``search``.
+
+        Cosine similarity with each chunk's stored vector (``item_vector``), in the projected
+        space when the capsule has a projection. Cost: one dot product per id.
+        """
+        if not chunk_ids:
+            return [], []
+        query = embedding if self.projection is None else self.projection.project_query(embedding)
+        rows = np.stack([self.item_vector(c) for c in chunk_ids])
+        norms = np.linalg.norm(rows, axis=1) * max(float(np.linalg.norm(query)), 1e-12)
+        scores = np.divide(rows @ query.astype(np.float32), norms, out=np.zeros(len(chunk_ids), dtype=np.float32),
+                           where=norms > 0)
+        ids = np.asarray(chunk_ids, dtype=np.int64)
+        order = np.lexsort((ids, -scores))[:k]
+        return [int(i) for i in ids[order]], [float(s) for s in scores[order]]
 
     def item_vector(self, chunk_id: int) -> np.ndarray:
         """Return chunk ``chunk_id``'s vector as stored: float32 [dim_out] (dequantised VECS row)

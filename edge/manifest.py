@@ -49,6 +49,8 @@ MAX_SEARCH_K = (1 << 31) - 1
 #: Largest ``n_chunks`` / ``index.n_items``: Annoy item ids and node counts are int32
 #: (annoylib.h ``AnnoyIndex<int32_t, float, ...>``), and ids index the frame table.
 MAX_ITEMS = (1 << 31) - 1
+#: Largest LEXI plaintext (an SQLite database), bytes.
+MAX_LEXICAL_PLAINTEXT_BYTES = 4 << 30
 #: Rules this runtime implements (FORMAT.md §4.2). Others fail closed unless optional.
 KNOWN_RULES: frozenset[str] = frozenset(
     {"devices", "operations", "query_limits", "rate_limit", "purge_on_expiry", "min_runtime"})
@@ -318,6 +320,47 @@ class IndexInfo:
 
 
 @dataclass(frozen=True)
+class FusionInfo:
+    """How hybrid search fuses the dense and lexical rankings (FORMAT.md §4.6).
+
+    Attributes:
+        method: ``"rrf"``: reciprocal rank fusion, ``score = sum w / (k + rank)`` over the
+            rankings a chunk appears in (rank from 1; Cormack, Clarke & Buettcher, SIGIR 2009).
+        k: the RRF constant, 1..1000 (60 in the paper).
+        dense_weight, lexical_weight: integer weights ``w`` of the two rankings, 0..1000 each,
+            not both 0 (integers because the manifest holds no floats).
+        depth: how many hits of each ranking are fused, 1..1000.
+    """
+
+    method: str
+    k: int
+    dense_weight: int
+    lexical_weight: int
+    depth: int
+
+
+@dataclass(frozen=True)
+class LexicalInfo:
+    """The lexical index's parameters: the manifest's ``lexical`` object (FORMAT.md §4.6).
+
+    Attributes:
+        format: ``"sqlite-fts5"``.
+        normaliser: ``"ident-v1"`` (``edge.lexical``).
+        plaintext_bytes: size of the LEXI plaintext (an SQLite database), bytes.
+        n_rows: indexed chunks; equals ``n_chunks``.
+        page_bytes: the database's page size, a power of two in 512..65536.
+        fusion: how ``search(mode="hybrid")`` fuses the rankings.
+    """
+
+    format: str
+    normaliser: str
+    plaintext_bytes: int
+    n_rows: int
+    page_bytes: int
+    fusion: FusionInfo
+
+
+@dataclass(frozen=True)
 class VideoInfo:
     """MP4/H.264/QR parameters (FORMAT.md §4.5)."""
 
@@ -380,6 +423,7 @@ class Manifest:
     sections: dict[str, SectionDigest]
     recipients: tuple[Stanza, ...]
     builder: dict[str, str]
+    lexical: LexicalInfo | None = None
     raw: bytes = field(repr=False, default=b"")
 
     @property
@@ -450,6 +494,7 @@ class Manifest:
                              "quiet_zone_modules": video.quiet_zone_modules}},
             "payload": {"aead": "chacha20poly1305", "compression": "zstd", "layout": "frame-v1",
                         "max_plaintext_bytes": self.max_plaintext_bytes, "dictionary_bytes": self.dictionary_bytes},
+            "lexical": None if self.lexical is None else lexical_to_json(self.lexical),
             "n_chunks": self.n_chunks,
             "n_documents": self.n_documents,
             "sections": {tag: {"length": d.length, "sha256": d.sha256} for tag, d in self.sections.items()},
@@ -612,6 +657,10 @@ def parse_manifest(data: bytes) -> Manifest:
     dictionary_bytes = p.int("dictionary_bytes", 0, MAX_DICTIONARY_BYTES)
     p.done()
 
+    lexical = None
+    if top.get("lexical") is not None:
+        lexical = _parse_lexical(top.obj("lexical"), n_chunks)
+
     s = top.obj("sections")
     sections = {}
     for tag in HASHED_SECTIONS:
@@ -644,8 +693,38 @@ def parse_manifest(data: bytes) -> Manifest:
         rules=rules, model=model, chunk_max_tokens=chunk_max_tokens,
         chunk_overlap_tokens=chunk_overlap_tokens, index=index, video=video,
         max_plaintext_bytes=max_plaintext_bytes, dictionary_bytes=dictionary_bytes, n_chunks=n_chunks, n_documents=n_documents,
-        sections=sections, recipients=tuple(recipients), builder=builder, raw=bytes(data),
+        sections=sections, recipients=tuple(recipients), builder=builder, lexical=lexical, raw=bytes(data),
     )
+
+
+def _parse_lexical(x: _Obj, n_chunks: int) -> LexicalInfo:
+    """The ``lexical`` object (FORMAT.md §4.6)."""
+    f = x.obj("fusion")
+    fusion = FusionInfo(method=f.str("method", choices=("rrf",)), k=f.int("k", 1, 1000),
+                        dense_weight=f.int("dense_weight", 0, 1000), lexical_weight=f.int("lexical_weight", 0, 1000),
+                        depth=f.int("depth", 1, 1000))
+    f.done()
+    if fusion.dense_weight == fusion.lexical_weight == 0:
+        raise CapsuleFormatError("manifest.lexical.fusion weights are both 0")
+    info = LexicalInfo(format=x.str("format", choices=("sqlite-fts5",)), normaliser=x.str("normaliser", choices=("ident-v1",)),
+                       plaintext_bytes=x.int("plaintext_bytes", 512, MAX_LEXICAL_PLAINTEXT_BYTES),
+                       n_rows=x.int("n_rows", 1, MAX_ITEMS), page_bytes=x.int("page_bytes", 512, 65536), fusion=fusion)
+    x.done()
+    if info.page_bytes & (info.page_bytes - 1) or info.plaintext_bytes % info.page_bytes:
+        raise CapsuleFormatError(f"manifest.lexical: page_bytes {info.page_bytes} is not a power of two dividing "
+                                 f"plaintext_bytes {info.plaintext_bytes}")
+    if info.n_rows != n_chunks:
+        raise CapsuleFormatError(f"manifest.lexical.n_rows is {info.n_rows}, n_chunks is {n_chunks}")
+    return info
+
+
+def lexical_to_json(info: LexicalInfo) -> dict[str, Any]:
+    """The manifest's ``lexical`` object for ``info`` (the writer's side of the parser)."""
+    f = info.fusion
+    return {"format": info.format, "normaliser": info.normaliser, "plaintext_bytes": info.plaintext_bytes,
+            "n_rows": info.n_rows, "page_bytes": info.page_bytes,
+            "fusion": {"method": f.method, "k": f.k, "dense_weight": f.dense_weight,
+                       "lexical_weight": f.lexical_weight, "depth": f.depth}}
 
 
 def stanza_to_json(stanza: Stanza) -> dict[str, Any]:

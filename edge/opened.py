@@ -10,11 +10,12 @@ Source: FORMAT.md §4.2 (rules at use), §5-§6 (frames), §11 (use level).
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -23,16 +24,23 @@ from . import format as fmt
 from .budget import MemoryBudget
 from .container import ContainerFile
 from .embedder import QueryEmbedder
-from .errors import IntegrityError
+from .errors import IntegrityError, QueryError
 from .frames import FrameReader
 from .clock import format_time, utc_now
 from .index import VectorIndex
+from .lexical import LexicalIndex, LexicalQuery
+from .retrieval import SEARCH_MODES, SearchResult, fuse, mark
 from .manifest import Manifest
 from .rules import MemoryUseLog, Rules, UsePolicy, parse_rules
 from .sealed import ChunkRecord, ContentKeys, open_frame
 from .verification import _compare_digest
 
 log = logging.getLogger("edge.capsule")
+
+#: A document filter selecting at most this many chunks is scored exhaustively (dense mode).
+EXHAUSTIVE_FILTER_CHUNKS = 4096
+#: Otherwise the ANN fetches this many times the hits wanted, then filters.
+FILTER_OVERFETCH = 20
 
 
 @dataclass(frozen=True)
@@ -41,12 +49,21 @@ class Hit:
 
     Attributes:
         chunk_id: 0-based chunk id (= Annoy item id).
-        score: cosine similarity to the query in [-1, 1] (1.0 for ``read``).
+        score: in ``dense`` mode the cosine similarity in [-1, 1]; in ``lexical`` mode BM25;
+            in ``hybrid`` mode the RRF score (``edge.retrieval.fuse``); 1.0 for ``read``.
         document: source document name as given to the builder.
         char_start, char_end: position of the chunk in the document text, in code points.
         frame_index, slot_index: where the chunk's text was read from in the MP4.
         text: the chunk text, read from its frame and authenticated.
         capsule: name of the capsule it came from (manifest ``name``).
+        heading_path: titles of the headings enclosing the chunk, outermost first (DOCS).
+        matched: the retrievers that ranked it: ``"dense"``, ``"lexical"`` (search only).
+        matched_terms: the query terms its text holds (folded; ``edge.lexical``).
+        highlights: ``(start, end)`` spans in ``text`` (code points) of those terms.
+        answer: span in ``text`` of the sentence holding the most matched terms, or ``None``.
+        dense_score: cosine similarity when the dense retriever ranked it.
+        lexical_score: BM25 (higher is better) when the lexical retriever ranked it.
+        exact: it holds every identifier of the query (``SearchResult.exact_match``).
     """
 
     chunk_id: int
@@ -58,13 +75,39 @@ class Hit:
     slot_index: int
     text: str
     capsule: str = ""
+    heading_path: tuple[str, ...] = ()
+    matched: tuple[str, ...] = ()
+    matched_terms: tuple[str, ...] = ()
+    highlights: tuple[tuple[int, int], ...] = ()
+    answer: tuple[int, int] | None = None
+    dense_score: float | None = None
+    lexical_score: float | None = None
+    exact: bool = False
 
     def to_json(self) -> dict[str, object]:
         """Return a JSON-ready dict of all fields."""
         return {"capsule": self.capsule, "chunk_id": self.chunk_id, "score": round(self.score, 6),
-                "document": self.document,
+                "document": self.document, "heading_path": list(self.heading_path),
                 "char_start": self.char_start, "char_end": self.char_end,
-                "frame_index": self.frame_index, "slot_index": self.slot_index, "text": self.text}
+                "frame_index": self.frame_index, "slot_index": self.slot_index, "text": self.text,
+                "matched": list(self.matched), "matched_terms": list(self.matched_terms),
+                "highlights": [list(span) for span in self.highlights],
+                "answer": None if self.answer is None else list(self.answer),
+                "dense_score": None if self.dense_score is None else round(self.dense_score, 6),
+                "lexical_score": None if self.lexical_score is None else round(self.lexical_score, 6),
+                "exact": self.exact}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A ranked chunk not read yet: what ``Capsule`` and ``CapsuleSet`` merge before reading."""
+
+    chunk_id: int
+    score: float
+    exact: bool
+    dense_score: float | None
+    lexical_score: float | None
+    capsule: "Capsule"
 
 
 @dataclass
@@ -76,6 +119,7 @@ class StageTimings:
     frame_decode_ms: float = 0.0
     qr_decode_ms: float = 0.0
     decrypt_ms: float = 0.0
+    lexical_ms: float = 0.0
     n_frames_decoded: int = 0
 
 
@@ -87,11 +131,40 @@ class Document:
         name: the document's name as given to the builder (relative path).
         n_bytes: the source file's size in bytes.
         media_type: e.g. ``text/plain``, ``application/pdf``.
+        n_chunks: its chunks; they are consecutive from ``first_chunk_id``.
+        first_chunk_id: id of its first chunk.
+        headings: ``(char_start, level, title)`` of its headings, by position (FORMAT.md §8).
     """
 
     name: str
     n_bytes: int
     media_type: str
+    n_chunks: int = 0
+    first_chunk_id: int = 0
+    headings: tuple[tuple[int, int, str], ...] = ()
+
+    @property
+    def title(self) -> str:
+        """The first level-1 heading (else the first heading), or the name."""
+        top = [h for h in self.headings if h[1] == 1] or list(self.headings)
+        return top[0][2] if top else self.name
+
+    def heading_path(self, char_start: int) -> tuple[str, ...]:
+        """Titles of the headings enclosing position ``char_start``, outermost first (a heading
+        of level L closes every open heading of level >= L)."""
+        stack: list[tuple[int, str]] = []
+        for start, level, title in self.headings:
+            if start > char_start:
+                break
+            while stack and stack[-1][0] >= level:
+                stack.pop()
+            stack.append((level, title))
+        return tuple(title for _, title in stack)
+
+    def to_json(self) -> dict[str, object]:
+        """JSON-ready: name, title, media type, bytes, chunk count and first chunk id."""
+        return {"name": self.name, "title": self.title, "media_type": self.media_type, "bytes": self.n_bytes,
+                "n_chunks": self.n_chunks, "first_chunk_id": self.first_chunk_id}
 
 
 
@@ -100,7 +173,6 @@ class Capsule:
 
     Attributes:
         manifest: the verified manifest.
-        documents: source documents (decrypted DOCS).
         decoder_name: the video decoder in use (``h264_v4l2m2m``/``hevc_v4l2m2m`` or ``h264``/``hevc``).
         embedder_engine: the model family and engine embedding queries.
         budget: the memory budget the capsule's allocations are charged to.
@@ -109,16 +181,17 @@ class Capsule:
     """
 
     def __init__(self, *, cf: ContainerFile, manifest: Manifest, keys: ContentKeys, documents: list[Document],
-                 frames: fmt.FrameTable, index: VectorIndex, reader: FrameReader, embedder: QueryEmbedder,
+                 frames: fmt.FrameTable, index: VectorIndex, lexical: LexicalIndex | None, reader: FrameReader, embedder: QueryEmbedder,
                  owns_embedder: bool, budget: MemoryBudget, memory_plan: dict[str, int], reservation_prefix: str,
                  frame_cache_bytes: int, verified_at: datetime, decompressor,
                  policy: UsePolicy | None = None) -> None:
         self._cf = cf
         self.manifest = manifest
         self._keys = keys
-        self.documents = documents
+        self._documents = documents
         self._frames = frames
         self._index = index
+        self._lexical = lexical
         self._reader = reader
         self._embedder = embedder
         self._owns_embedder = owns_embedder
@@ -204,8 +277,10 @@ class Capsule:
     def _hit(self, chunk_id: int, score: float, timings: StageTimings) -> Hit:
         frame_index, slot, _ = self._frames.locate(chunk_id)
         record = self._frame_records(frame_index, timings)[slot]
-        return Hit(chunk_id, score, self.documents[record.doc_index].name, record.char_start, record.char_end,
-                   frame_index, slot, record.text, self.manifest.name)
+        document = self._documents[record.doc_index]
+        return Hit(chunk_id, score, document.name, record.char_start, record.char_end,
+                   frame_index, slot, record.text, self.manifest.name,
+                   heading_path=document.heading_path(record.char_start))
 
     def rank(self, embedding, k: int, *, search_k: int = -1,
              now: datetime | None = None) -> tuple[list[int], list[float]]:
@@ -254,18 +329,63 @@ class Capsule:
         timings = timings if timings is not None else StageTimings()
         return [self._hit(int(i), float(score), timings) for i, score in zip(chunk_ids, scores)]
 
-    def search(self, query: str, k: int = 5, *, search_k: int = -1, now: datetime | None = None) -> list[Hit]:
-        """Return the ``k`` chunks nearest to ``query``, best first.
+    def documents(self, *, now: datetime | None = None) -> list[Document]:
+        """Return the source documents (decrypted DOCS): names, titles, chunk counts, headings.
+
+        Names and headings are the publisher's text, so the rules govern this like ``read``.
+
+        Raises:
+            ExpiredCapsuleError, NotYetValidError, RuleViolationError, RateLimitedError: the
+                validity window or the rules forbid reading now (FORMAT.md §4.2).
+            RuntimeError: the capsule is closed.
+        """
+        self._check_open()
+        self._policy.before_use("read", at=utc_now(now))
+        return list(self._documents)
+
+    @property
+    def has_lexical(self) -> bool:
+        """Whether the capsule carries a lexical index (``lexical`` and ``hybrid`` modes)."""
+        return self._lexical is not None
+
+    @property
+    def default_mode(self) -> str:
+        """``"hybrid"`` with a lexical index, else ``"dense"``."""
+        return "hybrid" if self._lexical is not None else "dense"
+
+    def document_ranges(self, patterns: Sequence[str] | None) -> list[tuple[int, int]] | None:
+        """Return the ``[first, end)`` chunk-id ranges of the documents whose names match any of
+        the ``fnmatch`` glob ``patterns`` (``None`` for no restriction)."""
+        if patterns is None:
+            return None
+        if isinstance(patterns, str):
+            patterns = [patterns]
+        return [(d.first_chunk_id, d.first_chunk_id + d.n_chunks) for d in self._documents
+                if d.n_chunks and any(fnmatch.fnmatchcase(d.name, p) for p in patterns)]
+
+    def search(self, query: str, k: int = 5, *, mode: str | None = None, documents: Sequence[str] | None = None,
+               search_k: int = -1, now: datetime | None = None) -> SearchResult:
+        """Return the ``k`` best chunks for ``query``, best first.
+
+        Modes (``edge.retrieval``): ``"dense"`` ranks by the cosine similarity of embeddings;
+        ``"lexical"`` by BM25 over identifier-aware terms (``edge.lexical``); ``"hybrid"`` fuses
+        both by reciprocal rank fusion with the manifest's ``lexical.fusion`` parameters. In the
+        lexical and hybrid modes every chunk holding all of the query's identifiers (``E-4021``,
+        ``22P02``, ``max_wal_senders``) comes before any chunk that does not.
 
         Args:
-            query: UTF-8 text; truncated to ``manifest.model.max_tokens`` tokens.
+            query: text; truncated to ``manifest.model.max_tokens`` tokens for the embedding and
+                to ``edge.lexical.MAX_QUERY_TERMS`` terms for BM25. Never parsed as syntax.
             k: number of hits, ``1 <= k``; capped at ``manifest.n_chunks``.
+            mode: ``"hybrid"``, ``"dense"``, ``"lexical"``, or ``None`` for ``default_mode``.
+            documents: ``fnmatch`` glob patterns; only chunks of documents whose name matches one
+                are returned (``None``: all).
             search_k: Annoy nodes to inspect; -1 uses the manifest's ``index.search_k``.
             now: timezone-aware time of the query; ``None`` reads the clock once.
 
         Returns:
-            Up to k ``Hit``s, score (cosine similarity) descending; every text was read
-            from its frame and authenticated.
+            A ``SearchResult`` (a sequence of up to k ``Hit``s, plus ``exact_match``); every text
+            was read from its frame and authenticated.
 
         Raises:
             ExpiredCapsuleError, NotYetValidError: outside the validity window at the trusted time.
@@ -275,28 +395,107 @@ class Capsule:
             DecryptionError: a hit's frame fails authentication (the MP4 was altered).
             CapsuleFormatError: a frame's plaintext is malformed.
             ModelError: the embedder's output has the wrong shape.
-            ValueError: ``k < 1`` or an empty query.
+            QueryError: an empty query, ``k < 1``, an unknown mode, or ``lexical``/``hybrid``
+                on a capsule without a lexical index.
             RuntimeError: the capsule is closed.
 
-        Source: FORMAT.md §4.4-§6.
+        Source: FORMAT.md §4.4-§6; Cormack et al., SIGIR 2009 (RRF).
         """
-        if not isinstance(query, str) or not query.strip():
-            raise ValueError("query must be non-empty text")
-        if k < 1:
-            raise ValueError("k must be >= 1")
+        mode = self._check_query(query, k, mode)
         self._check_open()
         self._policy.before_use("search", at=utc_now(now), k=k)
         timings = StageTimings()
-        t0 = time.perf_counter()
-        vector = self._embedder.embed([query])[0]
-        t1 = time.perf_counter()
-        ids, scores = self._rank(vector, k, search_k)
-        t2 = time.perf_counter()
-        timings.embed_ms = (t1 - t0) * 1e3
-        timings.ann_ms = (t2 - t1) * 1e3
-        hits = self.read_hits(ids, scores, timings)
+        lexical_query = LexicalQuery.parse(query)
+        vector = None
+        if mode != "lexical":
+            t0 = time.perf_counter()
+            vector = self._embedder.embed([query])[0]
+            timings.embed_ms = (time.perf_counter() - t0) * 1e3
+        candidates, exact_match = self._candidates(lexical_query, vector, k, mode, documents, search_k, timings)
+        hits = self._read_candidates(candidates, lexical_query, timings)
         self.last_timings = timings
+        return SearchResult(tuple(hits), mode=mode, identifiers=lexical_query.identifier_terms,
+                            exact_match=exact_match, timings=timings)
+
+    def _candidates(self, lexical_query: LexicalQuery, vector, k: int, mode: str, documents: Sequence[str] | None,
+                    search_k: int, timings: StageTimings) -> tuple[list[Candidate], bool | None]:
+        """Rank without reading frames: the best ``k`` candidates and ``exact_match``; marks
+        them as readable by ``_read_candidates`` (rules were checked by the caller)."""
+        ranges = self.document_ranges(documents)
+        k = min(k, self.manifest.n_chunks)
+        fusion = self.manifest.lexical.fusion if self.manifest.lexical is not None else None
+        depth = max(k, fusion.depth) if fusion is not None and mode == "hybrid" else k
+        dense: tuple[list[int], list[float]] = ([], [])
+        lexical: tuple[list[int], list[float]] = ([], [])
+        exact: list[int] = []
+        if mode in ("dense", "hybrid"):
+            t0 = time.perf_counter()
+            dense = self._dense(vector, depth, search_k, ranges)
+            timings.ann_ms += (time.perf_counter() - t0) * 1e3
+        if mode in ("lexical", "hybrid"):
+            t0 = time.perf_counter()
+            lexical = self._lexical.search(lexical_query, depth, chunk_ranges=ranges)
+            exact = self._lexical.exact_matches(lexical_query, limit=max(depth, 100), chunk_ranges=ranges)
+            timings.lexical_ms += (time.perf_counter() - t0) * 1e3
+        dense_score = dict(zip(*dense))
+        lexical_score = dict(zip(*lexical))
+        if mode == "dense":
+            order = [(c, s, False) for c, s in zip(*dense)][:k]
+        elif mode == "lexical":
+            exact_set = set(exact)
+            ranked = sorted(set(lexical[0]) | exact_set,
+                            key=lambda c: (c not in exact_set, -lexical_score.get(c, 0.0), c))
+            order = [(c, lexical_score.get(c, 0.0), c in exact_set) for c in ranked][:k]
+        else:
+            order = [(f.chunk_id, f.score, f.exact) for f in fuse(dense[0], lexical[0], exact=set(exact),
+                                                                   fusion=fusion)][:k]
+        self._ranked = {c for c, _, _ in order}
+        has_identifiers = bool(lexical_query.identifiers) and mode != "dense"
+        return ([Candidate(c, s, e, dense_score.get(c), lexical_score.get(c), self) for c, s, e in order],
+                bool(exact) if has_identifiers else None)
+
+    def _read_candidates(self, candidates: Sequence[Candidate], lexical_query: LexicalQuery,
+                         timings: StageTimings) -> list[Hit]:
+        """Read ranked candidates from their frames and mark the query's terms in them."""
+        hits = []
+        for cand in candidates:
+            if cand.chunk_id not in self._ranked:
+                raise ValueError(f"chunk {cand.chunk_id} was not returned by the last rank; use read")
+            hit = self._hit(cand.chunk_id, cand.score, timings)
+            terms, spans, answer = mark(hit.text, lexical_query)
+            matched = tuple(name for name, score in (("dense", cand.dense_score), ("lexical", cand.lexical_score))
+                            if score is not None)
+            hits.append(replace(hit, matched=matched, matched_terms=terms, highlights=spans, answer=answer,
+                                dense_score=cand.dense_score, lexical_score=cand.lexical_score, exact=cand.exact))
         return hits
+
+    def _check_query(self, query: str, k: int, mode: str | None) -> str:
+        if not isinstance(query, str) or not query.strip():
+            raise QueryError("query must be non-empty text")
+        if "\x00" in query:
+            raise QueryError("query holds a NUL character")
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise QueryError(f"k must be an integer >= 1, got {k!r}")
+        mode = self.default_mode if mode is None else mode
+        if mode not in SEARCH_MODES:
+            raise QueryError(f"mode must be one of {', '.join(SEARCH_MODES)}, got {mode!r}")
+        if mode != "dense" and self._lexical is None:
+            raise QueryError(f"capsule {self.manifest.name} has no lexical index: use mode 'dense'")
+        return mode
+
+    def _dense(self, vector, n: int, search_k: int, ranges: list[tuple[int, int]] | None
+               ) -> tuple[list[int], list[float]]:
+        """Dense ranking, restricted to ``ranges``: scored exhaustively when they hold at most
+        ``EXHAUSTIVE_FILTER_CHUNKS`` chunks, else the ANN's ``FILTER_OVERFETCH * n`` filtered."""
+        if ranges is None:
+            return self._index.search(vector, n, search_k=search_k)
+        ids = [c for lo, hi in ranges for c in range(lo, hi)]
+        if len(ids) <= EXHAUSTIVE_FILTER_CHUNKS:
+            return self._index.score_items(vector, ids, n)
+        found, scores = self._index.search(vector, min(self.manifest.n_chunks, FILTER_OVERFETCH * n),
+                                           search_k=search_k)
+        keep = [(c, s) for c, s in zip(found, scores) if any(lo <= c < hi for lo, hi in ranges)][:n]
+        return [c for c, _ in keep], [s for _, s in keep]
 
     def read(self, chunk_id: int, *, now: datetime | None = None) -> Hit:
         """Return chunk ``chunk_id`` read from its frame (score 1.0).
@@ -397,6 +596,8 @@ class Capsule:
             return
         self._closed = True
         self._index.close()
+        if self._lexical is not None:
+            self._lexical.close()
         self._reader.close()
         self._cache.clear()
         self._cf.close()

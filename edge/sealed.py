@@ -52,7 +52,7 @@ AD_FRAME = b"edge-capsule/v1/frame\x00"
 INFO_PAYLOAD = b"edge-capsule/v1/payload"
 INFO_SECTION_PREFIX = b"edge-capsule/v1/section/"
 #: Sections sealed with STREAM under their own key (FORMAT.md §8).
-STREAM_SECTIONS = ("DOCS", "ZDIC", "PROJ", "VECS", "INDX")
+STREAM_SECTIONS = ("DOCS", "ZDIC", "PROJ", "VECS", "INDX", "LEXI")
 INFO_CONTENT_KEY = b"edge-capsule/v1/content-key"
 
 _DECRYPTION_FAILED = "decryption failed: wrong key, or the capsule was altered"
@@ -171,7 +171,7 @@ class ContentKeys:
 
     Attributes:
         payload: the frame payload key.
-        sections: STREAM key per section tag (``DOCS``, ``ZDIC``, ``PROJ``, ``VECS``, ``INDX``).
+        sections: STREAM key per section tag (``DOCS``, ``ZDIC``, ``PROJ``, ``VECS``, ``INDX``, ``LEXI``).
     """
 
     payload: bytes
@@ -311,22 +311,27 @@ def zstd_decompressor(dictionary: bytes = b"", *,
 #: Bytes of canonical JSON per DOCS entry, on average, that a reader accepts (FORMAT.md §8):
 #: ``{"bytes":N,"media_type":"...","name":"..."}`` with a path-length name fits in far less.
 MAX_DOCUMENT_ENTRY_BYTES = 4096
+#: DOCS bytes of headings a document may carry per chunk it has (FORMAT.md §8).
+MAX_HEADING_BYTES_PER_CHUNK = 1024
 #: Python objects per byte of JSON, at most: the parse peak of a document list is below this
 #: many times its length (measured with tracemalloc on CPython 3.11: 7.9x for real lists,
 #: 27.2x for the worst shape, ``[{},{},...]``).
 JSON_PARSE_PEAK_FACTOR = 32
 
 
-def docs_plaintext_limit(n_documents: int, hard_limit_bytes: int) -> int:
+def docs_plaintext_limit(n_documents: int, hard_limit_bytes: int, n_chunks: int = 0) -> int:
     """Return the most DOCS plaintext bytes a reader accepts for ``n_documents`` entries.
 
-    ``min(hard_limit_bytes, 64 + MAX_DOCUMENT_ENTRY_BYTES * n_documents)``: the document list
-    cannot declare more than its entries can fill, so a signed 64 MiB bomb with 2 entries is
-    refused from its header, before anything is inflated.
+    ``min(hard_limit_bytes, 64 + MAX_DOCUMENT_ENTRY_BYTES * n_documents
+    + MAX_HEADING_BYTES_PER_CHUNK * n_chunks)``: the document list cannot declare more than its
+    entries and their headings can fill (a writer keeps at most that many heading bytes), so a
+    signed 64 MiB bomb with 2 entries and 10 chunks is refused from its header, before anything
+    is inflated.
 
     Source: FORMAT.md §8 (DOCS), §10 (limits).
     """
-    return min(hard_limit_bytes, 64 + MAX_DOCUMENT_ENTRY_BYTES * max(n_documents, 0))
+    return min(hard_limit_bytes, 64 + MAX_DOCUMENT_ENTRY_BYTES * max(n_documents, 0)
+               + MAX_HEADING_BYTES_PER_CHUNK * max(n_chunks, 0))
 
 
 def zstd_content_size(data: bytes | memoryview, max_bytes: int, *, what: str) -> int:

@@ -55,7 +55,9 @@ from edge.keys import Passphrase, keyid
 from edge._files import atomic_replace
 from edge.clock import utc_now
 from edge.manifest import FORMAT_ID, canonical_json, format_time, signatures_to_bytes, stanza_to_json
-from edge.sealed import derive_keys, seal_stream
+from edge.capsule import MAX_HEADING_CHARS, MAX_HEADINGS_PER_DOCUMENT
+from edge.lexical import NORMALISER
+from edge.sealed import MAX_HEADING_BYTES_PER_CHUNK, derive_keys, seal_stream
 
 from . import __version__
 from .chunking import TokenizerOffsets, chunk_documents
@@ -65,6 +67,7 @@ from ._spool import ByteSpool, VectorSpool, file_segments, write_blocks
 from ._workers import ordered_map
 from .embedding import ChunkEmbedder
 from .errors import BuildError, CapacityError, FrameCheckError
+from .lexical_writer import LexicalWriter
 from .index_builder import (
     DEFAULT_ANN_DIM,
     DEFAULT_N_CANDIDATES,
@@ -96,6 +99,9 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_TOKENS = 200
 DEFAULT_OVERLAP_TOKENS = 32
 DEFAULT_INDEX_SEED = 42
+#: Hybrid search's fusion (manifest ``lexical.fusion``): RRF with the paper's k = 60, equal
+#: weights, the top 50 of each ranking (chosen on SciFact's train split: bench/bench_hybrid.py).
+DEFAULT_FUSION = {"method": "rrf", "k": 60, "dense_weight": 1, "lexical_weight": 1, "depth": 50}
 MAX_FRAME_PLAINTEXT_BYTES = 64 * 1024
 #: Chunks embedded per block of the streaming build (memory: their texts and vectors).
 _EMBED_BLOCK_CHUNKS = 1024
@@ -133,7 +139,7 @@ class BuildResult:
     n_embedded: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass
 class _DocumentMeta:
     """What the build keeps of a document once its chunks are spooled."""
 
@@ -141,6 +147,8 @@ class _DocumentMeta:
     n_bytes: int
     media_type: str
     sha256: str
+    headings: tuple = ()
+    n_chunks: int = 0
 
 
 def derive_capsule_id(publisher_keyid: str, name: str) -> str:
@@ -311,15 +319,17 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
     def documents():
         nonlocal raw_text_bytes
         for doc in iter_documents(list(inputs)):
-            docs.append(_DocumentMeta(doc.name, doc.n_bytes, doc.media_type, doc.sha256))
+            headings = tuple((h.char_start, h.level, h.title) for h in getattr(doc, "headings", ()))
+            docs.append(_DocumentMeta(doc.name, doc.n_bytes, doc.media_type, doc.sha256, headings))
             raw_text_bytes += len(doc.text.encode("utf-8"))
             report("read", len(docs), None)
             yield doc
 
     records = ByteSpool(work / "records")
     vectors_spool = VectorSpool(work / "vectors.f32", embedder_info.dim)
-    with ChunkEmbedder(model_dir, family=model_family, n_workers=n_workers,
-                       cache_path=embedding_cache) as chunk_embedder:
+    lexicon = LexicalWriter(work / "lexical.sqlite")
+    with lexicon, ChunkEmbedder(model_dir, family=model_family, n_workers=n_workers,
+                                cache_path=embedding_cache) as chunk_embedder:
         block: list = []
         n_done = 0
 
@@ -337,6 +347,8 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
         for chunk in chunk_documents(documents(), token_offsets=offsets, token_offsets_batch=offsets.batch,
                                      max_tokens=max_tokens, overlap_tokens=overlap_tokens):
             records.append(encode_record(chunk.doc_index, chunk.char_start, chunk.char_end, chunk.text))
+            lexicon.add(chunk.chunk_id, chunk.text, heading_path=getattr(chunk, "heading_path", ()))
+            docs[chunk.doc_index].n_chunks += 1
             block.append(chunk)
             if len(block) >= _EMBED_BLOCK_CHUNKS:
                 flush_block()
@@ -358,8 +370,10 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
 
     # 2. content key, dictionary, frames
     t = time.perf_counter()
+    lexical_info = lexicon.finish()
     docs_plain = canonical_json({"documents": [
-        {"name": d.name, "bytes": d.n_bytes, "media_type": d.media_type} for d in docs]})
+        {"name": d.name, "bytes": d.n_bytes, "media_type": d.media_type, "n_chunks": d.n_chunks,
+         "headings": _kept_headings(d)} for d in docs]})
     content_digest = hashlib.sha256(b"".join(bytes.fromhex(d.sha256) for d in docs) + canonical_json(
         {"capsule_id": capsule_id, "version": version, "max_tokens": max_tokens,
          "overlap_tokens": overlap_tokens})).digest()
@@ -413,12 +427,13 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
         "PROJ": sealed("PROJ", [built.projection_bytes]),
         "VECS": sealed("VECS", file_segments(built.vecs_path) if built.vecs_path else [], encrypt_index),
         "INDX": sealed("INDX", file_segments(built.annoy_path), encrypt_index),
+        "LEXI": sealed("LEXI", file_segments(lexicon.path), encrypt_index),
     }
     ftab_path = work / "section.FTAB"
     ftab_path.write_bytes(fmt.FrameTable(np.asarray(video.sample_offsets, dtype=np.uint64),
                                          np.asarray(video.sample_sizes, dtype=np.uint32),
                                          np.asarray(first_chunk_ids, dtype=np.uint32), n_chunks).to_bytes())
-    sections = {"DOCS": sections["DOCS"], "FTAB": ftab_path, **{k: sections[k] for k in ("ZDIC", "PROJ", "VECS", "INDX")},
+    sections = {"DOCS": sections["DOCS"], "FTAB": ftab_path, **{k: sections[k] for k in ("ZDIC", "PROJ", "VECS", "INDX", "LEXI")},
                 "VIDE": video_path}
     stage_s["index"] = time.perf_counter() - t
 
@@ -451,6 +466,8 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
                   {"method": "pca", "dim_in": embedder_info.dim, "dim_out": refine_dim},
                   "encryption": "chacha20poly1305-stream" if encrypt_index else "none"},
         "video": _video_manifest(video_params, video),
+        "lexical": {"format": "sqlite-fts5", "normaliser": NORMALISER, **lexical_info,
+                    "fusion": dict(DEFAULT_FUSION)},
         "payload": {"aead": "chacha20poly1305", "compression": "zstd", "dictionary_bytes": len(dictionary),
                     "layout": "frame-v1", "max_plaintext_bytes": MAX_FRAME_PLAINTEXT_BYTES},
         "n_chunks": n_chunks,
@@ -480,6 +497,23 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
         n_frames=n_frames, section_bytes=lengths, file_bytes=0, raw_text_bytes=raw_text_bytes,
         payload_bytes=payload_bytes, stage_s=stage_s, n_embedded=n_embedded,
     )
+
+
+def _kept_headings(doc: _DocumentMeta) -> list[list]:
+    """The document's headings as DOCS holds them: titles cut to ``MAX_HEADING_CHARS``, at most
+    ``MAX_HEADINGS_PER_DOCUMENT``, and no more than ``MAX_HEADING_BYTES_PER_CHUNK`` JSON bytes per
+    chunk of the document (the reader's bound on DOCS; later headings are dropped)."""
+    budget = MAX_HEADING_BYTES_PER_CHUNK * doc.n_chunks
+    kept, used = [], 0
+    for start, level, title in doc.headings[:MAX_HEADINGS_PER_DOCUMENT]:
+        title = title.strip()[:MAX_HEADING_CHARS]
+        if not title:
+            continue
+        used += len(canonical_json([start, level, title])) + 1
+        if used > budget:
+            break
+        kept.append([start, level, title])
+    return kept
 
 
 def _video_manifest(params: VideoParams, video) -> dict:

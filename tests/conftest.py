@@ -41,7 +41,8 @@ def sample_manifest_dict() -> dict:
         "n_documents": 2,
         "sections": {"DOCS": digest, "FTAB": dict(digest, length=48), "ZDIC": dict(digest, length=16),
                      "PROJ": dict(digest, length=16), "VECS": dict(digest, length=16), "INDX": digest,
-                     "VIDE": digest},
+                     "LEXI": dict(digest, length=16), "VIDE": digest},
+        "lexical": None,
         "recipients": [{"type": "x25519", "epk": b64(32), "body": b64(48)}],
         "builder": {"name": "firmware-tools", "version": "0.1.0"},
     })

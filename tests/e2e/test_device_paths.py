@@ -74,8 +74,8 @@ def test_tflite_capsule_records_its_family_and_answers(tflite_capsule, tiny_caps
         assert info["model"]["family"] == "tflite" and info["embedder"]["family"] == "tflite"
         for question in ("What is Python?", "What is the Python Software Foundation?",
                          "Why does Python use indentation?"):
-            hits = capsule.search(question, k=3)
-            onnx_hits = onnx_capsule.search(question, k=3)
+            hits = capsule.search(question, k=3, mode="dense")  # the embedders are compared
+            onnx_hits = onnx_capsule.search(question, k=3, mode="dense")
             assert hits[0].document == onnx_hits[0].document, question
             assert hits[0].text == onnx_hits[0].text
 

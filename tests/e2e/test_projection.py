@@ -35,7 +35,7 @@ def test_projected_capsule_answers_faq_questions(projected):
         assert capsule.manifest.index.projection is not None and capsule.manifest.index.dim == 32
         found = 0
         for item in QUESTIONS:
-            hits = capsule.search(item["question"], k=5)
+            hits = capsule.search(item["question"], k=5, mode="dense")
             scores = [h.score for h in hits]
             assert scores == sorted(scores, reverse=True) and all(-1.0 <= s <= 1.0 for s in scores)
             found += any(item["answer_snippet"] in h.text and h.document.endswith(item["file"]) for h in hits)
@@ -49,7 +49,7 @@ def test_projected_scores_are_the_exact_reranked_cosines(projected):
         z = index.projection.project(capsule._embedder.embed([question]))[0]
         rows = np.stack([index.item_vector(i) for i in range(capsule.manifest.n_chunks)])
         exact = rows @ z / (np.linalg.norm(rows, axis=1) * np.linalg.norm(z))
-        hits = capsule.search(question, k=5)
+        hits = capsule.search(question, k=5, mode="dense")
         for hit in hits:
             assert hit.score == pytest.approx(float(exact[hit.chunk_id]), abs=1e-5)
         assert hits[0].chunk_id == int(np.argmax(exact))
@@ -81,5 +81,5 @@ def test_plain_vecs_are_copied_by_path_and_mapped_in_place_from_the_store(projec
         entry = store.install(projected.path, now=NOW, **keys)
         with store.open(entry.name, now=NOW, **keys) as capsule:
             assert capsule.memory_plan["vecs"] == 0 and capsule.memory_plan["index"] == 0
-            hits = capsule.search(QUESTIONS[0]["question"], k=3)
+            hits = capsule.search(QUESTIONS[0]["question"], k=3, mode="dense")
             assert hits and hits[0].score > 0.3

@@ -282,7 +282,9 @@ def _header_and_table_vectors(ok: bytes) -> list[Vector]:
     specs = [
         ("header-bad-magic", "format", "first magic byte zeroed", [(0, "00")], {}),
         ("header-major-2", "format", "format_major 2", [(8, "0200")], {}),
-        ("header-minor-1", "format", "format_minor 1, newer than the reader", [(10, "0100")], {}),
+        ("header-minor-2", "format", "format_minor 2, newer than the reader", [(10, "0200")], {}),
+        ("header-minor-0", "format", "format_minor 0: version 1.0 has no lexical index, a 1.1 reader refuses it",
+         [(10, "0000")], {}),
         ("header-bytes-65", "format", "header_bytes 65", [(12, u32(65))], {}),
         ("header-n-sections-huge", "format", "n_sections 2^32-1: refused before anything is read or allocated",
          [(16, "ffffffff")], {}),
@@ -295,7 +297,7 @@ def _header_and_table_vectors(ok: bytes) -> list[Vector]:
         ("table-sections-reordered", "format", "DOCS and FTAB tags swapped",
          [(entry["DOCS"], b"FTAB".hex()), (entry["FTAB"], b"DOCS".hex())], {}),
         ("table-duplicate-tag", "format", "FTAB entry renamed DOCS", [(entry["FTAB"], b"DOCS".hex())], {}),
-        ("table-n-sections-8", "format", "n_sections 8: VIDE missing", [(16, u32(8))], {}),
+        ("table-n-sections-9", "format", "n_sections 9: VIDE missing", [(16, u32(9))], {}),
         ("table-misaligned-offset", "format", "MANI offset moved by 8 bytes",
          [(entry["MANI"] + 8, u64(table["MANI"].offset + 8))], {}),
         ("table-mani-length-over-limit", "format", "MANI length 5 MiB, over the 4 MiB limit: refused before reading",
@@ -582,6 +584,55 @@ def _manifest_vectors(alpha2: Draft, beta: Draft) -> list[Vector]:
            lambda d: d.reseal("VECS", d.plaintext("VECS")[:-d.manifest["index"]["projection"]["dim_out"]]))
     edited("index-length-not-whole-nodes", "format", "INDX plaintext one byte longer; re-sealed and re-signed",
            lambda d: d.reseal("INDX", d.plaintext("INDX") + b"\x00"))
+    def lexi_patch(offset: int, value: bytes) -> Callable[[Draft], None]:
+        def edit(d: Draft) -> None:
+            plain = bytearray(d.plaintext("LEXI"))
+            plain[offset:offset + len(value)] = value
+            d.reseal("LEXI", bytes(plain))
+        return edit
+
+    edited("lexi-header-wal-resigned", "format", "LEXI's SQLite header says WAL (write/read versions 2); re-sealed "
+           "and re-signed: refused before SQLite opens it", lexi_patch(18, b"\x02\x02"))
+    edited("lexi-page-count-lies-resigned", "format", "LEXI's SQLite header declares one page more than the "
+           "plaintext holds; re-sealed and re-signed", lambda d: lexi_patch(
+               28, (int.from_bytes(d.plaintext("LEXI")[28:32], "big") + 1).to_bytes(4, "big"))(d))
+
+    def lexi_extra_trigger(d: Draft) -> None:
+        import sqlite3
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "lexi.sqlite"
+            path.write_bytes(d.plaintext("LEXI"))
+            conn = sqlite3.connect(path, isolation_level=None)
+            conn.execute("CREATE TABLE notes(x)")
+            conn.execute("CREATE TRIGGER t AFTER INSERT ON notes BEGIN SELECT 1; END")
+            conn.execute("VACUUM")
+            conn.close()
+            plain = path.read_bytes()
+        d.manifest["lexical"]["plaintext_bytes"] = len(plain)
+        d.reseal("LEXI", plain)
+
+    edited("lexi-extra-trigger-resigned", "format", "LEXI holds an extra table and trigger besides the FTS5 "
+           "schema (valid SQLite, header fixed up); re-sealed and re-signed: the schema check refuses it",
+           lexi_extra_trigger)
+    edited("manifest-lexical-rows-mismatch", "format", "lexical.n_rows one more than n_chunks",
+           lambda d: d.manifest["lexical"].__setitem__("n_rows", d.manifest["n_chunks"] + 1))
+
+    def docs_edit(fn: Callable[[dict], None]) -> Callable[[Draft], None]:
+        def edit(d: Draft) -> None:
+            from firmware_tools.sealing import compress_documents
+
+            docs = json.loads(zstandard.ZstdDecompressor().decompress(d.plaintext("DOCS")))
+            fn(docs)
+            d.reseal("DOCS", compress_documents(canonical_json(docs)))
+        return edit
+
+    edited("docs-chunk-counts-wrong", "format", "the first document claims one chunk more, so the counts exceed "
+           "n_chunks; re-sealed and re-signed",
+           docs_edit(lambda docs: docs["documents"][0].__setitem__("n_chunks", docs["documents"][0]["n_chunks"] + 1)))
+    edited("docs-headings-out-of-order", "format", "the first document's headings are [[5, 1, \"B\"], [0, 1, "
+           "\"A\"]] (char_start decreasing); re-sealed and re-signed",
+           docs_edit(lambda docs: docs["documents"][0].__setitem__("headings", [[5, 1, "B"], [0, 1, "A"]])))
     edited("docs-stream-truncated", "decryption", "DOCS loses its last byte (part of the STREAM tag); re-signed",
            lambda d: d.set_section("DOCS", d.sections["DOCS"][:-1]))
     docs_bomb = zstandard.ZstdCompressor(level=3, write_content_size=True).compress(bytes((64 << 20) + 1))
@@ -674,6 +725,8 @@ def _family_vectors() -> list[Vector]:
             "sample's digest); full verification hashes VIDE too", "flip-random VIDE 24 1"),
         fam("flip-index", "integrity", "24 random bytes of INDX, VECS and PROJ each (seed 2), one at a time",
             "flip-random INDX,VECS,PROJ 24 2"),
+        fam("flip-lexi", "integrity", "24 random bytes of LEXI (seed 4), one at a time: its digest refuses it "
+            "before SQLite sees a byte", "flip-random LEXI 24 4"),
         fam("flip-index-resigned", "decryption", "24 random bytes of INDX, VECS and PROJ each (seed 3), one at a "
             "time, digests recomputed and re-signed: the STREAM AEAD refuses", "flip-random INDX,VECS,PROJ 24 3 resign"),
     ]

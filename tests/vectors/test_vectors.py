@@ -78,7 +78,7 @@ def test_vectors_are_tiny_and_have_two_to_five_frames():
     for vector in CONCRETE:
         data = capsule_bytes(vector)
         if vector.name not in LARGE:
-            assert len(data) <= 32 * 1024, (vector.name, len(data))
+            assert len(data) <= 40 * 1024, (vector.name, len(data))  # 4-8 KiB of it is LEXI
     ok = (VECTORS / "ok" / "capsule").read_bytes()
     start, end = section_ranges(ok)["FTAB"]
     assert 2 <= (end - start) // fmt.FRAME_ENTRY_BYTES <= 5

@@ -18,6 +18,7 @@ from edge import MemoryBudget, open_capsule
 from edge.errors import BudgetExceededError, CapsuleFormatError
 from edge.sealed import (
     MAX_DOCUMENT_ENTRY_BYTES,
+    MAX_HEADING_BYTES_PER_CHUNK,
     decompress_bounded,
     docs_plaintext_limit,
     zstd_content_size,
@@ -30,6 +31,9 @@ from tests.conftest import ROOT
 
 OK_VECTOR = ROOT / "tests" / "vectors" / "ok"
 KEYS = ROOT / "tests" / "vectors" / "keys"
+#: What the reader allows the bomb's DOCS (2 documents, and the ok vector's chunks; FORMAT.md §8).
+BOMB_LIMIT = 64 + MAX_DOCUMENT_ENTRY_BYTES * 2 + MAX_HEADING_BYTES_PER_CHUNK * Draft(
+    (ROOT / "tests" / "vectors" / "ok" / "capsule").read_bytes()).manifest["n_chunks"]
 NOW = datetime(2030, 1, 1, tzinfo=timezone.utc)
 MiB = 1 << 20
 
@@ -57,7 +61,7 @@ def bomb_path(tmp_path_factory) -> Path:
 
 def test_signed_docs_bomb_is_refused_from_its_header(bomb_path):
     # Old reader: inflated all 64 MiB (twice) before refusing; a JSON-shaped 5.7 kB bomb cost 1.9 GB RSS.
-    limit = 64 + MAX_DOCUMENT_ENTRY_BYTES * 2
+    limit = BOMB_LIMIT
     with pytest.raises(CapsuleFormatError,
                        match=rf"^document list decompresses to {64 * MiB} bytes, limit is {limit}$"):
         open_capsule(bomb_path, **open_kwargs())
@@ -76,7 +80,7 @@ def test_signed_docs_bomb_under_a_data_limit_is_one_line_error(bomb_path, tmp_pa
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr and "MemoryError" not in proc.stderr, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("edge: error: ")]
-    assert errors == [f"edge: error: document list decompresses to {64 * MiB} bytes, limit is 8256"], proc.stderr
+    assert errors == [f"edge: error: document list decompresses to {64 * MiB} bytes, limit is {BOMB_LIMIT}"], proc.stderr
 
 
 def test_declared_docs_size_is_charged_to_the_budget_before_inflating(tmp_path):

@@ -7,7 +7,7 @@ from edge import format as fmt
 from edge.errors import CapsuleFormatError, IntegrityError
 
 LENGTHS = {"MANI": 100, "SIGS": 50, "DOCS": 40, "FTAB": 32, "ZDIC": 16, "PROJ": 16, "VECS": 0, "INDX": 5000,
-           "VIDE": 7000}
+           "LEXI": 3000, "VIDE": 7000}
 
 
 def _layout():
@@ -19,8 +19,8 @@ def _layout():
 def test_layout_aligns_index_and_video_to_pages():
     header, entries, _ = _layout()
     by_tag = {e.tag: e for e in entries}
-    assert all(by_tag[t].offset % 4096 == 0 for t in ("VECS", "INDX", "VIDE"))
-    assert by_tag["MANI"].offset == 64 + 9 * 32
+    assert all(by_tag[t].offset % 4096 == 0 for t in ("VECS", "INDX", "LEXI", "VIDE"))
+    assert by_tag["MANI"].offset == 64 + 10 * 32
     assert header.file_bytes == by_tag["VIDE"].end
 
 
@@ -41,15 +41,23 @@ def test_header_rejects_unknown_major_version():
     header, _, _ = _layout()
     data = bytearray(header.to_bytes())
     data[8] = 2
-    with pytest.raises(CapsuleFormatError, match="version 2.0 is not supported"):
+    with pytest.raises(CapsuleFormatError, match=r"version 2\.\d is not supported"):
         fmt.parse_header(bytes(data), file_bytes=header.file_bytes)
 
 
 def test_header_rejects_newer_minor_version():
     header, _, _ = _layout()
     data = bytearray(header.to_bytes())
-    data[10] = 1
+    data[10] = 2
     with pytest.raises(CapsuleFormatError, match="newer than this runtime"):
+        fmt.parse_header(bytes(data), file_bytes=header.file_bytes)
+
+
+def test_header_refuses_version_1_0_without_a_lexical_index():
+    header, _, _ = _layout()
+    data = bytearray(header.to_bytes())
+    data[10] = 0
+    with pytest.raises(CapsuleFormatError, match=r"1\.0 has no lexical index .* rebuild it"):
         fmt.parse_header(bytes(data), file_bytes=header.file_bytes)
 
 

@@ -1,0 +1,164 @@
+"""Hybrid retrieval: fuse the dense and lexical rankings, put exact identifiers first, mark hits.
+
+Pure functions over ids, scores and text; no IO, no index. ``edge.opened.Capsule.search`` runs
+the two retrievers and calls these; ``edge.capsule_set`` merges several capsules' results.
+
+- ``fuse``: reciprocal rank fusion (RRF; Cormack, Clarke & Buettcher, "Reciprocal rank fusion
+  outperforms Condorcet and individual rank learning methods", SIGIR 2009):
+  ``score(c) = w_dense / (k + rank_dense(c)) + w_lexical / (k + rank_lexical(c))``, ranks from 1,
+  a missing ranking contributing 0. Then every chunk that holds all of the query's identifiers
+  (``exact``) is put before every chunk that does not, keeping fused order within each group, so
+  an exact identifier match is first unless another chunk matches the identifier too.
+- ``mark``: which query terms a hit's text holds, their spans (highlights), and the sentence
+  with the most distinct matched terms (the answer line a kiosk shows).
+
+Example::
+
+    order = fuse(dense_ids, lexical_ids, exact=set(exact_ids), fusion=manifest.lexical.fusion)
+    terms, spans, answer = mark(hit_text, LexicalQuery.parse(query))
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from .lexical import LexicalQuery, iter_tokens, token_variants
+from .manifest import FusionInfo
+
+__all__ = ["SEARCH_MODES", "SearchResult", "fuse", "mark"]
+
+#: Search modes: fused (default when the capsule has a lexical index), embeddings only, BM25 only.
+SEARCH_MODES = ("hybrid", "dense", "lexical")
+
+# Sentence ends as the builder's chunker cuts them (firmware_tools.chunking): . ! ? … then space.
+_SENTENCE_END = re.compile(r"(?<=[.!?\u2026])[\"'\u201d\u2019)\]]*\s+|\n\s*\n")
+
+#: Words too common to highlight (English function words); they still count for BM25.
+_STOPWORDS = frozenset("""a an and are as at be but by can could did do does for from had has have how i if in into is
+it its may might not of on or our shall should so than that the their them then there these they this those to
+was we were what when where which who why will with would you your""".split())
+
+
+@dataclass(frozen=True)
+class Fused:
+    """One fused candidate: its id, fused score and where each retriever ranked it."""
+
+    chunk_id: int
+    score: float
+    dense_rank: int | None
+    lexical_rank: int | None
+    exact: bool
+
+
+def fuse(dense_ids: Sequence[int], lexical_ids: Sequence[int], *, exact: set[int], fusion: FusionInfo
+         ) -> list[Fused]:
+    """Fuse two rankings by RRF, exact identifier matches first.
+
+    Args:
+        dense_ids: chunk ids by descending cosine similarity (may be empty).
+        lexical_ids: chunk ids by descending BM25 (may be empty).
+        exact: ids of chunks that hold every identifier of the query (may hold ids in neither
+            ranking: they are kept, after the ranked ones of their group).
+        fusion: the manifest's weights, RRF ``k`` (``depth`` is applied by the caller).
+
+    Returns:
+        Every id in either ranking or ``exact``, best first; ties by id.
+    """
+    dense_rank = {c: r for r, c in enumerate(dense_ids, 1)}
+    lexical_rank = {c: r for r, c in enumerate(lexical_ids, 1)}
+    out = []
+    for c in dense_rank.keys() | lexical_rank.keys() | exact:
+        score = 0.0
+        if c in dense_rank:
+            score += fusion.dense_weight / (fusion.k + dense_rank[c])
+        if c in lexical_rank:
+            score += fusion.lexical_weight / (fusion.k + lexical_rank[c])
+        out.append(Fused(c, score, dense_rank.get(c), lexical_rank.get(c), c in exact))
+    out.sort(key=lambda f: (not f.exact, -f.score, f.chunk_id))
+    return out
+
+
+def _sentences(text: str) -> Iterator[tuple[int, int]]:
+    start = 0
+    for cut in _SENTENCE_END.finditer(text):
+        if text[start:cut.start()].strip():
+            yield start, cut.start()
+        start = cut.end()
+    if text[start:].strip():
+        yield start, len(text.rstrip())
+
+
+def mark(text: str, query: LexicalQuery) -> tuple[tuple[str, ...], tuple[tuple[int, int], ...], tuple[int, int] | None]:
+    """Find the query's terms in a hit's text.
+
+    A token of the text matches when its term, one of its variants (parts, compact form) or
+    the compact form of a run of tokens equals a query term; function words are not
+    highlighted.
+
+    Args:
+        text: the hit's text.
+        query: the parsed query.
+
+    Returns:
+        ``(terms, highlights, answer)``: the query terms found (query order), the
+        ``(start, end)`` code-point spans in ``text`` of matching tokens (ascending), and the span
+        of the sentence holding the most distinct matched terms (the first on ties; ``None``
+        when nothing matched).
+    """
+    wanted = query.terms
+    if not wanted:
+        return (), (), None
+    spans: list[tuple[int, int]] = []
+    found: dict[str, list[int]] = {}
+    for tok in iter_tokens(text):
+        hits = {tok.term} & wanted or set(token_variants(tok)) & wanted
+        if hits and (tok.is_identifier or tok.term not in _STOPWORDS):
+            spans.append((tok.start, tok.end))
+            for term in hits:
+                found.setdefault(term, []).append(tok.start)
+    if not spans:
+        return (), (), None
+    order = [t for group in query.groups for t in group]
+    terms = tuple(t for t in dict.fromkeys(order + ([query.joined] if query.joined else [])) if t in found)
+    best, best_count = None, 0
+    for start, end in _sentences(text):
+        count = sum(1 for positions in found.values() if any(start <= p < end for p in positions))
+        if count > best_count:
+            best, best_count = (start, end), count
+    return terms, tuple(spans), best
+
+
+@dataclass(frozen=True)
+class SearchResult(Sequence):
+    """The hits of one search, best first, with what the query was found to be.
+
+    A sequence of ``Hit``: ``result[0]``, ``len(result)``, ``for hit in result``.
+
+    Attributes:
+        hits: the hits, best first.
+        mode: ``"hybrid"``, ``"dense"`` or ``"lexical"``: what was run.
+        identifiers: the query's identifier tokens, folded (``("e-4021",)``); empty when none.
+        exact_match: whether some chunk holds every identifier (``None`` when the query has
+            no identifier, or the capsule no lexical index). ``False`` means "no entry for this
+            code": the hits, if any, are only semantically near.
+        timings: per-stage milliseconds.
+    """
+
+    hits: tuple = ()
+    mode: str = "dense"
+    identifiers: tuple[str, ...] = ()
+    exact_match: bool | None = None
+    timings: object = field(default=None, compare=False)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        return self.hits[index]
+
+    def __len__(self) -> int:
+        return len(self.hits)
+
+    def to_json(self) -> dict[str, object]:
+        """JSON-ready: ``mode``, ``identifiers``, ``exact_match`` and ``hits``."""
+        return {"mode": self.mode, "identifiers": list(self.identifiers), "exact_match": self.exact_match,
+                "hits": [hit.to_json() for hit in self.hits]}
