@@ -2,10 +2,12 @@
 
 This module owns the builder's only document IO: it turns ``.txt``, ``.md``,
 ``.rst``, ``.html``/``.htm`` and ``.pdf`` files into :class:`Document` values
-with a stable name, normalised text and the sha256 of the source bytes.
-It does not chunk, tokenize or embed (see ``firmware_tools.chunking``), and it
-keeps plain-text formats as they are: Markdown and reStructuredText markup is
-left in place (headings and code blocks are useful context for retrieval).
+with a stable name, normalised text, the section headings found in it and the
+sha256 of the source bytes. It does not chunk, tokenize or embed (see
+``firmware_tools.chunking``), and it keeps plain-text formats as they are:
+Markdown and reStructuredText markup is left in place (headings and code blocks
+are useful context for retrieval); headings are found by scanning that text
+(:func:`find_headings`), in HTML from ``h1``..``h6`` and in PDF from the outline.
 
 Usage::
 
@@ -14,6 +16,8 @@ Usage::
 
     for doc in iter_documents([Path("examples/python-faq/docs")]):
         print(doc.name, doc.media_type, doc.n_bytes, len(doc.text))
+        for h in doc.headings:
+            print("  " * (h.level - 1), h.title, "@", h.char_start)
 
 Text encoding: text files MUST be UTF-8 (a leading BOM is allowed and
 dropped). There is deliberately no cp1252/latin-1 fallback: a guessed
@@ -29,16 +33,20 @@ import logging
 import os
 import re
 import unicodedata
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from firmware_tools.errors import InputDocumentError
 
 __all__ = [
     "DEFAULT_MAX_FILE_BYTES",
+    "MAX_HEADINGS",
+    "MAX_TITLE_CHARS",
     "SUPPORTED_SUFFIXES",
     "Document",
+    "Heading",
+    "find_headings",
     "iter_documents",
     "normalize_text",
     "read_document",
@@ -48,6 +56,11 @@ logger = logging.getLogger(__name__)
 
 #: Largest source file read by default (64 MiB); larger files are refused.
 DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
+
+#: Most headings kept per document; later ones are dropped (logged at WARNING).
+MAX_HEADINGS = 100_000
+#: Longest heading title kept, in characters; a longer title is cut to this length.
+MAX_TITLE_CHARS = 200
 
 #: Lower-case file suffix -> media type recorded in :attr:`Document.media_type`.
 SUPPORTED_SUFFIXES: dict[str, str] = {
@@ -72,6 +85,47 @@ _HTML_BLOCK_TAGS = frozenset(
 _TRAILING_SPACE_RE = re.compile(r"[ \t\f\v]+$", re.MULTILINE)
 _EXCESS_BLANK_LINES_RE = re.compile(r"\n{4,}")  # 3+ blank lines
 _HTML_SPACE_RE = re.compile(r"\s+")
+_LINE_BREAK_RE = re.compile(r"[ \t]*\n\s*")
+_HTML_HEADING_LEVELS = {f"h{n}": n for n in range(1, 7)}
+
+# Markdown (CommonMark 0.31 sections 4.2-4.5): ATX heading, closing #s, setext
+# underline, code fence, lines that cannot start a paragraph (so a following
+# "---" is a thematic break or list content, not a setext underline).
+_MD_ATX_RE = re.compile(r" {0,3}(#{1,6})(?:[ \t]+(.*))?")
+_MD_ATX_CLOSE_RE = re.compile(r"(?:^|[ \t]+)#+[ \t]*$")
+_MD_SETEXT_RE = re.compile(r" {0,3}(=+|-+)[ \t]*")
+_MD_FENCE_RE = re.compile(r" {0,3}(`{3,}|~{3,})(.*)")
+_MD_NOT_PARAGRAPH_RE = re.compile(r" {0,3}(?:[>|<]|[-+*](?:[ \t]|$)|\d{1,9}[.)](?:[ \t]|$))")
+# reStructuredText (docutils "Sections"): an adornment line is one punctuation
+# character repeated; lines that docutils parses as other constructs first.
+_RST_ADORNMENT_RE = re.compile(r"([!-/:-@\[-`{-~])\1*")
+_RST_NOT_TITLE_RE = re.compile(
+    r"\.\.(?:\s|$)|[-*+\u2022\u2023\u2043](?:\s|$)|>>>|\|(?:\s|$)|:(?![: ])[^:]*?(?<! ):(?: +|$)"
+)
+
+
+@dataclass(frozen=True)
+class Heading:
+    """One section heading of a document.
+
+    Attributes:
+        char_start: offset in :attr:`Document.text` where the heading starts:
+            the start of its line for Markdown (ATX line, or first line of a
+            setext paragraph), for reStructuredText (the title line, or the
+            overline when the title has one) and for HTML (the heading's
+            paragraph); for PDF, see :func:`read_document`.
+        level: 1 (outermost) to 6.
+        title: the heading's text as it appears, without its markup (``#``
+            marks, rst adornment lines, HTML tags, a trailing ``¶`` permalink),
+            normalised like the text; a line break inside it (a setext
+            paragraph, ``<br>``) becomes one space (a PDF outline title has
+            every run of whitespace collapsed to one space); cut to
+            :data:`MAX_TITLE_CHARS` characters; never empty.
+    """
+
+    char_start: int
+    level: int
+    title: str
 
 
 @dataclass(frozen=True)
@@ -87,6 +141,9 @@ class Document:
             ``text/html`` or ``application/pdf``.
         sha256: hex sha256 of the source file's bytes (not of ``text``).
         n_bytes: size of the source file in bytes.
+        headings: the section headings, sorted by ``char_start`` (unique),
+            at most :data:`MAX_HEADINGS`; empty for plain text and for a
+            PDF without an outline.
     """
 
     name: str
@@ -94,6 +151,7 @@ class Document:
     media_type: str
     sha256: str
     n_bytes: int
+    headings: tuple[Heading, ...] = ()
 
 
 def normalize_text(text: str) -> str:
@@ -144,9 +202,22 @@ def read_document(
             line that starts with the path.
         ValueError: ``max_file_bytes`` < 1.
 
+    Headings (:attr:`Document.headings`): Markdown and reStructuredText as
+    :func:`find_headings` finds them; HTML ``h1``..``h6`` at their level, and
+    ``<title>`` as a level-1 heading only when the page has no ``h1`` (a page
+    title usually repeats the ``h1`` plus a site name); PDF outline (bookmark)
+    entries at their depth (capped at 6), each placed at the start of the
+    line where its title starts on its destination page (searched after the
+    previous entry found on that page; case and line breaks ignored), else at
+    the start of that page's text (an empty page: the next page with text).
+    Where entries share an offset, one found in the text wins over one placed
+    at its page start, then the first in outline order. A PDF outline that
+    cannot be read is ignored (logged at WARNING), never an error.
+
     Source: block elements are those the WHATWG HTML standard's rendering
     section displays as blocks (a subset); PDF text is
-    ``pypdf.PageObject.extract_text`` per page.
+    ``pypdf.PageObject.extract_text`` per page, the outline
+    ``pypdf.PdfReader.outline``.
     """
     if max_file_bytes < 1:
         raise ValueError(f"max_file_bytes must be >= 1, got {max_file_bytes}")
@@ -154,22 +225,86 @@ def read_document(
     media_type = _check_suffix(path)
     data = _read_bytes(path, max_file_bytes)
     if media_type == "application/pdf":
-        text = _pdf_to_text(data, path)
+        reader, pages = _pdf_pages(data, path)
+        text = normalize_text("\n\n".join(page for page in pages if page))
+    elif media_type == "text/html":
+        paragraphs, html_heads = _html_paragraphs(_decode_utf8(data, path))
+        text = normalize_text("\n\n".join(paragraphs))
     else:
-        decoded = _decode_utf8(data, path)
-        text = _html_to_text(decoded) if media_type == "text/html" else decoded
-    text = normalize_text(text)
+        text = normalize_text(_decode_utf8(data, path))
     if not text:
         raise InputDocumentError(f"{path}: empty document (no text after normalisation)")
+    if media_type == "application/pdf":
+        headings = _pdf_headings(reader, pages, text, path)
+    elif media_type == "text/html":
+        headings = _html_headings(paragraphs, html_heads, text, path)
+    else:
+        headings = _finish_headings(_text_headings(text, media_type), path)
     doc = Document(
         name=name if name is not None else path.name,
         text=text,
         media_type=media_type,
         sha256=hashlib.sha256(data).hexdigest(),
         n_bytes=len(data),
+        headings=headings,
     )
-    logger.debug("read %s: %d bytes, %d chars of text", path, len(data), len(text))
+    logger.debug(
+        "read %s: %d bytes, %d chars of text, %d headings",
+        path,
+        len(data),
+        len(text),
+        len(headings),
+    )
     return doc
+
+
+def find_headings(text: str, media_type: str) -> tuple[Heading, ...]:
+    """Return the section headings of a Markdown or reStructuredText text.
+
+    Markdown (CommonMark): ATX headings (``#`` to ``######`` after at most
+    three spaces, then a space or the line end; a closing run of ``#`` is
+    dropped) and setext headings (a paragraph underlined with ``=``, level 1,
+    or ``-``, level 2; the heading starts at the paragraph's first line), not
+    inside fenced code blocks (``````` or ``~~~``), indented code, HTML
+    comments, or YAML front matter; a paragraph that starts as a list item,
+    block quote, table row or HTML tag is never a setext heading.
+
+    reStructuredText (docutils): a title line with an underline, or with an
+    overline and an identical underline, of one punctuation character
+    repeated at least as long as the title (docutils also accepts a shorter
+    underline of 4 or more characters, with a warning; this scanner does
+    not). The title (or overline) follows a blank line or the start of the
+    text and starts in column 0, so indented literal blocks, directive
+    bodies and block quotes hold no titles; ``..`` directive and comment
+    lines, bullets, field lists, doctest and line-block lines are not
+    titles. Levels follow the order in which each adornment style (character,
+    with or without overline) first appears, as docutils assigns them;
+    a seventh or later style is level 6.
+
+    ``text/plain`` (and any text without headings) gives ``()``.
+
+    Args:
+        text: normalised text (see :func:`normalize_text`): ``\\n`` line
+            ends, no trailing spaces.
+        media_type: ``text/markdown``, ``text/x-rst`` or ``text/plain``.
+
+    Returns:
+        Headings sorted by ``char_start``, at most :data:`MAX_HEADINGS`;
+        ``text[h.char_start:]`` starts with the heading's line (for an rst
+        title with an overline: the overline).
+
+    Raises:
+        ValueError: ``media_type`` is not one of the three above (HTML and
+            PDF headings come from the markup, see :func:`read_document`).
+
+    Source: CommonMark Spec 0.31.2, sections 4.2-4.5; docutils
+    reStructuredText Markup Specification, "Sections".
+    """
+    if media_type not in ("text/markdown", "text/x-rst", "text/plain"):
+        raise ValueError(
+            f"find_headings reads text/markdown, text/x-rst or text/plain, got {media_type!r}"
+        )
+    return _finish_headings(_text_headings(text, media_type), None)
 
 
 def iter_documents(
@@ -235,13 +370,7 @@ def _read_planned(planned: dict[Path, Path], root: Path, max_file_bytes: int) ->
     """Yield each planned file as a Document named relative to ``root``."""
     for file_path, shown_path in planned.items():
         doc = read_document(shown_path, max_file_bytes=max_file_bytes)
-        yield Document(
-            name=file_path.relative_to(root).as_posix(),
-            text=doc.text,
-            media_type=doc.media_type,
-            sha256=doc.sha256,
-            n_bytes=doc.n_bytes,
-        )
+        yield replace(doc, name=file_path.relative_to(root).as_posix())
 
 
 def _check_suffix(path: Path) -> str:
@@ -305,8 +434,194 @@ def _decode_utf8(data: bytes, path: Path) -> str:
         ) from exc
 
 
-def _html_to_text(markup: str) -> str:
-    """Return the visible text of an HTML page, one paragraph per block."""
+# --- headings ---------------------------------------------------------------
+
+
+def _clean_title(title: str, *, collapse_spaces: bool = False) -> str:
+    """Return ``title`` normalised like document text, on one line, bounded."""
+    title = normalize_text(title)
+    title = " ".join(title.split()) if collapse_spaces else _LINE_BREAK_RE.sub(" ", title)
+    return title[:MAX_TITLE_CHARS].rstrip()
+
+
+def _finish_headings(
+    found: Iterable[tuple[int, int, str]], path: Path | None
+) -> tuple[Heading, ...]:
+    """Return headings sorted by offset: one per offset (the first given), titled."""
+    by_start: dict[int, Heading] = {}
+    for char_start, level, title in found:
+        title = _clean_title(title)
+        if title and char_start not in by_start:
+            if len(by_start) == MAX_HEADINGS:
+                logger.warning(
+                    "%s: more than %d headings; the rest are ignored",
+                    path or "text",
+                    MAX_HEADINGS,
+                )
+                break
+            by_start[char_start] = Heading(char_start, min(max(level, 1), 6), title)
+    return tuple(sorted(by_start.values(), key=lambda h: h.char_start))
+
+
+def _text_headings(text: str, media_type: str) -> Iterator[tuple[int, int, str]]:
+    if media_type == "text/markdown":
+        return _markdown_headings(text)
+    if media_type == "text/x-rst":
+        return _rst_headings(text)
+    return iter(())
+
+
+def _line_starts(lines: list[str]) -> list[int]:
+    starts = [0] * len(lines)
+    offset = 0
+    for i, line in enumerate(lines):
+        starts[i] = offset
+        offset += len(line) + 1
+    return starts
+
+
+def _markdown_headings(text: str) -> Iterator[tuple[int, int, str]]:
+    """Yield ``(char_start, level, title)`` of each Markdown heading."""
+    lines = text.split("\n")
+    starts = _line_starts(lines)
+    i = 0
+    if lines[0] == "---":  # YAML front matter, only when it is closed
+        close = next((j for j in range(1, len(lines)) if lines[j] in ("---", "...")), None)
+        if close is not None:
+            i = close + 1
+    fence: tuple[str, int] | None = None  # (character, length) of the open code fence
+    paragraph: int | None = None  # first line of the open paragraph
+    blocked = False  # the open run of lines cannot be a setext heading
+    in_comment = False
+    while i < len(lines):
+        line = lines[i]
+        i += 1
+        if fence is not None:
+            close_match = _MD_FENCE_RE.fullmatch(line)
+            if (
+                close_match
+                and close_match.group(1)[0] == fence[0]
+                and len(close_match.group(1)) >= fence[1]
+                and not close_match.group(2).strip()
+            ):
+                fence = None
+            continue
+        if in_comment:
+            in_comment = "-->" not in line
+            continue
+        if not line.strip():
+            paragraph, blocked = None, False
+            continue
+        fence_match = _MD_FENCE_RE.fullmatch(line)
+        if fence_match and not (fence_match.group(1)[0] == "`" and "`" in fence_match.group(2)):
+            fence = (fence_match.group(1)[0], len(fence_match.group(1)))
+            paragraph, blocked = None, False
+            continue
+        atx = _MD_ATX_RE.fullmatch(line)
+        if atx:
+            title = _MD_ATX_CLOSE_RE.sub("", atx.group(2) or "")
+            yield starts[i - 1], len(atx.group(1)), title
+            paragraph, blocked = None, False
+            continue
+        if paragraph is not None and not blocked and _MD_SETEXT_RE.fullmatch(line):
+            title = " ".join(part.strip() for part in lines[paragraph : i - 1])
+            yield starts[paragraph], 1 if line.strip()[0] == "=" else 2, title
+            paragraph = None
+            continue
+        if paragraph is None and not blocked:
+            if line.startswith("    ") or line.startswith("\t"):
+                continue  # indented code
+            if line.lstrip(" ").startswith("<!--") and "-->" not in line:
+                in_comment = True
+                continue
+            paragraph = i - 1
+            blocked = bool(_MD_NOT_PARAGRAPH_RE.match(line))
+
+
+def _column_width(text: str) -> int:
+    """Return the display width of ``text`` in columns, as docutils counts it."""
+    width = 0
+    for ch in text:
+        if unicodedata.combining(ch):
+            continue
+        width += 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+    return width
+
+
+def _is_adornment(line: str) -> bool:
+    return bool(_RST_ADORNMENT_RE.fullmatch(line))
+
+
+def _rst_headings(text: str) -> Iterator[tuple[int, int, str]]:
+    """Yield ``(char_start, level, title)`` of each reStructuredText section title."""
+    lines = text.split("\n")
+    starts = _line_starts(lines)
+    styles: dict[tuple[str, bool], int] = {}
+    after_blank = True  # the previous line is blank, a title, or the start
+    i = 0
+    n_lines = len(lines)
+    while i < n_lines:
+        line = lines[i]
+        if after_blank and i + 2 < n_lines and _is_adornment(line):
+            title, under = lines[i + 1], lines[i + 2]
+            stripped = title.strip()
+            if (
+                under == line
+                and stripped
+                and not _is_adornment(stripped)
+                and _column_width(title) <= len(line)
+            ):
+                level = styles.setdefault((line[0], True), len(styles) + 1)
+                yield starts[i], level, stripped
+                i += 3
+                continue
+        if (
+            after_blank
+            and i + 1 < n_lines
+            and line
+            and not line[0].isspace()
+            and _is_adornment(lines[i + 1])
+            and not _is_adornment(line)
+            and _column_width(line) <= len(lines[i + 1])
+            and not _RST_NOT_TITLE_RE.match(line)
+        ):
+            level = styles.setdefault((lines[i + 1][0], False), len(styles) + 1)
+            yield starts[i], level, line
+            i += 2
+            continue
+        after_blank = not line
+        i += 1
+
+
+def _locate_in_order(text: str, pieces: Sequence[str], n_needed: int) -> list[int] | None:
+    """Return where each of the first ``n_needed`` pieces starts in ``text``.
+
+    ``text`` is the normalised join of ``pieces``; each piece is found, in
+    order, as its own normalised form. None if one is missing (not expected).
+    """
+    found: list[int] = []
+    cursor = 0
+    for piece in pieces[:n_needed]:
+        needle = normalize_text(piece)
+        at = text.find(needle, cursor) if needle else cursor
+        if at < 0:
+            return None
+        line_start = text.rfind("\n", 0, at) + 1
+        found.append(line_start if not text[line_start:at].strip() else at)
+        cursor = at + len(needle)
+    return found
+
+
+# --- HTML ----------------------------------------------------------------------
+
+
+def _html_paragraphs(markup: str) -> tuple[list[str], list[tuple[int, int, str]]]:
+    """Return the visible paragraphs of an HTML page (one per block) and its headings.
+
+    Headings are ``(paragraph_index, level, title)``, in document order;
+    the first ``<title>`` outside SVG comes as level 0 (the caller decides
+    whether it counts).
+    """
     from bs4 import (
         BeautifulSoup,
         Comment,
@@ -322,8 +637,10 @@ def _html_to_text(markup: str) -> str:
         tag.decompose()
 
     paragraphs: list[str] = []
+    headings: list[tuple[int, int, str]] = []
     pieces: list[str] = []
     has_pre = False  # the pending paragraph holds <pre> text: keep its spaces
+    has_title = False
 
     def flush() -> None:
         nonlocal has_pre
@@ -338,12 +655,19 @@ def _html_to_text(markup: str) -> str:
 
     skipped = (Comment, Declaration, Doctype, ProcessingInstruction)
     # Iterative walk (deep nesting must not hit the recursion limit); an
-    # ("end", tag) entry closes a block element.
-    stack: list[tuple[str, object, bool]] = [("node", soup, False)]
+    # ("end", tag, _, first) entry closes a block element whose paragraphs
+    # start at index ``first``.
+    stack: list[tuple[str, object, bool, int]] = [("node", soup, False, 0)]
     while stack:
-        kind, node, in_pre = stack.pop()
+        kind, node, in_pre, first = stack.pop()
         if kind == "end":
             flush()
+            level = _HTML_HEADING_LEVELS.get(node.name)
+            if node.name == "title" and not has_title and node.find_parent("svg") is None:
+                level, has_title = 0, True  # the page's title, not an SVG image's
+            if level is not None and len(paragraphs) > first:
+                title = " ".join(paragraphs[first:]).rstrip().removesuffix("\u00b6")
+                headings.append((first, level, title))
             continue
         if isinstance(node, NavigableString):
             if isinstance(node, skipped):
@@ -361,15 +685,34 @@ def _html_to_text(markup: str) -> str:
         child_in_pre = in_pre or node.name == "pre"
         if is_block:
             flush()
-            stack.append(("end", node, in_pre))
+            stack.append(("end", node, in_pre, len(paragraphs)))
         for child in reversed(node.contents):
-            stack.append(("node", child, child_in_pre))
+            stack.append(("node", child, child_in_pre, 0))
     flush()
-    return "\n\n".join(paragraphs)
+    return paragraphs, headings
 
 
-def _pdf_to_text(data: bytes, path: Path) -> str:
-    """Return the text of each PDF page, pages joined by a blank line."""
+def _html_headings(
+    paragraphs: list[str], found: list[tuple[int, int, str]], text: str, path: Path
+) -> tuple[Heading, ...]:
+    """Return the HTML headings placed in the normalised ``text``."""
+    if not any(level == 1 for _, level, _ in found):
+        found = [(index, 1 if level == 0 else level, title) for index, level, title in found]
+    found = [entry for entry in found if entry[1] > 0]
+    if not found:
+        return ()
+    offsets = _locate_in_order(text, paragraphs, max(index for index, _, _ in found) + 1)
+    if offsets is None:
+        logger.warning("%s: html headings could not be placed in the text; ignored", path)
+        return ()
+    return _finish_headings(((offsets[i], level, title) for i, level, title in found), path)
+
+
+# --- PDF -----------------------------------------------------------------------
+
+
+def _pdf_pages(data: bytes, path: Path) -> tuple[object, list[str]]:
+    """Return the reader and the stripped text of each page with text."""
     from pypdf import PdfReader
 
     try:
@@ -386,4 +729,77 @@ def _pdf_to_text(data: bytes, path: Path) -> str:
         raise InputDocumentError(
             f"{path}: pdf has no extractable text ({len(pages)} pages; scanned images need OCR)"
         )
-    return "\n\n".join(page.strip() for page in pages if page.strip())
+    # Keep the page count (empty pages as ""): outline entries point at pages.
+    return reader, [page.strip() for page in pages]
+
+
+def _pdf_headings(reader: object, pages: list[str], text: str, path: Path) -> tuple[Heading, ...]:
+    """Return the PDF's outline entries placed in ``text``; () on any error."""
+    try:
+        return _pdf_outline_headings(reader, pages, text, path)
+    except Exception as exc:  # a broken outline must not fail the read
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        logger.warning(
+            "%s: pdf outline ignored (%s: %s)", path, type(exc).__name__, detail
+        )
+        return ()
+
+
+#: Deepest outline nesting read; deeper entries are ignored.
+_MAX_OUTLINE_DEPTH = 32
+
+
+def _pdf_outline_headings(
+    reader: object, pages: list[str], text: str, path: Path
+) -> tuple[Heading, ...]:
+    outline = reader.outline
+    if not outline:
+        return ()
+    with_text = [page for page in pages if page]
+    starts = iter(_locate_in_order(text, with_text, len(with_text)) or ())
+    # Offset of each page's text; an empty page takes the next page's offset.
+    page_starts: list[int | None] = [next(starts, None) if page else None for page in pages]
+    page_ends: list[int | None] = [
+        None if start is None else start + len(normalize_text(page))
+        for start, page in zip(page_starts, pages, strict=True)
+    ]
+    for index in range(len(pages) - 2, -1, -1):
+        if page_starts[index] is None:
+            page_starts[index] = page_starts[index + 1]
+            page_ends[index] = page_ends[index + 1]
+    searched_to: dict[int, int] = {}  # page start -> end of the last title found there
+    # (offset, 0 if the title was found on its page else 1, outline order, level, title)
+    found: list[tuple[int, int, int, int, str]] = []
+    stack = [(iter(outline), 1)]
+    n_entries = 0
+    while stack and n_entries <= MAX_HEADINGS:
+        items, level = stack[-1]
+        item = next(items, None)
+        if item is None:
+            stack.pop()
+            continue
+        if isinstance(item, list):
+            if len(stack) < _MAX_OUTLINE_DEPTH:
+                stack.append((iter(item), level + 1))
+            continue
+        n_entries += 1
+        title = _clean_title(str(getattr(item, "title", "") or ""), collapse_spaces=True)
+        page_index = reader.get_destination_page_number(item)
+        if not title or page_index is None or not 0 <= page_index < len(pages):
+            continue
+        start, end = page_starts[page_index], page_ends[page_index]
+        if start is None or end is None:
+            continue
+        # The title at the start of a line, words separated by any whitespace.
+        pattern = r"^[ \t]*" + r"\s+".join(re.escape(word) for word in title.split())
+        match = re.compile(pattern, re.IGNORECASE | re.MULTILINE).search(
+            text, searched_to.get(start, start), end
+        )
+        if match:
+            searched_to[start] = match.end()
+            found.append((match.start(), 0, n_entries, level, title))
+        else:
+            found.append((start, 1, n_entries, level, title))
+    # At one offset, a title found there wins over one placed at its page start.
+    found.sort()
+    return _finish_headings(((offset, level, title) for offset, _, _, level, title in found), path)

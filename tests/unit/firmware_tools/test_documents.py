@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from firmware_tools.documents import Document, iter_documents, normalize_text, read_document
+from firmware_tools.documents import (
+    Document,
+    Heading,
+    iter_documents,
+    normalize_text,
+    read_document,
+)
 from firmware_tools.errors import InputDocumentError
 
 REPO = Path(__file__).resolve().parents[3]
@@ -34,6 +40,10 @@ def test_read_document_keeps_markdown_text():
         media_type="text/markdown",
         sha256=_sha256(path),
         n_bytes=path.stat().st_size,
+        headings=(
+            Heading(0, 1, "What is Python?"),
+            Heading(doc.text.index("## What is Python good for?"), 2, "What is Python good for?"),
+        ),
     )
     assert doc.text.startswith("# What is Python?\n\n")
 
