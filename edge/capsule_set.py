@@ -30,7 +30,7 @@ from .clock import utc_now
 from .capsule import Capsule, Identity, OpenOptions, StageTimings, _InstalledObject, _open_capsule
 from .lexical import LexicalQuery
 from .opened import Candidate
-from .retrieval import SearchResult
+from .retrieval import SearchResult, as_valid_text
 
 __all__ = ["CapsuleSet"]
 
@@ -125,6 +125,7 @@ class CapsuleSet:
             mode = "hybrid" if all(c.has_lexical for c in self.capsules) else "dense"
         for capsule in self.capsules:
             capsule._check_query(query, k, mode)
+        query = as_valid_text(query)
         at = utc_now(now)
         for capsule in self.capsules:
             capsule._policy.before_use("search", at=at, k=k)

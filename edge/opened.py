@@ -29,7 +29,7 @@ from .frames import FrameReader
 from .clock import format_time, utc_now
 from .index import VectorIndex
 from .lexical import LexicalIndex, LexicalQuery
-from .retrieval import SEARCH_MODES, SearchResult, fuse, mark
+from .retrieval import SEARCH_MODES, SearchResult, as_valid_text, fuse, mark
 from .manifest import Manifest
 from .rules import MemoryUseLog, Rules, UsePolicy, parse_rules
 from .sealed import ChunkRecord, ContentKeys, open_frame
@@ -402,6 +402,7 @@ class Capsule:
         Source: FORMAT.md §4.4-§6; Cormack et al., SIGIR 2009 (RRF).
         """
         mode = self._check_query(query, k, mode)
+        query = as_valid_text(query)
         self._check_open()
         self._policy.before_use("search", at=utc_now(now), k=k)
         timings = StageTimings()

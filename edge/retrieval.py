@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from .lexical import LexicalQuery, iter_tokens, token_variants
 from .manifest import FusionInfo
 
-__all__ = ["SEARCH_MODES", "SearchResult", "fuse", "mark"]
+__all__ = ["SEARCH_MODES", "SearchResult", "as_valid_text", "fuse", "mark"]
 
 #: Search modes: fused (default when the capsule has a lexical index), embeddings only, BM25 only.
 SEARCH_MODES = ("hybrid", "dense", "lexical")
@@ -78,6 +78,16 @@ def fuse(dense_ids: Sequence[int], lexical_ids: Sequence[int], *, exact: set[int
         out.append(Fused(c, score, dense_rank.get(c), lexical_rank.get(c), c in exact))
     out.sort(key=lambda f: (not f.exact, -f.score, f.chunk_id))
     return out
+
+
+def as_valid_text(query: str) -> str:
+    """``query`` with lone surrogates (bytes that were not UTF-8, as Python decodes argv and
+    file names) replaced by ``?``, so the tokenizer gets valid Unicode; other text unchanged."""
+    try:
+        query.encode("utf-8")
+        return query
+    except UnicodeEncodeError:
+        return query.encode("utf-8", "replace").decode("utf-8")
 
 
 def _sentences(text: str) -> Iterator[tuple[int, int]]:

@@ -44,6 +44,14 @@ def _scrypt() -> dict:
     return m
 
 
+def _lexical() -> dict:
+    m = sample_manifest_dict()
+    m["lexical"] = {"format": "sqlite-fts5", "normaliser": "ident-v1", "plaintext_bytes": 8192, "n_rows": 10,
+                    "page_bytes": 4096,
+                    "fusion": {"method": "rrf", "k": 60, "dense_weight": 1, "lexical_weight": 1, "depth": 50}}
+    return m
+
+
 #: (base manifest, path, low, high): every integer field parse_manifest reads, with its bounds.
 FIELDS = [
     (sample_manifest_dict, ("version",), 1, MAX_INT),
@@ -74,7 +82,32 @@ FIELDS = [
     (sample_manifest_dict, ("payload", "dictionary_bytes"), 0, 1 << 20),
     (sample_manifest_dict, ("sections", "INDX", "length"), 0, MAX_INT),
     (_scrypt, ("recipients", 0, "log_n"), 10, 18),
+    (_lexical, ("lexical", "fusion", "k"), 1, 1000),
+    (_lexical, ("lexical", "fusion", "dense_weight"), 0, 1000),
+    (_lexical, ("lexical", "fusion", "lexical_weight"), 0, 1000),
+    (_lexical, ("lexical", "fusion", "depth"), 1, 1000),
 ]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"plaintext_bytes": 4 << 30 | 4096}, "plaintext_bytes"),
+    ({"plaintext_bytes": 0}, "plaintext_bytes"),
+    ({"plaintext_bytes": 8192 + 512}, "power of two dividing"),
+    ({"page_bytes": 3000}, "power of two dividing"),
+    ({"page_bytes": 1 << 17}, "page_bytes"),
+    ({"n_rows": 11}, "n_rows is 11, n_chunks is 10"),
+    ({"format": "tantivy"}, "format"),
+    ({"normaliser": "ident-v2"}, "normaliser"),
+    ({"fusion": {"method": "rrf", "k": 60, "dense_weight": 0, "lexical_weight": 0, "depth": 50}}, "both 0"),
+    ({"fusion": {"method": "combsum", "k": 60, "dense_weight": 1, "lexical_weight": 1, "depth": 50}}, "method"),
+    ({"extra": 1}, "extra"),
+])
+def test_lexical_object_lies_are_refused(change, message):
+    m = _lexical()
+    parse_manifest(canonical_json(m))
+    m["lexical"].update(change)
+    with pytest.raises(CapsuleFormatError, match=message):
+        parse_manifest(_raw(m))
 
 
 def _set(obj, path, value):

@@ -1,0 +1,55 @@
+"""Fusion and hit marking (edge/retrieval.py): RRF as Cormack et al. define it, exact identifier
+matches first, highlights on the query's terms (FORMAT.md §4.6)."""
+
+from __future__ import annotations
+
+import pytest
+
+from edge.lexical import LexicalQuery
+from edge.manifest import FusionInfo
+from edge.retrieval import as_valid_text, fuse, mark
+
+RRF = FusionInfo("rrf", 60, 1, 1, 50)
+
+
+def test_rrf_scores_are_the_sum_of_reciprocal_ranks():
+    fused = {f.chunk_id: f for f in fuse([7, 8, 9], [9, 7], exact=set(), fusion=RRF)}
+    assert fused[7].score == pytest.approx(1 / 61 + 1 / 62)
+    assert fused[9].score == pytest.approx(1 / 63 + 1 / 61)
+    assert fused[8].score == pytest.approx(1 / 62) and fused[8].lexical_rank is None
+    assert [f.chunk_id for f in fuse([7, 8, 9], [9, 7], exact=set(), fusion=RRF)] == [7, 9, 8]
+
+
+def test_weights_and_k_come_from_the_manifest():
+    lexical_heavy = FusionInfo("rrf", 10, 1, 3, 50)
+    assert [f.chunk_id for f in fuse([1, 2], [2, 1], exact=set(), fusion=lexical_heavy)] == [2, 1]
+    dense_only = FusionInfo("rrf", 60, 1, 0, 50)
+    assert [f.chunk_id for f in fuse([1, 2], [2, 1], exact=set(), fusion=dense_only)] == [1, 2]
+
+
+def test_an_exact_identifier_match_ranks_first_even_when_both_rankings_put_it_last():
+    order = [f.chunk_id for f in fuse([1, 2, 3], [1, 2, 3], exact={3}, fusion=RRF)]
+    assert order == [3, 1, 2]
+    # two chunks hold the identifier: fused order decides between them, both before the rest
+    assert [f.chunk_id for f in fuse([1, 2, 3], [1, 2, 3], exact={3, 2}, fusion=RRF)] == [2, 3, 1]
+    # an exact match that neither ranking reached is still kept
+    assert [f.chunk_id for f in fuse([1], [1], exact={5}, fusion=RRF)][0] == 5
+
+
+def test_mark_highlights_terms_and_variants_and_picks_the_best_sentence():
+    text = "General notes. Fault E-4021 means the encoder signal is lost. Replace the cable."
+    terms, spans, answer = mark(text, LexicalQuery.parse("e4021 encoder"))
+    assert terms == ("e4021", "encoder")
+    assert [text[a:b] for a, b in spans] == ["E-4021", "encoder"]
+    assert text[answer[0]:answer[1]] == "Fault E-4021 means the encoder signal is lost."
+
+
+def test_mark_skips_function_words_and_reports_nothing_for_no_match():
+    terms, spans, answer = mark("the and of", LexicalQuery.parse("the of"))
+    assert spans == () and answer is None
+    assert mark("anything", LexicalQuery.parse("!!!")) == ((), (), None)
+
+
+def test_invalid_unicode_becomes_valid_text():
+    assert as_valid_text("E-4021") == "E-4021"
+    assert as_valid_text("E-4021\udcff") == "E-4021?"
