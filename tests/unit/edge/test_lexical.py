@@ -109,6 +109,19 @@ def test_fts5_syntax_words_are_searched_as_words(index):
     assert _top(index, "heading:replication") == [3]
 
 
+def test_frequent_terms_are_dropped_only_beside_a_rare_term_that_occurs(index, monkeypatch):
+    import edge.lexical as lexical
+    monkeypatch.setattr(lexical, "MIN_FREQUENT_ROWS", 0)
+    monkeypatch.setattr(lexical, "MAX_DOCUMENT_FREQUENCY", 0.2)  # 1 of 7 chunks is rare
+    # "fault" is in 2 chunks (frequent), "restarts" in 1: only chunk 2 is scored.
+    assert index.search(LexicalQuery.parse("fault restarts"), 5)[0] == [2]
+    # Only frequent terms: the rarest one that occurs ranks, an unknown word does not empty it.
+    assert set(index.search(LexicalQuery.parse("fault zzzunknown"), 5)[0]) == {0, 2}
+    # Without the patch (a small capsule) every term ranks.
+    monkeypatch.setattr(lexical, "MIN_FREQUENT_ROWS", 256)
+    assert set(index.search(LexicalQuery.parse("fault restarts"), 5)[0]) == {0, 2}
+
+
 def test_a_long_query_uses_its_first_terms():
     parsed = LexicalQuery.parse(" ".join(f"w{i}" for i in range(100)))
     assert len(parsed.groups) == MAX_QUERY_TERMS and parsed.groups[0] == ("w0",)
