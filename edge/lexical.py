@@ -78,9 +78,10 @@ MAX_QUERY_TERMS = 32
 MAX_QUERY_CHARS = 4096
 #: A term in more than this share of chunks is dropped from the ranking query when the query has
 #: rarer ones: FTS5 scores every row a query term matches (it has no top-k pruning), and such a
-#: term's IDF is small (log 10 at 10%). Measured for issue 10 (x86 Zen 4): SciFact BM25 nDCG@10
-#: 0.659 with every term, 0.656 at 25%, 0.647 at 10%; at 100k python-docs chunks search p95 34 ms
-#: at 10%, 53 ms at 25%.
+#: term's IDF is small (log 10 at 10%). Measured while designing issue 10 (x86 Zen 4, a standalone
+#: FTS5 table of the SciFact abstracts, not chunks): BM25 nDCG@10 0.659 with every term, 0.656 at
+#: 25%, 0.647 at 10%; at 100k python-docs chunks search p95 34 ms at 10%, 53 ms at 25%. Through
+#: the capsule (bench/HYBRID.md) BM25 alone gives 0.629 on SciFact test at 10%.
 MAX_DOCUMENT_FREQUENCY = 0.1
 #: ... but never below this many chunks: scoring a few hundred rows is cheap, and in a small
 #: capsule every term is "frequent".

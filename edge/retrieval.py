@@ -90,6 +90,12 @@ def as_valid_text(query: str) -> str:
         return query.encode("utf-8", "replace").decode("utf-8")
 
 
+#: An answer line shorter than this (code points) is extended by the sentences after it.
+MIN_ANSWER_CHARS = 24
+#: ... but not past this length.
+MAX_ANSWER_CHARS = 320
+
+
 def _sentences(text: str) -> Iterator[tuple[int, int]]:
     start = 0
     for cut in _SENTENCE_END.finditer(text):
@@ -115,7 +121,8 @@ def mark(text: str, query: LexicalQuery) -> tuple[tuple[str, ...], tuple[tuple[i
         ``(terms, highlights, answer)``: the query terms found (query order), the
         ``(start, end)`` code-point spans in ``text`` of matching tokens (ascending), and the span
         of the sentence holding the most distinct matched terms (the first on ties; ``None``
-        when nothing matched).
+        when nothing matched), extended by the sentences after it while it is shorter than
+        ``MIN_ANSWER_CHARS`` (a table cell holding only the code).
     """
     wanted = query.terms
     if not wanted:
@@ -132,12 +139,21 @@ def mark(text: str, query: LexicalQuery) -> tuple[tuple[str, ...], tuple[tuple[i
         return (), (), None
     order = [t for group in query.groups for t in group]
     terms = tuple(t for t in dict.fromkeys(order + ([query.joined] if query.joined else [])) if t in found)
+    sentences = list(_sentences(text))
     best, best_count = None, 0
-    for start, end in _sentences(text):
+    for number, (start, end) in enumerate(sentences):
         count = sum(1 for positions in found.values() if any(start <= p < end for p in positions))
         if count > best_count:
-            best, best_count = (start, end), count
-    return terms, tuple(spans), best
+            best, best_count = number, count
+    if best is None:
+        return terms, tuple(spans), None
+    # A table cell ("22P02") or a heading alone is no answer: take the sentences after it until
+    # the line says something (MIN_ANSWER_CHARS), within MAX_ANSWER_CHARS.
+    first = last = best
+    while (sentences[last][1] - sentences[first][0] < MIN_ANSWER_CHARS and last + 1 < len(sentences)
+           and sentences[last + 1][1] - sentences[first][0] <= MAX_ANSWER_CHARS):
+        last += 1
+    return terms, tuple(spans), (sentences[first][0], sentences[last][1])
 
 
 @dataclass(frozen=True)

@@ -53,3 +53,9 @@ def test_mark_skips_function_words_and_reports_nothing_for_no_match():
 def test_invalid_unicode_becomes_valid_text():
     assert as_valid_text("E-4021") == "E-4021"
     assert as_valid_text("E-4021\udcff") == "E-4021?"
+
+
+def test_an_answer_that_is_only_a_table_cell_takes_the_cells_after_it():
+    text = "Error Code\n\nCondition Name\n\n22P02\n\ninvalid_text_representation\n\n22P03\n\ninvalid_binary_representation"
+    _, _, answer = mark(text, LexicalQuery.parse("22P02"))
+    assert text[answer[0]:answer[1]] == "22P02\n\ninvalid_text_representation"
