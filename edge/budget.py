@@ -218,6 +218,19 @@ class MemoryBudget:
             else:
                 self._reserved.pop(name, None)
 
+    def transfer(self, name: str, new_name: str) -> int:
+        """Move reservation ``name`` (all of it) to ``new_name`` at once; return its bytes.
+
+        For memory that outlives its first owner: a model session shared by capsules, kept
+        when the capsule that opened it closes. Nothing is released in between, so the sum
+        never drops below what is held.
+        """
+        with self._lock:
+            n = self._reserved.pop(name, 0)
+            if n:
+                self._reserved[new_name] = self._reserved.get(new_name, 0) + n
+            return n
+
     @contextmanager
     def reserve(self, name: str, n_bytes: int) -> Iterator[None]:
         """Reserve for the duration of a ``with`` block."""

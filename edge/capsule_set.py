@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .budget import MemoryBudget
 from .clock import utc_now
+from .errors import EdgeError, ExpiredCapsuleError, NotYetValidError
 from .capsule import Capsule, Identity, OpenOptions, StageTimings, _InstalledObject, _open_capsule
 from .lexical import LexicalQuery
 from .opened import Candidate
@@ -41,16 +42,20 @@ class CapsuleSet:
     Attributes:
         capsules: the open capsules, in the order given.
         budget: the budget they share.
+        skipped: targets left out because they are outside their validity window (opened
+            with ``skip_invalid``), by path, with the error each raised.
     """
 
-    def __init__(self, capsules: list[Capsule], budget: MemoryBudget) -> None:
+    def __init__(self, capsules: list[Capsule], budget: MemoryBudget,
+                 skipped: dict[str, EdgeError] | None = None) -> None:
         self.capsules = capsules
         self.budget = budget
+        self.skipped = dict(skipped or {})
 
     @classmethod
     def open(cls, paths: Sequence[str | os.PathLike[str]], *, trusted_keys: Sequence[Ed25519PublicKey],
              identities: Sequence[Identity], budget: MemoryBudget | None = None, now: datetime | None = None,
-             options: OpenOptions | None = None) -> "CapsuleSet":
+             options: OpenOptions | None = None, skip_invalid: bool = False) -> "CapsuleSet":
         """Verify and open every capsule file; return the set, or raise and leave nothing open.
 
         Installed capsules open by name with ``Store.open_set``.
@@ -60,6 +65,8 @@ class CapsuleSet:
             trusted_keys, identities, options: as for ``open_capsule``, the same for each.
             budget: shared budget; ``None`` is unlimited.
             now: one clock reading for every capsule (``None`` reads the clock once).
+            skip_invalid: leave out capsules that are expired or not yet valid (listed in
+                ``skipped``) while at least one other opens.
 
         Raises:
             Everything ``open_capsule`` raises, for the first capsule that fails; capsules
@@ -67,28 +74,43 @@ class CapsuleSet:
             ValueError: no paths.
         """
         return cls._open([(Path(p), None) for p in paths], trusted_keys=trusted_keys, identities=identities,
-                         budget=budget, now=now, options=options if options is not None else OpenOptions())
+                         budget=budget, now=now, options=options if options is not None else OpenOptions(),
+                         skip_invalid=skip_invalid)
 
     @classmethod
     def _open(cls, opens: Sequence[tuple[Path, _InstalledObject | None]], *, trusted_keys: Sequence[Ed25519PublicKey],
               identities: Sequence[Identity], budget: MemoryBudget | None, now: datetime | None,
-              options: OpenOptions) -> "CapsuleSet":
-        """``open`` for (file, what a store verified at install or ``None``) pairs; one model session per model."""
+              options: OpenOptions, skip_invalid: bool = False, labels: Sequence[str] | None = None) -> "CapsuleSet":
+        """``open`` for (file, what a store verified at install or ``None``) pairs; one model session per model.
+
+        ``skip_invalid``: a capsule outside its validity window (expired, not yet valid) is left
+        out and recorded in ``skipped`` under its label (``labels``, else its path), as long as
+        another one opens; when none does, the first such error is raised.
+        """
         if not opens:
             raise ValueError("give at least one capsule")
         now = utc_now(now)
         budget = budget if budget is not None else MemoryBudget(None)
         opened: list[Capsule] = []
+        skipped: dict[str, EdgeError] = {}
         try:
-            for path, installed in opens:
+            for number, (path, installed) in enumerate(opens):
                 shared = {c.manifest.model.sha256: c.embedder for c in opened}
-                opened.append(_open_capsule(path, trusted_keys=trusted_keys, identities=identities, budget=budget,
-                                            now=now, options=options, installed=installed, embedders=shared))
+                try:
+                    opened.append(_open_capsule(path, trusted_keys=trusted_keys, identities=identities,
+                                                budget=budget, now=now, options=options, installed=installed,
+                                                embedders=shared))
+                except (ExpiredCapsuleError, NotYetValidError) as exc:
+                    if not skip_invalid:
+                        raise
+                    skipped[labels[number] if labels else str(path)] = exc
+            if not opened:
+                raise next(iter(skipped.values()))
         except BaseException:
             for capsule in opened:
                 capsule.close()
             raise
-        return cls(opened, budget)
+        return cls(opened, budget, skipped)
 
     def search(self, query: str, k: int = 5, *, mode: str | None = None, documents: Sequence[str] | None = None,
                now: datetime | None = None) -> SearchResult:

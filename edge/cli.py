@@ -425,19 +425,68 @@ def _query(args: argparse.Namespace) -> str:
     return query
 
 
+def _batch_queries() -> "Iterator[tuple[int, str | None, str]]":
+    """Yield ``(line number, query or None, error)`` for each non-blank line of stdin.
+
+    A line that is not UTF-8 yields ``None`` and the reason, and reading goes on.
+
+    Raises:
+        SystemExit(2): a line is over ``MAX_STDIN_QUERY_BYTES`` (reading stops there: the rest
+            of an endless line is never read).
+    """
+    number = 0
+    while True:
+        raw = sys.stdin.buffer.readline(MAX_STDIN_QUERY_BYTES + 1)
+        if not raw:
+            return
+        number += 1
+        if len(raw) > MAX_STDIN_QUERY_BYTES and not raw.endswith(b"\n"):
+            raise SystemExit(_usage_error(f"line {number} on stdin is over {MAX_STDIN_QUERY_BYTES} bytes"))
+        try:
+            text = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as exc:
+            yield number, None, f"line {number} is not valid UTF-8 (byte {exc.start})"
+            continue
+        if text.strip():
+            yield number, text, ""
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from .capsule import OpenOptions
+    from .errors import QueryError
 
-    query = _query(args)
+    if args.query is None and not args.stdin and len(args.capsules) >= 2:
+        args.query = args.capsules.pop()  # argparse gives every positional to CAPSULE...
+    batch = args.stdin or args.query == "-"
+    if args.stdin and args.query is not None and args.query != "-":
+        return _usage_error("give a query or --stdin, not both")
+    if not batch and args.query is None:
+        return _usage_error("give a query (or - / --stdin to read one query per line from stdin)")
+    query = None if batch else _query(args)
     store = _store(args)
     targets = [Path(t) if _is_path(t) else t for t in args.capsules]
     cached = [t for t in targets if isinstance(t, str) and store.get(t).content_key]
     identities = _identities(args, required=len(cached) < len(targets))
     device = _device(args)
     with store.open_set(targets, trusted_keys=_trusted_keys(args), identities=identities, budget=_budget(args),
-                        options=OpenOptions(n_threads=args.threads),
-                        inspect_only=device is not store.state) as capsules:
+                        options=OpenOptions(n_threads=args.threads), inspect_only=device is not store.state,
+                        skip_invalid=len(targets) > 1) as capsules:
+        for label, exc in capsules.skipped.items():
+            print(f"{PROG}: warning: {_printable(label)} left out: {_printable(exc)}", file=sys.stderr)
         k = args.k if args.k is not None else min([5] + [c.rules.max_k for c in capsules.capsules if c.rules.max_k])
+        if batch:
+            # One model session for every line: JSON lines out, one object per query line.
+            for number, text, problem in _batch_queries():
+                if text is None:
+                    print(json.dumps({"line": number, "error": "query", "message": problem}), flush=True)
+                    continue
+                try:
+                    result = capsules.search(text, k=k, mode=args.mode, documents=args.document or None)
+                except QueryError as exc:
+                    print(json.dumps({"line": number, "error": exc.expect, "message": str(exc)}), flush=True)
+                    continue
+                print(json.dumps({"line": number, **result.to_json()}), flush=True)
+            return 0
         result = capsules.search(query, k=k, mode=args.mode, documents=args.document or None)
         several = len(capsules.capsules) > 1
         if args.json:
@@ -517,12 +566,123 @@ def cmd_install(args: argparse.Namespace) -> int:
     if store.state.root is None and _ad_hoc(args) and _provisioned_key_paths():
         raise TrustError(f"this device trusts the publisher keys in {_config_dir() / 'trusted'}: capsules are "
                          "installed only under those, not ad-hoc keys (--trust)")
-    entry = store.install(args.capsule, identities=_identities(args), trusted_keys=_trusted_keys(args))
-    if args.json:
-        print(json.dumps({"installed": entry.name, **entry.to_json()}))
-    else:
-        print(f"installed {_printable(entry.name)} v{entry.version} ({entry.capsule_id}), expires {format_time(entry.expires_at)}, "
-              f"{entry.file_bytes} bytes" + ("; content key cached" if entry.content_key else ""))
+    from .store_sync import find_capsule_files
+
+    files: list[Path] = []
+    for item in args.capsules:
+        if Path(item).is_dir():
+            found, left_out = find_capsule_files(item)
+            if left_out:
+                print(f"{PROG}: warning: {_printable(item)}: {left_out} more capsule files not installed", file=sys.stderr)
+            if not found:
+                print(f"{PROG}: warning: no .capsule files in {_printable(item)}", file=sys.stderr)
+            files += found
+        else:
+            files.append(Path(item))
+    identities, keys = _identities(args), _trusted_keys(args)
+    failures = 0
+    for path in files:
+        try:
+            entry = store.install(path, identities=identities, trusted_keys=keys)
+        except EdgeError as exc:
+            if len(files) == 1:
+                raise
+            failures += 1
+            if args.json:
+                print(json.dumps({"path": str(path), "error": exc.expect, "message": str(exc)}))
+            print(f"{PROG}: error: {_printable(path)}: {_printable(exc)}", file=sys.stderr)
+            continue
+        if args.json:
+            print(json.dumps({"installed": entry.name, "path": str(path), **entry.to_json()}))
+        else:
+            print(f"installed {_printable(entry.name)} v{entry.version} ({entry.capsule_id}), expires "
+                  f"{format_time(entry.expires_at)}, {entry.file_bytes} bytes"
+                  + ("; content key cached" if entry.content_key else ""))
+    return 1 if failures else 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    store = _store(args)
+    identities = _identities(args, required=False)
+    keys = _trusted_keys(args)
+
+    def report(outcome) -> None:
+        if args.json:
+            print(json.dumps(outcome.to_json()), flush=True)
+            return
+        where = _printable(outcome.path)
+        what = f"{_printable(outcome.name)} v{outcome.version}" if outcome.name else ""
+        line = f"{outcome.outcome:<13} {where}" + (f"  {what}" if what and outcome.outcome != "installed" else "")
+        if outcome.outcome != "up-to-date":
+            line += f"  ({_printable(outcome.message)})" if outcome.outcome != "installed" else f"  {_printable(outcome.message)}"
+        print(line, flush=True)
+
+    outcomes = store.sync(args.directory, identities=identities, trusted_keys=keys, progress=report)
+    if not outcomes and not args.json:
+        print(f"no .capsule files in {_printable(args.directory)}")
+    failed = [o for o in outcomes if o.failed]
+    if not args.json and outcomes:
+        counts: dict[str, int] = {}
+        for o in outcomes:
+            counts[o.outcome] = counts.get(o.outcome, 0) + 1
+        print("sync: " + ", ".join(f"{n} {what}" for what, n in sorted(counts.items())), file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .capsule import OpenOptions
+    from .errors import StoreError
+    from .server import ServeConfig, parse_listen
+
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+        import prometheus_client  # noqa: F401
+    except ImportError as exc:
+        print(f"{PROG}: error: edge serve needs the 'serve' extra ({exc.name} is missing): "
+              "pip install 'edge-capsules[serve]'", file=sys.stderr)
+        return 1
+    try:
+        host, port = parse_listen(args.listen)
+    except ValueError as exc:
+        return _usage_error(str(exc))
+    from .server import serve
+    from .service import CapsuleService
+
+    store = _store(args)
+    if not hasattr(store, "catalog_stamp"):
+        raise StoreError(f"edge serve needs a device store: {store.reason}")
+    budget = _budget(args)
+    service = CapsuleService(store, identities=_identities(args, required=False), trusted_keys=_trusted_keys(args),
+                             budget=budget, options=OpenOptions(n_threads=args.threads))
+    config = ServeConfig(host=host, port=port, queue_depth=args.queue_depth, max_connections=args.max_connections,
+                         header_timeout_s=float(args.header_timeout), log_queries=args.log_queries,
+                         idle_reset_s=args.idle_reset, keyboard=args.keyboard,
+                         title=args.title)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    query_logger = logging.getLogger("edge.serve.query")
+    query_logger.addHandler(handler)
+    query_logger.setLevel(logging.INFO)
+    query_logger.propagate = False
+    for name in ("edge.serve", "edge.service"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    if host not in ("127.0.0.1", "::1", "localhost"):
+        print(f"{PROG}: note: listening on {host}, not loopback: the API is read-only (nothing installs over HTTP)",
+              file=sys.stderr)
+
+    def ready(url: str) -> None:
+        print(f"{PROG}: serving {store.path} at {url} (queue depth {config.queue_depth}"
+              + (f", budget {format_mib(budget.limit_bytes)}" if budget is not None and budget.limit_bytes else "")
+              + ")", file=sys.stderr, flush=True)
+
+    try:
+        serve(service, config, on_ready=ready)
+    except OSError as exc:
+        print(f"{PROG}: error: cannot listen on {args.listen}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    finally:
+        service.close()
     return 0
 
 
@@ -666,14 +826,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="answer a question from one or more capsules",
                        description="Embed the question, find the nearest chunks, read them from the video\n"
                                    "frames. With several capsules, the best k hits over all of them (one memory\n"
-                                   "budget, one model session per model). A query of - is read from stdin.",
+                                   "budget, one model session per model); one outside its validity window is left\n"
+                                   "out with a warning. A query of - (or --stdin) reads one question per line from\n"
+                                   "stdin and prints one JSON object per line: the model loads once.",
                        epilog="example: edge search manual.capsule \"how do I reset it?\" -k 3 --trust publisher.pub "
                               "--identity device.key\n"
-                              "example: echo \"how do I reset it?\" | edge search manual -",
+                              "example: printf 'E-4021\\nE-4022\\n' | edge search manual - -k 1",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     common(p, several=True)
-    p.add_argument("query", help=f"the question, in quotes; - reads it from stdin (UTF-8, at most "
-                                 f"{MAX_STDIN_QUERY_BYTES // 1024} KiB)")
+    p.add_argument("query", nargs="?", help=f"the question, in quotes; - (or --stdin) reads one question per "
+                                            f"line from stdin (UTF-8, at most {MAX_STDIN_QUERY_BYTES // 1024} KiB "
+                                            "a line) and prints one JSON line per question")
+    p.add_argument("--stdin", action="store_true", help="read one question per line from stdin (as -)")
     p.add_argument("-k", type=_int_arg(1), default=None,
                    help="number of results (default 5, or the capsule's query limit when lower)")
     p.add_argument("--mode", choices=SEARCH_MODES, default=None,
@@ -708,13 +872,67 @@ def build_parser() -> argparse.ArgumentParser:
     runtime(p)
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("install", help="verify a capsule fully and install it into the device store",
-                       description="Copy the capsule into the store, verify the copy fully (signature, validity, "
+    p = sub.add_parser("install", help="verify capsules fully and install them into the device store",
+                       description="Copy each capsule into the store, verify the copy fully (signature, validity, "
                                    "rules, version record, every section digest, every frame) and make it visible "
-                                   "atomically. Refuses a version older than one this device accepted.",
-                       epilog="example: edge install /media/usb/manual.capsule --identity device.key")
-    common(p)
+                                   "atomically. Refuses a version older than one this device accepted. A folder "
+                                   "installs every *.capsule in it; one failure does not stop the others (exit 1).",
+                       epilog="example: edge install /media/usb/manual.capsule --identity device.key\n"
+                              "example: edge install a.capsule b.capsule /media/usb/updates",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    common(p, several=True)
     p.set_defaults(func=cmd_install)
+
+    p = sub.add_parser("sync", help="install every capsule on a stick that is newer than the installed one",
+                       description="Look at every *.capsule under DIR (a mounted USB stick): install the ones newer "
+                                   "than what is installed, and report per file the ones that are up to date, "
+                                   "older, foreign (another publisher), expired or damaged. Exits 1 only when a "
+                                   "capsule that should have been installed could not be.",
+                       epilog="example: edge sync /media/usb\nexample: edge sync /run/edge-usb/sda1 --json")
+    p.add_argument("directory", metavar="DIR", help="the folder to look in (searched 3 levels deep)")
+    store_arg(p)
+    p.add_argument("--trust", action="append", metavar="KEY.pub",
+                   help="trusted publisher public key (file or folder of *.pub); default $EDGE_CONFIG_DIR/trusted/*.pub")
+    p.add_argument("--identity", action="append", metavar="DEVICE.key",
+                   help="device private key; default $EDGE_CONFIG_DIR/device.key")
+    p.add_argument("--passphrase-file", metavar="FILE", help="file whose first line is the capsule passphrase")
+    p.add_argument("--json", action="store_true", help="print one JSON object per file")
+    p.set_defaults(func=cmd_sync)
+
+    p = sub.add_parser("serve", help="serve the installed capsules over HTTP: JSON API and kiosk page",
+                       description="Keep the installed capsules open (one model session per model, one memory "
+                                   "budget) and answer over HTTP: the kiosk page at /, the JSON API under /api/, "
+                                   "/healthz and /metrics (Prometheus). Follows the store: edge install, edge sync "
+                                   "and edge remove take effect at the next request, without a restart. Binds "
+                                   "loopback by default; the API is read-only wherever it is bound. One JSON log "
+                                   "line per query on stderr (the query text only with --log-queries).",
+                       epilog="example: edge serve\n"
+                              "example: edge serve --listen 0.0.0.0:8080 --ram-budget 192MiB --keyboard\n"
+                              "example: curl 'http://127.0.0.1:8080/api/search?q=E-4021&k=3'",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    store_arg(p)
+    p.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT",
+                   help="address to listen on (default 127.0.0.1:8080; port 0 picks a free port)")
+    p.add_argument("--trust", action="append", metavar="KEY.pub",
+                   help="trusted publisher public key (file or folder of *.pub); default: the trust document, "
+                        "else $EDGE_CONFIG_DIR/trusted/*.pub")
+    p.add_argument("--identity", action="append", metavar="DEVICE.key",
+                   help="device private key; default $EDGE_CONFIG_DIR/device.key")
+    p.add_argument("--passphrase-file", metavar="FILE", help="file whose first line is the capsule passphrase")
+    p.add_argument("--queue-depth", type=_int_arg(1, 1024), default=16, metavar="N",
+                   help="requests admitted at once (running and waiting); more get 503 with Retry-After (default 16)")
+    p.add_argument("--max-connections", type=_int_arg(4, 4096), default=128, metavar="N",
+                   help="open connections at most (default 128)")
+    p.add_argument("--header-timeout", type=_int_arg(1, 600), default=10, metavar="SECONDS",
+                   help="a client must send a request's headers within this long, or is cut off (default 10)")
+    p.add_argument("--log-queries", action="store_true",
+                   help="write the query text into the log lines (visitors' questions are personal data: off by default)")
+    p.add_argument("--keyboard", action="store_true", help="show the kiosk page's on-screen keyboard by default")
+    p.add_argument("--idle-reset", type=_int_arg(10, 86400), default=90, metavar="SECONDS",
+                   help="the kiosk page returns to its start after this long untouched (default 90)")
+    p.add_argument("--title", default="Ask a question", help="the kiosk page's heading")
+    runtime(p)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("list", help="list installed capsules (purges expired ones that ask for it)",
                        description="List the capsules in the device store with version, status and expiry.",

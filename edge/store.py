@@ -52,11 +52,12 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -65,13 +66,17 @@ from .budget import MemoryBudget
 from .capsule import Capsule, Identity, OpenOptions, _InstalledObject, _open_capsule, verify_capsule
 from .capsule_set import CapsuleSet
 from .clock import format_time, utc_now
-from .errors import ExpiredCapsuleError, StoreError, TrustError
+from .embedder import QueryEmbedder
+from .errors import EdgeError, ExpiredCapsuleError, StoreError, TrustError
 from .keys import ContentKey
 from .store_catalog import HEX32, HEX64, STORE_FORMAT, Catalog, Entry
 from .store_files import open_subdir, read_file, remove_tree, write_file
 from .store_install import INDEX_FILE, Checkpoints, install_locked
 from .store_state import load_device_state
 from .trust import TrustRoot, VersionRecord
+
+if TYPE_CHECKING:
+    from .store_sync import SyncOutcome
 
 log = logging.getLogger(__name__)
 
@@ -344,6 +349,23 @@ class Store:
         # swapped into the object is refused before it moves any device state
         return _InstalledObject(entry.manifest_sha256, INSTALL_VERIFIED_SECTIONS, index)
 
+    def sync(self, directory: str | os.PathLike[str], *, identities: Sequence[Identity],
+             trusted_keys: Sequence[Ed25519PublicKey] = (), now: datetime | None = None,
+             progress: Callable[["SyncOutcome"], None] | None = None) -> list["SyncOutcome"]:
+        """Install every capsule under ``directory`` (a mounted stick) that is newer than the
+        installed one; judge the others (older, foreign, expired) one by one.
+
+        Returns one ``edge.store_sync.SyncOutcome`` per file; ``outcome == "failed"`` marks a
+        real error (a damaged file, no key for this device). See ``edge.store_sync``.
+
+        Raises:
+            StoreError: ``directory`` cannot be read, or the store is read-only.
+        """
+        from .store_sync import sync_directory
+
+        return sync_directory(self, directory, identities=identities, trusted_keys=trusted_keys, now=now,
+                              progress=progress)
+
     def record_version(self, capsule_id: str, version: int, manifest_sha256: str,
                        signers: Sequence[str] = ()) -> None:
         """Provision a version record: refuse versions of ``capsule_id`` below ``version`` from now on.
@@ -475,7 +497,7 @@ class Store:
 
     def open(self, name: str, *, identities: Sequence[Identity] = (), trusted_keys: Sequence[Ed25519PublicKey] = (),
              budget: MemoryBudget | None = None, now: datetime | None = None, options: OpenOptions | None = None,
-             inspect_only: bool = False) -> Capsule:
+             inspect_only: bool = False, embedders: Mapping[str, QueryEmbedder] | None = None) -> Capsule:
         """Open an installed capsule by name, with the device state and any cached content key.
 
         Args:
@@ -487,6 +509,8 @@ class Store:
             budget, now: as for ``open_capsule``.
             options: as for ``open_capsule``; its ``device`` is replaced by this store's state.
             inspect_only: open with ``state.inspection_view()`` (the caller's keys are ad-hoc).
+            embedders: open ``QueryEmbedder``s by model SHA-256 to share (a long-running service
+                keeps one model session per model); the capsule then reserves no ``model``.
 
         Raises:
             StoreError: nothing is installed under ``name``.
@@ -497,7 +521,31 @@ class Store:
         entry, path, keys = self._resolve(name, now=now)
         return _open_capsule(path, trusted_keys=trusted_keys, identities=[*identities, *keys], budget=budget, now=now,
                              options=self._with_state(options, trusted_keys, inspect_only),
-                             installed=self._installed_object(path, entry))
+                             installed=self._installed_object(path, entry), embedders=embedders)
+
+    def reload_state(self) -> None:
+        """Re-read the trust document and version records that another process (``edge install``,
+        ``edge trust``) may have changed since this store was opened.
+
+        Raises:
+            StoreError: a state file is damaged.
+        """
+        self._persistence.reload()
+
+    def catalog_stamp(self) -> tuple[int, int, int]:
+        """Return ``(inode, mtime ns, size)`` of ``catalog.json``: it changes with every install,
+        removal and purge (each is an atomic rename), so a service can tell when to look again.
+
+        Raises:
+            StoreError: the catalogue cannot be examined.
+        """
+        try:
+            info = os.stat("catalog.json", dir_fd=self._root_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return (0, 0, 0)
+        except OSError as exc:
+            raise StoreError(f"cannot examine store file catalog.json: {exc.strerror}") from None
+        return (info.st_ino, info.st_mtime_ns, info.st_size)
 
     def _with_state(self, options: OpenOptions | None, trusted_keys: Sequence[Ed25519PublicKey],
                     inspect_only: bool) -> OpenOptions:
@@ -508,7 +556,7 @@ class Store:
     def open_set(self, targets: Sequence[str | os.PathLike[str]], *, identities: Sequence[Identity] = (),
                  trusted_keys: Sequence[Ed25519PublicKey] = (), budget: MemoryBudget | None = None,
                  now: datetime | None = None, options: OpenOptions | None = None,
-                 inspect_only: bool = False) -> CapsuleSet:
+                 inspect_only: bool = False, skip_invalid: bool = False) -> CapsuleSet:
         """Open several capsules to search together: installed names (``str``) and files (``Path``).
 
         A name opens as ``open`` does; a path opens by path (read with preads, every section
@@ -518,6 +566,8 @@ class Store:
         Args:
             targets: installed names and capsule files, at least one; order breaks score ties.
             identities, trusted_keys, budget, now, options, inspect_only: as for ``open``.
+            skip_invalid: leave out targets that are expired or not yet valid (listed in the
+                set's ``skipped`` by name or path) while at least one other opens.
 
         Raises:
             ValueError: no targets.
@@ -527,15 +577,29 @@ class Store:
         options = self._with_state(options, trusted_keys, inspect_only)
         opens: list[tuple[Path, _InstalledObject | None]] = []
         cached: list[ContentKey] = []
+        labels: list[str] = []
+        skipped: dict[str, EdgeError] = {}
         for target in targets:
             if isinstance(target, str):
-                entry, path, keys = self._resolve(target, now=now)
+                try:
+                    entry, path, keys = self._resolve(target, now=now)
+                except ExpiredCapsuleError as exc:
+                    if not skip_invalid:
+                        raise
+                    skipped[target] = exc
+                    continue
                 opens.append((path, self._installed_object(path, entry)))
                 cached += keys
+                labels.append(target)
             else:
                 opens.append((Path(target), None))
-        return CapsuleSet._open(opens, trusted_keys=trusted_keys, identities=[*identities, *cached], budget=budget,
-                                now=now, options=options)
+                labels.append(str(target))
+        if not opens and skipped:
+            raise next(iter(skipped.values()))
+        capsules = CapsuleSet._open(opens, trusted_keys=trusted_keys, identities=[*identities, *cached],
+                                    budget=budget, now=now, options=options, skip_invalid=skip_invalid, labels=labels)
+        capsules.skipped = {**skipped, **capsules.skipped}
+        return capsules
 
     def flush_floor(self) -> None:
         """Write the trusted time floor now (it is otherwise written once it moved 60 s: flash wear).

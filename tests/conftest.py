@@ -150,6 +150,14 @@ def tiny_capsule(tmp_path_factory) -> BuiltCapsule:
     return build_test_capsule(TINY_DOCS / "good", tmp / "tiny.capsule", keys_dir=tmp / "keys")
 
 
+@pytest.fixture(scope="session")
+def errcodes_capsule(tmp_path_factory) -> BuiltCapsule:
+    """A capsule of a real manual with many codes: PostgreSQL's SQLSTATE appendix (tests/data/pg-errcodes)."""
+    tmp = tmp_path_factory.mktemp("pg")
+    return build_test_capsule(ROOT / "tests" / "data" / "pg-errcodes" / "docs", tmp / "errcodes.capsule",
+                              keys_dir=tmp / "keys", name="errcodes")
+
+
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``python -m edge`` or ``python -m firmware_tools`` as a real subprocess."""
     import os

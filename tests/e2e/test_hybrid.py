@@ -21,9 +21,8 @@ NOW = datetime(2026, 11, 22, tzinfo=timezone.utc)
 
 
 @pytest.fixture(scope="module")
-def errcodes(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("pg")
-    return build_test_capsule(PG / "docs", tmp / "errcodes.capsule", keys_dir=tmp / "keys", name="errcodes")
+def errcodes(errcodes_capsule):
+    return errcodes_capsule
 
 
 @pytest.fixture(scope="module")

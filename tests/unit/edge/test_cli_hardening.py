@@ -156,29 +156,43 @@ def test_search_refuses_a_query_of_invalid_utf8_bytes(tiny_capsule):
     _assert_usage_error(proc, "edge: error: the query is not valid UTF-8")
 
 
-def test_search_reads_the_query_from_stdin_for_a_dash(tiny_capsule):
+def test_search_reads_one_query_per_line_from_stdin_for_a_dash(tiny_capsule):
     argv = ["search", str(tiny_capsule.path), "-k", "2", "--json", *_keys(tiny_capsule)]
-    from_stdin = _child([*argv[:2], "-", *argv[2:]], stdin=b"What is Python?\n")
-    from_argv = _child([*argv[:2], "What is Python?\n", *argv[2:]])
+    from_stdin = _child([*argv[:2], "-", *argv[2:]], stdin=b"What is Python?\n\nWhy is Python slow?\n")
+    from_argv = _child([*argv[:2], "What is Python?", *argv[2:]])
     assert from_stdin.returncode == 0, from_stdin.stderr
-    assert from_stdin.stdout == from_argv.stdout and len(from_stdin.stdout.splitlines()) == 2
+    lines = [json.loads(line) for line in from_stdin.stdout.splitlines()]
+    assert [line["line"] for line in lines] == [1, 3]  # blank lines are skipped, numbers kept
+    expected = [json.loads(line) for line in from_argv.stdout.splitlines()]
+    assert [h["chunk_id"] for h in lines[0]["hits"]] == [h["chunk_id"] for h in expected]
+    assert [h["text"] for h in lines[0]["hits"]] == [h["text"] for h in expected]
+    with_flag = _child([*argv, "--stdin"], stdin=b"What is Python?\n")
+    assert with_flag.returncode == 0 and json.loads(with_flag.stdout)["hits"] == lines[0]["hits"]
 
 
-@pytest.mark.parametrize("stdin, fragment", [
-    (b"", "the query is empty"),
-    (b" \n\t\n", "the query is empty"),
-    (b"What is \xff Python?", "the query on stdin is not valid UTF-8 (byte 8)"),
-    (b"a" * (64 * 1024 + 1), "the query on stdin is over 65536 bytes"),
+@pytest.mark.parametrize("stdin, out", [
+    (b"", []),
+    (b" \n\t\n", []),
+    (b"What is \xff Python?\nWhat is Python?\n", [{"line": 1, "error": "query",
+                                                   "message": "line 1 is not valid UTF-8 (byte 8)"}, 2]),
 ])
-def test_search_refuses_a_bad_query_on_stdin(tiny_capsule, stdin, fragment):
+def test_search_answers_each_stdin_line_and_reports_a_bad_one_in_place(tiny_capsule, stdin, out):
     proc = _child(["search", str(tiny_capsule.path), "-", *_keys(tiny_capsule)], stdin=stdin)
-    _assert_usage_error(proc, f"edge: error: {fragment}")
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [line if isinstance(want, dict) else line["line"] for line, want in zip(lines, out)] == out
+    assert len(lines) == len(out)
+
+
+def test_search_stops_at_a_stdin_line_over_the_limit(tiny_capsule):
+    proc = _child(["search", str(tiny_capsule.path), "-", *_keys(tiny_capsule)], stdin=b"a" * (64 * 1024 + 1))
+    _assert_usage_error(proc, "edge: error: line 1 on stdin is over 65536 bytes")
 
 
 def test_search_reads_no_more_than_the_limit_from_an_endless_stdin(tiny_capsule):
     with open("/dev/zero", "rb") as endless:
         proc = _child(["search", str(tiny_capsule.path), "-", *_keys(tiny_capsule)], stdin=endless)
-    _assert_usage_error(proc, "edge: error: the query on stdin is over 65536 bytes")
+    _assert_usage_error(proc, "edge: error: line 1 on stdin is over 65536 bytes")
 
 
 # ---------------------------------------------------------------------------
@@ -320,8 +334,8 @@ def _core_limit_once_hardened(argv, *, wait=True):
 
 @linux_only
 def test_the_cli_turns_core_dumps_off_before_it_reads_anything(tiny_capsule, core_limit_to_take):
-    # edge search CAPSULE - waits on stdin for the query, before any key or capsule is read: by
-    # then its core limit, read from outside, is 0. The wrapper, the same sys.exit(main()) as the
+    # edge search CAPSULE - opens the capsule (the device key and decrypted index are in memory)
+    # and waits on stdin for queries, one per line: by then its core limit, read from outside, is 0. The wrapper, the same sys.exit(main()) as the
     # edge script, then reports PR_GET_DUMPABLE 0 (from outside that shows only as /proc/PID
     # owned by root, which says nothing when the tests run as root).
     wrapper = ("import sys\nfrom edge.cli import main\nfrom edge._process import is_dumpable\n"
@@ -329,7 +343,7 @@ def test_the_cli_turns_core_dumps_off_before_it_reads_anything(tiny_capsule, cor
     core, returncode, stderr = _core_limit_once_hardened(
         [sys.executable, "-c", wrapper, "search", str(tiny_capsule.path), "-", *_keys(tiny_capsule)])
     assert core == "Max core file size 0 0 bytes", stderr
-    assert returncode == 2 and "edge: error: the query is empty" in stderr  # stdin closed empty
+    assert returncode == 0 and "error" not in stderr  # stdin closed empty: no queries, nothing to answer
     assert stderr.splitlines()[-1] == "dumpable: False", stderr
     # Control: a child that never calls main() keeps the limit it was given and stays dumpable.
     core, returncode, stderr = _core_limit_once_hardened(
