@@ -19,6 +19,7 @@ Source: edge/budget.py (shared reservations).
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -159,7 +160,9 @@ class CapsuleSet:
         for order, capsule in enumerate(self.capsules):
             key = id(capsule.embedder)
             if mode != "lexical" and key not in vectors:
+                t0 = time.perf_counter()
                 vectors[key] = capsule.embedder.embed([query])[0]
+                timings.embed_ms += (time.perf_counter() - t0) * 1e3
             found, exact = capsule._candidates(lexical_query, vectors.get(key), k, mode, documents, -1, timings)
             merged.extend((order, cand) for cand in found)
             if exact is not None:
