@@ -448,8 +448,9 @@ class Capsule:
                             key=lambda c: (c not in exact_set, -lexical_score.get(c, 0.0), c))
             order = [(c, lexical_score.get(c, 0.0), c in exact_set) for c in ranked][:k]
         else:
+            exact_first = len(lexical_query.groups) <= fusion.exact_first_max_tokens
             order = [(f.chunk_id, f.score, f.exact) for f in fuse(dense[0], lexical[0], exact=set(exact),
-                                                                   fusion=fusion)][:k]
+                                                                   fusion=fusion, exact_first=exact_first)][:k]
         self._ranked = {c for c, _, _ in order}
         has_identifiers = bool(lexical_query.identifiers) and mode != "dense"
         return ([Candidate(c, s, e, dense_score.get(c), lexical_score.get(c), self) for c, s, e in order],

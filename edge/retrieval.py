@@ -52,9 +52,9 @@ class Fused:
     exact: bool
 
 
-def fuse(dense_ids: Sequence[int], lexical_ids: Sequence[int], *, exact: set[int], fusion: FusionInfo
-         ) -> list[Fused]:
-    """Fuse two rankings by RRF, exact identifier matches first.
+def fuse(dense_ids: Sequence[int], lexical_ids: Sequence[int], *, exact: set[int], fusion: FusionInfo,
+         exact_first: bool = True) -> list[Fused]:
+    """Fuse two rankings by RRF, exact identifier matches first (with ``exact_first``).
 
     Args:
         dense_ids: chunk ids by descending cosine similarity (may be empty).
@@ -62,6 +62,8 @@ def fuse(dense_ids: Sequence[int], lexical_ids: Sequence[int], *, exact: set[int
         exact: ids of chunks that hold every identifier of the query (may hold ids in neither
             ranking: they are kept, after the ranked ones of their group).
         fusion: the manifest's weights, RRF ``k`` (``depth`` is applied by the caller).
+        exact_first: put the ``exact`` ids first; ``False`` keeps the RRF order and only marks
+            them (``Fused.exact``): the caller's choice by ``fusion.exact_first_max_tokens``.
 
     Returns:
         Every id in either ranking or ``exact``, best first; ties by id.
@@ -76,7 +78,7 @@ def fuse(dense_ids: Sequence[int], lexical_ids: Sequence[int], *, exact: set[int
         if c in lexical_rank:
             score += fusion.lexical_weight / (fusion.k + lexical_rank[c])
         out.append(Fused(c, score, dense_rank.get(c), lexical_rank.get(c), c in exact))
-    out.sort(key=lambda f: (not f.exact, -f.score, f.chunk_id))
+    out.sort(key=lambda f: (exact_first and not f.exact, -f.score, f.chunk_id))
     return out
 
 

@@ -36,6 +36,25 @@ def test_an_exact_identifier_match_ranks_first_even_when_both_rankings_put_it_la
     assert [f.chunk_id for f in fuse([1], [1], exact={5}, fusion=RRF)][0] == 5
 
 
+def test_without_exact_first_the_fused_order_stands_and_exact_chunks_are_only_marked():
+    fused = fuse([1, 2, 3], [1, 2, 3], exact={3}, fusion=RRF, exact_first=False)
+    assert [f.chunk_id for f in fused] == [1, 2, 3] and [f.exact for f in fused] == [False, False, True]
+
+
+def test_exact_first_max_tokens_is_read_from_the_manifest_and_absent_means_always():
+    from edge.manifest import MAX_EXACT_FIRST_TOKENS
+
+    assert FusionInfo("rrf", 60, 1, 1, 50).exact_first_max_tokens == MAX_EXACT_FIRST_TOKENS
+    assert "exact_first_max_tokens" not in lexical_to_json_of(FusionInfo("rrf", 60, 1, 1, 50))
+    assert lexical_to_json_of(FusionInfo("rrf", 5, 1, 1, 20, 3))["exact_first_max_tokens"] == 3
+
+
+def lexical_to_json_of(fusion):
+    from edge.manifest import LexicalInfo, lexical_to_json
+
+    return lexical_to_json(LexicalInfo("sqlite-fts5", "ident-v1", 4096, 1, 4096, fusion))["fusion"]
+
+
 def test_mark_highlights_terms_and_variants_and_picks_the_best_sentence():
     text = "General notes. Fault E-4021 means the encoder signal is lost. Replace the cable."
     terms, spans, answer = mark(text, LexicalQuery.parse("e4021 encoder"))
