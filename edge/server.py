@@ -18,6 +18,10 @@ Endpoints (all ``GET``; nothing changes state over HTTP, wherever it is bound):
 Errors are JSON ``{"error": <expect word>, "reason": <visitor state>, "message": ...}`` with the
 same ``expect`` words as ``edge --json`` (FORMAT.md §11).
 
+Size: ~630 lines: request parsing, the status-code policy, the worker queue, metrics and the
+uvicorn glue (slow-client deadline, sd_notify) belong together; the page's HTML is in
+``edge.kiosk_page``.
+
 Source: RFC 9110 (status codes, ``Retry-After``), Prometheus text exposition format 0.0.4,
 systemd ``sd_notify(3)``.
 """
@@ -37,14 +41,17 @@ import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from importlib import resources
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import (
     EdgeError, ExpiredCapsuleError, NotYetValidError, QueryError, RateLimitedError, RuleViolationError,
 )
 from .lexical import MAX_QUERY_CHARS
+from .kiosk_page import asset, render_hits, render_state
 from .service import CapsuleService, NoCapsuleError, UnknownCapsuleError
+
+if TYPE_CHECKING:
+    from starlette.responses import Response
 
 __all__ = ["ServeConfig", "create_app", "serve", "parse_listen"]
 
@@ -216,74 +223,6 @@ def error_status(exc: BaseException) -> tuple[int, str, str]:
     return 500, "internal", "error"
 
 
-# -- the kiosk page ---------------------------------------------------------------------------
-def _asset(name: str) -> str:
-    return resources.files("edge").joinpath("kiosk", name).read_text(encoding="utf-8")
-
-
-#: What a visitor reads for each state (the operator's detail goes to the log).
-VISITOR_MESSAGES = {
-    "no-entry": "No entry for {identifiers}.",
-    "no-result": "Nothing found for that question.",
-    "expired": "This information has expired. Please ask staff.",
-    "not-yet-valid": "This information is not available yet. Please ask staff.",
-    "busy": "Busy. Please try again in a moment.",
-    "no-capsule": "No information is installed yet. Please ask staff.",
-    "unknown-capsule": "That information is not installed. Please ask staff.",
-    "bad-request": "Please type a shorter question.",
-    "refused": "This question cannot be answered here. Please ask staff.",
-    "error": "Something went wrong. Please ask staff.",
-}
-
-
-def _marked(text: str, spans: list[tuple[int, int]] | tuple, start: int, end: int) -> str:
-    """HTML of ``text[start:end]`` with the highlight spans (code points) in ``<mark>``."""
-    out, pos = [], start
-    for lo, hi in spans:
-        if lo < pos or hi > end:
-            continue
-        out.append(html.escape(text[pos:lo]))
-        out.append("<mark>" + html.escape(text[lo:hi]) + "</mark>")
-        pos = hi
-    out.append(html.escape(text[pos:end]))
-    return "".join(out)
-
-
-def render_hits(payload: dict[str, Any]) -> str:
-    """The results block of the kiosk page for a search response (HTML fragment)."""
-    hits = payload["hits"]
-    parts: list[str] = []
-    if payload.get("exact_match") is False:
-        # The code typed occurs nowhere: say so, and show no passage that merely looks near.
-        wanted = html.escape(payload.get("query", "").strip()[:80])
-        return f'<p class="state state-none" role="status">No entry for <strong>{wanted}</strong>.</p>'
-    if not hits:
-        return f'<p class="state state-none" role="status">{VISITOR_MESSAGES["no-result"]}</p>'
-    parts.append('<ol class="hits">')
-    for hit in hits:
-        text = hit["text"]
-        spans = [tuple(s) for s in hit.get("highlights", [])]
-        answer = hit.get("answer") or [0, min(len(text), 240)]
-        path = [t for n, t in enumerate(hit.get("heading_path") or []) if n == 0 or t != hit["heading_path"][n - 1]]
-        heading = " › ".join(path) or hit["document"]
-        parts.append(
-            '<li class="hit">'
-            f'<p class="heading">{html.escape(heading)}</p>'
-            f'<p class="answer">{_marked(text, spans, answer[0], answer[1])}</p>'
-            '<details><summary>Show the whole passage</summary>'
-            f'<div class="chunk">{_marked(text, spans, 0, len(text))}</div>'
-            f'<p class="source">{html.escape(hit["document"])} · {html.escape(hit.get("capsule", ""))}</p>'
-            "</details></li>")
-    parts.append("</ol>")
-    return "".join(parts)
-
-
-def render_state(reason: str) -> str:
-    """The results block for a visitor-facing state (``VISITOR_MESSAGES`` key)."""
-    message = VISITOR_MESSAGES.get(reason, VISITOR_MESSAGES["error"])
-    return f'<p class="state state-{html.escape(reason)}" role="status">{html.escape(message)}</p>'
-
-
 # -- metrics ----------------------------------------------------------------------------------
 class _Metrics:
     def __init__(self, service: CapsuleService) -> None:
@@ -325,7 +264,7 @@ class EdgeApp:
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-worker")
         self.pending = 0
         self.metrics = _Metrics(service)
-        self._page = string.Template(_asset("index.html"))
+        self._page = string.Template(asset("index.html"))
         routes = [
             Route("/", self.page, methods=["GET", "HEAD"]),
             Route("/api/search", self.api_search, methods=["GET", "HEAD"]),
