@@ -41,10 +41,12 @@ class Device:
 class Server:
     """``python -m edge serve --listen 127.0.0.1:0 ...`` as a subprocess; stderr collected."""
 
-    def __init__(self, device: Device, *args: str, timeout_s: float = 90.0) -> None:
+    def __init__(self, device: Device, *args: str, timeout_s: float = 90.0, env: dict | None = None) -> None:
+        extra = env or {}
         env = dict(os.environ)
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         env.update(device.env)
+        env.update(extra)
         self.proc = subprocess.Popen([sys.executable, "-m", "edge", "serve", "--listen", "127.0.0.1:0", *args],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=ROOT,
                                      text=True, encoding="utf-8", errors="replace")
