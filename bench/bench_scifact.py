@@ -245,8 +245,8 @@ def main(argv=None) -> int:
             "note": "frame cache cleared before each query; every hit's frame is decoded",
         },
         "fresh_query_process": fresh,
-        "memory_plan_covers_private_memory": fresh["budget_report"]["total_reserved_bytes"]
-        >= fresh["budget_report"]["measured"]["data_bytes"],
+        "memory_plan_covers_anonymous_memory": fresh["budget_report"]["total_reserved_bytes"]
+        >= fresh["budget_report"]["measured"]["anon_bytes"],
         "quality": {"ndcg@10": round(float(np.mean(ndcgs)), 4), "recall@10": round(float(np.mean(recalls)), 4),
                     "exact_search_same_embeddings_ndcg@10": round(float(np.mean(exact_ndcgs)), 4),
                     "exact_search_same_embeddings_recall@10": round(float(np.mean(exact_recalls)), 4),

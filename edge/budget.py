@@ -1,34 +1,41 @@
 """MemoryBudget: a byte ledger every component reserves from before it maps or allocates.
 
-The budget bounds the runtime process's memory the way the kernel's ``RLIMIT_DATA`` does
-(private writable memory: heap, anonymous mappings) plus the in-memory copies the runtime
-makes itself (a decrypted index in a ``memfd`` is shared memory, which ``RLIMIT_DATA`` does
-not count but RAM does). File-backed, read-only mappings (the capsule, the model weights)
-are page cache the kernel can evict: they are reported, not charged.
+The budget bounds what costs RAM: the process's **resident anonymous memory** (``RssAnon``:
+heap, the model session, decrypted sections) plus the in-memory copies the runtime makes itself
+(a decrypted index in a ``memfd`` is shared memory, which ``RssAnon`` does not count but RAM
+does). File-backed, read-only mappings (the capsule, the model weights, library code) are page
+cache the kernel can evict: they are reported, not charged. Address space that is reserved but
+never touched (malloc arenas, thread stacks, OpenBLAS and onnxruntime reservations) costs no
+RAM and is not charged either; ``ADDRESS_SPACE_MARGIN_BYTES`` is how much of it there is, for
+a caller that also sets the kernel's ``RLIMIT_DATA`` (``prlimit --data=budget+margin``).
 
-What is reserved, and how each figure was measured (x86_64, CPython 3.11, onnxruntime
-1.31.1, ``OPENBLAS_NUM_THREADS=1``; VmData and RssAnon from ``/proc/self/status`` in fresh
-processes, ``/tmp/memprobe`` scripts quoted in the device-memory issue's note):
+What is reserved, and how each figure was measured (x86_64, CPython 3.11, onnxruntime 1.32,
+``OPENBLAS_NUM_THREADS=1``; RssAnon and VmData from ``/proc/self/status`` in fresh processes):
 
 =================  ==========================================================================
 ``runtime``        the process before any capsule: interpreter, NumPy, onnxruntime, PyAV,
-                   zxing-cpp, tokenizers, cryptography. Measured at the first open as the
-                   process's VmData (79.5 MiB here; 119.5 MiB when OpenBLAS starts one
-                   thread per core, which the ``edge`` command prevents).
-``model``          onnxruntime session and tokenizer: VmData +37.6 MiB, RssAnon +25.0 MiB
-                   with the weights memory-mapped (``MODEL_SESSION_BYTES`` = 40 MiB); for a
-                   ``tflite`` capsule the LiteRT engine (``LITERT_SESSION_BYTES`` = 104 MiB,
-                   from VmRSS, not VmData: measured less carefully).
+                   zxing-cpp, tokenizers, cryptography, SQLite, all imported first. Measured
+                   at the first open as the process's RssAnon (32.7 MiB here; VmData 75.5).
+``model``          onnxruntime session and tokenizer, with the known-answer check and 200
+                   queries: RssAnon +22.8 MiB (VmData +34.8) with the weights memory-mapped
+                   (``MODEL_SESSION_BYTES`` = 26 MiB); for a ``tflite`` capsule the LiteRT
+                   engine (``LITERT_SESSION_BYTES`` = 104 MiB, from VmRSS: measured less
+                   carefully, so generous).
 ``index``          the Annoy file: its plaintext size when decrypted into memory, 0 when it
                    is mapped from storage (``encryption: none``).
 ``vecs``           int8 re-ranking vectors when decrypted into memory.
 ``projection``     the PCA projection widened to float32.
+``lexical``        the LEXI database: its plaintext twice while loading (the collected
+                   plaintext and SQLite's copy) plus SQLite's page cache.
 ``frame_cache``    decrypted frames kept for reuse, sized in bytes.
-``frame_decoder``  H.264 decoder context and picture buffers: 2 MiB + 3 bytes per pixel
-                   (VmData did not grow decoding 192x192 frames; the constant is headroom).
-``query``          per-query arrays: 2 MiB + candidates x re-ranking dim x 8 bytes (VmData
-                   grew 1.8 MiB over 40 queries up to 256 tokens).
+``frame_decoder``  H.264 decoder context and picture buffers: 2 MiB + 3 bytes per pixel.
+``query``          per-query arrays: 2 MiB + candidates x re-ranking dim x 8 bytes.
 =================  ==========================================================================
+
+After 200 queries: a SciFact capsule (12,102 chunks, encrypted index) holds RssAnon 73.9 MiB
+against 92.6 MiB reserved; the Python FAQ capsule (356 chunks) 58.7 against 68.6 (the lexical
+and model figures are upper bounds). VmData is 128.4 MiB for SciFact: RssAnon + 54.5 MiB of
+untouched reservations.
 
 Example::
 
@@ -51,8 +58,13 @@ from dataclasses import asdict, dataclass
 from .errors import BudgetExceededError
 
 MiB = 1024 * 1024
-#: onnxruntime session + tokenizer of the int8 MiniLM model (measured 37.6 MiB VmData).
-MODEL_SESSION_BYTES = 40 * MiB
+#: onnxruntime session + tokenizer of the int8 MiniLM model: RssAnon grew 22.8 MiB (session,
+#: known-answer check, 200 queries; weights memory-mapped), rounded up.
+MODEL_SESSION_BYTES = 26 * MiB
+#: Address space a process of this runtime reserves without touching it (VmData - RssAnon:
+#: 54.5 MiB measured after opening SciFact and 200 queries; 42.8 after the imports alone),
+#: rounded up: what to add to a budget for the kernel's RLIMIT_DATA.
+ADDRESS_SPACE_MARGIN_BYTES = 64 * MiB
 #: The LiteRT engine and its model (``model.family`` ``tflite``): VmRSS grew by 101 MiB from
 #: before ai-edge-litert 2.3.0 was imported to after ``QueryEmbedder.open`` (x86_64,
 #: bench/bench_embedders.py); the 27 MB flatbuffer is mapped, XNNPACK repacks the weights.
@@ -241,9 +253,10 @@ class MemoryBudget:
             self.release(name, n_bytes)
 
     def charge_runtime(self) -> None:
-        """Reserve the process's current private writable memory as ``runtime``, once.
+        """Reserve the process's current resident anonymous memory (RssAnon) as ``runtime``, once.
 
         Call after the runtime's libraries are imported and before any capsule allocates.
+        Where ``/proc`` gives no RssAnon, VmData (larger) is charged instead.
 
         Raises:
             BudgetExceededError: the process alone already exceeds the budget (the budget is
@@ -252,7 +265,8 @@ class MemoryBudget:
         with self._lock:
             if "runtime" in self._reserved:
                 return
-        data = read_process_memory().data_bytes or 0
+        memory = read_process_memory()
+        data = memory.anon_bytes if memory.anon_bytes is not None else (memory.data_bytes or 0)
         try:
             self.acquire("runtime", data)
         except BudgetExceededError as exc:

@@ -1037,7 +1037,7 @@ def worker_main(conn, workdir: str) -> None:
             continue
         path.write_bytes(data)
         conn.send({"id": case_id, "started": True, "label": label})
-        budget = TrackingBudget.create(read_process_memory().data_bytes + CASE_MEMORY_BYTES)
+        budget = TrackingBudget.create(read_process_memory().anon_bytes + CASE_MEMORY_BYTES)
         sessions_before = _session_misses()
         rss_before = _status_kib("VmRSS") * 1024
         exact = _reset_peak()
