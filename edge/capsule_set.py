@@ -168,7 +168,13 @@ class CapsuleSet:
             if exact is not None:
                 exact_matches.append(exact)
         merged.sort(key=lambda item: (not item[1].exact, -item[1].score, item[0], item[1].chunk_id))
-        hits = [cand.capsule._read_candidates([cand], lexical_query, timings)[0] for _, cand in merged[:k]]
+        best = [cand for _, cand in merged[:k]]
+        read: dict[int, object] = {}
+        for capsule in self.capsules:  # one read per capsule, so its frames are read overlapped
+            mine = [cand for cand in best if cand.capsule is capsule]
+            if mine:
+                read.update(zip(map(id, mine), capsule._read_candidates(mine, lexical_query, timings)))
+        hits = [read[id(cand)] for cand in best]
         return SearchResult(tuple(hits), mode=mode, identifiers=lexical_query.identifier_terms,
                             exact_match=any(exact_matches) if exact_matches else None, timings=timings)
 

@@ -24,7 +24,7 @@ from . import format as fmt
 from .budget import MemoryBudget
 from .container import ContainerFile
 from .embedder import QueryEmbedder
-from .errors import IntegrityError, QueryError
+from .errors import FrameDecodeError, IntegrityError, QueryError
 from .frames import FrameReader
 from .clock import format_time, utc_now
 from .index import VectorIndex
@@ -208,6 +208,7 @@ class Capsule:
         self._policy = policy if policy is not None else UsePolicy(manifest, parse_rules(manifest.rules),
                                                                    log=MemoryUseLog())
         self._ranked: set[int] = set()
+        self._pool = None  # the frame helper thread, started by the first multi-frame read
 
     @property
     def rules(self) -> Rules:
@@ -250,15 +251,22 @@ class Capsule:
         t1 = time.perf_counter()
         payload = self._reader.decode_qr(luma, frame_index)
         t2 = time.perf_counter()
-        first = int(self._frames.first_chunk_ids[frame_index])
-        records = open_frame(self._keys.payload, payload, manifest=self.manifest, frame_index=frame_index,
-                             first_chunk_id=first, n_slots=self._frames.n_slots(frame_index),
-                             decompressor=self._decompressor)
+        records = self._open_payload(payload, frame_index)
         t3 = time.perf_counter()
         timings.frame_decode_ms += (t1 - t0) * 1e3
         timings.qr_decode_ms += (t2 - t1) * 1e3
         timings.decrypt_ms += (t3 - t2) * 1e3
         timings.n_frames_decoded += 1
+        self._cache_put(frame_index, records)
+        return records
+
+    def _open_payload(self, payload: bytes, frame_index: int) -> list[ChunkRecord]:
+        first = int(self._frames.first_chunk_ids[frame_index])
+        return open_frame(self._keys.payload, payload, manifest=self.manifest, frame_index=frame_index,
+                          first_chunk_id=first, n_slots=self._frames.n_slots(frame_index),
+                          decompressor=self._decompressor)
+
+    def _cache_put(self, frame_index: int, records: list[ChunkRecord]) -> None:
         # The cache's whole size is reserved at open; entries are evicted to stay inside it.
         size = sum(len(r.text) * 4 + 64 for r in records)  # upper bound of str storage
         if size <= self._cache_limit:
@@ -267,16 +275,78 @@ class Capsule:
                 self._cache_sizes.pop(old)
             self._cache[frame_index] = records
             self._cache_sizes[frame_index] = size
-        return records
+
+    def _read_frames(self, frame_indexes: Sequence[int], timings: StageTimings) -> dict[int, list[ChunkRecord]]:
+        """Decode, read and open the frames of ``frame_indexes`` that are not cached, overlapped.
+
+        H.264 decoding runs on this thread (PyAV holds the GIL while it decodes); reading the QR
+        code of the frame decoded before, authenticating and inflating its payload run meanwhile on
+        this capsule's one helper thread (zxing-cpp releases the GIL). Each frame is still read,
+        checked and opened exactly as ``_frame_records`` does; a QR read that fails on the helper
+        is retried here through ``FrameReader.decode_qr`` (which may switch a hardware decoder to
+        software). Every submitted frame is finished before this returns or raises, so the
+        decompressor is never used by two threads at once.
+
+        Returns:
+            ``{frame_index: records}`` for the frames read now (also put in the cache if it fits).
+
+        Raises:
+            FrameDecodeError, DecryptionError, CapsuleFormatError: as ``search``, for the first
+            frame (in order) that fails.
+        """
+        missing = [f for f in dict.fromkeys(frame_indexes) if f not in self._cache]
+        if len(missing) < 2:
+            return {}
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-frames")
+
+        def read_and_open(luma, frame_index: int):
+            t0 = time.perf_counter()
+            payload = self._reader._read_qr(luma, frame_index)
+            t1 = time.perf_counter()
+            return self._open_payload(payload, frame_index), (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3
+
+        submitted = []
+        try:
+            for frame_index in missing:
+                t0 = time.perf_counter()
+                luma = self._reader.decode_frame(frame_index)
+                timings.frame_decode_ms += (time.perf_counter() - t0) * 1e3
+                submitted.append((frame_index, luma, self._pool.submit(read_and_open, luma, frame_index)))
+        finally:
+            done = [(f, luma, future.exception(), future) for f, luma, future in submitted]  # waits for all
+        out: dict[int, list[ChunkRecord]] = {}
+        for frame_index, luma, error, future in done:
+            if isinstance(error, FrameDecodeError):
+                t0 = time.perf_counter()
+                payload = self._reader.decode_qr(luma, frame_index)  # the full path, on this thread
+                t1 = time.perf_counter()
+                records = self._open_payload(payload, frame_index)
+                timings.qr_decode_ms += (t1 - t0) * 1e3
+                timings.decrypt_ms += (time.perf_counter() - t1) * 1e3
+            elif error is not None:
+                raise error
+            else:
+                records, qr_ms, open_ms = future.result()
+                timings.qr_decode_ms += qr_ms
+                timings.decrypt_ms += open_ms
+            timings.n_frames_decoded += 1
+            out[frame_index] = records
+            self._cache_put(frame_index, records)
+        return out
 
     def clear_cache(self) -> None:
         """Drop the decrypted frames kept for reuse (their reservation stays)."""
         self._cache.clear()
         self._cache_sizes.clear()
 
-    def _hit(self, chunk_id: int, score: float, timings: StageTimings) -> Hit:
+    def _hit(self, chunk_id: int, score: float, timings: StageTimings,
+             fresh: dict[int, list[ChunkRecord]] | None = None) -> Hit:
         frame_index, slot, _ = self._frames.locate(chunk_id)
-        record = self._frame_records(frame_index, timings)[slot]
+        records = (fresh or {}).get(frame_index)
+        record = (records if records is not None else self._frame_records(frame_index, timings))[slot]
         document = self._documents[record.doc_index]
         return Hit(chunk_id, score, document.name, record.char_start, record.char_end,
                    frame_index, slot, record.text, self.manifest.name,
@@ -327,7 +397,8 @@ class Capsule:
         if stray:
             raise ValueError(f"chunk(s) {stray[:5]} were not returned by the last rank; use read")
         timings = timings if timings is not None else StageTimings()
-        return [self._hit(int(i), float(score), timings) for i, score in zip(chunk_ids, scores)]
+        fresh = self._read_frames([self._frames.locate(int(i))[0] for i in chunk_ids], timings)
+        return [self._hit(int(i), float(score), timings, fresh) for i, score in zip(chunk_ids, scores)]
 
     def documents(self, *, now: datetime | None = None) -> list[Document]:
         """Return the source documents (decrypted DOCS): names, titles, chunk counts, headings.
@@ -460,10 +531,12 @@ class Capsule:
                          timings: StageTimings) -> list[Hit]:
         """Read ranked candidates from their frames and mark the query's terms in them."""
         hits = []
+        stray = [c.chunk_id for c in candidates if c.chunk_id not in self._ranked]
+        if stray:
+            raise ValueError(f"chunk {stray[0]} was not returned by the last rank; use read")
+        fresh = self._read_frames([self._frames.locate(c.chunk_id)[0] for c in candidates], timings)
         for cand in candidates:
-            if cand.chunk_id not in self._ranked:
-                raise ValueError(f"chunk {cand.chunk_id} was not returned by the last rank; use read")
-            hit = self._hit(cand.chunk_id, cand.score, timings)
+            hit = self._hit(cand.chunk_id, cand.score, timings, fresh)
             terms, spans, answer = mark(hit.text, lexical_query)
             matched = tuple(name for name, score in (("dense", cand.dense_score), ("lexical", cand.lexical_score))
                             if score is not None)
@@ -597,6 +670,8 @@ class Capsule:
         if self._closed:
             return
         self._closed = True
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
         self._index.close()
         if self._lexical is not None:
             self._lexical.close()
