@@ -276,6 +276,14 @@ class Capsule:
             self._cache[frame_index] = records
             self._cache_sizes[frame_index] = size
 
+    def _helper(self):
+        """The capsule's one helper thread (started on first use; stopped by ``close``)."""
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-capsule")
+        return self._pool
+
     def _read_frames(self, frame_indexes: Sequence[int], timings: StageTimings) -> dict[int, list[ChunkRecord]]:
         """Decode, read and open the frames of ``frame_indexes`` that are not cached, overlapped.
 
@@ -297,10 +305,7 @@ class Capsule:
         missing = [f for f in dict.fromkeys(frame_indexes) if f not in self._cache]
         if len(missing) < 2:
             return {}
-        if self._pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-frames")
+        self._helper()
 
         def read_and_open(luma, frame_index: int):
             t0 = time.perf_counter()
@@ -478,12 +483,8 @@ class Capsule:
         self._policy.before_use("search", at=utc_now(now), k=k)
         timings = StageTimings()
         lexical_query = LexicalQuery.parse(query)
-        vector = None
-        if mode != "lexical":
-            t0 = time.perf_counter()
-            vector = self._embedder.embed([query])[0]
-            timings.embed_ms = (time.perf_counter() - t0) * 1e3
-        candidates, exact_match = self._candidates(lexical_query, vector, k, mode, documents, search_k, timings)
+        embed = None if mode == "lexical" else (lambda: self._embedder.embed([query])[0])
+        candidates, exact_match = self._candidates(lexical_query, embed, k, mode, documents, search_k, timings)
         hits = self._read_candidates(candidates, lexical_query, timings)
         self.last_timings = timings
         return SearchResult(tuple(hits), mode=mode, identifiers=lexical_query.identifier_terms,
@@ -492,7 +493,10 @@ class Capsule:
     def _candidates(self, lexical_query: LexicalQuery, vector, k: int, mode: str, documents: Sequence[str] | None,
                     search_k: int, timings: StageTimings) -> tuple[list[Candidate], bool | None]:
         """Rank without reading frames: the best ``k`` candidates and ``exact_match``; marks
-        them as readable by ``_read_candidates`` (rules were checked by the caller)."""
+        them as readable by ``_read_candidates`` (rules were checked by the caller).
+
+        ``vector``: the query embedding, or a function returning it (then, in hybrid mode, the
+        lexical ranking runs on the helper thread while it embeds), or ``None`` (lexical mode)."""
         ranges = self.document_ranges(documents)
         k = min(k, self.manifest.n_chunks)
         fusion = self.manifest.lexical.fusion if self.manifest.lexical is not None else None
@@ -500,15 +504,35 @@ class Capsule:
         dense: tuple[list[int], list[float]] = ([], [])
         lexical: tuple[list[int], list[float]] = ([], [])
         exact: list[int] = []
+
+        def rank_lexically():
+            t0 = time.perf_counter()
+            found = self._lexical.search(lexical_query, depth, chunk_ranges=ranges)
+            holding = self._lexical.exact_matches(lexical_query, limit=max(depth, 100), chunk_ranges=ranges)
+            return found, holding, (time.perf_counter() - t0) * 1e3
+
+        pending = None
+        if mode == "hybrid" and callable(vector):
+            # SQLite (BM25) and onnxruntime (the embedding) both release the GIL: rank lexically on
+            # the helper thread while the query is embedded here. The connection is used by one
+            # thread at a time: this one waits for the result before anything else touches it.
+            pending = self._helper().submit(rank_lexically)
         if mode in ("dense", "hybrid"):
+            if callable(vector):
+                t0 = time.perf_counter()
+                try:
+                    vector = vector()
+                except BaseException:
+                    if pending is not None:
+                        pending.exception()  # wait: the helper must be done with the connection
+                    raise
+                timings.embed_ms += (time.perf_counter() - t0) * 1e3
             t0 = time.perf_counter()
             dense = self._dense(vector, depth, search_k, ranges)
             timings.ann_ms += (time.perf_counter() - t0) * 1e3
         if mode in ("lexical", "hybrid"):
-            t0 = time.perf_counter()
-            lexical = self._lexical.search(lexical_query, depth, chunk_ranges=ranges)
-            exact = self._lexical.exact_matches(lexical_query, limit=max(depth, 100), chunk_ranges=ranges)
-            timings.lexical_ms += (time.perf_counter() - t0) * 1e3
+            lexical, exact, lexical_ms = pending.result() if pending is not None else rank_lexically()
+            timings.lexical_ms += lexical_ms
         dense_score = dict(zip(*dense))
         lexical_score = dict(zip(*lexical))
         if mode == "dense":
