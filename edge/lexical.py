@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "FTS5_TOKENIZER", "NORMALISER", "SCHEMA", "LexicalIndex", "LexicalQuery", "Token", "check_database_header",
-    "index_terms", "iter_tokens",
+    "index_terms", "iter_tokens", "iter_tokens_that_can_match",
 ]
 
 #: The normaliser this module implements (manifest ``lexical.normaliser``).
@@ -139,22 +139,44 @@ def _is_identifier(raw: str) -> bool:
     return any(a.islower() and b.isupper() for a, b in zip(raw, raw[1:]))
 
 
-def iter_tokens(text: str) -> Iterator[Token]:
+def iter_tokens(text: str, *, offset: int = 0) -> Iterator[Token]:
     """Yield the tokens of ``text`` in order (``ident-v1``; see the module docstring).
 
     Args:
         text: any ``str``; characters that are not letters or digits only separate tokens.
+        offset: added to every span (``text`` is a piece of a longer text starting there).
 
     Returns:
         An iterator of ``Token``; a CJK run yields its bigrams, each spanning two characters.
     """
     for match in _TOKEN_RE.finditer(text):
-        raw, start = match.group(), match.start()
+        raw, start = match.group(), match.start() + offset
         if _CJK_RE.search(raw):
             yield from _cjk_tokens(raw, start)
             continue
         raw = raw[:MAX_TOKEN_CHARS]
         yield Token(start, start + len(raw), _fold(raw), _is_identifier(raw))
+
+
+def iter_tokens_that_can_match(text: str, wanted: frozenset[str]) -> Iterator[Token]:
+    """The tokens of ``iter_tokens(text)`` that can match a ``wanted`` term, in order.
+
+    The same tokens ``iter_tokens`` yields, less plain words that are not wanted: a token of
+    letters only has no variants (``token_variants``: parts need a connector, digit runs need
+    digits), so it matches only when its term is wanted. Those are most of a text, and skipping
+    them is most of ``mark``'s time (an ASCII token's term is its ``lower()``: NFKC leaves ASCII
+    alone and ``casefold`` equals ``lower`` there).
+    """
+    for match in _TOKEN_RE.finditer(text):
+        raw, start = match.group(), match.start()
+        if _CJK_RE.search(raw):
+            yield from iter_tokens(raw, offset=start)
+            continue
+        raw = raw[:MAX_TOKEN_CHARS]
+        term = raw.lower() if raw.isascii() else _fold(raw)
+        if term.isalpha() and term not in wanted:
+            continue
+        yield Token(start, start + len(raw), term, _is_identifier(raw))
 
 
 def _cjk_tokens(raw: str, start: int) -> Iterator[Token]:

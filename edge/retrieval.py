@@ -24,7 +24,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from .lexical import LexicalQuery, iter_tokens, token_variants
+from .lexical import LexicalQuery, iter_tokens_that_can_match, token_variants
 from .manifest import FusionInfo
 
 __all__ = ["SEARCH_MODES", "SearchResult", "as_valid_text", "fuse", "mark"]
@@ -131,7 +131,7 @@ def mark(text: str, query: LexicalQuery) -> tuple[tuple[str, ...], tuple[tuple[i
         return (), (), None
     spans: list[tuple[int, int]] = []
     found: dict[str, list[int]] = {}
-    for tok in iter_tokens(text):
+    for tok in iter_tokens_that_can_match(text, wanted):
         hits = {tok.term} & wanted or set(token_variants(tok)) & wanted
         if hits and (tok.is_identifier or tok.term not in _STOPWORDS):
             spans.append((tok.start, tok.end))

@@ -4,6 +4,8 @@ matches first, highlights on the query's terms (FORMAT.md §4.6)."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge.lexical import LexicalQuery
 from edge.manifest import FusionInfo
@@ -78,3 +80,21 @@ def test_an_answer_that_is_only_a_table_cell_takes_the_cells_after_it():
     text = "Error Code\n\nCondition Name\n\n22P02\n\ninvalid_text_representation\n\n22P03\n\ninvalid_binary_representation"
     _, _, answer = mark(text, LexicalQuery.parse("22P02"))
     assert text[answer[0]:answer[1]] == "22P02\n\ninvalid_text_representation"
+
+
+_WORDS = ["Fault", "E-4021", "encoder", "signal", "lost", "22P02", "max_wal_senders", "the", "Größe", "P0304",
+          "os.path.join", "v2.3.1", "0x1F", "EACCES", "camelCase", "エンコーダ信号", "6ES7", "214-1AG40-0XB0", "ﬁle"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_WORDS) | st.text(max_size=8), max_size=40),
+       st.lists(st.sampled_from(_WORDS), min_size=1, max_size=4))
+def test_the_fast_token_filter_finds_exactly_what_every_token_would(words, query_words):
+    from edge.lexical import iter_tokens, iter_tokens_that_can_match, token_variants
+
+    text = " ".join(words)
+    wanted = LexicalQuery.parse(" ".join(query_words)).terms
+    def can_match(tok):
+        return tok.term in wanted or bool(set(token_variants(tok)) & wanted)
+    expected = [t for t in iter_tokens(text) if can_match(t)]
+    assert [t for t in iter_tokens_that_can_match(text, wanted) if can_match(t)] == expected
