@@ -168,14 +168,22 @@ def iter_tokens_that_can_match(text: str, wanted: frozenset[str]) -> Iterator[To
     alone and ``casefold`` equals ``lower`` there).
     """
     for match in _TOKEN_RE.finditer(text):
-        raw, start = match.group(), match.start()
-        if _CJK_RE.search(raw):
-            yield from iter_tokens(raw, offset=start)
+        raw = match.group()
+        if raw.isascii():  # most tokens: no CJK, and the term is lower()
+            if len(raw) > MAX_TOKEN_CHARS:
+                raw = raw[:MAX_TOKEN_CHARS]
+            term = raw.lower()
+            if raw.isalpha() and term not in wanted:
+                continue
+        elif _CJK_RE.search(raw):
+            yield from iter_tokens(raw, offset=match.start())
             continue
-        raw = raw[:MAX_TOKEN_CHARS]
-        term = raw.lower() if raw.isascii() else _fold(raw)
-        if term.isalpha() and term not in wanted:
-            continue
+        else:
+            raw = raw[:MAX_TOKEN_CHARS]
+            term = _fold(raw)
+            if term.isalpha() and term not in wanted:
+                continue
+        start = match.start()
         yield Token(start, start + len(raw), term, _is_identifier(raw))
 
 
