@@ -34,8 +34,8 @@ What is reserved, and how each figure was measured (x86_64, CPython 3.11, onnxru
 
 After 200 queries: a SciFact capsule (12,102 chunks, encrypted index) holds RssAnon 73.9 MiB
 against 92.6 MiB reserved; the Python FAQ capsule (356 chunks) 58.7 against 68.6 (the lexical
-and model figures are upper bounds). VmData is 128.4 MiB for SciFact: RssAnon + 54.5 MiB of
-untouched reservations.
+and model figures are upper bounds). VmData is 137.8 MiB for SciFact: RssAnon (74.7 with the
+helper thread that overlaps frame reads) + 63.1 MiB of untouched reservations.
 
 Example::
 
@@ -62,9 +62,10 @@ MiB = 1024 * 1024
 #: known-answer check, 200 queries; weights memory-mapped), rounded up.
 MODEL_SESSION_BYTES = 26 * MiB
 #: Address space a process of this runtime reserves without touching it (VmData - RssAnon:
-#: 54.5 MiB measured after opening SciFact and 200 queries; 42.8 after the imports alone),
-#: rounded up: what to add to a budget for the kernel's RLIMIT_DATA.
-ADDRESS_SPACE_MARGIN_BYTES = 64 * MiB
+#: 63.1 MiB measured after opening SciFact and 200 queries with the capsule's helper thread,
+#: whose malloc arena alone reserves ~9 MiB; 42.8 after the imports alone), with headroom for a
+#: few more threads (--threads): what to add to a budget for the kernel's RLIMIT_DATA.
+ADDRESS_SPACE_MARGIN_BYTES = 96 * MiB
 #: The LiteRT engine and its model (``model.family`` ``tflite``): VmRSS grew by 101 MiB from
 #: before ai-edge-litert 2.3.0 was imported to after ``QueryEmbedder.open`` (x86_64,
 #: bench/bench_embedders.py); the 27 MB flatbuffer is mapped, XNNPACK repacks the weights.
