@@ -23,6 +23,8 @@ Builds capsules with ``firmware_tools.build.build_capsule`` and queries them thr
 7. ``--sweep-only``: a joint fusion sweep (``joint_sweep``) choosing one hybrid default for all three
    sets on development splits (SciFact train; a SHA-256 half of the FAQ and of pg-identifiers) by
    ``JOINT_CRITERION``, reported on the held-out halves; output ``bench/results/fusion-sweep.json``.
+8. ``--conditional-sweep``: the same data and criterion, with dense:lexical weights conditioned on the
+   query (has an identifier / length; ``conditional_sweep``); output ``bench/results/fusion-conditional.json``.
 
 Document rankings: a query asks for 30 chunks; documents are ranked by their first chunk in the
 hit order (for dense this is bench_scifact.py's max-score aggregation; for lexical and hybrid it
@@ -32,6 +34,7 @@ Usage::
 
     python bench/bench_hybrid.py [--scifact ../shared/data/scifact] [--out bench/results/hybrid.json]
     python bench/bench_hybrid.py --sweep-only --workdir DIR [--sweep-out bench/results/fusion-sweep.json]
+    python bench/bench_hybrid.py --conditional-sweep --workdir DIR
 
 Not a test: figures depend on the machine; the JSON records which one. Nothing is asserted.
 """
@@ -310,7 +313,7 @@ def joint_rankings(capsule, queries: dict[str, str], k_hits: int) -> dict[str, d
                     "lexical": {d: lexi.search(lq, d)[0] for d in depths},
                     "lexical_alone": lexi.search(lq, k_hits)[0],
                     "exact": set(lexi.exact_matches(lq, limit=100)),  # search: max(depth, 100), depth <= 100
-                    "tokens": len(lq.groups)}
+                    "tokens": len(lq.groups), "identifiers": len(lq.identifiers)}
     return out
 
 
@@ -325,7 +328,11 @@ def joint_order(r: dict, setting: dict, k_hits: int) -> list[int]:
                                      else 1 << 30, c))[:k_hits]
     depth = max(k_hits, setting["depth"])
     use_exact = setting["exact"] == "on" or (setting["exact"] == "short" and r["tokens"] <= SHORT_TOKENS)
-    fusion = FusionInfo("rrf", setting["k"], setting["dense_weight"], setting["lexical_weight"], depth)
+    if "condition" in setting:  # conditional weights (conditional_sweep): lookup-like queries vs the rest
+        wd, wl = setting["weights_lookup"] if is_lookup(r, setting["condition"]) else setting["weights_other"]
+    else:
+        wd, wl = setting["dense_weight"], setting["lexical_weight"]
+    fusion = FusionInfo("rrf", setting["k"], wd, wl, depth)
     return [f.chunk_id for f in fuse(r["dense"][depth], r["lexical"][depth],
                                      exact=r["exact"] if use_exact else set(), fusion=fusion)[:k_hits]]
 
@@ -366,10 +373,10 @@ def rounded(obj):
     return obj
 
 
-def joint_sweep(work: Path, scifact: Path, faq: Path, n_threads: int, default: dict) -> dict:
-    """One fusion default for SciFact, Python FAQ and pg-identifiers, chosen on dev, reported on test."""
+def joint_data(work: Path, scifact: Path, faq: Path, n_threads: int) -> tuple[dict, float]:
+    """The three sets' rankings (``joint_rankings``), relevance and dev/test splits, and the seconds
+    taken; capsules in ``work`` are reused, else built."""
     cache = work / "embeddings.sqlite"
-    t_all = time.perf_counter()
 
     def capsule_at(name: str, inputs: Path) -> Path:
         path = work / name
@@ -404,21 +411,35 @@ def joint_sweep(work: Path, scifact: Path, faq: Path, n_threads: int, default: d
                       "relevant": relevant, "kinds": {r["id"]: r["kind"] for r in present},
                       "split": {**{s: sorted(r["id"] for r in present if split_of(r["id"]) == s)
                                    for s in ("dev", "test")}, "all": [r["id"] for r in present]}}
-    rank_s = time.perf_counter() - t
+    return data, time.perf_counter() - t
+
+
+def joint_evaluate(data: dict, setting: dict, split: str) -> dict:
+    """Metrics of ``setting`` on one split ("dev", "test"; "all": SciFact test, whole FAQ and pg)."""
+    sf, fq, pg = data["scifact"], data["faq"], data["pg"]
+    scifact_split = sf["split"][split] if split != "all" else sf["split"]["test"]  # "all": the 300 test
+    return {"scifact": beir_metrics(sf["ranks"], sf["qrels"], sf["chunk_doc"], setting, scifact_split),
+            "faq": beir_metrics(fq["ranks"], fq["qrels"], fq["chunk_doc"], setting,
+                                fq["split"][split] if split != "all" else sorted(fq["qrels"])),
+            "pg": pg_metrics(pg["ranks"], pg["relevant"], pg["kinds"], setting, pg["split"][split])}
+
+
+def joint_summary(m: dict) -> dict:
+    ident = m["pg"]["identifier kinds"]
+    return {"scifact_ndcg@10": m["scifact"]["ndcg@10"], "faq_ndcg@10": m["faq"]["ndcg@10"],
+            "faq_recall@1": m["faq"]["recall@1"], "pg_top1": ident["top1"], "pg_top5": ident["top5"],
+            "pg_guc_top1": m["pg"]["guc"]["top1"]}
+
+
+def joint_sweep(work: Path, scifact: Path, faq: Path, n_threads: int, default: dict) -> dict:
+    """One fusion default for SciFact, Python FAQ and pg-identifiers, chosen on dev, reported on test."""
+    t_all = time.perf_counter()
+    data, rank_s = joint_data(work, scifact, faq, n_threads)
 
     def evaluate(setting: dict, split: str) -> dict:
-        sf, fq, pg = data["scifact"], data["faq"], data["pg"]
-        scifact_split = sf["split"][split] if split != "all" else sf["split"]["test"]  # "all": the 300 test
-        return {"scifact": beir_metrics(sf["ranks"], sf["qrels"], sf["chunk_doc"], setting, scifact_split),
-                "faq": beir_metrics(fq["ranks"], fq["qrels"], fq["chunk_doc"], setting,
-                                    fq["split"][split] if split != "all" else sorted(fq["qrels"])),
-                "pg": pg_metrics(pg["ranks"], pg["relevant"], pg["kinds"], setting, pg["split"][split])}
+        return joint_evaluate(data, setting, split)
 
-    def summary(m: dict) -> dict:
-        ident = m["pg"]["identifier kinds"]
-        return {"scifact_ndcg@10": m["scifact"]["ndcg@10"], "faq_ndcg@10": m["faq"]["ndcg@10"],
-                "faq_recall@1": m["faq"]["recall@1"], "pg_top1": ident["top1"], "pg_top5": ident["top5"],
-                "pg_guc_top1": m["pg"]["guc"]["top1"]}
+    summary = joint_summary
 
     dense_s = {"exact": "dense"}
     lexical_s = {"exact": "lexical"}
@@ -503,6 +524,154 @@ def joint_sweep(work: Path, scifact: Path, faq: Path, n_threads: int, default: d
         "top10_feasible_dev": top,
         "report": report,
         "checks": checks,
+        "seconds": {"rankings": round(rank_s, 1), "grid": round(grid_s, 1),
+                    "total": round(time.perf_counter() - t_all, 1)},
+        "grid": grid,
+    })
+
+
+# --------------------------------------------------------------------------- conditional fusion sweep
+
+#: Which queries count as lookups (fused with ``weights_lookup``; the rest with ``weights_other``).
+#: The first three are the grid the criterion chooses from; the fourth is a sensitivity.
+COND_CONDITIONS = ("has-identifier", "long-query", "identifier-or-short", "identifier-or-under-6")
+COND_PRIMARY = COND_CONDITIONS[:3]
+LONG_TOKENS = 6
+COND_K = (5, 10)
+COND_DEPTH = 20
+COND_WEIGHTS_OTHER = ((1, 1), (3, 2), (2, 1), (3, 1), (1, 0))  # dense:lexical, queries not lookups
+COND_WEIGHTS_LOOKUP = ((1, 1), (3, 2))
+COND_DESCRIPTION = {
+    "has-identifier": "lookup = LexicalQuery.parse(q).identifiers non-empty",
+    "long-query": f"lookup = fewer than {LONG_TOKENS} token groups (queries of >= {LONG_TOKENS} tokens get "
+                  "weights_other)",
+    "identifier-or-short": f"lookup = identifiers non-empty or <= {SHORT_TOKENS} token groups (the exact-first "
+                           "short rule)",
+    "identifier-or-under-6": f"lookup = identifiers non-empty or < {LONG_TOKENS} token groups (sensitivity)"}
+
+
+def is_lookup(r: dict, condition: str) -> bool:
+    if condition == "has-identifier":
+        return r["identifiers"] > 0
+    if condition == "long-query":
+        return r["tokens"] < LONG_TOKENS
+    if condition == "identifier-or-short":
+        return r["identifiers"] > 0 or r["tokens"] <= SHORT_TOKENS
+    if condition == "identifier-or-under-6":
+        return r["identifiers"] > 0 or r["tokens"] < LONG_TOKENS
+    raise ValueError(condition)
+
+
+def conditional_sweep(work: Path, scifact: Path, faq: Path, n_threads: int, default: dict) -> dict:
+    """Fusion weights conditioned on the query (identifier / length), chosen on dev by
+    ``JOINT_CRITERION`` as the joint sweep, reported on the held-out halves."""
+    t_all = time.perf_counter()
+    data, rank_s = joint_data(work, scifact, faq, n_threads)
+    splits = {"scifact": data["scifact"]["split"], "faq": data["faq"]["split"],
+              "pg": {s: data["pg"]["split"][s] for s in ("dev", "test")}}
+    counts = {}
+    for name, sp in splits.items():
+        ranks = data[name]["ranks"]
+        counts[name] = {}
+        for split, qids in sp.items():
+            if name == "pg":  # the criterion's pg figures are the identifier kinds only
+                qids_ident = [q for q in qids if data["pg"]["kinds"][q] in PG_IDENTIFIER_KINDS]
+            else:
+                qids_ident = qids
+            counts[name][split] = {"queries": len(qids_ident),
+                                   **{c: sum(is_lookup(ranks[q], c) for q in qids_ident) for c in COND_CONDITIONS},
+                                   f"tokens>={LONG_TOKENS}": sum(ranks[q]["tokens"] >= LONG_TOKENS for q in qids_ident),
+                                   f"tokens<={SHORT_TOKENS}": sum(ranks[q]["tokens"] <= SHORT_TOKENS for q in qids_ident)}
+            if name == "pg":
+                counts[name][split]["all_kinds"] = {
+                    "queries": len(qids), **{c: sum(is_lookup(ranks[q], c) for q in qids) for c in COND_CONDITIONS}}
+    dense_s = {"exact": "dense"}
+    dense_dev = joint_summary(joint_evaluate(data, dense_s, "dev"))
+
+    def row_of(s: dict) -> dict:
+        dev = joint_summary(joint_evaluate(data, s, "dev"))
+        objective = np.mean([dev["scifact_ndcg@10"] - dense_dev["scifact_ndcg@10"],
+                             dev["faq_ndcg@10"] - dense_dev["faq_ndcg@10"],
+                             dev["pg_top1"] - dense_dev["pg_top1"]])
+        feasible = dev["faq_ndcg@10"] >= dense_dev["faq_ndcg@10"] - 0.01 and dev["pg_top5"] >= 0.99
+        return {**s, "dev": dev, "objective": float(objective), "feasible": bool(feasible),
+                "strict_feasible": bool(feasible and dev["faq_ndcg@10"] >= dense_dev["faq_ndcg@10"])}
+
+    t = time.perf_counter()
+    grid = [row_of({"condition": c, "k": k, "depth": COND_DEPTH, "exact": "short",
+                    "weights_lookup": list(wl), "weights_other": list(wo)})
+            for c in COND_CONDITIONS for k in COND_K for wl in COND_WEIGHTS_LOOKUP for wo in COND_WEIGHTS_OTHER]
+    grid_s = time.perf_counter() - t
+
+    def best_of(rows):
+        best = None
+        for g in rows:
+            if best is None or g["objective"] > best["objective"] + 1e-9:
+                best = g
+        return best
+
+    keys = ("condition", "k", "depth", "exact", "weights_lookup", "weights_other")
+    primary = [g for g in grid if g["condition"] in COND_PRIMARY]
+    picks = {"chosen": best_of([g for g in primary if g["feasible"]]),
+             "strict_faq": best_of([g for g in primary if g["strict_feasible"]]),
+             "chosen_with_sensitivity_condition": best_of([g for g in grid if g["feasible"]]),
+             "strict_faq_with_sensitivity_condition": best_of([g for g in grid if g["strict_feasible"]])}
+    for c in COND_CONDITIONS:
+        picks[f"best_{c}"] = best_of([g for g in grid if g["condition"] == c and g["feasible"]])
+        picks[f"strict_best_{c}"] = best_of([g for g in grid if g["condition"] == c and g["strict_feasible"]])
+    # test figures: computed only now, after the choices above
+    named = {"dense": dense_s,
+             "default": {"k": default["k"], "dense_weight": default["dense_weight"],
+                         "lexical_weight": default["lexical_weight"], "depth": default["depth"], "exact": "short"},
+             "unconditional_k5_3:2_d20_short": {"k": 5, "dense_weight": 3, "lexical_weight": 2, "depth": 20,
+                                                "exact": "short"}}
+    named.update({n: {key: g[key] for key in keys} for n, g in picks.items() if g is not None})
+    report = {}
+    for name, s in named.items():
+        dev_full, test_full = joint_evaluate(data, s, "dev"), joint_evaluate(data, s, "test")
+        report[name] = {"setting": s, "dev": joint_summary(dev_full), "test": joint_summary(test_full),
+                        "pg_kinds_test": {kd: v["top1"] for kd, v in test_full["pg"].items()},
+                        "pg_kinds_dev": {kd: v["top1"] for kd, v in dev_full["pg"].items()}}
+    # diagnostic, after the choice: nDCG@10 per query group (unconditional settings), dev and test
+    groups = {"identifier": lambda r: r["identifiers"] > 0, "no-identifier": lambda r: r["identifiers"] == 0,
+              f"tokens>={LONG_TOKENS}": lambda r: r["tokens"] >= LONG_TOKENS,
+              f"tokens<{LONG_TOKENS}": lambda r: r["tokens"] < LONG_TOKENS}
+    plain = {"dense": dense_s, **{f"k5 {wd}:{wl}": {"k": 5, "dense_weight": wd, "lexical_weight": wl, "depth": 20,
+                                                    "exact": "short"} for wd, wl in COND_WEIGHTS_OTHER}}
+    by_group = {}
+    for name in ("scifact", "faq"):
+        d = data[name]
+        for split in ("dev", "test"):
+            for gname, pred in groups.items():
+                qids = [q for q in d["split"][split] if pred(d["ranks"][q])]
+                by_group.setdefault(name, {}).setdefault(split, {})[gname] = {
+                    "n": len(qids), **{sn: beir_metrics(d["ranks"], d["qrels"], d["chunk_doc"], st, qids)["ndcg@10"]
+                                       if qids else None for sn, st in plain.items()}}
+    return rounded({
+        "benchmark": "conditional fusion sweep: hybrid weights by query condition (identifier / length), "
+                     "SciFact, Python FAQ, pg-identifiers (issue 10)",
+        "machine": machine(),
+        "git": {"commit": git("rev-parse", "HEAD"),
+                "dirty_files": git("status", "--porcelain", "--untracked-files=no").splitlines()},
+        "default_fusion": dict(default),
+        "criterion": JOINT_CRITERION + " Chosen among the primary conditions " + ", ".join(COND_PRIMARY) +
+                     "; grid order condition, k, weights_lookup, weights_other.",
+        "conditions": COND_DESCRIPTION,
+        "method": "as the joint sweep (same rankings, splits, offline fuse at max(k, depth)); exact-first only for "
+                  f"queries of <= {SHORT_TOKENS} token groups; a query classed as lookup by the condition is fused "
+                  "with weights_lookup (dense:lexical), others with weights_other. 1:0 = lexical weight 0 "
+                  "(dense order; exact-first still applies to short queries). Counts: queries per split "
+                  "classed as lookup (pg: identifier kinds, all present kinds under all_kinds).",
+        "counts": counts,
+        "dense_dev": dense_dev,
+        "grid_axes": {"condition": COND_CONDITIONS, "rrf_k": COND_K, "depth": COND_DEPTH,
+                      "weights_lookup": COND_WEIGHTS_LOOKUP, "weights_other": COND_WEIGHTS_OTHER},
+        "n_settings": len(grid), "n_feasible_primary": sum(g["feasible"] for g in primary),
+        "n_strict_feasible_primary": sum(g["strict_feasible"] for g in primary),
+        "chosen": report.get("chosen", {}).get("setting"),
+        "report": report,
+        "ndcg_by_query_group": {"note": "post hoc (after the choice): nDCG@10 of unconditional settings (k=5, "
+                                        "depth 20, exact-first short) on each query group", **by_group},
         "seconds": {"rankings": round(rank_s, 1), "grid": round(grid_s, 1),
                     "total": round(time.perf_counter() - t_all, 1)},
         "grid": grid,
@@ -668,9 +837,23 @@ def main(argv=None) -> int:
     parser.add_argument("--sweep-only", action="store_true",
                         help="only the joint fusion sweep (capsules in --workdir are reused, else built)")
     parser.add_argument("--sweep-out", type=Path, default=ROOT / "bench" / "results" / "fusion-sweep.json")
+    parser.add_argument("--conditional-sweep", action="store_true",
+                        help="only the conditional fusion sweep (weights by query identifier / length)")
+    parser.add_argument("--conditional-out", type=Path,
+                        default=ROOT / "bench" / "results" / "fusion-conditional.json")
     args = parser.parse_args(argv)
 
     from firmware_tools.build import DEFAULT_FUSION
+
+    if args.conditional_sweep:
+        work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-hybrid-"))
+        work.mkdir(parents=True, exist_ok=True)
+        result = conditional_sweep(work, args.scifact, args.faq, args.n_threads, DEFAULT_FUSION)
+        result["command"] = " ".join(["python", "bench/bench_hybrid.py", *(sys.argv[1:] if argv is None else argv)])
+        print(json.dumps({k: result[k] for k in ("counts", "chosen", "dense_dev", "seconds")}, indent=2))
+        args.conditional_out.parent.mkdir(parents=True, exist_ok=True)
+        args.conditional_out.write_text(json.dumps(result, indent=2) + "\n")
+        return 0
 
     if args.sweep_only:
         work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-hybrid-"))
