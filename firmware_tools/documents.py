@@ -87,6 +87,11 @@ _EXCESS_BLANK_LINES_RE = re.compile(r"\n{4,}")  # 3+ blank lines
 _HTML_SPACE_RE = re.compile(r"\s+")
 _LINE_BREAK_RE = re.compile(r"[ \t]*\n\s*")
 _HTML_HEADING_LEVELS = {f"h{n}": n for n in range(1, 7)}
+#: A definition term with an anchor (``<dt id=...>``: a DocBook ``varlistentry``, a Sphinx object
+#: such as ``os.path.join``, a server parameter) heads its definition like the deepest heading:
+#: the chunk that defines ``work_mem`` then carries it in its heading path, which the lexical
+#: index boosts over chunks that only mention it (bench/HYBRID.md: parameter names).
+DEFINITION_TERM_LEVEL = 6
 
 # Markdown (CommonMark 0.31 sections 4.2-4.5): ATX heading, closing #s, setext
 # underline, code fence, lines that cannot start a paragraph (so a following
@@ -203,7 +208,8 @@ def read_document(
         ValueError: ``max_file_bytes`` < 1.
 
     Headings (:attr:`Document.headings`): Markdown and reStructuredText as
-    :func:`find_headings` finds them; HTML ``h1``..``h6`` at their level, and
+    :func:`find_headings` finds them; HTML ``h1``..``h6`` at their level, definition
+    terms with an anchor (``<dt id=...>``) at level ``DEFINITION_TERM_LEVEL`` (6), and
     ``<title>`` as a level-1 heading only when the page has no ``h1`` (a page
     title usually repeats the ``h1`` plus a site name); PDF outline (bookmark)
     entries at their depth (capped at 6), each placed at the start of the
@@ -665,8 +671,11 @@ def _html_paragraphs(markup: str) -> tuple[list[str], list[tuple[int, int, str]]
             level = _HTML_HEADING_LEVELS.get(node.name)
             if node.name == "title" and not has_title and node.find_parent("svg") is None:
                 level, has_title = 0, True  # the page's title, not an SVG image's
+            if node.name == "dt" and node.get("id"):
+                level = DEFINITION_TERM_LEVEL
             if level is not None and len(paragraphs) > first:
-                title = " ".join(paragraphs[first:]).rstrip().removesuffix("\u00b6")
+                # permalink marks that manuals append to headings and terms: "¶", "#"
+                title = " ".join(paragraphs[first:]).rstrip().removesuffix("\u00b6").removesuffix(" #").rstrip()
                 headings.append((first, level, title))
             continue
         if isinstance(node, NavigableString):

@@ -333,3 +333,20 @@ def test_iter_documents_keeps_headings():
     by_name = {d.name: d for d in docs}
     assert by_name["tutorial-venv.rst"].headings == read_document(HEADINGS / "tutorial-venv.rst").headings
     assert by_name["clippy-LICENSE-MIT.txt"].headings == ()
+
+
+def test_html_definition_terms_with_an_anchor_head_their_definition(tmp_path):
+    # A DocBook variable list (PostgreSQL's server parameters) and a plain glossary list.
+    path = tmp_path / "config.html"
+    path.write_text(
+        "<html><body><h1>Server Configuration</h1><h2>Memory</h2><dl class='variablelist'>"
+        "<dt id='GUC-WORK-MEM'><span class='term'><code>work_mem</code> (<code>integer</code>)</span> "
+        "<a href='#GUC-WORK-MEM' class='id_link'>#</a></dt><dd><p>Sets the base maximum amount of memory.</p></dd>"
+        "<dt id='GUC-TEMP-BUFFERS'><code>temp_buffers</code> (<code>integer</code>)</dt><dd><p>Temporary buffers.</p></dd>"
+        "</dl><dl><dt>term</dt><dd>not anchored: no heading</dd></dl></body></html>",
+        encoding="utf-8",
+    )
+    doc = read_document(path)
+    assert [(h.level, h.title) for h in doc.headings] == [
+        (1, "Server Configuration"), (2, "Memory"), (6, "work_mem (integer)"), (6, "temp_buffers (integer)")]
+    assert doc.text[doc.headings[2].char_start:].startswith("work_mem (integer)")
