@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "FTS5_TOKENIZER", "NORMALISER", "SCHEMA", "LexicalIndex", "LexicalQuery", "Token", "check_database_header",
-    "index_terms", "iter_tokens", "iter_tokens_that_can_match",
+    "index_terms", "iter_tokens", "iter_tokens_that_can_match", "match_terms",
 ]
 
 #: The normaliser this module implements (manifest ``lexical.normaliser``).
@@ -163,10 +163,34 @@ def iter_tokens_that_can_match(text: str, wanted: frozenset[str]) -> Iterator[To
 
     The same tokens ``iter_tokens`` yields, less plain words that are not wanted: a token of
     letters only has no variants (``token_variants``: parts need a connector, digit runs need
-    digits), so it matches only when its term is wanted. Those are most of a text, and skipping
-    them is most of ``mark``'s time (an ASCII token's term is its ``lower()``: NFKC leaves ASCII
-    alone and ``casefold`` equals ``lower`` there).
+    digits), so it matches only when its term is wanted. Those are most of a text.
     """
+    for start, end, term, raw, is_cjk in _candidate_spans(text, wanted):
+        yield Token(start, end, term, False if is_cjk else _is_identifier(raw), is_cjk)
+
+
+def match_terms(text: str, wanted: frozenset[str], *, unless_identifier: frozenset[str] = frozenset()
+                ) -> list[tuple[int, int, frozenset[str]]]:
+    """Return ``(start, end, terms)`` of every token of ``text`` whose term or a variant of it
+    (``token_variants``) is ``wanted``, in order; ``terms`` are the wanted ones it matches.
+
+    A token whose term is in ``unless_identifier`` (function words) counts only when it is an
+    identifier. Equivalent to testing every token of ``iter_tokens``, without building them:
+    this is most of the time of marking a query's hits (``edge.retrieval.mark``).
+    """
+    out = []
+    for start, end, term, raw, is_cjk in _candidate_spans(text, wanted):
+        if term in wanted:
+            hits = frozenset((term,))
+        else:
+            hits = frozenset(_variants(term, is_cjk)) & wanted
+        if hits and (term not in unless_identifier or (not is_cjk and _is_identifier(raw))):
+            out.append((start, end, hits))
+    return out
+
+
+def _candidate_spans(text: str, wanted: frozenset[str]) -> Iterator[tuple[int, int, str, str, bool]]:
+    """``(start, end, term, raw, is_cjk)`` of the tokens that can match (see above)."""
     for match in _TOKEN_RE.finditer(text):
         raw = match.group()
         if raw.isascii():  # most tokens: no CJK, and the term is lower()
@@ -176,7 +200,8 @@ def iter_tokens_that_can_match(text: str, wanted: frozenset[str]) -> Iterator[To
             if raw.isalpha() and term not in wanted:
                 continue
         elif _CJK_RE.search(raw):
-            yield from iter_tokens(raw, offset=match.start())
+            for tok in iter_tokens(raw, offset=match.start()):
+                yield tok.start, tok.end, tok.term, text[tok.start:tok.end], tok.is_cjk
             continue
         else:
             raw = raw[:MAX_TOKEN_CHARS]
@@ -184,7 +209,7 @@ def iter_tokens_that_can_match(text: str, wanted: frozenset[str]) -> Iterator[To
             if term.isalpha() and term not in wanted:
                 continue
         start = match.start()
-        yield Token(start, start + len(raw), term, _is_identifier(raw))
+        yield start, start + len(raw), term, raw, False
 
 
 def _cjk_tokens(raw: str, start: int) -> Iterator[Token]:
@@ -213,9 +238,12 @@ def token_variants(token: Token) -> list[str]:
 
     ``E-4021`` → ``["e", "4021", "e4021"]``; ``P0304`` → ``["0304"]``; ``word`` → ``[]``.
     """
-    if token.is_cjk:
+    return _variants(token.term, token.is_cjk)
+
+
+def _variants(term: str, is_cjk: bool) -> list[str]:
+    if is_cjk:
         return []
-    term = token.term
     out: list[str] = []
     if any(c in _CONNECTORS for c in term):
         parts = _PART_RE.findall(term)

@@ -24,7 +24,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from .lexical import LexicalQuery, iter_tokens_that_can_match, token_variants
+from .lexical import LexicalQuery, match_terms
 from .manifest import FusionInfo
 
 __all__ = ["SEARCH_MODES", "SearchResult", "as_valid_text", "fuse", "mark"]
@@ -131,12 +131,10 @@ def mark(text: str, query: LexicalQuery) -> tuple[tuple[str, ...], tuple[tuple[i
         return (), (), None
     spans: list[tuple[int, int]] = []
     found: dict[str, list[int]] = {}
-    for tok in iter_tokens_that_can_match(text, wanted):
-        hits = {tok.term} & wanted or set(token_variants(tok)) & wanted
-        if hits and (tok.is_identifier or tok.term not in _STOPWORDS):
-            spans.append((tok.start, tok.end))
-            for term in hits:
-                found.setdefault(term, []).append(tok.start)
+    for start, end, hits in match_terms(text, wanted, unless_identifier=_STOPWORDS):
+        spans.append((start, end))
+        for term in hits:
+            found.setdefault(term, []).append(start)
     if not spans:
         return (), (), None
     order = [t for group in query.groups for t in group]

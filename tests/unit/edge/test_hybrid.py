@@ -98,3 +98,10 @@ def test_the_fast_token_filter_finds_exactly_what_every_token_would(words, query
         return tok.term in wanted or bool(set(token_variants(tok)) & wanted)
     expected = [t for t in iter_tokens(text) if can_match(t)]
     assert [t for t in iter_tokens_that_can_match(text, wanted) if can_match(t)] == expected
+    # match_terms: the same tokens, with the function-word rule mark() applies
+    from edge.lexical import match_terms
+    from edge.retrieval import _STOPWORDS
+
+    reference = [(t.start, t.end, frozenset({t.term} & wanted or set(token_variants(t)) & wanted))
+                 for t in expected if t.is_identifier or t.term not in _STOPWORDS]
+    assert match_terms(text, wanted, unless_identifier=_STOPWORDS) == reference
