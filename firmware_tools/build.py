@@ -335,18 +335,23 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
     lexicon = LexicalWriter(work / "lexical.sqlite")
     with lexicon, ChunkEmbedder(model_dir, family=model_family, n_workers=n_workers,
                                 cache_path=embedding_cache) as chunk_embedder:
+        chunk_embedder.start()
         block: list = []
         n_done = 0
+        pending: list = []  # the block the workers embed while this process chunks the next
+
+        def advance(n: int) -> None:
+            nonlocal n_done
+            n_done += n
+            report("embed", n_done, None)
+
+        def finish_pending() -> None:
+            if pending:
+                vectors_spool.append(pending.pop()(advance))
 
         def flush_block() -> None:
-            texts = [c.text for c in block]
-
-            def advance(n: int) -> None:
-                nonlocal n_done
-                n_done += n
-                report("embed", n_done, None)
-
-            vectors_spool.append(chunk_embedder.embed(texts, progress=advance))
+            finish_pending()  # one block in flight: bounded memory, vectors in chunk order
+            pending.append(chunk_embedder.submit([c.text for c in block]))
             block.clear()
 
         for chunk in chunk_documents(documents(), token_offsets=offsets, token_offsets_batch=offsets.batch,
@@ -359,6 +364,7 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
                 flush_block()
         if block:
             flush_block()
+        finish_pending()
         n_embedded = chunk_embedder.n_embedded
     records.close_writing()
     report("read", len(docs), len(docs))

@@ -53,6 +53,10 @@ def _init_worker(model_dir: str, family: str = "onnx") -> None:
     _worker_embedder = QueryEmbedder.open(Path(model_dir), family=family, n_threads=1)
 
 
+def _ready() -> bool:
+    return _worker_embedder is not None
+
+
 def _embed_task(texts: list[str]) -> np.ndarray:
     assert _worker_embedder is not None
     return _worker_embedder.embed(texts)
@@ -138,6 +142,17 @@ class ChunkEmbedder:
         self.cache = EmbeddingCache(cache_path, self._local.sha256, self.dim) if cache_path else None
         self.n_embedded = 0
 
+    def start(self) -> None:
+        """Start the worker processes now, without waiting for them: they spawn and load the model
+        while the caller reads and chunks the first documents (~1.5 s here, which a build would
+        otherwise wait for at its first block). Idempotent; a no-op without workers."""
+        if self._pool is None and not self._pool_failed:
+            self._pool = spawn_pool(self.n_workers, _init_worker, (str(self.model_dir), self.family))
+            self._pool_failed = self._pool is None
+            if self._pool is not None:
+                for _ in range(self.n_workers):
+                    self._pool.submit(_ready)  # makes the executor spawn every worker now
+
     def __enter__(self) -> "ChunkEmbedder":
         return self
 
@@ -174,6 +189,63 @@ class ChunkEmbedder:
             if self.cache is not None:
                 self.cache.put_many([texts[i] for i in todo], fresh)
         return out
+
+    def submit(self, texts: Sequence[str]) -> Callable[[Callable[[int], None] | None], np.ndarray]:
+        """Start embedding ``texts`` in the workers and return ``finish(progress)``, which waits
+        and returns what ``embed(texts, progress)`` would: the caller chunks the next block while
+        the workers embed this one. Without workers the texts are embedded when ``finish`` is called.
+
+        One block at a time: call ``finish`` before the next ``submit``.
+        """
+        texts = list(texts)
+        cached = self.cache.get_many(texts) if self.cache is not None else [None] * len(texts)
+        todo = [i for i, vector in enumerate(cached) if vector is None]
+        todo_texts = [texts[i] for i in todo]
+        tasks = [todo_texts[i:i + TASK_TEXTS] for i in range(0, len(todo_texts), TASK_TEXTS)]
+        started = None
+        if len(todo_texts) >= MIN_TEXTS_FOR_POOL and not self._pool_failed:
+            if self._pool is None:
+                self._pool = spawn_pool(self.n_workers, _init_worker, (str(self.model_dir), self.family))
+                self._pool_failed = self._pool is None
+            if self._pool is not None:
+                started = self._pool.map(_embed_task, tasks)  # submits every task now
+
+        def finish(progress: Callable[[int], None] | None = None) -> np.ndarray:
+            report = progress or (lambda n: None)
+            out = np.empty((len(texts), self.dim), dtype=np.float32)
+            for i, vector in enumerate(cached):
+                if vector is not None:
+                    out[i] = vector
+            if len(todo) < len(texts):
+                report(len(texts) - len(todo))
+            if todo:
+                parts = self._collect(started, tasks, report)
+                fresh = np.concatenate(parts) if parts else np.empty((0, self.dim), dtype=np.float32)
+                out[todo] = fresh
+                self.n_embedded += len(todo)
+                if self.cache is not None:
+                    self.cache.put_many(todo_texts, fresh)
+            return out
+
+        return finish
+
+    def _collect(self, started, tasks: list[list[str]], report: Callable[[int], None]) -> list[np.ndarray]:
+        """Results of ``tasks`` in order: from the workers' ``started`` map while it lasts, the
+        rest in this process (same vectors either way)."""
+        parts: list[np.ndarray] = []
+        if started is not None:
+            try:
+                for part in started:
+                    parts.append(part)
+                    report(part.shape[0])
+            except BrokenProcessPool as exc:
+                log.warning("embedding workers stopped (%s); embedding in this process", exc)
+                self._pool_failed = True
+                self._pool = None
+        for task in tasks[len(parts):]:
+            parts.append(self._local.embed(task))
+            report(len(task))
+        return parts
 
     def _embed_uncached(self, texts: list[str], report: Callable[[int], None]) -> np.ndarray:
         tasks = [texts[i:i + TASK_TEXTS] for i in range(0, len(texts), TASK_TEXTS)]

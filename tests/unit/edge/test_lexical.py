@@ -7,6 +7,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge.errors import CapsuleFormatError, IntegrityError
 from edge.lexical import (
@@ -219,3 +221,21 @@ def test_writer_refuses_out_of_order_chunks(tmp_path):
     with pytest.raises(BuildError, match="expected 1"):
         writer.add(2, "b")
     writer.close()
+
+
+def _index_terms_by_tokens(text: str) -> tuple[str, str]:
+    """index_terms as defined: every Token, its variants, then the digit joins."""
+    from edge.lexical import _joins, token_variants
+
+    tokens = list(iter_tokens(text))
+    variants = [v for tok in tokens for v in token_variants(tok)] + _joins(tokens, text)
+    return " ".join(t.term for t in tokens), " ".join(variants)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(["E-4021", "6ES7", "214-1AG40-0XB0", "P0304", "Größe", "max_wal_senders", "v2.3.1",
+                                 "0x1F", "エンコーダ信号", "ﬁle", "22P02", "word", "1 2 3", "a" * 70, "\u00a0", "x1 y2"])
+                | st.text(max_size=10), max_size=30))
+def test_index_terms_equals_its_token_by_token_definition(words):
+    text = " ".join(words)
+    assert index_terms(text) == _index_terms_by_tokens(text)
