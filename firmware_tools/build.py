@@ -81,6 +81,7 @@ from .index_builder import (
 )
 from .qr_video import DEFAULT_VIDEO_PARAMS, VideoParams, check_mp4, encode_mp4_file
 from .sealing import (
+    PAYLOAD_ZSTD_LEVEL,
     FramePacker,
     Randomness,
     compress_documents,
@@ -193,6 +194,7 @@ def build_capsule(
     scrypt_log_n: int = 15,
     n_threads: int | None = None,
     embedding_cache: Path | None = None,
+    zstd_level: int = PAYLOAD_ZSTD_LEVEL,
     progress: Progress | None = None,
 ) -> BuildResult:
     """Build, check and atomically write a signed, encrypted capsule.
@@ -224,6 +226,9 @@ def build_capsule(
         seed: bytes for reproducible builds; ``None`` takes randomness from the OS.
         n_threads: embedding worker processes, one onnxruntime thread each (default: all cores).
         embedding_cache: SQLite file of chunk vectors reused across builds (created if missing).
+        zstd_level: zstd level of the frame payloads, 1..22 (default ``PAYLOAD_ZSTD_LEVEL``, 15:
+            measured against 19, 9 and 3 in ``firmware_tools/sealing.py``). Readers do not depend
+            on it.
         progress: ``progress(stage, done, total)`` callback.
 
     Returns:
@@ -250,6 +255,8 @@ def build_capsule(
         raise ValueError(f"expires_at {format_time(expires_at)} is not after not_before {format_time(not_before)}")
     if version < 1:
         raise ValueError("version must be >= 1")
+    if not 1 <= zstd_level <= 22:
+        raise ValueError(f"zstd_level must be in 1..22, got {zstd_level}")
     output = Path(output)
     name = name or output.name.split(".")[0]
     publisher_keyid = keyid(signing_key.public_key())
@@ -275,7 +282,8 @@ def build_capsule(
                 index_seed=index_seed, projection=projection, ann_dim=ann_dim, refine_dim=refine_dim,
                 n_candidates=n_candidates, encrypt_index=encrypt_index, video_params=video_params, rng=rng,
                 scrypt_log_n=scrypt_log_n, n_workers=n_threads or os.cpu_count() or 1,
-                embedding_cache=embedding_cache, report=report, model_family=model_family)
+                embedding_cache=embedding_cache, report=report, model_family=model_family,
+                zstd_level=zstd_level)
     except FileNotFoundError as exc:
         raise BuildError(f"cannot write {output}: {exc.strerror}") from None
     result.path = output
@@ -308,7 +316,7 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
                 not_before, issued_at, version, name, capsule_id, capsule_id_bytes, publisher_keyid, publisher_name,
                 rules, model_dir, max_tokens, overlap_tokens, n_trees, search_k, index_seed, projection, ann_dim,
                 refine_dim, n_candidates, encrypt_index, video_params, rng, scrypt_log_n, n_workers,
-                embedding_cache, report, model_family="onnx") -> BuildResult:
+                embedding_cache, report, model_family="onnx", zstd_level=PAYLOAD_ZSTD_LEVEL) -> BuildResult:
     """The build pipeline; every large intermediate is a file in ``work``."""
     stage_s: dict[str, float] = {}
 
@@ -393,7 +401,7 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
     dictionary = train_payload_dictionary(records, raw_text_bytes)
     payloads = ByteSpool(work / "payloads")
     first_chunk_ids = _seal_frames(records, payloads, dictionary, keys.payload, capsule_id_bytes, version,
-                                   video_params, n_workers, report)
+                                   video_params, n_workers, report, zstd_level)
     payloads.close_writing()
     records.close()
     stage_s["pack_and_seal"] = time.perf_counter() - t
@@ -550,9 +558,9 @@ _PACK_SEGMENT_RECORDS = 4096
 _pack_compressor = None
 
 
-def _init_packer(dictionary: bytes) -> None:
+def _init_packer(dictionary: bytes, level: int = PAYLOAD_ZSTD_LEVEL) -> None:
     global _pack_compressor
-    _pack_compressor = payload_compressor(dictionary)
+    _pack_compressor = payload_compressor(dictionary, level)
 
 
 def _pack_segment(args: tuple[int, int, int, list[bytes]]) -> tuple[str, object]:
@@ -571,7 +579,8 @@ def _pack_segment(args: tuple[int, int, int, list[bytes]]) -> tuple[str, object]
 
 
 def _seal_frames(records: ByteSpool, payloads: ByteSpool, dictionary: bytes, payload_key: bytes, capsule_id: bytes,
-                 version: int, params: VideoParams, n_workers: int, report: Progress) -> list[int]:
+                 version: int, params: VideoParams, n_workers: int, report: Progress,
+                 zstd_level: int = PAYLOAD_ZSTD_LEVEL) -> list[int]:
     """Pack records into frames (segments in parallel), seal each frame in order, append its
     payload; return each frame's first chunk id."""
     capacity = params.payload_capacity_bytes
@@ -581,7 +590,7 @@ def _seal_frames(records: ByteSpool, payloads: ByteSpool, dictionary: bytes, pay
     next_chunk = 0
     parallel = n_workers > 1 and len(records) > 2 * _PACK_SEGMENT_RECORDS
     for status, value in ordered_map(_pack_segment, tasks, n_workers=n_workers if parallel else 0,
-                                     initializer=_init_packer, initargs=(dictionary,)):
+                                     initializer=_init_packer, initargs=(dictionary, zstd_level)):
         if status == "error":
             chunk_id, message = value
             raise CapacityError(f"chunk {chunk_id} ({len(records[chunk_id])} bytes) does not fit one "

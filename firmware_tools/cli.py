@@ -146,7 +146,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             version=args.version, name=args.name, capsule_id=args.capsule_id, publisher_name=args.publisher_name,
             rules=rules, max_tokens=args.max_tokens, overlap_tokens=args.overlap_tokens, n_trees=args.n_trees,
             encrypt_index=not args.plain_index, seed=seed, progress=bars, embedding_cache=args.embedding_cache,
-            n_threads=args.workers, model_family=args.model_family,
+            **({"zstd_level": args.zstd_level} if args.zstd_level is not None else {}), n_threads=args.workers, model_family=args.model_family,
             video_params=HEVC_VIDEO_PARAMS if args.codec == "hevc" else DEFAULT_VIDEO_PARAMS,
         )
     finally:
@@ -319,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "changed chunks (created if missing)")
     p.add_argument("--workers", type=_positive_int, default=None,
                    help="embedding worker processes (default: one per CPU)")
+    p.add_argument("--zstd-level", type=int, choices=range(1, 23), default=None, metavar="1-22",
+                   help="zstd level of the frame payloads (default 15: within 0.3%% of level 19's size at 0.7x "
+                        "its packing time; 9 packs 3.4x faster than 19 for 4.6%% more video)")
     p.add_argument("--json", action="store_true", help="print the build summary as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_build)
