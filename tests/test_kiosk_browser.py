@@ -89,7 +89,8 @@ def _search(driver, text: str) -> None:
 def test_a_typed_code_shows_the_highlighted_answer_and_its_heading(kiosk, browser, tmp_path):
     server, _ = kiosk
     browser.get(server.url)
-    assert browser.switch_to.active_element.get_attribute("id") == "q"  # focus is in the search box
+    # focus is in the search box once the deferred script has run
+    WebDriverWait(browser, 10).until(lambda d: d.switch_to.active_element.get_attribute("id") == "q")
     _search(browser, "22P02")
     wait = WebDriverWait(browser, 20)
     answer = wait.until(EC.visibility_of_element_located((By.CSS_SELECTOR, "#results .hit .answer")))
