@@ -26,14 +26,14 @@ What is reserved, and how each figure was measured (x86_64, CPython 3.11, onnxru
 ``vecs``           int8 re-ranking vectors when decrypted into memory.
 ``projection``     the PCA projection widened to float32.
 ``lexical``        the LEXI database: its plaintext twice while loading (the collected
-                   plaintext and SQLite's copy) plus SQLite's page cache.
+                   plaintext and SQLite's copy) plus SQLite's page cache; once loaded, once.
 ``frame_cache``    decrypted frames kept for reuse, sized in bytes.
 ``frame_decoder``  H.264 decoder context and picture buffers: 2 MiB + 3 bytes per pixel.
 ``query``          per-query arrays: 2 MiB + candidates x re-ranking dim x 8 bytes.
 =================  ==========================================================================
 
-After 200 queries: a SciFact capsule (12,102 chunks, encrypted index) holds RssAnon 73.9 MiB
-against 92.6 MiB reserved; the Python FAQ capsule (356 chunks) 58.7 against 68.6 (the lexical
+After 200 queries: a SciFact capsule (12,102 chunks, encrypted index) holds RssAnon 74.8 MiB
+against 87.0 MiB reserved; the Python FAQ capsule (356 chunks) 58.7 against 68.6 (the lexical
 and model figures are upper bounds). VmData is 137.8 MiB for SciFact: RssAnon (74.7 with the
 helper thread that overlaps frame reads) + 63.1 MiB of untouched reservations.
 

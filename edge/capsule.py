@@ -302,6 +302,11 @@ def _open_capsule(path: str | os.PathLike[str], *, trusted_keys: Sequence[Ed2551
         decompressor = _read_dictionary(small["ZDIC"], keys, manifest)
         index = _open_index(cf, keys, manifest, small["PROJ"], index_path)
         lexical = _open_lexical(cf, keys, manifest)
+        if lexical is not None:
+            # The collected plaintext is freed once SQLite holds its copy: keep only what stays.
+            loading = manifest.lexical.plaintext_bytes
+            budget.release(prefix + "lexical", loading)
+            plan["lexical"] -= loading
         if embedder is None:
             embedder = own_embedder = QueryEmbedder.open(model_dir, family=manifest.model.family,
                                                          expected_sha256=manifest.model.sha256,

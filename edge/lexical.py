@@ -94,7 +94,8 @@ SQLITE_OVERHEAD_BYTES = CACHE_KIB * 1024 + (1 << 20)
 
 def lexical_plan_bytes(plaintext_bytes: int) -> int:
     """Bytes an open LEXI holds at its peak: the collected plaintext and SQLite's copy of it
-    (both while loading), plus ``SQLITE_OVERHEAD_BYTES``."""
+    (both while loading), plus ``SQLITE_OVERHEAD_BYTES``. Once loaded, the collected copy is
+    freed and the opener releases its ``plaintext_bytes`` from the reservation."""
     return 2 * plaintext_bytes + SQLITE_OVERHEAD_BYTES
 #: Longest accepted token, in characters; longer runs are cut (a base64 blob is not a term).
 MAX_TOKEN_CHARS = 64
