@@ -292,3 +292,32 @@ def test_systemd_notify_ready_and_watchdog_over_a_real_notify_socket(device, tmp
 def test_the_server_stops_cleanly_on_sigterm(device):
     server = Server(device)
     assert server.stop() == 0
+
+
+_ALPHABET = [b"q=", b"k=", b"mode=", b"capsule=", b"document=", b"&", b"=", b"%", b"%2", b"%zz", b"%ff", b"%C3%A9",
+             b"%00", b"%0A", b"22P02", b"E-9999", b"*", b"..", b"/", b"+", b"0", b"50", b"-1", b"hybrid", b"x" * 300]
+
+
+def _raw_get(server, target: bytes) -> tuple[int, bytes]:
+    """GET with a request target sent byte for byte (http.client refuses some of these)."""
+    with socket.create_connection((server.host, server.port), timeout=30) as sock:
+        sock.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+def test_random_query_strings_get_an_answer_or_a_json_4xx_never_a_5xx(server):
+    import json
+    import random
+
+    rng = random.Random(20261204)
+    for _ in range(150):
+        query = b"".join(rng.choice(_ALPHABET) for _ in range(rng.randint(0, 12)))
+        status, body = _raw_get(server, b"/api/search?" + query)
+        assert status in (200, 400, 404, 410), (query, status, body[:200])
+        if status != 200:
+            assert json.loads(body)["error"] in ("query", "store", "expired", "not-found"), (query, body[:200])
+    assert server.get_json("/healthz")[0] == 200
