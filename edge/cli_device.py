@@ -243,7 +243,8 @@ def add_device_commands(sub, *, common, store_arg, runtime) -> None:
                                    "than what is installed, and report per file the ones that are up to date, "
                                    "older, foreign (another publisher), expired or damaged. Exits 1 only when a "
                                    "capsule that should have been installed could not be.",
-                       epilog="example: edge sync /media/usb\nexample: edge sync /run/edge-usb/sda1 --json")
+                       epilog="example: edge sync /media/usb\nexample: edge sync /run/edge-usb/sda1 --json",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("directory", metavar="DIR", help="the folder to look in (searched 3 levels deep)")
     store_arg(p)
     p.add_argument("--trust", action="append", metavar="KEY.pub",
