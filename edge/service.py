@@ -135,6 +135,7 @@ class CapsuleService:
         self._failed: dict[str, tuple[str, str]] = {}  # name -> (object name, one-line error)
         self._entries: dict[str, Entry] = {}
         self._stamp: tuple[int, int, int] | None = None
+        self._trust_stamp: tuple[int, int, int] | None = None
         self._checked_at = 0.0
         self._embedders: dict[str, object] = {}  # model sha256 -> QueryEmbedder in use
         self.generation = 0  # bumped whenever the set of open capsules changes
@@ -150,12 +151,16 @@ class CapsuleService:
             Whether the set of open capsules changed.
         """
         stamp = self.store.catalog_stamp()
+        trust = self.store.trust_stamp()
         monotonic = time.monotonic()
-        if not force and stamp == self._stamp and monotonic - self._checked_at < EXPIRY_CHECK_S:
+        if (not force and stamp == self._stamp and trust == self._trust_stamp
+                and monotonic - self._checked_at < EXPIRY_CHECK_S):
             return False
         now = utc_now(now)
-        if stamp != self._stamp:
+        trust_changed = self._trust_stamp is not None and trust != self._trust_stamp
+        if stamp != self._stamp or trust != self._trust_stamp:
             self.store.reload_state()
+        self._trust_stamp = trust
         entries = {e.name: e for e in self.store.list(now=now)}  # purges what asks for it
         self._stamp, self._checked_at, self._entries = self.store.catalog_stamp(), monotonic, entries
         at = self.store.state.trusted_time(now)
@@ -168,22 +173,30 @@ class CapsuleService:
                          "removed" if entry is None else entry.status(at))
                 self._close(name)
                 changed = True
+        if trust_changed:
+            # A new trust document (a revoked or rotated publisher key, another threshold): every
+            # capsule is judged again; one it refuses stops being served.
+            log.info("the device's trust document changed: verifying the served capsules again")
+            self._failed.clear()
         for name, entry in entries.items():
             if entry.status(at) != "ok":
                 continue
             held = self._open.get(name)
-            if held is not None and held.entry.object_name == entry.object_name:
+            if held is not None and held.entry.object_name == entry.object_name and not trust_changed:
                 continue
             failed = self._failed.get(name)
             if failed is not None and failed[0] == entry.object_name:
                 continue  # it failed to open already; retried when its object changes
-            changed |= self._switch(name, entry, now)
+            changed |= self._switch(name, entry, now, keep_old_on_failure=not trust_changed)
         if changed:
             self.generation += 1
         return changed
 
-    def _switch(self, name: str, entry: Entry, now: datetime) -> bool:
-        """Open ``entry`` and serve it under ``name`` instead of the version open now, if any."""
+    def _switch(self, name: str, entry: Entry, now: datetime, *, keep_old_on_failure: bool = True) -> bool:
+        """Open ``entry`` and serve it under ``name`` instead of the version open now, if any.
+
+        When the new one fails to open, the old one goes on being served, unless
+        ``keep_old_on_failure`` is false (the trust changed: the old one would fail the same way)."""
         closed_old = False
         try:
             try:
@@ -197,6 +210,9 @@ class CapsuleService:
         except EdgeError as exc:
             self._failed[name] = (entry.object_name, str(exc))
             log.error("capsule %s v%d cannot be served: %s", name, entry.version, exc)
+            if not keep_old_on_failure and name in self._open:
+                self._close(name)
+                closed_old = True
             return closed_old
         self._failed.pop(name, None)
         if name in self._open:

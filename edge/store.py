@@ -539,12 +539,24 @@ class Store:
         Raises:
             StoreError: the catalogue cannot be examined.
         """
+        return self._stamp("catalog.json")
+
+    def trust_stamp(self) -> tuple[int, int, int]:
+        """Return ``(inode, mtime ns, size)`` of ``trust.json`` (zeros when none is installed): it
+        changes with every ``install_trust``, after which what is served must be judged again.
+
+        Raises:
+            StoreError: the file cannot be examined.
+        """
+        return self._stamp("trust.json")
+
+    def _stamp(self, name: str) -> tuple[int, int, int]:
         try:
-            info = os.stat("catalog.json", dir_fd=self._root_fd, follow_symlinks=False)
+            info = os.stat(name, dir_fd=self._root_fd, follow_symlinks=False)
         except FileNotFoundError:
             return (0, 0, 0)
         except OSError as exc:
-            raise StoreError(f"cannot examine store file catalog.json: {exc.strerror}") from None
+            raise StoreError(f"cannot examine store file {name}: {exc.strerror}") from None
         return (info.st_ino, info.st_mtime_ns, info.st_size)
 
     def _with_state(self, options: OpenOptions | None, trusted_keys: Sequence[Ed25519PublicKey],

@@ -321,3 +321,34 @@ def test_random_query_strings_get_an_answer_or_a_json_4xx_never_a_5xx(server):
         if status != 200:
             assert json.loads(body)["error"] in ("query", "store", "expired", "not-found"), (query, body[:200])
     assert server.get_json("/healthz")[0] == 200
+
+
+def test_a_trust_update_that_revokes_the_publisher_stops_serving_its_capsule(tmp_path):
+    import os
+    import shutil
+
+    from .conftest import run_cli
+
+    device = Device(tmp_path / "device", device_key=KEYS / "test-device.key", publisher_pubs=[])
+    assert run_cli("firmware_tools", "keygen", "--kind", "root", "-o", str(tmp_path / "root.key")).returncode == 0
+
+    def trust(version_file: str, *args: str) -> None:
+        proc = run_cli("firmware_tools", "trust", "-o", str(tmp_path / version_file), "--root-key",
+                       str(tmp_path / "root.key"), *args)
+        assert proc.returncode == 0, proc.stderr
+
+    trust("trust-v1.json", "--delegate", str(KEYS / "test-publisher-1.pub"), "--expires", "2090-01-01")
+    proc = device.cli("trust", "install", str(tmp_path / "trust-v1.json"), "--root", str(tmp_path / "root.pub"))
+    assert proc.returncode == 0, proc.stderr
+    shutil.copy(KEYS / "test-device.key", tmp_path / "d.key")
+    os.chmod(tmp_path / "d.key", 0o600)
+    device.install(VECTORS / "ok" / "capsule")  # alpha, signed by publisher 1
+    with Server(device) as server:
+        assert server.get_json(_q(q="reset the kiosk"))[0] == 200
+        trust("trust-v2.json", "--previous", str(tmp_path / "trust-v1.json"), "--delegate",
+              str(KEYS / "test-publisher-3.pub"), "--expires", "2090-01-01", "--revoke", str(KEYS / "test-publisher-1.pub"))
+        assert device.cli("trust", "install", str(tmp_path / "trust-v2.json")).returncode == 0
+        status, body = server.get_json(_q(q="reset the kiosk"))
+        assert status == 404 and body["reason"] == "no-capsule" and "revoked" in body["message"]
+        capsules = server.get_json("/api/capsules")[1]["capsules"]
+        assert [(c["name"], c["status"]) for c in capsules] == [("alpha", "error")] and "revoked" in capsules[0]["error"]
