@@ -41,7 +41,7 @@ import re
 import sqlite3
 import struct
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from .errors import CapsuleFormatError, IntegrityError
@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "FTS5_TOKENIZER", "NORMALISER", "SCHEMA", "LexicalIndex", "LexicalQuery", "Token", "check_database_header",
-    "index_terms", "iter_tokens", "iter_tokens_that_can_match", "match_terms",
+    "index_terms", "iter_tokens", "match_terms",
 ]
 
 #: The normaliser this module implements (manifest ``lexical.normaliser``).
@@ -159,58 +159,27 @@ def iter_tokens(text: str, *, offset: int = 0) -> Iterator[Token]:
         yield Token(start, start + len(raw), _fold(raw), _is_identifier(raw))
 
 
-def iter_tokens_that_can_match(text: str, wanted: frozenset[str]) -> Iterator[Token]:
-    """The tokens of ``iter_tokens(text)`` that can match a ``wanted`` term, in order.
-
-    The same tokens ``iter_tokens`` yields, less plain words that are not wanted: a token of
-    letters only has no variants (``token_variants``: parts need a connector, digit runs need
-    digits), so it matches only when its term is wanted. Those are most of a text.
-    """
-    for start, end, term, raw, is_cjk in _candidate_spans(text, wanted):
-        yield Token(start, end, term, False if is_cjk else _is_identifier(raw), is_cjk)
-
-
 def match_terms(text: str, wanted: frozenset[str], *, unless_identifier: frozenset[str] = frozenset()
                 ) -> list[tuple[int, int, frozenset[str]]]:
     """Return ``(start, end, terms)`` of every token of ``text`` whose term or a variant of it
     (``token_variants``) is ``wanted``, in order; ``terms`` are the wanted ones it matches.
 
     A token whose term is in ``unless_identifier`` (function words) counts only when it is an
-    identifier. Equivalent to testing every token of ``iter_tokens``, without building them:
-    this is most of the time of marking a query's hits (``edge.retrieval.mark``).
+    identifier. Equivalent to testing every token of ``iter_tokens``, without building them
+    (a token of letters only has no variants, so it is looked up and dropped at once): this is
+    most of the time of marking a query's hits (``edge.retrieval.mark``).
     """
     out = []
-    for start, end, term, raw, is_cjk in _candidate_spans(text, wanted):
+    for start, end, term, raw, is_cjk in _spans(text):
         if term in wanted:
             hits = frozenset((term,))
+        elif is_cjk or term.isalpha():  # no variants: a letters-only token matches only as itself
+            continue
         else:
-            hits = frozenset(_variants(term, is_cjk)) & wanted
+            hits = frozenset(_variants(term, False)) & wanted
         if hits and (term not in unless_identifier or (not is_cjk and _is_identifier(raw))):
             out.append((start, end, hits))
     return out
-
-
-def _candidate_spans(text: str, wanted: frozenset[str]) -> Iterator[tuple[int, int, str, str, bool]]:
-    """``(start, end, term, raw, is_cjk)`` of the tokens that can match (see above)."""
-    for match in _TOKEN_RE.finditer(text):
-        raw = match.group()
-        if raw.isascii():  # most tokens: no CJK, and the term is lower()
-            if len(raw) > MAX_TOKEN_CHARS:
-                raw = raw[:MAX_TOKEN_CHARS]
-            term = raw.lower()
-            if raw.isalpha() and term not in wanted:
-                continue
-        elif _CJK_RE.search(raw):
-            for tok in iter_tokens(raw, offset=match.start()):
-                yield tok.start, tok.end, tok.term, text[tok.start:tok.end], tok.is_cjk
-            continue
-        else:
-            raw = raw[:MAX_TOKEN_CHARS]
-            term = _fold(raw)
-            if term.isalpha() and term not in wanted:
-                continue
-        start = match.start()
-        yield start, start + len(raw), term, raw, False
 
 
 def _cjk_tokens(raw: str, start: int) -> Iterator[Token]:
@@ -261,64 +230,10 @@ def _compact(term: str) -> str:
     return "".join(_PART_RE.findall(term))
 
 
-def _joins(tokens: list[Token], text: str) -> list[str]:
-    """Concatenations of 2..3 adjacent tokens that each hold a digit, separated by one space."""
-    out = []
-    for i, tok in enumerate(tokens):
-        if tok.is_cjk or not any(c.isdigit() for c in tok.term):
-            continue
-        joined = _compact(tok.term)
-        end = tok.end
-        for nxt in tokens[i + 1:i + 3]:
-            if nxt.is_cjk or not any(c.isdigit() for c in nxt.term) or text[end:nxt.start] not in (" ", "\u00a0"):
-                break
-            joined += _compact(nxt.term)
-            out.append(joined)
-            end = nxt.end
-    return out
+def _joins(spans: Sequence[tuple[int, int, str, bool]], text: str) -> list[str]:
+    """Concatenations of 2..3 adjacent tokens that each hold a digit, separated by one space.
 
-
-def index_terms(text: str) -> tuple[str, str]:
-    """Return the ``body`` and ``variants`` column values for ``text``: space-separated terms.
-
-    Args:
-        text: a chunk's text, or a heading path joined by spaces.
-
-    Returns:
-        ``(tokens, variants)``: every token's term in order, and every variant and join.
-    """
-    # The same as iterating Tokens with token_variants and _joins, without building them (the
-    # builder runs this for every chunk: it was ~0.5 ms of main-process time per chunk, against
-    # ~5.7 ms of embedding CPU; tests/unit/edge/test_lexical.py checks the equivalence).
-    spans = list(_spans(text))
-    variants: list[str] = []
-    for _, _, term, is_cjk in spans:
-        if not is_cjk and not term.isalpha():  # letters only: no parts, no digit runs
-            variants.extend(_variants(term, False))
-    variants.extend(_span_joins(spans, text))
-    return " ".join(span[2] for span in spans), " ".join(variants)
-
-
-def _spans(text: str) -> Iterator[tuple[int, int, str, bool]]:
-    """``(start, end, term, is_cjk)`` of every token ``iter_tokens`` yields, in order."""
-    for match in _TOKEN_RE.finditer(text):
-        raw = match.group()
-        if raw.isascii():
-            if len(raw) > MAX_TOKEN_CHARS:
-                raw = raw[:MAX_TOKEN_CHARS]
-            start = match.start()
-            yield start, start + len(raw), raw.lower(), False
-        elif _CJK_RE.search(raw):
-            for tok in iter_tokens(raw, offset=match.start()):
-                yield tok.start, tok.end, tok.term, tok.is_cjk
-        else:
-            raw = raw[:MAX_TOKEN_CHARS]
-            start = match.start()
-            yield start, start + len(raw), _fold(raw), False
-
-
-def _span_joins(spans: list[tuple[int, int, str, bool]], text: str) -> list[str]:
-    """``_joins`` over ``_spans``."""
+    ``spans``: ``(start, end, term, is_cjk)`` of the tokens, in order."""
     out = []
     for i, (_, end, term, is_cjk) in enumerate(spans):
         if is_cjk or not any(c.isdigit() for c in term):
@@ -331,6 +246,46 @@ def _span_joins(spans: list[tuple[int, int, str, bool]], text: str) -> list[str]
             out.append(joined)
             end = nxt_end
     return out
+
+
+def index_terms(text: str) -> tuple[str, str]:
+    """Return the ``body`` and ``variants`` column values for ``text``: space-separated terms.
+
+    Args:
+        text: a chunk's text, or a heading path joined by spaces.
+
+    Returns:
+        ``(tokens, variants)``: every token's term in order, and every variant and join.
+    """
+    # The same as iterating Tokens with token_variants and the joins, without building them (the
+    # builder runs this for every chunk: it was ~0.5 ms of main-process time per chunk, against
+    # ~5.7 ms of embedding CPU; tests/unit/edge/test_lexical.py checks the equivalence).
+    spans = [(start, end, term, is_cjk) for start, end, term, _, is_cjk in _spans(text)]
+    variants: list[str] = []
+    for _, _, term, is_cjk in spans:
+        if not is_cjk and not term.isalpha():  # letters only: no parts, no digit runs
+            variants.extend(_variants(term, False))
+    variants.extend(_joins(spans, text))
+    return " ".join(span[2] for span in spans), " ".join(variants)
+
+
+def _spans(text: str) -> Iterator[tuple[int, int, str, str, bool]]:
+    """``(start, end, term, raw, is_cjk)`` of every token ``iter_tokens`` yields, in order, without
+    building ``Token``s (an ASCII token's term is its ``lower()``: NFKC leaves ASCII alone and
+    ``casefold`` equals ``lower`` there)."""
+    for match in _TOKEN_RE.finditer(text):
+        raw = match.group()
+        if raw.isascii():  # most tokens: no CJK
+            raw = raw[:MAX_TOKEN_CHARS]
+            start = match.start()
+            yield start, start + len(raw), raw.lower(), raw, False
+        elif _CJK_RE.search(raw):
+            for tok in iter_tokens(raw, offset=match.start()):
+                yield tok.start, tok.end, tok.term, text[tok.start:tok.end], tok.is_cjk
+        else:
+            raw = raw[:MAX_TOKEN_CHARS]
+            start = match.start()
+            yield start, start + len(raw), _fold(raw), raw, False
 
 
 def _quote(term: str) -> str:
@@ -375,7 +330,7 @@ class LexicalQuery:
             groups.append(alternatives)
             if len(groups) == MAX_QUERY_TERMS:
                 break
-        joins = _joins(tokens, text)
+        joins = _joins([(t.start, t.end, t.term, t.is_cjk) for t in tokens], text)
         ident_tokens = [t for t in tokens if t.is_identifier and not t.is_cjk]
         joined = ""
         if len(ident_tokens) >= 2 and joins and joins[-1] == "".join(_compact(t.term) for t in ident_tokens):

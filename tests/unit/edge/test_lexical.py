@@ -3,6 +3,7 @@ an untrusted database before SQLite reads it (FORMAT.md §5.5). Real SQLite, rea
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from pathlib import Path
 
@@ -199,6 +200,7 @@ def test_a_valid_database_with_another_schema_or_rows_is_refused(database, tmp_p
 
 def test_a_corrupted_page_is_a_format_error_not_a_crash(database):
     data, info = database
+    assert len(data) // info.page_bytes > 2  # there are pages to corrupt
     for page in range(1, len(data) // info.page_bytes):
         start = page * info.page_bytes
         corrupt = data[:start] + bytes([data[start] ^ 0xFF]) + b"\xff" * 40 + data[start + 41:]
@@ -223,12 +225,31 @@ def test_writer_refuses_out_of_order_chunks(tmp_path):
     writer.close()
 
 
+def _digit_joins(tokens, text: str) -> list[str]:
+    """Concatenations of 2..3 adjacent tokens that each hold a digit, separated by one space."""
+    def compact(term: str) -> str:
+        return "".join(re.findall(r"[^\W_]+", term))
+
+    out = []
+    for i, tok in enumerate(tokens):
+        if tok.is_cjk or not any(c.isdigit() for c in tok.term):
+            continue
+        joined, end = compact(tok.term), tok.end
+        for nxt in tokens[i + 1:i + 3]:
+            if nxt.is_cjk or not any(c.isdigit() for c in nxt.term) or text[end:nxt.start] not in (" ", "\u00a0"):
+                break
+            joined += compact(nxt.term)
+            out.append(joined)
+            end = nxt.end
+    return out
+
+
 def _index_terms_by_tokens(text: str) -> tuple[str, str]:
     """index_terms as defined: every Token, its variants, then the digit joins."""
-    from edge.lexical import _joins, token_variants
+    from edge.lexical import token_variants
 
     tokens = list(iter_tokens(text))
-    variants = [v for tok in tokens for v in token_variants(tok)] + _joins(tokens, text)
+    variants = [v for tok in tokens for v in token_variants(tok)] + _digit_joins(tokens, text)
     return " ".join(t.term for t in tokens), " ".join(variants)
 
 
