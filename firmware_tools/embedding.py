@@ -144,14 +144,17 @@ class ChunkEmbedder:
 
     def start(self) -> None:
         """Start the worker processes now, without waiting for them: they spawn and load the model
-        while the caller reads and chunks the first documents (~1.5 s here, which a build would
-        otherwise wait for at its first block). Idempotent; a no-op without workers."""
+        while the caller reads and chunks the first documents. Idempotent; a no-op without workers."""
+        if self._pool is None and self._ensure_pool():
+            for _ in range(self.n_workers):
+                self._pool.submit(_ready)  # makes the executor spawn every worker now
+
+    def _ensure_pool(self) -> bool:
+        """Whether worker processes are there to use (started on the first call)."""
         if self._pool is None and not self._pool_failed:
             self._pool = spawn_pool(self.n_workers, _init_worker, (str(self.model_dir), self.family))
             self._pool_failed = self._pool is None
-            if self._pool is not None:
-                for _ in range(self.n_workers):
-                    self._pool.submit(_ready)  # makes the executor spawn every worker now
+        return self._pool is not None
 
     def __enter__(self) -> "ChunkEmbedder":
         return self
@@ -173,22 +176,7 @@ class ChunkEmbedder:
 
         ``progress(n)`` is called as each group of ``n`` texts is done (cached ones first).
         """
-        report = progress or (lambda n: None)
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        cached = self.cache.get_many(texts) if self.cache is not None else [None] * len(texts)
-        todo = [i for i, vector in enumerate(cached) if vector is None]
-        for i, vector in enumerate(cached):
-            if vector is not None:
-                out[i] = vector
-        if len(todo) < len(texts):
-            report(len(texts) - len(todo))
-        if todo:
-            fresh = self._embed_uncached([texts[i] for i in todo], report)
-            out[todo] = fresh
-            self.n_embedded += len(todo)
-            if self.cache is not None:
-                self.cache.put_many([texts[i] for i in todo], fresh)
-        return out
+        return self.submit(texts)(progress)
 
     def submit(self, texts: Sequence[str]) -> Callable[[Callable[[int], None] | None], np.ndarray]:
         """Start embedding ``texts`` in the workers and return ``finish(progress)``, which waits
@@ -203,12 +191,8 @@ class ChunkEmbedder:
         todo_texts = [texts[i] for i in todo]
         tasks = [todo_texts[i:i + TASK_TEXTS] for i in range(0, len(todo_texts), TASK_TEXTS)]
         started = None
-        if len(todo_texts) >= MIN_TEXTS_FOR_POOL and not self._pool_failed:
-            if self._pool is None:
-                self._pool = spawn_pool(self.n_workers, _init_worker, (str(self.model_dir), self.family))
-                self._pool_failed = self._pool is None
-            if self._pool is not None:
-                started = self._pool.map(_embed_task, tasks)  # submits every task now
+        if len(todo_texts) >= MIN_TEXTS_FOR_POOL and self._ensure_pool():
+            started = self._pool.map(_embed_task, tasks)  # submits every task now
 
         def finish(progress: Callable[[int], None] | None = None) -> np.ndarray:
             report = progress or (lambda n: None)
@@ -246,25 +230,3 @@ class ChunkEmbedder:
             parts.append(self._local.embed(task))
             report(len(task))
         return parts
-
-    def _embed_uncached(self, texts: list[str], report: Callable[[int], None]) -> np.ndarray:
-        tasks = [texts[i:i + TASK_TEXTS] for i in range(0, len(texts), TASK_TEXTS)]
-        parts: list[np.ndarray] = []
-        if len(texts) >= MIN_TEXTS_FOR_POOL and not self._pool_failed:
-            if self._pool is None:
-                self._pool = spawn_pool(self.n_workers, _init_worker, (str(self.model_dir), self.family))
-                self._pool_failed = self._pool is None
-            if self._pool is not None:
-                try:
-                    for part in self._pool.map(_embed_task, tasks):
-                        parts.append(part)
-                        report(part.shape[0])
-                except BrokenProcessPool as exc:
-                    # Same vectors either way: finish in this process rather than fail the build.
-                    log.warning("embedding workers stopped (%s); embedding in this process", exc)
-                    self._pool_failed = True
-                    self._pool = None  # results already received are in order and kept
-        for task in tasks[len(parts):]:
-            parts.append(self._local.embed(task))
-            report(len(task))
-        return np.concatenate(parts) if parts else np.empty((0, self.dim), dtype=np.float32)
