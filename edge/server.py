@@ -198,8 +198,17 @@ def search_params(params: dict[str, list[str]], *, default_k: int = 5) -> Search
 
 
 # -- errors -----------------------------------------------------------------------------------
+class _Busy(Exception):
+    """The worker's queue is full (HTTP 503)."""
+
+    def __str__(self) -> str:
+        return "the server is busy: too many requests are waiting; retry shortly"
+
+
 def error_status(exc: BaseException) -> tuple[int, str, str]:
     """Map an exception to ``(HTTP status, expect word, visitor reason)``."""
+    if isinstance(exc, _Busy):
+        return 503, "busy", "busy"
     if isinstance(exc, BadRequest):
         return 400, "query", "bad-request"
     if isinstance(exc, UnknownCapsuleError):
@@ -223,6 +232,12 @@ def error_status(exc: BaseException) -> tuple[int, str, str]:
     return 500, "internal", "error"
 
 
+def _log_line(fields: dict[str, Any]) -> None:
+    """One JSON line on the query log: ``event``, ``time`` (UTC), then ``fields``."""
+    line = {"event": "query", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields}
+    query_log.info(json.dumps(line, ensure_ascii=False))
+
+
 # -- metrics ----------------------------------------------------------------------------------
 class _Metrics:
     def __init__(self, service: CapsuleService) -> None:
@@ -241,7 +256,7 @@ class _Metrics:
         reserved = prom.Gauge("edge_budget_reserved_bytes", "Memory reserved in the budget", registry=self.registry)
         reserved.set_function(lambda: budget.reserved_bytes)
         served = prom.Gauge("edge_capsules_served", "Capsules open and served", registry=self.registry)
-        served.set_function(lambda: len(service._open))
+        served.set_function(lambda: len(service.served))
         prom.ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, ...
         self._generate = prom.generate_latest
         self.content_type = prom.CONTENT_TYPE_LATEST
@@ -333,11 +348,9 @@ class EdgeApp:
         from starlette.responses import JSONResponse
 
         status, expect, reason = error_status(exc)
-        if isinstance(exc, _Busy):
-            status, expect, reason = 503, "busy", "busy"
         self.metrics.refusals.labels(reason=reason).inc()
         message = str(exc) or type(exc).__name__
-        if status >= 500 and not isinstance(exc, _Busy):
+        if status >= 500 and expect != "busy":
             log.error("%s failed: %s: %s", what, type(exc).__name__, message)
             if status == 500 and expect == "internal":
                 message = "internal error (see the service log)"
@@ -389,7 +402,7 @@ class EdgeApp:
             self.metrics.queries.labels(mode=payload["mode"]).inc()
             return payload
         except BaseException as exc:
-            refusal = "busy" if isinstance(exc, _Busy) else error_status(exc)[2]
+            refusal = error_status(exc)[2]
             raise
         finally:
             elapsed = time.perf_counter() - started
@@ -399,14 +412,13 @@ class EdgeApp:
 
     def _log_query(self, params: SearchParams, payload: dict[str, Any] | None, elapsed: float,
                    refusal: str | None) -> None:
-        line = {"event": "query", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "capsules": sorted(payload["capsules"]) if payload else list(params.capsules or ["*"]),
+        line = {"capsules": sorted(payload["capsules"]) if payload else list(params.capsules or ["*"]),
                 "k": params.k, "mode": payload["mode"] if payload else params.mode, "ms": round(elapsed * 1e3, 2),
                 "hits": len(payload["hits"]) if payload else 0,
                 "exact_match": payload["exact_match"] if payload else None, "refusal": refusal}
         if self.config.log_queries:
             line["query"] = params.q
-        query_log.info(json.dumps(line, ensure_ascii=False))
+        _log_line(line)
 
     async def api_search(self, request) -> "Response":
         from starlette.responses import JSONResponse
@@ -414,8 +426,7 @@ class EdgeApp:
         try:
             params = search_params(parse_query_string(request.scope["query_string"]))
         except BadRequest as exc:
-            query_log.info(json.dumps({"event": "query", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                       "refusal": "bad-request", "message": str(exc)}))
+            _log_line({"refusal": "bad-request", "message": str(exc)})
             return self._error(exc, what="search")
         try:
             payload = await self._search(params)
@@ -453,7 +464,7 @@ class EdgeApp:
         from starlette.responses import JSONResponse
 
         alive = await self.worker_alive(5.0)
-        served = len(self.service._open)
+        served = len(self.service.served)
         return JSONResponse({"status": "ok" if alive else "stalled", "capsules_served": served,
                              "queue": self.pending}, status_code=200 if alive else 503)
 
@@ -469,20 +480,17 @@ class EdgeApp:
         status = 200
         q = ""
         results = ""
+        fragment = b"_fragment=1" in request.scope["query_string"]  # kiosk.js asks for the results block
         try:
             params = parse_query_string(request.scope["query_string"])
-            fragment = _one(params, "_fragment") == "1"
             q = _one(params, "q") or ""
             if q.strip():
                 payload = await self._search(search_params(params))
                 results = render_hits(payload)
         except Exception as exc:
-            fragment = "_fragment=1" in request.url.query
-            status, _, reason = error_status(exc)
-            if isinstance(exc, _Busy):
-                status, reason = 503, "busy"
+            status, expect, reason = error_status(exc)
             self.metrics.refusals.labels(reason=reason).inc()
-            if status >= 500 and not isinstance(exc, _Busy):
+            if status >= 500 and expect != "busy":
                 log.error("page search failed: %s: %s", type(exc).__name__, exc)
             results = render_state(reason)
         headers = {"Retry-After": "1"} if status == 503 else {}
@@ -494,13 +502,6 @@ class EdgeApp:
             refresh=(f'<noscript><meta http-equiv="refresh" content="{self.config.idle_reset_s};url=/"></noscript>'
                      if q else ""))
         return HTMLResponse(body, status_code=status, headers=headers)
-
-
-class _Busy(Exception):
-    """The worker's queue is full (HTTP 503)."""
-
-    def __str__(self) -> str:
-        return "the server is busy: too many requests are waiting; retry shortly"
 
 
 def create_app(service: CapsuleService, config: ServeConfig | None = None) -> EdgeApp:
