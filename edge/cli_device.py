@@ -227,6 +227,14 @@ def cmd_trust(args: argparse.Namespace) -> int:
 
 def add_device_commands(sub, *, common, store_arg, runtime) -> None:
     """Add the store verbs to the ``edge`` sub-command parser ``sub`` (``edge.cli.build_parser``)."""
+
+    def key_args(p: argparse.ArgumentParser, trust_default: str) -> None:
+        """--trust, --identity and --passphrase-file for verbs that take no CAPSULE argument."""
+        p.add_argument("--trust", action="append", metavar="KEY.pub",
+                       help=f"trusted publisher public key (file or folder of *.pub); {trust_default}")
+        p.add_argument("--identity", action="append", metavar="DEVICE.key",
+                       help="device private key; default $EDGE_CONFIG_DIR/device.key")
+        p.add_argument("--passphrase-file", metavar="FILE", help="file whose first line is the capsule passphrase")
     p = sub.add_parser("install", help="verify capsules fully and install them into the device store",
                        description="Copy each capsule into the store, verify the copy fully (signature, validity, "
                                    "rules, version record, every section digest, every frame) and make it visible "
@@ -247,11 +255,7 @@ def add_device_commands(sub, *, common, store_arg, runtime) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("directory", metavar="DIR", help="the folder to look in (searched 3 levels deep)")
     store_arg(p)
-    p.add_argument("--trust", action="append", metavar="KEY.pub",
-                   help="trusted publisher public key (file or folder of *.pub); default $EDGE_CONFIG_DIR/trusted/*.pub")
-    p.add_argument("--identity", action="append", metavar="DEVICE.key",
-                   help="device private key; default $EDGE_CONFIG_DIR/device.key")
-    p.add_argument("--passphrase-file", metavar="FILE", help="file whose first line is the capsule passphrase")
+    key_args(p, "default $EDGE_CONFIG_DIR/trusted/*.pub")
     p.add_argument("--json", action="store_true", help="print one JSON object per file")
     p.set_defaults(func=cmd_sync)
 
@@ -269,12 +273,7 @@ def add_device_commands(sub, *, common, store_arg, runtime) -> None:
     store_arg(p)
     p.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT",
                    help="address to listen on (default 127.0.0.1:8080; port 0 picks a free port)")
-    p.add_argument("--trust", action="append", metavar="KEY.pub",
-                   help="trusted publisher public key (file or folder of *.pub); default: the trust document, "
-                        "else $EDGE_CONFIG_DIR/trusted/*.pub")
-    p.add_argument("--identity", action="append", metavar="DEVICE.key",
-                   help="device private key; default $EDGE_CONFIG_DIR/device.key")
-    p.add_argument("--passphrase-file", metavar="FILE", help="file whose first line is the capsule passphrase")
+    key_args(p, "default: the trust document, else $EDGE_CONFIG_DIR/trusted/*.pub")
     p.add_argument("--queue-depth", type=_int_arg(1, 1024), default=16, metavar="N",
                    help="requests admitted at once (running and waiting); more get 503 with Retry-After (default 16)")
     p.add_argument("--max-connections", type=_int_arg(4, 4096), default=128, metavar="N",
