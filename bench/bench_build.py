@@ -1,7 +1,7 @@
 """Benchmark: a first build (no embedding cache) on this machine, against the model's own throughput.
 
-Builds a capsule from BEIR SciFact's abstracts (one ``.txt`` per document, title then text, as
-``bench/bench_hybrid.py`` writes them) with ``build_capsule`` and ``n_threads`` worker processes,
+Builds a capsule from BEIR SciFact's abstracts (one ``.txt`` per document, title then text:
+``bench_hybrid.write_corpus``) with ``build_capsule`` and ``n_threads`` worker processes,
 then embeds the same chunk texts with ``ChunkEmbedder`` alone (the same worker count, warmed up:
 "the model's own throughput" that issue 15 measures the build against). Prints one JSON object:
 chunks/s of the whole build and of each stage, the stages after embedding together, the embedding
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -29,29 +28,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
-
-def machine() -> dict:
-    cpu = ""
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"platform": platform.platform(), "cpu": cpu, "nproc": os.cpu_count(), "python": platform.python_version()}
-
-
-def write_docs(data: Path, out: Path, max_docs: int) -> int:
-    out.mkdir(parents=True, exist_ok=True)
-    n = 0
-    with (data / "corpus.jsonl").open() as corpus:
-        for line in corpus:
-            doc = json.loads(line)
-            (out / f"{doc['_id']}.txt").write_text(f"{doc.get('title', '')}\n\n{doc['text']}\n", encoding="utf-8")
-            n += 1
-            if max_docs and n >= max_docs:
-                break
-    return n
+from bench_hybrid import write_corpus  # noqa: E402
+from bench_scifact import machine  # noqa: E402
 
 
 def main() -> int:
@@ -72,7 +52,7 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="bench-build-"))
     docs = work / "docs"
-    n_docs = write_docs(Path(args.data), docs, args.max_docs)
+    n_docs = write_corpus(Path(args.data), docs, args.max_docs)
     now = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     result = build_capsule([docs], work / "out.capsule", signing_key=Ed25519PrivateKey.generate(),

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import re
 import subprocess
@@ -373,6 +372,15 @@ def rounded(obj):
     return obj
 
 
+def best_of(rows: list[dict]) -> dict | None:
+    """The row with the highest ``objective``; the first of equal ones (grid order breaks ties)."""
+    best = None
+    for g in rows:
+        if best is None or g["objective"] > best["objective"] + 1e-9:
+            best = g
+    return best
+
+
 def joint_data(work: Path, scifact: Path, faq: Path, n_threads: int) -> tuple[dict, float]:
     """The three sets' rankings (``joint_rankings``), relevance and dev/test splits, and the seconds
     taken; capsules in ``work`` are reused, else built."""
@@ -460,13 +468,6 @@ def joint_sweep(work: Path, scifact: Path, faq: Path, n_threads: int, default: d
                     feasible = (dev["faq_ndcg@10"] >= dense_dev["faq_ndcg@10"] - 0.01 and dev["pg_top5"] >= 0.99)
                     grid.append({**s, "dev": dev, "objective": float(objective), "feasible": bool(feasible)})
     grid_s = time.perf_counter() - t
-
-    def best_of(rows):
-        best = None
-        for g in rows:
-            if best is None or g["objective"] > best["objective"] + 1e-9:
-                best = g
-        return best
 
     setting_keys = ("k", "dense_weight", "lexical_weight", "depth", "exact")
     feasible = [g for g in grid if g["feasible"]]
@@ -603,13 +604,6 @@ def conditional_sweep(work: Path, scifact: Path, faq: Path, n_threads: int, defa
             for c in COND_CONDITIONS for k in COND_K for wl in COND_WEIGHTS_LOOKUP for wo in COND_WEIGHTS_OTHER]
     grid_s = time.perf_counter() - t
 
-    def best_of(rows):
-        best = None
-        for g in rows:
-            if best is None or g["objective"] > best["objective"] + 1e-9:
-                best = g
-        return best
-
     keys = ("condition", "k", "depth", "exact", "weights_lookup", "weights_other")
     primary = [g for g in grid if g["condition"] in COND_PRIMARY]
     picks = {"chosen": best_of([g for g in primary if g["feasible"]]),
@@ -723,7 +717,6 @@ def pg_benchmark(capsule) -> dict:
     present = [r for r in records if r["kind"] != "absent"]
     kinds = list(dict.fromkeys(r["kind"] for r in present))
     per_kind: dict[str, dict] = {}
-    totals = {m: {"top1": 0, "top5": 0, "exact_true": 0} for m in MODES}
     groups = {"identifiers (sqlstate, sqlstate-lower, condition, guc)": {"sqlstate", "sqlstate-lower", "condition", "guc"},
               "all 590 with a definition": set(kinds)}
     group_counts = {g: {m: [0, 0, 0] for m in MODES} for g in groups}

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,9 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_scifact import machine  # noqa: E402
 
 PROBE = r"""
 import json, sys, time
@@ -55,16 +57,6 @@ with open_capsule(capsule, trusted_keys=[load_public_key(trust)], identities=[lo
                      "frames_per_query": sum(frames) / len(frames)}
 print(json.dumps(out))
 """
-
-
-def machine() -> dict:
-    cpu = ""
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"platform": platform.platform(), "cpu": cpu, "nproc": os.cpu_count(), "python": platform.python_version()}
 
 
 def run_probe(tree: Path, args) -> dict:

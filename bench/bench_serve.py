@@ -48,6 +48,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
+sys.path.insert(0, str(ROOT / "bench"))
 DEFAULT_CAPSULE = Path("/tmp/bench-hybrid-puwpejnv/scifact.capsule")
 DEFAULT_CACHE = Path("/tmp/bench-hybrid-puwpejnv/embeddings.sqlite")
 SERVING = re.compile(r"serving .* at (http://127\.0\.0\.1:(\d+)/)")
@@ -119,23 +120,16 @@ def git(*args: str) -> str:
 
 
 def machine() -> dict:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """``bench_scifact.machine()`` plus the memory this VM has."""
+    from bench_scifact import machine as base
+
     mem_kib = 0
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_kib = int(line.split()[1])
-    except OSError:
+        mem_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                       if line.startswith("MemTotal:"))
+    except (OSError, StopIteration):
         pass
-    return {"cpu": cpu, "nproc": os.cpu_count(), "mem_total_mib": round(mem_kib / 1024), "python": sys.version.split()[0],
-            "platform": sys.platform, "kernel": os.uname().release}
+    return {**base(), "mem_total_mib": round(mem_kib / 1024)}
 
 
 def versions() -> dict:
