@@ -28,6 +28,7 @@ from .errors import (  # noqa: E402
     CapsuleError,
     CapsuleFormatError,
     DecryptionError,
+    DeltaBaseError,
     EdgeError,
     ExpiredCapsuleError,
     FrameDecodeError,
@@ -55,6 +56,6 @@ __all__ = [
     "load_public_key", "load_identity", "Passphrase",
     "EdgeError", "CapsuleError", "CapsuleFormatError", "IntegrityError", "SignatureError", "DecryptionError",
     "ExpiredCapsuleError", "NotYetValidError", "RuleViolationError", "BudgetExceededError", "ModelError",
-    "FrameDecodeError", "RollbackError", "RateLimitedError", "TrustError", "StoreError", "KeyFileError",
+    "FrameDecodeError", "RollbackError", "DeltaBaseError", "RateLimitedError", "TrustError", "StoreError", "KeyFileError",
     "QueryError",
 ]

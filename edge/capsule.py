@@ -30,6 +30,7 @@ Source: FORMAT.md §11 (open order), §5-§6 (frames).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import os
@@ -52,7 +53,7 @@ from .budget import (
 from .clock import utc_now
 from .container import ContainerFile
 from .embedder import QueryEmbedder, check_engine, find_model_dir
-from .errors import BudgetExceededError, CapsuleError, CapsuleFormatError, IntegrityError, ModelError
+from .errors import BudgetExceededError, CapsuleError, CapsuleFormatError, DeltaBaseError, IntegrityError, ModelError
 from .frames import FrameReader
 from .index import Projection, VectorIndex
 from .lexical import LexicalIndex, lexical_plan_bytes
@@ -156,7 +157,11 @@ class OpenOptions:
         model_search_path: directories holding model folders (see ``find_model_dir``).
         n_threads: onnxruntime intra-op threads for query embedding, >= 1.
         prefer_hardware_decoder: try ``h264_v4l2m2m``/``hevc_v4l2m2m`` before software decoding.
-        frame_cache_bytes: bytes of decrypted frames to keep (an LRU cache), reserved at open, >= 0.
+        frame_cache_bytes: bytes of decrypted frames to keep (an LRU cache), reserved at open, >= 0;
+            shared evenly by the segments of a version (FORMAT.md §4.7).
+        segment_files: for a capsule built over earlier segments (a delta, FORMAT.md §4.7) opened
+            by path: the files of those segments, in any order (each is matched to the version's
+            pins by its manifest digest). A store finds them itself.
 
     Raises:
         ValueError: ``threshold`` or ``n_threads`` below 1, or ``frame_cache_bytes`` negative.
@@ -168,6 +173,7 @@ class OpenOptions:
     n_threads: int = 1
     prefer_hardware_decoder: bool = True
     frame_cache_bytes: int = DEFAULT_FRAME_CACHE_BYTES
+    segment_files: Sequence[Path] = ()
 
     def __post_init__(self) -> None:
         if self.threshold < 1 or self.n_threads < 1 or self.frame_cache_bytes < 0:
@@ -186,11 +192,16 @@ class _InstalledObject:
         verified_sections: sections hashed at install against that manifest; not hashed again.
         index_path: the verified, unencrypted Annoy plaintext extracted at install, mapped
             file-backed; ``None`` for an encrypted index.
+        segments: the earlier segments the store keeps for this version (FORMAT.md §4.7):
+            manifest sha256 -> (file, what was verified of it).
     """
 
     manifest_sha256: str
     verified_sections: frozenset[str]
     index_path: Path | None = None
+    segments: Mapping[str, "tuple[Path, _InstalledObject]"] = field(default_factory=dict)
+    #: only the pin: a file handed in by path (an earlier segment), read by pread and hashed as any such file
+    by_path: bool = False
 
 
 def open_capsule(
@@ -245,13 +256,14 @@ def open_capsule(
 def _open_capsule(path: str | os.PathLike[str], *, trusted_keys: Sequence[Ed25519PublicKey],
                   identities: Sequence[Identity], budget: MemoryBudget | None, now: datetime | None,
                   options: OpenOptions, installed: _InstalledObject | None = None,
-                  embedders: Mapping[str, QueryEmbedder] | None = None) -> Capsule:
+                  embedders: Mapping[str, QueryEmbedder] | None = None, segment_of: Manifest | None = None) -> Capsule:
     """``open_capsule`` with the internals of a device store and a capsule set.
 
     ``installed``: the object is a store's, verified at install (mapped, manifest pinned,
     large sections not hashed again). ``embedders``: open ``QueryEmbedder``s by model sha256
     to share (several capsules, one model session); when none matches, the capsule opens
-    its own and reserves ``model`` for it.
+    its own and reserves ``model`` for it. ``segment_of``: this file is an earlier segment of
+    that (verified) version, pinned by ``installed.manifest_sha256`` (``_open_segments``).
     """
     threshold, device, n_threads = options.threshold, options.device, options.n_threads
     model_search_path, frame_cache_bytes = options.model_search_path, options.frame_cache_bytes
@@ -265,7 +277,7 @@ def _open_capsule(path: str | os.PathLike[str], *, trusted_keys: Sequence[Ed2551
     budget.charge_runtime()
     # A device-store object (verified at install, owned by the runtime's user) may be mapped;
     # anything else is read with bounded preads, never through a mapping that can fault.
-    owned_file = installed is not None
+    owned_file = installed is not None and not installed.by_path
     cf = ContainerFile(path, mapping=owned_file)
     prefix = ""
     plan: dict[str, int] = {}
@@ -273,7 +285,10 @@ def _open_capsule(path: str | os.PathLike[str], *, trusted_keys: Sequence[Ed2551
     own_embedder = None
     try:
         manifest, rules = _check_trust(cf, trusted_keys=trusted_keys, threshold=threshold, device=device, now=now,
-                                       identities=identities, expected_manifest_sha256=expected_manifest_sha256)
+                                       identities=identities, expected_manifest_sha256=expected_manifest_sha256,
+                                       segment_of=segment_of)
+        if manifest.segments is not None and segment_of is None:
+            frame_cache_bytes //= len(manifest.segments.base) + 1
         check_engine(manifest.model.family)
         embedder = (embedders or {}).get(manifest.model.sha256)
         if embedder is None:
@@ -339,10 +354,69 @@ def _open_capsule(path: str | os.PathLike[str], *, trusted_keys: Sequence[Ed2551
                            on_expired=lambda exc: device.capsule_expired(manifest, exc))
     else:
         policy = UsePolicy(manifest, rules, log=MemoryUseLog())
-    return Capsule(cf=cf, manifest=manifest, keys=keys, documents=documents, frames=frames, index=index,
-                   lexical=lexical, reader=reader, embedder=embedder, owns_embedder=own_embedder is not None, budget=budget,
-                   memory_plan=plan, reservation_prefix=prefix, frame_cache_bytes=frame_cache_bytes,
-                   verified_at=now, decompressor=decompressor, policy=policy)
+    capsule = Capsule(cf=cf, manifest=manifest, keys=keys, documents=documents, frames=frames, index=index,
+                      lexical=lexical, reader=reader, embedder=embedder, owns_embedder=own_embedder is not None,
+                      budget=budget, memory_plan=plan, reservation_prefix=prefix, frame_cache_bytes=frame_cache_bytes,
+                      verified_at=now, decompressor=decompressor, policy=policy)
+    if manifest.segments is not None and segment_of is None:
+        try:
+            capsule._attach_segments(_open_segments(manifest, installed=installed, options=options,
+                                                    frame_cache_bytes=frame_cache_bytes, identities=identities,
+                                                    budget=budget, now=now, embedder=embedder))
+        except BaseException:
+            capsule.close()
+            raise
+    return capsule
+
+
+def _open_segments(head: Manifest, *, installed: _InstalledObject | None, options: OpenOptions,
+                   frame_cache_bytes: int, identities: Sequence[Identity], budget: MemoryBudget, now: datetime,
+                   embedder: QueryEmbedder) -> list[Capsule]:
+    """Open the earlier segments ``head`` pins, oldest first (FORMAT.md §4.7).
+
+    Each one is found by its manifest digest (in the store's object, else among
+    ``options.segment_files``), verified under that pin exactly as a capsule opened by the same
+    route (sections hashed, every frame sample authenticated), and shares ``embedder``.
+
+    Raises:
+        DeltaBaseError: a pinned segment is not among the files (the base is not installed).
+        Everything ``open_capsule`` raises, for the segment that fails; the ones opened are closed.
+    """
+    found: dict[str, tuple[Path, _InstalledObject | None]] = dict(installed.segments) if installed else {}
+    for path in options.segment_files:
+        try:
+            with ContainerFile(path) as cf:
+                digest = hashlib.sha256(cf.read("MANI")).hexdigest()
+        except CapsuleError:
+            continue  # not a capsule: it is simply not one of the segments
+        found.setdefault(digest, (Path(path), None))
+    opened: list[Capsule] = []
+    segment_options = replace(options, frame_cache_bytes=frame_cache_bytes, segment_files=())
+    try:
+        for pin in head.segments.base:
+            if pin.manifest_sha256 not in found:
+                newest = head.segments.base[-1]
+                raise DeltaBaseError(f"{head.name} v{head.version} is an update over v{newest.version}: its segment "
+                                     f"from v{pin.version} (manifest {pin.manifest_sha256[:12]}) is not here; "
+                                     f"install v{newest.version} first, or give its files",
+                                     base_version=newest.version)
+            path, verified = found[pin.manifest_sha256]
+            pinned = (verified if verified is not None
+                      else _InstalledObject(pin.manifest_sha256, frozenset(), None, by_path=True))
+            segment = _open_capsule(path, trusted_keys=(), identities=identities, budget=budget, now=now,
+                                    options=segment_options, installed=pinned, embedders={head.model.sha256: embedder},
+                                    segment_of=head)
+            opened.append(segment)
+            if segment.manifest.version != pin.version or segment.manifest.n_chunks != pin.n_chunks:
+                raise IntegrityError(f"segment {path} is v{segment.manifest.version} with {segment.manifest.n_chunks} "
+                                     f"chunks; {head.name} v{head.version} pins v{pin.version} with {pin.n_chunks}")
+            if segment.manifest.lexical is None and head.lexical is not None:
+                raise IntegrityError(f"segment {path} has no lexical index, its version has one")
+    except BaseException:
+        for segment in opened:
+            segment.close()
+        raise
+    return opened
 
 
 def _unwrap_within_budget(manifest: Manifest, identities: Sequence[Identity], budget: MemoryBudget,
@@ -467,13 +541,15 @@ def _read_documents(sealed_plaintext: bytes, manifest: Manifest, *, budget: Memo
     docs = []
     first_chunk_id = 0
     for n, item in enumerate(obj["documents"]):
-        if (not isinstance(item, dict) or set(item) != {"name", "bytes", "media_type", "n_chunks", "headings"}
+        if (not isinstance(item, dict) or set(item) - {"sha256"} != {"name", "bytes", "media_type", "n_chunks", "headings"}
+                or not isinstance(item.get("sha256", ""), str) or len(item.get("sha256", "")) not in (0, 64)
                 or not isinstance(item["name"], str) or not _is_int(item["bytes"])
                 or not isinstance(item["media_type"], str) or not _is_int(item["n_chunks"])
                 or not isinstance(item["headings"], list) or len(item["headings"]) > MAX_HEADINGS_PER_DOCUMENT):
             raise CapsuleFormatError(f"document {n} entry is malformed")
         docs.append(Document(item["name"], item["bytes"], item["media_type"], n_chunks=item["n_chunks"],
-                             first_chunk_id=first_chunk_id, headings=_parse_headings(item["headings"], n)))
+                             first_chunk_id=first_chunk_id, headings=_parse_headings(item["headings"], n),
+                             sha256=item.get("sha256", "")))
         first_chunk_id += item["n_chunks"]
     if len(docs) != manifest.n_documents:
         raise CapsuleFormatError(f"document list has {len(docs)} entries, manifest says {manifest.n_documents}")

@@ -31,7 +31,7 @@ from .clock import utc_now
 from .errors import EdgeError, ExpiredCapsuleError, NotYetValidError
 from .capsule import Capsule, Identity, OpenOptions, StageTimings, _InstalledObject, _open_capsule
 from .lexical import LexicalQuery
-from .opened import Candidate
+from .opened import Candidate, read_grouped
 from .retrieval import SearchResult, as_valid_text
 
 __all__ = ["CapsuleSet"]
@@ -169,12 +169,7 @@ class CapsuleSet:
                 exact_matches.append(exact)
         merged.sort(key=lambda item: (not item[1].exact, -item[1].score, item[0], item[1].chunk_id))
         best = [cand for _, cand in merged[:k]]
-        read: dict[int, object] = {}
-        for capsule in self.capsules:  # one read per capsule, so its frames are read overlapped
-            mine = [cand for cand in best if cand.capsule is capsule]
-            if mine:
-                read.update(zip(map(id, mine), capsule._read_candidates(mine, lexical_query, timings)))
-        hits = [read[id(cand)] for cand in best]
+        hits = read_grouped(best, lexical_query, timings)
         return SearchResult(tuple(hits), mode=mode, identifiers=lexical_query.identifier_terms,
                             exact_match=any(exact_matches) if exact_matches else None, timings=timings)
 

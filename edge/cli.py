@@ -50,6 +50,7 @@ _HINTS = {
     "ModelError": "install the model the capsule names (see models/*/MODEL.md) or set EDGE_MODEL_PATH",
     "IntegrityError": "the file is damaged or incomplete; copy it again",
     "CapsuleFormatError": "is this an edge capsule, and is it complete?",
+    "DeltaBaseError": "install the version this update applies to first, or ask the publisher for a full capsule",
     "RollbackError": "this device accepted a newer version of this capsule; ask the publisher for it",
     "TrustError": "trust documents come from the operator's root key (firmware-tools trust); see README",
     "StoreError": "see `edge list`; the store is $EDGE_STORE_DIR or --store",
@@ -354,7 +355,7 @@ def _memory_probe(capsule) -> None:
     ``search`` did both: ``info --memory`` took a kiosk's query and failed when max_k < 5).
     """
     vector = capsule.embedder.embed([MEMORY_PROBE_QUERY])[0]
-    ids, scores = capsule._rank(vector, min(MEMORY_PROBE_K, capsule.manifest.n_chunks), -1)  # no policy: no use
+    ids, scores = capsule._rank(vector, min(MEMORY_PROBE_K, capsule.n_live_chunks), -1)  # no policy: no use
     capsule.read_hits(ids, scores)
 
 

@@ -117,6 +117,23 @@ class RollbackError(CapsuleError):
         self.accepted_version = accepted_version
 
 
+class DeltaBaseError(CapsuleError):
+    """A capsule built over earlier segments (a delta, FORMAT.md §4.7) whose base is not here:
+    the device lacks the version it applies to, or has another one.
+
+    Attributes:
+        base_version: the version it needs (its newest earlier segment).
+        installed_version: the version this device has, or ``None``.
+    """
+
+    expect = "delta-base"
+
+    def __init__(self, message: str, *, base_version: int, installed_version: int | None = None) -> None:
+        super().__init__(message)
+        self.base_version = base_version
+        self.installed_version = installed_version
+
+
 class TrustError(EdgeError):
     """A trust document is malformed, not signed by the root, or older than the installed one."""
 

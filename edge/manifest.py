@@ -403,6 +403,51 @@ class Stanza:
     log_n: int = 0
 
 
+#: Most earlier segments a version may list (FORMAT.md §4.7); a publisher compacts well before.
+MAX_BASE_SEGMENTS = 63
+#: Most tombstone ranges one version may carry.
+MAX_TOMBSTONE_RANGES = 4096
+
+
+@dataclass(frozen=True)
+class SegmentPin:
+    """An earlier segment a version is built on: a capsule of the same lineage, pinned by its manifest.
+
+    Attributes:
+        version: the version that created it (its own manifest's ``version``).
+        manifest_sha256: SHA-256 (hex) of its MANI bytes; what authenticates it.
+        n_chunks: its chunks; its global chunk ids follow those of the segments before it.
+    """
+
+    version: int
+    manifest_sha256: str
+    n_chunks: int
+
+
+@dataclass(frozen=True)
+class SegmentsInfo:
+    """The manifest's ``segments`` object: this capsule is the newest segment of a version (FORMAT.md §4.7).
+
+    Attributes:
+        base: the earlier segments, oldest first; this capsule's own chunks come after theirs.
+        tombstones: ``(start, end)`` ranges of global chunk ids of earlier segments that this
+            version removes or replaces; sorted, disjoint, not touching, inside the base.
+    """
+
+    base: tuple[SegmentPin, ...]
+    tombstones: tuple[tuple[int, int], ...]
+
+    @property
+    def base_chunks(self) -> int:
+        """Chunks in all earlier segments: the global id of this capsule's first chunk."""
+        return sum(pin.n_chunks for pin in self.base)
+
+    @property
+    def n_tombstoned(self) -> int:
+        """Chunks the tombstones remove."""
+        return sum(end - start for start, end in self.tombstones)
+
+
 @dataclass(frozen=True)
 class Manifest:
     """A parsed, structurally checked manifest. Exists only for signed bytes.
@@ -434,6 +479,7 @@ class Manifest:
     recipients: tuple[Stanza, ...]
     builder: dict[str, str]
     lexical: LexicalInfo | None = None
+    segments: SegmentsInfo | None = None
     raw: bytes = field(repr=False, default=b"")
 
     @property
@@ -505,6 +551,7 @@ class Manifest:
             "payload": {"aead": "chacha20poly1305", "compression": "zstd", "layout": "frame-v1",
                         "max_plaintext_bytes": self.max_plaintext_bytes, "dictionary_bytes": self.dictionary_bytes},
             "lexical": None if self.lexical is None else lexical_to_json(self.lexical),
+            **({} if self.segments is None else {"segments": segments_to_json(self.segments)}),
             "n_chunks": self.n_chunks,
             "n_documents": self.n_documents,
             "sections": {tag: {"length": d.length, "sha256": d.sha256} for tag, d in self.sections.items()},
@@ -671,6 +718,10 @@ def parse_manifest(data: bytes) -> Manifest:
     if top.get("lexical") is not None:
         lexical = _parse_lexical(top.obj("lexical"), n_chunks)
 
+    segments = None
+    if "segments" in top.value:
+        segments = _parse_segments(top.obj("segments"), capsule_version=version)
+
     s = top.obj("sections")
     sections = {}
     for tag in HASHED_SECTIONS:
@@ -703,7 +754,8 @@ def parse_manifest(data: bytes) -> Manifest:
         rules=rules, model=model, chunk_max_tokens=chunk_max_tokens,
         chunk_overlap_tokens=chunk_overlap_tokens, index=index, video=video,
         max_plaintext_bytes=max_plaintext_bytes, dictionary_bytes=dictionary_bytes, n_chunks=n_chunks, n_documents=n_documents,
-        sections=sections, recipients=tuple(recipients), builder=builder, lexical=lexical, raw=bytes(data),
+        sections=sections, recipients=tuple(recipients), builder=builder, lexical=lexical, segments=segments,
+        raw=bytes(data),
     )
 
 
@@ -728,6 +780,48 @@ def _parse_lexical(x: _Obj, n_chunks: int) -> LexicalInfo:
     if info.n_rows != n_chunks:
         raise CapsuleFormatError(f"manifest.lexical.n_rows is {info.n_rows}, n_chunks is {n_chunks}")
     return info
+
+
+def _parse_segments(x: _Obj, *, capsule_version: int) -> SegmentsInfo:
+    """The optional ``segments`` object (FORMAT.md §4.7)."""
+    pins = []
+    for n, raw in enumerate(x.list("base", 1, MAX_BASE_SEGMENTS)):
+        p = _Obj(raw, f"manifest.segments.base[{n}]")
+        pins.append(SegmentPin(version=p.int("version", 1), manifest_sha256=p.str("manifest_sha256", _HEX64, 64),
+                               n_chunks=p.int("n_chunks", 1, MAX_ITEMS)))
+        p.done()
+    versions = [pin.version for pin in pins] + [capsule_version]
+    if any(a >= b for a, b in zip(versions, versions[1:])):
+        raise CapsuleFormatError("manifest.segments.base versions must increase, and stay below the capsule's "
+                                 f"version {capsule_version}")
+    if len({pin.manifest_sha256 for pin in pins}) != len(pins):
+        raise CapsuleFormatError("manifest.segments.base names one segment twice")
+    base_chunks = sum(pin.n_chunks for pin in pins)
+    if base_chunks > MAX_ITEMS:
+        raise CapsuleFormatError(f"manifest.segments.base holds {base_chunks} chunks, limit is {MAX_ITEMS}")
+    tombstones = []
+    previous_end = -1
+    for n, raw in enumerate(x.list("tombstones", 0, MAX_TOMBSTONE_RANGES)):
+        if (not isinstance(raw, list) or len(raw) != 2 or not all(type(v) is int for v in raw)):
+            raise CapsuleFormatError(f"manifest.segments.tombstones[{n}] is not a [start, end] pair of integers")
+        start, end = raw
+        if not 0 <= start < end <= base_chunks:
+            raise CapsuleFormatError(f"manifest.segments.tombstones[{n}] = [{start}, {end}] names chunks that do not "
+                                     f"exist: the earlier segments hold chunks 0..{base_chunks - 1}")
+        if start <= previous_end:
+            raise CapsuleFormatError(f"manifest.segments.tombstones[{n}] is not after the range before it "
+                                     "(ranges are sorted, disjoint and not touching)")
+        tombstones.append((start, end))
+        previous_end = end
+    x.done()
+    return SegmentsInfo(tuple(pins), tuple(tombstones))
+
+
+def segments_to_json(info: SegmentsInfo) -> dict[str, Any]:
+    """The manifest's ``segments`` object for ``info`` (the writer's side of the parser)."""
+    return {"base": [{"version": p.version, "manifest_sha256": p.manifest_sha256, "n_chunks": p.n_chunks}
+                     for p in info.base],
+            "tombstones": [[start, end] for start, end in info.tombstones]}
 
 
 def lexical_to_json(info: LexicalInfo) -> dict[str, Any]:

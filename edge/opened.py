@@ -10,6 +10,7 @@ Source: FORMAT.md §4.2 (rules at use), §5-§6 (frames), §11 (use level).
 
 from __future__ import annotations
 
+import bisect
 import fnmatch
 import logging
 import time
@@ -134,6 +135,8 @@ class Document:
         n_chunks: its chunks; they are consecutive from ``first_chunk_id``.
         first_chunk_id: id of its first chunk.
         headings: ``(char_start, level, title)`` of its headings, by position (FORMAT.md §8).
+        sha256: hex SHA-256 of the source file's bytes ("" in capsules built before 0.3); a
+            delta build compares it to tell changed documents (FORMAT.md §4.7).
     """
 
     name: str
@@ -142,6 +145,7 @@ class Document:
     n_chunks: int = 0
     first_chunk_id: int = 0
     headings: tuple[tuple[int, int, str], ...] = ()
+    sha256: str = ""
 
     @property
     def title(self) -> str:
@@ -209,6 +213,57 @@ class Capsule:
                                                                    log=MemoryUseLog())
         self._ranked: set[int] = set()
         self._pool = None  # the frame helper thread, started by the first multi-frame read
+        #: global id of this capsule's first chunk in its version (0 unless it is a segment)
+        self.chunk_base = 0
+        self._segments: tuple[Capsule, ...] = ()  # earlier segments of this version, oldest first
+        self._live: list[tuple[int, int]] | None = None  # local live ranges; None: every chunk
+        self._n_dead = 0
+
+    def _attach_segments(self, segments: Sequence["Capsule"]) -> None:
+        """Make this capsule the newest segment of a version over ``segments`` (FORMAT.md §4.7).
+
+        Assigns each part its global chunk base and applies the manifest's tombstones: a
+        tombstoned chunk is never a candidate, never read and never exported.
+        """
+        info = self.manifest.segments
+        self._segments = tuple(segments)
+        base = 0
+        for part in self._segments:
+            part.chunk_base = base
+            dead = [(max(lo, base) - base, min(hi, base + part.manifest.n_chunks) - base)
+                    for lo, hi in info.tombstones if lo < base + part.manifest.n_chunks and hi > base]
+            part._n_dead = sum(hi - lo for lo, hi in dead)
+            part._live = _complement(dead, part.manifest.n_chunks) if dead else None
+            base += part.manifest.n_chunks
+        self.chunk_base = base
+
+    @property
+    def parts(self) -> tuple["Capsule", ...]:
+        """The segments of this version, oldest first, ending with this capsule (one for a plain capsule)."""
+        return (*self._segments, self)
+
+    @property
+    def n_chunks(self) -> int:
+        """Chunk ids of this version: ``0..n_chunks-1`` over all segments, tombstoned ones included."""
+        return self.chunk_base + self.manifest.n_chunks
+
+    @property
+    def n_live_chunks(self) -> int:
+        """Chunks this version serves (``n_chunks`` minus its tombstones)."""
+        return sum(part.manifest.n_chunks - part._n_dead for part in self.parts)
+
+    def _part_of(self, chunk_id: int) -> tuple["Capsule", int]:
+        """The segment holding global ``chunk_id`` and the id inside it; ``ValueError`` for a
+        removed (tombstoned) or unknown id."""
+        if not 0 <= chunk_id < self.n_chunks:
+            raise ValueError(f"chunk id {chunk_id} outside 0..{self.n_chunks - 1}")
+        for part in self.parts:
+            local = chunk_id - part.chunk_base
+            if local < part.manifest.n_chunks:
+                if part._live is not None and not _in_ranges(part._live, local):
+                    raise ValueError(f"chunk id {chunk_id} was removed by version {self.manifest.version}")
+                return part, local
+        raise AssertionError("unreachable")
 
     @property
     def rules(self) -> Rules:
@@ -353,7 +408,7 @@ class Capsule:
         records = (fresh or {}).get(frame_index)
         record = (records if records is not None else self._frame_records(frame_index, timings))[slot]
         document = self._documents[record.doc_index]
-        return Hit(chunk_id, score, document.name, record.char_start, record.char_end,
+        return Hit(self.chunk_base + chunk_id, score, document.name, record.char_start, record.char_end,
                    frame_index, slot, record.text, self.manifest.name,
                    heading_path=document.heading_path(record.char_start))
 
@@ -384,8 +439,9 @@ class Capsule:
         return self._rank(embedding, k, search_k)
 
     def _rank(self, embedding, k: int, search_k: int) -> tuple[list[int], list[float]]:
-        ids, scores = self._index.search(embedding, min(k, self.manifest.n_chunks), search_k=search_k)
-        self._ranked = {int(i) for i in ids}
+        ids, scores = self._dense_over_parts(embedding, min(k, self.n_live_chunks), search_k, None)
+        for part in self.parts:
+            part._ranked = {i - part.chunk_base for i in ids if part.chunk_base <= i < part.chunk_base + part.manifest.n_chunks}
         return ids, scores
 
     def read_hits(self, chunk_ids, scores, timings: StageTimings | None = None) -> list[Hit]:
@@ -398,12 +454,20 @@ class Capsule:
             RuntimeError: the capsule is closed.
         """
         self._check_open()
-        stray = [int(i) for i in chunk_ids if int(i) not in self._ranked]
-        if stray:
-            raise ValueError(f"chunk(s) {stray[:5]} were not returned by the last rank; use read")
+        located = []
+        for i in chunk_ids:
+            try:
+                part, local = self._part_of(int(i))
+            except ValueError:
+                part, local = None, -1
+            if part is None or local not in part._ranked:
+                raise ValueError(f"chunk(s) {[int(i)]} were not returned by the last rank; use read")
+            located.append((part, local))
         timings = timings if timings is not None else StageTimings()
-        fresh = self._read_frames([self._frames.locate(int(i))[0] for i in chunk_ids], timings)
-        return [self._hit(int(i), float(score), timings, fresh) for i, score in zip(chunk_ids, scores)]
+        fresh = {id(part): part._read_frames([part._frames.locate(lc)[0] for p, lc in located if p is part], timings)
+                 for part in self.parts}
+        return [part._hit(local, float(score), timings, fresh[id(part)])
+                for (part, local), score in zip(located, scores)]
 
     def documents(self, *, now: datetime | None = None) -> list[Document]:
         """Return the source documents (decrypted DOCS): names, titles, chunk counts, headings.
@@ -417,17 +481,28 @@ class Capsule:
         """
         self._check_open()
         self._policy.before_use("read", at=utc_now(now))
-        return list(self._documents)
+        return self._version_documents()
+
+    def _version_documents(self) -> list[Document]:
+        """Documents of every segment with a live chunk, ``first_chunk_id`` global."""
+        out = []
+        for part in self.parts:
+            for doc in part._documents:
+                if part._live is not None and doc.n_chunks and not _overlaps(part._live, doc.first_chunk_id,
+                                                                              doc.first_chunk_id + doc.n_chunks):
+                    continue
+                out.append(doc if not part.chunk_base else replace(doc, first_chunk_id=doc.first_chunk_id + part.chunk_base))
+        return out
 
     @property
     def has_lexical(self) -> bool:
-        """Whether the capsule carries a lexical index (``lexical`` and ``hybrid`` modes)."""
-        return self._lexical is not None
+        """Whether the capsule (every segment of it) carries a lexical index (``lexical`` and ``hybrid`` modes)."""
+        return all(part._lexical is not None for part in self.parts)
 
     @property
     def default_mode(self) -> str:
         """``"hybrid"`` with a lexical index, else ``"dense"``."""
-        return "hybrid" if self._lexical is not None else "dense"
+        return "hybrid" if self.has_lexical else "dense"
 
     def document_ranges(self, patterns: Sequence[str] | None) -> list[tuple[int, int]] | None:
         """Return the ``[first, end)`` chunk-id ranges of the documents whose names match any of
@@ -485,7 +560,7 @@ class Capsule:
         lexical_query = LexicalQuery.parse(query)
         embed = None if mode == "lexical" else (lambda: self._embedder.embed([query])[0])
         candidates, exact_match = self._candidates(lexical_query, embed, k, mode, documents, search_k, timings)
-        hits = self._read_candidates(candidates, lexical_query, timings)
+        hits = read_grouped(candidates, lexical_query, timings)
         self.last_timings = timings
         return SearchResult(tuple(hits), mode=mode, identifiers=lexical_query.identifier_terms,
                             exact_match=exact_match, timings=timings)
@@ -495,10 +570,15 @@ class Capsule:
         """Rank without reading frames: the best ``k`` candidates and ``exact_match``; marks
         them as readable by ``_read_candidates`` (rules were checked by the caller).
 
+        Every segment of the version ranks in its own indexes, tombstoned chunks left out, and the
+        rankings are merged by score before fusion (cosine similarities of one model are comparable
+        across segments; BM25 is per segment, so merging it is approximate, as in ``CapsuleSet``).
+
         ``vector``: the query embedding, or a function returning it (then, in hybrid mode, the
         lexical ranking runs on the helper thread while it embeds), or ``None`` (lexical mode)."""
-        ranges = self.document_ranges(documents)
-        k = min(k, self.manifest.n_chunks)
+        parts = self.parts
+        ranges = [part._filter_ranges(documents) for part in parts]
+        k = min(k, self.n_live_chunks)
         fusion = self.manifest.lexical.fusion if self.manifest.lexical is not None else None
         depth = max(k, fusion.depth) if fusion is not None and mode == "hybrid" else k
         dense: tuple[list[int], list[float]] = ([], [])
@@ -507,15 +587,16 @@ class Capsule:
 
         def rank_lexically():
             t0 = time.perf_counter()
-            found = self._lexical.search(lexical_query, depth, chunk_ranges=ranges)
-            holding = self._lexical.exact_matches(lexical_query, limit=max(depth, 100), chunk_ranges=ranges)
+            ranked = [part._lexical_ranking(lexical_query, depth, r) for part, r in zip(parts, ranges)]
+            found = _merge_ranked([found for found, _ in ranked], depth)
+            holding = [c for _, chunk_ids in ranked for c in chunk_ids]
             return found, holding, (time.perf_counter() - t0) * 1e3
 
         pending = None
         if mode == "hybrid" and callable(vector):
             # SQLite (BM25) and onnxruntime (the embedding) both release the GIL: rank lexically on
-            # the helper thread while the query is embedded here. The connection is used by one
-            # thread at a time: this one waits for the result before anything else touches it.
+            # the helper thread while the query is embedded here. The connections are used by one
+            # thread at a time: this one waits for the result before anything else touches them.
             pending = self._helper().submit(rank_lexically)
         if mode in ("dense", "hybrid"):
             if callable(vector):
@@ -528,7 +609,7 @@ class Capsule:
                     raise
                 timings.embed_ms += (time.perf_counter() - t0) * 1e3
             t0 = time.perf_counter()
-            dense = self._dense(vector, depth, search_k, ranges)
+            dense = self._dense_over_parts(vector, depth, search_k, ranges)
             timings.ann_ms += (time.perf_counter() - t0) * 1e3
         if mode in ("lexical", "hybrid"):
             lexical, exact, lexical_ms = pending.result() if pending is not None else rank_lexically()
@@ -546,21 +627,69 @@ class Capsule:
             exact_first = len(lexical_query.groups) <= fusion.exact_first_max_tokens
             order = [(f.chunk_id, f.score, f.exact) for f in fuse(dense[0], lexical[0], exact=set(exact),
                                                                    fusion=fusion, exact_first=exact_first)][:k]
-        self._ranked = {c for c, _, _ in order}
+        candidates = []
+        for part in parts:
+            part._ranked = set()
+        for c, s, e in order:
+            part, local = self._part_of(c)
+            part._ranked.add(local)
+            candidates.append(Candidate(c, s, e, dense_score.get(c), lexical_score.get(c), part))
         has_identifiers = bool(lexical_query.identifiers) and mode != "dense"
-        return ([Candidate(c, s, e, dense_score.get(c), lexical_score.get(c), self) for c, s, e in order],
-                bool(exact) if has_identifiers else None)
+        return candidates, bool(exact) if has_identifiers else None
+
+    def _filter_ranges(self, documents: Sequence[str] | None) -> list[tuple[int, int]] | None:
+        """Local chunk ranges a document filter leaves (live ones only), or ``None`` without a filter."""
+        ranges = self.document_ranges(documents)
+        if ranges is None or self._live is None:
+            return ranges
+        return _intersect(ranges, self._live)
+
+    def _dense_over_parts(self, vector, n: int, search_k: int,
+                          ranges: Sequence[list[tuple[int, int]] | None] | None) -> tuple[list[int], list[float]]:
+        """The dense ranking of every segment (global ids), merged by cosine similarity."""
+        parts = self.parts
+        ranges = ranges if ranges is not None else [None] * len(parts)
+        return _merge_ranked([part._dense_local(vector, n, search_k, r) for part, r in zip(parts, ranges)], n)
+
+    def _dense_local(self, vector, n: int, search_k: int, ranges: list[tuple[int, int]] | None
+                     ) -> tuple[list[int], list[float]]:
+        """This segment's dense ranking in global ids; tombstoned chunks are fetched past, then dropped."""
+        if ranges is not None or self._live is None:
+            ids, scores = self._dense(vector, n, search_k, ranges)
+        else:
+            found, found_scores = self._index.search(vector, min(self.manifest.n_chunks, n + self._n_dead),
+                                                     search_k=search_k)
+            keep = [(c, s) for c, s in zip(found, found_scores) if _in_ranges(self._live, c)][:n]
+            ids, scores = [c for c, _ in keep], [s for _, s in keep]
+        return [self.chunk_base + int(c) for c in ids], list(scores)
+
+    def _lexical_ranking(self, query: LexicalQuery, depth: int, ranges: list[tuple[int, int]] | None
+                         ) -> tuple[tuple[list[int], list[float]], list[int]]:
+        """This segment's BM25 ranking and exact identifier matches, in global ids."""
+        limit = max(depth, 100)
+        if ranges is not None or self._live is None:
+            found_ids, found_scores = self._lexical.search(query, depth, chunk_ranges=ranges)
+            holding = self._lexical.exact_matches(query, limit=limit, chunk_ranges=ranges)
+        else:
+            found = self._lexical.search(query, depth + self._n_dead)
+            keep = [(c, s) for c, s in zip(*found) if _in_ranges(self._live, c)][:depth]
+            found_ids, found_scores = [c for c, _ in keep], [s for _, s in keep]
+            holding = [c for c in self._lexical.exact_matches(query, limit=limit + self._n_dead)
+                       if _in_ranges(self._live, c)][:limit]
+        base = self.chunk_base
+        return ([base + c for c in found_ids], list(found_scores)), [base + c for c in holding]
 
     def _read_candidates(self, candidates: Sequence[Candidate], lexical_query: LexicalQuery,
                          timings: StageTimings) -> list[Hit]:
         """Read ranked candidates from their frames and mark the query's terms in them."""
         hits = []
-        stray = [c.chunk_id for c in candidates if c.chunk_id not in self._ranked]
+        base = self.chunk_base
+        stray = [c.chunk_id for c in candidates if c.chunk_id - base not in self._ranked]
         if stray:
             raise ValueError(f"chunk {stray[0]} was not returned by the last rank; use read")
-        fresh = self._read_frames([self._frames.locate(c.chunk_id)[0] for c in candidates], timings)
+        fresh = self._read_frames([self._frames.locate(c.chunk_id - base)[0] for c in candidates], timings)
         for cand in candidates:
-            hit = self._hit(cand.chunk_id, cand.score, timings, fresh)
+            hit = self._hit(cand.chunk_id - base, cand.score, timings, fresh)
             terms, spans, answer = mark(hit.text, lexical_query)
             matched = tuple(name for name, score in (("dense", cand.dense_score), ("lexical", cand.lexical_score))
                             if score is not None)
@@ -578,7 +707,7 @@ class Capsule:
         mode = self.default_mode if mode is None else mode
         if mode not in SEARCH_MODES:
             raise QueryError(f"mode must be one of {', '.join(SEARCH_MODES)}, got {mode!r}")
-        if mode != "dense" and self._lexical is None:
+        if mode != "dense" and not self.has_lexical:
             raise QueryError(f"capsule {self.manifest.name} has no lexical index: use mode 'dense'")
         return mode
 
@@ -600,16 +729,15 @@ class Capsule:
         """Return chunk ``chunk_id`` read from its frame (score 1.0).
 
         Raises:
-            ValueError: ``chunk_id`` outside ``0..n_chunks-1``.
+            ValueError: ``chunk_id`` outside ``0..n_chunks-1``, or removed by a tombstone.
             ExpiredCapsuleError, NotYetValidError, RuleViolationError, RateLimitedError: the
                 validity window or the rules forbid reading now (FORMAT.md §4.2).
             FrameDecodeError, DecryptionError, CapsuleFormatError: as for ``search``.
         """
         self._check_open()
-        if not 0 <= chunk_id < self.manifest.n_chunks:
-            raise ValueError(f"chunk id {chunk_id} outside 0..{self.manifest.n_chunks - 1}")
+        part, local = self._part_of(chunk_id)
         self._policy.before_use("read", at=utc_now(now))
-        return self._hit(chunk_id, 1.0, StageTimings())
+        return part._hit(local, 1.0, StageTimings())
 
     def check_frames(self, progress: Callable[[int, int], None] | None = None) -> tuple[int, int]:
         """Decode and authenticate every frame, as full verification does; return (frames, chunks).
@@ -625,16 +753,21 @@ class Capsule:
                 hold another number of chunks than the manifest says.
             FrameDecodeError, DecryptionError: a frame does not decode or authenticate.
         """
-        if self._cf.is_mapped:
-            _compare_digest(self._cf.sha256("VIDE"), self.manifest, "VIDE")
-        timings = StageTimings()
-        n_frames, n_chunks = self._frames.n_frames, 0
-        for frame_index in range(n_frames):
-            n_chunks += len(self._frame_records(frame_index, timings))
-            if progress is not None:
-                progress(frame_index + 1, n_frames)
-        if n_chunks != self.manifest.n_chunks:
-            raise IntegrityError(f"frames hold {n_chunks} chunks, manifest says {self.manifest.n_chunks}")
+        total_frames = sum(part._frames.n_frames for part in self.parts)
+        n_frames = n_chunks = 0
+        for part in self.parts:
+            if part._cf.is_mapped:
+                _compare_digest(part._cf.sha256("VIDE"), part.manifest, "VIDE")
+            timings = StageTimings()
+            part_chunks = 0
+            for frame_index in range(part._frames.n_frames):
+                part_chunks += len(part._frame_records(frame_index, timings))
+                n_frames += 1
+                if progress is not None:
+                    progress(n_frames, total_frames)
+            if part_chunks != part.manifest.n_chunks:
+                raise IntegrityError(f"frames hold {part_chunks} chunks, manifest says {part.manifest.n_chunks}")
+            n_chunks += part_chunks
         return n_frames, n_chunks
 
     def export(self, *, now: datetime | None = None) -> Iterator[Hit]:
@@ -651,8 +784,10 @@ class Capsule:
         self._check_open()
         self._policy.before_use("export", at=utc_now(now))
         timings = StageTimings()
-        for chunk_id in range(self.manifest.n_chunks):
-            yield self._hit(chunk_id, 1.0, timings)
+        for part in self.parts:
+            for start, end in part._live if part._live is not None else [(0, part.manifest.n_chunks)]:
+                for chunk_id in range(start, end):
+                    yield part._hit(chunk_id, 1.0, timings)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -667,7 +802,11 @@ class Capsule:
             "issued_at": format_time(m.issued_at),
             "not_before": format_time(m.not_before),
             "expires_at": format_time(m.expires_at),
-            "n_chunks": m.n_chunks, "n_documents": m.n_documents, "n_frames": m.video.n_frames,
+            "n_chunks": self.n_live_chunks, "n_documents": len(self._version_documents()),
+            "n_frames": sum(part.manifest.video.n_frames for part in self.parts),
+            "segments": [{"version": part.manifest.version, "chunk_base": part.chunk_base,
+                          "n_chunks": part.manifest.n_chunks, "n_removed": part._n_dead,
+                          "file_bytes": part._cf.header.file_bytes} for part in self.parts],
             "model": {"name": m.model.name, "family": m.model.family, "sha256": m.model.sha256,
                       "dim": m.model.dim},
             "embedder": {"family": self._embedder.family, "engine": self._embedder.engine,
@@ -683,7 +822,7 @@ class Capsule:
                       "crf": m.video.crf, "qr": f"v{m.video.qr_version}-{m.video.qr_ec_level}"},
             "rules": m.rules,
             "sections": {tag: {"length": s.length, "sha256": s.sha256} for tag, s in m.sections.items()},
-            "file_bytes": self._cf.header.file_bytes,
+            "file_bytes": sum(part._cf.header.file_bytes for part in self.parts),
             "decoder": self.decoder_name,
             "decoder_is_hardware": self._reader.is_hardware,
             "memory": {"plan_bytes": dict(self.memory_plan), **self.budget.report()},
@@ -694,6 +833,8 @@ class Capsule:
         if self._closed:
             return
         self._closed = True
+        for segment in self._segments:
+            segment.close()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
         self._index.close()
@@ -704,3 +845,57 @@ class Capsule:
         self._cf.close()
         for name in self.memory_plan:
             self.budget.release(self._prefix + name)
+
+
+def read_grouped(candidates: Sequence[Candidate], lexical_query: LexicalQuery, timings: StageTimings) -> list[Hit]:
+    """Read candidates of several capsules or segments, in their order: one read per capsule, so
+    each one's frames are read overlapped (``Capsule._read_frames``)."""
+    groups: dict[int, list[Candidate]] = {}
+    for cand in candidates:
+        groups.setdefault(id(cand.capsule), []).append(cand)
+    read: dict[int, Hit] = {}
+    for mine in groups.values():
+        read.update(zip(map(id, mine), mine[0].capsule._read_candidates(mine, lexical_query, timings)))
+    return [read[id(cand)] for cand in candidates]
+
+
+def _merge_ranked(rankings: Sequence[tuple[list[int], list[float]]], n: int) -> tuple[list[int], list[float]]:
+    """Merge per-segment rankings by score, descending (stable: ties keep segment order); the best ``n``."""
+    if len(rankings) == 1:
+        return rankings[0]
+    merged = sorted(((c, s) for ids, scores in rankings for c, s in zip(ids, scores)), key=lambda item: -item[1])[:n]
+    return [c for c, _ in merged], [s for _, s in merged]
+
+
+def _complement(ranges: Sequence[tuple[int, int]], n: int) -> list[tuple[int, int]]:
+    """``[0, n)`` minus sorted disjoint ``ranges``."""
+    out, cursor = [], 0
+    for start, end in ranges:
+        if start > cursor:
+            out.append((cursor, start))
+        cursor = max(cursor, end)
+    if cursor < n:
+        out.append((cursor, n))
+    return out
+
+
+def _in_ranges(ranges: Sequence[tuple[int, int]], value: int) -> bool:
+    """Whether ``value`` lies in one of the sorted, disjoint ``ranges`` (binary search)."""
+    i = bisect.bisect_right(ranges, (value, float("inf"))) - 1
+    return i >= 0 and ranges[i][0] <= value < ranges[i][1]
+
+
+def _overlaps(ranges: Sequence[tuple[int, int]], start: int, end: int) -> bool:
+    """Whether ``[start, end)`` meets any of the sorted, disjoint ``ranges``."""
+    return any(lo < end and start < hi for lo, hi in ranges)
+
+
+def _intersect(a: Sequence[tuple[int, int]], b: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The ranges in both ``a`` and ``b`` (each sorted and disjoint)."""
+    out = []
+    for lo, hi in a:
+        for blo, bhi in b:
+            start, end = max(lo, blo), min(hi, bhi)
+            if start < end:
+                out.append((start, end))
+    return sorted(out)

@@ -258,7 +258,7 @@ class CapsuleService:
                 status, error = "error", self._failed.get(name, ("", "not opened"))[1]
             days = max(0, int((entry.expires_at - at).total_seconds() // 86400))
             out.append(CapsuleStatus(name, entry.version, entry.capsule_id, status, entry.expires_at,
-                                     entry.not_before, days, held.capsule.manifest.n_chunks if held else 0, error))
+                                     entry.not_before, days, held.capsule.n_live_chunks if held else 0, error))
         return out
 
     def _select(self, names: Sequence[str] | None, at: datetime, *, exact: bool = False
@@ -344,9 +344,12 @@ class CapsuleService:
         self.refresh(now=now)
         chosen, _ = self._select([name], self.store.state.trusted_time(utc_now(now)), exact=True)
         capsule = chosen[0].capsule
-        if not 0 <= chunk_id < capsule.manifest.n_chunks:
-            raise QueryError(f"chunk {chunk_id} is out of range: capsule {name} has {capsule.manifest.n_chunks} chunks")
-        return capsule.read(chunk_id, now=now)
+        if not 0 <= chunk_id < capsule.n_chunks:
+            raise QueryError(f"chunk {chunk_id} is out of range: capsule {name} has {capsule.n_chunks} chunks")
+        try:
+            return capsule.read(chunk_id, now=now)
+        except ValueError as exc:  # removed by a later version's tombstone
+            raise QueryError(str(exc)) from None
 
     @property
     def served(self) -> dict[str, Capsule]:

@@ -71,7 +71,7 @@ from .errors import EdgeError, ExpiredCapsuleError, StoreError, TrustError
 from .keys import ContentKey
 from .store_catalog import HEX32, HEX64, STORE_FORMAT, Catalog, Entry
 from .store_files import open_subdir, read_file, remove_tree, write_file
-from .store_install import INDEX_FILE, Checkpoints, install_locked
+from .store_install import SEGMENTS_DIR, INDEX_FILE, Checkpoints, install_locked
 from .store_state import load_device_state
 from .trust import TrustRoot, VersionRecord
 
@@ -346,8 +346,17 @@ class Store:
         except FileNotFoundError:
             index = None
         # the catalogue pins the manifest installed under the name: a validly signed file
-        # swapped into the object is refused before it moves any device state
-        return _InstalledObject(entry.manifest_sha256, INSTALL_VERIFIED_SECTIONS, index)
+        # swapped into the object is refused before it moves any device state; its earlier
+        # segments open only under the digests that manifest pins (FORMAT.md §13.5)
+        segments = {}
+        directory = path.parent / SEGMENTS_DIR
+        if directory.is_dir() and not directory.is_symlink():
+            for file in directory.glob("*.capsule"):
+                digest = file.name.removesuffix(".capsule")
+                annoy = file.with_suffix(".annoy")
+                segments[digest] = (file, _InstalledObject(digest, INSTALL_VERIFIED_SECTIONS,
+                                                           annoy if annoy.is_file() and not annoy.is_symlink() else None))
+        return _InstalledObject(entry.manifest_sha256, INSTALL_VERIFIED_SECTIONS, index, segments=segments)
 
     def sync(self, directory: str | os.PathLike[str], *, identities: Sequence[Identity],
              trusted_keys: Sequence[Ed25519PublicKey] = (), now: datetime | None = None,

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from .capsule import Identity, OpenOptions, verify_capsule
-from .errors import CapsuleError, StoreError, TrustError
+from .errors import CapsuleError, DeltaBaseError, StoreError, TrustError
 from .keys import Passphrase
 from .manifest import Manifest, parse_signatures
 from .rules import parse_rules
@@ -100,12 +100,16 @@ def install_locked(store: "Store", source: Path, staging: str, crash: Callable[[
                 os.close(dst)
             crash("capsule file closed read-only")
             copy_path = store.path / "tmp" / staging / "capsule"
+            # a delta's earlier segments are the installed ones it pins (FORMAT.md §13.5): every segment
+            # this store holds is offered, and verified again by path with the copy as one version
+            held = held_segments(store)
             try:
                 # judged with the device's floor and records, moved only once the install succeeds
                 report = verify_capsule(copy_path, trusted_keys=trusted_keys, identities=identities, now=now,
                                         full=True, options=OpenOptions(threshold=threshold,
                                                                        model_search_path=model_search_path,
-                                                                       device=store.state.inspection_view()))
+                                                                       device=store.state.inspection_view(),
+                                                                       segment_files=[p for p, _ in held.values()]))
                 manifest = report.manifest
                 signers = _signers(store, copy_path, trusted_keys, now)
                 store.state.check_version(manifest)
@@ -117,12 +121,21 @@ def install_locked(store: "Store", source: Path, staging: str, crash: Callable[[
             if manifest.index.encryption == "none":
                 _extract_index(copy_path, manifest, stage_fd)
                 crash("index extracted")
+            if manifest.segments is not None:
+                _link_segments(manifest, held, stage_fd)
+                crash("segments linked")
             catalog = store._read_catalog()
+            if manifest.segments is not None:
+                _check_delta_base(manifest, catalog)
             taken = catalog.entries.get(manifest.name)
             if taken is not None and taken.capsule_id != manifest.capsule_id:
                 raise StoreError(f"name {manifest.name!r} is taken by capsule {taken.capsule_id}; "
                                  "remove it first")
             content_key = _content_key_to_cache(manifest, identities)
+            if content_key is not None and manifest.segments is not None:
+                raise StoreError(f"{manifest.name} v{manifest.version} is an update over earlier segments, and only a "
+                                 "passphrase opens it: the store does not cache a key per segment yet; install the "
+                                 "full capsule")
             if content_key is not None:
                 fd = os.open("content.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                              0o400, dir_fd=stage_fd)
@@ -175,6 +188,83 @@ def install_locked(store: "Store", source: Path, staging: str, crash: Callable[[
     store._persistence.flush_floor(crash)
     crash("floor saved")
     return entry
+
+#: Folder of an object holding the earlier segments of its version (FORMAT.md §13.5).
+SEGMENTS_DIR = "segments"
+
+
+def held_segments(store: "Store") -> dict[str, tuple[Path, Path | None]]:
+    """Every segment file the store holds: manifest sha256 -> (capsule file, extracted index or ``None``).
+
+    The head of each installed entry (``objects/NAME/capsule``) and the earlier segments beside it
+    (``objects/NAME/segments/SHA256.capsule``). Nothing here is trusted by name: a segment opens
+    only under the digest a verified manifest pins.
+    """
+    held: dict[str, tuple[Path, Path | None]] = {}
+    for entry in store._read_catalog().entries.values():
+        directory = store.path / "objects" / entry.object_name
+        index = directory / INDEX_FILE
+        held[entry.manifest_sha256] = (directory / "capsule", index if index.is_file() else None)
+        segments = directory / SEGMENTS_DIR
+        if segments.is_dir() and not segments.is_symlink():
+            for path in sorted(segments.glob("*.capsule")):
+                digest = path.name.removesuffix(".capsule")
+                if len(digest) == 64 and path.is_file() and not path.is_symlink():
+                    annoy = path.with_suffix(".annoy")
+                    held.setdefault(digest, (path, annoy if annoy.is_file() else None))
+    return held
+
+
+def _check_delta_base(manifest: Manifest, catalog: Catalog) -> None:
+    """A delta applies to exactly the installed version it names as its newest earlier segment."""
+    newest = manifest.segments.base[-1]
+    current = next((e for e in catalog.entries.values() if e.capsule_id == manifest.capsule_id), None)
+    if current is None or current.manifest_sha256 != newest.manifest_sha256:
+        has = f"v{current.version}" if current is not None else "no version"
+        raise DeltaBaseError(f"{manifest.name} v{manifest.version} is an update over v{newest.version} (manifest "
+                             f"{newest.manifest_sha256[:12]}); this device has {has} of it"
+                             + (" (the update was installed already)" if current is not None
+                                and current.manifest_sha256 == manifest_sha256(manifest) else ""),
+                             base_version=newest.version, installed_version=None if current is None else current.version)
+
+
+def _link_segments(manifest: Manifest, held: dict[str, tuple[Path, Path | None]], stage_fd: int) -> None:
+    """Give the new object its earlier segments: hard links to the held, read-only files (copies
+    where the file system refuses links), named by the manifest digest each one is pinned by."""
+    os.mkdir(SEGMENTS_DIR, 0o755, dir_fd=stage_fd)
+    segments_fd = open_subdir(stage_fd, SEGMENTS_DIR)
+    try:
+        for pin in manifest.segments.base:
+            capsule, index = held[pin.manifest_sha256]
+            for source, name in ((capsule, f"{pin.manifest_sha256}.capsule"),
+                                 (index, f"{pin.manifest_sha256}.annoy")):
+                if source is None:
+                    continue
+                try:
+                    os.link(source, name, dst_dir_fd=segments_fd, follow_symlinks=False)
+                except OSError as exc:
+                    if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                        raise
+                    _copy_file(source, segments_fd, name)
+        os.fsync(segments_fd)
+    finally:
+        os.close(segments_fd)
+
+
+def _copy_file(source: Path, dir_fd: int, name: str) -> None:
+    src = os.open(source, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        size = os.fstat(src).st_size
+        dst = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+        try:
+            copy_hashed(lambda n: os.read(src, n), dst, size, hashlib.sha256(), shrank=f"{source} shrank while copied")
+            os.fsync(dst)
+            os.fchmod(dst, 0o444)
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+
 
 def _signers(store: "Store", copy_path: Path, trusted_keys: Sequence[Ed25519PublicKey], now: datetime) -> list[str]:
     """Return the key ids whose signatures on the verified copy verify against the device's trust."""

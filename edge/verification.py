@@ -104,7 +104,8 @@ def _hash_video(cf: ContainerFile, manifest: Manifest, frames: fmt.FrameTable) -
 def verify_manifest(mani: bytes, sigs: bytes, *, section_lengths: Mapping[str, int],
                     trusted_keys: Sequence[Ed25519PublicKey], identities: Sequence[Identity], now: datetime,
                     threshold: int = 1, device: DeviceState | None = None, device_rules: bool = True,
-                    expected_manifest_sha256: str | None = None, where: str = "capsule") -> tuple[Manifest, Rules]:
+                    expected_manifest_sha256: str | None = None, where: str = "capsule",
+                    segment_of: Manifest | None = None) -> tuple[Manifest, Rules]:
     """Turn MANI and SIGS bytes, the trust and the time into a verified manifest and its rules.
 
     No capsule I/O and no allocation beyond the manifest: the caller read the bytes (and the
@@ -124,6 +125,11 @@ def verify_manifest(mani: bytes, sigs: bytes, *, section_lengths: Mapping[str, i
         device_rules: ``False`` skips ``devices`` and ``min_runtime`` (publisher self-check).
         expected_manifest_sha256: refuse any other manifest before its signatures (a store entry).
         where: how messages name the capsule (its path).
+        segment_of: the verified manifest of the version this capsule is an earlier segment of
+            (FORMAT.md §4.7). That manifest pins this one (``expected_manifest_sha256``, required
+            then), so its signatures are not checked; nor are its validity window, rules or
+            version, which the version's own manifest governs. It must be of the same lineage
+            (capsule id, name) and model.
 
     Returns:
         ``(manifest, rules)``.
@@ -133,6 +139,8 @@ def verify_manifest(mani: bytes, sigs: bytes, *, section_lengths: Mapping[str, i
         ExpiredCapsuleError, NotYetValidError, RuleViolationError: see FORMAT.md §11.
         ValueError: no trusted keys and no trust document.
     """
+    if segment_of is not None:
+        return _verify_segment_manifest(mani, section_lengths, segment_of, expected_manifest_sha256, where)
     if device is not None:
         device.observe(now)
     at = device.trusted_time(now) if device is not None else now
@@ -148,14 +156,7 @@ def verify_manifest(mani: bytes, sigs: bytes, *, section_lengths: Mapping[str, i
     else:
         raise ValueError("no trusted keys given, and the device has no trust document")
     manifest = parse_manifest(mani)
-    for tag, digest in manifest.sections.items():
-        actual = section_lengths[tag]
-        if actual != digest.length:
-            raise IntegrityError(f"{tag} section is {actual} bytes, manifest says {digest.length}")
-    if section_lengths["FTAB"] != manifest.video.n_frames * fmt.FRAME_ENTRY_BYTES:
-        raise CapsuleFormatError(
-            f"frame table is {section_lengths['FTAB']} bytes, manifest says {manifest.video.n_frames} frames"
-        )
+    _check_section_lengths(manifest, section_lengths)
     if device is not None:
         device.observe(now, manifest.issued_at)
         at = device.trusted_time(now)
@@ -170,12 +171,43 @@ def verify_manifest(mani: bytes, sigs: bytes, *, section_lengths: Mapping[str, i
     return manifest, rules
 
 
+def _verify_segment_manifest(mani: bytes, section_lengths: Mapping[str, int], head: Manifest,
+                             expected_manifest_sha256: str | None, where: str) -> tuple[Manifest, Rules]:
+    """``verify_manifest`` for an earlier segment, authenticated by the pin in ``head``."""
+    if expected_manifest_sha256 is None:
+        raise ValueError("an earlier segment is opened only under the manifest digest its version pins")
+    if hashlib.sha256(mani).hexdigest() != expected_manifest_sha256:
+        raise IntegrityError(f"{where} holds another manifest than the segment that {head.name} v{head.version} "
+                             "pins (a segment of another capsule or version?)")
+    manifest = parse_manifest(mani)
+    _check_section_lengths(manifest, section_lengths)
+    for label, mine, theirs in (("capsule id", manifest.capsule_id, head.capsule_id), ("name", manifest.name, head.name),
+                                ("model", manifest.model.sha256, head.model.sha256)):
+        if mine != theirs:
+            raise IntegrityError(f"segment {where} has {label} {mine}, its version {head.name} v{head.version} "
+                                 f"has {theirs}")
+    return manifest, parse_rules(head.rules)
+
+
+def _check_section_lengths(manifest: Manifest, section_lengths: Mapping[str, int]) -> None:
+    for tag, digest in manifest.sections.items():
+        actual = section_lengths[tag]
+        if actual != digest.length:
+            raise IntegrityError(f"{tag} section is {actual} bytes, manifest says {digest.length}")
+    if section_lengths["FTAB"] != manifest.video.n_frames * fmt.FRAME_ENTRY_BYTES:
+        raise CapsuleFormatError(
+            f"frame table is {section_lengths['FTAB']} bytes, manifest says {manifest.video.n_frames} frames"
+        )
+
+
 def _check_trust(cf: ContainerFile, *, trusted_keys: Sequence[Ed25519PublicKey], threshold: int,
                  device: DeviceState | None, now: datetime, identities: Sequence[Identity],
-                 device_rules: bool = True, expected_manifest_sha256: str | None = None) -> tuple[Manifest, Rules]:
+                 device_rules: bool = True, expected_manifest_sha256: str | None = None,
+                 segment_of: Manifest | None = None) -> tuple[Manifest, Rules]:
     """``verify_manifest`` over the MANI and SIGS of an open container (the only reads it makes)."""
     return verify_manifest(cf.read("MANI"), cf.read("SIGS"),
                            section_lengths={tag: e.length for tag, e in cf.sections.items()},
                            trusted_keys=trusted_keys, identities=identities, now=now, threshold=threshold,
                            device=device, device_rules=device_rules,
-                           expected_manifest_sha256=expected_manifest_sha256, where=str(cf.path))
+                           expected_manifest_sha256=expected_manifest_sha256, where=str(cf.path),
+                           segment_of=segment_of)

@@ -54,10 +54,13 @@ from edge.errors import CapsuleError
 from edge.keys import Passphrase, keyid
 from edge._files import atomic_replace
 from edge.clock import utc_now
-from edge.manifest import FORMAT_ID, canonical_json, format_time, signatures_to_bytes, stanza_to_json
+from edge.manifest import (FORMAT_ID, SegmentsInfo, canonical_json, format_time, segments_to_json,
+                           signatures_to_bytes, stanza_to_json)
 from edge.capsule import MAX_HEADING_CHARS, MAX_HEADINGS_PER_DOCUMENT
 from edge.lexical import NORMALISER
 from edge.sealed import MAX_HEADING_BYTES_PER_CHUNK, derive_keys, seal_stream
+
+from .delta import BaseVersion
 
 from . import __version__
 from .chunking import TokenizerOffsets, chunk_documents
@@ -196,6 +199,7 @@ def build_capsule(
     embedding_cache: Path | None = None,
     zstd_level: int = PAYLOAD_ZSTD_LEVEL,
     progress: Progress | None = None,
+    base: BaseVersion | None = None,
 ) -> BuildResult:
     """Build, check and atomically write a signed, encrypted capsule.
 
@@ -230,6 +234,10 @@ def build_capsule(
             measured against 19, 9 and 3 in ``firmware_tools/sealing.py``). Readers do not depend
             on it.
         progress: ``progress(stage, done, total)`` callback.
+        base: build a delta over this version (``firmware_tools.delta.read_base``): only the
+            documents that are new or changed since it become the new segment; the base's chunks
+            of changed and removed documents are tombstoned (FORMAT.md §4.7). ``name`` and
+            ``capsule_id`` are the base's; ``version`` must be higher than the base's.
 
     Returns:
         A ``BuildResult``.
@@ -258,6 +266,12 @@ def build_capsule(
     if not 1 <= zstd_level <= 22:
         raise ValueError(f"zstd_level must be in 1..22, got {zstd_level}")
     output = Path(output)
+    if base is not None:
+        if version <= base.version:
+            raise ValueError(f"a delta over v{base.version} needs a higher version, got {version}")
+        if name not in (None, base.name) or capsule_id not in (None, base.capsule_id):
+            raise ValueError(f"a delta keeps its base's name and id ({base.name}, {base.capsule_id})")
+        name, capsule_id = base.name, base.capsule_id
     name = name or output.name.split(".")[0]
     publisher_keyid = keyid(signing_key.public_key())
     capsule_id = capsule_id or derive_capsule_id(publisher_keyid, name)
@@ -283,7 +297,7 @@ def build_capsule(
                 n_candidates=n_candidates, encrypt_index=encrypt_index, video_params=video_params, rng=rng,
                 scrypt_log_n=scrypt_log_n, n_workers=n_threads or os.cpu_count() or 1,
                 embedding_cache=embedding_cache, report=report, model_family=model_family,
-                zstd_level=zstd_level)
+                zstd_level=zstd_level, base=base)
     except FileNotFoundError as exc:
         raise BuildError(f"cannot write {output}: {exc.strerror}") from None
     result.path = output
@@ -316,7 +330,8 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
                 not_before, issued_at, version, name, capsule_id, capsule_id_bytes, publisher_keyid, publisher_name,
                 rules, model_dir, max_tokens, overlap_tokens, n_trees, search_k, index_seed, projection, ann_dim,
                 refine_dim, n_candidates, encrypt_index, video_params, rng, scrypt_log_n, n_workers,
-                embedding_cache, report, model_family="onnx", zstd_level=PAYLOAD_ZSTD_LEVEL) -> BuildResult:
+                embedding_cache, report, model_family="onnx", zstd_level=PAYLOAD_ZSTD_LEVEL,
+                base: BaseVersion | None = None) -> BuildResult:
     """The build pipeline; every large intermediate is a file in ``work``."""
     stage_s: dict[str, float] = {}
 
@@ -328,10 +343,17 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
     offsets = TokenizerOffsets.from_file(tokenizer_path)
     docs: list = []
     raw_text_bytes = 0
+    seen: set[str] = set()  # documents of the inputs that the base holds (a delta build)
+    replaced: list[str] = []  # base documents this version changes
 
     def documents():
         nonlocal raw_text_bytes
         for doc in iter_documents(list(inputs)):
+            if base is not None and doc.name in base.documents:
+                seen.add(doc.name)
+                if base.documents[doc.name].sha256 == doc.sha256:
+                    continue  # unchanged: its chunks stay in the base's segments
+                replaced.append(doc.name)
             headings = tuple((h.char_start, h.level, h.title) for h in getattr(doc, "headings", ()))
             docs.append(_DocumentMeta(doc.name, doc.n_bytes, doc.media_type, doc.sha256, headings))
             raw_text_bytes += len(doc.text.encode("utf-8"))
@@ -377,6 +399,21 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
     records.close_writing()
     report("read", len(docs), len(docs))
     vectors = vectors_spool.array()
+    segments = None
+    if base is not None:
+        removed = sorted(set(base.documents) - seen)
+        tombstones = base.tombstones_for(replaced + removed)
+        if not docs and tombstones == base.tombstones:
+            raise BuildError(f"nothing changed since {base.name} v{base.version}: no delta to build")
+        if not docs:
+            raise BuildError(f"this version only removes documents ({', '.join(removed[:3])}): a delta needs at least "
+                             "one new or changed document; build it in full")
+        if embedder_info.sha256 != base.model_sha256:
+            raise BuildError(f"the base was embedded with model {base.model_sha256[:12]}, this build uses "
+                             f"{embedder_info.sha256[:12]}: scores would not compare; build in full")
+        segments = SegmentsInfo(base.pins, tombstones)
+        log.info("delta over v%d: %d new or changed documents, %d removed, %d chunks tombstoned", base.version,
+                 len(docs), len(removed), segments.n_tombstoned)
     if not docs:
         raise BuildError("no documents found in the inputs")
     n_chunks = len(records)
@@ -392,7 +429,7 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
     lexical_info = lexicon.finish()
     docs_plain = canonical_json({"documents": [
         {"name": d.name, "bytes": d.n_bytes, "media_type": d.media_type, "n_chunks": d.n_chunks,
-         "headings": _kept_headings(d)} for d in docs]})
+         "headings": _kept_headings(d), "sha256": d.sha256} for d in docs]})
     content_digest = hashlib.sha256(b"".join(bytes.fromhex(d.sha256) for d in docs) + canonical_json(
         {"capsule_id": capsule_id, "version": version, "max_tokens": max_tokens,
          "overlap_tokens": overlap_tokens})).digest()
@@ -489,6 +526,7 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
                     "fusion": dict(DEFAULT_FUSION)},
         "payload": {"aead": "chacha20poly1305", "compression": "zstd", "dictionary_bytes": len(dictionary),
                     "layout": "frame-v1", "max_plaintext_bytes": MAX_FRAME_PLAINTEXT_BYTES},
+        **({} if segments is None else {"segments": segments_to_json(segments)}),
         "n_chunks": n_chunks,
         "n_documents": len(docs),
         "sections": {tag: digests[tag] for tag in fmt.HASHED_SECTIONS},

@@ -134,6 +134,21 @@ def cmd_build(args: argparse.Namespace) -> int:
         raise SystemExit(_usage("--passphrase-file cannot be combined with --recipient: a passphrase capsule has "
                                 "no other recipients (FORMAT.md §7, as age)"))
     rules = json.loads(Path(args.rules).read_text()) if args.rules else None
+    base = None
+    if args.base is not None:
+        from .delta import read_base
+
+        if args.base_identity is None and args.base_passphrase_file is None:
+            raise SystemExit(_usage("--base needs --base-identity DEVICE.key or --base-passphrase-file: the builder "
+                                    "reads the base's document list, which only a recipient can decrypt"))
+        from edge.keys import load_identity
+
+        identities = ([load_identity(args.base_identity)] if args.base_identity else []) + (
+            [load_passphrase(args.base_passphrase_file)] if args.base_passphrase_file else [])
+        base = read_base(args.base, signing_key=signing_key, identities=identities, segment_files=args.segment or ())
+    elif args.segment:
+        raise SystemExit(_usage("--segment goes with --base"))
+    version = args.version if args.version is not None else (base.version + 1 if base is not None else 1)
     seed = args.seed
     bars = _Bars(enabled=not args.quiet)
     # SIGTERM / SIGHUP unwind like Ctrl-C, so the private spool and the partial capsule are removed.
@@ -143,11 +158,11 @@ def cmd_build(args: argparse.Namespace) -> int:
         result = build_capsule(
             args.documents, Path(args.output), signing_key=signing_key, recipients=recipients,
             passphrase=passphrase, expires_at=args.expires, not_before=args.not_before, issued_at=args.issued_at,
-            version=args.version, name=args.name, capsule_id=args.capsule_id, publisher_name=args.publisher_name,
+            version=version, name=args.name, capsule_id=args.capsule_id, publisher_name=args.publisher_name,
             rules=rules, max_tokens=args.max_tokens, overlap_tokens=args.overlap_tokens, n_trees=args.n_trees,
             encrypt_index=not args.plain_index, seed=seed, progress=bars, embedding_cache=args.embedding_cache,
             **({"zstd_level": args.zstd_level} if args.zstd_level is not None else {}), n_threads=args.workers, model_family=args.model_family,
-            video_params=HEVC_VIDEO_PARAMS if args.codec == "hevc" else DEFAULT_VIDEO_PARAMS,
+            video_params=HEVC_VIDEO_PARAMS if args.codec == "hevc" else DEFAULT_VIDEO_PARAMS, base=base,
         )
     finally:
         bars.close()
@@ -253,6 +268,9 @@ more examples:
   a Pi 5 (HEVC decoder), reusing embeddings from the last build:
     firmware-tools build docs/ -o manual.capsule --signing-key publisher.key \\
         --recipient pi5.pub --expires +90d --codec hevc --embedding-cache embed.sqlite
+  an update that carries only what changed since v3 (a delta; devices holding v3 install it):
+    firmware-tools build docs/ -o manual-v4.capsule --signing-key publisher.key \
+        --recipient kiosk-7.pub --expires +90d --base manual-v3.capsule --base-identity publisher-device.key
   a byte-identical rebuild (same documents, keys, seed, issue time and embeddings):
     firmware-tools build docs/ -o manual.capsule --signing-key publisher.key \\
         --recipient kiosk-7.pub --expires 2027-06-30 --issued-at 2026-12-01 --seed 00 \\
@@ -296,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expires", type=_date_arg, required=True, help="expiry: YYYY-MM-DD, ISO time, or +90d")
     p.add_argument("--not-before", type=_date_arg, help="start of validity (default: issue time)")
     p.add_argument("--issued-at", type=_date_arg, help="issue time (default: now, or $SOURCE_DATE_EPOCH)")
-    p.add_argument("--version", type=_positive_int, default=1, help="capsule version, >= 1 (default 1)")
+    p.add_argument("--version", type=_positive_int, default=None,
+                   help="capsule version, >= 1 (default 1, or the base's + 1 with --base)")
     p.add_argument("--name", help="capsule name (default: output file name)")
     p.add_argument("--capsule-id", help="32 hex chars (default: derived from the publisher key and name)")
     p.add_argument("--publisher-name", default="", help="human-readable publisher name")
@@ -322,6 +341,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zstd-level", type=int, choices=range(1, 23), default=None, metavar="1-22",
                    help="zstd level of the frame payloads (default 15: within 0.3%% of level 19's size at 0.7x "
                         "its packing time; 9 packs 3.4x faster than 19 for 4.6%% more video)")
+    p.add_argument("--base", type=Path, metavar="BASE.capsule",
+                   help="build a delta over this version: only new and changed documents are packed, the base's "
+                        "chunks of changed and removed ones are tombstoned (FORMAT.md §4.7)")
+    p.add_argument("--base-identity", metavar="DEVICE.key", help="a device key that opens the base (with --base)")
+    p.add_argument("--base-passphrase-file", metavar="FILE", help="the base's passphrase (with --base)")
+    p.add_argument("--segment", action="append", type=Path, metavar="FILE",
+                   help="an earlier segment of the base, when the base is itself a delta; repeatable")
     p.add_argument("--json", action="store_true", help="print the build summary as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_build)

@@ -1,0 +1,266 @@
+"""Delta capsules end to end (FORMAT.md §4.7, §13.5): real builds, real frames, a real store.
+
+v1 is the Python FAQ. v2 is a delta over v1: one document changed (an error code appended), one
+removed, one added. v3 is a delta over v2 (so over two earlier segments). Every check reads text
+from the frames and compares with what the documents say.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from .conftest import FAQ_DOCS, build_test_capsule
+from edge import DeltaBaseError, IntegrityError, RollbackError, Store, open_capsule
+from edge.capsule import OpenOptions
+from edge.errors import CapsuleError, CapsuleFormatError
+from firmware_tools.delta import merge_ranges, read_base
+from firmware_tools.errors import BuildError
+
+NOW = datetime(2027, 1, 1, tzinfo=timezone.utc)
+CHANGED, REMOVED, ADDED = "design.txt", "extending.txt", "parts.md"
+NEW_FACT = "Fault code E-4021 means the flux capacitor of the unit is misaligned."
+PART_FACT = "Part number 6ES7 214-1AG40-0XB0 is the CPU module of the controller."
+QUERIES = ("E-4021 flux capacitor", "6ES7 214-1AG40-0XB0", "how do I install python on windows",
+           "why are floating point numbers inexact", "what is the GIL")
+
+
+@pytest.fixture(scope="module")
+def lineage(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("delta")
+    v1_docs = tmp / "v1"
+    shutil.copytree(FAQ_DOCS, v1_docs)
+    v1 = build_test_capsule(v1_docs, tmp / "faq-v1.capsule", keys_dir=tmp / "keys", name="faq")
+    v2_docs = tmp / "v2"
+    shutil.copytree(v1_docs, v2_docs)
+    changed = v2_docs / CHANGED
+    changed.write_text(changed.read_text() + f"\n\n{NEW_FACT}\n")
+    (v2_docs / REMOVED).unlink()
+    (v2_docs / ADDED).write_text(f"# Parts\n\n{PART_FACT}\n")
+    base1 = read_base(v1.path, signing_key=v1.publisher_key, identities=[v1.device_key])
+    v2 = build_test_capsule(v2_docs, tmp / "faq-v2.capsule", keys_dir=tmp / "keys", name="faq", version=2, base=base1)
+    full2 = build_test_capsule(v2_docs, tmp / "faq-v2-full.capsule", keys_dir=tmp / "keys", name="faq", version=2)
+    v3_docs = tmp / "v3"
+    shutil.copytree(v2_docs, v3_docs)
+    (v3_docs / "general.txt").write_text((v3_docs / "general.txt").read_text() + "\n\nError ZX-9931 first appeared in version three.\n")
+    base2 = read_base(v2.path, signing_key=v1.publisher_key, identities=[v1.device_key], segment_files=[v1.path])
+    v3 = build_test_capsule(v3_docs, tmp / "faq-v3.capsule", keys_dir=tmp / "keys", name="faq", version=3, base=base2)
+    return {"tmp": tmp, "v1": v1, "v2": v2, "full2": full2, "v3": v3, "base1": base1, "v2_docs": v2_docs}
+
+
+def _open(built, segment_files=(), **kwargs):
+    return open_capsule(built.path, trusted_keys=[built.publisher_key.public_key()], identities=[built.device_key],
+                        now=NOW, options=OpenOptions(segment_files=tuple(segment_files)), **kwargs)
+
+
+def _results(capsule, mode=None):
+    return {q: [h.to_json() for h in capsule.search(q, k=5, mode=mode, now=NOW)] for q in QUERIES}
+
+
+def _store(tmp: Path, name: str) -> Store:
+    path = tmp / name
+    shutil.rmtree(path, ignore_errors=True)
+    return Store(path, hardware_id="test-device")
+
+
+def test_a_delta_carries_only_the_changed_documents_and_is_smaller(lineage):
+    v1, v2, full2 = lineage["v1"], lineage["v2"], lineage["full2"]
+    assert v2.result.n_documents == 2  # the changed one and the added one, nothing else
+    assert v2.result.file_bytes < 0.5 * full2.result.file_bytes
+    with _open(v2, [v1.path]) as capsule:
+        segments = capsule.manifest.segments
+        removed = [d for d in lineage["base1"].documents.values() if d.name in (CHANGED, REMOVED)]
+        assert segments.tombstones == merge_ranges([(d.start, d.end) for d in removed])
+        assert [p.version for p in segments.base] == [1]
+        assert segments.base[0].manifest_sha256 == hashlib.sha256(_open(v1).manifest.raw).hexdigest()
+        names = sorted(d.name for d in capsule.documents(now=NOW))
+        assert names == sorted(p.name for p in lineage["v2_docs"].iterdir())
+        assert capsule.n_live_chunks == full2.result.n_chunks
+
+
+def test_search_over_base_and_delta_reads_the_new_text_and_never_a_tombstoned_chunk(lineage):
+    v1, v2 = lineage["v1"], lineage["v2"]
+    dead = lineage["base1"].tombstones_for([CHANGED, REMOVED])
+    with _open(v2, [v1.path]) as capsule:
+        top = capsule.search("E-4021 flux capacitor", k=1, now=NOW)[0]
+        assert NEW_FACT in top.text and top.document == CHANGED and top.chunk_id >= v1.result.n_chunks
+        assert capsule.search("6ES7 214-1AG40-0XB0", k=1, mode="lexical", now=NOW)[0].document == ADDED
+        for mode in ("hybrid", "dense", "lexical"):
+            for hits in _results(capsule, mode).values():
+                assert not any(lo <= h["chunk_id"] < hi for h in hits for lo, hi in dead)
+                assert not any(h["document"] == REMOVED for h in hits)
+        exported = list(capsule.export(now=NOW))
+        assert len(exported) == capsule.n_live_chunks
+        assert not any(lo <= h.chunk_id < hi for h in exported for lo, hi in dead)
+        with pytest.raises(ValueError, match="removed by version 2"):
+            capsule.read(dead[0][0], now=NOW)
+        assert capsule.read(exported[-1].chunk_id, now=NOW).text == exported[-1].text
+
+
+def test_a_delta_of_a_delta_fans_out_over_three_segments(lineage):
+    v1, v2, v3 = lineage["v1"], lineage["v2"], lineage["v3"]
+    with _open(v3, [v2.path, v1.path]) as capsule:  # any order: matched by manifest digest
+        assert [p.manifest.version for p in capsule.parts] == [1, 2, 3]
+        assert "ZX-9931" in capsule.search("ZX-9931", k=1, now=NOW)[0].text
+        assert NEW_FACT in capsule.search("E-4021 flux capacitor", k=1, now=NOW)[0].text
+        assert capsule.check_frames()[1] == sum(p.manifest.n_chunks for p in capsule.parts)
+
+
+def test_a_delta_without_its_base_is_refused_naming_the_version_it_needs(lineage):
+    v1, v2, v3 = lineage["v1"], lineage["v2"], lineage["v3"]
+    with pytest.raises(DeltaBaseError, match=r"update over v1.*install v1 first") as caught:
+        _open(v2)
+    assert caught.value.base_version == 1
+    with pytest.raises(DeltaBaseError, match="update over v2"):
+        _open(v3, [v1.path])  # one of its two earlier segments is missing
+
+
+def test_a_segment_from_another_capsule_is_refused(lineage, tmp_path):
+    v1, v2, full2 = lineage["v1"], lineage["v2"], lineage["full2"]
+    with pytest.raises(DeltaBaseError):  # by path: another file simply is not the pinned segment
+        _open(v2, [full2.path])
+    store = _store(tmp_path, "store")
+    keys = dict(identities=[v1.device_key], trusted_keys=[v1.publisher_key.public_key()], now=NOW)
+    store.install(v1.path, **keys)
+    entry = store.install(v2.path, **keys)
+    segment = store.path / "objects" / entry.object_name / "segments" / f"{v2_pin(v2)}.capsule"
+    assert segment.is_file()
+    os.chmod(segment.parent, 0o755)
+    segment.unlink()
+    shutil.copyfile(full2.path, segment)  # mix and match: a validly signed capsule of the same name
+    with pytest.raises(IntegrityError, match="another manifest than the segment"):
+        store.open("faq", **keys)
+
+
+def v2_pin(built) -> str:
+    """The manifest digest a delta pins for its newest earlier segment, read from its signed manifest."""
+    from edge.container import ContainerFile
+    from edge.manifest import parse_manifest
+
+    with ContainerFile(built.path) as cf:
+        return parse_manifest(cf.read("MANI")).segments.base[-1].manifest_sha256
+
+
+def test_store_installs_a_delta_atomically_and_answers_as_the_full_version(lineage, tmp_path):
+    v1, v2, full2 = lineage["v1"], lineage["v2"], lineage["full2"]
+    keys = dict(identities=[v1.device_key], trusted_keys=[v1.publisher_key.public_key()], now=NOW)
+    store = _store(tmp_path, "store")
+    with pytest.raises(DeltaBaseError, match="update over v1"):
+        store.install(v2.path, **keys)  # nothing installed yet
+    assert store.list(now=NOW) == []
+    store.install(v1.path, **keys)
+    entry = store.install(v2.path, **keys)
+    assert entry.version == 2
+    objects = os.listdir(store.path / "objects")
+    assert objects == [entry.object_name]  # v1's object is gone; its file lives on as v2's segment
+    with store.open("faq", **keys) as installed, _open(v2, [v1.path]) as by_path:
+        assert [p.manifest.version for p in installed.parts] == [1, 2]
+        for mode in ("hybrid", "dense", "lexical"):
+            assert _results(installed, mode) == _results(by_path, mode)
+    with store.open("faq", **keys) as installed, _open(full2) as full:
+        # the compacted equivalent answers the same facts (its index is another, so not byte for byte)
+        for query in ("E-4021 flux capacitor", "6ES7 214-1AG40-0XB0"):
+            assert installed.search(query, k=1, now=NOW)[0].text == full.search(query, k=1, now=NOW)[0].text
+
+
+def test_replayed_truncated_and_foreign_deltas_leave_the_installed_version_serving(lineage, tmp_path):
+    v1, v2, v3 = lineage["v1"], lineage["v2"], lineage["v3"]
+    keys = dict(identities=[v1.device_key], trusted_keys=[v1.publisher_key.public_key()], now=NOW)
+    store = _store(tmp_path, "store")
+    store.install(v1.path, **keys)
+    with pytest.raises(DeltaBaseError, match="update over v2.*not here"):
+        store.install(v3.path, **keys)  # built over v2, the device has v1
+    truncated = tmp_path / "truncated.capsule"
+    truncated.write_bytes(v2.path.read_bytes()[:-4096])
+    with pytest.raises(CapsuleError):
+        store.install(truncated, **keys)
+    store.install(v2.path, **keys)
+    with pytest.raises(DeltaBaseError, match="installed already"):
+        store.install(v2.path, **keys)  # replayed
+    with pytest.raises(RollbackError):
+        store.install(v1.path, **keys)
+    with store.open("faq", **keys) as capsule:
+        assert capsule.manifest.version == 2
+        assert NEW_FACT in capsule.search("E-4021 flux capacitor", k=1, now=NOW)[0].text
+    store.install(v3.path, **keys)  # and the next delta still applies
+    with store.open("faq", **keys) as capsule:
+        assert [p.manifest.version for p in capsule.parts] == [1, 2, 3]
+
+
+def test_builder_refuses_a_delta_with_nothing_new(lineage, tmp_path):
+    v1 = lineage["v1"]
+    docs = tmp_path / "same"
+    shutil.copytree(FAQ_DOCS, docs)
+    with pytest.raises(BuildError, match="nothing changed since faq v1"):
+        build_test_capsule(docs, tmp_path / "same.capsule", keys_dir=lineage["tmp"] / "keys", name="faq", version=2,
+                           base=lineage["base1"])
+    with pytest.raises(ValueError, match="needs a higher version"):
+        build_test_capsule(docs, tmp_path / "same.capsule", keys_dir=lineage["tmp"] / "keys", name="faq", version=1,
+                           base=lineage["base1"])
+    assert not (tmp_path / "same.capsule").exists()
+    assert v1.path.is_file()
+
+
+def test_manifest_segments_are_parsed_strictly(manifest_dict):
+    from edge.manifest import canonical_json, parse_manifest
+
+    good = {"base": [{"version": 1, "manifest_sha256": "a" * 64, "n_chunks": 10}], "tombstones": [[0, 2], [5, 10]]}
+    manifest_dict["version"] = 2
+    parsed = parse_manifest(canonical_json({**manifest_dict, "segments": good}))
+    assert parsed.segments.base_chunks == 10 and parsed.segments.n_tombstoned == 7
+    assert parse_manifest(parsed.to_bytes()) == parsed
+    bad = {
+        "names chunks that do not exist": {**good, "tombstones": [[5, 11]]},
+        "not after the range before it": {**good, "tombstones": [[5, 10], [0, 2]]},
+        "not after the range before it ": {**good, "tombstones": [[0, 5], [5, 10]]},
+        "versions must increase": {**good, "base": [{**good["base"][0], "version": 2}]},
+        "not a \\[start, end\\] pair": {**good, "tombstones": [[1]]},
+        "must be a list": {**good, "base": []},
+    }
+    for message, segments in bad.items():
+        with pytest.raises(CapsuleFormatError, match=message.strip()):
+            parse_manifest(canonical_json({**manifest_dict, "segments": segments}))
+    twice = {**good, "base": [good["base"][0], {**good["base"][0], "version": 2}]}
+    with pytest.raises(CapsuleFormatError, match="names one segment twice"):
+        parse_manifest(canonical_json({**manifest_dict, "version": 3, "segments": twice}))
+
+
+def test_cli_builds_a_delta_and_edge_installs_it_over_the_base(tmp_path):
+    from .conftest import TINY_DOCS, run_cli
+
+    def ok(*args, **kwargs):
+        proc = run_cli(*args, **kwargs)
+        assert proc.returncode == 0, proc.stderr
+        return proc
+
+    for kind, name in (("publisher", "p"), ("device", "d")):
+        ok("firmware_tools", "keygen", "--kind", kind, "-o", str(tmp_path / f"{name}.key"))
+    docs = tmp_path / "docs"
+    shutil.copytree(TINY_DOCS / "good", docs)
+    common = ["--signing-key", str(tmp_path / "p.key"), "--recipient", str(tmp_path / "d.pub"), "--expires", "+30d",
+              "-q", "--name", "tiny"]
+    ok("firmware_tools", "build", str(docs), "-o", str(tmp_path / "v1.capsule"), *common)
+    (docs / "filters.md").write_text("# Filters\n\nReplacement filter QX-7788 fits every model.\n")
+    proc = run_cli("firmware_tools", "build", str(docs), "-o", str(tmp_path / "v2.capsule"), *common,
+                   "--base", str(tmp_path / "v1.capsule"))
+    assert proc.returncode == 2 and "--base-identity" in proc.stderr
+    built = json.loads(ok("firmware_tools", "build", str(docs), "-o", str(tmp_path / "v2.capsule"), *common[:-2],
+                          "--base", str(tmp_path / "v1.capsule"), "--base-identity", str(tmp_path / "d.key"),
+                          "--json").stdout)
+    assert built["version"] == 2 and built["documents"] == 1
+    env = {"EDGE_STORE_DIR": str(tmp_path / "store")}
+    keys = ["--trust", str(tmp_path / "p.pub"), "--identity", str(tmp_path / "d.key")]
+    proc = run_cli("edge", "install", str(tmp_path / "v2.capsule"), *keys, env=env)
+    assert proc.returncode == 1 and "edge: error: " in proc.stderr and "update over v1" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    ok("edge", "install", str(tmp_path / "v1.capsule"), *keys, env=env)
+    ok("edge", "install", str(tmp_path / "v2.capsule"), *keys, env=env)
+    hits = [json.loads(line) for line in ok("edge", "search", "tiny", "QX-7788", "-k", "1", "--json", *keys,
+                                            env=env).stdout.splitlines()]
+    assert "QX-7788" in hits[0]["text"]
