@@ -200,6 +200,7 @@ def build_capsule(
     zstd_level: int = PAYLOAD_ZSTD_LEVEL,
     progress: Progress | None = None,
     base: BaseVersion | None = None,
+    append: bool = False,
 ) -> BuildResult:
     """Build, check and atomically write a signed, encrypted capsule.
 
@@ -238,6 +239,8 @@ def build_capsule(
             documents that are new or changed since it become the new segment; the base's chunks
             of changed and removed documents are tombstoned (FORMAT.md §4.7). ``name`` and
             ``capsule_id`` are the base's; ``version`` must be higher than the base's.
+        append: with ``base``, keep the base's documents that the inputs do not name (grow the
+            capsule by the inputs; ``firmware-tools append``) instead of removing them.
 
     Returns:
         A ``BuildResult``.
@@ -297,7 +300,7 @@ def build_capsule(
                 n_candidates=n_candidates, encrypt_index=encrypt_index, video_params=video_params, rng=rng,
                 scrypt_log_n=scrypt_log_n, n_workers=n_threads or os.cpu_count() or 1,
                 embedding_cache=embedding_cache, report=report, model_family=model_family,
-                zstd_level=zstd_level, base=base)
+                zstd_level=zstd_level, base=base, append=append)
     except FileNotFoundError as exc:
         raise BuildError(f"cannot write {output}: {exc.strerror}") from None
     result.path = output
@@ -331,7 +334,7 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
                 rules, model_dir, max_tokens, overlap_tokens, n_trees, search_k, index_seed, projection, ann_dim,
                 refine_dim, n_candidates, encrypt_index, video_params, rng, scrypt_log_n, n_workers,
                 embedding_cache, report, model_family="onnx", zstd_level=PAYLOAD_ZSTD_LEVEL,
-                base: BaseVersion | None = None) -> BuildResult:
+                base: BaseVersion | None = None, append: bool = False) -> BuildResult:
     """The build pipeline; every large intermediate is a file in ``work``."""
     stage_s: dict[str, float] = {}
 
@@ -401,7 +404,7 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
     vectors = vectors_spool.array()
     segments = None
     if base is not None:
-        removed = sorted(set(base.documents) - seen)
+        removed = [] if append else sorted(set(base.documents) - seen)
         tombstones = base.tombstones_for(replaced + removed)
         if not docs and tombstones == base.tombstones:
             raise BuildError(f"nothing changed since {base.name} v{base.version}: no delta to build")

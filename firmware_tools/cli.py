@@ -135,6 +135,14 @@ def cmd_build(args: argparse.Namespace) -> int:
                                 "no other recipients (FORMAT.md §7, as age)"))
     rules = json.loads(Path(args.rules).read_text()) if args.rules else None
     base = None
+    append = getattr(args, "append", False)
+    if append:
+        if args.base is not None:
+            raise SystemExit(_usage("append takes its base as the first argument, not --base"))
+        args.base = args.documents[0]
+        args.documents = args.documents[1:]
+        if not args.documents:
+            raise SystemExit(_usage("append BASE DOCS...: give the documents to add after the base"))
     if args.base is not None:
         from .delta import read_base
 
@@ -163,6 +171,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             encrypt_index=not args.plain_index, seed=seed, progress=bars, embedding_cache=args.embedding_cache,
             **({"zstd_level": args.zstd_level} if args.zstd_level is not None else {}), n_threads=args.workers, model_family=args.model_family,
             video_params=HEVC_VIDEO_PARAMS if args.codec == "hevc" else DEFAULT_VIDEO_PARAMS, base=base,
+            append=append,
         )
     finally:
         bars.close()
@@ -281,30 +290,8 @@ a failed build leaves nothing at or beside the output path.
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Return the ``firmware-tools`` argument parser."""
-    parser = argparse.ArgumentParser(
-        prog=PROG, description="Build signed, encrypted knowledge capsules for edge devices.",
-        epilog="example: firmware-tools build docs/ -o manual.capsule --signing-key publisher.key "
-               "--recipient device.pub --expires +90d")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-v info, -vv debug)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("keygen", help="make a publisher signing key or a device key",
-                       description="Generate a key pair. The private key is written with mode 600 and never printed; "
-                                   "the public key goes beside it with the .pub suffix.",
-                       epilog="example: firmware-tools keygen --kind device -o kiosk-7.key")
-    p.add_argument("--kind", choices=("publisher", "device", "root"), default="publisher",
-                   help="publisher: Ed25519, signs capsules; device: X25519, receives them; root: Ed25519, signs "
-                        "trust documents, keep it offline (default publisher)")
-    p.add_argument("-o", "--output", required=True, help="private key path (must not exist)")
-    p.add_argument("--public", type=Path, help="public key path (default: OUTPUT with .pub)")
-    p.set_defaults(func=cmd_keygen)
-
-    p = sub.add_parser("build", help="build a capsule from documents",
-                       description="Chunk, embed, encrypt and pack documents (.txt .md .rst .html .pdf, or folders of "
-                                   "them) into one signed capsule file.",
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_BUILD_EXAMPLES)
+def _add_build_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``build`` (and ``append``, whose first DOCS is the base)."""
     p.add_argument("documents", nargs="+", type=Path, help="files or folders to pack")
     p.add_argument("-o", "--output", required=True, help="capsule path to write (replaced atomically)")
     p.add_argument("--signing-key", required=True, help="publisher Ed25519 private key (mode 600)")
@@ -350,7 +337,49 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an earlier segment of the base, when the base is itself a delta; repeatable")
     p.add_argument("--json", action="store_true", help="print the build summary as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+_APPEND_EXAMPLES = """\
+example: firmware-tools append manual-v3.capsule new-bulletins/ -o manual-v4.capsule \\
+             --signing-key publisher.key --recipient kiosk-7.pub --expires +90d \\
+             --base-identity publisher-device.key
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the ``firmware-tools`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Build signed, encrypted knowledge capsules for edge devices.",
+        epilog="example: firmware-tools build docs/ -o manual.capsule --signing-key publisher.key "
+               "--recipient device.pub --expires +90d")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-v info, -vv debug)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("keygen", help="make a publisher signing key or a device key",
+                       description="Generate a key pair. The private key is written with mode 600 and never printed; "
+                                   "the public key goes beside it with the .pub suffix.",
+                       epilog="example: firmware-tools keygen --kind device -o kiosk-7.key")
+    p.add_argument("--kind", choices=("publisher", "device", "root"), default="publisher",
+                   help="publisher: Ed25519, signs capsules; device: X25519, receives them; root: Ed25519, signs "
+                        "trust documents, keep it offline (default publisher)")
+    p.add_argument("-o", "--output", required=True, help="private key path (must not exist)")
+    p.add_argument("--public", type=Path, help="public key path (default: OUTPUT with .pub)")
+    p.set_defaults(func=cmd_keygen)
+
+    p = sub.add_parser("build", help="build a capsule from documents",
+                       description="Chunk, embed, encrypt and pack documents (.txt .md .rst .html .pdf, or folders of "
+                                   "them) into one signed capsule file.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_BUILD_EXAMPLES)
+    _add_build_arguments(p)
     p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("append", help="add documents to a capsule as a new segment (a delta)",
+                       description="Grow a capsule: pack DOCS as a new segment over BASE without re-embedding BASE. "
+                                   "Documents of BASE that DOCS does not name are kept; one with the same name is "
+                                   "replaced. Devices holding BASE install the result (FORMAT.md 4.7).",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_APPEND_EXAMPLES)
+    _add_build_arguments(p)
+    p.set_defaults(func=cmd_build, append=True)
 
     p = sub.add_parser("sign", help="add a signature to a built capsule (k-of-n co-signing)",
                        description="Verify the capsule's sections against its manifest, add an Ed25519 signature "

@@ -193,6 +193,21 @@ def test_replayed_truncated_and_foreign_deltas_leave_the_installed_version_servi
         assert [p.manifest.version for p in capsule.parts] == [1, 2, 3]
 
 
+def test_append_adds_documents_and_keeps_every_one_of_the_base(lineage, tmp_path):
+    v1 = lineage["v1"]
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "bulletin.md").write_text("# Bulletin\n\nService bulletin SB-0042 replaces the door seal.\n")
+    grown = build_test_capsule(extra, tmp_path / "faq-v2-grown.capsule", keys_dir=lineage["tmp"] / "keys", name="faq",
+                               version=2, base=lineage["base1"], append=True)
+    assert grown.result.n_documents == 1
+    with _open(grown, [v1.path]) as capsule:
+        assert capsule.manifest.segments.tombstones == ()
+        names = {d.name for d in capsule.documents(now=NOW)}
+        assert names == set(lineage["base1"].documents) | {"bulletin.md"}
+        assert "SB-0042" in capsule.search("SB-0042", k=1, now=NOW)[0].text
+
+
 def test_builder_refuses_a_delta_with_nothing_new(lineage, tmp_path):
     v1 = lineage["v1"]
     docs = tmp_path / "same"
