@@ -202,6 +202,8 @@ class _InstalledObject:
     segments: Mapping[str, "tuple[Path, _InstalledObject]"] = field(default_factory=dict)
     #: only the pin: a file handed in by path (an earlier segment), read by pread and hashed as any such file
     by_path: bool = False
+    #: a past version the store keeps for reading: pinned by its digest, so not refused as a rollback
+    past_version: bool = False
 
 
 def open_capsule(
@@ -286,7 +288,8 @@ def _open_capsule(path: str | os.PathLike[str], *, trusted_keys: Sequence[Ed2551
     try:
         manifest, rules = _check_trust(cf, trusted_keys=trusted_keys, threshold=threshold, device=device, now=now,
                                        identities=identities, expected_manifest_sha256=expected_manifest_sha256,
-                                       segment_of=segment_of)
+                                       segment_of=segment_of,
+                                       check_version=not (installed is not None and installed.past_version))
         if manifest.segments is not None and segment_of is None:
             frame_cache_bytes //= len(manifest.segments.base) + 1
         check_engine(manifest.model.family)

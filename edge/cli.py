@@ -267,29 +267,50 @@ def _open(args: argparse.Namespace):
     from .capsule import OpenOptions, open_capsule
 
     store = _store(args)
-    options = OpenOptions(n_threads=args.threads, device=_device(args))
+    options = OpenOptions(n_threads=args.threads, device=_device(args), segment_files=_segment_files(args))
     if _is_path(args.capsule):
+        _no_version_for_files(args)
         return open_capsule(args.capsule, trusted_keys=_trusted_keys(args), identities=_identities(args),
                             budget=_budget(args), options=options)
     entry = store.get(args.capsule)
     return store.open(args.capsule, trusted_keys=_trusted_keys(args),
                       identities=_identities(args, required=not entry.content_key),
-                      budget=_budget(args), options=options, inspect_only=options.device is not store.state)
+                      budget=_budget(args), options=options, inspect_only=options.device is not store.state,
+                      version=getattr(args, "version", None))
+
+
+def _segment_files(args: argparse.Namespace) -> tuple[Path, ...]:
+    """``--segment`` files: the earlier segments of a delta opened by path (FORMAT.md §4.7)."""
+    return tuple(Path(p) for p in getattr(args, "segment", None) or ())
+
+
+def _no_version_for_files(args: argparse.Namespace) -> None:
+    if getattr(args, "version", None) is not None:
+        raise SystemExit(_usage_error("--version reads a past version the device store keeps: give an installed "
+                                      "name, not a file"))
 
 
 def _capsule_path(args: argparse.Namespace) -> str:
     if _is_path(args.capsule):
+        _no_version_for_files(args)
         return args.capsule
     store = _store(args)
-    return str(store.capsule_path(store.get(args.capsule)))
+    entry = store.get(args.capsule)
+    if getattr(args, "version", None) not in (None, entry.version):
+        raise SystemExit(_usage_error("--version opens a past version to read it; verify and info without a key "
+                                      "check the installed one"))
+    path = store.capsule_path(entry)
+    args.segment = [*(getattr(args, "segment", None) or ()), *sorted((path.parent / "segments").glob("*.capsule"))]
+    return str(path)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from .capsule import OpenOptions, verify_capsule
 
-    report = verify_capsule(_capsule_path(args), trusted_keys=_trusted_keys(args),
+    path = _capsule_path(args)
+    report = verify_capsule(path, trusted_keys=_trusted_keys(args),
                             identities=_identities(args, required=False), full=args.full,
-                            options=OpenOptions(device=_device(args)))
+                            options=OpenOptions(device=_device(args), segment_files=_segment_files(args)))
     m = report.manifest
     result = {"ok": True, "name": m.name, "version": m.version, "capsule_id": m.capsule_id,
               "expires_at": format_time(m.expires_at), "full": report.full,
@@ -472,9 +493,19 @@ def cmd_search(args: argparse.Namespace) -> int:
     cached = [t for t in targets if isinstance(t, str) and store.get(t).content_key]
     identities = _identities(args, required=len(cached) < len(targets))
     device = _device(args)
-    with store.open_set(targets, trusted_keys=_trusted_keys(args), identities=identities, budget=_budget(args),
-                        options=OpenOptions(n_threads=args.threads), inspect_only=device is not store.state,
-                        skip_invalid=len(targets) > 1) as capsules:
+    if args.version is not None:
+        if len(targets) != 1 or not isinstance(targets[0], str):
+            return _usage_error("--version answers as a past version of one installed capsule: give one name")
+        from .capsule_set import CapsuleSet
+
+        args.capsule = targets[0]
+        past = _open(args)
+        opened = CapsuleSet([past], past.budget)
+    else:
+        opened = store.open_set(targets, trusted_keys=_trusted_keys(args), identities=identities, budget=_budget(args),
+                                options=OpenOptions(n_threads=args.threads, segment_files=_segment_files(args)),
+                                inspect_only=device is not store.state, skip_invalid=len(targets) > 1)
+    with opened as capsules:
         for label, exc in capsules.skipped.items():
             print(f"{PROG}: warning: {_printable(label)} left out: {_printable(exc)}", file=sys.stderr)
         k = args.k if args.k is not None else min([5] + [c.rules.max_k for c in capsules.capsules if c.rules.max_k])
@@ -586,7 +617,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--store", metavar="DIR", help="device store directory (default $EDGE_STORE_DIR, else "
                                                       "/var/lib/edge-capsules for root, else ~/.local/share/edge-capsules)")
 
-    def common(p: argparse.ArgumentParser, identity: bool = True, several: bool = False) -> None:
+    def common(p: argparse.ArgumentParser, identity: bool = True, several: bool = False,
+               segments: bool = False) -> None:
         if several:
             p.add_argument("capsules", nargs="+", metavar="CAPSULE",
                            help="a .capsule file (contains / or ends in .capsule) or an installed name; several "
@@ -602,6 +634,11 @@ def build_parser() -> argparse.ArgumentParser:
                            help="device private key (X25519, mode 600); repeatable; default $EDGE_CONFIG_DIR/device.key")
             p.add_argument("--passphrase-file", metavar="FILE", help="file whose first line is the capsule passphrase")
         p.add_argument("--json", action="store_true", help="print JSON (one object per line)")
+        if segments:
+            p.add_argument("--segment", action="append", metavar="FILE",
+                           help="an earlier segment of a delta given by path (the version it updates); repeatable")
+            p.add_argument("--version", type=_int_arg(1), default=None, metavar="N",
+                           help="answer as past version N of an installed capsule would (see edge history)")
 
     ram_help = (f"memory budget for this process (e.g. 192MiB): capsules whose plan does not fit are refused "
                 f"before anything is mapped; default ${RAM_BUDGET_ENV}, else unlimited")
@@ -616,7 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Verify a capsule. Without --identity: signature, validity window, rules and "
                                    "every section digest. With --identity: also decode and authenticate every frame.",
                        epilog="example: edge verify manual.capsule --trust publisher.pub --identity device.key")
-    common(p)
+    common(p, segments=True)
     p.add_argument("--full", action=argparse.BooleanOptionalAction, default=True,
                    help="hash the video and decode every frame (verify_capsule(full=...)); --no-full skips them "
                         "(default --full)")
@@ -628,7 +665,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "--memory opens it and prints the memory plan (what is reserved, by "
                                    "component) and the memory measured after one probe query.",
                        epilog="example: edge info manual.capsule --trust publisher.pub --identity device.key --memory")
-    common(p)
+    common(p, segments=True)
     p.add_argument("--memory", action="store_true", help="print the memory plan and measured use")
     runtime(p)
     p.set_defaults(func=cmd_info)
@@ -643,7 +680,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "--identity device.key\n"
                               "example: printf 'E-4021\\nE-4022\\n' | edge search manual - -k 1",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    common(p, several=True)
+    common(p, several=True, segments=True)
     p.add_argument("query", nargs="?", help=f"the question, in quotes; - (or --stdin) reads one question per "
                                             f"line from stdin (UTF-8, at most {MAX_STDIN_QUERY_BYTES // 1024} KiB "
                                             "a line) and prints one JSON line per question")
@@ -663,14 +700,14 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="example: edge documents manual.capsule --trust publisher.pub --identity device.key\n"
                               "example: edge search manual \"E-4021\" --document 'faults/*'",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    common(p)
+    common(p, segments=True)
     runtime(p)
     p.set_defaults(func=cmd_documents)
 
     p = sub.add_parser("read", help="print one chunk by id",
                        description="Read one chunk's text from its video frame.",
                        epilog="example: edge read manual.capsule 42 --trust publisher.pub --identity device.key")
-    common(p)
+    common(p, segments=True)
     p.add_argument("chunk_id", type=int, help="chunk id (as shown by search)")
     runtime(p)
     p.set_defaults(func=cmd_read)
@@ -678,7 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="print every chunk as JSON lines (if the capsule's rules allow export)",
                        description="Read every chunk from its frame, in id order, one JSON object per line.",
                        epilog="example: edge export manual > manual.jsonl")
-    common(p)
+    common(p, segments=True)
     runtime(p)
     p.set_defaults(func=cmd_export)
 

@@ -173,6 +173,36 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_history(args: argparse.Namespace) -> int:
+    store = _store(args)
+    at = store.state.trusted_time(utc_now())
+    for n, entry in enumerate(store.history(args.name)):
+        if args.json:
+            print(json.dumps({"name": entry.name, "installed": n == 0, "status": entry.status(at), **entry.to_json()}))
+        else:
+            print(f"{_printable(entry.name)}  v{entry.version}  {'installed' if n == 0 else 'kept'}  {entry.status(at)}  "
+                  f"installed {format_time(entry.installed_at)}  expires {format_time(entry.expires_at)}  "
+                  f"{entry.file_bytes} bytes")
+    return 0
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    store = _store(args)
+    if args.keep_versions is not None or args.quota is not None or args.no_quota:
+        quota = None if args.no_quota else (args.quota if args.quota is not None else False)
+        settings = store.configure(keep_versions=args.keep_versions, quota_bytes=quota)
+    else:
+        settings = store.settings
+    used = store.used_bytes()
+    if args.json:
+        print(json.dumps({"keep_versions": settings.keep_versions, "quota_bytes": settings.quota_bytes,
+                          "used_bytes": used}))
+    else:
+        quota = "none" if settings.quota_bytes is None else f"{settings.quota_bytes} bytes"
+        print(f"keep versions: {settings.keep_versions}  quota: {quota}  used: {used} bytes")
+    return 0
+
+
 def cmd_remove(args: argparse.Namespace) -> int:
     entry = _store(args).remove(args.name)
     if args.json:
@@ -298,6 +328,31 @@ def add_device_commands(sub, *, common, store_arg, runtime) -> None:
     store_arg(p)
     p.add_argument("--json", action="store_true", help="print JSON (one object per line)")
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("history", help="list the versions of a capsule this device keeps",
+                       description="List the installed version of a capsule and the past versions the store keeps "
+                                   "(edge settings --keep-versions). A past version can be read and searched "
+                                   "(edge search NAME QUERY --version N) under its own rules and expiry; it is "
+                                   "never installed again.",
+                       epilog="example: edge history manual\nexample: edge search manual \"E-4021\" --version 3",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", help="installed capsule name")
+    store_arg(p)
+    p.add_argument("--json", action="store_true", help="print JSON (one object per line)")
+    p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("settings", help="show or set how many versions the store keeps, and its byte quota",
+                       description="Show the store's settings, or change them (they apply from the next install): "
+                                   "versions kept per capsule (1 = the installed one only) and a byte quota for "
+                                   "everything installed. Past versions are dropped, oldest first, to stay inside "
+                                   "the quota; an install that does not fit even then is refused.",
+                       epilog="example: edge settings --keep-versions 3 --quota 2GiB")
+    store_arg(p)
+    p.add_argument("--keep-versions", type=_int_arg(1, 64), metavar="N", help="versions kept per capsule, 1-64")
+    p.add_argument("--quota", type=_size_arg, metavar="SIZE", help="most bytes the store's capsules may take")
+    p.add_argument("--no-quota", action="store_true", help="remove the quota")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_settings)
 
     p = sub.add_parser("remove", help="remove an installed capsule (its version record stays)",
                        description="Delete an installed capsule and any content key cached for it. The device "

@@ -154,6 +154,7 @@ class SearchParams:
     mode: str | None
     capsules: tuple[str, ...] | None
     documents: tuple[str, ...] | None
+    version: int | None = None
 
 
 def _one(params: dict[str, list[str]], name: str) -> str | None:
@@ -166,7 +167,7 @@ def _one(params: dict[str, list[str]], name: str) -> str | None:
 
 
 def search_params(params: dict[str, list[str]], *, default_k: int = 5) -> SearchParams:
-    """Check ``q``, ``k``, ``mode``, ``capsule`` and ``document``.
+    """Check ``q``, ``k``, ``mode``, ``capsule``, ``document`` and ``version``.
 
     Raises:
         BadRequest: ``q`` missing, empty or over ``MAX_QUERY_CHARS``; ``k`` not an integer in
@@ -194,7 +195,13 @@ def search_params(params: dict[str, list[str]], *, default_k: int = 5) -> Search
     for pattern in documents or ():
         if not pattern or len(pattern) > 256 or any(ord(c) < 32 for c in pattern):
             raise BadRequest("parameter 'document' must be a glob of 1-256 printable characters")
-    return SearchParams(q, k, mode, capsules, documents)
+    version_text = _one(params, "version")
+    version = None
+    if version_text not in (None, ""):
+        if not version_text.isascii() or not version_text.isdigit() or not 1 <= int(version_text) <= 1 << 53:
+            raise BadRequest("parameter 'version' must be a version number, 1 or more")
+        version = int(version_text)
+    return SearchParams(q, k, mode, capsules, documents, version)
 
 
 # -- errors -----------------------------------------------------------------------------------
@@ -382,7 +389,7 @@ class EdgeApp:
     # -- search -----------------------------------------------------------------------------
     def _search_payload(self, params: SearchParams) -> dict[str, Any]:
         found = self.service.search(params.q, params.k, mode=params.mode, capsules=params.capsules,
-                                    documents=params.documents)
+                                    documents=params.documents, version=params.version)
         result = found.result
         timings = result.timings
         return {

@@ -301,13 +301,17 @@ class CapsuleService:
         return chosen, skipped
 
     def search(self, query: str, k: int = 5, *, mode: str | None = None, capsules: Sequence[str] | None = None,
-               documents: Sequence[str] | None = None, now: datetime | None = None) -> ServiceSearch:
+               documents: Sequence[str] | None = None, now: datetime | None = None,
+               version: int | None = None) -> ServiceSearch:
         """Search the served capsules (``CapsuleSet.search``), leaving out the ones not valid now.
 
         Args:
             query, k, mode, documents: as for ``CapsuleSet.search``.
             capsules: installed names or ``fnmatch`` patterns (``None``: every capsule).
             now: time of the request (``None``: the clock).
+            version: answer as this past version of the one capsule named in ``capsules`` would
+                (``Store.open(version=)``: its own rules and expiry apply); opened for this
+                request only, sharing the served model session.
 
         Returns:
             A ``ServiceSearch``; ``skipped`` names the capsules asked for and not searched.
@@ -321,6 +325,9 @@ class CapsuleService:
         started = time.perf_counter()
         self.refresh(now=now)
         now = utc_now(now)
+        if version is not None:
+            return self._search_past(query, k, mode=mode, capsules=capsules, documents=documents, now=now,
+                                     version=version, started=started)
         chosen, skipped = self._select(capsules, self.store.state.trusted_time(now))
         view = CapsuleSet([o.capsule for o in chosen], self.budget)  # a view: never closed here
         try:
@@ -332,6 +339,23 @@ class CapsuleService:
             return self.search(query, k, mode=mode, capsules=capsules, documents=documents, now=now)
         return ServiceSearch(result, {o.entry.name: o.entry.version for o in chosen}, skipped,
                              (time.perf_counter() - started) * 1e3)
+
+    def _search_past(self, query: str, k: int, *, mode: str | None, capsules: Sequence[str] | None,
+                     documents: Sequence[str] | None, now: datetime, version: int, started: float) -> ServiceSearch:
+        if not capsules or len(capsules) != 1 or any(c in capsules[0] for c in "*?["):
+            raise QueryError("version= answers as a past version of one capsule: name it with capsule=")
+        name = capsules[0]
+        if name not in self._entries:
+            raise UnknownCapsuleError(f"no capsule named {name!r} is installed")
+        try:
+            past = self.store.open(name, identities=self.identities, trusted_keys=self.trusted_keys,
+                                   budget=self.budget, now=now, options=self.options, embedders=self._embedders,
+                                   version=version)
+        except StoreError as exc:
+            raise UnknownCapsuleError(str(exc)) from None
+        with past:
+            result = CapsuleSet([past], self.budget).search(query, k=k, mode=mode, documents=documents, now=now)
+        return ServiceSearch(result, {name: version}, {}, (time.perf_counter() - started) * 1e3)
 
     def read(self, name: str, chunk_id: int, *, now: datetime | None = None) -> Hit:
         """Return one chunk of a served capsule (``Capsule.read``: the rules apply).

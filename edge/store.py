@@ -72,6 +72,7 @@ from .keys import ContentKey
 from .store_catalog import HEX32, HEX64, STORE_FORMAT, Catalog, Entry
 from .store_files import open_subdir, read_file, remove_tree, write_file
 from .store_install import SEGMENTS_DIR, INDEX_FILE, Checkpoints, install_locked
+from .store_settings import SETTINGS_FILE, StoreSettings, objects_bytes, read_settings
 from .store_state import load_device_state
 from .trust import TrustRoot, VersionRecord
 
@@ -211,7 +212,7 @@ class Store:
                     info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
                     if now_s - info.st_mtime > STALE_TEMP_S:  # never a write still in progress
                         os.unlink(name, dir_fd=dir_fd)
-        referenced = {e.object_name for e in self._read_catalog().entries.values()}
+        referenced = {name for e in self._read_catalog().entries.values() for name in e.object_names}
         for name in os.listdir(self._objects_fd):
             if name not in referenced:
                 log.info("removing unreferenced store object %s", name)
@@ -335,8 +336,8 @@ class Store:
         """
         path = Path(capsule_path)
         if entry is None:
-            entry = next((e for e in self._read_catalog().entries.values() if e.object_name == path.parent.name),
-                         None)
+            entry = next((e for current in self._read_catalog().entries.values() for e in (current, *current.history)
+                          if e.object_name == path.parent.name), None)
         if entry is None:
             raise StoreError(f"{path} is not the capsule of any installed entry of {self.path}")
         index: Path | None = path.with_name(INDEX_FILE)
@@ -426,13 +427,15 @@ class Store:
                 if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                     raise StoreError(f"cannot remove {name!r}: writing catalog.json failed: {exc.strerror}") from None
                 log.warning("store %s is full: deleting the files of %s before writing the catalogue", self.path, name)
-                remove_tree(self._objects_fd, entry.object_name)
+                for object_name in entry.object_names:
+                    remove_tree(self._objects_fd, object_name)
                 try:
                     write_file(self._root_fd, "catalog.json", catalog.to_bytes())
                 except OSError as again:
                     raise StoreError(f"cannot remove {name!r}: its files are deleted, but catalog.json cannot be "
                                      f"written: {again.strerror}") from None
-            remove_tree(self._objects_fd, entry.object_name)
+            for object_name in entry.object_names:
+                remove_tree(self._objects_fd, object_name)
             remove_tree(self._uses_fd, f"{entry.capsule_id}.json")
         log.info("removed capsule %s v%d (%s); its version record stays", entry.name, entry.version, entry.capsule_id)
         return entry
@@ -455,7 +458,8 @@ class Store:
             for entry in due(catalog.entries):
                 del catalog.entries[entry.name]
                 write_file(self._root_fd, "catalog.json", catalog.to_bytes())
-                remove_tree(self._objects_fd, entry.object_name)
+                for object_name in entry.object_names:  # past versions go with it: they expired before it
+                    remove_tree(self._objects_fd, object_name)
                 remove_tree(self._uses_fd, f"{entry.capsule_id}.json")
                 log.warning("purged expired capsule %s v%d (%s): expired at %s, trusted time %s; deleted its "
                             "file%s", entry.name, entry.version, entry.capsule_id, format_time(entry.expires_at),
@@ -506,7 +510,8 @@ class Store:
 
     def open(self, name: str, *, identities: Sequence[Identity] = (), trusted_keys: Sequence[Ed25519PublicKey] = (),
              budget: MemoryBudget | None = None, now: datetime | None = None, options: OpenOptions | None = None,
-             inspect_only: bool = False, embedders: Mapping[str, QueryEmbedder] | None = None) -> Capsule:
+             inspect_only: bool = False, embedders: Mapping[str, QueryEmbedder] | None = None,
+             version: int | None = None) -> Capsule:
         """Open an installed capsule by name, with the device state and any cached content key.
 
         Args:
@@ -520,17 +525,77 @@ class Store:
             inspect_only: open with ``state.inspection_view()`` (the caller's keys are ad-hoc).
             embedders: open ``QueryEmbedder``s by model SHA-256 to share (a long-running service
                 keeps one model session per model); the capsule then reserves no ``model``.
+            version: open this past version the store keeps (``history``), to read and search as
+                that version would answer; ``None`` is the installed one. Its own validity window
+                and rules apply (an expired past version stays closed); it is pinned by the digest
+                recorded when it was installed, so the rollback check, which protects installs,
+                does not refuse it (FORMAT.md §13.6).
 
         Raises:
-            StoreError: nothing is installed under ``name``.
+            StoreError: nothing is installed under ``name``, or the store keeps no such version.
             ExpiredCapsuleError: the capsule expired (it is purged first if its rules say so).
             Everything ``open_capsule`` raises.
         """
         now = utc_now(now)
         entry, path, keys = self._resolve(name, now=now)
+        installed = self._installed_object(path, entry)
+        if version is not None and version != entry.version:
+            past = next((e for e in entry.history if e.version == version), None)
+            if past is None:
+                kept = ", ".join(f"v{e.version}" for e in (entry, *entry.history))
+                raise StoreError(f"{name} v{version} is not kept on this device (it keeps {kept}; "
+                                 "see edge history)")
+            path = self.capsule_path(past)
+            installed = replace(self._installed_object(path, past), past_version=True)
+            keys = []
+            if past.content_key:
+                object_fd = open_subdir(self._objects_fd, past.object_name)
+                try:
+                    keys.append(ContentKey(past.capsule_id, read_file(object_fd, "content.key", limit=32)))
+                finally:
+                    os.close(object_fd)
         return _open_capsule(path, trusted_keys=trusted_keys, identities=[*identities, *keys], budget=budget, now=now,
                              options=self._with_state(options, trusted_keys, inspect_only),
-                             installed=self._installed_object(path, entry), embedders=embedders)
+                             installed=installed, embedders=embedders)
+
+    def history(self, name: str) -> list[Entry]:
+        """The versions of ``name`` this store keeps, newest (the installed one) first.
+
+        Raises:
+            StoreError: nothing is installed under ``name``.
+        """
+        entry = self.get(name)
+        return [replace(entry, history=()), *entry.history]
+
+    @property
+    def settings(self) -> StoreSettings:
+        """How many versions per capsule the store keeps, and its byte quota (``settings.json``)."""
+        return read_settings(self._root_fd)
+
+    def configure(self, *, keep_versions: int | None = None, quota_bytes: int | None | bool = False) -> StoreSettings:
+        """Change the store's settings; return the new ones. Takes effect at the next install.
+
+        Args:
+            keep_versions: versions kept per capsule, 1 (the installed one only) .. 64.
+            quota_bytes: most bytes the store's objects may take (``None``: no quota; ``False``:
+                unchanged). Past versions are dropped, oldest first, to stay inside it; an install
+                that does not fit even then is refused.
+
+        Raises:
+            ValueError: a value outside its range.
+            StoreError: the store is read-only.
+        """
+        self._check_writable("configure")
+        with self._writer():
+            current = read_settings(self._root_fd)
+            new = StoreSettings(keep_versions if keep_versions is not None else current.keep_versions,
+                                current.quota_bytes if quota_bytes is False else quota_bytes)
+            write_file(self._root_fd, SETTINGS_FILE, new.to_bytes())
+        return new
+
+    def used_bytes(self) -> int:
+        """Bytes the store's objects take on disk (each file once, however many hard links name it)."""
+        return objects_bytes(self.path / "objects")
 
     def reload_state(self) -> None:
         """Re-read the trust document and version records that another process (``edge install``,

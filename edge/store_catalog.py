@@ -10,7 +10,7 @@ Source: FORMAT.md §13.1 (version records), §13.4 (purge).
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 
 from .clock import format_time
@@ -25,6 +25,8 @@ OBJECT_NAME = re.compile(r"[0-9a-f]{32}-v[0-9]{1,16}-[0-9a-f]{12}")
 HEX32 = re.compile(r"[0-9a-f]{32}")
 HEX64 = re.compile(r"[0-9a-f]{64}")
 NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
+#: Most past versions a store keeps per capsule (``StoreSettings.keep_versions`` - 1).
+MAX_HISTORY = 63
 
 
 def parse_store_time(text: object, what: str) -> datetime:
@@ -50,6 +52,8 @@ class Entry:
         installed_at, not_before, expires_at: UTC times.
         purge_on_expiry: the capsule's rules ask for deletion once expired.
         content_key: a content key is cached beside it (passphrase installs).
+        history: past versions the store keeps for reading (``Store.open(..., version=)``),
+            newest first, each an ``Entry`` of its own object (FORMAT.md §13.6).
     """
 
     name: str
@@ -64,6 +68,12 @@ class Entry:
     expires_at: datetime
     purge_on_expiry: bool
     content_key: bool
+    history: tuple["Entry", ...] = ()
+
+    @property
+    def object_names(self) -> list[str]:
+        """The objects this entry references: its own, then its past versions'."""
+        return [self.object_name, *(past.object_name for past in self.history)]
 
     def status(self, at: datetime) -> str:
         """Return ``"ok"``, ``"expired"`` or ``"not-yet-valid"`` at trusted time ``at``."""
@@ -75,10 +85,12 @@ class Entry:
 
     def to_json(self) -> dict[str, object]:
         """Return the catalogue's JSON object for this entry (times as ``YYYY-MM-DDTHH:MM:SSZ``)."""
-        out = asdict(self)
-        del out["name"]
+        out = asdict(replace(self, history=()))
+        del out["name"], out["history"]
         for key in ("installed_at", "not_before", "expires_at"):
             out[key] = format_time(out[key])
+        if self.history:
+            out["history"] = [past.to_json() for past in self.history]
         return out
 
     @classmethod
@@ -90,8 +102,12 @@ class Entry:
         """
         fields = {"capsule_id", "version", "object_name", "file_sha256", "manifest_sha256", "file_bytes",
                   "installed_at", "not_before", "expires_at", "purge_on_expiry", "content_key"}
-        if not isinstance(obj, dict) or set(obj) != fields or not NAME.fullmatch(name):
+        if not isinstance(obj, dict) or set(obj) - {"history"} != fields or not NAME.fullmatch(name):
             raise StoreError(f"store catalogue entry {name!r} is damaged")
+        history = obj.get("history", [])
+        if not isinstance(history, list) or len(history) > MAX_HISTORY or not all(
+                isinstance(past, dict) and "history" not in past for past in history):
+            raise StoreError(f"store catalogue entry {name!r} has a damaged history")
         if (not isinstance(obj["object_name"], str) or not OBJECT_NAME.fullmatch(obj["object_name"])
                 or not isinstance(obj["capsule_id"], str) or not HEX32.fullmatch(obj["capsule_id"])
                 or not isinstance(obj["version"], int) or not isinstance(obj["file_bytes"], int)):
@@ -101,7 +117,8 @@ class Entry:
                    file_bytes=obj["file_bytes"], installed_at=parse_store_time(obj["installed_at"], "catalog.json"),
                    not_before=parse_store_time(obj["not_before"], "catalog.json"),
                    expires_at=parse_store_time(obj["expires_at"], "catalog.json"),
-                   purge_on_expiry=bool(obj["purge_on_expiry"]), content_key=bool(obj["content_key"]))
+                   purge_on_expiry=bool(obj["purge_on_expiry"]), content_key=bool(obj["content_key"]),
+                   history=tuple(cls.from_json(name, past) for past in history))
 
 
 @dataclass

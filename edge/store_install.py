@@ -20,6 +20,7 @@ import os
 import stat
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,7 @@ from .rules import parse_rules
 from .sealed import unwrap_content_key
 from .store_catalog import Catalog, Entry
 from .store_files import copy_hashed, open_subdir, remove_tree, write_file
+from .store_settings import objects_bytes
 from .trust import manifest_sha256, trusted_signers
 
 if TYPE_CHECKING:
@@ -153,6 +155,8 @@ def install_locked(store: "Store", source: Path, staging: str, crash: Callable[[
         os.close(src)
     file_sha256 = hasher.hexdigest()
     object_name = f"{manifest.capsule_id}-v{manifest.version}-{file_sha256[:12]}"
+    history = _kept_history(store, catalog, manifest, object_name, store.path / "tmp" / staging)
+    crash("quota checked")
     try:
         os.rename(staging, object_name, src_dir_fd=store._tmp_fd, dst_dir_fd=store._objects_fd)
     except OSError as exc:
@@ -174,20 +178,58 @@ def install_locked(store: "Store", source: Path, staging: str, crash: Callable[[
                   file_bytes=info.st_size, installed_at=now.replace(microsecond=0),
                   not_before=manifest.not_before, expires_at=manifest.expires_at,
                   purge_on_expiry=rules.purge_on_expiry,
-                  content_key=content_key is not None)
+                  content_key=content_key is not None, history=history)
     entries = {n: e for n, e in catalog.entries.items() if e.capsule_id != manifest.capsule_id}
     entries[manifest.name] = entry
     versions = dict(catalog.versions)
     versions[manifest.capsule_id] = store.state.version_record(manifest.capsule_id)
     write_file(store._root_fd, "catalog.json", Catalog(entries, versions).to_bytes(), checkpoint=crash)
     crash("catalogue replaced")
+    kept = set(entry.object_names)
     for old in catalog.entries.values():
-        if old.capsule_id == manifest.capsule_id and old.object_name != object_name:
-            remove_tree(store._objects_fd, old.object_name)
-            crash("previous version removed")
+        if old.capsule_id == manifest.capsule_id:
+            for old_object in old.object_names:
+                if old_object not in kept:
+                    remove_tree(store._objects_fd, old_object)
+                    crash("previous version removed")
     store._persistence.flush_floor(crash)
     crash("floor saved")
     return entry
+
+def _kept_history(store: "Store", catalog: Catalog, manifest: Manifest, object_name: str,
+                  staged: Path) -> tuple[Entry, ...]:
+    """The past versions kept beside the new one: at most ``keep_versions - 1``, newest first, fewer
+    (oldest dropped first) when the store's quota needs the room.
+
+    Raises:
+        StoreError: the new object does not fit the quota even with no past version kept; nothing
+            was changed (the staged object is removed by the caller).
+    """
+    settings = store.settings
+    current = next((e for e in catalog.entries.values() if e.capsule_id == manifest.capsule_id), None)
+    if current is None:
+        history: list[Entry] = []
+    elif current.object_name == object_name:  # a re-install of the installed file
+        history = list(current.history)
+    else:
+        history = [replace(current, history=()), *current.history][:settings.keep_versions - 1]
+    if settings.quota_bytes is None:
+        return tuple(history)
+    objects = store.path / "objects"
+    others = [objects / name for e in catalog.entries.values() if e.capsule_id != manifest.capsule_id
+              for name in e.object_names]
+    reinstall = [objects / object_name] if current is not None and current.object_name == object_name else []
+    while True:
+        total = objects_bytes(*others, *reinstall, *(objects / e.object_name for e in history), staged)
+        if total <= settings.quota_bytes:
+            return tuple(history)
+        if not history:
+            raise StoreError(f"installing {manifest.name} v{manifest.version} would take the store to {total} bytes, "
+                             f"past its quota of {settings.quota_bytes}; nothing changed (remove a capsule, or "
+                             "raise the quota with edge settings --quota)")
+        dropped = history.pop()
+        log.info("dropping %s v%d from the history to stay inside the store quota", dropped.name, dropped.version)
+
 
 #: Folder of an object holding the earlier segments of its version (FORMAT.md §13.5).
 SEGMENTS_DIR = "segments"

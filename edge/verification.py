@@ -105,7 +105,7 @@ def verify_manifest(mani: bytes, sigs: bytes, *, section_lengths: Mapping[str, i
                     trusted_keys: Sequence[Ed25519PublicKey], identities: Sequence[Identity], now: datetime,
                     threshold: int = 1, device: DeviceState | None = None, device_rules: bool = True,
                     expected_manifest_sha256: str | None = None, where: str = "capsule",
-                    segment_of: Manifest | None = None) -> tuple[Manifest, Rules]:
+                    segment_of: Manifest | None = None, check_version: bool = True) -> tuple[Manifest, Rules]:
     """Turn MANI and SIGS bytes, the trust and the time into a verified manifest and its rules.
 
     No capsule I/O and no allocation beyond the manifest: the caller read the bytes (and the
@@ -130,6 +130,8 @@ def verify_manifest(mani: bytes, sigs: bytes, *, section_lengths: Mapping[str, i
             then), so its signatures are not checked; nor are its validity window, rules or
             version, which the version's own manifest governs. It must be of the same lineage
             (capsule id, name) and model.
+        check_version: ``False`` for a past version a store kept, opened to read under the
+            digest it recorded (``expected_manifest_sha256``, required then): not a rollback.
 
     Returns:
         ``(manifest, rules)``.
@@ -160,7 +162,10 @@ def verify_manifest(mani: bytes, sigs: bytes, *, section_lengths: Mapping[str, i
     if device is not None:
         device.observe(now, manifest.issued_at)
         at = device.trusted_time(now)
-        device.check_version(manifest)
+        if check_version:
+            device.check_version(manifest)
+        elif expected_manifest_sha256 is None:
+            raise ValueError("a past version is opened only under the manifest digest its store recorded")
     check_validity_at(manifest, now=now, at=at)
     manifest.check_rules()
     rules = parse_rules(manifest.rules)
@@ -203,11 +208,11 @@ def _check_section_lengths(manifest: Manifest, section_lengths: Mapping[str, int
 def _check_trust(cf: ContainerFile, *, trusted_keys: Sequence[Ed25519PublicKey], threshold: int,
                  device: DeviceState | None, now: datetime, identities: Sequence[Identity],
                  device_rules: bool = True, expected_manifest_sha256: str | None = None,
-                 segment_of: Manifest | None = None) -> tuple[Manifest, Rules]:
+                 segment_of: Manifest | None = None, check_version: bool = True) -> tuple[Manifest, Rules]:
     """``verify_manifest`` over the MANI and SIGS of an open container (the only reads it makes)."""
     return verify_manifest(cf.read("MANI"), cf.read("SIGS"),
                            section_lengths={tag: e.length for tag, e in cf.sections.items()},
                            trusted_keys=trusted_keys, identities=identities, now=now, threshold=threshold,
                            device=device, device_rules=device_rules,
                            expected_manifest_sha256=expected_manifest_sha256, where=str(cf.path),
-                           segment_of=segment_of)
+                           segment_of=segment_of, check_version=check_version)

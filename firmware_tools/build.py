@@ -39,7 +39,8 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -62,8 +63,13 @@ from edge.sealed import MAX_HEADING_BYTES_PER_CHUNK, derive_keys, seal_stream
 
 from .delta import BaseVersion
 
+if TYPE_CHECKING:
+    from edge.opened import Hit
+
+    from .compact import CompactedDocument
+
 from . import __version__
-from .chunking import TokenizerOffsets, chunk_documents
+from .chunking import Chunk, TokenizerOffsets, chunk_documents
 from .documents import iter_documents
 from .container_writer import section_bytes, write_container
 from ._spool import ByteSpool, VectorSpool, file_segments, write_blocks
@@ -201,6 +207,7 @@ def build_capsule(
     progress: Progress | None = None,
     base: BaseVersion | None = None,
     append: bool = False,
+    prechunked: Iterable[tuple[CompactedDocument, Sequence[Hit]]] | None = None,
 ) -> BuildResult:
     """Build, check and atomically write a signed, encrypted capsule.
 
@@ -241,6 +248,9 @@ def build_capsule(
             ``capsule_id`` are the base's; ``version`` must be higher than the base's.
         append: with ``base``, keep the base's documents that the inputs do not name (grow the
             capsule by the inputs; ``firmware-tools append``) instead of removing them.
+        prechunked: documents already chunked, instead of ``inputs`` (``firmware_tools.compact``:
+            the live chunks of a version, packed again without re-chunking); ``inputs`` is then
+            ignored and ``max_tokens``/``overlap_tokens`` are recorded as given.
 
     Returns:
         A ``BuildResult``.
@@ -300,7 +310,7 @@ def build_capsule(
                 n_candidates=n_candidates, encrypt_index=encrypt_index, video_params=video_params, rng=rng,
                 scrypt_log_n=scrypt_log_n, n_workers=n_threads or os.cpu_count() or 1,
                 embedding_cache=embedding_cache, report=report, model_family=model_family,
-                zstd_level=zstd_level, base=base, append=append)
+                zstd_level=zstd_level, base=base, append=append, prechunked=prechunked)
     except FileNotFoundError as exc:
         raise BuildError(f"cannot write {output}: {exc.strerror}") from None
     result.path = output
@@ -334,7 +344,7 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
                 rules, model_dir, max_tokens, overlap_tokens, n_trees, search_k, index_seed, projection, ann_dim,
                 refine_dim, n_candidates, encrypt_index, video_params, rng, scrypt_log_n, n_workers,
                 embedding_cache, report, model_family="onnx", zstd_level=PAYLOAD_ZSTD_LEVEL,
-                base: BaseVersion | None = None, append: bool = False) -> BuildResult:
+                base: BaseVersion | None = None, append: bool = False, prechunked=None) -> BuildResult:
     """The build pipeline; every large intermediate is a file in ``work``."""
     stage_s: dict[str, float] = {}
 
@@ -387,8 +397,25 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
             pending.append(chunk_embedder.submit([c.text for c in block]))
             block.clear()
 
-        for chunk in chunk_documents(documents(), token_offsets=offsets, token_offsets_batch=offsets.batch,
-                                     max_tokens=max_tokens, overlap_tokens=overlap_tokens):
+        def given_chunks():
+            """The prechunked documents' chunks, numbered for this build."""
+            nonlocal raw_text_bytes
+            chunk_id = 0
+            for meta, chunks in prechunked:
+                docs.append(_DocumentMeta(meta.name, meta.n_bytes, meta.media_type, meta.sha256, meta.headings))
+                covered = 0
+                for given in chunks:
+                    raw_text_bytes += len(given.text[max(0, covered - given.char_start):].encode("utf-8"))
+                    covered = max(covered, given.char_end)
+                    yield Chunk(chunk_id, len(docs) - 1, given.char_start, given.char_end, given.text, 0,
+                                tuple(given.heading_path))
+                    chunk_id += 1
+                report("read", len(docs), None)
+
+        chunks = (given_chunks() if prechunked is not None else
+                  chunk_documents(documents(), token_offsets=offsets, token_offsets_batch=offsets.batch,
+                                  max_tokens=max_tokens, overlap_tokens=overlap_tokens))
+        for chunk in chunks:
             records.append(encode_record(chunk.doc_index, chunk.char_start, chunk.char_end, chunk.text))
             lexicon.add(chunk.chunk_id, chunk.text, heading_path=getattr(chunk, "heading_path", ()))
             docs[chunk.doc_index].n_chunks += 1

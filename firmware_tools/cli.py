@@ -136,6 +136,14 @@ def cmd_build(args: argparse.Namespace) -> int:
     rules = json.loads(Path(args.rules).read_text()) if args.rules else None
     base = None
     append = getattr(args, "append", False)
+    compacting = getattr(args, "compact", False)
+    if compacting:
+        if args.base is not None or len(args.documents) != 1:
+            raise SystemExit(_usage("compact takes one capsule, the version to compact (with --segment for its "
+                                    "earlier segments)"))
+        if args.base_identity is None and args.base_passphrase_file is None:
+            raise SystemExit(_usage("compact needs --base-identity DEVICE.key or --base-passphrase-file to read "
+                                    "the version it compacts"))
     if append:
         if args.base is not None:
             raise SystemExit(_usage("append takes its base as the first argument, not --base"))
@@ -154,7 +162,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         identities = ([load_identity(args.base_identity)] if args.base_identity else []) + (
             [load_passphrase(args.base_passphrase_file)] if args.base_passphrase_file else [])
         base = read_base(args.base, signing_key=signing_key, identities=identities, segment_files=args.segment or ())
-    elif args.segment:
+    elif args.segment and not compacting:
         raise SystemExit(_usage("--segment goes with --base"))
     version = args.version if args.version is not None else (base.version + 1 if base is not None else 1)
     seed = args.seed
@@ -163,16 +171,33 @@ def cmd_build(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _exit_on_signal)
     try:
-        result = build_capsule(
-            args.documents, Path(args.output), signing_key=signing_key, recipients=recipients,
-            passphrase=passphrase, expires_at=args.expires, not_before=args.not_before, issued_at=args.issued_at,
-            version=version, name=args.name, capsule_id=args.capsule_id, publisher_name=args.publisher_name,
-            rules=rules, max_tokens=args.max_tokens, overlap_tokens=args.overlap_tokens, n_trees=args.n_trees,
-            encrypt_index=not args.plain_index, seed=seed, progress=bars, embedding_cache=args.embedding_cache,
-            **({"zstd_level": args.zstd_level} if args.zstd_level is not None else {}), n_threads=args.workers, model_family=args.model_family,
-            video_params=HEVC_VIDEO_PARAMS if args.codec == "hevc" else DEFAULT_VIDEO_PARAMS, base=base,
-            append=append,
-        )
+        if compacting:
+            from edge.keys import load_identity
+
+            from .compact import compact
+
+            result = compact(
+                args.documents[0], Path(args.output), signing_key=signing_key,
+                identities=([load_identity(args.base_identity)] if args.base_identity else []) + (
+                    [load_passphrase(args.base_passphrase_file)] if args.base_passphrase_file else []),
+                segment_files=args.segment or (), expires_at=args.expires, version=args.version,
+                recipients=recipients, passphrase=passphrase, not_before=args.not_before, issued_at=args.issued_at,
+                publisher_name=args.publisher_name, **({"rules": rules} if rules is not None else {}),
+                n_trees=args.n_trees, encrypt_index=not args.plain_index, seed=seed, progress=bars,
+                embedding_cache=args.embedding_cache, n_threads=args.workers, model_family=args.model_family,
+                **({"zstd_level": args.zstd_level} if args.zstd_level is not None else {}),
+                video_params=HEVC_VIDEO_PARAMS if args.codec == "hevc" else DEFAULT_VIDEO_PARAMS)
+        else:
+            result = build_capsule(
+                args.documents, Path(args.output), signing_key=signing_key, recipients=recipients,
+                passphrase=passphrase, expires_at=args.expires, not_before=args.not_before, issued_at=args.issued_at,
+                version=version, name=args.name, capsule_id=args.capsule_id, publisher_name=args.publisher_name,
+                rules=rules, max_tokens=args.max_tokens, overlap_tokens=args.overlap_tokens, n_trees=args.n_trees,
+                encrypt_index=not args.plain_index, seed=seed, progress=bars, embedding_cache=args.embedding_cache,
+                **({"zstd_level": args.zstd_level} if args.zstd_level is not None else {}), n_threads=args.workers, model_family=args.model_family,
+                video_params=HEVC_VIDEO_PARAMS if args.codec == "hevc" else DEFAULT_VIDEO_PARAMS, base=base,
+                append=append,
+            )
     finally:
         bars.close()
     summary = {"path": str(result.path), "capsule_id": result.capsule_id, "version": result.version,
@@ -346,6 +371,13 @@ example: firmware-tools append manual-v3.capsule new-bulletins/ -o manual-v4.cap
 """
 
 
+_COMPACT_EXAMPLES = """\
+example: firmware-tools compact manual-v6.capsule --segment manual-v5.capsule --segment manual-v4.capsule \\
+             -o manual-v7.capsule --signing-key publisher.key --recipient kiosk-7.pub --expires +90d \\
+             --base-identity publisher-device.key --embedding-cache embed.sqlite
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the ``firmware-tools`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -380,6 +412,16 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_APPEND_EXAMPLES)
     _add_build_arguments(p)
     p.set_defaults(func=cmd_build, append=True)
+
+    p = sub.add_parser("compact", help="merge the segments of a version into one full capsule",
+                       description="Read the live chunks of VERSION (a delta: give its earlier segments with "
+                                   "--segment) and pack them again, unchanged, into one capsule without segments, "
+                                   "as the next version (--version to choose). Chunking, names, digests, headings "
+                                   "and, unless --rules, the rules are the version's; with --embedding-cache "
+                                   "nothing is embedded again.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_COMPACT_EXAMPLES)
+    _add_build_arguments(p)
+    p.set_defaults(func=cmd_build, compact=True)
 
     p = sub.add_parser("sign", help="add a signature to a built capsule (k-of-n co-signing)",
                        description="Verify the capsule's sections against its manifest, add an Ed25519 signature "

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import FAQ_DOCS, build_test_capsule
-from edge import DeltaBaseError, IntegrityError, RollbackError, Store, open_capsule
+from edge import DeltaBaseError, ExpiredCapsuleError, IntegrityError, RollbackError, Store, StoreError, open_capsule
 from edge.capsule import OpenOptions
 from edge.errors import CapsuleError, CapsuleFormatError
 from firmware_tools.delta import merge_ranges, read_base
@@ -279,3 +279,128 @@ def test_cli_builds_a_delta_and_edge_installs_it_over_the_base(tmp_path):
     hits = [json.loads(line) for line in ok("edge", "search", "tiny", "QX-7788", "-k", "1", "--json", *keys,
                                             env=env).stdout.splitlines()]
     assert "QX-7788" in hits[0]["text"]
+
+
+def test_store_keeps_past_versions_to_read_never_to_reinstall(lineage, tmp_path):
+    v1, v2, v3 = lineage["v1"], lineage["v2"], lineage["v3"]
+    keys = dict(identities=[v1.device_key], trusted_keys=[v1.publisher_key.public_key()], now=NOW)
+    store = _store(tmp_path, "store")
+    assert store.configure(keep_versions=3).keep_versions == 3
+    for built in (v1, v2, v3):
+        store.install(built.path, **keys)
+    assert [e.version for e in store.history("faq")] == [3, 2, 1]
+    with store.open("faq", version=1, **keys) as past:
+        assert past.manifest.version == 1 and past.manifest.segments is None
+        assert all(NEW_FACT not in h.text for h in past.search("E-4021 flux capacitor", k=5, now=NOW))
+        assert any(d.name == REMOVED for d in past.documents(now=NOW))
+    with store.open("faq", version=2, **keys) as past, _open(v2, [v1.path]) as by_path:
+        assert _results(past) == _results(by_path)  # as version 2 answered
+    with pytest.raises(RollbackError):
+        store.install(v1.path, **keys)  # history is for reading: never installed again
+    with pytest.raises(StoreError, match="v7 is not kept"):
+        store.open("faq", version=7, **keys)
+    store.configure(keep_versions=1)
+    store.remove("faq")
+    assert os.listdir(store.path / "objects") == []
+
+
+def test_a_delta_past_the_store_quota_is_refused_and_changes_nothing(lineage, tmp_path):
+    v1, v2, v3 = lineage["v1"], lineage["v2"], lineage["v3"]
+    keys = dict(identities=[v1.device_key], trusted_keys=[v1.publisher_key.public_key()], now=NOW)
+    store = _store(tmp_path, "store")
+    store.configure(keep_versions=2)
+    store.install(v1.path, **keys)
+    store.install(v2.path, **keys)
+    used = store.used_bytes()
+    assert used < v1.path.stat().st_size + v2.path.stat().st_size + 8192  # v1's file is shared, not copied
+    store.configure(quota_bytes=used + v3.path.stat().st_size // 2)
+    with pytest.raises(StoreError, match="past its quota"):
+        store.install(v3.path, **keys)  # dropping v1 from the history frees nothing: v2 needs its file
+    assert store.used_bytes() == used
+    assert [e.version for e in store.history("faq")] == [2, 1]
+    with store.open("faq", **keys) as capsule:
+        assert NEW_FACT in capsule.search("E-4021 flux capacitor", k=1, now=NOW)[0].text
+    store.configure(quota_bytes=None)
+    store.install(v3.path, **keys)
+    assert [e.version for e in store.history("faq")] == [3, 2]
+
+
+def test_an_expired_past_version_is_not_revived(tmp_path):
+    from .conftest import TINY_DOCS
+
+    docs = tmp_path / "docs"
+    shutil.copytree(TINY_DOCS / "good", docs)
+    v1 = build_test_capsule(docs, tmp_path / "t1.capsule", keys_dir=tmp_path / "keys", name="tiny",
+                            expires_at=datetime(2027, 6, 1, tzinfo=timezone.utc))
+    (docs / "more.md").write_text("# More\n\nValve V-311 closes at 4 bar.\n")
+    base = read_base(v1.path, signing_key=v1.publisher_key, identities=[v1.device_key])
+    v2 = build_test_capsule(docs, tmp_path / "t2.capsule", keys_dir=tmp_path / "keys", name="tiny", version=2,
+                            base=base)
+    keys = dict(identities=[v1.device_key], trusted_keys=[v1.publisher_key.public_key()])
+    store = _store(tmp_path, "store")
+    store.configure(keep_versions=2)
+    store.install(v1.path, now=NOW, **keys)
+    store.install(v2.path, now=NOW, **keys)
+    later = datetime(2028, 1, 1, tzinfo=timezone.utc)
+    with store.open("tiny", now=later, **keys) as capsule:  # v2 is valid, and its earlier segment serves in it
+        assert "V-311" in capsule.search("V-311", k=1, now=later)[0].text
+    with pytest.raises(ExpiredCapsuleError):
+        store.open("tiny", version=1, now=later, **keys)
+
+
+def test_edge_serve_answers_from_a_delta_and_as_a_past_version(lineage, tmp_path):
+    import urllib.parse
+
+    from .serving import Device, Server
+
+    v1, v2 = lineage["v1"], lineage["v2"]
+    device = Device(tmp_path / "device", device_key=v1.device_key_path, publisher_pubs=[v1.publisher_pub_path])
+    assert device.cli("settings", "--keep-versions", "2").returncode == 0
+    device.install(v1.path)
+    device.install(v2.path)
+    history = device.cli("history", "faq", "--json")
+    assert [json.loads(line)["version"] for line in history.stdout.splitlines()] == [2, 1], history.stderr
+
+    def search(**params):
+        return server.get_json("/api/search?" + urllib.parse.urlencode({"q": "E-4021 flux capacitor", "k": 3,
+                                                                         "capsule": "faq", **params}))
+
+    with Server(device) as server:
+        status, now_body = search()
+        assert status == 200 and NEW_FACT in now_body["hits"][0]["text"]
+        status, past_body = search(version=1)
+        assert status == 200 and past_body["capsules"] == {"faq": 1}
+        assert all(NEW_FACT not in hit["text"] for hit in past_body["hits"])
+        assert search(version=9)[0] == 404
+        assert search(version="x")[0] == 400
+    cli = device.cli("search", "faq", "E-4021 flux capacitor", "-k", "1", "--version", "1", "--json")
+    assert cli.returncode == 0 and NEW_FACT not in json.loads(cli.stdout.splitlines()[0])["text"]
+
+
+def test_compact_merges_the_segments_into_one_capsule_with_the_same_live_chunks(lineage, tmp_path):
+    from .conftest import BUILD_EXPIRES_AT, BUILD_ISSUED_AT, _SESSION_EMBEDDING_CACHE
+    from firmware_tools.compact import compact
+
+    v1, v2, v3 = lineage["v1"], lineage["v2"], lineage["v3"]
+    result = compact(v3.path, tmp_path / "faq-v4.capsule", signing_key=v1.publisher_key, identities=[v1.device_key],
+                     segment_files=[v1.path, v2.path], recipients=[v1.device_key.public_key()],
+                     expires_at=BUILD_EXPIRES_AT, issued_at=BUILD_ISSUED_AT, seed=b"test-seed", n_threads=2,
+                     embedding_cache=_SESSION_EMBEDDING_CACHE[0])
+    assert result.version == 4 and result.n_embedded == 0  # every chunk's vector came from the cache
+    with _open(v3, [v1.path, v2.path]) as segmented, open_capsule(
+            result.path, trusted_keys=[v1.publisher_key.public_key()], identities=[v1.device_key], now=NOW) as full:
+        assert full.manifest.segments is None and full.n_chunks == segmented.n_live_chunks
+        assert [(h.document, h.char_start, h.char_end, h.text, h.heading_path) for h in full.export(now=NOW)] == \
+               [(h.document, h.char_start, h.char_end, h.text, h.heading_path) for h in segmented.export(now=NOW)]
+        assert [(d.name, d.sha256, d.headings) for d in full.documents(now=NOW)] == \
+               [(d.name, d.sha256, d.headings) for d in segmented.documents(now=NOW)]
+        assert full.manifest.rules == segmented.manifest.rules
+        for query in ("E-4021 flux capacitor", "ZX-9931", "6ES7 214-1AG40-0XB0"):
+            assert full.search(query, k=1, now=NOW)[0].text == segmented.search(query, k=1, now=NOW)[0].text
+    keys = dict(identities=[v1.device_key], trusted_keys=[v1.publisher_key.public_key()], now=NOW)
+    store = _store(tmp_path, "store")
+    for built in (v1.path, v2.path, v3.path, result.path):  # a device holding the deltas takes it as an update
+        store.install(built, **keys)
+    with store.open("faq", **keys) as capsule:
+        assert capsule.manifest.version == 4 and len(capsule.parts) == 1
+    assert len(os.listdir(store.path / "objects")) == 1
