@@ -238,6 +238,11 @@ class Capsule:
         self.chunk_base = base
 
     @property
+    def projection(self):
+        """The PCA projection of this capsule's (newest segment's) index (``edge.index.Projection``), or ``None``."""
+        return self._index.projection
+
+    @property
     def parts(self) -> tuple["Capsule", ...]:
         """The segments of this version, oldest first, ending with this capsule (one for a plain capsule)."""
         return (*self._segments, self)

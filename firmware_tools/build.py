@@ -493,12 +493,18 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
     # 4. index, docs, frame table: each section a file in work/
     t = time.perf_counter()
     use_projection = n_chunks >= MIN_CHUNKS_FOR_PROJECTION if projection is None else projection
+    fixed_projection = None
+    if base is not None and base.projection is not None and projection is not False:
+        # a delta projects into its base's space: scores compare across segments, and a small
+        # segment stores 370 + 256 bytes per chunk instead of a 1.5 KiB float row (bench/DELTA.md)
+        use_projection, fixed_projection = True, base.projection
+        ann_dim, refine_dim = base.ann_dim, base.projection.axes.shape[0]
     n_trees = n_trees or (DEFAULT_TREES_PROJECTED if use_projection else DEFAULT_TREES_FULL)
     search_k = search_k or (DEFAULT_SEARCH_K_PROJECTED if use_projection else DEFAULT_SEARCH_K_FULL)
     report("index", 0, 1)
     built = build_index(vectors, n_trees=n_trees, seed=index_seed, work_dir=work,
                         ann_dim=ann_dim if use_projection else None,
-                        refine_dim=refine_dim if use_projection else None)
+                        refine_dim=refine_dim if use_projection else None, projection=fixed_projection)
     del vectors
     report("index", 1, 1)
 

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edge.capsule import OpenOptions, open_capsule
 from edge.container import ContainerFile
 from edge.errors import CapsuleError
+from edge.index import Projection
 from edge.keys import Identity
 from edge.manifest import MAX_BASE_SEGMENTS, SegmentPin, parse_manifest
 
@@ -60,6 +61,9 @@ class BaseVersion:
         tombstones: the base's own tombstones (global chunk-id ranges), carried forward.
         documents: the base's live documents by name.
         n_chunks: global chunk ids in the base (the delta's first chunk id).
+        projection: the PCA projection of the base's newest segment, or ``None``; a delta reuses
+            it (its mean and axes), so its scores compare with the base's.
+        ann_dim: the Annoy dimension of that segment's index (with ``projection``).
     """
 
     path: Path
@@ -71,6 +75,8 @@ class BaseVersion:
     tombstones: tuple[tuple[int, int], ...]
     documents: dict[str, BaseDocument]
     n_chunks: int
+    projection: Projection | None = None
+    ann_dim: int = 0
 
     def tombstones_for(self, replaced: Sequence[str]) -> tuple[tuple[int, int], ...]:
         """The delta's tombstones: the base's, plus every chunk of the documents ``replaced``."""
@@ -129,4 +135,5 @@ def read_base(path: str | Path, *, signing_key: Ed25519PrivateKey, identities: S
                              f"{MAX_BASE_SEGMENTS}: compact it (build the next version in full)")
         return BaseVersion(path=path, name=manifest.name, capsule_id=manifest.capsule_id, version=manifest.version,
                            model_sha256=manifest.model.sha256, pins=pins, tombstones=tuple(tombstones),
-                           documents=documents, n_chunks=capsule.n_chunks)
+                           documents=documents, n_chunks=capsule.n_chunks, projection=capsule.projection,
+                           ann_dim=manifest.index.dim)

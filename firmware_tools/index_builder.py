@@ -157,7 +157,7 @@ def build_annoy_index(vectors: np.ndarray, *, n_trees: int, seed: int, path: Pat
 
 
 def build_index(vectors: np.ndarray, *, n_trees: int, seed: int, work_dir: Path, ann_dim: int | None = None,
-                refine_dim: int | None = None) -> BuiltIndex:
+                refine_dim: int | None = None, projection: Projection | None = None) -> BuiltIndex:
     """Build the index sections for chunk embeddings, streaming over ``vectors`` in blocks.
 
     Args:
@@ -168,6 +168,9 @@ def build_index(vectors: np.ndarray, *, n_trees: int, seed: int, work_dir: Path,
         ann_dim: Annoy dimension with projection; ``None`` with ``refine_dim`` ``None``
             means no projection (Annoy over the full embeddings).
         refine_dim: PCA coordinates kept for re-ranking (VECS); ``ann_dim <= refine_dim``.
+        projection: use this projection's mean and axes instead of fitting them (a delta segment
+            projects into its base's space, so scores compare across segments: FORMAT.md §4.7);
+            ``refine_dim`` must be its ``dim_out``. The int8 scale is this build's own.
 
     Returns:
         ``BuiltIndex``. Memory: Annoy builds on disk; the projection pass holds one block of
@@ -183,7 +186,11 @@ def build_index(vectors: np.ndarray, *, n_trees: int, seed: int, work_dir: Path,
     n_items = vectors.shape[0]
     if not 1 <= ann_dim <= refine_dim <= vectors.shape[1]:
         raise ValueError(f"need 1 <= ann_dim {ann_dim} <= refine_dim {refine_dim} <= {vectors.shape[1]}")
-    projection = fit_projection(vectors, refine_dim)
+    if projection is None:
+        projection = fit_projection(vectors, refine_dim)
+    elif projection.axes.shape != (refine_dim, vectors.shape[1]):
+        raise ValueError(f"the given projection maps {projection.axes.shape[1]} -> {projection.axes.shape[0]}, "
+                         f"not {vectors.shape[1]} -> {refine_dim}")
     peak = np.zeros(refine_dim, dtype=np.float32)
     for start in range(0, n_items, _BLOCK_ROWS):
         peak = np.maximum(peak, np.abs(project_for_build(projection, vectors[start:start + _BLOCK_ROWS])).max(axis=0))

@@ -404,3 +404,22 @@ def test_compact_merges_the_segments_into_one_capsule_with_the_same_live_chunks(
     with store.open("faq", **keys) as capsule:
         assert capsule.manifest.version == 4 and len(capsule.parts) == 1
     assert len(os.listdir(store.path / "objects")) == 1
+
+
+def test_a_delta_projects_into_its_bases_space(lineage, tmp_path):
+    import numpy as np
+
+    keys_dir = lineage["tmp"] / "keys"
+    docs = tmp_path / "docs"
+    shutil.copytree(FAQ_DOCS, docs)
+    v1 = build_test_capsule(docs, tmp_path / "p1.capsule", keys_dir=keys_dir, name="projected", projection=True)
+    (docs / ADDED).write_text(f"# Parts\n\n{PART_FACT}\n")
+    base = read_base(v1.path, signing_key=v1.publisher_key, identities=[v1.device_key])
+    assert base.projection is not None
+    v2 = build_test_capsule(docs, tmp_path / "p2.capsule", keys_dir=keys_dir, name="projected", version=2, base=base)
+    with _open(v2, [v1.path]) as capsule:
+        old, new = (part.projection for part in capsule.parts)
+        assert np.array_equal(old.mean, new.mean) and np.array_equal(old.axes, new.axes)
+        assert capsule.manifest.index.projection is not None and capsule.manifest.n_chunks == 1
+        assert PART_FACT in capsule.search("6ES7 214-1AG40-0XB0", k=1, now=NOW)[0].text
+        assert PART_FACT in capsule.search("which part is the CPU module", k=1, mode="dense", now=NOW)[0].text

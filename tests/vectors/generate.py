@@ -253,7 +253,8 @@ def _build_genuine(out_dir: Path, *, refresh_embeddings: bool = False) -> dict[s
         with np.load(EMBEDDINGS_FILE) as pinned:
             cache.import_rows(pinned["keys"], pinned["vectors"])
     built = {}
-    specs = {"alpha-v1": ("alpha", ALPHA_ID, 1), "alpha-v2": ("alpha", ALPHA_ID, 2), "beta-v1": ("beta", BETA_ID, 1)}
+    specs = {"alpha-v1": ("alpha", ALPHA_ID, 1), "alpha-v2": ("alpha", ALPHA_ID, 2), "beta-v1": ("beta", BETA_ID, 1),
+             "alpha-v3": ("alpha", ALPHA_ID, 3)}
     for label, (name, capsule_id, version) in specs.items():
         path = out_dir / f"{label}.capsule"
         result = build_capsule([DOCS_DIR], path, signing_key=test_key("test-publisher-1"),
@@ -270,6 +271,39 @@ def _build_genuine(out_dir: Path, *, refresh_embeddings: bool = False) -> dict[s
         np.savez(EMBEDDINGS_FILE, keys=keys, vectors=vectors)
     cache.close()
     return built
+
+
+def _delta_vectors(alpha3: bytes, alpha2: Draft, beta: bytes, ok_sha: str) -> list[Vector]:
+    """Deltas (FORMAT.md §4.7): alpha v3 as the newest segment over alpha v2 (vector ``ok``), its
+    chunks replacing all of v2's (every v2 chunk tombstoned), and what a reader must refuse."""
+    n2 = alpha2.manifest["n_chunks"]
+    out = []
+
+    def delta(name: str, expect: str, comment: str, *, pin_sha: str = ok_sha, pin_chunks: int = n2,
+              tombstones: list | None = None, files: dict[str, bytes] | None = None, **fields: str) -> None:
+        d = Draft(alpha3)
+        d.manifest["segments"] = {"base": [{"version": 2, "manifest_sha256": pin_sha, "n_chunks": pin_chunks}],
+                                  "tombstones": [[0, n2]] if tombstones is None else tombstones}
+        out.append(Vector(name, _expect(expect, comment, **fields), {"capsule": d.build(), **(files or {})}))
+
+    delta("delta-ok", "ok", "alpha v3, a delta over alpha v2 (vector ok, given as its segment) whose chunks all "
+          "are tombstoned", segment="../ok/capsule", operation="search 2 kiosk")
+    delta("delta-without-its-base", "delta-base", "alpha v3 delta over v2, opened without v2's file")
+    delta("delta-for-another-base", "delta-base", "alpha v3 delta pinning a v2 manifest other than the one given",
+          pin_sha="0" * 64, segment="../ok/capsule")
+    delta("delta-segment-from-another-capsule", "integrity", "alpha v3 delta pinning capsule beta's manifest, "
+          "and given beta's file: a segment of another capsule (mix and match)",
+          pin_sha=_base_manifest_sha(beta), segment="beta.capsule", files={"beta.capsule": beta})
+    delta("delta-segment-chunk-count-wrong", "integrity", "the pin says v2 holds one chunk more than it does",
+          pin_chunks=n2 + 1, segment="../ok/capsule")
+    delta("delta-tombstone-names-no-chunk", "format", f"a tombstone [0, {n2 + 1}) past v2's {n2} chunks",
+          tombstones=[[0, n2 + 1]], segment="../ok/capsule")
+    delta("delta-version-backwards", "rollback", "alpha v3 delta over the right v2, on a device that accepted v4",
+          segment="../ok/capsule", installed=f"{ALPHA_ID} 4 {'0' * 64}")
+    data = out[0].files["capsule"]
+    out.append(Vector("delta-truncated", _expect("integrity", "delta-ok without its last 100 bytes", base="delta-ok",
+                                                 segment="../ok/capsule", truncate=str(len(data) - 100))))
+    return out
 
 
 def _header_and_table_vectors(ok: bytes) -> list[Vector]:
@@ -770,6 +804,7 @@ def generate(out_dir: Path, *, refresh_embeddings: bool = False) -> list[str]:
                                            base="ok", identity="test-other-device")),
         Vector("over-budget-index", _expect("over-budget", "a 64-byte memory budget", base="ok", budget_bytes="64")),
     ]
+    vectors += _delta_vectors(built["alpha-v3"], alpha2, beta_bytes, ok_sha)
     vectors += _header_and_table_vectors(alpha2_bytes)
     vectors += _manifest_vectors(alpha2, beta)
     vectors += _frame_vectors(alpha2, beta)

@@ -134,6 +134,11 @@ def device_state(vector: Path, expect: Expect) -> DeviceState:
     return device
 
 
+def segment_files(vector: Path, expect: Expect) -> tuple[Path, ...]:
+    """The files given as earlier segments of a delta (``segment``, relative to the vector)."""
+    return tuple((vector / name).resolve() for name in expect.all("segment"))
+
+
 def outcome(fn: Callable[[], object]) -> str:
     """Return ``"ok"`` if ``fn()`` returns, else the ``expect`` word of the EdgeError it raises."""
     try:
@@ -162,17 +167,20 @@ def run_library(vector: Path, path: Path) -> tuple[str, str]:
         return exc.expect, exc.expect
     budget = MemoryBudget(int(expect.get("budget_bytes"))) if expect.get("budget_bytes") else None
     kwargs = dict(trusted_keys=trusted_keys(expect), identities=identities(expect), now=now)
+    segments = segment_files(vector, expect)
     holder: list = []
 
     def do_open():
-        holder.append(open_capsule(path, budget=budget, options=OpenOptions(device=device), **kwargs))
+        holder.append(open_capsule(path, budget=budget, options=OpenOptions(device=device, segment_files=segments),
+                                   **kwargs))
 
     opened = outcome(do_open)
     if budget is not None:
         return opened, opened
     name, args = _operation(expect)
     if name == "verify":
-        final = outcome(lambda: verify_capsule(path, full=True, options=OpenOptions(device=device_state(vector, expect)), **kwargs))
+        final = outcome(lambda: verify_capsule(path, full=True, options=OpenOptions(
+            device=device_state(vector, expect), segment_files=segments), **kwargs))
         if holder:
             holder[0].close()
         return opened, final
@@ -273,6 +281,8 @@ def run_cli(vector: Path, path: Path, tmp: Path, monkeypatch, capsys) -> str:
         argv = ["export", target]
     if expect.get("budget_bytes"):
         argv = ["info", target, "--ram-budget", expect.get("budget_bytes")]
+    for segment in segment_files(vector, expect):
+        argv += ["--segment", str(segment)]
     words = [call(*argv, *key_args, "--json")[1] for _ in range(int(expect.get("repeat") or 1))]
     assert words[:-1] == ["ok"] * (len(words) - 1), words
     return words[-1]
