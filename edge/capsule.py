@@ -258,7 +258,8 @@ def open_capsule(
 def _open_capsule(path: str | os.PathLike[str], *, trusted_keys: Sequence[Ed25519PublicKey],
                   identities: Sequence[Identity], budget: MemoryBudget | None, now: datetime | None,
                   options: OpenOptions, installed: _InstalledObject | None = None,
-                  embedders: Mapping[str, QueryEmbedder] | None = None, segment_of: Manifest | None = None) -> Capsule:
+                  embedders: Mapping[str, QueryEmbedder] | None = None, segment_of: Manifest | None = None,
+                  held_segments: Mapping[str, "tuple[Path, _InstalledObject]"] | None = None) -> Capsule:
     """``open_capsule`` with the internals of a device store and a capsule set.
 
     ``installed``: the object is a store's, verified at install (mapped, manifest pinned,
@@ -266,6 +267,8 @@ def _open_capsule(path: str | os.PathLike[str], *, trusted_keys: Sequence[Ed2551
     to share (several capsules, one model session); when none matches, the capsule opens
     its own and reserves ``model`` for it. ``segment_of``: this file is an earlier segment of
     that (verified) version, pinned by ``installed.manifest_sha256`` (``_open_segments``).
+    ``held_segments``: earlier segments a store holds (verified at their install), offered to a
+    delta being installed: they open as store objects (``Store`` install, FORMAT.md §13.5).
     """
     threshold, device, n_threads = options.threshold, options.device, options.n_threads
     model_search_path, frame_cache_bytes = options.model_search_path, options.frame_cache_bytes
@@ -365,7 +368,8 @@ def _open_capsule(path: str | os.PathLike[str], *, trusted_keys: Sequence[Ed2551
         try:
             capsule._attach_segments(_open_segments(manifest, installed=installed, options=options,
                                                     frame_cache_bytes=frame_cache_bytes, identities=identities,
-                                                    budget=budget, now=now, embedder=embedder))
+                                                    budget=budget, now=now, embedder=embedder,
+                                                    held=held_segments))
         except BaseException:
             capsule.close()
             raise
@@ -374,7 +378,8 @@ def _open_capsule(path: str | os.PathLike[str], *, trusted_keys: Sequence[Ed2551
 
 def _open_segments(head: Manifest, *, installed: _InstalledObject | None, options: OpenOptions,
                    frame_cache_bytes: int, identities: Sequence[Identity], budget: MemoryBudget, now: datetime,
-                   embedder: QueryEmbedder) -> list[Capsule]:
+                   embedder: QueryEmbedder, held: Mapping[str, "tuple[Path, _InstalledObject]"] | None = None
+                   ) -> list[Capsule]:
     """Open the earlier segments ``head`` pins, oldest first (FORMAT.md §4.7).
 
     Each one is found by its manifest digest (in the store's object, else among
@@ -386,6 +391,8 @@ def _open_segments(head: Manifest, *, installed: _InstalledObject | None, option
         Everything ``open_capsule`` raises, for the segment that fails; the ones opened are closed.
     """
     found: dict[str, tuple[Path, _InstalledObject | None]] = dict(installed.segments) if installed else {}
+    for digest, item in (held or {}).items():
+        found.setdefault(digest, item)
     for path in options.segment_files:
         try:
             with ContainerFile(path) as cf:

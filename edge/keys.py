@@ -46,10 +46,13 @@ class ContentKey:
 
     An identity that opens the one capsule whose id is ``capsule_id`` and nothing else; the
     store keeps it for capsules installed with a passphrase, so that queries need no passphrase.
+    ``manifest_sha256``, when set, narrows it to the one segment with that manifest (the
+    segments of a delta share an id, each with its own content key: FORMAT.md §4.7).
     """
 
     capsule_id: str
     secret: bytes
+    manifest_sha256: str = ""
 
     def __repr__(self) -> str:  # never show the key
         return f"ContentKey({self.capsule_id}, <hidden>)"

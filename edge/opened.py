@@ -744,7 +744,8 @@ class Capsule:
         self._policy.before_use("read", at=utc_now(now))
         return part._hit(local, 1.0, StageTimings())
 
-    def check_frames(self, progress: Callable[[int, int], None] | None = None) -> tuple[int, int]:
+    def check_frames(self, progress: Callable[[int, int], None] | None = None, *,
+                     skip_store_segments: bool = False) -> tuple[int, int]:
         """Decode and authenticate every frame, as full verification does; return (frames, chunks).
 
         A mapped store object also has its ``VIDE`` section hashed again first (opened by path,
@@ -752,15 +753,19 @@ class Capsule:
 
         Args:
             progress: optional ``progress(n_frames_done, n_frames)``.
+            skip_store_segments: leave out the earlier segments opened from a device store's
+                objects (decoded and authenticated when they were installed, read-only since):
+                a store installing a delta checks the new segment's frames (FORMAT.md §13.5).
 
         Raises:
             IntegrityError: ``VIDE`` differs from the manifest, a sample changed, or the frames
                 hold another number of chunks than the manifest says.
             FrameDecodeError, DecryptionError: a frame does not decode or authenticate.
         """
-        total_frames = sum(part._frames.n_frames for part in self.parts)
+        parts = [p for p in self.parts if p is self or not (skip_store_segments and p._cf.is_mapped)]
+        total_frames = sum(part._frames.n_frames for part in parts)
         n_frames = n_chunks = 0
-        for part in self.parts:
+        for part in parts:
             if part._cf.is_mapped:
                 _compare_digest(part._cf.sha256("VIDE"), part.manifest, "VIDE")
             timings = StageTimings()

@@ -154,7 +154,8 @@ def unwrap_content_key(manifest: Manifest,
     capsule_id = manifest.capsule_id_bytes
     for identity in identities:
         if isinstance(identity, ContentKey):  # cached by the device store; checked by the first AEAD
-            if identity.capsule_id == manifest.capsule_id and len(identity.secret) == KEY_BYTES:
+            if (identity.capsule_id == manifest.capsule_id and len(identity.secret) == KEY_BYTES
+                    and identity.manifest_sha256 in ("", hashlib.sha256(manifest.raw).hexdigest())):
                 return identity.secret
             continue
         for stanza in manifest.recipients:

@@ -492,13 +492,7 @@ class Store:
                 f"capsule expired at {format_time(entry.expires_at)} (trusted time {format_time(at)}); "
                 "it was purged from the store", expires_at=entry.expires_at, now=at)
         entry = self.get(name)
-        keys: list[ContentKey] = []
-        object_fd = open_subdir(self._objects_fd, entry.object_name)  # refuses a symlinked object
-        try:
-            if entry.content_key:
-                keys.append(ContentKey(entry.capsule_id, read_file(object_fd, "content.key", limit=32)))
-        finally:
-            os.close(object_fd)
+        keys = self._cached_keys(entry)
         path = self.capsule_path(entry)
         try:
             info = os.stat(path, follow_symlinks=False)
@@ -507,6 +501,30 @@ class Store:
         if not stat.S_ISREG(info.st_mode):
             raise StoreError(f"store file {path} is not a regular file; refusing to open it")
         return entry, path, keys
+
+    def _cached_keys(self, entry: Entry) -> list[ContentKey]:
+        """The content keys cached in ``entry``'s object: its own (``content.key``) and one per
+        earlier segment (``segments/SHA.key``), each bound to its manifest digest."""
+        keys: list[ContentKey] = []
+        object_fd = open_subdir(self._objects_fd, entry.object_name)  # refuses a symlinked object
+        try:
+            if not entry.content_key:
+                return keys
+            keys.append(ContentKey(entry.capsule_id, read_file(object_fd, "content.key", limit=32),
+                                   entry.manifest_sha256))
+            if SEGMENTS_DIR not in os.listdir(object_fd):
+                return keys
+            segments_fd = open_subdir(object_fd, SEGMENTS_DIR)  # refuses a symlink
+            try:
+                for file in sorted(os.listdir(segments_fd)):
+                    digest = file.removesuffix(".key")
+                    if file.endswith(".key") and HEX64.fullmatch(digest):
+                        keys.append(ContentKey(entry.capsule_id, read_file(segments_fd, file, limit=32), digest))
+            finally:
+                os.close(segments_fd)
+        finally:
+            os.close(object_fd)
+        return keys
 
     def open(self, name: str, *, identities: Sequence[Identity] = (), trusted_keys: Sequence[Ed25519PublicKey] = (),
              budget: MemoryBudget | None = None, now: datetime | None = None, options: OpenOptions | None = None,
@@ -547,13 +565,7 @@ class Store:
                                  "see edge history)")
             path = self.capsule_path(past)
             installed = replace(self._installed_object(path, past), past_version=True)
-            keys = []
-            if past.content_key:
-                object_fd = open_subdir(self._objects_fd, past.object_name)
-                try:
-                    keys.append(ContentKey(past.capsule_id, read_file(object_fd, "content.key", limit=32)))
-                finally:
-                    os.close(object_fd)
+            keys = self._cached_keys(past)
         return _open_capsule(path, trusted_keys=trusted_keys, identities=[*identities, *keys], budget=budget, now=now,
                              options=self._with_state(options, trusted_keys, inspect_only),
                              installed=installed, embedders=embedders)

@@ -103,16 +103,13 @@ def install_locked(store: "Store", source: Path, staging: str, crash: Callable[[
             crash("capsule file closed read-only")
             copy_path = store.path / "tmp" / staging / "capsule"
             # a delta's earlier segments are the installed ones it pins (FORMAT.md §13.5): every segment
-            # this store holds is offered, and verified again by path with the copy as one version
+            # this store holds is offered; the pinned ones open as the store objects they are
             held = held_segments(store)
             try:
                 # judged with the device's floor and records, moved only once the install succeeds
-                report = verify_capsule(copy_path, trusted_keys=trusted_keys, identities=identities, now=now,
-                                        full=True, options=OpenOptions(threshold=threshold,
-                                                                       model_search_path=model_search_path,
-                                                                       device=store.state.inspection_view(),
-                                                                       segment_files=[p for p, _ in held.values()]))
-                manifest = report.manifest
+                manifest = _verify_copy(copy_path, trusted_keys=trusted_keys, identities=identities, now=now,
+                                        options=OpenOptions(threshold=threshold, model_search_path=model_search_path,
+                                                            device=store.state.inspection_view()), held=held)
                 signers = _signers(store, copy_path, trusted_keys, now)
                 store.state.check_version(manifest)
                 store.state.check_owner(manifest, signers)
@@ -135,9 +132,11 @@ def install_locked(store: "Store", source: Path, staging: str, crash: Callable[[
                                  "remove it first")
             content_key = _content_key_to_cache(manifest, identities)
             if content_key is not None and manifest.segments is not None:
-                raise StoreError(f"{manifest.name} v{manifest.version} is an update over earlier segments, and only a "
-                                 "passphrase opens it: the store does not cache a key per segment yet; install the "
-                                 "full capsule")
+                missing = [p.version for p in manifest.segments.base if held[p.manifest_sha256][2] is None]
+                if missing:  # the earlier segments were installed with a device key: nothing to carry
+                    raise StoreError(f"{manifest.name} v{manifest.version} opens only with a passphrase, but the store "
+                                     f"holds no cached key for its segment(s) v{missing[0]}: install it with the key "
+                                     "the earlier versions were installed with")
             if content_key is not None:
                 fd = os.open("content.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                              0o400, dir_fd=stage_fd)
@@ -196,6 +195,35 @@ def install_locked(store: "Store", source: Path, staging: str, crash: Callable[[
     crash("floor saved")
     return entry
 
+def _verify_copy(copy_path: Path, *, trusted_keys: Sequence[Ed25519PublicKey], identities: Sequence[Identity],
+                 now: datetime, options: OpenOptions, held: dict[str, tuple[Path, Path | None, Path | None]]
+                 ) -> Manifest:
+    """Verify the staged copy in full (``verify_capsule(full=True)``) as one version with the segments
+    the store holds; return its manifest.
+
+    A held segment was verified in full when it was installed and is a read-only store object
+    since: it opens as one (sections pinned by its manifest, index digests not hashed again) and
+    its frames are not decoded again, so a delta costs the work of its own segment, not of the
+    whole version. Without identities, as ``verify_capsule``: every digest, no frames.
+    """
+    from .capsule import _InstalledObject, _open_capsule
+    from .store import INSTALL_VERIFIED_SECTIONS
+
+    if not identities:
+        return verify_capsule(copy_path, trusted_keys=trusted_keys, identities=(), now=now, full=True,
+                              options=options).manifest
+    objects = {digest: (capsule, _InstalledObject(digest, INSTALL_VERIFIED_SECTIONS, index))
+               for digest, (capsule, index, _key) in held.items()}
+    capsule = _open_capsule(copy_path, trusted_keys=trusted_keys, identities=identities, budget=None, now=now,
+                            options=replace(options, prefer_hardware_decoder=False, frame_cache_bytes=0),
+                            held_segments=objects)
+    try:
+        capsule.check_frames(skip_store_segments=True)
+        return capsule.manifest
+    finally:
+        capsule.close()
+
+
 def _kept_history(store: "Store", catalog: Catalog, manifest: Manifest, object_name: str,
                   staged: Path) -> tuple[Entry, ...]:
     """The past versions kept beside the new one: at most ``keep_versions - 1``, newest first, fewer
@@ -233,27 +261,34 @@ def _kept_history(store: "Store", catalog: Catalog, manifest: Manifest, object_n
 
 #: Folder of an object holding the earlier segments of its version (FORMAT.md §13.5).
 SEGMENTS_DIR = "segments"
+#: A passphrase capsule's cached content key in its object (FORMAT.md §13.4); ``segments/SHA.key`` per segment.
+CONTENT_KEY_FILE = "content.key"
 
 
-def held_segments(store: "Store") -> dict[str, tuple[Path, Path | None]]:
-    """Every segment file the store holds: manifest sha256 -> (capsule file, extracted index or ``None``).
+def held_segments(store: "Store") -> dict[str, tuple[Path, Path | None, Path | None]]:
+    """Every segment file the store holds: manifest sha256 -> (capsule file, extracted index or
+    ``None``, cached content key or ``None``).
 
     The head of each installed entry (``objects/NAME/capsule``) and the earlier segments beside it
     (``objects/NAME/segments/SHA256.capsule``). Nothing here is trusted by name: a segment opens
     only under the digest a verified manifest pins.
     """
-    held: dict[str, tuple[Path, Path | None]] = {}
+    held: dict[str, tuple[Path, Path | None, Path | None]] = {}
+
+    def present(path: Path) -> Path | None:
+        return path if path.is_file() and not path.is_symlink() else None
+
     for entry in store._read_catalog().entries.values():
         directory = store.path / "objects" / entry.object_name
-        index = directory / INDEX_FILE
-        held[entry.manifest_sha256] = (directory / "capsule", index if index.is_file() else None)
+        held[entry.manifest_sha256] = (directory / "capsule", present(directory / INDEX_FILE),
+                                       present(directory / CONTENT_KEY_FILE) if entry.content_key else None)
         segments = directory / SEGMENTS_DIR
         if segments.is_dir() and not segments.is_symlink():
             for path in sorted(segments.glob("*.capsule")):
                 digest = path.name.removesuffix(".capsule")
-                if len(digest) == 64 and path.is_file() and not path.is_symlink():
-                    annoy = path.with_suffix(".annoy")
-                    held.setdefault(digest, (path, annoy if annoy.is_file() else None))
+                if len(digest) == 64 and present(path):
+                    held.setdefault(digest, (path, present(path.with_suffix(".annoy")),
+                                             present(path.with_suffix(".key"))))
     return held
 
 
@@ -270,16 +305,19 @@ def _check_delta_base(manifest: Manifest, catalog: Catalog) -> None:
                              base_version=newest.version, installed_version=None if current is None else current.version)
 
 
-def _link_segments(manifest: Manifest, held: dict[str, tuple[Path, Path | None]], stage_fd: int) -> None:
+def _link_segments(manifest: Manifest, held: dict[str, tuple[Path, Path | None, Path | None]], stage_fd: int) -> None:
     """Give the new object its earlier segments: hard links to the held, read-only files (copies
     where the file system refuses links), named by the manifest digest each one is pinned by."""
     os.mkdir(SEGMENTS_DIR, 0o755, dir_fd=stage_fd)
     segments_fd = open_subdir(stage_fd, SEGMENTS_DIR)
     try:
         for pin in manifest.segments.base:
-            capsule, index = held[pin.manifest_sha256]
+            if pin.manifest_sha256 not in held:  # verified without a key: the segments were not opened
+                raise DeltaBaseError(f"{manifest.name} v{manifest.version} is an update over v{pin.version}, which "
+                                     "this device does not hold", base_version=manifest.segments.base[-1].version)
+            capsule, index, key = held[pin.manifest_sha256]
             for source, name in ((capsule, f"{pin.manifest_sha256}.capsule"),
-                                 (index, f"{pin.manifest_sha256}.annoy")):
+                                 (index, f"{pin.manifest_sha256}.annoy"), (key, f"{pin.manifest_sha256}.key")):
                 if source is None:
                     continue
                 try:
@@ -287,13 +325,13 @@ def _link_segments(manifest: Manifest, held: dict[str, tuple[Path, Path | None]]
                 except OSError as exc:
                     if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
                         raise
-                    _copy_file(source, segments_fd, name)
+                    _copy_file(source, segments_fd, name, mode=0o400 if name.endswith(".key") else 0o444)
         os.fsync(segments_fd)
     finally:
         os.close(segments_fd)
 
 
-def _copy_file(source: Path, dir_fd: int, name: str) -> None:
+def _copy_file(source: Path, dir_fd: int, name: str, *, mode: int) -> None:
     src = os.open(source, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     try:
         size = os.fstat(src).st_size
@@ -301,7 +339,7 @@ def _copy_file(source: Path, dir_fd: int, name: str) -> None:
         try:
             copy_hashed(lambda n: os.read(src, n), dst, size, hashlib.sha256(), shrank=f"{source} shrank while copied")
             os.fsync(dst)
-            os.fchmod(dst, 0o444)
+            os.fchmod(dst, mode)
         finally:
             os.close(dst)
     finally:

@@ -423,3 +423,53 @@ def test_a_delta_projects_into_its_bases_space(lineage, tmp_path):
         assert capsule.manifest.index.projection is not None and capsule.manifest.n_chunks == 1
         assert PART_FACT in capsule.search("6ES7 214-1AG40-0XB0", k=1, now=NOW)[0].text
         assert PART_FACT in capsule.search("which part is the CPU module", k=1, mode="dense", now=NOW)[0].text
+
+
+def test_a_passphrase_capsule_takes_deltas_and_serves_them_without_the_passphrase(tmp_path):
+    from edge.keys import Passphrase
+
+    from .conftest import TINY_DOCS
+
+    secret = Passphrase(b"correct horse battery staple")
+    docs = tmp_path / "docs"
+    shutil.copytree(TINY_DOCS / "good", docs)
+    v1 = build_test_capsule(docs, tmp_path / "s1.capsule", keys_dir=tmp_path / "keys", name="secret", recipients=[],
+                            passphrase=secret, scrypt_log_n=10)
+    (docs / "more.md").write_text("# More\n\nPump P-17 primes in 30 seconds.\n")
+    base = read_base(v1.path, signing_key=v1.publisher_key, identities=[secret])
+    v2 = build_test_capsule(docs, tmp_path / "s2.capsule", keys_dir=tmp_path / "keys", name="secret", version=2,
+                            recipients=[], passphrase=secret, scrypt_log_n=10, base=base)
+    trust = dict(trusted_keys=[v1.publisher_key.public_key()], now=NOW)
+    store = _store(tmp_path, "store")
+    store.configure(keep_versions=2)
+    store.install(v1.path, identities=[secret], **trust)
+    store.install(v2.path, identities=[secret], **trust)
+    with store.open("secret", **trust) as capsule:  # no passphrase: each segment's cached key, bound to its manifest
+        assert "P-17" in capsule.search("P-17", k=1, now=NOW)[0].text
+        assert len(capsule.parts) == 2
+    with store.open("secret", version=1, **trust) as past:
+        assert all("P-17" not in h.text for h in past.search("P-17", k=3, now=NOW))
+    objects = store.path / "objects"
+    keys = sorted(p for p in objects.rglob("*.key"))
+    assert len(keys) == 3 and all(p.stat().st_mode & 0o777 == 0o400 for p in keys)
+
+
+def test_installing_a_delta_decodes_only_its_own_frames(lineage, tmp_path, monkeypatch):
+    from edge.opened import Capsule
+
+    v1, v2 = lineage["v1"], lineage["v2"]
+    keys = dict(identities=[v1.device_key], trusted_keys=[v1.publisher_key.public_key()], now=NOW)
+    store = _store(tmp_path, "store")
+    decoded: list[int] = []
+    original = Capsule._frame_records
+
+    def counting(self, frame_index, timings):
+        decoded.append(self.manifest.version)
+        return original(self, frame_index, timings)
+
+    monkeypatch.setattr(Capsule, "_frame_records", counting)
+    store.install(v1.path, **keys)
+    assert decoded.count(1) == v1.result.n_frames  # a full install decodes every frame
+    decoded.clear()
+    store.install(v2.path, **keys)
+    assert decoded == [2] * v2.result.n_frames  # v1's frames were decoded when v1 was installed

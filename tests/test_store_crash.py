@@ -201,3 +201,52 @@ def test_remove_frees_space_on_a_full_file_system(seeded, tmp_path):
     assert "remove rc=0" in proc.stdout, proc.stdout + proc.stderr
     assert "list rc=0" in proc.stdout and '"alpha"' not in proc.stdout.split("remove rc=0", 1)[1], proc.stdout
     assert "objects=0" in proc.stdout, proc.stdout
+
+
+def test_delta_install_killed_at_every_checkpoint_leaves_one_whole_version(tmp_path):
+    """alpha v3 as a delta over v2 (vectors ok, delta-ok): killed at each checkpoint, the store
+    serves v2, or v3 with v2's file as its segment; never a half-linked object."""
+    key = tmp_path / "device.key"
+    key.write_bytes((KEYS / "test-device.key").read_bytes())
+    os.chmod(key, 0o600)
+    seed = tmp_path / "seed"
+    with Store(seed) as store:
+        store.install(V2, identities=[private_key("test-device")], trusted_keys=[public_key("test-publisher-1")])
+    delta = VECTORS / "delta-ok" / "capsule"
+
+    def argv_for(store: Path, kill_at: int | None = None, verbose: bool = False) -> tuple[list[str], dict]:
+        argv, env = _install_argv(store, key, verbose=verbose, kill_at=kill_at)
+        return [delta if a == str(V2) else a for a in map(str, argv)], env
+
+    count = tmp_path / "count"
+    shutil.copytree(seed, count)
+    argv, env = argv_for(count, verbose=True)
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    names = re.findall(r"install checkpoint \d+: (.*)", proc.stderr)
+    assert "segments linked" in names, names
+
+    def run(n: int) -> int:
+        store = tmp_path / f"kill-{n}"
+        shutil.copytree(seed, store)
+        argv, env = argv_for(store, kill_at=n)
+        return subprocess.run(argv, env=env, capture_output=True, timeout=300).returncode
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        codes = list(pool.map(run, range(1, len(names) + 1)))
+    assert all(code == -signal.SIGKILL for code in codes), codes
+    switch = names.index("catalogue replaced") + 1
+    for n in range(1, len(names) + 1):
+        path = tmp_path / f"kill-{n}"
+        with Store(path) as store:
+            entry = store.get("alpha")
+            assert entry.version == (3 if n >= switch - 1 else 2), (n, names[n - 1], entry.version)
+            assert store.state.version_record(entry.capsule_id).version == entry.version
+            with store.open("alpha", identities=[private_key("test-device")],
+                            trusted_keys=[public_key("test-publisher-1")]) as capsule:
+                assert len(capsule.parts) == entry.version - 1
+                assert any("power button" in hit.text for hit in capsule.search(QUERY, k=3))
+            record = store.state.version_record(entry.capsule_id)
+            store.record_version(entry.capsule_id, record.version, record.manifest_sha256)  # the next writer
+            assert list((path / "tmp").iterdir()) == []
+            assert sorted(p.name for p in (path / "objects").iterdir()) == [entry.object_name]
