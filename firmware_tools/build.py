@@ -208,6 +208,7 @@ def build_capsule(
     base: BaseVersion | None = None,
     append: bool = False,
     prechunked: Iterable[tuple[CompactedDocument, Sequence[Hit]]] | None = None,
+    cluster: str | None = None,
 ) -> BuildResult:
     """Build, check and atomically write a signed, encrypted capsule.
 
@@ -251,6 +252,11 @@ def build_capsule(
         prechunked: documents already chunked, instead of ``inputs`` (``firmware_tools.compact``:
             the live chunks of a version, packed again without re-chunking); ``inputs`` is then
             ignored and ``max_tokens``/``overlap_tokens`` are recorded as given.
+        cluster: a Dask distributed scheduler (``tcp://HOST:PORT``, ``tls://...``): the chunks are
+            embedded on its workers (``firmware_tools.embedding.ClusterPool``); reading, chunking,
+            packing, sealing, the video, the indexes and signing stay in this process, and so do
+            the keys. The output is byte-identical to a local build when the workers' CPUs round
+            the int8 model as this one does (vectors/README.md explains when they do not).
 
     Returns:
         A ``BuildResult``.
@@ -310,7 +316,7 @@ def build_capsule(
                 n_candidates=n_candidates, encrypt_index=encrypt_index, video_params=video_params, rng=rng,
                 scrypt_log_n=scrypt_log_n, n_workers=n_threads or os.cpu_count() or 1,
                 embedding_cache=embedding_cache, report=report, model_family=model_family,
-                zstd_level=zstd_level, base=base, append=append, prechunked=prechunked)
+                zstd_level=zstd_level, base=base, append=append, prechunked=prechunked, cluster=cluster)
     except FileNotFoundError as exc:
         raise BuildError(f"cannot write {output}: {exc.strerror}") from None
     result.path = output
@@ -344,7 +350,8 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
                 rules, model_dir, max_tokens, overlap_tokens, n_trees, search_k, index_seed, projection, ann_dim,
                 refine_dim, n_candidates, encrypt_index, video_params, rng, scrypt_log_n, n_workers,
                 embedding_cache, report, model_family="onnx", zstd_level=PAYLOAD_ZSTD_LEVEL,
-                base: BaseVersion | None = None, append: bool = False, prechunked=None) -> BuildResult:
+                base: BaseVersion | None = None, append: bool = False, prechunked=None,
+                cluster: str | None = None) -> BuildResult:
     """The build pipeline; every large intermediate is a file in ``work``."""
     stage_s: dict[str, float] = {}
 
@@ -377,7 +384,7 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
     vectors_spool = VectorSpool(work / "vectors.f32", embedder_info.dim)
     lexicon = LexicalWriter(work / "lexical.sqlite")
     with lexicon, ChunkEmbedder(model_dir, family=model_family, n_workers=n_workers,
-                                cache_path=embedding_cache) as chunk_embedder:
+                                cache_path=embedding_cache, cluster=cluster) as chunk_embedder:
         chunk_embedder.start()
         block: list = []
         n_done = 0

@@ -196,7 +196,7 @@ def cmd_build(args: argparse.Namespace) -> int:
                 encrypt_index=not args.plain_index, seed=seed, progress=bars, embedding_cache=args.embedding_cache,
                 **({"zstd_level": args.zstd_level} if args.zstd_level is not None else {}), n_threads=args.workers, model_family=args.model_family,
                 video_params=HEVC_VIDEO_PARAMS if args.codec == "hevc" else DEFAULT_VIDEO_PARAMS, base=base,
-                append=append,
+                append=append, cluster=args.cluster,
             )
     finally:
         bars.close()
@@ -353,6 +353,9 @@ def _add_build_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--zstd-level", type=int, choices=range(1, 23), default=None, metavar="1-22",
                    help="zstd level of the frame payloads (default 15: within 0.3%% of level 19's size at 0.7x "
                         "its packing time; 9 packs 3.4x faster than 19 for 4.6%% more video)")
+    p.add_argument("--cluster", metavar="tcp://HOST:PORT",
+                   help="embed the chunks on this Dask distributed cluster's workers (pip install "
+                        "'.[tools,cluster]'); everything else, and every key, stays on this machine")
     p.add_argument("--base", type=Path, metavar="BASE.capsule",
                    help="build a delta over this version: only new and changed documents are packed, the base's "
                         "chunks of changed and removed ones are tombstoned (FORMAT.md §4.7)")

@@ -42,8 +42,11 @@ log = logging.getLogger(__name__)
 
 #: Texts per task sent to a worker; small enough for smooth progress, big enough to amortise IPC.
 TASK_TEXTS = 32
-#: Below this many uncached texts in a call, embedding stays in this process.
+#: Below this many uncached texts in a call, embedding stays in this process (unless on a cluster).
 MIN_TEXTS_FOR_POOL = 128
+#: Seconds to connect to a Dask scheduler, and the longest one cluster task may take.
+CONNECT_TIMEOUT_S = 20
+TASK_TIMEOUT_S = 900
 
 _worker_embedder: QueryEmbedder | None = None
 
@@ -55,6 +58,70 @@ def _init_worker(model_dir: str, family: str = "onnx") -> None:
 
 def _ready() -> bool:
     return _worker_embedder is not None
+
+
+def _embed_on_cluster(model_dir: str, family: str, model_sha256: str, texts: list[str]) -> np.ndarray:
+    """One embedding task on a Dask worker: the model opens once per worker process, and only
+    if its digest is the coordinator's (vectors from another model would be silently wrong)."""
+    global _worker_embedder
+    if _worker_embedder is None or _worker_embedder.sha256 != model_sha256:
+        _worker_embedder = QueryEmbedder.open(Path(model_dir), family=family, n_threads=1,
+                                              expected_sha256=model_sha256)
+    return _worker_embedder.embed(texts)
+
+
+class ClusterPool:
+    """Embedding tasks on a Dask distributed cluster, with the interface ``ChunkEmbedder`` uses.
+
+    The coordinator (this process) sends chunk texts and gets vectors back, in order; nothing else
+    leaves it (no key, no other plaintext). Every worker must have this package and the model
+    installed at ``model_dir`` (the digest is checked there). A task whose worker dies is run
+    again on another worker by the scheduler (Dask's ``allowed_failures``); one that has not
+    finished after ``TASK_TIMEOUT_S`` (no worker left) is embedded in this process instead, so a
+    build never waits forever.
+
+    Args:
+        address: the scheduler, ``tcp://HOST:PORT`` or ``tls://HOST:PORT`` (TLS from Dask's own
+            configuration: ``distributed.comm.tls.*``, e.g. ``DASK_DISTRIBUTED__COMM__TLS__CA_FILE``).
+
+    Raises:
+        BuildError: ``distributed`` is not installed, or the scheduler cannot be reached.
+    """
+
+    def __init__(self, address: str, *, model_dir: Path, family: str, model_sha256: str) -> None:
+        from .errors import BuildError
+
+        try:
+            from distributed import Client
+        except ImportError:
+            raise BuildError("--cluster needs Dask distributed: pip install '.[tools,cluster]'") from None
+        try:
+            self.client = Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+        except (OSError, TimeoutError) as exc:
+            raise BuildError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
+        self._args = (str(model_dir), family, model_sha256)
+        self.n_workers = len(self.client.scheduler_info().get("workers", {}))
+        log.info("embedding on the Dask cluster at %s (%d workers)", address, self.n_workers)
+
+    def submit(self, fn, *args):  # the local pool's warm-up call: Dask workers start on their own
+        return None
+
+    def map(self, fn, tasks):
+        """Submit every task now; yield each result in order (``fn`` is ignored: the task is
+        ``_embed_on_cluster``)."""
+        futures = [self.client.submit(_embed_on_cluster, *self._args, task, pure=False) for task in tasks]
+
+        def results():
+            for future, task in zip(futures, tasks):
+                try:
+                    yield future.result(timeout=TASK_TIMEOUT_S)
+                except Exception as exc:  # noqa: BLE001 - every failure falls back to this process
+                    log.warning("a cluster embedding task failed (%s); embedding it in this process", exc)
+                    yield None
+        return results()
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        self.client.close()
 
 
 def _embed_task(texts: list[str]) -> np.ndarray:
@@ -125,20 +192,23 @@ class ChunkEmbedder:
         family: ``"onnx"`` or ``"tflite"``: which model file (and engine) embeds (FORMAT.md §4.3).
         n_workers: worker processes, one onnxruntime thread each; 1 embeds in this process.
         cache_path: SQLite cache file, created if missing; ``None`` for no cache.
+        cluster: a Dask scheduler address: embed on its workers (``ClusterPool``) instead of
+            local processes; ``n_workers`` is then ignored.
 
     Raises:
         ModelError: the model does not load or returns a wrong shape.
     """
 
     def __init__(self, model_dir: Path, *, family: str = "onnx", n_workers: int = 1,
-                 cache_path: Path | None = None) -> None:
+                 cache_path: Path | None = None, cluster: str | None = None) -> None:
         self.model_dir = Path(model_dir)
         self.family = family
         self._local = QueryEmbedder.open(self.model_dir, family=family, n_threads=1)
         self.dim = self._local.dim
         self.n_workers = n_workers
         self._pool = None
-        self._pool_failed = n_workers <= 1
+        self._pool_failed = n_workers <= 1 and cluster is None
+        self.cluster = cluster
         self.cache = EmbeddingCache(cache_path, self._local.sha256, self.dim) if cache_path else None
         self.n_embedded = 0
 
@@ -152,7 +222,11 @@ class ChunkEmbedder:
     def _ensure_pool(self) -> bool:
         """Whether worker processes are there to use (started on the first call)."""
         if self._pool is None and not self._pool_failed:
-            self._pool = spawn_pool(self.n_workers, _init_worker, (str(self.model_dir), self.family))
+            if self.cluster is not None:
+                self._pool = ClusterPool(self.cluster, model_dir=self.model_dir, family=self.family,
+                                         model_sha256=self._local.sha256)
+            else:
+                self._pool = spawn_pool(self.n_workers, _init_worker, (str(self.model_dir), self.family))
             self._pool_failed = self._pool is None
         return self._pool is not None
 
@@ -191,7 +265,7 @@ class ChunkEmbedder:
         todo_texts = [texts[i] for i in todo]
         tasks = [todo_texts[i:i + TASK_TEXTS] for i in range(0, len(todo_texts), TASK_TEXTS)]
         started = None
-        if len(todo_texts) >= MIN_TEXTS_FOR_POOL and self._ensure_pool():
+        if (len(todo_texts) >= MIN_TEXTS_FOR_POOL or (todo_texts and self.cluster)) and self._ensure_pool():
             started = self._pool.map(_embed_task, tasks)  # submits every task now
 
         def finish(progress: Callable[[int], None] | None = None) -> np.ndarray:
@@ -219,7 +293,9 @@ class ChunkEmbedder:
         parts: list[np.ndarray] = []
         if started is not None:
             try:
-                for part in started:
+                for part, task in zip(started, tasks):
+                    if part is None:  # a cluster task that could not run: this process embeds it
+                        part = self._local.embed(task)
                     parts.append(part)
                     report(part.shape[0])
             except BrokenProcessPool as exc:
