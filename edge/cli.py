@@ -50,7 +50,7 @@ _HINTS = {
     "ModelError": "install the model the capsule names (see models/*/MODEL.md) or set EDGE_MODEL_PATH",
     "IntegrityError": "the file is damaged or incomplete; copy it again",
     "CapsuleFormatError": "is this an edge capsule, and is it complete?",
-    "DeltaBaseError": "install the version this update applies to first, or ask the publisher for a full capsule",
+    "DeltaBaseError": "install the version this update applies to first (by path: give its files with --segment), or ask the publisher for a full capsule",
     "RollbackError": "this device accepted a newer version of this capsule; ask the publisher for it",
     "TrustError": "trust documents come from the operator's root key (firmware-tools trust); see README",
     "StoreError": "see `edge list`; the store is $EDGE_STORE_DIR or --store",

@@ -897,15 +897,19 @@ def _in_ranges(ranges: Sequence[tuple[int, int]], value: int) -> bool:
 
 def _overlaps(ranges: Sequence[tuple[int, int]], start: int, end: int) -> bool:
     """Whether ``[start, end)`` meets any of the sorted, disjoint ``ranges``."""
-    return any(lo < end and start < hi for lo, hi in ranges)
+    return start < end and any(lo < end and start < hi for lo, hi in ranges)
 
 
 def _intersect(a: Sequence[tuple[int, int]], b: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
     """The ranges in both ``a`` and ``b`` (each sorted and disjoint)."""
-    out = []
-    for lo, hi in a:
-        for blo, bhi in b:
-            start, end = max(lo, blo), min(hi, bhi)
-            if start < end:
-                out.append((start, end))
-    return sorted(out)
+    a, b = sorted(a), sorted(b)
+    out, i, j = [], 0, 0
+    while i < len(a) and j < len(b):  # one merge walk: O(len(a) + len(b))
+        start, end = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if start < end:
+            out.append((start, end))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return out

@@ -1,0 +1,46 @@
+"""The range arithmetic behind tombstones (FORMAT.md §4.7), against brute-force sets."""
+
+from __future__ import annotations
+
+import random
+
+from edge.opened import _complement, _in_ranges, _intersect, _merge_ranked, _overlaps
+from firmware_tools.delta import merge_ranges
+
+
+def _random_ranges(rng: random.Random, n: int = 60) -> list[tuple[int, int]]:
+    points = sorted(rng.sample(range(n), rng.randrange(0, 12) * 2))
+    return [(points[i], points[i + 1]) for i in range(0, len(points), 2)]
+
+
+def _members(ranges) -> set[int]:
+    return {x for lo, hi in ranges for x in range(lo, hi)}
+
+
+def test_intersect_complement_membership_and_overlap_match_sets():
+    rng = random.Random(1)
+    for _ in range(2000):
+        a, b = _random_ranges(rng), _random_ranges(rng)
+        assert _members(_intersect(a, b)) == _members(a) & _members(b)
+        assert _members(_complement(a, 60)) == set(range(60)) - _members(a)
+        value = rng.randrange(60)
+        assert _in_ranges(a, value) == (value in _members(a))
+        start = rng.randrange(60)
+        end = rng.randrange(start, 61)
+        assert _overlaps(a, start, end) == bool(_members(a) & set(range(start, end)))
+
+
+def test_merge_ranges_sorts_and_joins_overlapping_and_touching_ranges():
+    rng = random.Random(2)
+    for _ in range(1000):
+        ranges = [(s, s + rng.randrange(0, 6)) for s in (rng.randrange(50) for _ in range(rng.randrange(8)))]
+        merged = merge_ranges(ranges)
+        assert _members(merged) == _members(ranges)
+        assert all(a[1] < b[0] for a, b in zip(merged, merged[1:]))  # sorted, disjoint, not touching
+        assert all(lo < hi for lo, hi in merged)
+
+
+def test_merged_rankings_keep_the_best_n_by_score_and_segment_order_on_ties():
+    merged = _merge_ranked([([1, 2], [0.9, 0.5]), ([10, 11], [0.7, 0.5])], 3)
+    assert merged == ([1, 10, 2], [0.9, 0.7, 0.5])
+    assert _merge_ranked([([3], [0.1])], 5) == ([3], [0.1])
