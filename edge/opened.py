@@ -42,6 +42,8 @@ log = logging.getLogger("edge.capsule")
 EXHAUSTIVE_FILTER_CHUNKS = 4096
 #: Otherwise the ANN fetches this many times the hits wanted, then filters.
 FILTER_OVERFETCH = 20
+#: Past tombstones a segment's ranking fetches this much more than its dead share predicts.
+TOMBSTONE_OVERFETCH = 1.5
 
 
 @dataclass(frozen=True)
@@ -403,9 +405,10 @@ class Capsule:
         return out
 
     def clear_cache(self) -> None:
-        """Drop the decrypted frames kept for reuse (their reservation stays)."""
-        self._cache.clear()
-        self._cache_sizes.clear()
+        """Drop the decrypted frames kept for reuse, in every segment (their reservation stays)."""
+        for part in self.parts:
+            part._cache.clear()
+            part._cache_sizes.clear()
 
     def _hit(self, chunk_id: int, score: float, timings: StageTimings,
              fresh: dict[int, list[ChunkRecord]] | None = None) -> Hit:
@@ -662,11 +665,24 @@ class Capsule:
         if ranges is not None or self._live is None:
             ids, scores = self._dense(vector, n, search_k, ranges)
         else:
-            found, found_scores = self._index.search(vector, min(self.manifest.n_chunks, n + self._n_dead),
-                                                     search_k=search_k)
-            keep = [(c, s) for c, s in zip(found, found_scores) if _in_ranges(self._live, c)][:n]
-            ids, scores = [c for c, _ in keep], [s for _, s in keep]
+            ids, scores = self._past_tombstones(lambda m: self._index.search(vector, m, search_k=search_k), n)
         return [self.chunk_base + int(c) for c in ids], list(scores)
+
+    def _past_tombstones(self, rank: Callable[[int], tuple[list[int], list[float]]], n: int
+                         ) -> tuple[list[int], list[float]]:
+        """The best ``n`` live results of ``rank(m)`` (a ranking of ``m`` local ids): it asks for as
+        many more as the dead share of this segment predicts, and doubles until ``n`` live ones are
+        in or the segment is exhausted, so the cost grows with the share removed, not its count."""
+        total = self.manifest.n_chunks
+        live = max(1, total - self._n_dead)
+        m = min(total, int(n * total / live * TOMBSTONE_OVERFETCH) + 8)
+        while True:
+            found, scores = rank(m)
+            keep = [(c, s) for c, s in zip(found, scores) if _in_ranges(self._live, c)]
+            if len(keep) >= n or m >= total or len(found) < m:
+                keep = keep[:n]
+                return [c for c, _ in keep], [s for _, s in keep]
+            m = min(total, 2 * m)
 
     def _lexical_ranking(self, query: LexicalQuery, depth: int, ranges: list[tuple[int, int]] | None
                          ) -> tuple[tuple[list[int], list[float]], list[int]]:
@@ -676,11 +692,12 @@ class Capsule:
             found_ids, found_scores = self._lexical.search(query, depth, chunk_ranges=ranges)
             holding = self._lexical.exact_matches(query, limit=limit, chunk_ranges=ranges)
         else:
-            found = self._lexical.search(query, depth + self._n_dead)
-            keep = [(c, s) for c, s in zip(*found) if _in_ranges(self._live, c)][:depth]
-            found_ids, found_scores = [c for c, _ in keep], [s for _, s in keep]
-            holding = [c for c in self._lexical.exact_matches(query, limit=limit + self._n_dead)
-                       if _in_ranges(self._live, c)][:limit]
+            def exact(m: int) -> tuple[list[int], list[float]]:
+                ids = self._lexical.exact_matches(query, limit=m)
+                return ids, [0.0] * len(ids)
+
+            found_ids, found_scores = self._past_tombstones(lambda m: self._lexical.search(query, m), depth)
+            holding, _ = self._past_tombstones(exact, limit)
         base = self.chunk_base
         return ([base + c for c in found_ids], list(found_scores)), [base + c for c in holding]
 

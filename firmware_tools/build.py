@@ -506,6 +506,10 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
         # segment stores 370 + 256 bytes per chunk instead of a 1.5 KiB float row (bench/DELTA.md)
         use_projection, fixed_projection = True, base.projection
         ann_dim, refine_dim = base.ann_dim, base.projection.axes.shape[0]
+    elif base is not None and base.projection is None and projection is None:
+        # over an unprojected base a delta stays unprojected, however large: a projected segment's
+        # cosines (in PCA space) run lower than true ones and would lose every merge (bench/DELTA.md)
+        use_projection = False
     n_trees = n_trees or (DEFAULT_TREES_PROJECTED if use_projection else DEFAULT_TREES_FULL)
     search_k = search_k or (DEFAULT_SEARCH_K_PROJECTED if use_projection else DEFAULT_SEARCH_K_FULL)
     report("index", 0, 1)

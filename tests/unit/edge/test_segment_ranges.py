@@ -44,3 +44,29 @@ def test_merged_rankings_keep_the_best_n_by_score_and_segment_order_on_ties():
     merged = _merge_ranked([([1, 2], [0.9, 0.5]), ([10, 11], [0.7, 0.5])], 3)
     assert merged == ([1, 10, 2], [0.9, 0.7, 0.5])
     assert _merge_ranked([([3], [0.1])], 5) == ([3], [0.1])
+
+
+def test_ranking_past_tombstones_fetches_by_the_dead_share_and_returns_the_best_live():
+    from types import SimpleNamespace
+
+    from edge.opened import Capsule
+
+    rng = random.Random(3)
+    for _ in range(300):
+        total = rng.randrange(1, 400)
+        dead = _random_ranges(rng, total) if total > 24 else []
+        live = _complement(dead, total)
+        part = SimpleNamespace(manifest=SimpleNamespace(n_chunks=total), _n_dead=total - len(_members(live)),
+                               _live=live)
+        order = list(range(total))
+        rng.shuffle(order)  # the ranking: chunk ids best first
+        asked: list[int] = []
+
+        def rank(m):
+            asked.append(m)
+            return order[:m], [-i for i in range(min(m, total))]
+
+        n = rng.randrange(1, 30)
+        ids, _ = Capsule._past_tombstones(part, rank, n)
+        assert ids == [c for c in order if c in _members(live)][:n]
+        assert asked[-1] <= total
