@@ -301,6 +301,17 @@ def _delta_vectors(alpha3: bytes, alpha2: Draft, beta: bytes, ok_sha: str) -> li
     delta("delta-version-backwards", "rollback", "alpha v3 delta over the right v2, on a device that accepted v4",
           segment="../ok/capsule", installed=f"{ALPHA_ID} 4 {'0' * 64}")
     data = out[0].files["capsule"]
+    for name, expect, comment, fields in (
+            ("delta-installs", "ok", "the store holds alpha v2; installing the delta v3 over it", {}),
+            ("delta-replayed", "delta-base", "the store installed alpha v2 then the delta v3; the delta again",
+             {"store.2": "../delta-ok/capsule"}),
+            ("delta-over-another-version", "delta-base", "the store holds alpha v1; the delta applies to v2",
+             {"store.1": "../older-version/capsule"}),
+            ("delta-past-store-quota", "store", "the store holds alpha v2 and has a quota 1,000 bytes above it",
+             {"store_quota_bytes": str(len(alpha2.build()) + 1000)})):
+        store = {"store.1": "../ok/capsule", **fields}
+        out.append(Vector(name, _expect(expect, comment, base="delta-ok", operation="install",
+                                        **dict(sorted(store.items())))))
     out.append(Vector("delta-truncated", _expect("integrity", "delta-ok without its last 100 bytes", base="delta-ok",
                                                  segment="../ok/capsule", truncate=str(len(data) - 100))))
     return out

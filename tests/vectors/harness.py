@@ -161,6 +161,9 @@ def run_library(vector: Path, path: Path) -> tuple[str, str]:
     """
     expect = Expect.read(vector / "EXPECT")
     now = expect.now
+    if _operation(expect)[0] == "install":
+        word = run_store_install(vector, path, path.parent / "store")
+        return word, word
     try:
         device = device_state(vector, expect)
     except EdgeError as exc:
@@ -203,6 +206,29 @@ def run_library(vector: Path, path: Path) -> tuple[str, str]:
         return opened, results[-1]
     finally:
         capsule.close()
+
+
+def run_store_install(vector: Path, path: Path, store_dir: Path) -> str:
+    """Operation ``install``: a fresh device store gets each ``store`` capsule, then ``store_quota_bytes``,
+    then the vector's capsule is installed; return that install's word. A refused install must
+    leave the version installed before it serving (it opens and answers a search)."""
+    from edge.store import Store
+
+    expect = Expect.read(vector / "EXPECT")
+    kwargs = dict(trusted_keys=trusted_keys(expect), identities=identities(expect), now=expect.now)
+    with Store(store_dir) as store:
+        for name in expect.all("store"):
+            store.install(vector / name, **kwargs)
+        if expect.get("store_quota_bytes"):
+            store.configure(quota_bytes=int(expect.get("store_quota_bytes")))
+        before = {e.name: e.version for e in store.list(now=expect.now)}
+        word = outcome(lambda: store.install(path, **kwargs))
+        if word != "ok":
+            assert {e.name: e.version for e in store.list(now=expect.now)} == before
+            for name in before:
+                with store.open(name, **kwargs) as capsule:
+                    assert capsule.search("kiosk", k=1, now=expect.now)
+    return word
 
 
 def run_cli(vector: Path, path: Path, tmp: Path, monkeypatch, capsys) -> str:
@@ -271,6 +297,13 @@ def run_cli(vector: Path, path: Path, tmp: Path, monkeypatch, capsys) -> str:
         store.close()
     target = str(path)
     name, args = _operation(expect)
+    for installed in expect.all("store"):
+        code, word = call("install", str(vector / installed), *key_args, "--json")
+        assert code == 0, word
+    if expect.get("store_quota_bytes"):
+        assert call("settings", "--quota", expect.get("store_quota_bytes"), "--json")[0] == 0
+    if name == "install":
+        return call("install", target, *key_args, "--json")[1]
     if name == "verify":
         argv = ["verify", target]
     elif name == "search":

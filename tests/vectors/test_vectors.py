@@ -22,7 +22,7 @@ FORMAT_MD = VECTORS.parents[1] / "edge" / "FORMAT.md"
 #: Vectors allowed to exceed the size budget, and why.
 LARGE = {"recipients-too-many": "1025 stanzas are the point"}
 WORDS = {"ok", "format", "integrity", "signature", "decryption", "expired", "not-yet-valid", "rollback", "rule",
-         "frame", "model", "over-budget", "trust", "genuine", "delta-base"}
+         "frame", "model", "over-budget", "trust", "genuine", "delta-base", "store"}
 
 
 def test_there_are_vectors_and_families():
@@ -50,7 +50,7 @@ def test_vector_through_the_cli(vector, tmp_path, monkeypatch, capsys):
 def test_every_expect_file_uses_known_keys_and_words():
     keys = {"expect", "open", "read", "now", "trusted_keys", "root_keys", "installed_trust", "threshold", "identity",
             "passphrase", "hardware_id", "floor", "installed", "operation", "repeat", "budget_bytes", "base",
-            "patch", "truncate", "append", "mutate", "segment", "comment"}
+            "patch", "truncate", "append", "mutate", "segment", "store", "store_quota_bytes", "comment"}
     for vector in CONCRETE + FAMILIES:
         expect = Expect.read(vector / "EXPECT")
         assert set(expect.fields) <= keys, (vector.name, set(expect.fields) - keys)
