@@ -71,7 +71,8 @@ from .errors import EdgeError, ExpiredCapsuleError, StoreError, TrustError
 from .keys import ContentKey
 from .store_catalog import HEX32, HEX64, STORE_FORMAT, Catalog, Entry
 from .store_files import open_subdir, read_file, remove_tree, write_file
-from .store_install import SEGMENTS_DIR, INDEX_FILE, Checkpoints, install_locked
+from .store_install import MAX_CAPSULE_BYTES, SEGMENTS_DIR, INDEX_FILE, Checkpoints, install_locked
+from .store_bundle import bundle_members, is_bundle
 from .store_settings import SETTINGS_FILE, StoreSettings, objects_bytes, read_settings
 from .store_state import load_device_state
 from .trust import TrustRoot, VersionRecord
@@ -293,6 +294,9 @@ class Store:
         Source: FORMAT.md §13.
         """
         now = utc_now(now)
+        if is_bundle(capsule_path):
+            return self._install_bundle(Path(capsule_path), identities=identities, trusted_keys=trusted_keys,
+                                        threshold=threshold, now=now, model_search_path=model_search_path)
         crash = Checkpoints(self._checkpoint_observer)
         with self._writer():
             crash("store locked")
@@ -317,6 +321,42 @@ class Store:
         log.info("installed capsule %s v%d (%s) as object %s", entry.name, entry.version, entry.capsule_id,
                  entry.object_name)
         return entry
+
+    def _install_bundle(self, path: Path, **kwargs) -> Entry:
+        """Install each capsule of a bundle in order, skipping those the store holds (FORMAT.md §13.7).
+
+        Each member is one ``install`` (verified and switched atomically on its own): a failure stops
+        there and leaves the last version installed serving. Returns the last member's entry.
+        """
+        import hashlib
+        import shutil
+        import tempfile
+
+        from .container import ContainerFile
+        from .store_install import held_segments
+
+        work = Path(tempfile.mkdtemp(prefix="edge-bundle-"))
+        entry = None
+        try:
+            for member in bundle_members(path, work, max_member_bytes=MAX_CAPSULE_BYTES):
+                with ContainerFile(member) as cf:
+                    digest = hashlib.sha256(cf.read("MANI")).hexdigest()
+                if digest in held_segments(self):
+                    log.info("bundle %s: %s is installed already", path, member.name)
+                    continue
+                entry = self.install(member, **kwargs)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        if entry is None:  # every member was here: report what is installed
+            entry = self._entry_for_digest(digest)
+        return entry
+
+    def _entry_for_digest(self, digest: str) -> Entry:
+        for entry in self._read_catalog().entries.values():
+            if entry.manifest_sha256 == digest:
+                return entry
+        raise StoreError(f"the bundle's newest capsule ({digest[:12]}) is held only as an earlier segment of "
+                         "a newer version")
 
     def _installed_object(self, capsule_path: str | os.PathLike[str], entry: Entry | None = None) -> _InstalledObject:
         """Return what was verified at install about a capsule file of this store.

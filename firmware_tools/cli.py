@@ -215,6 +215,15 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from .bundle import write_bundle
+
+    names = write_bundle(args.capsule, args.segment or (), args.output)
+    print(json.dumps({"path": args.output, "members": names}) if args.json else
+          f"wrote {args.output}: {', '.join(names)}")
+    return 0
+
+
 def _exit_on_signal(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
@@ -425,6 +434,18 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_COMPACT_EXAMPLES)
     _add_build_arguments(p)
     p.set_defaults(func=cmd_build, compact=True)
+
+    p = sub.add_parser("bundle", help="put a version's segments into one file, for devices that lack its base",
+                       description="Write CAPSULE and the earlier segments it pins (found among --segment files), "
+                                   "oldest first, into one file. `edge install X.bundle` installs each in turn, "
+                                   "skipping what the device holds already (FORMAT.md 13.7).",
+                       epilog="example: firmware-tools bundle manual-v5.capsule --segment manual-v4.capsule "
+                              "--segment manual-v3.capsule -o manual-v5.bundle")
+    p.add_argument("capsule", help="the version's newest segment (a delta)")
+    p.add_argument("--segment", action="append", metavar="FILE", help="an earlier segment; repeatable")
+    p.add_argument("-o", "--output", required=True, help="the bundle to write (replaced atomically)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_bundle)
 
     p = sub.add_parser("sign", help="add a signature to a built capsule (k-of-n co-signing)",
                        description="Verify the capsule's sections against its manifest, add an Ed25519 signature "

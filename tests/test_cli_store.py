@@ -156,7 +156,7 @@ def test_devices_rule_reads_the_configured_hardware_id(device):
 @pytest.mark.parametrize("argv", [["edge", "install"], ["edge", "list"], ["edge", "remove"], ["edge", "export"],
                                   ["edge", "trust"], ["edge", "history"], ["edge", "settings"],
                                   ["firmware_tools", "sign"], ["firmware_tools", "trust"], ["firmware_tools", "append"],
-                                  ["firmware_tools", "compact"]])
+                                  ["firmware_tools", "compact"], ["firmware_tools", "bundle"]])
 def test_new_commands_have_help_with_an_example_and_are_in_the_readme(argv):
     proc = run_cli(*argv, "--help")
     assert proc.returncode == 0 and "example:" in proc.stdout

@@ -473,3 +473,38 @@ def test_installing_a_delta_decodes_only_its_own_frames(lineage, tmp_path, monke
     decoded.clear()
     store.install(v2.path, **keys)
     assert decoded == [2] * v2.result.n_frames  # v1's frames were decoded when v1 was installed
+
+
+def test_a_bundle_brings_a_fresh_device_to_the_same_files_and_answers(lineage, tmp_path):
+    import tarfile
+
+    from firmware_tools.bundle import write_bundle
+
+    v1, v2, v3 = lineage["v1"], lineage["v2"], lineage["v3"]
+    keys = dict(identities=[v1.device_key], trusted_keys=[v1.publisher_key.public_key()], now=NOW)
+    bundle = tmp_path / "faq-v3.bundle"
+    assert write_bundle(v3.path, [v2.path, v1.path], bundle) == ["000-v1.capsule", "001-v2.capsule", "002-v3.capsule"]
+    again = tmp_path / "again.bundle"
+    write_bundle(v3.path, [v1.path, v2.path], again)
+    assert again.read_bytes() == bundle.read_bytes()  # deterministic
+    fresh, stepwise, halfway = _store(tmp_path, "fresh"), _store(tmp_path, "stepwise"), _store(tmp_path, "halfway")
+    assert fresh.install(bundle, **keys).version == 3
+    for built in (v1, v2, v3):
+        stepwise.install(built.path, **keys)
+    halfway.install(v1.path, **keys)
+    assert halfway.install(bundle, **keys).version == 3  # v1 is held: skipped
+    with fresh.open("faq", **keys) as a, stepwise.open("faq", **keys) as b, halfway.open("faq", **keys) as c:
+        assert [p.manifest.raw for p in a.parts] == [p.manifest.raw for p in b.parts] == [p.manifest.raw for p in c.parts]
+        assert _results(a) == _results(b) == _results(c)
+    assert fresh.install(bundle, **keys).version == 3  # everything held: nothing to do
+    with pytest.raises(StoreError, match="not a capsule file"):
+        evil = tmp_path / "evil.bundle"
+        with tarfile.open(evil, "w", format=tarfile.USTAR_FORMAT) as archive:
+            info = tarfile.TarInfo("../../etc/passwd")
+            info.type = tarfile.SYMTYPE
+            info.linkname = "/etc/passwd"
+            archive.addfile(info)
+        fresh.install(evil, **keys)
+    with pytest.raises(BuildError, match="pins its segment from v2"):
+        write_bundle(v3.path, [v1.path], tmp_path / "missing.bundle")
+    assert not (tmp_path / "missing.bundle").exists()
