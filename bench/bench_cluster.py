@@ -17,8 +17,8 @@ round so that drift on a shared machine spreads over all of them):
   (workers already hold the model: a publisher's standing cluster).
 
 Every build runs in a fresh child process (the coordinator), so that ``ru_maxrss`` is that build's
-own peak; the local pool's worker peak is the child's ``RUSAGE_CHILDREN``; Dask workers report
-theirs through ``client.run``. All builds use the same fixed keys, seed and issue time (as
+own peak; the coordinator samples its local children's RSS (the embedding pool) every 0.1 s; Dask
+workers report their ``ru_maxrss`` and current RSS through ``client.run``. All builds use the same fixed keys, seed and issue time (as
 ``tests/conftest.py``), so their files must be byte-identical; each file's SHA-256 is compared with
 the first local build's. The scheduler's task stream gives the workers' compute seconds, from which
 the per-chunk embedding cost of one worker and an Amdahl projection follow.
@@ -95,6 +95,29 @@ def child_build(spec: dict) -> dict:
         if stage == "embed" and total is not None and done == total and "stage1_cpu" not in marks:
             marks["stage1_cpu"] = time.process_time()
 
+    import threading
+
+    import psutil
+
+    # local children (the embedding pool, the QR pools), sampled: RUSAGE_CHILDREN is no measure of
+    # them, since Linux charges a fork+exec child the pre-exec image, i.e. this process's size
+    kids: dict[int, float] = {}
+    done = threading.Event()
+
+    def sample() -> None:
+        me = psutil.Process()
+        while not done.wait(0.1):
+            try:
+                for child in me.children(recursive=True):
+                    try:
+                        kids[child.pid] = max(kids.get(child.pid, 0.0), child.memory_info().rss / 2**20)
+                    except psutil.Error:
+                        pass
+            except psutil.Error:
+                pass
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     cpu0 = time.process_time()
     t0 = time.perf_counter()
     result = build_capsule([Path(spec["docs"])], Path(spec["out"]), signing_key=publisher,
@@ -103,6 +126,8 @@ def child_build(spec: dict) -> dict:
                            name="scifact", cluster=spec.get("cluster"), progress=progress)
     wall = time.perf_counter() - t0
     cpu1 = time.process_time()
+    done.set()
+    sampler.join()
     data = Path(spec["out"]).read_bytes()
     return {
         "wall_s": wall, "n_chunks": result.n_chunks, "n_embedded": result.n_embedded,
@@ -112,8 +137,8 @@ def child_build(spec: dict) -> dict:
         "coordinator_malloc_trim_threshold": os.environ.get("MALLOC_TRIM_THRESHOLD_"),
         "coordinator_stage1_cpu_s": marks.get("stage1_cpu", cpu1) - cpu0,
         "coordinator_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        # the largest reaped child: the local pool's workers (and pack_and_seal's pool)
-        "local_children_peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        # every local child process, its RSS sampled every 0.1 s (largest first)
+        "local_children_sampled_peak_rss_mib": sorted((round(v, 1) for v in kids.values()), reverse=True),
     }
 
 
@@ -201,15 +226,16 @@ def _cluster_build(n_workers: int, spec: dict, work: Path, *, warm_again: bool, 
 # the benchmark
 
 
+def pytest_running() -> bool:
+    found = subprocess.run(["pgrep", "-f", "pytest"], capture_output=True, text=True).stdout.split()
+    return any(int(p) != os.getpid() for p in found)
+
+
 def wait_for_pytest(limit_s: float = 300, poll_s: float = 30) -> float:
     """Wait while another test run is going on (``pgrep -f pytest``), up to ``limit_s``."""
     t0 = time.perf_counter()
-    while time.perf_counter() - t0 < limit_s:
-        found = subprocess.run(["pgrep", "-f", "pytest"], capture_output=True, text=True).stdout.split()
-        found = [p for p in found if int(p) != os.getpid()]
-        if not found:
-            break
-        print(f"pytest running ({' '.join(found)}): waiting {poll_s:.0f} s", file=sys.stderr, flush=True)
+    while time.perf_counter() - t0 < limit_s and pytest_running():
+        print(f"pytest running: waiting {poll_s:.0f} s", file=sys.stderr, flush=True)
         time.sleep(poll_s)
     return time.perf_counter() - t0
 
@@ -231,8 +257,11 @@ def summary(rows: list[dict]) -> dict:
         "coordinator_cpu_s_median": round(statistics.median(r["coordinator_cpu_s"] for r in rows), 2),
         "coordinator_stage1_cpu_s_median": round(statistics.median(r["coordinator_stage1_cpu_s"] for r in rows), 2),
         "coordinator_peak_rss_mib_max": round(max(r["coordinator_peak_rss_mib"] for r in rows), 1),
-        "local_worker_peak_rss_mib_max": round(max(r["local_children_peak_rss_mib"] for r in rows), 1),
+        "local_child_sampled_peak_rss_mib_max": max((max(r["local_children_sampled_peak_rss_mib"] or [0.0])
+                                                     for r in rows)),
+        "local_children_per_build": max(len(r["local_children_sampled_peak_rss_mib"]) for r in rows),
         "byte_identical_to_local": all(r["byte_identical"] for r in rows),
+        "runs_with_pytest_running": sum(r["pytest_running_before_or_after"] for r in rows),
         **({"cluster_start_s": [round(r["cluster_start_s"], 2) for r in rows if r["cluster_start_s"]],
             "worker_peak_rss_mib_max": max(max(r["worker_peak_rss_mib"]) for r in rows),
             "worker_compute_s_median": round(statistics.median(r["worker_compute_s"] for r in rows), 2),
@@ -244,8 +273,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "scifact"))
     parser.add_argument("--max-docs", type=int, default=900,
-                        help="first N documents (900: about 2,100 chunks; the whole run about 7-8 minutes)")
+                        help="first N documents (900: 2,059 chunks; 2 repeats run in about 4 minutes on 2 vCPUs)")
     parser.add_argument("--repeats", type=int, default=2, help="rounds of every configuration")
+    parser.add_argument("--wait-each", type=float, default=30,
+                        help="seconds to wait, before each build, for a pytest run to end")
     parser.add_argument("--warm", action="store_true", help="also a second build on a warm 2-worker cluster")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "cluster.json"))
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
@@ -259,6 +290,8 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     import dask
     import distributed
+
+    logging.getLogger("distributed").setLevel(logging.ERROR)  # INFO chatter, close-time CommClosedError
 
     from bench_hybrid import write_corpus
     from bench_scifact import machine
@@ -281,14 +314,18 @@ def main() -> int:
         k = (2 * r) % len(configs)
         order = configs[k:] + configs[:k]
         for config in order:
+            waited += wait_for_pytest(args.wait_each, 15)  # the shared machine: builds in quiet spells
+            busy_before = pytest_running()
             if config == "local2":
                 new = [dict(run_child(base, work), config="local2", workers=WORKERS_LOCAL)]
             else:
                 w = int(config[len("cluster")])
                 new = cluster_build(w, base, work, trim=not config.endswith("_notrim"),
                                     warm_again=(config == "cluster2" and args.warm))
+            busy = busy_before or pytest_running()
             for row in new:
                 row["round"] = r
+                row["pytest_running_before_or_after"] = busy
                 print(f"round {r} {row['config']}: {row['n_chunks']} chunks in {row['wall_s']:.1f} s "
                       f"({row['n_chunks'] / row['wall_s']:.1f} chunks/s)", file=sys.stderr, flush=True)
             rows.extend(new)
@@ -298,8 +335,15 @@ def main() -> int:
         row["byte_identical"] = row["sha256"] == reference
     n = rows[0]["n_chunks"]
     assert all(r["n_chunks"] == n for r in rows)
-    by = {c: [r for r in rows if r["config"] == c] for c in dict.fromkeys(r["config"] for r in rows)}
-    configs_out = {c: summary(v) for c, v in by.items()}
+    # figures over the runs during which no pytest run was seen (before or after the build), where
+    # a configuration has any; the machine is shared with other engineers' test runs
+    by_all = {c: [r for r in rows if r["config"] == c] for c in dict.fromkeys(r["config"] for r in rows)}
+    by = {c: [r for r in v if not r["pytest_running_before_or_after"]] or v for c, v in by_all.items()}
+    configs_out = {c: {"stats_over": "runs without pytest" if by[c] is not v else "all runs (none without pytest)",
+                       **summary(by[c]),
+                       "all_runs_wall_s": [round(r["wall_s"], 2) for r in v],
+                       "all_runs_chunks_per_s_median": round(n / statistics.median(r["wall_s"] for r in v), 1)}
+                   for c, v in by_all.items()}
 
     def overhead(config: str) -> dict:
         """Extra wall time of ``config`` over local2: median / min, and the median of per-round pairs."""
@@ -316,10 +360,10 @@ def main() -> int:
 
     # projection. e: seconds of worker compute per chunk on one worker (task stream of the 1-worker
     # cluster, which includes the model load on the first task); s: the coordinator's serial
-    # seconds per chunk (every stage after read_chunk_embed, median over all builds: the same work
+    # seconds per chunk (every stage after read_chunk_embed, median over the builds kept: the same work
     # whatever embeds); c: the coordinator's own CPU per chunk while it reads, chunks, BM25-indexes
     # and feeds the workers in read_chunk_embed (a floor on that stage however many workers).
-    after = [sum(v for k, v in r["stage_s"].items() if k != "read_chunk_embed") for r in rows]
+    after = [sum(v for k, v in r["stage_s"].items() if k != "read_chunk_embed") for cfg in by for r in by[cfg]]
     s = statistics.median(after) / n
     c = statistics.median(r["coordinator_stage1_cpu_s"] for cfg in ("cluster2", "cluster2_notrim")
                           for r in by[cfg]) / n
@@ -357,12 +401,15 @@ def main() -> int:
         "benchmark": "cluster", "machine": machine(), "documents": n_docs, "chunks": n,
         "git": os.popen(f"git -C {ROOT} rev-parse HEAD").read().strip(),
         "git_dirty": bool(os.popen(f"git -C {ROOT} status --porcelain firmware_tools").read().strip()),
+        "firmware_tools_diff_sha256": hashlib.sha256(os.popen(f"git -C {ROOT} diff HEAD -- firmware_tools").read()
+                                                     .encode()).hexdigest()[:16],
         "versions": {"dask": dask.__version__, "distributed": distributed.__version__},
         "repeats": args.repeats, "nice": os.nice(0), "waited_for_pytest_s": round(waited),
         "n_threads_every_build": WORKERS_LOCAL,
         "configs": configs_out, "overhead_vs_local2": overheads,
         "issue_target_overhead": 0.15,
         "byte_identical_all": all(r["byte_identical"] for r in rows),
+        "runs_with_pytest_running": sum(r["pytest_running_before_or_after"] for r in rows),
         "file_bytes": rows[0]["file_bytes"], "sha256": reference,
         "projection": projection,
         "runs": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items() if k != "stage_s"}

@@ -65,9 +65,39 @@ def _embed_on_cluster(model_dir: str, family: str, model_sha256: str, texts: lis
     if its digest is the coordinator's (vectors from another model would be silently wrong)."""
     global _worker_embedder
     if _worker_embedder is None or _worker_embedder.sha256 != model_sha256:
+        _undo_dask_malloc_thresholds()
         _worker_embedder = QueryEmbedder.open(Path(model_dir), family=family, n_threads=1,
                                               expected_sha256=model_sha256)
     return _worker_embedder.embed(texts)
+
+
+#: glibc's mallopt parameters (malloc.h) and the values a Dask worker gets.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_WORKER_TRIM_THRESHOLD_BYTES, _WORKER_MMAP_THRESHOLD_BYTES = 64 << 20, 32 << 20
+
+
+def _undo_dask_malloc_thresholds() -> None:
+    """Undo what a Dask nanny's ``MALLOC_TRIM_THRESHOLD_=65536`` does to batch-1 embedding.
+
+    The nanny starts each worker with that variable (``distributed.nanny.pre-spawn-environ``).
+    Any explicit glibc threshold also freezes the mmap threshold at 128 KiB, so every activation
+    buffer onnxruntime takes and frees per text becomes an mmap/munmap pair: a worker embedded at
+    0.6-0.7x a plain process (bench/CLUSTER.md, "Finding"). Setting the trim threshold alone does
+    not help; with the mmap threshold at 32 MiB too it runs at full speed (measured there). A
+    worker then keeps up to 64 MiB of freed heap. Only on glibc, and only where the variable is set.
+    """
+    import os
+
+    if "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, _WORKER_MMAP_THRESHOLD_BYTES)
+        libc.mallopt(_M_TRIM_THRESHOLD, _WORKER_TRIM_THRESHOLD_BYTES)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing set it to undo
 
 
 class ClusterPool:
