@@ -24,7 +24,7 @@ DOCS = ["design.txt", "extending.txt", "gui.txt", "windows.txt"]  # 110 chunks: 
 
 @pytest.fixture(scope="module")
 def cluster():
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                                   scheduler_port=0, silence_logs=40) as running:
         yield running
 
