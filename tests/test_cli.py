@@ -1,4 +1,5 @@
-"""Every CLI command as a real subprocess: exit code, stdout shape, one-line stderr errors."""
+"""Every CLI command through ``run_cli`` (``main(argv)`` in this process with its own fds 1 and 2, or a
+real subprocess where the process itself is measured): exit code, stdout shape, one-line stderr errors."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The store and trust verbs as real subprocesses: edge install/list/remove/search NAME/export/trust,
+"""The store and trust verbs through ``run_cli`` (real subprocesses where state must hold across
+processes): edge install/list/remove/search NAME/export/trust,
 firmware-tools keygen --kind root / trust / sign. Exit codes, stdout shape, one-line errors."""
 
 from __future__ import annotations
@@ -91,8 +92,8 @@ def test_rate_limit_holds_across_cli_processes(device):
     proc = run_cli("edge", "search", path, QUERY, "-k", "1", *keys, "--trust", str(KEYS / "test-untrusted.pub"), env=env)
     _assert_one_line_error(proc, "only counted for capsules verified with this device's own trust")
     for _ in range(2):
-        assert run_cli("edge", "search", path, QUERY, "-k", "1", *own, env=env).returncode == 0
-    proc = run_cli("edge", "search", path, QUERY, "-k", "1", *own, env=env)
+        assert run_cli("edge", "search", path, QUERY, "-k", "1", *own, env=env, process=True).returncode == 0
+    proc = run_cli("edge", "search", path, QUERY, "-k", "1", *own, env=env, process=True)
     _assert_one_line_error(proc, "query rate limit reached")
 
 

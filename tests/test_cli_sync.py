@@ -1,5 +1,5 @@
 """``edge sync DIR`` (a mounted USB stick), ``edge install`` of several files and folders, and
-``edge search A B`` with one capsule expired: real subprocesses on the signed test vectors."""
+``edge search A B`` with one capsule expired: the CLI (``run_cli``) on the signed test vectors."""
 
 from __future__ import annotations
 

@@ -11,7 +11,6 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import pytest
 from annoy import AnnoyIndex
 from cryptography.hazmat.primitives import serialization
