@@ -26,6 +26,10 @@ Example::
     capsule.close()
 
 Source: FORMAT.md §11 (open order), §5-§6 (frames).
+
+Size: ~680 lines because the open path's order (budget plan, key unwrap, decrypt, parse, map,
+model, decoder) is one sequence with one release-on-error path, and ``verify_capsule`` shares its
+section parsers; the container, verification and the opened ``Capsule`` live apart.
 """
 
 from __future__ import annotations
@@ -59,7 +63,8 @@ from .index import Projection, VectorIndex
 from .lexical import LexicalIndex, lexical_plan_bytes
 from .keys import Identity, Passphrase
 from .manifest import Manifest, parse_canonical_json
-from .opened import Capsule, Document, Hit, StageTimings
+from .hits import Document, Hit, StageTimings
+from .opened import Capsule
 from .rules import MemoryUseLog, UsePolicy
 from .sealed import (
     ContentKeys, JSON_PARSE_PEAK_FACTOR, MAX_DOCS_WINDOW_BYTES, decompress_bounded, docs_plaintext_limit,

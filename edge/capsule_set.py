@@ -31,7 +31,8 @@ from .clock import utc_now
 from .errors import EdgeError, ExpiredCapsuleError, NotYetValidError
 from .capsule import Capsule, Identity, OpenOptions, StageTimings, _InstalledObject, _open_capsule
 from .lexical import LexicalQuery
-from .opened import Candidate, read_grouped
+from .hits import Candidate
+from .opened import read_grouped
 from .retrieval import SearchResult, as_valid_text
 
 __all__ = ["CapsuleSet"]

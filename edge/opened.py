@@ -6,17 +6,21 @@ the validity window and the per-use rules at its trusted time first (``UsePolicy
 ever comes out of a frame whose sample digest and AEAD verified.
 
 Source: FORMAT.md §4.2 (rules at use), §5-§6 (frames), §11 (use level).
+
+Size: ~760 lines because ``Capsule`` is one object: search, read, export and the frame check
+share its frame cache, its budget reservations and the use-policy check at trusted time, and a
+delta's tombstone filtering runs inside its ranking. Its value types live in ``edge.hits`` and
+the chunk-range arithmetic in ``edge.chunk_ranges``.
 """
 
 from __future__ import annotations
 
-import bisect
 import fnmatch
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -27,6 +31,8 @@ from .container import ContainerFile
 from .embedder import QueryEmbedder
 from .errors import FrameDecodeError, IntegrityError, QueryError
 from .frames import FrameReader
+from .hits import Candidate, Document, Hit, StageTimings
+from .chunk_ranges import complement, in_ranges, intersect, merge_ranked, overlaps
 from .clock import format_time, utc_now
 from .index import VectorIndex
 from .lexical import LexicalIndex, LexicalQuery
@@ -44,134 +50,6 @@ EXHAUSTIVE_FILTER_CHUNKS = 4096
 FILTER_OVERFETCH = 20
 #: Past tombstones a segment's ranking fetches this much more than its dead share predicts.
 TOMBSTONE_OVERFETCH = 1.5
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One search result or read chunk.
-
-    Attributes:
-        chunk_id: 0-based chunk id (= Annoy item id).
-        score: in ``dense`` mode the cosine similarity in [-1, 1]; in ``lexical`` mode BM25;
-            in ``hybrid`` mode the RRF score (``edge.retrieval.fuse``); 1.0 for ``read``.
-        document: source document name as given to the builder.
-        char_start, char_end: position of the chunk in the document text, in code points.
-        frame_index, slot_index: where the chunk's text was read from in the MP4.
-        text: the chunk text, read from its frame and authenticated.
-        capsule: name of the capsule it came from (manifest ``name``).
-        heading_path: titles of the headings enclosing the chunk, outermost first (DOCS).
-        matched: the retrievers that ranked it: ``"dense"``, ``"lexical"`` (search only).
-        matched_terms: the query terms its text holds (folded; ``edge.lexical``).
-        highlights: ``(start, end)`` spans in ``text`` (code points) of those terms.
-        answer: span in ``text`` of the sentence holding the most matched terms, or ``None``.
-        dense_score: cosine similarity when the dense retriever ranked it.
-        lexical_score: BM25 (higher is better) when the lexical retriever ranked it.
-        exact: it holds every identifier of the query (``SearchResult.exact_match``).
-    """
-
-    chunk_id: int
-    score: float
-    document: str
-    char_start: int
-    char_end: int
-    frame_index: int
-    slot_index: int
-    text: str
-    capsule: str = ""
-    heading_path: tuple[str, ...] = ()
-    matched: tuple[str, ...] = ()
-    matched_terms: tuple[str, ...] = ()
-    highlights: tuple[tuple[int, int], ...] = ()
-    answer: tuple[int, int] | None = None
-    dense_score: float | None = None
-    lexical_score: float | None = None
-    exact: bool = False
-
-    def to_json(self) -> dict[str, object]:
-        """Return a JSON-ready dict of all fields."""
-        return {"capsule": self.capsule, "chunk_id": self.chunk_id, "score": round(self.score, 6),
-                "document": self.document, "heading_path": list(self.heading_path),
-                "char_start": self.char_start, "char_end": self.char_end,
-                "frame_index": self.frame_index, "slot_index": self.slot_index, "text": self.text,
-                "matched": list(self.matched), "matched_terms": list(self.matched_terms),
-                "highlights": [list(span) for span in self.highlights],
-                "answer": None if self.answer is None else list(self.answer),
-                "dense_score": None if self.dense_score is None else round(self.dense_score, 6),
-                "lexical_score": None if self.lexical_score is None else round(self.lexical_score, 6),
-                "exact": self.exact}
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A ranked chunk not read yet: what ``Capsule`` and ``CapsuleSet`` merge before reading."""
-
-    chunk_id: int
-    score: float
-    exact: bool
-    dense_score: float | None
-    lexical_score: float | None
-    capsule: "Capsule"
-
-
-@dataclass
-class StageTimings:
-    """Milliseconds spent per query stage in the last ``search`` call."""
-
-    embed_ms: float = 0.0
-    ann_ms: float = 0.0
-    frame_decode_ms: float = 0.0
-    qr_decode_ms: float = 0.0
-    decrypt_ms: float = 0.0
-    lexical_ms: float = 0.0
-    n_frames_decoded: int = 0
-
-
-@dataclass(frozen=True)
-class Document:
-    """A source document as recorded in the DOCS section (FORMAT.md §8).
-
-    Attributes:
-        name: the document's name as given to the builder (relative path).
-        n_bytes: the source file's size in bytes.
-        media_type: e.g. ``text/plain``, ``application/pdf``.
-        n_chunks: its chunks; they are consecutive from ``first_chunk_id``.
-        first_chunk_id: id of its first chunk.
-        headings: ``(char_start, level, title)`` of its headings, by position (FORMAT.md §8).
-        sha256: hex SHA-256 of the source file's bytes ("" in capsules built before 0.3); a
-            delta build compares it to tell changed documents (FORMAT.md §4.7).
-    """
-
-    name: str
-    n_bytes: int
-    media_type: str
-    n_chunks: int = 0
-    first_chunk_id: int = 0
-    headings: tuple[tuple[int, int, str], ...] = ()
-    sha256: str = ""
-
-    @property
-    def title(self) -> str:
-        """The first level-1 heading (else the first heading), or the name."""
-        top = [h for h in self.headings if h[1] == 1] or list(self.headings)
-        return top[0][2] if top else self.name
-
-    def heading_path(self, char_start: int) -> tuple[str, ...]:
-        """Titles of the headings enclosing position ``char_start``, outermost first (a heading
-        of level L closes every open heading of level >= L)."""
-        stack: list[tuple[int, str]] = []
-        for start, level, title in self.headings:
-            if start > char_start:
-                break
-            while stack and stack[-1][0] >= level:
-                stack.pop()
-            stack.append((level, title))
-        return tuple(title for _, title in stack)
-
-    def to_json(self) -> dict[str, object]:
-        """JSON-ready: name, title, media type, bytes, chunk count and first chunk id."""
-        return {"name": self.name, "title": self.title, "media_type": self.media_type, "bytes": self.n_bytes,
-                "n_chunks": self.n_chunks, "first_chunk_id": self.first_chunk_id}
-
 
 
 class Capsule:
@@ -235,7 +113,7 @@ class Capsule:
             dead = [(max(lo, base) - base, min(hi, base + part.manifest.n_chunks) - base)
                     for lo, hi in info.tombstones if lo < base + part.manifest.n_chunks and hi > base]
             part._n_dead = sum(hi - lo for lo, hi in dead)
-            part._live = _complement(dead, part.manifest.n_chunks) if dead else None
+            part._live = complement(dead, part.manifest.n_chunks) if dead else None
             base += part.manifest.n_chunks
         self.chunk_base = base
 
@@ -267,7 +145,7 @@ class Capsule:
         for part in self.parts:
             local = chunk_id - part.chunk_base
             if local < part.manifest.n_chunks:
-                if part._live is not None and not _in_ranges(part._live, local):
+                if part._live is not None and not in_ranges(part._live, local):
                     raise ValueError(f"chunk id {chunk_id} was removed by version {self.manifest.version}")
                 return part, local
         raise AssertionError("unreachable")
@@ -496,7 +374,7 @@ class Capsule:
         out = []
         for part in self.parts:
             for doc in part._documents:
-                if part._live is not None and doc.n_chunks and not _overlaps(part._live, doc.first_chunk_id,
+                if part._live is not None and doc.n_chunks and not overlaps(part._live, doc.first_chunk_id,
                                                                               doc.first_chunk_id + doc.n_chunks):
                     continue
                 out.append(doc if not part.chunk_base else replace(doc, first_chunk_id=doc.first_chunk_id + part.chunk_base))
@@ -596,7 +474,7 @@ class Capsule:
         def rank_lexically():
             t0 = time.perf_counter()
             ranked = [part._lexical_ranking(lexical_query, depth, r) for part, r in zip(parts, ranges)]
-            found = _merge_ranked([found for found, _ in ranked], depth)
+            found = merge_ranked([found for found, _ in ranked], depth)
             holding = [c for _, chunk_ids in ranked for c in chunk_ids]
             return found, holding, (time.perf_counter() - t0) * 1e3
 
@@ -650,14 +528,14 @@ class Capsule:
         ranges = self.document_ranges(documents)
         if ranges is None or self._live is None:
             return ranges
-        return _intersect(ranges, self._live)
+        return intersect(ranges, self._live)
 
     def _dense_over_parts(self, vector, n: int, search_k: int,
                           ranges: Sequence[list[tuple[int, int]] | None] | None) -> tuple[list[int], list[float]]:
         """The dense ranking of every segment (global ids), merged by cosine similarity."""
         parts = self.parts
         ranges = ranges if ranges is not None else [None] * len(parts)
-        return _merge_ranked([part._dense_local(vector, n, search_k, r) for part, r in zip(parts, ranges)], n)
+        return merge_ranked([part._dense_local(vector, n, search_k, r) for part, r in zip(parts, ranges)], n)
 
     def _dense_local(self, vector, n: int, search_k: int, ranges: list[tuple[int, int]] | None
                      ) -> tuple[list[int], list[float]]:
@@ -678,7 +556,7 @@ class Capsule:
         m = min(total, int(n * total / live * TOMBSTONE_OVERFETCH) + 8)
         while True:
             found, scores = rank(m)
-            keep = [(c, s) for c, s in zip(found, scores) if _in_ranges(self._live, c)]
+            keep = [(c, s) for c, s in zip(found, scores) if in_ranges(self._live, c)]
             if len(keep) >= n or m >= total or len(found) < m:
                 keep = keep[:n]
                 return [c for c, _ in keep], [s for _, s in keep]
@@ -884,49 +762,3 @@ def read_grouped(candidates: Sequence[Candidate], lexical_query: LexicalQuery, t
     for mine in groups.values():
         read.update(zip(map(id, mine), mine[0].capsule._read_candidates(mine, lexical_query, timings)))
     return [read[id(cand)] for cand in candidates]
-
-
-def _merge_ranked(rankings: Sequence[tuple[list[int], list[float]]], n: int) -> tuple[list[int], list[float]]:
-    """Merge per-segment rankings by score, descending (stable: ties keep segment order); the best ``n``."""
-    if len(rankings) == 1:
-        return rankings[0]
-    merged = sorted(((c, s) for ids, scores in rankings for c, s in zip(ids, scores)), key=lambda item: -item[1])[:n]
-    return [c for c, _ in merged], [s for _, s in merged]
-
-
-def _complement(ranges: Sequence[tuple[int, int]], n: int) -> list[tuple[int, int]]:
-    """``[0, n)`` minus sorted disjoint ``ranges``."""
-    out, cursor = [], 0
-    for start, end in ranges:
-        if start > cursor:
-            out.append((cursor, start))
-        cursor = max(cursor, end)
-    if cursor < n:
-        out.append((cursor, n))
-    return out
-
-
-def _in_ranges(ranges: Sequence[tuple[int, int]], value: int) -> bool:
-    """Whether ``value`` lies in one of the sorted, disjoint ``ranges`` (binary search)."""
-    i = bisect.bisect_right(ranges, (value, float("inf"))) - 1
-    return i >= 0 and ranges[i][0] <= value < ranges[i][1]
-
-
-def _overlaps(ranges: Sequence[tuple[int, int]], start: int, end: int) -> bool:
-    """Whether ``[start, end)`` meets any of the sorted, disjoint ``ranges``."""
-    return start < end and any(lo < end and start < hi for lo, hi in ranges)
-
-
-def _intersect(a: Sequence[tuple[int, int]], b: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-    """The ranges in both ``a`` and ``b`` (each sorted and disjoint)."""
-    a, b = sorted(a), sorted(b)
-    out, i, j = [], 0, 0
-    while i < len(a) and j < len(b):  # one merge walk: O(len(a) + len(b))
-        start, end = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
-        if start < end:
-            out.append((start, end))
-        if a[i][1] < b[j][1]:
-            i += 1
-        else:
-            j += 1
-    return out

@@ -32,7 +32,7 @@ from .capsule import Capsule, Identity, OpenOptions
 from .capsule_set import CapsuleSet
 from .clock import format_time, utc_now
 from .errors import EdgeError, ExpiredCapsuleError, NotYetValidError, QueryError, StoreError
-from .opened import Hit
+from .hits import Hit
 from .retrieval import SearchResult
 from .store import Store
 from .store_catalog import Entry

@@ -42,6 +42,10 @@ Install checkpoints: every state change of an install is a numbered checkpoint, 
 in its own process (``tests/kill_at_checkpoint.py``); the shipped runtime has no switch for it.
 
 Source: FORMAT.md §13; TUF specification §5 (rollback, freeze, endless data).
+
+Size: ~780 lines because ``Store`` is the one holder of the store lock: every public operation
+takes the lock and drives the parts named above in a fixed order, and that lock discipline is
+easiest to review in one class; the parts themselves live in their own modules.
 """
 
 from __future__ import annotations

@@ -27,6 +27,10 @@ Example::
     print(result.n_chunks, result.file_bytes)
 
 Source: FORMAT.md.
+
+Size: ~720 lines because the build is one pipeline over one private work folder with one
+cleanup path and one place where a failure becomes a ``BuildError``; its stages live in
+``chunking``, ``sealing``, ``qr_video``, ``mp4_writer`` and ``edge``.
 """
 
 from __future__ import annotations
@@ -64,7 +68,7 @@ from edge.sealed import MAX_HEADING_BYTES_PER_CHUNK, derive_keys, seal_stream
 from .delta import BaseVersion
 
 if TYPE_CHECKING:
-    from edge.opened import Hit
+    from edge.hits import Hit
 
     from .compact import CompactedDocument
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from edge.opened import _complement, _in_ranges, _intersect, _merge_ranked, _overlaps
+from edge.chunk_ranges import complement, in_ranges, intersect, merge_ranked, overlaps
 from firmware_tools.delta import merge_ranges
 
 
@@ -21,13 +21,13 @@ def test_intersect_complement_membership_and_overlap_match_sets():
     rng = random.Random(1)
     for _ in range(2000):
         a, b = _random_ranges(rng), _random_ranges(rng)
-        assert _members(_intersect(a, b)) == _members(a) & _members(b)
-        assert _members(_complement(a, 60)) == set(range(60)) - _members(a)
+        assert _members(intersect(a, b)) == _members(a) & _members(b)
+        assert _members(complement(a, 60)) == set(range(60)) - _members(a)
         value = rng.randrange(60)
-        assert _in_ranges(a, value) == (value in _members(a))
+        assert in_ranges(a, value) == (value in _members(a))
         start = rng.randrange(60)
         end = rng.randrange(start, 61)
-        assert _overlaps(a, start, end) == bool(_members(a) & set(range(start, end)))
+        assert overlaps(a, start, end) == bool(_members(a) & set(range(start, end)))
 
 
 def test_merge_ranges_sorts_and_joins_overlapping_and_touching_ranges():
@@ -41,9 +41,9 @@ def test_merge_ranges_sorts_and_joins_overlapping_and_touching_ranges():
 
 
 def test_merged_rankings_keep_the_best_n_by_score_and_segment_order_on_ties():
-    merged = _merge_ranked([([1, 2], [0.9, 0.5]), ([10, 11], [0.7, 0.5])], 3)
+    merged = merge_ranked([([1, 2], [0.9, 0.5]), ([10, 11], [0.7, 0.5])], 3)
     assert merged == ([1, 10, 2], [0.9, 0.7, 0.5])
-    assert _merge_ranked([([3], [0.1])], 5) == ([3], [0.1])
+    assert merge_ranked([([3], [0.1])], 5) == ([3], [0.1])
 
 
 def test_ranking_past_tombstones_fetches_by_the_dead_share_and_returns_the_best_live():
@@ -55,7 +55,7 @@ def test_ranking_past_tombstones_fetches_by_the_dead_share_and_returns_the_best_
     for _ in range(300):
         total = rng.randrange(1, 400)
         dead = _random_ranges(rng, total) if total > 24 else []
-        live = _complement(dead, total)
+        live = complement(dead, total)
         part = SimpleNamespace(manifest=SimpleNamespace(n_chunks=total), _n_dead=total - len(_members(live)),
                                _live=live)
         order = list(range(total))

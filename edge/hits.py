@@ -1,0 +1,142 @@
+"""What a query returns and what a capsule lists: ``Hit``, ``Document``, ``StageTimings``, and the
+unread ``Candidate`` that ``Capsule`` and ``CapsuleSet`` merge before reading frames.
+
+Plain frozen value types with their JSON form (the CLI's and ``edge serve``'s output); no I/O.
+
+Source: FORMAT.md §8 (DOCS: documents and headings), §11 (use level: what a hit carries).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .opened import Capsule
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result or read chunk.
+
+    Attributes:
+        chunk_id: 0-based chunk id (= Annoy item id).
+        score: in ``dense`` mode the cosine similarity in [-1, 1]; in ``lexical`` mode BM25;
+            in ``hybrid`` mode the RRF score (``edge.retrieval.fuse``); 1.0 for ``read``.
+        document: source document name as given to the builder.
+        char_start, char_end: position of the chunk in the document text, in code points.
+        frame_index, slot_index: where the chunk's text was read from in the MP4.
+        text: the chunk text, read from its frame and authenticated.
+        capsule: name of the capsule it came from (manifest ``name``).
+        heading_path: titles of the headings enclosing the chunk, outermost first (DOCS).
+        matched: the retrievers that ranked it: ``"dense"``, ``"lexical"`` (search only).
+        matched_terms: the query terms its text holds (folded; ``edge.lexical``).
+        highlights: ``(start, end)`` spans in ``text`` (code points) of those terms.
+        answer: span in ``text`` of the sentence holding the most matched terms, or ``None``.
+        dense_score: cosine similarity when the dense retriever ranked it.
+        lexical_score: BM25 (higher is better) when the lexical retriever ranked it.
+        exact: it holds every identifier of the query (``SearchResult.exact_match``).
+    """
+
+    chunk_id: int
+    score: float
+    document: str
+    char_start: int
+    char_end: int
+    frame_index: int
+    slot_index: int
+    text: str
+    capsule: str = ""
+    heading_path: tuple[str, ...] = ()
+    matched: tuple[str, ...] = ()
+    matched_terms: tuple[str, ...] = ()
+    highlights: tuple[tuple[int, int], ...] = ()
+    answer: tuple[int, int] | None = None
+    dense_score: float | None = None
+    lexical_score: float | None = None
+    exact: bool = False
+
+    def to_json(self) -> dict[str, object]:
+        """Return a JSON-ready dict of all fields."""
+        return {"capsule": self.capsule, "chunk_id": self.chunk_id, "score": round(self.score, 6),
+                "document": self.document, "heading_path": list(self.heading_path),
+                "char_start": self.char_start, "char_end": self.char_end,
+                "frame_index": self.frame_index, "slot_index": self.slot_index, "text": self.text,
+                "matched": list(self.matched), "matched_terms": list(self.matched_terms),
+                "highlights": [list(span) for span in self.highlights],
+                "answer": None if self.answer is None else list(self.answer),
+                "dense_score": None if self.dense_score is None else round(self.dense_score, 6),
+                "lexical_score": None if self.lexical_score is None else round(self.lexical_score, 6),
+                "exact": self.exact}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A ranked chunk not read yet: what ``Capsule`` and ``CapsuleSet`` merge before reading."""
+
+    chunk_id: int
+    score: float
+    exact: bool
+    dense_score: float | None
+    lexical_score: float | None
+    capsule: "Capsule"
+
+
+@dataclass
+class StageTimings:
+    """Milliseconds spent per query stage in the last ``search`` call."""
+
+    embed_ms: float = 0.0
+    ann_ms: float = 0.0
+    frame_decode_ms: float = 0.0
+    qr_decode_ms: float = 0.0
+    decrypt_ms: float = 0.0
+    lexical_ms: float = 0.0
+    n_frames_decoded: int = 0
+
+
+@dataclass(frozen=True)
+class Document:
+    """A source document as recorded in the DOCS section (FORMAT.md §8).
+
+    Attributes:
+        name: the document's name as given to the builder (relative path).
+        n_bytes: the source file's size in bytes.
+        media_type: e.g. ``text/plain``, ``application/pdf``.
+        n_chunks: its chunks; they are consecutive from ``first_chunk_id``.
+        first_chunk_id: id of its first chunk.
+        headings: ``(char_start, level, title)`` of its headings, by position (FORMAT.md §8).
+        sha256: hex SHA-256 of the source file's bytes ("" in capsules built before 0.3); a
+            delta build compares it to tell changed documents (FORMAT.md §4.7).
+    """
+
+    name: str
+    n_bytes: int
+    media_type: str
+    n_chunks: int = 0
+    first_chunk_id: int = 0
+    headings: tuple[tuple[int, int, str], ...] = ()
+    sha256: str = ""
+
+    @property
+    def title(self) -> str:
+        """The first level-1 heading (else the first heading), or the name."""
+        top = [h for h in self.headings if h[1] == 1] or list(self.headings)
+        return top[0][2] if top else self.name
+
+    def heading_path(self, char_start: int) -> tuple[str, ...]:
+        """Titles of the headings enclosing position ``char_start``, outermost first (a heading
+        of level L closes every open heading of level >= L)."""
+        stack: list[tuple[int, str]] = []
+        for start, level, title in self.headings:
+            if start > char_start:
+                break
+            while stack and stack[-1][0] >= level:
+                stack.pop()
+            stack.append((level, title))
+        return tuple(title for _, title in stack)
+
+    def to_json(self) -> dict[str, object]:
+        """JSON-ready: name, title, media type, bytes, chunk count and first chunk id."""
+        return {"name": self.name, "title": self.title, "media_type": self.media_type, "bytes": self.n_bytes,
+                "n_chunks": self.n_chunks, "first_chunk_id": self.first_chunk_id}
