@@ -24,10 +24,10 @@ import binascii
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
-from .clock import format_time
+from .clock import format_time, parse_time
 from .errors import CapsuleFormatError, ExpiredCapsuleError, NotYetValidError, RuleViolationError
 from .format import HASHED_SECTIONS
 
@@ -228,7 +228,7 @@ class _Obj:
     def time(self, key: str) -> datetime:
         value = self.str(key, _TIME, max_len=20)
         try:
-            return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+            return parse_time(value)
         except ValueError:
             raise CapsuleFormatError(f"{self.path}.{key} is not a valid UTC time") from None
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
+from datetime import datetime
 
-from .clock import format_time
+from .clock import format_time, parse_time
 from .errors import CapsuleError, StoreError
 from .manifest import canonical_json, parse_canonical_json
 from .trust import VersionRecord
@@ -34,7 +34,7 @@ def parse_store_time(text: object, what: str) -> datetime:
     if not isinstance(text, str):
         raise StoreError(f"store file {what} is damaged: bad time")
     try:
-        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+        return parse_time(text)
     except ValueError:
         raise StoreError(f"store file {what} is damaged: bad time {text!r}") from None
 

@@ -37,13 +37,18 @@ def parse_when(text: str, *, now: datetime | None = None) -> datetime:
     if rel:
         amount = int(rel.group(1))
         return now + (timedelta(days=amount) if rel.group(2) == "d" else timedelta(hours=amount))
-    for form in ("%Y-%m-%d", "%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S%z"):
+    if _WHEN_RE.fullmatch(text.strip()):
         try:
-            value = datetime.strptime(text.strip(), form)
+            value = datetime.fromisoformat(text.strip())
         except ValueError:
-            continue
+            raise ValueError(f"no such date or time: {text!r}") from None
         return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
     raise ValueError(f"cannot read date {text!r}; use YYYY-MM-DD, YYYY-MM-DDTHH:MM:SSZ or +90d")
+
+
+#: The absolute forms ``parse_when`` reads (ISO 8601 shapes; ``datetime.fromisoformat`` reads the
+#: value): a date (midnight UTC), or a time with ``Z`` or an offset such as ``+01:00``.
+_WHEN_RE = re.compile(r"\d{4}-\d{2}-\d{2}(?:T\d{2}:\d{2}:\d{2}(?:Z|[+-]\d{2}:?\d{2}))?", re.ASCII)
 
 
 def _int_at_least(low: int):
