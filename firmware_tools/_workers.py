@@ -13,6 +13,11 @@ parent may have died before the prctl). Without this a SIGKILLed build left its 
 signal when the *thread* that forked the worker exits; the pools here start their workers from
 the calling thread (``submit``), which is the build's main thread. Elsewhere (macOS) workers
 still exit when the pool shuts down normally.
+
+On a Dask cluster (``--cluster``) the same task functions run on the cluster's workers instead
+(``cluster_map``): results in order, a bounded number in flight, and a task that fails or that
+no worker finishes in ``TASK_TIMEOUT_S`` runs in this process, so the output never depends on
+where a task ran. ``connect_cluster`` is the one place a build connects.
 """
 
 from __future__ import annotations
@@ -29,6 +34,10 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 log = logging.getLogger(__name__)
+
+#: Seconds to connect to a Dask scheduler, and the longest one cluster task may take.
+CONNECT_TIMEOUT_S = 20
+TASK_TIMEOUT_S = 900
 
 
 def spawn_pool(n_workers: int, initializer: Callable[..., None] | None = None,
@@ -65,7 +74,8 @@ def _init_worker(parent_pid: int, initializer: Callable[..., None] | None, inita
 
 
 def ordered_map(fn: Callable, tasks: Iterable, *, n_workers: int, max_in_flight: int | None = None,
-                initializer: Callable[..., None] | None = None, initargs: tuple = ()) -> Iterator:
+                initializer: Callable[..., None] | None = None, initargs: tuple = (),
+                cluster=None) -> Iterator:
     """Yield ``fn(task)`` for each task, in order, computed in worker processes when possible.
 
     Args:
@@ -74,11 +84,19 @@ def ordered_map(fn: Callable, tasks: Iterable, *, n_workers: int, max_in_flight:
         n_workers: worker processes; 0 runs every task in this process.
         max_in_flight: tasks submitted at once (default ``3 * n_workers``), so a long stream
             of tasks never sits in memory whole.
-        initializer, initargs: run once per worker (or once here, without workers).
+        initializer, initargs: run once per worker (or once here, without workers). Not with
+            ``cluster``: a task for a cluster carries what it needs.
+        cluster: a ``distributed.Client``: run the tasks on its workers (``cluster_map``);
+            ``n_workers`` is then ignored.
 
     Without a pool (``n_workers`` 0, or ``__main__`` not importable) or when the pool breaks,
     the remaining tasks run here; results are the same either way.
     """
+    if cluster is not None:
+        if initializer is not None:
+            raise ValueError("cluster tasks carry their own state: no initializer")
+        yield from cluster_map(cluster, fn, tasks, max_in_flight=max_in_flight)
+        return
     tasks = iter(tasks)
     pool = spawn_pool(n_workers, initializer, initargs) if n_workers > 0 else None
     if pool is not None:
@@ -111,6 +129,71 @@ def ordered_map(fn: Callable, tasks: Iterable, *, n_workers: int, max_in_flight:
 
 
 _DONE = object()
+
+
+def connect_cluster(address: str):
+    """Return a ``distributed.Client`` connected to the scheduler at ``address``.
+
+    Args:
+        address: ``tcp://HOST:PORT`` or ``tls://HOST:PORT`` (TLS from Dask's own configuration:
+            ``distributed.comm.tls.*``, e.g. ``DASK_DISTRIBUTED__COMM__TLS__CA_FILE``).
+
+    Raises:
+        BuildError: ``distributed`` is not installed, or the scheduler cannot be reached within
+            ``CONNECT_TIMEOUT_S`` seconds.
+    """
+    from .errors import BuildError
+
+    try:
+        from distributed import Client
+    except ImportError:
+        raise BuildError("--cluster needs Dask distributed: pip install '.[tools,cluster]'") from None
+    try:
+        client = Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+    except (OSError, TimeoutError) as exc:
+        raise BuildError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
+    n_workers = len(client.scheduler_info().get("workers", {}))
+    log.info("building on the Dask cluster at %s (%d workers)", address, n_workers)
+    return client
+
+
+def cluster_workers(client) -> int:
+    """The workers the scheduler knows now (at least 1, so callers can size batches)."""
+    return max(1, len(client.scheduler_info().get("workers", {})))
+
+
+def cluster_map(client, fn: Callable, tasks: Iterable, *, max_in_flight: int | None = None) -> Iterator:
+    """Yield ``fn(task)`` for each task, in order, each computed on a worker of ``client``.
+
+    At most ``max_in_flight`` tasks (default 3 per worker) are submitted at once, so a long stream
+    never sits in the coordinator's memory whole. A task whose worker dies is run again on another
+    worker by the scheduler (Dask's ``allowed_failures``); one that raises, or that has not
+    finished after ``TASK_TIMEOUT_S`` seconds (no worker left), runs in this process instead, with a
+    warning: the results are the same wherever a task ran.
+    """
+    limit = max_in_flight or 3 * cluster_workers(client)
+    tasks = iter(tasks)
+    pending: collections.deque = collections.deque()
+    try:
+        while True:
+            while len(pending) < limit:
+                task = next(tasks, _DONE)
+                if task is _DONE:
+                    break
+                pending.append((client.submit(fn, task, pure=False), task))
+            if not pending:
+                return
+            future, task = pending.popleft()
+            try:
+                result = future.result(timeout=TASK_TIMEOUT_S)
+            except Exception as exc:  # noqa: BLE001 - every failure falls back to this process
+                log.warning("a cluster task (%s) failed (%s); running it in this process",
+                            getattr(fn, "__name__", fn), exc)
+                result = fn(task)
+            yield result
+    finally:
+        for future, _ in pending:
+            future.cancel()
 
 
 def _chain(*iterables: Iterable) -> Iterator:

@@ -42,6 +42,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from typing import TYPE_CHECKING
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -77,7 +78,7 @@ from .chunking import Chunk, TokenizerOffsets, chunk_documents
 from .documents import iter_documents
 from .container_writer import section_bytes, write_container
 from ._spool import ByteSpool, VectorSpool, file_segments, write_blocks
-from ._workers import ordered_map
+from ._workers import connect_cluster, ordered_map
 from .embedding import ChunkEmbedder
 from .errors import BuildError, CapacityError, FrameCheckError
 from .lexical_writer import LexicalWriter
@@ -256,10 +257,12 @@ def build_capsule(
         prechunked: documents already chunked, instead of ``inputs`` (``firmware_tools.compact``:
             the live chunks of a version, packed again without re-chunking); ``inputs`` is then
             ignored and ``max_tokens``/``overlap_tokens`` are recorded as given.
-        cluster: a Dask distributed scheduler (``tcp://HOST:PORT``, ``tls://...``): the chunks are
-            embedded on its workers (``firmware_tools.embedding.ClusterPool``); reading, chunking,
-            packing, sealing, the video, the indexes and signing stay in this process, and so do
-            the keys. The output is byte-identical to a local build when the workers' CPUs round
+        cluster: a Dask distributed scheduler (``tcp://HOST:PORT``, ``tls://...``) or a connected
+            ``distributed.Client``: the chunks are embedded (``embedding.ClusterPool``), packed
+            into frames (``_pack_segment``) and their sealed payloads drawn as QR codes
+            (``qr_video._render_batch``) on its workers (``_workers.cluster_map``); reading,
+            chunking, sealing, the H.264 encode, the frame check, the indexes and signing stay in
+            this process, and so do the keys. The output is byte-identical to a local build when the workers' CPUs round
             the int8 model as this one does (vectors/README.md explains when they do not).
 
     Returns:
@@ -309,7 +312,8 @@ def build_capsule(
     # Only the sealed capsule ever touches the output's directory (a 0600 temporary file that
     # replaces the output atomically, or is removed on any failure: edge._files.atomic_replace).
     try:
-        with atomic_replace(output, mode=0o600) as tmp_capsule, _private_work_dir() as work:
+        with _cluster_client(cluster) as client, atomic_replace(output, mode=0o600) as tmp_capsule, \
+                _private_work_dir() as work:
             result = _build_into(
                 tmp_capsule, work, inputs=inputs, signing_key=signing_key, recipients=recipients,
                 passphrase=passphrase, expires_at=expires_at, not_before=not_before, issued_at=issued_at,
@@ -320,12 +324,26 @@ def build_capsule(
                 n_candidates=n_candidates, encrypt_index=encrypt_index, video_params=video_params, rng=rng,
                 scrypt_log_n=scrypt_log_n, n_workers=n_threads or os.cpu_count() or 1,
                 embedding_cache=embedding_cache, report=report, model_family=model_family,
-                zstd_level=zstd_level, base=base, append=append, prechunked=prechunked, cluster=cluster)
+                zstd_level=zstd_level, base=base, append=append, prechunked=prechunked, cluster=client)
     except FileNotFoundError as exc:
         raise BuildError(f"cannot write {output}: {exc.strerror}") from None
     result.path = output
     result.file_bytes = output.stat().st_size
     return result
+
+
+@contextlib.contextmanager
+def _cluster_client(cluster) -> Iterator[object]:
+    """Yield a ``distributed.Client`` for the whole build (connected here when ``cluster`` is an
+    address, and closed after), the caller's client, or ``None`` for a local build."""
+    if not isinstance(cluster, str):
+        yield cluster
+        return
+    client = connect_cluster(cluster)
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 #: Prefix of the private spool folder in the temporary directory (``$TMPDIR``, else ``/tmp``).
@@ -479,7 +497,7 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
     dictionary = train_payload_dictionary(records, raw_text_bytes)
     payloads = ByteSpool(work / "payloads")
     first_chunk_ids = _seal_frames(records, payloads, dictionary, keys.payload, capsule_id_bytes, version,
-                                   video_params, n_workers, report, zstd_level)
+                                   video_params, n_workers, report, zstd_level, cluster=cluster)
     payloads.close_writing()
     records.close()
     stage_s["pack_and_seal"] = time.perf_counter() - t
@@ -488,7 +506,7 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
     t = time.perf_counter()
     video_path = work / "video.mp4"
     video = encode_mp4_file(iter(payloads), video_path, video_params, n_frames_hint=len(payloads),
-                            progress=lambda done: report("encode", done, len(payloads)))
+                            progress=lambda done: report("encode", done, len(payloads)), cluster=cluster)
     stage_s["encode_video"] = time.perf_counter() - t
     t = time.perf_counter()
     bad = check_mp4(video_path, payloads, video_params, video.extradata, video.sample_offsets, video.sample_sizes)
@@ -644,19 +662,26 @@ def _default_issued_at() -> datetime:
 #: segment's last frame may be part-filled, about one frame in 300 on SciFact.
 _PACK_SEGMENT_RECORDS = 4096
 
-_pack_compressor = None
+_packer_state = threading.local()
 
 
-def _init_packer(dictionary: bytes, level: int = PAYLOAD_ZSTD_LEVEL) -> None:
-    global _pack_compressor
-    _pack_compressor = payload_compressor(dictionary, level)
+def _compressor(dictionary: bytes, level: int):
+    """The payload compressor for ``(dictionary, level)``, one per thread: a zstd compressor must
+    not be used by two threads at once, and a Dask worker may run tasks on several threads."""
+    key = (hashlib.sha256(dictionary).digest(), level)
+    if getattr(_packer_state, "key", None) != key:
+        _packer_state.key, _packer_state.compressor = key, payload_compressor(dictionary, level)
+    return _packer_state.compressor
 
 
-def _pack_segment(args: tuple[int, int, int, list[bytes]]) -> tuple[str, object]:
+def _pack_segment(args: tuple[int, int, int, list[bytes], bytes, int]) -> tuple[str, object]:
     """Pack one segment of records into frames: ``("ok", [(n_records, compressed), ...])``,
-    or ``("error", (record_index, message))`` for a record that fits no frame."""
-    first_chunk_id, capacity, max_plaintext, records = args
-    packer = FramePacker(capacity, max_plaintext, _pack_compressor.compress)
+    or ``("error", (record_index, message))`` for a record that fits no frame.
+
+    A task carries its records, the zstd dictionary and the level, so it runs the same in this
+    process, a local worker or a cluster worker; only record plaintext goes out, never a key."""
+    first_chunk_id, capacity, max_plaintext, records, dictionary, level = args
+    packer = FramePacker(capacity, max_plaintext, _compressor(dictionary, level).compress)
     frames: list[tuple[int, bytes]] = []
     for offset, record in enumerate(records):
         try:
@@ -669,17 +694,19 @@ def _pack_segment(args: tuple[int, int, int, list[bytes]]) -> tuple[str, object]
 
 def _seal_frames(records: ByteSpool, payloads: ByteSpool, dictionary: bytes, payload_key: bytes, capsule_id: bytes,
                  version: int, params: VideoParams, n_workers: int, report: Progress,
-                 zstd_level: int = PAYLOAD_ZSTD_LEVEL) -> list[int]:
-    """Pack records into frames (segments in parallel), seal each frame in order, append its
-    payload; return each frame's first chunk id."""
+                 zstd_level: int = PAYLOAD_ZSTD_LEVEL, cluster=None) -> list[int]:
+    """Pack records into frames (segments in parallel: local workers, or the workers of the Dask
+    ``cluster`` client), seal each frame in order here, append its payload; return each frame's
+    first chunk id. The payload key never leaves this process: workers only compress."""
     capacity = params.payload_capacity_bytes
-    tasks = ((start, capacity, MAX_FRAME_PLAINTEXT_BYTES, records[start:start + _PACK_SEGMENT_RECORDS])
+    tasks = ((start, capacity, MAX_FRAME_PLAINTEXT_BYTES, records[start:start + _PACK_SEGMENT_RECORDS],
+              dictionary, zstd_level)
              for start in range(0, len(records), _PACK_SEGMENT_RECORDS))
     first_chunk_ids: list[int] = []
     next_chunk = 0
     parallel = n_workers > 1 and len(records) > 2 * _PACK_SEGMENT_RECORDS
     for status, value in ordered_map(_pack_segment, tasks, n_workers=n_workers if parallel else 0,
-                                     initializer=_init_packer, initargs=(dictionary, zstd_level)):
+                                     cluster=cluster):
         if status == "error":
             chunk_id, message = value
             raise CapacityError(f"chunk {chunk_id} ({len(records[chunk_id])} bytes) does not fit one "

@@ -368,8 +368,9 @@ def _add_build_arguments(p: argparse.ArgumentParser) -> None:
                    help="zstd level of the frame payloads (default 15: within 0.3%% of level 19's size at 0.7x "
                         "its packing time; 9 packs 3.4x faster than 19 for 4.6%% more video)")
     p.add_argument("--cluster", metavar="tcp://HOST:PORT",
-                   help="embed the chunks on this Dask distributed cluster's workers (pip install "
-                        "'.[tools,cluster]'); everything else, and every key, stays on this machine")
+                   help="embed, pack and QR-draw the chunks on this Dask distributed cluster's workers "
+                        "(pip install '.[tools,cluster]'); sealing, the video, the indexes, signing and "
+                        "every key stay on this machine")
     p.add_argument("--base", type=Path, metavar="BASE.capsule",
                    help="build a delta over this version: only new and changed documents are packed, the base's "
                         "chunks of changed and removed ones are tombstoned (FORMAT.md §4.7)")

@@ -36,7 +36,8 @@ import numpy as np
 
 from edge.embedder import QueryEmbedder
 
-from ._workers import spawn_pool
+from . import _workers
+from ._workers import cluster_workers, connect_cluster, spawn_pool
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +45,6 @@ log = logging.getLogger(__name__)
 TASK_TEXTS = 32
 #: Below this many uncached texts in a call, embedding stays in this process (unless on a cluster).
 MIN_TEXTS_FOR_POOL = 128
-#: Seconds to connect to a Dask scheduler, and the longest one cluster task may take.
-CONNECT_TIMEOUT_S = 20
-TASK_TIMEOUT_S = 900
 
 _worker_embedder: QueryEmbedder | None = None
 
@@ -104,34 +102,26 @@ class ClusterPool:
     """Embedding tasks on a Dask distributed cluster, with the interface ``ChunkEmbedder`` uses.
 
     The coordinator (this process) sends chunk texts and gets vectors back, in order; nothing else
-    leaves it (no key, no other plaintext). Every worker must have this package and the model
-    installed at ``model_dir`` (the digest is checked there). A task whose worker dies is run
-    again on another worker by the scheduler (Dask's ``allowed_failures``); one that has not
+    leaves it for embedding (no key, no other plaintext). Every worker must have this package and
+    the model installed at ``model_dir`` (the digest is checked there). A task whose worker dies is
+    run again on another worker by the scheduler (Dask's ``allowed_failures``); one that has not
     finished after ``TASK_TIMEOUT_S`` (no worker left) is embedded in this process instead, so a
     build never waits forever.
 
     Args:
-        address: the scheduler, ``tcp://HOST:PORT`` or ``tls://HOST:PORT`` (TLS from Dask's own
-            configuration: ``distributed.comm.tls.*``, e.g. ``DASK_DISTRIBUTED__COMM__TLS__CA_FILE``).
+        cluster: a connected ``distributed.Client`` (closed by the caller), or a scheduler address,
+            ``tcp://HOST:PORT`` or ``tls://HOST:PORT``, to connect to (``_workers.connect_cluster``;
+            closed by ``shutdown``).
 
     Raises:
         BuildError: ``distributed`` is not installed, or the scheduler cannot be reached.
     """
 
-    def __init__(self, address: str, *, model_dir: Path, family: str, model_sha256: str) -> None:
-        from .errors import BuildError
-
-        try:
-            from distributed import Client
-        except ImportError:
-            raise BuildError("--cluster needs Dask distributed: pip install '.[tools,cluster]'") from None
-        try:
-            self.client = Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
-        except (OSError, TimeoutError) as exc:
-            raise BuildError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
+    def __init__(self, cluster, *, model_dir: Path, family: str, model_sha256: str) -> None:
+        self._owns_client = isinstance(cluster, str)
+        self.client = connect_cluster(cluster) if self._owns_client else cluster
         self._args = (str(model_dir), family, model_sha256)
-        self.n_workers = len(self.client.scheduler_info().get("workers", {}))
-        log.info("embedding on the Dask cluster at %s (%d workers)", address, self.n_workers)
+        self.n_workers = cluster_workers(self.client)
 
     def submit(self, fn, *args):  # the local pool's warm-up call: Dask workers start on their own
         return None
@@ -144,14 +134,15 @@ class ClusterPool:
         def results():
             for future, task in zip(futures, tasks):
                 try:
-                    yield future.result(timeout=TASK_TIMEOUT_S)
+                    yield future.result(timeout=_workers.TASK_TIMEOUT_S)
                 except Exception as exc:  # noqa: BLE001 - every failure falls back to this process
                     log.warning("a cluster embedding task failed (%s); embedding it in this process", exc)
                     yield None
         return results()
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
-        self.client.close()
+        if self._owns_client:
+            self.client.close()
 
 
 def _embed_task(texts: list[str]) -> np.ndarray:
@@ -222,15 +213,15 @@ class ChunkEmbedder:
         family: ``"onnx"`` or ``"tflite"``: which model file (and engine) embeds (FORMAT.md §4.3).
         n_workers: worker processes, one onnxruntime thread each; 1 embeds in this process.
         cache_path: SQLite cache file, created if missing; ``None`` for no cache.
-        cluster: a Dask scheduler address: embed on its workers (``ClusterPool``) instead of
-            local processes; ``n_workers`` is then ignored.
+        cluster: a Dask scheduler address or a connected ``distributed.Client``: embed on its
+            workers (``ClusterPool``) instead of local processes; ``n_workers`` is then ignored.
 
     Raises:
         ModelError: the model does not load or returns a wrong shape.
     """
 
     def __init__(self, model_dir: Path, *, family: str = "onnx", n_workers: int = 1,
-                 cache_path: Path | None = None, cluster: str | None = None) -> None:
+                 cache_path: Path | None = None, cluster=None) -> None:
         self.model_dir = Path(model_dir)
         self.family = family
         self._local = QueryEmbedder.open(self.model_dir, family=family, n_threads=1)

@@ -316,7 +316,7 @@ def _default_workers() -> int:
     return max(0, min(n_cpus, 4) - 1)
 
 
-def _iter_lumas(payloads: Iterable[bytes], params: VideoParams, n_workers: int) -> Iterator[bytes]:
+def _iter_lumas(payloads: Iterable[bytes], params: VideoParams, n_workers: int, cluster=None) -> Iterator[bytes]:
     """Yield each payload's rendered luma (H*W bytes), in order, checking capacity first."""
 
     def batches() -> Iterator[list[bytes]]:
@@ -329,8 +329,8 @@ def _iter_lumas(payloads: Iterable[bytes], params: VideoParams, n_workers: int) 
             yield [bytes(p) for p in batch]
 
     tasks = ((params, batch) for batch in batches())
-    for lumas in ordered_map(_render_batch, tasks, n_workers=n_workers,
-                             max_in_flight=n_workers * _IN_FLIGHT_PER_WORKER or None):
+    for lumas in ordered_map(_render_batch, tasks, n_workers=n_workers, cluster=cluster,
+                             max_in_flight=None if cluster is not None else n_workers * _IN_FLIGHT_PER_WORKER or None):
         yield from lumas
 
 
@@ -342,6 +342,7 @@ def encode_mp4_file(
     progress: Callable[[int], None] | None = None,
     n_frames_hint: int | None = None,
     n_workers: int | None = None,
+    cluster=None,
 ) -> EncodedVideo:
     """Write one all-intra H.264 frame per payload to an MP4 file; return its sample table.
 
@@ -355,6 +356,9 @@ def encode_mp4_file(
             whether a render pool is worth starting.
         n_workers: QR render processes beside the encoder; ``None`` = usable CPUs - 1 (max 3),
             0 = render in this process. The output does not depend on it.
+        cluster: a ``distributed.Client``: draw the QR codes on its workers instead
+            (``_workers.cluster_map``; they get sealed payloads, never plaintext or a key); the
+            H.264 encoder runs here. The output does not depend on it.
 
     Returns:
         EncodedVideo with ``path``, ``n_frames``, ``extradata``, ``sample_offsets``,
@@ -378,7 +382,7 @@ def encode_mp4_file(
     import av
 
     try:
-        n_frames = encode_lumas(_iter_lumas(payloads, params, n_workers), out_path, params, progress)
+        n_frames = encode_lumas(_iter_lumas(payloads, params, n_workers, cluster), out_path, params, progress)
         video = read_sample_table(out_path, n_frames)
     except av.FFmpegError as exc:  # PyAV's errors: some are OSError or ValueError, others neither
         raise VideoEncodeError(f"encoding the {params.codec} MP4 {out_path.name} failed: {exc}") from None

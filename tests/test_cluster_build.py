@@ -1,4 +1,6 @@
-"""Builds whose chunks are embedded on a real Dask cluster (``firmware-tools build --cluster``).
+"""Builds on a real Dask cluster (``firmware-tools build --cluster``): the chunks are embedded,
+packed (zstd) and drawn as QR codes on its workers; sealing, encoding, checking and signing stay
+on the coordinator.
 
 A real ``distributed.LocalCluster`` on this machine: a scheduler and two worker processes over
 TCP on loopback, each loading the model itself. The capsule must be byte-identical to a local
@@ -42,11 +44,27 @@ def _build(docs, out, keys_dir, **kwargs):
     return build_test_capsule(docs, out, keys_dir=keys_dir, name="faq-part", embedding_cache=None, **kwargs)
 
 
+def _task_counts(client) -> dict[str, int]:
+    """Tasks the scheduler has seen, by task prefix (the function's name without leading ``_``)."""
+    return client.run_on_scheduler(lambda dask_scheduler: {
+        name: sum(prefix.state_counts.values()) for name, prefix in dask_scheduler.task_prefixes.items()})
+
+
 def test_a_cluster_build_is_byte_identical_to_a_local_one(cluster, docs, tmp_path):
     local = _build(docs, tmp_path / "local.capsule", tmp_path / "keys")
-    remote = _build(docs, tmp_path / "cluster.capsule", tmp_path / "keys", cluster=cluster.scheduler_address)
+    client = distributed.Client(cluster.scheduler_address, set_as_default=False)
+    try:
+        before = _task_counts(client)
+        remote = _build(docs, tmp_path / "cluster.capsule", tmp_path / "keys", cluster=cluster.scheduler_address)
+        after = _task_counts(client)
+    finally:
+        client.close()
     assert remote.result.n_embedded == local.result.n_embedded == local.result.n_chunks > 2 * TASK_TEXTS
     assert remote.path.read_bytes() == local.path.read_bytes()
+    ran = {name: after.get(name, 0) - before.get(name, 0) for name in after}
+    assert ran.get("embed_on_cluster", 0) >= 1  # the embedding ran on the workers,
+    assert ran.get("pack_segment", 0) >= 1  # the zstd packing too,
+    assert ran.get("render_batch", 0) >= 1  # and the QR drawing
 
 
 def test_a_worker_killed_mid_build_is_survived_and_the_output_is_the_same(cluster, docs, tmp_path):
@@ -70,11 +88,35 @@ def test_a_worker_killed_mid_build_is_survived_and_the_output_is_the_same(cluste
 
 
 def test_an_unreachable_scheduler_is_one_clear_error_and_no_output(docs, tmp_path, monkeypatch):
-    from firmware_tools import embedding
+    from firmware_tools import _workers
     from firmware_tools.errors import BuildError
 
-    monkeypatch.setattr(embedding, "CONNECT_TIMEOUT_S", 1)  # Dask retries a refused connection until then
+    monkeypatch.setattr(_workers, "CONNECT_TIMEOUT_S", 1)  # Dask retries a refused connection until then
 
     with pytest.raises(BuildError, match="cannot reach the Dask scheduler"):
         _build(docs, tmp_path / "never.capsule", tmp_path / "keys", cluster="tcp://127.0.0.1:9")
     assert not (tmp_path / "never.capsule").exists()
+
+
+def test_a_task_that_fails_on_the_workers_runs_on_the_coordinator_in_order(cluster, caplog):
+    from firmware_tools._workers import cluster_map
+
+    def double_off_workers(x: int) -> int:  # pickled by value (cloudpickle): a closure
+        import distributed as dd
+
+        try:
+            dd.get_worker()
+        except ValueError:  # not on a worker: the coordinator's fallback
+            return 2 * x
+        if x % 3 == 0:
+            raise RuntimeError("this worker refuses")
+        return 2 * x
+
+    client = distributed.Client(cluster.scheduler_address, set_as_default=False)
+    try:
+        with caplog.at_level("WARNING", logger="firmware_tools._workers"):
+            assert list(cluster_map(client, double_off_workers, range(10), max_in_flight=3)) == \
+                [2 * x for x in range(10)]
+    finally:
+        client.close()
+    assert sum("running it in this process" in r.getMessage() for r in caplog.records) == 4  # 0, 3, 6, 9
