@@ -46,7 +46,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -75,12 +75,12 @@ if TYPE_CHECKING:
 
 from . import __version__
 from .chunking import Chunk, TokenizerOffsets, chunk_documents
-from .documents import iter_documents
+from .documents import iter_documents, parse_document, plan_documents, read_document_bytes
 from .container_writer import section_bytes, write_container
 from ._spool import ByteSpool, VectorSpool, file_segments, write_blocks
-from ._workers import connect_cluster, ordered_map
+from ._workers import cluster_map, connect_cluster, ordered_map
 from .embedding import ChunkEmbedder
-from .errors import BuildError, CapacityError, FrameCheckError
+from .errors import BuildError, CapacityError, FrameCheckError, InputDocumentError
 from .lexical_writer import LexicalWriter
 from .index_builder import (
     DEFAULT_ANN_DIM,
@@ -258,12 +258,14 @@ def build_capsule(
             the live chunks of a version, packed again without re-chunking); ``inputs`` is then
             ignored and ``max_tokens``/``overlap_tokens`` are recorded as given.
         cluster: a Dask distributed scheduler (``tcp://HOST:PORT``, ``tls://...``) or a connected
-            ``distributed.Client``: the chunks are embedded (``embedding.ClusterPool``), packed
-            into frames (``_pack_segment``) and their sealed payloads drawn as QR codes
-            (``qr_video._render_batch``) on its workers (``_workers.cluster_map``); reading,
-            chunking, sealing, the H.264 encode, the frame check, the indexes and signing stay in
-            this process, and so do the keys. The output is byte-identical to a local build when the workers' CPUs round
-            the int8 model as this one does (vectors/README.md explains when they do not).
+            ``distributed.Client``: shards of documents are parsed and chunked
+            (``_parse_and_chunk``), the chunks embedded (``embedding.ClusterPool``), packed into
+            frames (``_pack_segment``) and their sealed payloads drawn as QR codes
+            (``qr_video._render_batch``) on its workers (``_workers.cluster_map``); reading the
+            files, sealing, the H.264 encode, the frame check, the indexes and signing stay in
+            this process, and so do the keys. The workers need the model folder at the same path.
+            The output is byte-identical to a local build when the workers' CPUs round the int8
+            model as this one does (vectors/README.md explains when they do not).
 
     Returns:
         A ``BuildResult``.
@@ -388,19 +390,41 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
     seen: set[str] = set()  # documents of the inputs that the base holds (a delta build)
     replaced: list[str] = []  # base documents this version changes
 
-    def documents():
+    def changed(name: str, sha256: str) -> bool:
+        """Whether a document goes into this build (a delta build skips those the base holds)."""
+        if base is not None and name in base.documents:
+            seen.add(name)
+            if base.documents[name].sha256 == sha256:
+                return False  # unchanged: its chunks stay in the base's segments
+            replaced.append(name)
+        return True
+
+    def add_document(meta: _DocumentMeta, text_bytes: int) -> None:
         nonlocal raw_text_bytes
+        docs.append(meta)
+        raw_text_bytes += text_bytes
+        report("read", len(docs), None)
+
+    def documents():
         for doc in iter_documents(list(inputs)):
-            if base is not None and doc.name in base.documents:
-                seen.add(doc.name)
-                if base.documents[doc.name].sha256 == doc.sha256:
-                    continue  # unchanged: its chunks stay in the base's segments
-                replaced.append(doc.name)
-            headings = tuple((h.char_start, h.level, h.title) for h in getattr(doc, "headings", ()))
-            docs.append(_DocumentMeta(doc.name, doc.n_bytes, doc.media_type, doc.sha256, headings))
-            raw_text_bytes += len(doc.text.encode("utf-8"))
-            report("read", len(docs), None)
-            yield doc
+            if changed(doc.name, doc.sha256):
+                add_document(_document_meta(doc), len(doc.text.encode("utf-8")))
+                yield doc
+
+    def chunks_from_cluster():
+        """Read here, parse and chunk on the cluster's workers (``_parse_and_chunk``), in order."""
+        tokenizer_sha256 = hashlib.sha256(tokenizer_path.read_bytes()).hexdigest()
+        tasks = ((str(tokenizer_path), tokenizer_sha256, max_tokens, overlap_tokens, shard)
+                 for shard in _document_shards(plan_documents(list(inputs)), changed))
+        chunk_id = 0
+        for status, parsed in cluster_map(cluster, _parse_and_chunk, tasks):
+            if status == "error":
+                raise InputDocumentError(parsed)
+            for meta, text_bytes, doc_chunks in parsed:
+                add_document(meta, text_bytes)
+                for chunk in doc_chunks:
+                    yield replace(chunk, chunk_id=chunk_id, doc_index=len(docs) - 1)
+                    chunk_id += 1
 
     records = ByteSpool(work / "records")
     vectors_spool = VectorSpool(work / "vectors.f32", embedder_info.dim)
@@ -441,9 +465,13 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
                     chunk_id += 1
                 report("read", len(docs), None)
 
-        chunks = (given_chunks() if prechunked is not None else
-                  chunk_documents(documents(), token_offsets=offsets, token_offsets_batch=offsets.batch,
-                                  max_tokens=max_tokens, overlap_tokens=overlap_tokens))
+        if prechunked is not None:
+            chunks = given_chunks()
+        elif cluster is not None:
+            chunks = chunks_from_cluster()
+        else:
+            chunks = chunk_documents(documents(), token_offsets=offsets, token_offsets_batch=offsets.batch,
+                                     max_tokens=max_tokens, overlap_tokens=overlap_tokens)
         for chunk in chunks:
             records.append(encode_record(chunk.doc_index, chunk.char_start, chunk.char_end, chunk.text))
             lexicon.add(chunk.chunk_id, chunk.text, heading_path=getattr(chunk, "heading_path", ()))
@@ -623,6 +651,67 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
         n_frames=n_frames, section_bytes=lengths, file_bytes=0, raw_text_bytes=raw_text_bytes,
         payload_bytes=payload_bytes, stage_s=stage_s, n_embedded=n_embedded,
     )
+
+
+def _document_meta(doc) -> _DocumentMeta:
+    headings = tuple((h.char_start, h.level, h.title) for h in getattr(doc, "headings", ()))
+    return _DocumentMeta(doc.name, doc.n_bytes, doc.media_type, doc.sha256, headings)
+
+
+#: A cluster build's document shard: at most this many documents or (once past it) bytes per task.
+SHARD_DOCUMENTS = 256
+SHARD_BYTES = 4 << 20
+
+
+def _document_shards(planned: list[tuple[Path, str]], changed: Callable[[str, str], bool]):
+    """Yield lists of ``(path as named, name, bytes)``: the planned files read here, in order,
+    those ``changed`` refuses (unchanged in a delta) left out. Lazy: ``cluster_map`` takes a shard
+    only when one is free, so at most a few shards of file bytes sit in memory."""
+    shard, size = [], 0
+    for shown_path, name in planned:
+        data = read_document_bytes(shown_path)
+        if not changed(name, hashlib.sha256(data).hexdigest()):
+            continue
+        shard.append((str(shown_path), name, data))
+        size += len(data)
+        if len(shard) >= SHARD_DOCUMENTS or size >= SHARD_BYTES:
+            yield shard
+            shard, size = [], 0
+    if shard:
+        yield shard
+
+
+_worker_offsets: dict[str, TokenizerOffsets] = {}  # tokenizer sha256 -> offsets, per worker process
+
+
+def _parse_and_chunk(task: tuple[str, str, int, int, list[tuple[str, str, bytes]]]) -> tuple[str, object]:
+    """One cluster task: parse a shard of documents and chunk them as the local build does.
+
+    Returns ``("ok", [(_DocumentMeta, text UTF-8 bytes, [Chunk])])`` with chunk ids and document
+    indexes local to the shard (the coordinator renumbers them), or ``("error", message)`` for a
+    document that does not parse (``InputDocumentError``: the coordinator raises it, a bad file
+    is not a failed worker). The tokenizer opens once per worker process, and only if its digest
+    is the coordinator's (other token counts would cut other chunks).
+    """
+    tokenizer_path, tokenizer_sha256, max_tokens, overlap_tokens, shard = task
+    offsets = _worker_offsets.get(tokenizer_sha256)
+    if offsets is None:
+        from tokenizers import Tokenizer
+
+        data = Path(tokenizer_path).read_bytes()
+        if hashlib.sha256(data).hexdigest() != tokenizer_sha256:
+            raise BuildError(f"{tokenizer_path} on this worker is not the coordinator's tokenizer")
+        offsets = _worker_offsets[tokenizer_sha256] = TokenizerOffsets(Tokenizer.from_str(data.decode("utf-8")))
+    try:
+        docs = [parse_document(data, Path(shown_path), name=name) for shown_path, name, data in shard]
+    except InputDocumentError as exc:
+        return "error", str(exc)
+    by_document: list[list[Chunk]] = [[] for _ in docs]
+    for chunk in chunk_documents(docs, token_offsets=offsets, token_offsets_batch=offsets.batch,
+                                 max_tokens=max_tokens, overlap_tokens=overlap_tokens):
+        by_document[chunk.doc_index].append(chunk)
+    return "ok", [(_document_meta(doc), len(doc.text.encode("utf-8")), chunks)
+                  for doc, chunks in zip(docs, by_document, strict=True)]
 
 
 def _kept_headings(doc: _DocumentMeta) -> list[list]:

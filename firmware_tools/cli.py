@@ -368,7 +368,7 @@ def _add_build_arguments(p: argparse.ArgumentParser) -> None:
                    help="zstd level of the frame payloads (default 15: within 0.3%% of level 19's size at 0.7x "
                         "its packing time; 9 packs 3.4x faster than 19 for 4.6%% more video)")
     p.add_argument("--cluster", metavar="tcp://HOST:PORT",
-                   help="embed, pack and QR-draw the chunks on this Dask distributed cluster's workers "
+                   help="parse, chunk, embed, pack and QR-draw on this Dask distributed cluster's workers "
                         "(pip install '.[tools,cluster]'); sealing, the video, the indexes, signing and "
                         "every key stay on this machine")
     p.add_argument("--base", type=Path, metavar="BASE.capsule",

@@ -38,7 +38,7 @@ import os
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from firmware_tools.errors import InputDocumentError
@@ -53,7 +53,10 @@ __all__ = [
     "find_headings",
     "iter_documents",
     "normalize_text",
+    "parse_document",
+    "plan_documents",
     "read_document",
+    "read_document_bytes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -232,8 +235,31 @@ def read_document(
     if max_file_bytes < 1:
         raise ValueError(f"max_file_bytes must be >= 1, got {max_file_bytes}")
     path = Path(path)
+    _check_suffix(path)
+    return parse_document(_read_bytes(path, max_file_bytes), path, name=name)
+
+
+def parse_document(data: bytes, path: Path, *, name: str | None = None) -> Document:
+    """Parse one file's bytes, already read, as :func:`read_document` parses them.
+
+    The split lets a build read files in one process and parse them in another (a cluster
+    worker, ``firmware_tools.build``): ``read_document(p) == parse_document(p.read_bytes(), p)``
+    for any file within the size limit.
+
+    Args:
+        data: the file's bytes.
+        path: the file's path as the user named it: its suffix chooses the format, and it
+            starts every error message; the file is not opened.
+        name: the document's name; defaults to ``path.name``.
+
+    Returns:
+        The document (``sha256`` and ``n_bytes`` describe ``data``).
+
+    Raises:
+        InputDocumentError: as :func:`read_document`, for everything after the read.
+    """
+    path = Path(path)
     media_type = _check_suffix(path)
-    data = _read_bytes(path, max_file_bytes)
     if media_type == "application/pdf":
         reader, pages = _pdf_pages(data, path)
         text = normalize_text("\n\n".join(page for page in pages if page))
@@ -351,6 +377,21 @@ def iter_documents(
             :func:`read_document`.
         ValueError: ``paths`` is empty.
     """
+    return _read_planned(plan_documents(paths), max_file_bytes)
+
+
+def plan_documents(paths: Sequence[Path]) -> list[tuple[Path, str]]:
+    """List the files :func:`iter_documents` reads, in its order, without reading any.
+
+    Args:
+        paths: files and directories, as for :func:`iter_documents`.
+
+    Returns:
+        ``(path as the user named it, document name)`` per file.
+
+    Raises:
+        InputDocumentError, ValueError: as :func:`iter_documents` at its call.
+    """
     if len(paths) == 0:
         raise ValueError("no input paths given")
     # Plan every file before reading any: path errors surface at the call.
@@ -373,14 +414,25 @@ def iter_documents(
         else:
             _check_suffix(Path(given))
             planned.setdefault(abs_path, Path(given))
-    return _read_planned(planned, root, max_file_bytes)
+    return [(shown_path, file_path.relative_to(root).as_posix()) for file_path, shown_path in planned.items()]
 
 
-def _read_planned(planned: dict[Path, Path], root: Path, max_file_bytes: int) -> Iterator[Document]:
-    """Yield each planned file as a Document named relative to ``root``."""
-    for file_path, shown_path in planned.items():
-        doc = read_document(shown_path, max_file_bytes=max_file_bytes)
-        yield replace(doc, name=file_path.relative_to(root).as_posix())
+def _read_planned(planned: list[tuple[Path, str]], max_file_bytes: int) -> Iterator[Document]:
+    """Yield each planned file as a Document under its planned name."""
+    for shown_path, name in planned:
+        yield read_document(shown_path, name=name, max_file_bytes=max_file_bytes)
+
+
+def read_document_bytes(path: Path, *, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> bytes:
+    """Return a supported file's bytes after the suffix, existence and size checks of
+    :func:`read_document`, for :func:`parse_document` to parse later or elsewhere.
+
+    Raises:
+        InputDocumentError: as :func:`read_document`, for the checks and the read.
+    """
+    path = Path(path)
+    _check_suffix(path)
+    return _read_bytes(path, max_file_bytes)
 
 
 def _check_suffix(path: Path) -> str:

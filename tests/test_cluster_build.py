@@ -1,6 +1,6 @@
-"""Builds on a real Dask cluster (``firmware-tools build --cluster``): the chunks are embedded,
-packed (zstd) and drawn as QR codes on its workers; sealing, encoding, checking and signing stay
-on the coordinator.
+"""Builds on a real Dask cluster (``firmware-tools build --cluster``): shards of documents are
+parsed and chunked, the chunks embedded, packed (zstd) and drawn as QR codes on its workers;
+reading the files, sealing, encoding, checking and signing stay on the coordinator.
 
 A real ``distributed.LocalCluster`` on this machine: a scheduler and two worker processes over
 TCP on loopback, each loading the model itself. The capsule must be byte-identical to a local
@@ -45,12 +45,16 @@ def _build(docs, out, keys_dir, **kwargs):
 
 
 def _task_counts(client) -> dict[str, int]:
-    """Tasks the scheduler has seen, by task prefix (the function's name without leading ``_``)."""
+    """Tasks a worker has finished, by task prefix (the function's name without leading ``_``):
+    how many times the scheduler saw a task of that prefix enter the ``memory`` state."""
     return client.run_on_scheduler(lambda dask_scheduler: {
-        name: sum(prefix.state_counts.values()) for name, prefix in dask_scheduler.task_prefixes.items()})
+        name: prefix.state_counts.get("memory", 0) for name, prefix in dask_scheduler.task_prefixes.items()})
 
 
-def test_a_cluster_build_is_byte_identical_to_a_local_one(cluster, docs, tmp_path):
+def test_a_cluster_build_is_byte_identical_to_a_local_one(cluster, docs, tmp_path, monkeypatch):
+    from firmware_tools import build
+
+    monkeypatch.setattr(build, "SHARD_DOCUMENTS", 1)  # four shards: their chunks are renumbered in order
     local = _build(docs, tmp_path / "local.capsule", tmp_path / "keys")
     client = distributed.Client(cluster.scheduler_address, set_as_default=False)
     try:
@@ -62,6 +66,7 @@ def test_a_cluster_build_is_byte_identical_to_a_local_one(cluster, docs, tmp_pat
     assert remote.result.n_embedded == local.result.n_embedded == local.result.n_chunks > 2 * TASK_TEXTS
     assert remote.path.read_bytes() == local.path.read_bytes()
     ran = {name: after.get(name, 0) - before.get(name, 0) for name in after}
+    assert ran.get("parse_and_chunk", 0) == len(DOCS)  # each document was parsed and chunked on a worker,
     assert ran.get("embed_on_cluster", 0) >= 1  # the embedding ran on the workers,
     assert ran.get("pack_segment", 0) >= 1  # the zstd packing too,
     assert ran.get("render_batch", 0) >= 1  # and the QR drawing
@@ -120,3 +125,30 @@ def test_a_task_that_fails_on_the_workers_runs_on_the_coordinator_in_order(clust
     finally:
         client.close()
     assert sum("running it in this process" in r.getMessage() for r in caplog.records) == 4  # 0, 3, 6, 9
+
+
+def test_a_document_that_does_not_parse_on_a_worker_is_one_clear_error_and_no_output(cluster, docs, tmp_path):
+    from firmware_tools.errors import InputDocumentError
+
+    bad = tmp_path / "docs"
+    shutil.copytree(docs, bad)
+    (bad / "latin1.txt").write_bytes("Caf\xe9 au lait".encode("latin-1"))
+    with pytest.raises(InputDocumentError, match=r"latin1\.txt.*UTF-8"):
+        _build(bad, tmp_path / "never.capsule", tmp_path / "keys", cluster=cluster.scheduler_address)
+    assert not (tmp_path / "never.capsule").exists()
+
+
+def test_a_delta_built_on_the_cluster_is_byte_identical_to_a_local_delta(cluster, docs, tmp_path):
+    from firmware_tools.delta import read_base
+
+    v1 = _build(docs, tmp_path / "v1.capsule", tmp_path / "keys")
+    v2_docs = tmp_path / "v2"
+    shutil.copytree(docs, v2_docs)
+    (v2_docs / "gui.txt").write_text((v2_docs / "gui.txt").read_text() + "\n\nFault E-4021: encoder signal lost.\n")
+    (v2_docs / "windows.txt").unlink()
+    base = read_base(v1.path, signing_key=v1.publisher_key, identities=[v1.device_key])
+    local = _build(v2_docs, tmp_path / "v2-local.capsule", tmp_path / "keys", version=2, base=base)
+    remote = _build(v2_docs, tmp_path / "v2-cluster.capsule", tmp_path / "keys", version=2, base=base,
+                    cluster=cluster.scheduler_address)
+    assert remote.result.n_documents == local.result.n_documents == 1  # only the changed document
+    assert remote.path.read_bytes() == local.path.read_bytes()

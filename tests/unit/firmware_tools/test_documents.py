@@ -14,7 +14,10 @@ from firmware_tools.documents import (
     Heading,
     iter_documents,
     normalize_text,
+    parse_document,
+    plan_documents,
     read_document,
+    read_document_bytes,
 )
 from firmware_tools.errors import InputDocumentError
 
@@ -223,6 +226,23 @@ def test_iter_documents_expands_directory_sorted_and_recursive():
         "text/markdown",
         "text/plain",
     ]
+
+
+def test_plan_then_parse_is_iter_documents():
+    """A cluster build reads with plan_documents/read_document_bytes and parses elsewhere."""
+    planned = plan_documents([GOOD])
+    assert [name for _, name in planned] == [d.name for d in iter_documents([GOOD])]
+    assert [parse_document(read_document_bytes(shown), shown, name=name) for shown, name in planned] == \
+        list(iter_documents([GOOD]))
+
+
+def test_read_document_bytes_makes_the_checks_of_read_document(tmp_path):
+    (tmp_path / "notes.docx").write_bytes(b"x")
+    with pytest.raises(InputDocumentError, match="unsupported file type"):
+        read_document_bytes(tmp_path / "notes.docx")
+    (tmp_path / "big.txt").write_bytes(b"x" * 11)
+    with pytest.raises(InputDocumentError, match="limit is 10"):
+        read_document_bytes(tmp_path / "big.txt", max_file_bytes=10)
 
 
 def test_iter_documents_is_deterministic():
