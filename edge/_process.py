@@ -23,6 +23,7 @@ this stops dumps and same-user inspection, not a privileged attacker.
 from __future__ import annotations
 
 import ctypes
+import os
 import logging
 import sys
 
@@ -64,6 +65,18 @@ def harden_process() -> dict[str, bool]:
         else:
             log.warning("prctl(PR_SET_DUMPABLE, 0) failed: errno %d", ctypes.get_errno())
     return done
+
+
+def quiet_rust_panics() -> None:
+    """Make a Rust panic in a native library (tantivy, through pyo3) cost a message, not a backtrace.
+
+    A signed but malformed lexical index can make tantivy panic; the runtime turns that into a
+    one-line ``CapsuleFormatError``, but with ``RUST_BACKTRACE`` set Rust first symbolises a
+    backtrace, which measured +52 MiB of RSS outside the memory budget (signed-malicious fuzz,
+    ``tests/corruption/signed_mutations.py``). Rust reads the variable at the first panic, so
+    this sets ``RUST_BACKTRACE=0`` for the process before any panic can happen.
+    """
+    os.environ["RUST_BACKTRACE"] = "0"
 
 
 def is_dumpable() -> bool | None:

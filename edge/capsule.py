@@ -60,7 +60,7 @@ from .embedder import QueryEmbedder, check_engine, find_model_dir
 from .errors import BudgetExceededError, CapsuleError, CapsuleFormatError, DeltaBaseError, IntegrityError, ModelError
 from .frames import FrameReader
 from .index import Projection, VectorIndex
-from .lexical import LexicalIndex, lexical_plan_bytes
+from .lexical import LexicalEngine, lexical_loading_bytes, lexical_plan_bytes, open_lexical_index
 from .keys import Identity, Passphrase
 from .manifest import Manifest, parse_canonical_json
 from .hits import Document, Hit, StageTimings
@@ -144,8 +144,9 @@ def memory_plan(manifest: Manifest, *, section_lengths: dict[str, int], frame_ca
         + 2 * manifest.max_plaintext_bytes,  # decompress_bounded: output + its checking pass
         "frame_cache": frame_cache_bytes,
         "query": QUERY_BASE_BYTES + 8 * max(info.n_candidates, 1) * max(dim_out, 1),
-        # SQLite's copy of LEXI, the collected plaintext while it loads, and the page cache
-        "lexical": 0 if manifest.lexical is None else lexical_plan_bytes(manifest.lexical.plaintext_bytes),
+        # the lexical engine's copy of LEXI and what loading it takes (lexical_plan_bytes)
+        "lexical": 0 if manifest.lexical is None else lexical_plan_bytes(
+            manifest.lexical, _lexi_plaintext_bytes(section_lengths["LEXI"], info.encryption)),
     }
     return plan
 
@@ -329,8 +330,9 @@ def _open_capsule(path: str | os.PathLike[str], *, trusted_keys: Sequence[Ed2551
         index = _open_index(cf, keys, manifest, small["PROJ"], index_path)
         lexical = _open_lexical(cf, keys, manifest)
         if lexical is not None:
-            # The collected plaintext is freed once SQLite holds its copy: keep only what stays.
-            loading = manifest.lexical.plaintext_bytes
+            # What only loading needed is freed once the engine holds its copy: keep what stays.
+            loading = lexical_loading_bytes(manifest.lexical, _lexi_plaintext_bytes(cf.sections["LEXI"].length,
+                                                                                    manifest.index.encryption))
             budget.release(prefix + "lexical", loading)
             plan["lexical"] -= loading
         if embedder is None:
@@ -427,6 +429,11 @@ def _open_segments(head: Manifest, *, installed: _InstalledObject | None, option
                                      f"chunks; {head.name} v{head.version} pins v{pin.version} with {pin.n_chunks}")
             if segment.manifest.lexical is None and head.lexical is not None:
                 raise IntegrityError(f"segment {path} has no lexical index, its version has one")
+            if (segment.manifest.lexical is not None and head.lexical is not None
+                    and segment.manifest.lexical.format != head.lexical.format):
+                # BM25 scores of two engines do not compare: the merged ranking would be noise
+                raise IntegrityError(f"segment {path} has a {segment.manifest.lexical.format} lexical index, "
+                                     f"its version {head.lexical.format}")
     except BaseException:
         for segment in opened:
             segment.close()
@@ -506,13 +513,18 @@ def _open_index(cf: ContainerFile, keys: ContentKeys, manifest: Manifest, proj_s
                                      projection=projection, **vecs)
 
 
-def _open_lexical(cf: ContainerFile, keys: ContentKeys, manifest: Manifest) -> LexicalIndex | None:
+def _lexi_plaintext_bytes(section_length: int, encryption: str) -> int:
+    """The LEXI section's plaintext length: the section itself, or what its STREAM holds."""
+    return section_length if encryption == "none" else stream_plaintext_bytes(section_length)
+
+
+def _open_lexical(cf: ContainerFile, keys: ContentKeys, manifest: Manifest) -> LexicalEngine | None:
     """Authenticate LEXI and open it (``None`` when the manifest has no lexical index).
 
     Encrypted (``index.encryption`` not ``none``): LEXI was hashed against the manifest by the
     caller and is read again through the AEAD. Plain: hashed while it is read. Its length is
-    checked against the declared ``plaintext_bytes`` before a byte is collected; SQLite sees the
-    bytes only after ``LexicalIndex.open`` has checked the header (FORMAT.md §5.5).
+    checked against the manifest before a byte is collected; the engine sees the bytes only after
+    its own checks (FORMAT.md §5.5 SQLite header, §5.6 archive, meta.json and footers).
     """
     info = manifest.lexical
     length = cf.sections["LEXI"].length
@@ -523,8 +535,12 @@ def _open_lexical(cf: ContainerFile, keys: ContentKeys, manifest: Manifest) -> L
         if encrypted:
             open_stream(keys.section("LEXI"), cf.section("LEXI"))  # authenticate the empty section
         return None
-    plaintext_bytes = stream_plaintext_bytes(length) if encrypted else length
-    if plaintext_bytes != info.plaintext_bytes:
+    wanted_minor = fmt.FTS5_FORMAT_MINOR if info.format == "sqlite-fts5" else fmt.FORMAT_MINOR
+    if cf.header.format_minor != wanted_minor:
+        raise CapsuleFormatError(f"a {info.format} lexical index belongs in format {fmt.FORMAT_MAJOR}.{wanted_minor}, "
+                                 f"this capsule is {fmt.FORMAT_MAJOR}.{cf.header.format_minor}")
+    plaintext_bytes = _lexi_plaintext_bytes(length, manifest.index.encryption)
+    if info.format == "sqlite-fts5" and plaintext_bytes != info.plaintext_bytes:
         raise CapsuleFormatError(f"lexical section holds {plaintext_bytes} bytes, manifest says {info.plaintext_bytes}")
     if encrypted:
         blocks = iter_open_stream(keys.section("LEXI"), cf.section("LEXI"))
@@ -532,7 +548,7 @@ def _open_lexical(cf: ContainerFile, keys: ContentKeys, manifest: Manifest) -> L
         blocks = cf.iter_blocks("LEXI")
     else:
         blocks = _hashed_blocks(cf, manifest, "LEXI")
-    return LexicalIndex.open(blocks, info=info, n_chunks=manifest.n_chunks)
+    return open_lexical_index(blocks, info=info, n_chunks=manifest.n_chunks, section_bytes=plaintext_bytes)
 
 
 def _read_documents(sealed_plaintext: bytes, manifest: Manifest, *, budget: MemoryBudget,

@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ._files import read_regular_file
-from ._process import harden_process
+from ._process import harden_process, quiet_rust_panics
 from .budget import MemoryBudget, format_mib, parse_size
 from .errors import EdgeError
 from .retrieval import SEARCH_MODES
@@ -776,10 +776,12 @@ def main(argv: list[str] | None = None) -> int:
     turns core dumps off for the process (``edge._process.harden_process``), since the commands
     hold decrypted chunk text and the device's private key in memory. A caller that passes
     ``argv`` runs it inside its own process and decides that for itself (``harden_process()``):
-    the core limit cannot be raised again once lowered.
+    the core limit cannot be raised again once lowered. It also sets ``RUST_BACKTRACE=0``
+    (``edge._process.quiet_rust_panics``: a panic's backtrace would cost memory outside the budget).
     """
     if argv is None:
         harden_process()
+        quiet_rust_panics()
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.ERROR if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG

@@ -25,7 +25,14 @@ from .errors import CapsuleFormatError, IntegrityError
 
 MAGIC = b"\x89ECP\r\n\x1a\n"
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 1
+#: The newest minor version this runtime reads and the builder writes (1.2: the lexical index may
+#: be ``tantivy-7``, FORMAT.md §5.6).
+FORMAT_MINOR = 2
+#: The oldest minor version this runtime reads (1.1: the first with a lexical index).
+OLDEST_FORMAT_MINOR = 1
+#: The minor version a capsule whose lexical index is ``sqlite-fts5`` is written as, so that
+#: runtimes of 1.1 still read it.
+FTS5_FORMAT_MINOR = 1
 HEADER_BYTES = 64
 SECTION_ENTRY_BYTES = 32
 MAX_SECTIONS = 16
@@ -146,10 +153,11 @@ def parse_header(data: bytes, *, file_bytes: int) -> Header:
         raise CapsuleFormatError(
             f"capsule format version {major}.{minor} is newer than this runtime ({FORMAT_MAJOR}.{FORMAT_MINOR})"
         )
-    if minor < FORMAT_MINOR:
+    if minor < OLDEST_FORMAT_MINOR:
         raise CapsuleFormatError(
             f"capsule format version {major}.{minor} has no lexical index and is not read by this runtime "
-            f"({FORMAT_MAJOR}.{FORMAT_MINOR}): rebuild it with firmware-tools 0.2 or later"
+            f"({FORMAT_MAJOR}.{OLDEST_FORMAT_MINOR}-{FORMAT_MAJOR}.{FORMAT_MINOR}): rebuild it with firmware-tools 0.2 "
+            "or later"
         )
     if header_bytes != HEADER_BYTES or entry_bytes != SECTION_ENTRY_BYTES:
         raise CapsuleFormatError(
@@ -248,11 +256,13 @@ def padding_ranges(entries: dict[str, SectionEntry], header: Header) -> list[tup
     return ranges
 
 
-def layout_sections(lengths: dict[str, int]) -> tuple[Header, list[SectionEntry]]:
+def layout_sections(lengths: dict[str, int], *, format_minor: int = FORMAT_MINOR) -> tuple[Header, list[SectionEntry]]:
     """Place sections of the given lengths; return the header and table entries.
 
     Args:
         lengths: section length in bytes for every tag of ``SECTION_ORDER``.
+        format_minor: the header's minor version (``FTS5_FORMAT_MINOR`` for a capsule whose
+            lexical index is ``sqlite-fts5``).
 
     Returns:
         ``(header, entries)`` in file order, offsets aligned per FORMAT.md §3.
@@ -263,7 +273,7 @@ def layout_sections(lengths: dict[str, int]) -> tuple[Header, list[SectionEntry]
         offset = align_up(cursor, SECTION_ALIGN[tag])
         entries.append(SectionEntry(tag, offset, lengths[tag]))
         cursor = offset + lengths[tag]
-    return Header(FORMAT_MAJOR, FORMAT_MINOR, len(entries), cursor), entries
+    return Header(FORMAT_MAJOR, format_minor, len(entries), cursor), entries
 
 
 _FTAB_DTYPE = np.dtype([("sample_offset", "<u8"), ("sample_bytes", "<u4"), ("first_chunk_id", "<u4")])

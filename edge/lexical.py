@@ -1,9 +1,11 @@
-"""The lexical index (LEXI): identifier-aware terms, the SQLite FTS5 database, BM25 queries.
+"""The lexical index (LEXI): identifier-aware terms, queries as terms, and the engines behind them.
 
-This module owns FORMAT.md §5.5: how text becomes terms (the ``ident-v1`` normaliser), the
-database schema the builder writes and the reader requires, the checks made on the plaintext
-before SQLite reads a byte of it, and the queries. The builder (``firmware_tools.lexical_writer``)
-uses the same ``index_terms`` and ``SCHEMA``, so index and query always agree.
+This module owns the terms of FORMAT.md §5.5-§5.6 (the ``ident-v1`` and ``ident-v2``
+normalisers), the parsed query every engine searches for, and the choice of engine by the
+manifest's ``lexical.format``: ``sqlite-fts5`` (``edge.lexical_sqlite``, capsules of format 1.1)
+or ``tantivy-7`` (``edge.lexical_tantivy``, format 1.2). The builder
+(``firmware_tools.lexical_writer``) uses the same ``index_terms`` and ``v2_term``, so index and
+query always agree.
 
 Terms (``ident-v1``): a *token* is a maximal run of letters and digits (Unicode categories L*
 and N*), possibly joined by single ``-``, ``_`` or ``.`` between such runs, so ``E-4021``,
@@ -17,86 +19,59 @@ of CJK characters (kana, CJK ideographs), which have no spaces, are indexed as o
 character bigrams, the usual approach of CJK analysers (Lucene's CJKAnalyzer). So ``E4021``,
 ``e-4021`` and ``4021`` find ``E-4021``, and ``6ES72141AG400XB0`` finds the spaced form.
 
-A query is text, never syntax: its terms are found with the same rules and each one reaches
-FTS5 as a double-quoted string (``"`` doubled), joined by our own ``OR``/``AND``; nothing the
-user typed is ever parsed as FTS5 query syntax.
+``ident-v2`` (``v2_term``) maps each ``ident-v1`` term once more: a Latin letter with
+diacritics becomes its ASCII letter (``größe`` → ``große``; what FTS5's ``remove_diacritics``
+did inside SQLite), whitespace that NFKC put inside a term is dropped, and a term of ASCII
+letters only becomes its Snowball English (Porter2) stem (``encoders`` → ``encod``), through
+tantivy's own stemmer so that builder and device stem alike. Stemming lifted BM25 on SciFact from
+0.615 to 0.650 nDCG@10 and hybrid from 0.691 to 0.706 (bench/LEXICAL_ENGINES.md). Identifiers
+keep their digits and connectors, so codes are matched as typed.
+
+A query is text, never syntax: its terms are found with the same rules, and each engine builds
+its query from them (FTS5: double-quoted strings; tantivy: term queries); nothing the user typed
+is parsed as query syntax.
 
 Example::
 
-    lexi = LexicalIndex.open(plaintext_blocks, n_bytes=..., info=manifest.lexical, n_chunks=n)
+    lexi = open_lexical_index(section_blocks, info=manifest.lexical, n_chunks=n, section_bytes=m)
     query = LexicalQuery.parse("E-4021 encoder")
     ids, scores = lexi.search(query, 10)          # BM25, best first
     exact = lexi.exact_matches(query, limit=100)  # chunks holding every identifier
 
-Source: FORMAT.md §5.5; SQLite FTS5 (https://sqlite.org/fts5.html: contentless tables, bm25(),
-fts5vocab); "Defense Against The Dark Arts" (https://sqlite.org/security.html) for the checks on
-an untrusted database; Robertson & Zaragoza 2009 for BM25.
+Source: FORMAT.md §5.5-§5.6; Porter, "Snowball: A language for stemming algorithms" (2001);
+Robertson & Zaragoza 2009 for BM25.
 """
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import logging
 import re
-import sqlite3
-import struct
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from .errors import CapsuleFormatError, IntegrityError
+from .errors import CapsuleFormatError
 from .manifest import LexicalInfo
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "FTS5_TOKENIZER", "NORMALISER", "SCHEMA", "LexicalIndex", "LexicalQuery", "Token", "check_database_header",
-    "index_terms", "iter_tokens", "match_terms",
+    "LexicalEngine", "LexicalQuery", "NORMALISER", "NORMALISER_V2", "Token", "index_terms", "iter_tokens",
+    "lexical_loading_bytes", "lexical_plan_bytes", "match_terms", "open_lexical_index", "v2_term",
 ]
 
-#: The normaliser this module implements (manifest ``lexical.normaliser``).
+#: The token rules this module implements (manifest ``lexical.normaliser`` of ``sqlite-fts5``).
 NORMALISER = "ident-v1"
-#: FTS5 tokenizer over the space-separated terms: case and diacritics folding only; ``-_.``
-#: are token characters so a term such as ``e-4021`` stays one FTS5 token.
-FTS5_TOKENIZER = "unicode61 remove_diacritics 2 tokenchars '-_.'"
-#: SQLite ``application_id`` (header offset 68) of a LEXI database: ASCII "ELEX".
-APPLICATION_ID = 0x454C4558
-#: SQLite ``user_version`` (header offset 60): the LEXI layout version.
-LAYOUT_VERSION = 1
-#: The statements that make a LEXI database, in order. The reader requires exactly the schema
-#: these produce in its own SQLite (shadow tables included): no view, trigger or other table.
-SCHEMA = (
-    f"CREATE VIRTUAL TABLE lexi USING fts5(heading, body, variants, content='', columnsize=1, "
-    f"detail=full, tokenize=\"{FTS5_TOKENIZER}\")",
-    "CREATE VIRTUAL TABLE lexi_vocab USING fts5vocab(lexi, row)",
-)
-#: BM25 column weights (heading, body, variants): a heading term counts three times.
-BM25_WEIGHTS = (3.0, 1.0, 1.0)
+#: ``NORMALISER``'s terms mapped by ``v2_term`` (manifest ``lexical.normaliser`` of ``tantivy-7``).
+NORMALISER_V2 = "ident-v2"
+#: Stems kept by ``english_stem``'s cache (a query needs a few; a build reuses many).
+STEM_CACHE_ENTRIES = 1 << 14
 #: Most distinct terms a query contributes; the rest of a long query is ignored.
 MAX_QUERY_TERMS = 32
 #: Most characters of a query that are read for terms.
 MAX_QUERY_CHARS = 4096
-#: A term in more than this share of chunks is dropped from the ranking query when the query has
-#: rarer ones: FTS5 scores every row a query term matches (it has no top-k pruning), and such a
-#: term's IDF is small (log 10 at 10%). Measured while designing issue 10 (x86 Zen 4, a standalone
-#: FTS5 table of the SciFact abstracts, not chunks): BM25 nDCG@10 0.659 with every term, 0.656 at
-#: 25%, 0.647 at 10%; at 100k python-docs chunks search p95 34 ms at 10%, 53 ms at 25%. Through
-#: the capsule (bench/HYBRID.md) BM25 alone gives 0.629 on SciFact test at 10%.
-MAX_DOCUMENT_FREQUENCY = 0.1
-#: ... but never below this many chunks: scoring a few hundred rows is cheap, and in a small
-#: capsule every term is "frequent".
-MIN_FREQUENT_ROWS = 256
-#: SQLite page cache per open LEXI (KiB): the anonymous memory the lexical path holds.
-CACHE_KIB = 2048
-#: Bytes the plan reserves for SQLite beyond the database itself (cache plus connection).
-SQLITE_OVERHEAD_BYTES = CACHE_KIB * 1024 + (1 << 20)
-
-
-def lexical_plan_bytes(plaintext_bytes: int) -> int:
-    """Bytes an open LEXI holds at its peak: the collected plaintext and SQLite's copy of it
-    (both while loading), plus ``SQLITE_OVERHEAD_BYTES``. Once loaded, the collected copy is
-    freed and the opener releases its ``plaintext_bytes`` from the reservation."""
-    return 2 * plaintext_bytes + SQLITE_OVERHEAD_BYTES
 #: Longest accepted token, in characters; longer runs are cut (a base64 blob is not a term).
 MAX_TOKEN_CHARS = 64
 
@@ -105,7 +80,6 @@ _TOKEN_RE = re.compile(r"[^\W_]+(?:[-_.][^\W_]+)*")
 _PART_RE = re.compile(r"[^\W_]+")
 _DIGITS_RE = re.compile(r"\d{3,}")
 _CJK_RE = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f]+")
-_SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 @dataclass(frozen=True)
@@ -159,22 +133,36 @@ def iter_tokens(text: str, *, offset: int = 0) -> Iterator[Token]:
         yield Token(start, start + len(raw), _fold(raw), _is_identifier(raw))
 
 
-def match_terms(text: str, wanted: frozenset[str], *, unless_identifier: frozenset[str] = frozenset()
-                ) -> list[tuple[int, int, frozenset[str]]]:
+def match_terms(text: str, wanted: frozenset[str], *, unless_identifier: frozenset[str] = frozenset(),
+                stemmed: bool = False) -> list[tuple[int, int, frozenset[str]]]:
     """Return ``(start, end, terms)`` of every token of ``text`` whose term or a variant of it
     (``token_variants``) is ``wanted``, in order; ``terms`` are the wanted ones it matches.
 
     A token whose term is in ``unless_identifier`` (function words) counts only when it is an
-    identifier. Equivalent to testing every token of ``iter_tokens``, without building them
-    (a token of letters only has no variants, so it is looked up and dropped at once): this is
-    most of the time of marking a query's hits (``edge.retrieval.mark``).
+    identifier. With ``stemmed`` (an ``ident-v2`` index) terms also match by their ``v2_term``
+    form, as the index matched them (``encoder`` for a query's ``encoders``). Equivalent to
+    testing every token of ``iter_tokens``, without building them (a token of letters only has
+    no variants, so it is looked up and dropped at once): this is most of the time of marking a
+    query's hits (``edge.retrieval.mark``).
     """
     out = []
+    by_stem: dict[str, frozenset[str]] = {}
+    if stemmed:
+        for t in wanted:
+            key = v2_term(t)
+            by_stem[key] = by_stem.get(key, frozenset()) | {t}
+    # A stem keeps its word's first two letters (Porter2 changes endings only): a token whose
+    # first two do not begin a wanted term's stem is not stemmed at all (halves the cost).
+    prefixes = {key[:2] for key in by_stem} | {t[:2] for t in wanted}
     for start, end, term, raw, is_cjk in _spans(text):
         if term in wanted:
             hits = frozenset((term,))
+        elif stemmed and not is_cjk and term[:2] in prefixes and (key := v2_term(term)) in by_stem:
+            hits = by_stem[key]
         elif is_cjk or term.isalpha():  # no variants: a letters-only token matches only as itself
             continue
+        elif stemmed:
+            hits = frozenset(t for v in _variants(term, False) for t in by_stem.get(v2_term(v), ()))
         else:
             hits = frozenset(_variants(term, False)) & wanted
         if hits and (term not in unless_identifier or (not is_cjk and _is_identifier(raw))):
@@ -288,14 +276,9 @@ def _spans(text: str) -> Iterator[tuple[int, int, str, str, bool]]:
             yield start, start + len(raw), _fold(raw), raw, False
 
 
-def _quote(term: str) -> str:
-    """An FTS5 string literal: the term in double quotes, inner quotes doubled."""
-    return '"' + term.replace('"', '""') + '"'
-
-
 @dataclass(frozen=True)
 class LexicalQuery:
-    """A query as terms: what ``LexicalIndex`` searches for.
+    """A query as terms: what a ``LexicalEngine`` searches for.
 
     Attributes:
         groups: one tuple of alternative terms per distinct query token, in query order (a
@@ -345,246 +328,115 @@ class LexicalQuery:
             out.add(self.joined)
         return frozenset(out)
 
+    def terms_in_order(self) -> list[str]:
+        """``terms`` in query order without repeats: each group's alternatives, then the join."""
+        order = [t for group in self.groups for t in group] + ([self.joined] if self.joined else [])
+        return list(dict.fromkeys(order))
+
     @property
     def identifier_terms(self) -> tuple[str, ...]:
         """The identifier tokens as the user typed them (folded), in query order."""
         return tuple(self.groups[i][0] for i in self.identifiers)
 
-    def match_expression(self, drop: frozenset[str] = frozenset()) -> str:
-        """The FTS5 ``MATCH`` string for ranking: every alternative of every group, ORed.
 
-        ``drop``: terms left out (too frequent to help); never all of them."""
-        terms = [t for group in self.groups for t in group if t not in drop]
-        if self.joined:
-            terms.append(self.joined)
-        return " OR ".join(_quote(t) for t in dict.fromkeys(terms))
+# ------------------------------------------------------------------------------------ ident-v2
 
-    def exact_expression(self) -> str:
-        """The FTS5 ``MATCH`` string a chunk satisfies when it holds every identifier of the
-        query (each as typed or in compact form), or their concatenation; ``""`` without
-        identifiers."""
-        if not self.identifiers:
-            return ""
-        clauses = ["(" + " OR ".join(_quote(t) for t in self.groups[i]) + ")" for i in self.identifiers]
-        expression = "(" + " AND ".join(clauses) + ")"
-        if self.joined:
-            expression += " OR " + _quote(self.joined)
-        return expression
+@functools.lru_cache(maxsize=1)
+def _stemmer():
+    import tantivy
+    return tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.raw()).filter(tantivy.Filter.stemmer("english")).build()
 
 
-def check_database_header(header: bytes, *, info: LexicalInfo) -> None:
-    """Check the first 100 bytes of a LEXI plaintext before SQLite opens it.
+@functools.lru_cache(maxsize=STEM_CACHE_ENTRIES)
+def english_stem(word: str) -> str:
+    """The Snowball English (Porter2) stem of ``word`` (ASCII letters), as tantivy computes it."""
+    out = _stemmer().analyze(word)
+    return out[0] if out and out[0] else word
 
-    Every field SQLite would trust about the file's shape must be the one value a LEXI writer
-    produces: page size and count (page count × page size = the declared plaintext length),
-    rollback journal (no WAL), no reserved bytes per page, UTF-8, schema format 4, no freelist,
-    no auto-vacuum, and LEXI's application id and layout version.
 
-    Raises:
-        CapsuleFormatError: naming the first field that differs.
+def _fold_latin(term: str) -> str:
+    out = []
+    for ch in term:
+        if not ch.isascii():
+            parts = unicodedata.normalize("NFD", ch)
+            if (len(parts) > 1 and parts[0].isascii() and parts[0].isalpha()
+                    and all(unicodedata.combining(c) for c in parts[1:])):
+                ch = parts[0]
+            elif ch.isspace():
+                ch = ""
+        out.append(ch)
+    return "".join(out)
 
-    Source: https://sqlite.org/fileformat2.html §1.3 (the database header).
+
+def v2_term(term: str) -> str:
+    """Map an ``ident-v1`` term to its ``ident-v2`` form (see the module docstring).
+
+    ``"Encoders"`` is not a term (terms are folded); ``"encoders"`` → ``"encod"``,
+    ``"e-4021"`` → ``"e-4021"``, ``"größe"`` → ``"große"``, ``"故障"`` → ``"故障"``.
     """
-    if len(header) < 100 or header[:16] != _SQLITE_MAGIC:
-        raise CapsuleFormatError("lexical index is not an SQLite database (bad header)")
-    (page_size, write_version, read_version, reserved, max_frac, min_frac, leaf_frac, change_counter,
-     n_pages, freelist_trunk, n_freelist, _cookie, schema_format, _cache, _vacuum_root, encoding, user_version,
-     incremental, application_id) = struct.unpack(">HBBBBBBIIIIIIIIIIII", header[16:72])
-    page_bytes = 65536 if page_size == 1 else page_size
-    version_valid_for = struct.unpack(">I", header[92:96])[0]
-    checks = [
-        (page_bytes == info.page_bytes, f"page size {page_bytes}, manifest says {info.page_bytes}"),
-        (n_pages * page_bytes == info.plaintext_bytes,
-         f"{n_pages} pages of {page_bytes} bytes, plaintext is {info.plaintext_bytes} bytes"),
-        ((write_version, read_version) == (1, 1), "journal mode is not rollback (WAL?)"),
-        (reserved == 0, f"{reserved} reserved bytes per page"),
-        ((max_frac, min_frac, leaf_frac) == (64, 32, 32), "payload fractions are not 64/32/32"),
-        (change_counter == version_valid_for, "page count is not valid for this change counter"),
-        (freelist_trunk == 0 and n_freelist == 0, f"{n_freelist} free pages"),
-        (schema_format == 4, f"schema format {schema_format}"),
-        (encoding == 1, f"text encoding {encoding}, not UTF-8"),
-        (_vacuum_root == 0 and incremental == 0, "auto-vacuum is on"),
-        (application_id == APPLICATION_ID, f"application id {application_id:#x} is not LEXI's"),
-        (user_version == LAYOUT_VERSION, f"layout version {user_version}, this runtime reads {LAYOUT_VERSION}"),
-    ]
-    for ok, what in checks:
-        if not ok:
-            raise CapsuleFormatError(f"lexical index header: {what}")
+    if not term.isascii():
+        term = _fold_latin(term)
+        if not term.isascii():
+            return term
+    return english_stem(term) if term.isalpha() else term
 
 
-def _schema_rows(conn: sqlite3.Connection) -> list[tuple]:
-    return list(conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_schema ORDER BY name"))
+# ----------------------------------------------------------------------------------- engines
 
+class LexicalEngine(Protocol):
+    """What ``open_lexical_index`` returns: one engine's open LEXI (``SqliteLexicalIndex``,
+    ``TantivyLexicalIndex``). Not thread-safe; one query at a time."""
 
-def expected_schema() -> list[tuple]:
-    """The schema rows a LEXI database must hold, as this process's SQLite creates them."""
-    conn = sqlite3.connect(":memory:")
-    try:
-        for statement in SCHEMA:
-            conn.execute(statement)
-        return _schema_rows(conn)
-    finally:
-        conn.close()
-
-
-def schema_sha256() -> str:
-    """SHA-256 (hex) of ``expected_schema``'s rows, as a short way to name the schema."""
-    return hashlib.sha256(repr(expected_schema()).encode()).hexdigest()
-
-
-class LexicalIndex:
-    """A verified LEXI database, open read-only in SQLite's memory; BM25 search over chunks.
-
-    Create with ``open``. Not thread-safe: one query at a time (as ``Capsule``).
-    """
-
-    def __init__(self, conn: sqlite3.Connection, info: LexicalInfo) -> None:
-        self._conn: sqlite3.Connection | None = conn
-        self.info = info
-
-    @classmethod
-    def open(cls, blocks: Iterable[bytes], *, info: LexicalInfo, n_chunks: int) -> "LexicalIndex":
-        """Check the verified plaintext and load it into an SQLite in-memory database, read-only.
-
-        The caller has authenticated the bytes (AEAD or section digest) and reserved
-        ``lexical_plan_bytes(info)``. Before SQLite reads a byte the length and header are
-        checked (``check_database_header``); the bytes are then handed to SQLite with
-        ``sqlite3_deserialize`` (SQLite keeps its own copy, which nobody else can change, and the
-        collected bytes are freed). After ``trusted_schema=OFF``, ``cell_size_check=ON``,
-        ``query_only`` and defensive mode where Python offers it, the schema must be exactly
-        ``SCHEMA``'s, the row count ``info.n_rows == n_chunks``, every rowid in
-        ``0..n_chunks-1``, and ``PRAGMA quick_check`` must pass.
-
-        Why not a memfd path: SQLite's unix VFS resolves symbolic links, and
-        ``/proc/self/fd/N`` of a memfd resolves to ``/memfd:NAME (deleted)``, which does not open
-        (and, without ``mode=ro``, is created as a new empty file).
-
-        Args:
-            blocks: the plaintext database in pieces, ``info.plaintext_bytes`` in all.
-            info: the manifest's ``lexical`` object.
-            n_chunks: the capsule's chunk count.
-
-        Raises:
-            CapsuleFormatError: the bytes are not a LEXI database as specified (length, header,
-                schema, rows, structure).
-        """
-        if info.n_rows != n_chunks:
-            raise CapsuleFormatError(f"lexical index has {info.n_rows} rows, capsule has {n_chunks} chunks")
-        data = bytearray()
-        for piece in blocks:
-            if len(data) + len(piece) > info.plaintext_bytes:
-                raise CapsuleFormatError(f"lexical index exceeds the {info.plaintext_bytes} bytes declared")
-            data += piece
-        if len(data) != info.plaintext_bytes:
-            raise CapsuleFormatError(f"lexical index is {len(data)} bytes, manifest says {info.plaintext_bytes}")
-        check_database_header(bytes(data[:100]), info=info)
-        conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
-        try:
-            conn.deserialize(data)
-            del data
-            _harden(conn)
-            found = _schema_rows(conn)
-            if found != expected_schema():
-                raise CapsuleFormatError(f"lexical index schema differs from {NORMALISER}'s "
-                                         f"({len(found)} schema rows)")
-            n_rows, low, high = conn.execute("SELECT count(*), min(id), max(id) FROM lexi_docsize").fetchone()
-            if n_rows != n_chunks or (n_rows and not (0 <= low and high < n_chunks)):
-                raise CapsuleFormatError(f"lexical index has {n_rows} rows with ids {low}..{high}, "
-                                         f"capsule has {n_chunks} chunks")
-            check = conn.execute("PRAGMA quick_check").fetchall()
-            if check != [("ok",)]:
-                raise CapsuleFormatError(f"lexical index fails SQLite's quick_check: {str(check[0][0])[:80]}")
-        except sqlite3.Error as exc:
-            conn.close()
-            raise CapsuleFormatError(f"lexical index is not a readable database ({exc})") from None
-        except BaseException:
-            conn.close()
-            raise
-        return cls(conn, info)
-
-    def _document_frequencies(self, terms: Iterable[str]) -> dict[str, int]:
-        terms = list(terms)
-        marks = ",".join("?" * len(terms))
-        return dict(self._conn.execute(f"SELECT term, doc FROM lexi_vocab WHERE term IN ({marks})", terms))
+    info: LexicalInfo
 
     def search(self, query: LexicalQuery, n: int, *, chunk_ranges: list[tuple[int, int]] | None = None,
-               ) -> tuple[list[int], list[float]]:
-        """Return up to ``n`` chunk ids and BM25 scores (higher is better), best first.
-
-        Terms found in more than ``MAX_DOCUMENT_FREQUENCY`` of the chunks (and in more than
-        ``MIN_FREQUENT_ROWS``) are left out when the query has a rarer term that occurs; when it
-        has none (a query of function words) only the rarest of them ranks. FTS5 scores every row
-        a term matches, so this bounds the rows scored. ``chunk_ranges``: only chunks in these
-        ``[first, last)`` ranges.
-
-        Raises:
-            IntegrityError: SQLite fails while reading the (verified) database.
-        """
-        if not query.groups or n < 1:
-            return [], []
-        terms = query.terms
-        frequencies = self._document_frequencies(terms)
-        limit = max(MAX_DOCUMENT_FREQUENCY * self.info.n_rows, MIN_FREQUENT_ROWS)
-        # A term missing from the vocabulary may still match once FTS5 folds its diacritics: kept,
-        # but it does not count as the rare term that lets the frequent ones go.
-        rare = [t for t in terms if frequencies.get(t, 0) <= limit]
-        if not any(frequencies.get(t, 0) for t in rare):
-            present = [t for t in terms if frequencies.get(t, 0)]
-            if present:  # only frequent terms occur: the rarest one alone ranks
-                rare.append(min(present, key=lambda t: (frequencies[t], t)))
-        frequent = frozenset(terms - set(rare))
-        weights = ", ".join(str(w) for w in BM25_WEIGHTS)
-        where, params = self._range_clause(chunk_ranges)
-        sql = (f"SELECT rowid, -bm25(lexi, {weights}) AS score FROM lexi WHERE lexi MATCH ?{where} "
-               "ORDER BY score DESC, rowid LIMIT ?")
-        rows = self._execute(sql, [query.match_expression(frequent), *params, n])
-        return [int(r[0]) for r in rows], [float(r[1]) for r in rows]
+               ) -> tuple[list[int], list[float]]: ...
 
     def exact_matches(self, query: LexicalQuery, *, limit: int,
-                      chunk_ranges: list[tuple[int, int]] | None = None) -> list[int]:
-        """Return ids (ascending, at most ``limit``) of chunks holding every identifier of the
-        query; empty when the query has none or no chunk holds them."""
-        expression = query.exact_expression()
-        if not expression:
-            return []
-        where, params = self._range_clause(chunk_ranges)
-        rows = self._execute(f"SELECT rowid FROM lexi WHERE lexi MATCH ?{where} ORDER BY rowid LIMIT ?",
-                             [expression, *params, limit])
-        return [int(r[0]) for r in rows]
+                      chunk_ranges: list[tuple[int, int]] | None = None) -> list[int]: ...
 
-    @staticmethod
-    def _range_clause(chunk_ranges: list[tuple[int, int]] | None) -> tuple[str, list[int]]:
-        if chunk_ranges is None:
-            return "", []
-        if not chunk_ranges:
-            return " AND 0", []
-        clause = " OR ".join("(rowid >= ? AND rowid < ?)" for _ in chunk_ranges)
-        return f" AND ({clause})", [v for r in chunk_ranges for v in r]
-
-    def _execute(self, sql: str, params: list) -> list[tuple]:
-        try:
-            return self._conn.execute(sql, params).fetchall()
-        except sqlite3.Error as exc:
-            raise IntegrityError(f"lexical index failed while searching ({exc})") from None
-
-    def close(self) -> None:
-        """Close the database and free its memory."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+    def close(self) -> None: ...
 
 
-def _harden(conn: sqlite3.Connection) -> None:
-    """Settings from SQLite's advice for reading an untrusted database."""
-    setconfig = getattr(conn, "setconfig", None)  # Python 3.12+
-    if setconfig is not None:
-        setconfig(sqlite3.SQLITE_DBCONFIG_DEFENSIVE, True)
-    for pragma in ("trusted_schema = OFF", "cell_size_check = ON", "query_only = ON", "mmap_size = 0",
-                   f"cache_size = -{CACHE_KIB}", "temp_store = MEMORY"):
-        conn.execute(f"PRAGMA {pragma}")
-    if hasattr(conn, "setlimit"):  # Python 3.11+
-        conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 1 << 20)
-        conn.setlimit(sqlite3.SQLITE_LIMIT_SQL_LENGTH, 1 << 16)
-        conn.setlimit(sqlite3.SQLITE_LIMIT_EXPR_DEPTH, 64)
-        conn.setlimit(sqlite3.SQLITE_LIMIT_LIKE_PATTERN_LENGTH, 64)
-        conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
+def lexical_plan_bytes(info: LexicalInfo, section_bytes: int) -> int:
+    """Bytes an open LEXI of ``info.format`` holds at its peak (``section_bytes``: the section's
+    plaintext length, as stored)."""
+    if info.format == "tantivy-7":
+        from .lexical_tantivy import tantivy_plan_bytes
+        return tantivy_plan_bytes(info, section_bytes)
+    from .lexical_sqlite import sqlite_plan_bytes
+    return sqlite_plan_bytes(info.plaintext_bytes)
+
+
+def lexical_loading_bytes(info: LexicalInfo, section_bytes: int) -> int:
+    """Bytes of ``lexical_plan_bytes`` that only loading needs, released once the index is open."""
+    if info.format == "tantivy-7":
+        from .lexical_tantivy import tantivy_loading_bytes
+        return tantivy_loading_bytes(info, section_bytes)
+    return info.plaintext_bytes  # the collected copy, freed once SQLite holds its own
+
+
+def open_lexical_index(blocks: Iterable[bytes], *, info: LexicalInfo, n_chunks: int,
+                       section_bytes: int) -> LexicalEngine:
+    """Open a verified LEXI plaintext with the engine its manifest names.
+
+    Args:
+        blocks: the section's authenticated plaintext in pieces, ``section_bytes`` in all.
+        info: the manifest's ``lexical`` object.
+        n_chunks: the capsule's chunk count.
+        section_bytes: the plaintext's length (``sqlite-fts5``: the database, which must equal
+            ``info.plaintext_bytes``; ``tantivy-7``: the zstd frame).
+
+    Raises:
+        CapsuleFormatError: the bytes are not what ``info.format`` specifies (FORMAT.md §5.5, §5.6).
+    """
+    if info.format == "tantivy-7":
+        from .lexical_tantivy import TantivyLexicalIndex
+        return TantivyLexicalIndex.open(blocks, info=info, n_chunks=n_chunks, section_bytes=section_bytes)
+    if info.format == "sqlite-fts5":
+        if section_bytes != info.plaintext_bytes:
+            raise CapsuleFormatError(f"lexical section holds {section_bytes} bytes, manifest says "
+                                     f"{info.plaintext_bytes}")
+        from .lexical_sqlite import SqliteLexicalIndex
+        return SqliteLexicalIndex.open(blocks, info=info, n_chunks=n_chunks)
+    raise CapsuleFormatError(f"lexical index format {info.format!r} is not read by this runtime")

@@ -49,8 +49,10 @@ MAX_SEARCH_K = (1 << 31) - 1
 #: Largest ``n_chunks`` / ``index.n_items``: Annoy item ids and node counts are int32
 #: (annoylib.h ``AnnoyIndex<int32_t, float, ...>``), and ids index the frame table.
 MAX_ITEMS = (1 << 31) - 1
-#: Largest LEXI plaintext (an SQLite database), bytes.
+#: Largest LEXI plaintext (an SQLite database, or a tantivy archive once inflated), bytes.
 MAX_LEXICAL_PLAINTEXT_BYTES = 4 << 30
+#: The lexical index formats (manifest ``lexical.format``) and the normaliser each one uses.
+LEXICAL_NORMALISERS = {"sqlite-fts5": "ident-v1", "tantivy-7": "ident-v2"}
 #: Rules this runtime implements (FORMAT.md §4.2). Others fail closed unless optional.
 KNOWN_RULES: frozenset[str] = frozenset(
     {"devices", "operations", "query_limits", "rate_limit", "purge_on_expiry", "min_runtime"})
@@ -354,11 +356,15 @@ class LexicalInfo:
     """The lexical index's parameters: the manifest's ``lexical`` object (FORMAT.md §4.6).
 
     Attributes:
-        format: ``"sqlite-fts5"``.
-        normaliser: ``"ident-v1"`` (``edge.lexical``).
-        plaintext_bytes: size of the LEXI plaintext (an SQLite database), bytes.
+        format: ``"sqlite-fts5"`` (an SQLite database, §5.5) or ``"tantivy-7"`` (a zstd frame
+            holding an archive of tantivy's files, §5.6).
+        normaliser: ``"ident-v1"`` for ``sqlite-fts5``, ``"ident-v2"`` for ``tantivy-7``
+            (``edge.lexical``).
+        plaintext_bytes: size of the LEXI plaintext, bytes: the database (``sqlite-fts5``) or
+            the inflated archive (``tantivy-7``).
         n_rows: indexed chunks; equals ``n_chunks``.
-        page_bytes: the database's page size, a power of two in 512..65536.
+        page_bytes: the database's page size, a power of two in 512..65536 (``sqlite-fts5``);
+            0 for ``tantivy-7``.
         fusion: how ``search(mode="hybrid")`` fuses the rankings.
     """
 
@@ -770,11 +776,18 @@ def _parse_lexical(x: _Obj, n_chunks: int) -> LexicalInfo:
     f.done()
     if fusion.dense_weight == fusion.lexical_weight == 0:
         raise CapsuleFormatError("manifest.lexical.fusion weights are both 0")
-    info = LexicalInfo(format=x.str("format", choices=("sqlite-fts5",)), normaliser=x.str("normaliser", choices=("ident-v1",)),
-                       plaintext_bytes=x.int("plaintext_bytes", 512, MAX_LEXICAL_PLAINTEXT_BYTES),
-                       n_rows=x.int("n_rows", 1, MAX_ITEMS), page_bytes=x.int("page_bytes", 512, 65536), fusion=fusion)
+    engine = x.str("format", choices=tuple(LEXICAL_NORMALISERS))
+    normaliser = x.str("normaliser", choices=(LEXICAL_NORMALISERS[engine],))
+    if engine == "sqlite-fts5":
+        plaintext_bytes = x.int("plaintext_bytes", 512, MAX_LEXICAL_PLAINTEXT_BYTES)
+        page_bytes = x.int("page_bytes", 512, 65536)
+    else:  # an archive of tantivy files (§5.6): header, table and meta.json at least
+        plaintext_bytes = x.int("plaintext_bytes", 64, MAX_LEXICAL_PLAINTEXT_BYTES)
+        page_bytes = 0
+    info = LexicalInfo(format=engine, normaliser=normaliser, plaintext_bytes=plaintext_bytes,
+                       n_rows=x.int("n_rows", 1, MAX_ITEMS), page_bytes=page_bytes, fusion=fusion)
     x.done()
-    if info.page_bytes & (info.page_bytes - 1) or info.plaintext_bytes % info.page_bytes:
+    if engine == "sqlite-fts5" and (info.page_bytes & (info.page_bytes - 1) or info.plaintext_bytes % info.page_bytes):
         raise CapsuleFormatError(f"manifest.lexical: page_bytes {info.page_bytes} is not a power of two dividing "
                                  f"plaintext_bytes {info.plaintext_bytes}")
     if info.n_rows != n_chunks:
@@ -828,7 +841,7 @@ def lexical_to_json(info: LexicalInfo) -> dict[str, Any]:
     """The manifest's ``lexical`` object for ``info`` (the writer's side of the parser)."""
     f = info.fusion
     return {"format": info.format, "normaliser": info.normaliser, "plaintext_bytes": info.plaintext_bytes,
-            "n_rows": info.n_rows, "page_bytes": info.page_bytes,
+            "n_rows": info.n_rows, **({"page_bytes": info.page_bytes} if info.format == "sqlite-fts5" else {}),
             "fusion": {"method": f.method, "k": f.k, "dense_weight": f.dense_weight,
                        "lexical_weight": f.lexical_weight, "depth": f.depth,
                        **({"exact_first_max_tokens": f.exact_first_max_tokens}

@@ -35,7 +35,7 @@ from .hits import Candidate, Document, Hit, StageTimings
 from .chunk_ranges import complement, in_ranges, intersect, merge_ranked, overlaps
 from .clock import format_time, utc_now
 from .index import VectorIndex
-from .lexical import LexicalIndex, LexicalQuery
+from .lexical import NORMALISER_V2, LexicalEngine, LexicalQuery
 from .retrieval import SEARCH_MODES, SearchResult, as_valid_text, fuse, mark
 from .manifest import Manifest
 from .rules import MemoryUseLog, Rules, UsePolicy, parse_rules
@@ -65,7 +65,7 @@ class Capsule:
     """
 
     def __init__(self, *, cf: ContainerFile, manifest: Manifest, keys: ContentKeys, documents: list[Document],
-                 frames: fmt.FrameTable, index: VectorIndex, lexical: LexicalIndex | None, reader: FrameReader, embedder: QueryEmbedder,
+                 frames: fmt.FrameTable, index: VectorIndex, lexical: LexicalEngine | None, reader: FrameReader, embedder: QueryEmbedder,
                  owns_embedder: bool, budget: MemoryBudget, memory_plan: dict[str, int], reservation_prefix: str,
                  frame_cache_bytes: int, verified_at: datetime, decompressor,
                  policy: UsePolicy | None = None) -> None:
@@ -588,9 +588,10 @@ class Capsule:
         if stray:
             raise ValueError(f"chunk {stray[0]} was not returned by the last rank; use read")
         fresh = self._read_frames([self._frames.locate(c.chunk_id - base)[0] for c in candidates], timings)
+        stemmed = self.manifest.lexical is not None and self.manifest.lexical.normaliser == NORMALISER_V2
         for cand in candidates:
             hit = self._hit(cand.chunk_id - base, cand.score, timings, fresh)
-            terms, spans, answer = mark(hit.text, lexical_query)
+            terms, spans, answer = mark(hit.text, lexical_query, stemmed=stemmed)
             matched = tuple(name for name, score in (("dense", cand.dense_score), ("lexical", cand.lexical_score))
                             if score is not None)
             hits.append(replace(hit, matched=matched, matched_terms=terms, highlights=spans, answer=answer,

@@ -108,7 +108,8 @@ def _sentences(text: str) -> Iterator[tuple[int, int]]:
         yield start, len(text.rstrip())
 
 
-def mark(text: str, query: LexicalQuery) -> tuple[tuple[str, ...], tuple[tuple[int, int], ...], tuple[int, int] | None]:
+def mark(text: str, query: LexicalQuery, *, stemmed: bool = False
+         ) -> tuple[tuple[str, ...], tuple[tuple[int, int], ...], tuple[int, int] | None]:
     """Find the query's terms in a hit's text.
 
     A token of the text matches when its term, one of its variants (parts, compact form) or
@@ -118,6 +119,8 @@ def mark(text: str, query: LexicalQuery) -> tuple[tuple[str, ...], tuple[tuple[i
     Args:
         text: the hit's text.
         query: the parsed query.
+        stemmed: the capsule's index is ``ident-v2``: a token also matches by its stem, as the
+            index matched it (``edge.lexical.match_terms``).
 
     Returns:
         ``(terms, highlights, answer)``: the query terms found (query order), the
@@ -131,7 +134,7 @@ def mark(text: str, query: LexicalQuery) -> tuple[tuple[str, ...], tuple[tuple[i
         return (), (), None
     spans: list[tuple[int, int]] = []
     found: dict[str, list[int]] = {}
-    for start, end, hits in match_terms(text, wanted, unless_identifier=_STOPWORDS):
+    for start, end, hits in match_terms(text, wanted, unless_identifier=_STOPWORDS, stemmed=stemmed):
         spans.append((start, end))
         for term in hits:
             found.setdefault(term, []).append(start)

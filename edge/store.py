@@ -67,7 +67,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ._files import check_safe_directory
 from .budget import MemoryBudget
-from .capsule import Capsule, Identity, OpenOptions, _InstalledObject, _open_capsule, verify_capsule
+from .capsule import Capsule, Identity, OpenOptions, _InstalledObject, _open_capsule
 from .capsule_set import CapsuleSet
 from .clock import format_time, utc_now
 from .embedder import QueryEmbedder

@@ -60,10 +60,9 @@ from edge.errors import CapsuleError
 from edge.keys import Passphrase, keyid
 from edge._files import atomic_replace
 from edge.clock import utc_now
-from edge.manifest import (FORMAT_ID, SegmentsInfo, canonical_json, format_time, segments_to_json,
-                           signatures_to_bytes, stanza_to_json)
+from edge.manifest import (FORMAT_ID, LEXICAL_NORMALISERS, SegmentsInfo, canonical_json, format_time,
+                           segments_to_json, signatures_to_bytes, stanza_to_json)
 from edge.capsule import MAX_HEADING_CHARS, MAX_HEADINGS_PER_DOCUMENT
-from edge.lexical import NORMALISER
 from edge.sealed import MAX_HEADING_BYTES_PER_CHUNK, derive_keys, seal_stream
 
 from .delta import BaseVersion
@@ -81,7 +80,7 @@ from ._spool import ByteSpool, VectorSpool, file_segments, write_blocks
 from ._workers import cluster_map, connect_cluster, ordered_map
 from .embedding import ChunkEmbedder
 from .errors import BuildError, CapacityError, FrameCheckError, InputDocumentError
-from .lexical_writer import LexicalWriter
+from .lexical_writer import lexical_writer
 from .index_builder import (
     DEFAULT_ANN_DIM,
     DEFAULT_N_CANDIDATES,
@@ -122,6 +121,9 @@ DEFAULT_INDEX_SEED = 42
 #: identifiers top-1 0.930 (0.930).
 DEFAULT_FUSION = {"method": "rrf", "k": 5, "dense_weight": 1, "lexical_weight": 1, "depth": 20,
                   "exact_first_max_tokens": 3}
+#: The lexical index a build writes unless told otherwise (FORMAT.md §5.6; bench/LEXICAL_ENGINES.md:
+#: a third of FTS5's bytes, a tenth of its query time, and better BM25 with ident-v2's stemming).
+DEFAULT_LEXICAL_ENGINE = "tantivy-7"
 MAX_FRAME_PLAINTEXT_BYTES = 64 * 1024
 #: Chunks embedded per block of the streaming build (memory: their texts and vectors).
 _EMBED_BLOCK_CHUNKS = 1024
@@ -214,6 +216,7 @@ def build_capsule(
     append: bool = False,
     prechunked: Iterable[tuple[CompactedDocument, Sequence[Hit]]] | None = None,
     cluster: str | None = None,
+    lexical_engine: str | None = None,
 ) -> BuildResult:
     """Build, check and atomically write a signed, encrypted capsule.
 
@@ -266,6 +269,9 @@ def build_capsule(
             this process, and so do the keys. The workers need the model folder at the same path.
             The output is byte-identical to a local build when the workers' CPUs round the int8
             model as this one does (vectors/README.md explains when they do not).
+        lexical_engine: the lexical index's format: ``"tantivy-7"`` (the default: FORMAT.md §5.6,
+            capsule format 1.2) or ``"sqlite-fts5"`` (§5.5, format 1.1, for devices whose runtime
+            reads 1.1 only); ``None`` takes the default, or the base's format for a delta.
 
     Returns:
         A ``BuildResult``.
@@ -293,6 +299,14 @@ def build_capsule(
         raise ValueError("version must be >= 1")
     if not 1 <= zstd_level <= 22:
         raise ValueError(f"zstd_level must be in 1..22, got {zstd_level}")
+    if lexical_engine not in (None, *LEXICAL_NORMALISERS):
+        raise ValueError(f"lexical_engine must be one of {', '.join(LEXICAL_NORMALISERS)}, got {lexical_engine!r}")
+    if base is not None and base.lexical_format is not None:
+        if lexical_engine not in (None, base.lexical_format):
+            raise ValueError(f"a delta keeps its base's lexical index format ({base.lexical_format}): BM25 scores of "
+                             "two engines do not compare")
+        lexical_engine = base.lexical_format
+    lexical_engine = lexical_engine or DEFAULT_LEXICAL_ENGINE
     output = Path(output)
     if base is not None:
         if version <= base.version:
@@ -326,7 +340,8 @@ def build_capsule(
                 n_candidates=n_candidates, encrypt_index=encrypt_index, video_params=video_params, rng=rng,
                 scrypt_log_n=scrypt_log_n, n_workers=n_threads or os.cpu_count() or 1,
                 embedding_cache=embedding_cache, report=report, model_family=model_family,
-                zstd_level=zstd_level, base=base, append=append, prechunked=prechunked, cluster=client)
+                zstd_level=zstd_level, base=base, append=append, prechunked=prechunked, cluster=client,
+                lexical_engine=lexical_engine)
     except FileNotFoundError as exc:
         raise BuildError(f"cannot write {output}: {exc.strerror}") from None
     result.path = output
@@ -375,7 +390,7 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
                 refine_dim, n_candidates, encrypt_index, video_params, rng, scrypt_log_n, n_workers,
                 embedding_cache, report, model_family="onnx", zstd_level=PAYLOAD_ZSTD_LEVEL,
                 base: BaseVersion | None = None, append: bool = False, prechunked=None,
-                cluster: str | None = None) -> BuildResult:
+                cluster: str | None = None, lexical_engine: str = "tantivy-7") -> BuildResult:
     """The build pipeline; every large intermediate is a file in ``work``."""
     stage_s: dict[str, float] = {}
 
@@ -428,7 +443,7 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
 
     records = ByteSpool(work / "records")
     vectors_spool = VectorSpool(work / "vectors.f32", embedder_info.dim)
-    lexicon = LexicalWriter(work / "lexical.sqlite")
+    lexicon = lexical_writer(lexical_engine, work / "lexical.index")
     with lexicon, ChunkEmbedder(model_dir, family=model_family, n_workers=n_workers,
                                 cache_path=embedding_cache, cluster=cluster) as chunk_embedder:
         chunk_embedder.start()
@@ -619,7 +634,7 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
                   {"method": "pca", "dim_in": embedder_info.dim, "dim_out": refine_dim},
                   "encryption": "chacha20poly1305-stream" if encrypt_index else "none"},
         "video": _video_manifest(video_params, video),
-        "lexical": {"format": "sqlite-fts5", "normaliser": NORMALISER, **lexical_info,
+        "lexical": {"format": lexical_engine, "normaliser": LEXICAL_NORMALISERS[lexical_engine], **lexical_info,
                     "fusion": dict(DEFAULT_FUSION)},
         "payload": {"aead": "chacha20poly1305", "compression": "zstd", "dictionary_bytes": len(dictionary),
                     "layout": "frame-v1", "max_plaintext_bytes": MAX_FRAME_PLAINTEXT_BYTES},
@@ -633,7 +648,8 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
     mani = canonical_json(manifest)
     sigs = signatures_to_bytes(sign_manifest(mani, [signing_key]))
     lengths = {"MANI": len(mani), "SIGS": len(sigs), **{tag: digests[tag]["length"] for tag in sections}}
-    _write_capsule(tmp_capsule, lengths, {"MANI": mani, "SIGS": sigs}, sections)
+    _write_capsule(tmp_capsule, lengths, {"MANI": mani, "SIGS": sigs}, sections,
+                   format_minor=fmt.FTS5_FORMAT_MINOR if lexical_engine == "sqlite-fts5" else fmt.FORMAT_MINOR)
     stage_s["write"] = time.perf_counter() - t
 
     # 6. self-check with the runtime's own reader (signature, manifest, every digest)
@@ -821,11 +837,12 @@ def _hash_file(path: Path) -> tuple[str, int]:
     return hasher.hexdigest(), n
 
 
-def _write_capsule(path: Path, lengths: dict[str, int], small: dict[str, bytes], files: dict[str, Path]) -> None:
+def _write_capsule(path: Path, lengths: dict[str, int], small: dict[str, bytes], files: dict[str, Path], *,
+                   format_minor: int) -> None:
     sources = {tag: section_bytes(small[tag]) if tag in small else (lengths[tag], file_segments(files[tag]))
                for tag in lengths}
     with open(path, "wb") as out:
-        write_container(out, sources)
+        write_container(out, sources, format_minor=format_minor)
         out.flush()
         os.fsync(out.fileno())
 

@@ -191,6 +191,7 @@ def cmd_build(args: argparse.Namespace) -> int:
                 n_trees=args.n_trees, encrypt_index=not args.plain_index, seed=seed, progress=bars,
                 embedding_cache=args.embedding_cache, n_threads=args.workers, model_family=args.model_family,
                 **({"zstd_level": args.zstd_level} if args.zstd_level is not None else {}),
+                lexical_engine=args.lexical_engine,
                 video_params=HEVC_VIDEO_PARAMS if args.codec == "hevc" else DEFAULT_VIDEO_PARAMS)
         else:
             result = build_capsule(
@@ -201,7 +202,7 @@ def cmd_build(args: argparse.Namespace) -> int:
                 encrypt_index=not args.plain_index, seed=seed, progress=bars, embedding_cache=args.embedding_cache,
                 **({"zstd_level": args.zstd_level} if args.zstd_level is not None else {}), n_threads=args.workers, model_family=args.model_family,
                 video_params=HEVC_VIDEO_PARAMS if args.codec == "hevc" else DEFAULT_VIDEO_PARAMS, base=base,
-                append=append, cluster=args.cluster,
+                append=append, cluster=args.cluster, lexical_engine=args.lexical_engine,
             )
     finally:
         bars.close()
@@ -367,6 +368,10 @@ def _add_build_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--zstd-level", type=int, choices=range(1, 23), default=None, metavar="1-22",
                    help="zstd level of the frame payloads (default 15: within 0.3%% of level 19's size at 0.7x "
                         "its packing time; 9 packs 3.4x faster than 19 for 4.6%% more video)")
+    p.add_argument("--lexical-engine", choices=("tantivy-7", "sqlite-fts5"), default=None,
+                   help="the lexical (BM25) index: tantivy-7 (capsule format 1.2, the default: a third of the "
+                        "bytes, stemmed terms) or sqlite-fts5 (format 1.1, for devices whose edge reads only 1.1); "
+                        "a delta keeps its base's")
     p.add_argument("--cluster", metavar="tcp://HOST:PORT",
                    help="parse, chunk, embed, pack and QR-draw on this Dask distributed cluster's workers "
                         "(pip install '.[tools,cluster]'); sealing, the video, the indexes, signing and "

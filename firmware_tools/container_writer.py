@@ -33,7 +33,8 @@ def section_bytes(data: bytes) -> SectionSource:
     return len(data), (data,)
 
 
-def write_container(out: BinaryIO, sections: Mapping[str, SectionSource], *, check_limits: bool = True) -> int:
+def write_container(out: BinaryIO, sections: Mapping[str, SectionSource], *, check_limits: bool = True,
+                    format_minor: int = fmt.FORMAT_MINOR) -> int:
     """Write a capsule container with ``sections`` (every tag of ``SECTION_ORDER``) to ``out``.
 
     Args:
@@ -41,6 +42,8 @@ def write_container(out: BinaryIO, sections: Mapping[str, SectionSource], *, che
         sections: ``(length, blocks)`` for each tag; the blocks must add up to the length.
         check_limits: refuse lengths outside FORMAT.md §10; ``False`` only for test vectors
             that must be malformed.
+        format_minor: the header's minor version: ``fmt.FTS5_FORMAT_MINOR`` when the manifest's
+            lexical index is ``sqlite-fts5``, else ``fmt.FORMAT_MINOR`` (FORMAT.md §2).
 
     Returns:
         Bytes written (the header's ``file_bytes``).
@@ -54,7 +57,8 @@ def write_container(out: BinaryIO, sections: Mapping[str, SectionSource], *, che
         low, high = fmt.SECTION_LIMITS[tag]
         if not low <= sections[tag][0] <= high:
             raise BuildError(f"section {tag} is {sections[tag][0]} bytes, the format allows {low}..{high}")
-    header, entries = fmt.layout_sections({tag: sections[tag][0] for tag in fmt.SECTION_ORDER})
+    header, entries = fmt.layout_sections({tag: sections[tag][0] for tag in fmt.SECTION_ORDER},
+                                          format_minor=format_minor)
     out.write(header.to_bytes())
     for entry in entries:
         out.write(entry.to_bytes())
@@ -71,10 +75,12 @@ def write_container(out: BinaryIO, sections: Mapping[str, SectionSource], *, che
     return header.file_bytes
 
 
-def container_bytes(sections: Mapping[str, bytes], *, check_limits: bool = True) -> bytes:
+def container_bytes(sections: Mapping[str, bytes], *, check_limits: bool = True,
+                    format_minor: int = fmt.FORMAT_MINOR) -> bytes:
     """Return the container for in-memory ``sections`` (small capsules, test vectors)."""
     import io
 
     buffer = io.BytesIO()
-    write_container(buffer, {tag: section_bytes(data) for tag, data in sections.items()}, check_limits=check_limits)
+    write_container(buffer, {tag: section_bytes(data) for tag, data in sections.items()}, check_limits=check_limits,
+                    format_minor=format_minor)
     return buffer.getvalue()

@@ -48,13 +48,13 @@ def read_sections(data: bytes) -> dict[str, bytes]:
     return {tag: bytes(data[e.offset:e.end]) for tag, e in table.items()}
 
 
-def assemble_capsule(sections: dict[str, bytes]) -> bytes:
+def assemble_capsule(sections: dict[str, bytes], *, format_minor: int = fmt.FORMAT_MINOR) -> bytes:
     """Return the capsule bytes for ``sections`` (every tag of ``SECTION_ORDER``), laid out per FORMAT.md §3.
 
     Lengths are not held to FORMAT.md §10: the test vectors reassemble deliberately malformed
     capsules with it. Writers of real capsules use ``container_writer.write_container``.
     """
-    return container_bytes(sections, check_limits=False)
+    return container_bytes(sections, check_limits=False, format_minor=format_minor)
 
 
 def add_signatures(capsule_path: Path, signing_keys: Sequence[Ed25519PrivateKey],
@@ -91,7 +91,7 @@ def add_signatures(capsule_path: Path, signing_keys: Sequence[Ed25519PrivateKey]
         sources = {tag: (entry.length, source.iter_blocks(tag)) for tag, entry in source.sections.items()}
         sources.update(MANI=section_bytes(mani), SIGS=section_bytes(sigs))
         with open(tmp, "wb") as out:
-            write_container(out, sources)
+            write_container(out, sources, format_minor=source.header.format_minor)
         try:
             verify_capsule(tmp, trusted_keys=[k.public_key() for k in signing_keys], full=True, device_rules=False,
                            options=OpenOptions(threshold=len(signing_keys)),

@@ -64,6 +64,8 @@ class BaseVersion:
         projection: the PCA projection of the base's newest segment, or ``None``; a delta reuses
             it (its mean and axes), so its scores compare with the base's.
         ann_dim: the Annoy dimension of that segment's index (with ``projection``).
+        lexical_format: the base's lexical index format (``None``: it has none); a delta keeps
+            it, since BM25 scores of two engines do not compare when segments are merged.
     """
 
     path: Path
@@ -77,6 +79,7 @@ class BaseVersion:
     n_chunks: int
     projection: Projection | None = None
     ann_dim: int = 0
+    lexical_format: str | None = None
 
     def tombstones_for(self, replaced: Sequence[str]) -> tuple[tuple[int, int], ...]:
         """The delta's tombstones: the base's, plus every chunk of the documents ``replaced``."""
@@ -136,4 +139,5 @@ def read_base(path: str | Path, *, signing_key: Ed25519PrivateKey, identities: S
         return BaseVersion(path=path, name=manifest.name, capsule_id=manifest.capsule_id, version=manifest.version,
                            model_sha256=manifest.model.sha256, pins=pins, tombstones=tuple(tombstones),
                            documents=documents, n_chunks=capsule.n_chunks, projection=capsule.projection,
-                           ann_dim=manifest.index.dim)
+                           ann_dim=manifest.index.dim,
+                           lexical_format=manifest.lexical.format if manifest.lexical is not None else None)

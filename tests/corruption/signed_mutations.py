@@ -4,7 +4,7 @@ What a stolen publisher key can do (issue 9, "Proof"): take the ``ok`` test vect
 plaintext of a section (or a frame payload, an H.264 sample, a manifest field), re-seal it with
 the capsule's own content keys (``tests.vectors.generate.Draft``), recompute the digests and
 re-sign the manifest with ``test-publisher-1``. Every byte then passes the signature and the
-AEAD, so the mutation reaches annoy, FFmpeg/PyAV, zxing-cpp, zstd and the JSON parser.
+AEAD, so the mutation reaches annoy, FFmpeg/PyAV, zxing-cpp, zstd, tantivy and the JSON parser.
 
 Each family below is a function ``(rng, draft) -> label`` that edits a copy of the genuine
 draft; ``make_case(family, seed)`` is deterministic in ``(family, seed)``.
@@ -108,7 +108,7 @@ def base() -> Base:
         from tests.vectors.generate import Draft
 
         draft = Draft(OK_CAPSULE.read_bytes())
-        plain = {t: draft.plaintext(t) for t in ("DOCS", "ZDIC", "PROJ", "VECS", "INDX")}
+        plain = {t: draft.plaintext(t) for t in ("DOCS", "ZDIC", "PROJ", "VECS", "INDX", "LEXI")}
         payloads = draft.payloads()
         frame_plain = [draft.frame_plaintext(i) for i in range(len(payloads))]
         _BASE = Base(draft, plain, payloads, frame_plain, _genuine_texts())
@@ -139,6 +139,7 @@ def clone(draft):
     """A cheap copy of a ``Draft`` (sections and manifest copied, keys shared)."""
     new = object.__new__(type(draft))
     new.sections = dict(draft.sections)
+    new.format_minor = draft.format_minor
     new.manifest = json.loads(json.dumps(draft.manifest))
     new.keys = draft.keys
     return new
@@ -473,6 +474,125 @@ def fam_docs_bomb(rng, d):
     return label
 
 
+def _lexi_files() -> dict[str, bytes]:
+    """The genuine tantivy-7 LEXI's archive, as ``{name: bytes}`` (FORMAT.md §5.6)."""
+    import zstandard
+
+    from edge.lexical_tantivy import parse_archive
+
+    archive = zstandard.ZstdDecompressor().decompress(base().plain["LEXI"])
+    return {name: bytes(data) for name, data in parse_archive(archive).items()}
+
+
+def _reseal_lexi(d, archive: bytes, *, declared: int | None = None) -> None:
+    import zstandard
+
+    d.manifest["lexical"]["plaintext_bytes"] = len(archive) if declared is None else declared
+    d.reseal("LEXI", zstandard.ZstdCompressor(level=3, write_content_size=True).compress(archive))
+
+
+def _refooter(data: bytes) -> bytes:
+    """``data`` with its tantivy footer's CRC-32 recomputed over the (mutated) body, as a signer
+    who knows the format would; unchanged when the footer itself was destroyed."""
+    import zlib
+
+    if len(data) < 8:
+        return data
+    n, magic = struct.unpack("<II", data[-8:])
+    if n > len(data) - 8:
+        return data
+    try:
+        footer = json.loads(data[len(data) - 8 - n:-8])
+        footer["crc"] = zlib.crc32(data[:len(data) - 8 - n])
+    except (ValueError, TypeError, KeyError):
+        return data
+    encoded = json.dumps(footer, separators=(",", ":")).encode()
+    return data[:len(data) - 8 - n] + encoded + struct.pack("<II", len(encoded), magic)
+
+
+def fam_lexi_files(rng, d):
+    """tantivy-7 LEXI: bytes of one segment file flipped, set, zeroed, cut or spliced, its footer's
+    CRC recomputed; the archive repacked, recompressed, re-sealed (tantivy itself reads them)."""
+    from firmware_tools.lexical_writer import pack_archive
+
+    files = _lexi_files()
+    name = rng.choice(sorted(n for n in files if n != "meta.json"))
+    data = files[name]
+    n = struct.unpack("<I", data[-8:-4])[0]
+    body = bytearray(data[:len(data) - 8 - n])
+    op = rng.choice(["flip", "flip", "set", "zero", "truncate", "splice", "footer"])
+    if not body and op != "footer":
+        op = "footer"
+    if op == "flip":
+        body = bytearray(flip_bits(bytes(body), rng, n=rng.choice([1, 2, 8])))
+    elif op == "set":
+        i = rng.randrange(len(body))
+        body[i] = rng.choice([0, 0xFF, 0x7F, 0x80, rng.randrange(256)])
+    elif op == "zero":
+        i = rng.randrange(len(body))
+        body[i:i + 8] = bytes(len(body[i:i + 8]))
+    elif op == "truncate":
+        body = body[:rng.randrange(len(body))]
+    elif op == "splice":  # a run of another file's bytes over this one's
+        other = files[rng.choice(sorted(files))]
+        i, j = rng.randrange(len(body)), rng.randrange(len(other))
+        run = other[j:j + rng.randint(1, 64)]
+        body[i:i + len(run)] = run
+    files[name] = _refooter(bytes(body) + data[len(data) - 8 - n:])
+    if op == "footer":
+        files[name] = data[:-8] + struct.pack("<II", rng.choice([0, n + 1, 50_000, (1 << 32) - 1]), 1337)
+    _reseal_lexi(d, pack_archive(files))
+    return f"LEXI {name.split('.')[-1]}: {op}"
+
+
+def fam_lexi_archive(rng, d):
+    """tantivy-7 LEXI: the archive table and meta.json at extremes (counts, offsets, names, schema,
+    segments, max_doc), and zstd frames declaring other sizes; re-sealed and re-signed."""
+    from firmware_tools.lexical_writer import pack_archive
+
+    files = _lexi_files()
+    meta = json.loads(files["meta.json"])
+    op = rng.choice(["max_doc", "segments", "schema", "opstamp", "meta-bytes", "table", "count", "declared",
+                     "duplicate"])
+    archive = None
+    if op == "max_doc":
+        meta["segments"][0]["max_doc"] = extreme_int(rng, meta["segments"][0]["max_doc"])
+    elif op == "segments":
+        seg = meta["segments"][0]
+        meta["segments"] = rng.choice([[], [seg, seg], [seg] * 65, [dict(seg, deletes={"num_deleted_docs": 1})],
+                                       [dict(seg, segment_id="../../etc/passwd")]])
+    elif op == "schema":
+        field_ = rng.choice(meta["schema"])
+        field_["options"][rng.choice(sorted(field_["options"]))] = rng.choice([True, False, None, "raw", 7, {}])
+    elif op == "opstamp":
+        meta["opstamp"] = rng.choice([-1, 1 << 64, 1.5, None, "x"])
+    if op in ("max_doc", "segments", "schema", "opstamp"):
+        files["meta.json"] = raw_json(meta)
+    elif op == "meta-bytes":
+        files["meta.json"] = flip_bits(files["meta.json"], rng)
+    elif op == "duplicate":
+        name = rng.choice(sorted(files))
+        archive = pack_archive({**files, name.replace(name[:2], "ff", 1) if name != "meta.json" else name: files[name]})
+    archive = archive or pack_archive(files)
+    if op in ("table", "count"):
+        out = bytearray(archive)
+        n_files = struct.unpack_from("<I", out, 8)[0]
+        if op == "count":
+            out[8:12] = struct.pack("<I", rng.choice([0, n_files - 1, n_files + 1, 385, 386, (1 << 32) - 1]))
+        else:
+            entry = 16 + 64 * rng.randrange(n_files)
+            where = rng.choice([48, 56])  # offset or length
+            out[entry + where:entry + where + 8] = struct.pack("<Q", extreme_int(rng, 1000, negative=False) % (1 << 64))
+        archive = bytes(out)
+    if op == "declared":
+        declared = rng.choice([len(archive) - 1, len(archive) + 1, 1 << 32, (1 << 64) - 2])
+        d.manifest["lexical"]["plaintext_bytes"] = len(archive)
+        d.reseal("LEXI", zstd_with_declared_size(archive, declared))
+        return f"LEXI zstd declares {declared} bytes"
+    _reseal_lexi(d, archive)
+    return f"LEXI archive: {op}"
+
+
 def fam_zdic(rng, d):
     """ZDIC: a garbage dictionary (random bytes, or zstd dictionary magic and random tables)."""
     op = rng.choice(["random", "magic", "magic-entropy", "huge"])
@@ -804,6 +924,8 @@ FAMILIES: dict[str, Callable] = {
     "manifest-limits": fam_manifest_limits,
     "manifest-fields": fam_manifest_fields,
     "manifest-extradata": fam_manifest_extradata,
+    "lexi-files": fam_lexi_files,
+    "lexi-archive": fam_lexi_archive,
 }
 #: Controls for the harness's own test: each must be classified as its name says.
 CONTROLS: dict[str, Callable] = {
@@ -858,6 +980,9 @@ def _reset_peak() -> bool:
 
 def warm() -> None:
     """Load everything a worker needs before the forkserver forks it (imports, model, base)."""
+    from edge._process import quiet_rust_panics
+
+    quiet_rust_panics()  # as the edge program does: a tantivy panic's backtrace is ~50 MiB
     logging.getLogger().addHandler(logging.NullHandler())
     try:
         import av
@@ -1099,6 +1224,22 @@ class _Worker:
 def _context():
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["tests.corruption._signed_preload"])
+    # glibc gives each new thread its own malloc arena (64 MiB of address space, up to 8 per core),
+    # and tantivy starts a meta-file watcher thread per open lexical index that lives up to 0.5 s
+    # after close: cases opened back to back hold dozens, whose arenas (1 GiB measured after 40
+    # opens) exhaust the workers' RLIMIT_AS. glibc reads MALLOC_ARENA_MAX when a process starts,
+    # so it is set for the forkserver alone (the systemd unit sets 1 for the same reason).
+    from multiprocessing import forkserver
+
+    previous = os.environ.get("MALLOC_ARENA_MAX")
+    os.environ["MALLOC_ARENA_MAX"] = "2"
+    try:
+        forkserver.ensure_running()
+    finally:
+        if previous is None:
+            del os.environ["MALLOC_ARENA_MAX"]
+        else:
+            os.environ["MALLOC_ARENA_MAX"] = previous
     return ctx
 
 

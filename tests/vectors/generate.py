@@ -116,6 +116,7 @@ class Draft:
 
     def __init__(self, data: bytes) -> None:
         self.sections = read_sections(data)
+        self.format_minor = int.from_bytes(data[10:12], "little")  # the header's minor version (FORMAT.md §2), kept on rebuild
         self.manifest = json.loads(self.sections["MANI"])
         parsed = parse_manifest(self.sections["MANI"])
         self.keys = derive_keys(unwrap_content_key(parsed, [test_key("test-device")]), parsed.capsule_id_bytes)
@@ -192,7 +193,7 @@ class Draft:
         if sigs is None:
             sigs = signatures_to_bytes(sign_manifest(sections["MANI"], [test_key(s) for s in signers]))
         sections["SIGS"] = sigs
-        return assemble_capsule(sections)
+        return assemble_capsule(sections, format_minor=self.format_minor)
 
 
 # ---------------------------------------------------------------------------
@@ -253,14 +254,16 @@ def _build_genuine(out_dir: Path, *, refresh_embeddings: bool = False) -> dict[s
         with np.load(EMBEDDINGS_FILE) as pinned:
             cache.import_rows(pinned["keys"], pinned["vectors"])
     built = {}
-    specs = {"alpha-v1": ("alpha", ALPHA_ID, 1), "alpha-v2": ("alpha", ALPHA_ID, 2), "beta-v1": ("beta", BETA_ID, 1),
-             "alpha-v3": ("alpha", ALPHA_ID, 3)}
-    for label, (name, capsule_id, version) in specs.items():
+    specs = {"alpha-v1": ("alpha", ALPHA_ID, 1, None), "alpha-v2": ("alpha", ALPHA_ID, 2, None),
+             "beta-v1": ("beta", BETA_ID, 1, None), "alpha-v3": ("alpha", ALPHA_ID, 3, None),
+             "alpha-v2-fts5": ("alpha", ALPHA_ID, 2, "sqlite-fts5")}
+    for label, (name, capsule_id, version, lexical_engine) in specs.items():
         path = out_dir / f"{label}.capsule"
         result = build_capsule([DOCS_DIR], path, signing_key=test_key("test-publisher-1"),
                                recipients=[test_key("test-device").public_key()], issued_at=ISSUED_AT,
                                expires_at=EXPIRES_AT, version=version, name=name, capsule_id=capsule_id,
-                               publisher_name="Test Publisher 1", embedding_cache=cache_path, **BUILD_OPTIONS)
+                               publisher_name="Test Publisher 1", embedding_cache=cache_path,
+                               lexical_engine=lexical_engine, **BUILD_OPTIONS)
         if result.n_embedded and not refresh_embeddings:
             raise StaleEmbeddingsError(
                 f"{result.n_embedded} chunks of {DOCS_DIR} have no embedding in {EMBEDDINGS_FILE}: the documents "
@@ -273,7 +276,7 @@ def _build_genuine(out_dir: Path, *, refresh_embeddings: bool = False) -> dict[s
     return built
 
 
-def _delta_vectors(alpha3: bytes, alpha2: Draft, beta: bytes, ok_sha: str) -> list[Vector]:
+def _delta_vectors(alpha3: bytes, alpha2: Draft, beta: bytes, ok_sha: str, fts5_sha: str) -> list[Vector]:
     """Deltas (FORMAT.md §4.7): alpha v3 as the newest segment over alpha v2 (vector ``ok``), its
     chunks replacing all of v2's (every v2 chunk tombstoned), and what a reader must refuse."""
     n2 = alpha2.manifest["n_chunks"]
@@ -294,6 +297,8 @@ def _delta_vectors(alpha3: bytes, alpha2: Draft, beta: bytes, ok_sha: str) -> li
     delta("delta-segment-from-another-capsule", "integrity", "alpha v3 delta pinning capsule beta's manifest, "
           "and given beta's file: a segment of another capsule (mix and match)",
           pin_sha=_base_manifest_sha(beta), segment="beta.capsule", files={"beta.capsule": beta})
+    delta("delta-segment-lexical-format-differs", "integrity", "alpha v3 (tantivy-7) over the sqlite-fts5 build of "
+          "alpha v2 (vector ok-fts5): BM25 of two engines cannot be merged", pin_sha=fts5_sha, segment="../ok-fts5/capsule")
     delta("delta-segment-chunk-count-wrong", "integrity", "the pin says v2 holds one chunk more than it does",
           pin_chunks=n2 + 1, segment="../ok/capsule")
     delta("delta-tombstone-names-no-chunk", "format", f"a tombstone [0, {n2 + 1}) past v2's {n2} chunks",
@@ -327,8 +332,8 @@ def _header_and_table_vectors(ok: bytes) -> list[Vector]:
     specs = [
         ("header-bad-magic", "format", "first magic byte zeroed", [(0, "00")], {}),
         ("header-major-2", "format", "format_major 2", [(8, "0200")], {}),
-        ("header-minor-2", "format", "format_minor 2, newer than the reader", [(10, "0200")], {}),
-        ("header-minor-0", "format", "format_minor 0: version 1.0 has no lexical index, a 1.1 reader refuses it",
+        ("header-minor-3", "format", "format_minor 3, newer than the reader", [(10, "0300")], {}),
+        ("header-minor-0", "format", "format_minor 0: version 1.0 has no lexical index, a 1.1 or 1.2 reader refuses it",
          [(10, "0000")], {}),
         ("header-bytes-65", "format", "header_bytes 65", [(12, u32(65))], {}),
         ("header-n-sections-huge", "format", "n_sections 2^32-1: refused before anything is read or allocated",
@@ -535,7 +540,7 @@ def _frame_vectors(alpha2: Draft, beta: Draft) -> list[Vector]:
     return v
 
 
-def _manifest_vectors(alpha2: Draft, beta: Draft) -> list[Vector]:
+def _manifest_vectors(alpha2: Draft, beta: Draft, alpha2_fts5: Draft) -> list[Vector]:
     v = []
 
     def edited(name: str, expect: str, comment: str, edit: Callable[[Draft], None], **fields: str) -> None:
@@ -629,6 +634,11 @@ def _manifest_vectors(alpha2: Draft, beta: Draft) -> list[Vector]:
            lambda d: d.reseal("VECS", d.plaintext("VECS")[:-d.manifest["index"]["projection"]["dim_out"]]))
     edited("index-length-not-whole-nodes", "format", "INDX plaintext one byte longer; re-sealed and re-signed",
            lambda d: d.reseal("INDX", d.plaintext("INDX") + b"\x00"))
+    def edited_fts5(name: str, expect: str, comment: str, edit: Callable[[Draft], None]) -> None:
+        d = alpha2_fts5.copy()
+        edit(d)
+        v.append(Vector(name, _expect(expect, comment), {"capsule": d.build()}))
+
     def lexi_patch(offset: int, value: bytes) -> Callable[[Draft], None]:
         def edit(d: Draft) -> None:
             plain = bytearray(d.plaintext("LEXI"))
@@ -636,9 +646,9 @@ def _manifest_vectors(alpha2: Draft, beta: Draft) -> list[Vector]:
             d.reseal("LEXI", bytes(plain))
         return edit
 
-    edited("lexi-header-wal-resigned", "format", "LEXI's SQLite header says WAL (write/read versions 2); re-sealed "
+    edited_fts5("lexi-header-wal-resigned", "format", "LEXI's SQLite header says WAL (write/read versions 2); re-sealed "
            "and re-signed: refused before SQLite opens it", lexi_patch(18, b"\x02\x02"))
-    edited("lexi-page-count-lies-resigned", "format", "LEXI's SQLite header declares one page more than the "
+    edited_fts5("lexi-page-count-lies-resigned", "format", "LEXI's SQLite header declares one page more than the "
            "plaintext holds; re-sealed and re-signed", lambda d: lexi_patch(
                28, (int.from_bytes(d.plaintext("LEXI")[28:32], "big") + 1).to_bytes(4, "big"))(d))
 
@@ -657,9 +667,84 @@ def _manifest_vectors(alpha2: Draft, beta: Draft) -> list[Vector]:
         d.manifest["lexical"]["plaintext_bytes"] = len(plain)
         d.reseal("LEXI", plain)
 
-    edited("lexi-extra-trigger-resigned", "format", "LEXI holds an extra table and trigger besides the FTS5 "
+    edited_fts5("lexi-extra-trigger-resigned", "format", "LEXI holds an extra table and trigger besides the FTS5 "
            "schema (valid SQLite, header fixed up); re-sealed and re-signed: the schema check refuses it",
            lexi_extra_trigger)
+
+    def tantivy_edit(fn: Callable[[dict[str, bytes]], dict[str, bytes] | None], *, raw: bool = False
+                     ) -> Callable[[Draft], None]:
+        """Edit the tantivy archive's files (``fn`` changes the dict or returns another), pack,
+        compress and re-seal it, and fix the manifest's ``plaintext_bytes``."""
+        def edit(d: Draft) -> None:
+            from edge.lexical_tantivy import parse_archive
+            from firmware_tools.lexical_writer import pack_archive
+
+            archive = zstandard.ZstdDecompressor().decompress(d.plaintext("LEXI"))
+            files = {name: bytes(data) for name, data in parse_archive(archive).items()}
+            files = fn(files) or files
+            packed = files if raw else pack_archive(files)
+            d.manifest["lexical"]["plaintext_bytes"] = len(packed)
+            d.reseal("LEXI", zstandard.ZstdCompressor(level=19, write_content_size=True).compress(packed))
+        return edit
+
+    def segment_file(files: dict[str, bytes], ext: str) -> str:
+        return next(name for name in files if name.endswith("." + ext))
+
+    def meta_edit(fn: Callable[[dict], None]) -> Callable[[dict[str, bytes]], None]:
+        def edit(files: dict[str, bytes]) -> None:
+            meta = json.loads(files["meta.json"])
+            fn(meta)
+            files["meta.json"] = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
+        return edit
+
+    def footer(files: dict[str, bytes], ext: str, *, version: int | None = None, body_flip: bool = False) -> None:
+        import struct
+        import zlib
+
+        name = segment_file(files, ext)
+        data = files[name]
+        n, magic = struct.unpack("<II", data[-8:])
+        body, tail = bytearray(data[:len(data) - 8 - n]), json.loads(data[len(data) - 8 - n:-8])
+        if body_flip:
+            body[len(body) // 2] ^= 0x01  # the CRC is left as it was
+        if version is not None:
+            tail["version"]["index_format_version"] = version
+            tail["crc"] = zlib.crc32(body)
+        encoded = json.dumps(tail, separators=(",", ":")).encode()
+        files[name] = bytes(body) + encoded + struct.pack("<II", len(encoded), magic)
+
+    def archive_bytes(fn: Callable[[bytearray], None]) -> Callable[[dict[str, bytes]], bytes]:
+        def edit(files: dict[str, bytes]) -> bytes:
+            from firmware_tools.lexical_writer import pack_archive
+            packed = bytearray(pack_archive(files))
+            fn(packed)
+            return bytes(packed)
+        return edit
+
+    edited("lexi-archive-bad-magic-resigned", "format", "LEXI's archive starts ELEXTAN2; re-sealed and re-signed",
+           tantivy_edit(archive_bytes(lambda a: a.__setitem__(7, ord("2"))), raw=True))
+    edited("lexi-archive-length-lies-resigned", "format", "the archive table gives meta.json one byte more than it "
+           "has (so every later file starts one byte early); re-sealed and re-signed",
+           tantivy_edit(archive_bytes(lambda a: a.__setitem__(slice(72, 80), (int.from_bytes(a[72:80], "little") + 1)
+                                                            .to_bytes(8, "little"))), raw=True))
+    edited("lexi-segment-file-missing-resigned", "format", "the archive lacks the segment's term dictionary "
+           "(.term); re-sealed and re-signed",
+           tantivy_edit(lambda f: {k: val for k, val in f.items() if not k.endswith(".term")}))
+    edited("lexi-meta-positions-resigned", "format", "meta.json records positions for field text (another schema "
+           "than FORMAT.md §5.6's); re-sealed and re-signed",
+           tantivy_edit(meta_edit(lambda m: m["schema"][1]["options"]["indexing"].__setitem__("record", "position"))))
+    edited("lexi-meta-doc-count-resigned", "format", "meta.json says the segment holds one document more than the "
+           "capsule's chunks; re-sealed and re-signed",
+           tantivy_edit(meta_edit(lambda m: m["segments"][0].__setitem__("max_doc", m["segments"][0]["max_doc"] + 1))))
+    edited("lexi-footer-format-8-resigned", "format", "the postings file's tantivy footer says index format 8 (CRC "
+           "recomputed); re-sealed and re-signed", tantivy_edit(lambda f: footer(f, "idx", version=8)))
+    edited("lexi-footer-crc-resigned", "format", "one bit of the postings file flipped, its footer's CRC-32 left as "
+           "it was; re-sealed and re-signed", tantivy_edit(lambda f: footer(f, "idx", body_flip=True)))
+    lexi_bomb = zstandard.ZstdCompressor(level=3, write_content_size=True).compress(bytes(16 << 20))
+    edited("lexi-decompression-bomb", "format", f"LEXI holds {len(lexi_bomb)} bytes of zstd declaring 16 MiB, "
+           "more than lexical.plaintext_bytes; refused before inflating", lambda d: d.reseal("LEXI", lexi_bomb))
+    edited("manifest-lexical-format-unknown", "format", "lexical.format \"lucene-9\"; re-signed",
+           lambda d: d.manifest["lexical"].__setitem__("format", "lucene-9"))
     edited("manifest-lexical-rows-mismatch", "format", "lexical.n_rows one more than n_chunks",
            lambda d: d.manifest["lexical"].__setitem__("n_rows", d.manifest["n_chunks"] + 1))
 
@@ -771,7 +856,7 @@ def _family_vectors() -> list[Vector]:
         fam("flip-index", "integrity", "24 random bytes of INDX, VECS and PROJ each (seed 2), one at a time",
             "flip-random INDX,VECS,PROJ 24 2"),
         fam("flip-lexi", "integrity", "24 random bytes of LEXI (seed 4), one at a time: its digest refuses it "
-            "before SQLite sees a byte", "flip-random LEXI 24 4"),
+            "before the lexical engine sees a byte", "flip-random LEXI 24 4"),
         fam("flip-index-resigned", "decryption", "24 random bytes of INDX, VECS and PROJ each (seed 3), one at a "
             "time, digests recomputed and re-signed: the STREAM AEAD refuses", "flip-random INDX,VECS,PROJ 24 3 resign"),
     ]
@@ -814,10 +899,21 @@ def generate(out_dir: Path, *, refresh_embeddings: bool = False) -> list[str]:
         Vector("wrong-device-key", _expect("decryption", "opened with a device key that is not a recipient",
                                            base="ok", identity="test-other-device")),
         Vector("over-budget-index", _expect("over-budget", "a 64-byte memory budget", base="ok", budget_bytes="64")),
+        Vector("lexical-stemmed-query", _expect("ok", "lexical search for \"resetting kiosks\": neither word is in "
+                                                "the text, their ident-v2 stems (reset, kiosk) are; chunk 3 first",
+                                                base="ok", operation="lexical 1 resetting kiosks", first_hit="3")),
+        Vector("ok-fts5", _expect("ok", "alpha v2 built with the sqlite-fts5 lexical index: format 1.1, which this "
+                                  "reader still reads", operation=f"search 2 {QUERY}"), {"capsule": built["alpha-v2-fts5"]}),
+        Vector("fts5-in-format-1-2", _expect("format", "ok-fts5 with its header's minor version set to 2: an "
+                                             "sqlite-fts5 lexical index belongs in format 1.1"),
+               {"capsule": built["alpha-v2-fts5"][:10] + (2).to_bytes(2, "little") + built["alpha-v2-fts5"][12:]}),
+        Vector("tantivy-in-format-1-1", _expect("format", "ok with its header's minor version set to 1: a tantivy-7 "
+                                                "lexical index belongs in format 1.2"),
+               {"capsule": alpha2_bytes[:10] + (1).to_bytes(2, "little") + alpha2_bytes[12:]}),
     ]
-    vectors += _delta_vectors(built["alpha-v3"], alpha2, beta_bytes, ok_sha)
+    vectors += _delta_vectors(built["alpha-v3"], alpha2, beta_bytes, ok_sha, _base_manifest_sha(built["alpha-v2-fts5"]))
     vectors += _header_and_table_vectors(alpha2_bytes)
-    vectors += _manifest_vectors(alpha2, beta)
+    vectors += _manifest_vectors(alpha2, beta, Draft(built["alpha-v2-fts5"]))
     vectors += _frame_vectors(alpha2, beta)
     vectors += _trust_vectors(alpha2_bytes, alpha2)
     kid = lambda n: _kid(n)  # noqa: E731

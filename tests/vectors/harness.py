@@ -192,10 +192,12 @@ def run_library(vector: Path, path: Path) -> tuple[str, str]:
     capsule = holder[0]
     try:
         n = int(expect.get("repeat") or 1)
-        results = []
+        results: list[str] = []
+        found: list = []
         for _ in range(n):
-            if name == "search":
-                results.append(outcome(lambda: capsule.search(args[1], k=int(args[0]), now=now)))
+            if name in ("search", "lexical"):
+                results.append(outcome(lambda: found.append(capsule.search(
+                    args[1], k=int(args[0]), now=now, mode="lexical" if name == "lexical" else None))))
             elif name == "read":
                 results.append(outcome(lambda: capsule.read(int(args[0]), now=now)))
             elif name == "export":
@@ -203,6 +205,10 @@ def run_library(vector: Path, path: Path) -> tuple[str, str]:
             else:
                 raise ValueError(f"unknown operation {name!r}")
         assert results[:-1] == ["ok"] * (n - 1), results
+        if results[-1] == "ok" and expect.get("first_hit") is not None:
+            first = found[-1][0].chunk_id if found and len(found[-1]) else None
+            if first != int(expect.get("first_hit")):
+                return opened, f"wrong-hit:{first}"
         return opened, results[-1]
     finally:
         capsule.close()
@@ -248,10 +254,13 @@ def run_cli(vector: Path, path: Path, tmp: Path, monkeypatch, capsys) -> str:
     if expect.get("hardware_id"):
         (config / "hardware-id").write_text(expect.get("hardware_id") + "\n")
 
+    last_out: list[str] = []
+
     def call(*argv: str) -> tuple[int, str]:
         capsys.readouterr()
         code = main(list(argv))
         out = capsys.readouterr()
+        last_out[:] = [out.out]
         assert "Traceback" not in out.err
         errors = [line for line in out.err.splitlines() if line.startswith("edge: error: ")]
         if code == 0:
@@ -306,8 +315,8 @@ def run_cli(vector: Path, path: Path, tmp: Path, monkeypatch, capsys) -> str:
         return call("install", target, *key_args, "--json")[1]
     if name == "verify":
         argv = ["verify", target]
-    elif name == "search":
-        argv = ["search", target, args[1], "-k", args[0]]
+    elif name in ("search", "lexical"):
+        argv = ["search", target, args[1], "-k", args[0]] + (["--mode", "lexical"] if name == "lexical" else [])
     elif name == "read":
         argv = ["read", target, args[0]]
     else:
@@ -318,6 +327,11 @@ def run_cli(vector: Path, path: Path, tmp: Path, monkeypatch, capsys) -> str:
         argv += ["--segment", str(segment)]
     words = [call(*argv, *key_args, "--json")[1] for _ in range(int(expect.get("repeat") or 1))]
     assert words[:-1] == ["ok"] * (len(words) - 1), words
+    if words[-1] == "ok" and expect.get("first_hit") is not None:
+        lines = last_out[0].splitlines()
+        first = json.loads(lines[0]).get("chunk_id") if lines else None
+        if first != int(expect.get("first_hit")):
+            return f"wrong-hit:{first}"
     return words[-1]
 
 

@@ -50,7 +50,7 @@ def test_vector_through_the_cli(vector, tmp_path, monkeypatch, capsys):
 def test_every_expect_file_uses_known_keys_and_words():
     keys = {"expect", "open", "read", "now", "trusted_keys", "root_keys", "installed_trust", "threshold", "identity",
             "passphrase", "hardware_id", "floor", "installed", "operation", "repeat", "budget_bytes", "base",
-            "patch", "truncate", "append", "mutate", "segment", "store", "store_quota_bytes", "comment"}
+            "patch", "truncate", "append", "mutate", "segment", "store", "store_quota_bytes", "first_hit", "comment"}
     for vector in CONCRETE + FAMILIES:
         expect = Expect.read(vector / "EXPECT")
         assert set(expect.fields) <= keys, (vector.name, set(expect.fields) - keys)

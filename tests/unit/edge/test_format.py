@@ -48,9 +48,17 @@ def test_header_rejects_unknown_major_version():
 def test_header_rejects_newer_minor_version():
     header, _, _ = _layout()
     data = bytearray(header.to_bytes())
-    data[10] = 2
+    data[10] = fmt.FORMAT_MINOR + 1
     with pytest.raises(CapsuleFormatError, match="newer than this runtime"):
         fmt.parse_header(bytes(data), file_bytes=header.file_bytes)
+
+
+@pytest.mark.parametrize("minor", [fmt.OLDEST_FORMAT_MINOR, fmt.FORMAT_MINOR])
+def test_header_reads_1_1_and_1_2(minor):
+    header, _, _ = _layout()
+    data = bytearray(header.to_bytes())
+    data[10] = minor
+    assert fmt.parse_header(bytes(data), file_bytes=header.file_bytes).format_minor == minor
 
 
 def test_header_refuses_version_1_0_without_a_lexical_index():

@@ -12,11 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge.errors import CapsuleFormatError, IntegrityError
-from edge.lexical import (
-    LexicalIndex, LexicalQuery, MAX_QUERY_TERMS, check_database_header, index_terms, iter_tokens,
-)
+from edge.lexical import LexicalQuery, MAX_QUERY_TERMS, index_terms, iter_tokens
+from edge.lexical_sqlite import SqliteLexicalIndex as LexicalIndex, check_database_header, exact_expression
 from edge.manifest import FusionInfo, LexicalInfo
-from firmware_tools.lexical_writer import LexicalWriter
+from firmware_tools.lexical_writer import SqliteLexicalWriter as LexicalWriter
 
 CHUNKS = [
     "Fault E-4021: encoder signal lost. Check the encoder cable.",
@@ -91,7 +90,7 @@ def test_exact_matches_need_every_identifier_and_say_not_found(index):
     assert index.exact_matches(LexicalQuery.parse("E-4021 E-4022"), limit=10) == []
     absent = LexicalQuery.parse("E-9999")
     assert index.exact_matches(absent, limit=10) == [] and index.search(absent, 5) == ([], [])
-    assert LexicalQuery.parse("how do I reset it").exact_expression() == ""
+    assert exact_expression(LexicalQuery.parse("how do I reset it")) == ""
 
 
 @pytest.mark.parametrize("query", [
@@ -113,15 +112,15 @@ def test_fts5_syntax_words_are_searched_as_words(index):
 
 
 def test_frequent_terms_are_dropped_only_beside_a_rare_term_that_occurs(index, monkeypatch):
-    import edge.lexical as lexical
-    monkeypatch.setattr(lexical, "MIN_FREQUENT_ROWS", 0)
-    monkeypatch.setattr(lexical, "MAX_DOCUMENT_FREQUENCY", 0.2)  # 1 of 7 chunks is rare
+    import edge.lexical_sqlite as lexical_sqlite
+    monkeypatch.setattr(lexical_sqlite, "MIN_FREQUENT_ROWS", 0)
+    monkeypatch.setattr(lexical_sqlite, "MAX_DOCUMENT_FREQUENCY", 0.2)  # 1 of 7 chunks is rare
     # "fault" is in 2 chunks (frequent), "restarts" in 1: only chunk 2 is scored.
     assert index.search(LexicalQuery.parse("fault restarts"), 5)[0] == [2]
     # Only frequent terms: the rarest one that occurs ranks, an unknown word does not empty it.
     assert set(index.search(LexicalQuery.parse("fault zzzunknown"), 5)[0]) == {0, 2}
     # Without the patch (a small capsule) every term ranks.
-    monkeypatch.setattr(lexical, "MIN_FREQUENT_ROWS", 256)
+    monkeypatch.setattr(lexical_sqlite, "MIN_FREQUENT_ROWS", 256)
     assert set(index.search(LexicalQuery.parse("fault restarts"), 5)[0]) == {0, 2}
 
 
