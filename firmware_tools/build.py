@@ -113,13 +113,13 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_TOKENS = 200
 DEFAULT_OVERLAP_TOKENS = 32
 DEFAULT_INDEX_SEED = 42
-#: Hybrid search's fusion (manifest ``lexical.fusion``): RRF k = 5, equal weights, the top 20 of
-#: each ranking, identifiers first only in queries of at most 3 tokens. Chosen by the joint sweep
-#: of bench/bench_hybrid.py on development splits of SciFact, the Python FAQ and PostgreSQL
-#: identifiers (225 settings, criterion fixed before the test figures; bench/HYBRID.md). Held out:
-#: SciFact nDCG@10 0.691 (k=60 1:1 depth 50 always-exact: 0.665), FAQ nDCG@10 0.812 (0.764),
-#: identifiers top-1 0.930 (0.930).
-DEFAULT_FUSION = {"method": "rrf", "k": 5, "dense_weight": 1, "lexical_weight": 1, "depth": 20,
+#: Hybrid search's fusion (manifest ``lexical.fusion``): RRF k = 5, dense weighted 3 to the
+#: lexical 2, the top 20 of each ranking, identifiers first only in queries of at most 3 tokens.
+#: Chosen by the joint sweep of bench/bench_hybrid.py over tantivy-7 capsules on development
+#: splits of SciFact, the Python FAQ and PostgreSQL identifiers (225 settings, criterion fixed
+#: before the test figures; bench/HYBRID.md). Held out: SciFact nDCG@10 0.699 (dense 0.656),
+#: FAQ nDCG@10 0.855 (dense 0.874), identifiers top-1 0.957 (dense 0.478).
+DEFAULT_FUSION = {"method": "rrf", "k": 5, "dense_weight": 3, "lexical_weight": 2, "depth": 20,
                   "exact_first_max_tokens": 3}
 #: The lexical index a build writes unless told otherwise (FORMAT.md §5.6; bench/LEXICAL_ENGINES.md:
 #: a third of FTS5's bytes, a tenth of its query time, and better BM25 with ident-v2's stemming).
