@@ -2,8 +2,9 @@
 
 Reading: a small file a user names (a key, a trust document, a passphrase), regular files only.
 Writing: ``atomic_write`` is the project's only atomic-replace implementation (temporary file in
-the same directory, fsync, rename, directory fsync), used by the device store, the builder and
-co-signing.
+the same directory, fsync, rename, directory fsync), used by the device store, the builder,
+co-signing and the model export. The store's install also renames a staged *directory* into
+``objects/`` (``edge.store_install``): a move of a new name, never a replacement, so not this.
 
 A path a user passes may be a FIFO (``open`` blocks for ever waiting for a writer), a character
 device such as ``/dev/zero`` (``read_bytes`` reads until memory runs out), a directory, or a file

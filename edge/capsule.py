@@ -62,8 +62,8 @@ from .frames import FrameReader
 from .index import Projection, VectorIndex
 from .lexical import LexicalEngine, lexical_loading_bytes, lexical_plan_bytes, open_lexical_index
 from .keys import Identity, Passphrase
-from .manifest import Manifest, parse_canonical_json
-from .hits import Document, Hit, StageTimings
+from .manifest import Manifest
+from .hits import Document, Hit, StageTimings, parse_documents
 from .opened import Capsule
 from .rules import MemoryUseLog, UsePolicy
 from .sealed import (
@@ -77,10 +77,6 @@ from .verification import _check_trust, _compare_digest, _hash_video, _hashed_bl
 log = logging.getLogger(__name__)
 
 DEFAULT_FRAME_CACHE_BYTES = 1 << 20
-#: Most headings one document may list in DOCS (FORMAT.md §8).
-MAX_HEADINGS_PER_DOCUMENT = 100_000
-#: Longest heading title in DOCS, in characters.
-MAX_HEADING_CHARS = 200
 
 
 _open_counter = itertools.count(1)
@@ -562,48 +558,10 @@ def _read_documents(sealed_plaintext: bytes, manifest: Manifest, *, budget: Memo
                                        zstd_decompressor(max_window_bytes=MAX_DOCS_WINDOW_BYTES),
                                        what="document list", require_content_size=True)
         try:
-            obj = parse_canonical_json(plaintext, what="document list")
+            return parse_documents(plaintext, n_documents=manifest.n_documents, n_chunks=manifest.n_chunks)
         except MemoryError:
             raise BudgetExceededError(f"parsing the {declared}-byte document list ran out of memory",
                                       requested_bytes=JSON_PARSE_PEAK_FACTOR * declared, available_bytes=0) from None
-        del plaintext
-    if not isinstance(obj, dict) or set(obj) != {"documents"} or not isinstance(obj["documents"], list):
-        raise CapsuleFormatError("document list must be {\"documents\": [...]}")
-    docs = []
-    first_chunk_id = 0
-    for n, item in enumerate(obj["documents"]):
-        if (not isinstance(item, dict) or set(item) - {"sha256"} != {"name", "bytes", "media_type", "n_chunks", "headings"}
-                or not isinstance(item.get("sha256", ""), str) or len(item.get("sha256", "")) not in (0, 64)
-                or not isinstance(item["name"], str) or not _is_int(item["bytes"])
-                or not isinstance(item["media_type"], str) or not _is_int(item["n_chunks"])
-                or not isinstance(item["headings"], list) or len(item["headings"]) > MAX_HEADINGS_PER_DOCUMENT):
-            raise CapsuleFormatError(f"document {n} entry is malformed")
-        docs.append(Document(item["name"], item["bytes"], item["media_type"], n_chunks=item["n_chunks"],
-                             first_chunk_id=first_chunk_id, headings=_parse_headings(item["headings"], n),
-                             sha256=item.get("sha256", "")))
-        first_chunk_id += item["n_chunks"]
-    if len(docs) != manifest.n_documents:
-        raise CapsuleFormatError(f"document list has {len(docs)} entries, manifest says {manifest.n_documents}")
-    if first_chunk_id != manifest.n_chunks:
-        raise CapsuleFormatError(f"documents hold {first_chunk_id} chunks, manifest says {manifest.n_chunks}")
-    return docs
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _parse_headings(items: list, n: int) -> tuple[tuple[int, int, str], ...]:
-    """``[[char_start, level, title], ...]``: char_start strictly increasing, level 1..6, title
-    1..``MAX_HEADING_CHARS`` characters (FORMAT.md §8)."""
-    out: list[tuple[int, int, str]] = []
-    for item in items:
-        if (not isinstance(item, list) or len(item) != 3 or not _is_int(item[0]) or not _is_int(item[1])
-                or not 1 <= item[1] <= 6 or not isinstance(item[2], str) or not 1 <= len(item[2]) <= MAX_HEADING_CHARS
-                or (out and item[0] <= out[-1][0])):
-            raise CapsuleFormatError(f"document {n} has a malformed heading")
-        out.append((item[0], item[1], item[2]))
-    return tuple(out)
 
 
 @dataclass

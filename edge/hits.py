@@ -2,14 +2,20 @@
 unread ``Candidate`` that ``Capsule`` and ``CapsuleSet`` merge before reading frames.
 
 Plain frozen value types with their JSON form (the CLI's and ``edge serve``'s output); no I/O.
+The DOCS plaintext's two sides sit beside ``Document``: ``documents_to_bytes`` (the builder
+writes it) and ``parse_documents`` (the reader checks it).
 
 Source: FORMAT.md §8 (DOCS: documents and headings), §11 (use level: what a hit carries).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from .errors import CapsuleFormatError
+from .manifest import canonical_json, parse_canonical_json
 
 if TYPE_CHECKING:
     from .opened import Capsule
@@ -140,3 +146,88 @@ class Document:
         """JSON-ready: name, title, media type, bytes, chunk count and first chunk id."""
         return {"name": self.name, "title": self.title, "media_type": self.media_type, "bytes": self.n_bytes,
                 "n_chunks": self.n_chunks, "first_chunk_id": self.first_chunk_id}
+
+
+#: Most headings one document may list in DOCS (FORMAT.md §8).
+MAX_HEADINGS_PER_DOCUMENT = 100_000
+#: Longest heading title in DOCS, in characters.
+MAX_HEADING_CHARS = 200
+
+
+def documents_to_bytes(documents: Sequence[Document]) -> bytes:
+    """Return the DOCS plaintext for ``documents``, in chunk order (FORMAT.md §8).
+
+    Canonical JSON ``{"documents": [{"name", "bytes", "media_type", "n_chunks", "headings",
+    "sha256"}, ...]}``; ``first_chunk_id`` is not stored (each document's chunks follow the
+    previous one's). The builder compresses and seals it; ``parse_documents`` reads it back.
+
+    Raises:
+        ValueError: a document breaks what ``parse_documents`` checks (negative counts, a heading
+            out of order, a title empty or over ``MAX_HEADING_CHARS``, more than
+            ``MAX_HEADINGS_PER_DOCUMENT`` headings, a ``sha256`` that is not "" or 64 characters).
+    """
+    entries = []
+    for n, doc in enumerate(documents):
+        if (doc.n_bytes < 0 or doc.n_chunks < 0 or len(doc.sha256) not in (0, 64)
+                or len(doc.headings) > MAX_HEADINGS_PER_DOCUMENT):
+            raise ValueError(f"document {n} ({doc.name!r}) cannot be written to DOCS")
+        _check_headings([list(h) for h in doc.headings], n, error=ValueError)
+        entries.append({"name": doc.name, "bytes": doc.n_bytes, "media_type": doc.media_type,
+                        "n_chunks": doc.n_chunks, "headings": [list(h) for h in doc.headings],
+                        "sha256": doc.sha256})
+    return canonical_json({"documents": entries})
+
+
+def parse_documents(plaintext: bytes, *, n_documents: int, n_chunks: int) -> list[Document]:
+    """Parse and check a DOCS plaintext (FORMAT.md §8): the inverse of ``documents_to_bytes``.
+
+    Args:
+        plaintext: the inflated DOCS section (canonical JSON, UTF-8).
+        n_documents, n_chunks: the manifest's counts, which the list must add up to.
+
+    Returns:
+        The documents in order, each with its ``first_chunk_id``.
+
+    Raises:
+        CapsuleFormatError: not canonical JSON, an entry with missing, extra or mistyped fields,
+            malformed headings, or counts that differ from the manifest's.
+        MemoryError: from the JSON parser (the caller charges the parse to its budget first).
+    """
+    obj = parse_canonical_json(plaintext, what="document list")
+    if not isinstance(obj, dict) or set(obj) != {"documents"} or not isinstance(obj["documents"], list):
+        raise CapsuleFormatError("document list must be {\"documents\": [...]}")
+    docs = []
+    first_chunk_id = 0
+    for n, item in enumerate(obj["documents"]):
+        if (not isinstance(item, dict) or set(item) - {"sha256"} != {"name", "bytes", "media_type", "n_chunks", "headings"}
+                or not isinstance(item.get("sha256", ""), str) or len(item.get("sha256", "")) not in (0, 64)
+                or not isinstance(item["name"], str) or not _is_count(item["bytes"])
+                or not isinstance(item["media_type"], str) or not _is_count(item["n_chunks"])
+                or not isinstance(item["headings"], list) or len(item["headings"]) > MAX_HEADINGS_PER_DOCUMENT):
+            raise CapsuleFormatError(f"document {n} entry is malformed")
+        headings = _check_headings(item["headings"], n, error=CapsuleFormatError)
+        docs.append(Document(item["name"], item["bytes"], item["media_type"], n_chunks=item["n_chunks"],
+                             first_chunk_id=first_chunk_id, headings=headings, sha256=item.get("sha256", "")))
+        first_chunk_id += item["n_chunks"]
+    if len(docs) != n_documents:
+        raise CapsuleFormatError(f"document list has {len(docs)} entries, manifest says {n_documents}")
+    if first_chunk_id != n_chunks:
+        raise CapsuleFormatError(f"documents hold {first_chunk_id} chunks, manifest says {n_chunks}")
+    return docs
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_headings(items: list, n: int, *, error: type[Exception]) -> tuple[tuple[int, int, str], ...]:
+    """``[[char_start, level, title], ...]``: char_start strictly increasing, level 1..6, title
+    1..``MAX_HEADING_CHARS`` characters (FORMAT.md §8)."""
+    out: list[tuple[int, int, str]] = []
+    for item in items:
+        if (not isinstance(item, list) or len(item) != 3 or not _is_count(item[0]) or not _is_count(item[1])
+                or not 1 <= item[1] <= 6 or not isinstance(item[2], str) or not 1 <= len(item[2]) <= MAX_HEADING_CHARS
+                or (out and item[0] <= out[-1][0])):
+            raise error(f"document {n} has a malformed heading")
+        out.append((item[0], item[1], item[2]))
+    return tuple(out)

@@ -43,6 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+from .clock import format_time, utc_now
 from .errors import (
     EdgeError, ExpiredCapsuleError, NotYetValidError, QueryError, RateLimitedError, RuleViolationError,
 )
@@ -241,7 +242,7 @@ def error_status(exc: BaseException) -> tuple[int, str, str]:
 
 def _log_line(fields: dict[str, Any]) -> None:
     """One JSON line on the query log: ``event``, ``time`` (UTC), then ``fields``."""
-    line = {"event": "query", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields}
+    line = {"event": "query", "time": format_time(utc_now()), **fields}
     query_log.info(json.dumps(line, ensure_ascii=False))
 
 

@@ -62,7 +62,7 @@ from edge._files import atomic_replace
 from edge.clock import utc_now
 from edge.manifest import (FORMAT_ID, LEXICAL_NORMALISERS, SegmentsInfo, canonical_json, format_time,
                            segments_to_json, signatures_to_bytes, stanza_to_json)
-from edge.capsule import MAX_HEADING_CHARS, MAX_HEADINGS_PER_DOCUMENT
+from edge.hits import MAX_HEADING_CHARS, MAX_HEADINGS_PER_DOCUMENT, Document, documents_to_bytes
 from edge.sealed import MAX_HEADING_BYTES_PER_CHUNK, derive_keys, seal_stream
 
 from .delta import BaseVersion
@@ -529,9 +529,10 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
     # 2. content key, dictionary, frames
     t = time.perf_counter()
     lexical_info = lexicon.finish()
-    docs_plain = canonical_json({"documents": [
-        {"name": d.name, "bytes": d.n_bytes, "media_type": d.media_type, "n_chunks": d.n_chunks,
-         "headings": _kept_headings(d), "sha256": d.sha256} for d in docs]})
+    docs_plain = documents_to_bytes([
+        Document(d.name, d.n_bytes, d.media_type, n_chunks=d.n_chunks,
+                 headings=tuple((start, level, title) for start, level, title in _kept_headings(d)), sha256=d.sha256)
+        for d in docs])
     content_digest = hashlib.sha256(b"".join(bytes.fromhex(d.sha256) for d in docs) + canonical_json(
         {"capsule_id": capsule_id, "version": version, "max_tokens": max_tokens,
          "overlap_tokens": overlap_tokens})).digest()

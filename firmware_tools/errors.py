@@ -1,4 +1,11 @@
-"""The builder's error tree: every refusal of the builder is a ``BuildError``."""
+"""The builder's error tree: every refusal of the builder is a ``BuildError``.
+
+A ``ValueError`` from a builder function means inconsistent arguments of that call (a version
+below the base's, an engine name that does not exist, no input paths): a caller's mistake the
+arguments alone show, as the standard library raises it. ``firmware-tools`` reports both as one
+line (``firmware_tools.cli``). Anything that goes wrong while building (a document, the encoder,
+a check of what was written, a document to co-sign or extend) is a ``BuildError``.
+"""
 
 from __future__ import annotations
 

@@ -771,8 +771,9 @@ def export_model(out_dir: Path, *, recipe: dict[str, Any] | None = None) -> dict
                 "n_tokens": np.array([len(row) for row in ids], dtype=np.int64),
             },
         )
-        for name, path in staged.items():
-            os.replace(path, out_dir / name)
+        for name, path in staged.items():  # the staging folder may be on another file system
+            with atomic_replace(out_dir / name, mode=0o644) as tmp:
+                shutil.copyfile(path, tmp)
     write_sums(out_dir)
 
     model_path = out_dir / MODEL_FILENAME

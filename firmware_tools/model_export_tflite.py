@@ -33,7 +33,7 @@ import argparse
 import contextlib
 import json
 import logging
-import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from edge.embedder import DEFAULT_MAX_TOKENS, MODEL_FILENAMES, TOKENIZER_FILENAME
+from edge._files import atomic_replace
 from firmware_tools.errors import BuildError
 from firmware_tools.model_export import (
     REFERENCE_SENTENCES,
@@ -249,7 +250,8 @@ def export_tflite(out_dir: Path) -> dict[str, Any]:
                 "outputs": {k: [list(map(int, v["shape"])), np.dtype(v["dtype"]).name]
                             for k, v in runner.get_output_details().items()},
             }
-        os.replace(quant_path, out_dir / name)
+        with atomic_replace(out_dir / name, mode=0o644) as tmp:  # tmp_path may be on another file system
+            shutil.copyfile(quant_path, tmp)
     write_sums(out_dir)
     report = {
         "model_path": str(out_dir / name),

@@ -28,6 +28,7 @@ from edge.errors import TrustError
 from edge.keys import keyid, raw_public_bytes
 from edge.manifest import canonical_json, format_time, parse_canonical_json
 from edge.trust import TRUST_TYPE, parse_trust_document, trust_signed_message
+from firmware_tools.errors import BuildError
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ def sign_trust_document(signed: dict, root_signing_keys: Sequence[Ed25519Private
     """Return the canonical document ``{"signatures": ..., "signed": signed}`` signed by each root key.
 
     Raises:
-        ValueError: the result does not parse as a trust document (a writer bug or bad input).
+        BuildError: the result does not parse as a trust document (a writer bug or bad input).
     """
     message = trust_signed_message(signed)
     sigs = sorted(({"keyid": keyid(k.public_key()), "sig": base64.b64encode(k.sign(message)).decode("ascii")}
@@ -56,7 +57,7 @@ def sign_trust_document(signed: dict, root_signing_keys: Sequence[Ed25519Private
     try:
         parse_trust_document(data)
     except TrustError as exc:
-        raise ValueError(str(exc)) from None
+        raise BuildError(f"the trust document written would not verify: {exc}") from None
     return data
 
 
@@ -78,7 +79,8 @@ def write_trust_document(*, root_signing_keys: Sequence[Ed25519PrivateKey], publ
         root_threshold: root signatures the next version needs.
 
     Raises:
-        ValueError: inconsistent input (a key both delegated and revoked, thresholds out of range).
+        BuildError: inconsistent input (a key both delegated and revoked, thresholds out of range):
+            the document would not verify.
 
     Source: FORMAT.md §12.
     """
@@ -113,12 +115,13 @@ def next_trust_document(previous: bytes, *, root_signing_keys: Sequence[Ed25519P
         threshold, root_public_keys, root_threshold: new values, or ``None`` to keep.
 
     Raises:
-        ValueError: ``previous`` is not a trust document, or the result is inconsistent.
+        BuildError: ``previous`` is not a trust document, or the result would not verify
+            (an inconsistent threshold, say).
     """
     try:
         doc, _ = parse_trust_document(previous)
     except TrustError as exc:
-        raise ValueError(str(exc)) from None
+        raise BuildError(f"the previous trust document does not parse: {exc}") from None
     signed = parse_canonical_json(previous, what="trust document")["signed"]
     publishers = {p["keyid"]: p for p in signed["publishers"]}
     for d in add:

@@ -49,6 +49,12 @@ def _child(argv, *, stdin=None, timeout=HANG_TIMEOUT_S, limit_as_bytes=None, env
                           cwd=ROOT, timeout=timeout, preexec_fn=limit, **kwargs)
 
 
+def _in_process(argv, **_ignored):
+    """``edge ARGV`` through ``main`` in this process (``conftest.run_cli``): same exit code,
+    stdout and stderr as ``_child`` for a test that needs no pipe, signal, limit or bytes argv."""
+    return run_cli("edge", *argv)
+
+
 def _assert_one_error_line(stderr: str | bytes, fragment: str) -> None:
     if isinstance(stderr, bytes):
         stderr = stderr.decode("utf-8", "replace")
@@ -133,20 +139,20 @@ def _assert_usage_error(proc, fragment: str) -> None:
 @pytest.mark.parametrize("json_flag", [[], ["--json"]])
 @pytest.mark.parametrize("query", ["", "  \t\n "])
 def test_search_refuses_an_empty_or_blank_query(tiny_capsule, query, json_flag):
-    proc = _child(["search", str(tiny_capsule.path), query, *json_flag, *_keys(tiny_capsule)], text=True)
+    proc = _in_process(["search", str(tiny_capsule.path), query, *json_flag, *_keys(tiny_capsule)])
     _assert_usage_error(proc, "edge: error: the query is empty")
 
 
 @pytest.mark.parametrize("threads", ["0", "-3", "x"])
 def test_threads_must_be_a_positive_integer(tiny_capsule, threads):
-    proc = _child(["search", str(tiny_capsule.path), "What is Python?", f"--threads={threads}",
+    proc = _in_process(["search", str(tiny_capsule.path), "What is Python?", f"--threads={threads}",
                    *_keys(tiny_capsule)], text=True)
     _assert_usage_error(proc, "argument --threads")
 
 
 @pytest.mark.parametrize("k", ["0", "-3"])
 def test_k_must_be_a_positive_integer(tiny_capsule, k):
-    proc = _child(["search", str(tiny_capsule.path), "What is Python?", f"-k={k}", *_keys(tiny_capsule)], text=True)
+    proc = _in_process(["search", str(tiny_capsule.path), "What is Python?", f"-k={k}", *_keys(tiny_capsule)], text=True)
     _assert_usage_error(proc, "argument -k")
 
 
@@ -252,13 +258,13 @@ def _assert_no_terminal_controls(text: str) -> None:
 def test_control_characters_in_signed_strings_are_escaped_in_human_output(escape_capsule, tmp_path, command):
     extra = ["how do I reset the unit?", "-k", "1"] if command == "search" else ["0"]
     argv = [command, str(escape_capsule.path), *extra, *_keys(escape_capsule), "--store", str(tmp_path / "s")]
-    human = _child(argv, text=True)
+    human = _in_process(argv, text=True)
     assert human.returncode == 0, human.stderr
     _assert_no_terminal_controls(human.stdout)
     assert "reset\\x1b[2J\\x07\\u202e.md" in human.stdout
     assert "unit\\x1b]0;owned\\x07 hold the button\\x1b[31m for ten\tseconds.\\x9b1m" in human.stdout
 
-    exact = _child([*argv, "--json"], text=True)
+    exact = _in_process([*argv, "--json"], text=True)
     assert exact.returncode == 0, exact.stderr
     hit = json.loads(exact.stdout.splitlines()[0])
     assert hit["document"] == EVIL_NAME and EVIL_TEXT in hit["text"]
@@ -266,7 +272,7 @@ def test_control_characters_in_signed_strings_are_escaped_in_human_output(escape
 
 def test_error_messages_stay_on_one_line_without_terminal_controls(escape_capsule, tmp_path):
     missing = tmp_path / "gone\x1b[2J\nedge: error: forged.capsule"
-    proc = _child(["verify", str(missing), *_keys(escape_capsule), "--store", str(tmp_path / "s")], text=True)
+    proc = _in_process(["verify", str(missing), *_keys(escape_capsule), "--store", str(tmp_path / "s")], text=True)
     assert proc.returncode == 1
     _assert_no_terminal_controls(proc.stderr.replace("\n", ""))
     _assert_one_error_line(proc.stderr, "gone\\x1b[2J\\x0aedge: error: forged.capsule")
@@ -368,7 +374,7 @@ def search_only_capsule(tmp_path_factory):
 
 def test_k_is_bounded_by_default_when_export_is_not_allowed(search_only_capsule, tiny_capsule, tmp_path):
     def search(built, k):
-        return _child(["search", str(built.path), "What is Python?", "-k", str(k), "--json", *_keys(built),
+        return _in_process(["search", str(built.path), "What is Python?", "-k", str(k), "--json", *_keys(built),
                        "--store", str(tmp_path / "store")], text=True)
 
     n_chunks = tiny_capsule.result.n_chunks

@@ -1,0 +1,81 @@
+"""Writer then reader is the identity for the DOCS plaintext and the frame table (issue 14: every
+format piece has a writer beside its reader and a round-trip test, as python-tuf's and age's
+suites check theirs). The manifest's and the container's are in test_manifest.py and
+test_container_writer.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge import format as fmt
+from edge.errors import CapsuleFormatError
+from edge.hits import MAX_HEADING_CHARS, Document, documents_to_bytes, parse_documents
+
+_TITLE = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=MAX_HEADING_CHARS)
+
+
+@st.composite
+def _documents(draw):
+    docs = []
+    for _ in range(draw(st.integers(0, 6))):
+        starts = sorted(draw(st.sets(st.integers(0, 10**9), max_size=5)))
+        headings = tuple((start, draw(st.integers(1, 6)), draw(_TITLE)) for start in starts)
+        docs.append(Document(draw(st.text(max_size=40)), draw(st.integers(0, 1 << 40)), draw(st.text(max_size=30)),
+                             n_chunks=draw(st.integers(0, 1000)), headings=headings,
+                             sha256=draw(st.sampled_from(["", "ab" * 32]))))
+    return docs
+
+
+@settings(max_examples=150, deadline=None)
+@given(_documents())
+def test_documents_serialise_then_parse_is_identity(docs):
+    data = documents_to_bytes(docs)
+    parsed = parse_documents(data, n_documents=len(docs), n_chunks=sum(d.n_chunks for d in docs))
+    first = 0
+    for doc, back in zip(docs, parsed, strict=True):
+        assert back == Document(doc.name, doc.n_bytes, doc.media_type, n_chunks=doc.n_chunks, first_chunk_id=first,
+                                headings=doc.headings, sha256=doc.sha256)
+        first += doc.n_chunks
+    assert documents_to_bytes(parsed) == data  # and back to the same bytes
+
+
+def test_parse_documents_checks_the_counts_against_the_manifest():
+    data = documents_to_bytes([Document("a.md", 10, "text/markdown", n_chunks=2)])
+    with pytest.raises(CapsuleFormatError, match="manifest says 2"):
+        parse_documents(data, n_documents=2, n_chunks=2)
+    with pytest.raises(CapsuleFormatError, match="hold 2 chunks, manifest says 3"):
+        parse_documents(data, n_documents=1, n_chunks=3)
+
+
+def test_the_writer_refuses_what_the_reader_would_refuse():
+    out_of_order = Document("a.md", 10, "text/markdown", n_chunks=1, headings=((5, 1, "B"), (0, 1, "A")))
+    with pytest.raises(ValueError, match="malformed heading"):
+        documents_to_bytes([out_of_order])
+    with pytest.raises(ValueError, match="cannot be written"):
+        documents_to_bytes([Document("a.md", 10, "text/markdown", sha256="abc")])
+
+
+@settings(max_examples=150, deadline=None)
+@given(sizes=st.lists(st.integers(1, fmt.MAX_SAMPLE_BYTES), min_size=1, max_size=40),
+       gaps=st.lists(st.integers(0, 4096), min_size=40, max_size=40),
+       slots=st.lists(st.integers(1, 60), min_size=40, max_size=40), spare_chunks=st.integers(0, 59))
+def test_frame_table_serialise_then_parse_is_identity(sizes, gaps, slots, spare_chunks):
+    offsets, at = [], 0
+    for size, gap in zip(sizes, gaps):
+        at += gap
+        offsets.append(at)
+        at += size
+    firsts = np.concatenate([[0], np.cumsum(slots[:len(sizes) - 1])]).astype(np.uint32)
+    n_chunks = int(firsts[-1]) + 1 + spare_chunks
+    table = fmt.FrameTable(np.array(offsets, np.uint64), np.array(sizes, np.uint32), firsts, n_chunks)
+    data = table.to_bytes()
+    assert len(data) == fmt.FRAME_ENTRY_BYTES * len(sizes)
+    parsed = fmt.FrameTable.from_bytes(data, n_frames=len(sizes), n_chunks=n_chunks, video_bytes=at)
+    assert np.array_equal(parsed.sample_offsets, table.sample_offsets)
+    assert np.array_equal(parsed.sample_bytes, table.sample_bytes)
+    assert np.array_equal(parsed.first_chunk_ids, table.first_chunk_ids)
+    assert parsed.to_bytes() == data
