@@ -27,7 +27,7 @@ Example::
 
 Source: FORMAT.md §11 (open order), §5-§6 (frames).
 
-Size: ~680 lines because the open path's order (budget plan, key unwrap, decrypt, parse, map,
+Size: ~650 lines because the open path's order (budget plan, key unwrap, decrypt, parse, map,
 model, decoder) is one sequence with one release-on-error path, and ``verify_capsule`` shares its
 section parsers; the container, verification and the opened ``Capsule`` live apart.
 """

@@ -15,7 +15,7 @@ delegates unless ``--trust`` names keys. Every command uses the device store
 the rate log; a CAPSULE argument that contains ``/`` or ends in ``.capsule`` is a file, anything
 else is the name of an installed capsule.
 
-Size: ~780 lines: one argparse tree, the shared key/store/budget helpers, the human and JSON
+Size: ~820 lines: one argparse tree, the shared key/store/budget helpers, the human and JSON
 output of the capsule verbs and the one-line error policy, which are easiest to review together;
 the verbs call the library API.
 """

@@ -12,7 +12,7 @@ Example::
 
 Source: FORMAT.md §4, §7, §9.
 
-Size: ~700 lines because the manifest's parser, its bounds, its writer (``to_bytes``) and the
+Size: ~900 lines because the manifest's parser, its bounds, its writer (``to_bytes``) and the
 canonical-JSON rules it is signed under stay side by side, so that a field is added to all four
 in one place.
 """

@@ -28,7 +28,7 @@ Example::
 
 Source: FORMAT.md.
 
-Size: ~720 lines because the build is one pipeline over one private work folder with one
+Size: ~850 lines because the build is one pipeline over one private work folder with one
 cleanup path and one place where a failure becomes a ``BuildError``; its stages live in
 ``chunking``, ``sealing``, ``qr_video``, ``mp4_writer`` and ``edge``.
 """

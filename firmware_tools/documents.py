@@ -24,7 +24,7 @@ dropped). There is deliberately no cp1252/latin-1 fallback: a guessed
 encoding silently turns into mojibake inside a signed capsule, while a clear
 error asks the user to re-save the file once.
 
-Size: ~820 lines because the five formats' readers and the Markdown (CommonMark) and
+Size: ~870 lines because the five formats' readers and the Markdown (CommonMark) and
 reStructuredText (docutils) heading scanners share one normalisation, one size bound and one
 heading bound; about a third is the scanners' documentation of the spec rules they follow.
 """
