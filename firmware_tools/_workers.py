@@ -116,7 +116,8 @@ def ordered_map(fn: Callable, tasks: Iterable, *, n_workers: int, max_in_flight:
                     result = future.result()
                 except BrokenProcessPool as exc:
                     log.warning("worker processes stopped (%s); finishing in this process", exc)
-                    tasks = _chain([task], (t for _, t in pending), tasks)
+                    # every task not yet returned, in order: this one, those in flight, the rest
+                    tasks = _chain([task], [t for _, t in pending], tasks)
                     pending.clear()
                     break
                 yield result
