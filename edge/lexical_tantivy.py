@@ -80,6 +80,14 @@ MAX_META_BYTES = 64 << 10
 MAX_FOOTER_BYTES = 1024
 #: tantivy's footer magic number (``FOOTER_MAGIC_NUMBER``).
 FOOTER_MAGIC = 1337
+#: The body of every segment's ``.store`` file (before its tantivy footer): a doc store with no
+#: block, which is all an index that stores no field needs. tantivy parses a store's skip index
+#: and footer when it opens a searcher, and garbage there made it allocate terabytes and abort
+#: the process (signed fuzz, family lexi-files seed 50170), so the writer replaces tantivy's
+#: store with this one and the reader accepts no other (FORMAT.md §5.6). Layout: skip index of
+#: no layer (VInt 0, ``0x80``), then tantivy's ``DocStoreFooter``: u32 doc store version 2,
+#: u64 offset 0 of the skip index, u8 compressor id 1 (lz4), 15 zero bytes.
+EMPTY_DOC_STORE = b"\x80" + struct.pack("<IQB", 2, 0, 1) + bytes(15)
 #: zstd window accepted for the section (level 19 uses 8 MiB).
 MAX_WINDOW_BYTES = 8 << 20
 #: BM25 boost of a term found in a chunk's heading path over one found in its text.
@@ -215,7 +223,8 @@ def check_meta(meta_bytes: bytes | memoryview, *, n_chunks: int) -> list[str]:
 
 def check_footer(name: str, data: bytes | memoryview) -> None:
     """Check a segment file's tantivy footer: magic, bounded length, JSON naming index format
-    version ``INDEX_FORMAT_VERSION``, and the CRC-32 of the body.
+    version ``INDEX_FORMAT_VERSION``, and the CRC-32 of the body; a ``.store`` file's body must
+    be ``EMPTY_DOC_STORE``.
 
     Raises:
         CapsuleFormatError: naming the file and what is wrong.
@@ -236,6 +245,8 @@ def check_footer(name: str, data: bytes | memoryview) -> None:
                                  f"this runtime reads {INDEX_FORMAT_VERSION}")
     if crc != zlib.crc32(data[:body_end]):
         raise CapsuleFormatError(f"lexical file {name} fails its CRC-32")
+    if name.endswith(".store") and bytes(data[:body_end]) != EMPTY_DOC_STORE:
+        raise CapsuleFormatError(f"lexical file {name} is not the empty doc store this format requires")
 
 
 def _is_fatal(exc: BaseException) -> bool:

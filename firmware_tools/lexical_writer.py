@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -224,7 +225,8 @@ def pack_tantivy_directory(folder: Path) -> bytes:
     Each segment is renamed by content: its id becomes the first 16 bytes of the SHA-256 of its
     files (in ``SEGMENT_FILE_EXTENSIONS`` order), and segments are listed by that id, so the
     archive depends only on the indexed documents (tantivy's own ids are random UUIDs).
-    ``meta.json`` is rewritten as compact JSON with sorted keys.
+    ``meta.json`` is rewritten as compact JSON with sorted keys, and each ``.store`` file is
+    replaced by ``edge.lexical_tantivy.EMPTY_DOC_STORE`` (the index stores no field).
 
     Raises:
         BuildError: a segment file is missing, a file is not one a segment has, or deletes.
@@ -241,6 +243,8 @@ def pack_tantivy_directory(folder: Path) -> bytes:
             files = [(folder / f"{stem}.{ext}").read_bytes() for ext in lexical_tantivy.SEGMENT_FILE_EXTENSIONS]
         except FileNotFoundError as exc:
             raise BuildError(f"tantivy left no {Path(exc.filename).name}") from None
+        store = lexical_tantivy.SEGMENT_FILE_EXTENSIONS.index("store")
+        files[store] = _empty_doc_store(files[store])
         digest = hashlib.sha256()
         for data in files:
             digest.update(hashlib.sha256(data).digest())
@@ -255,6 +259,28 @@ def pack_tantivy_directory(folder: Path) -> bytes:
     files = {"meta.json": json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()}
     files.update(sorted(contents.items()))
     return pack_archive(files)
+
+
+def _empty_doc_store(written: bytes) -> bytes:
+    """``EMPTY_DOC_STORE`` with the footer tantivy gave ``written`` (its version object), the
+    CRC-32 computed over the new body. The index stores no field, so nothing is lost.
+
+    Raises:
+        BuildError: ``written`` has no footer this writer can read.
+    """
+    import zlib
+
+    try:
+        footer_bytes, magic = struct.unpack("<II", written[-8:])
+        footer = json.loads(written[len(written) - 8 - footer_bytes:-8])
+        version = footer["version"]
+    except (struct.error, ValueError, KeyError, TypeError):
+        raise BuildError("tantivy wrote a doc store without a footer this writer reads") from None
+    if magic != lexical_tantivy.FOOTER_MAGIC:
+        raise BuildError("tantivy wrote a doc store without its footer magic")
+    body = lexical_tantivy.EMPTY_DOC_STORE
+    encoded = json.dumps({"version": version, "crc": zlib.crc32(body)}, separators=(",", ":")).encode()
+    return body + encoded + struct.pack("<II", len(encoded), magic)
 
 
 def pack_archive(files: dict[str, bytes]) -> bytes:

@@ -740,6 +740,25 @@ def _manifest_vectors(alpha2: Draft, beta: Draft, alpha2_fts5: Draft) -> list[Ve
            "recomputed); re-sealed and re-signed", tantivy_edit(lambda f: footer(f, "idx", version=8)))
     edited("lexi-footer-crc-resigned", "format", "one bit of the postings file flipped, its footer's CRC-32 left as "
            "it was; re-sealed and re-signed", tantivy_edit(lambda f: footer(f, "idx", body_flip=True)))
+    def store_body(files: dict[str, bytes], body: bytes) -> None:
+        import struct
+        import zlib
+
+        name = segment_file(files, "store")
+        data = files[name]
+        n, magic = struct.unpack("<II", data[-8:])
+        tail = json.loads(data[len(data) - 8 - n:-8])
+        tail["crc"] = zlib.crc32(body)
+        encoded = json.dumps(tail, separators=(",", ":")).encode()
+        files[name] = body + encoded + struct.pack("<II", len(encoded), magic)
+
+    # The doc store tantivy 0.27 wrote for this segment's 6 documents (one lz4 block, a skip index,
+    # its footer) with 8 bytes from offset 35 zeroed: tantivy would allocate 1.6 TB and abort.
+    tantivy_store = bytes.fromhex("2200000011800100f00d0000000001000000020000000300000004000000050000000600000081"
+                                  "8581808086a602000000260000000000000001000000000000000000000000000000")
+    edited("lexi-store-skip-index-zeroed-resigned", "format", "the segment's doc store is the one tantivy wrote, "
+           "its skip index zeroed (CRC recomputed), not the empty store FORMAT.md §5.6 requires; re-sealed and "
+           "re-signed", tantivy_edit(lambda f: store_body(f, tantivy_store[:35] + bytes(8) + tantivy_store[43:])))
     lexi_bomb = zstandard.ZstdCompressor(level=3, write_content_size=True).compress(bytes(16 << 20))
     edited("lexi-decompression-bomb", "format", f"LEXI holds {len(lexi_bomb)} bytes of zstd declaring 16 MiB, "
            "more than lexical.plaintext_bytes; refused before inflating", lambda d: d.reseal("LEXI", lexi_bomb))
