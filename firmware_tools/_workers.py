@@ -102,25 +102,35 @@ def ordered_map(fn: Callable, tasks: Iterable, *, n_workers: int, max_in_flight:
     if pool is not None:
         limit = max_in_flight or 3 * n_workers
         pending: collections.deque = collections.deque()
+        broken = None
         try:
-            while True:
+            while broken is None:
                 while len(pending) < limit:
                     task = next(tasks, _DONE)
                     if task is _DONE:
                         break
-                    pending.append((pool.submit(fn, task), task))
+                    try:
+                        future = pool.submit(fn, task)
+                    except BrokenProcessPool as exc:  # a worker died since the last result
+                        broken = exc
+                        tasks = _chain([t for _, t in pending], [task], tasks)
+                        break
+                    pending.append((future, task))
+                if broken is not None:
+                    break
                 if not pending:
                     return
                 future, task = pending.popleft()
                 try:
                     result = future.result()
                 except BrokenProcessPool as exc:
-                    log.warning("worker processes stopped (%s); finishing in this process", exc)
+                    broken = exc
                     # every task not yet returned, in order: this one, those in flight, the rest
                     tasks = _chain([task], [t for _, t in pending], tasks)
-                    pending.clear()
                     break
                 yield result
+            pending.clear()
+            log.warning("worker processes stopped (%s); finishing in this process", broken)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
     if initializer is not None:
