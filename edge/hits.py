@@ -171,10 +171,10 @@ def documents_to_bytes(documents: Sequence[Document]) -> bytes:
         if (doc.n_bytes < 0 or doc.n_chunks < 0 or len(doc.sha256) not in (0, 64)
                 or len(doc.headings) > MAX_HEADINGS_PER_DOCUMENT):
             raise ValueError(f"document {n} ({doc.name!r}) cannot be written to DOCS")
-        _check_headings([list(h) for h in doc.headings], n, error=ValueError)
+        headings = [list(h) for h in doc.headings]
+        _check_headings(headings, n, error=ValueError)
         entries.append({"name": doc.name, "bytes": doc.n_bytes, "media_type": doc.media_type,
-                        "n_chunks": doc.n_chunks, "headings": [list(h) for h in doc.headings],
-                        "sha256": doc.sha256})
+                        "n_chunks": doc.n_chunks, "headings": headings, "sha256": doc.sha256})
     return canonical_json({"documents": entries})
 
 

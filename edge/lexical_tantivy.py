@@ -245,7 +245,7 @@ def check_footer(name: str, data: bytes | memoryview) -> None:
                                  f"this runtime reads {INDEX_FORMAT_VERSION}")
     if crc != zlib.crc32(data[:body_end]):
         raise CapsuleFormatError(f"lexical file {name} fails its CRC-32")
-    if name.endswith(".store") and bytes(data[:body_end]) != EMPTY_DOC_STORE:
+    if name.endswith(".store") and (body_end != len(EMPTY_DOC_STORE) or bytes(data[:body_end]) != EMPTY_DOC_STORE):
         raise CapsuleFormatError(f"lexical file {name} is not the empty doc store this format requires")
 
 

@@ -104,7 +104,7 @@ def ordered_map(fn: Callable, tasks: Iterable, *, n_workers: int, max_in_flight:
         pending: collections.deque = collections.deque()
         broken = None
         try:
-            while broken is None:
+            while True:
                 while len(pending) < limit:
                     task = next(tasks, _DONE)
                     if task is _DONE:

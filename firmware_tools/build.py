@@ -531,7 +531,7 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
     lexical_info = lexicon.finish()
     docs_plain = documents_to_bytes([
         Document(d.name, d.n_bytes, d.media_type, n_chunks=d.n_chunks,
-                 headings=tuple((start, level, title) for start, level, title in _kept_headings(d)), sha256=d.sha256)
+                 headings=_kept_headings(d), sha256=d.sha256)
         for d in docs])
     content_digest = hashlib.sha256(b"".join(bytes.fromhex(d.sha256) for d in docs) + canonical_json(
         {"capsule_id": capsule_id, "version": version, "max_tokens": max_tokens,
@@ -731,7 +731,7 @@ def _parse_and_chunk(task: tuple[str, str, int, int, list[tuple[str, str, bytes]
                   for doc, chunks in zip(docs, by_document, strict=True)]
 
 
-def _kept_headings(doc: _DocumentMeta) -> list[list]:
+def _kept_headings(doc: _DocumentMeta) -> tuple[tuple[int, int, str], ...]:
     """The document's headings as DOCS holds them: titles cut to ``MAX_HEADING_CHARS``, at most
     ``MAX_HEADINGS_PER_DOCUMENT``, and no more than ``MAX_HEADING_BYTES_PER_CHUNK`` JSON bytes per
     chunk of the document (the reader's bound on DOCS; later headings are dropped)."""
@@ -744,8 +744,8 @@ def _kept_headings(doc: _DocumentMeta) -> list[list]:
         used += len(canonical_json([start, level, title])) + 1
         if used > budget:
             break
-        kept.append([start, level, title])
-    return kept
+        kept.append((start, level, title))
+    return tuple(kept)
 
 
 def _video_manifest(params: VideoParams, video) -> dict:
