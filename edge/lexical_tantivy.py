@@ -13,8 +13,9 @@ every file's tantivy footer (magic, length, index format version 7, CRC-32 of th
 ``max_doc`` add up to the chunk count, no deletes) are checked, then each file is written to a
 sealed ``memfd`` (``edge._files.sealed_memfd``: nobody can change it afterwards). tantivy opens
 files by path only (``MmapDirectory``), so a private temporary folder (mode 0700, under
-``TMPDIR``) holds one symbolic link per file to ``/proc/self/fd/N``: no plaintext is ever named
-on a file system, and a killed process leaves only dangling links. The memfd pages are the
+``TMPDIR``) holds one symbolic link per file to ``/proc/self/fd/N`` while the searcher opens,
+and is removed once it has mapped every file: no plaintext is ever named on a file system, and
+a process killed later leaves nothing behind. The memfd pages are the
 index's memory (charged to the budget as ``plaintext_bytes``); tantivy maps them.
 
 tantivy is Rust: a signed but malformed index makes it raise ``ValueError`` or panic (pyo3's
@@ -260,10 +261,10 @@ class TantivyLexicalIndex:
     releases the GIL while it searches, so a query's BM25 ranking can run beside its embedding.
     """
 
-    def __init__(self, *, index: Any, searcher: Any, schema: Any, fds: list[int], link_dir: str,
-                 info: LexicalInfo, n_chunks: int) -> None:
+    def __init__(self, *, index: Any, searcher: Any, schema: Any, fds: list[int], info: LexicalInfo,
+                 n_chunks: int) -> None:
         self._index, self._searcher, self._schema = index, searcher, schema
-        self._fds, self._link_dir = fds, link_dir
+        self._fds = fds
         self.info = info
         self._n_chunks = n_chunks
 
@@ -336,6 +337,11 @@ class TantivyLexicalIndex:
             if found != (n_chunks, len(stems)):
                 raise CapsuleFormatError(f"lexical index opens with {found[0]} documents in {found[1]} segments, "
                                          f"expected {n_chunks} in {len(stems)}")
+            # The searcher has mapped every file (its reload policy is manual), so the links
+            # are no longer needed: removing them now means a process that is killed later
+            # leaves nothing in TMPDIR.
+            shutil.rmtree(link_dir, ignore_errors=True)
+            link_dir = ""
         except BaseException:
             for fd in fds:
                 os.close(fd)
@@ -344,8 +350,7 @@ class TantivyLexicalIndex:
             raise
         log.debug("opened tantivy lexical index: %d chunks, %d segments, %d bytes", n_chunks, len(stems),
                   info.plaintext_bytes)
-        return cls(index=index, searcher=searcher, schema=schema, fds=fds, link_dir=link_dir, info=info,
-                   n_chunks=n_chunks)
+        return cls(index=index, searcher=searcher, schema=schema, fds=fds, info=info, n_chunks=n_chunks)
 
     # ---------------------------------------------------------------------------------- queries
 
@@ -445,12 +450,11 @@ class TantivyLexicalIndex:
         return sorted(c for _, c in self._run(holding, limit, by_chunk=True))
 
     def close(self) -> None:
-        """Drop tantivy's index (its meta-file watcher thread ends within 0.5 s), close the
-        memfds and remove the folder of links."""
+        """Drop tantivy's index (its meta-file watcher thread ends within 0.5 s) and close the
+        memfds."""
         if self._index is None:
             return
         self._searcher = self._index = self._schema = None
         for fd in self._fds:
             os.close(fd)
         self._fds = []
-        shutil.rmtree(self._link_dir, ignore_errors=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -151,16 +152,29 @@ def test_the_writer_refuses_out_of_order_chunks_and_an_empty_index(tmp_path):
     assert not (tmp_path / "a.d").exists()
 
 
-def test_opening_names_no_plaintext_and_closing_removes_the_links(built, tmp_path, monkeypatch):
+def test_opening_names_no_plaintext_and_leaves_no_folder_behind(built, tmp_path, monkeypatch):
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     import tempfile
+
+    import tantivy
     monkeypatch.setattr(tempfile, "tempdir", None)
+    seen = {}
+    real_open = tantivy.Index.open
+
+    def open_and_look(path):  # the real tantivy open; records what the folder held then
+        folder = Path(path)
+        seen["mode"] = oct(folder.stat().st_mode & 0o777)
+        seen["links"] = [(p.name, os.readlink(p)) for p in folder.iterdir()]
+        return real_open(path)
+
+    monkeypatch.setattr(tantivy.Index, "open", open_and_look)
     section, info = built
     lexi = open_lexical_index([section], info=info, n_chunks=len(CHUNKS), section_bytes=len(section))
-    (folder,) = tmp_path.iterdir()
-    assert oct(folder.stat().st_mode & 0o777) == "0o700"
-    links = [p for p in folder.iterdir() if not p.name.startswith(".tantivy")]
-    assert links and all(p.is_symlink() and os.readlink(p).startswith("/proc/self/fd/") for p in links)
+    assert seen["mode"] == "0o700"
+    assert seen["links"] and all(target.startswith("/proc/self/fd/") for _, target in seen["links"])
+    # Gone once the searcher has mapped the files: a process killed from now on leaves nothing.
+    assert list(tmp_path.iterdir()) == []
+    time.sleep(0.6)  # past tantivy's meta-file watcher poll (500 ms): it must not mind
     assert lexi.search(LexicalQuery.parse("encoder"), 1)[0] == [0]
     lexi.close()
     assert list(tmp_path.iterdir()) == []
