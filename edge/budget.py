@@ -18,7 +18,9 @@ What is reserved, and how each figure was measured (x86_64, CPython 3.11, onnxru
                    at the first open as the process's RssAnon (32.7 MiB here; VmData 75.5).
 ``model``          onnxruntime session and tokenizer, with the known-answer check and 200
                    queries: RssAnon +22.8 MiB (VmData +34.8) with the weights memory-mapped
-                   (``MODEL_SESSION_BYTES`` = 26 MiB); for a ``tflite`` capsule the LiteRT
+                   and prepacked (``MODEL_SESSION_BYTES`` = 26 MiB), +13.5 MiB when they are
+                   not prepacked (``MODEL_SESSION_MAPPED_BYTES`` = 16 MiB; a capsule opened
+                   under a budget that cannot hold the packed session); for a ``tflite`` capsule the LiteRT
                    engine (``LITERT_SESSION_BYTES`` = 104 MiB, from VmRSS: measured less
                    carefully, so generous).
 ``index``          the Annoy file: its plaintext size when decrypted into memory, 0 when it
@@ -61,6 +63,10 @@ MiB = 1024 * 1024
 #: onnxruntime session + tokenizer of the int8 MiniLM model: RssAnon grew 22.8 MiB (session,
 #: known-answer check, 200 queries; weights memory-mapped), rounded up.
 MODEL_SESSION_BYTES = 26 * MiB
+#: The same session with its int8 weights left in the mapped weights file (onnxruntime's
+#: ``session.disable_prepacking``): RssAnon grew 13.3-13.5 MiB (2026-12-07, onnxruntime 1.32.0,
+#: the same 200 queries), rounded up. Queries take ~0.6-1.1 ms more (edge/embedder.py).
+MODEL_SESSION_MAPPED_BYTES = 16 * MiB
 #: Address space a process of this runtime reserves without touching it (VmData - RssAnon:
 #: 63.1 MiB measured after opening SciFact and 200 queries with the capsule's helper thread,
 #: whose malloc arena alone reserves ~9 MiB; 42.8 after the imports alone), with headroom for a

@@ -50,6 +50,7 @@ from .budget import (
     FRAME_DECODER_BASE_BYTES,
     LITERT_SESSION_BYTES,
     MODEL_SESSION_BYTES,
+    MODEL_SESSION_MAPPED_BYTES,
     QUERY_BASE_BYTES,
     MemoryBudget,
     format_mib,
@@ -63,7 +64,7 @@ from .index import Projection, VectorIndex
 from .lexical import LexicalEngine, lexical_loading_bytes, lexical_plan_bytes, open_lexical_index
 from .keys import Identity, Passphrase
 from .manifest import Manifest
-from .hits import Document, Hit, StageTimings, parse_documents
+from .hits import Document, Hit, StageTimings, documents_held_bytes, parse_documents
 from .opened import Capsule
 from .rules import MemoryUseLog, UsePolicy
 from .sealed import (
@@ -96,7 +97,7 @@ def _import_runtime_libraries() -> None:
 
 
 def memory_plan(manifest: Manifest, *, section_lengths: dict[str, int], frame_cache_bytes: int,
-                include_model: bool, index_from_file: bool = False) -> dict[str, int]:
+                include_model: bool, index_from_file: bool = False, model_weights: str = "packed") -> dict[str, int]:
     """Return the bytes a capsule will hold once open, by component (see ``edge.budget``).
 
     Args:
@@ -106,6 +107,8 @@ def memory_plan(manifest: Manifest, *, section_lengths: dict[str, int], frame_ca
         include_model: whether this capsule loads its own model session.
         index_from_file: the capsule is a device-store object the runtime owns: its Annoy
             plaintext and unencrypted VECS are mapped from files (not held in memory).
+        model_weights: ``"packed"`` or ``"mapped"``: how an ``onnx`` session holds its
+            weights (``OpenOptions.model_weights``); a ``tflite`` session is one size.
 
     Returns:
         Bytes per component; every value >= 0.
@@ -123,8 +126,7 @@ def memory_plan(manifest: Manifest, *, section_lengths: dict[str, int], frame_ca
     projection = info.projection
     dim_out = projection.dim_out if projection else 0
     plan = {
-        "model": (LITERT_SESSION_BYTES if manifest.model.family == "tflite" else MODEL_SESSION_BYTES)
-        if include_model else 0,
+        "model": _model_bytes(manifest.model.family, model_weights) if include_model else 0,
         "index": 0 if index_from_file else index_bytes,
         "vecs": vecs_bytes,
         "projection": 4 * (projection.dim_in * projection.dim_out + projection.dim_in + projection.dim_out)
@@ -147,6 +149,16 @@ def memory_plan(manifest: Manifest, *, section_lengths: dict[str, int], frame_ca
     return plan
 
 
+def _model_bytes(family: str, model_weights: str) -> int:
+    if family == "tflite":
+        return LITERT_SESSION_BYTES
+    return MODEL_SESSION_MAPPED_BYTES if model_weights == "mapped" else MODEL_SESSION_BYTES
+
+
+#: ``OpenOptions.model_weights`` values.
+MODEL_WEIGHTS = ("auto", "packed", "mapped")
+
+
 @dataclass(frozen=True)
 class OpenOptions:
     """How ``open_capsule`` and ``verify_capsule`` open a capsule, beyond keys, budget and time.
@@ -164,9 +176,16 @@ class OpenOptions:
         segment_files: for a capsule built over earlier segments (a delta, FORMAT.md §4.7) opened
             by path: the files of those segments, in any order (each is matched to the version's
             pins by its manifest digest). A store finds them itself.
+        model_weights: how an ``onnx`` model session holds its int8 weights: ``"packed"``
+            (onnxruntime prepacks them into anonymous memory, ``MODEL_SESSION_BYTES``: the
+            fastest), ``"mapped"`` (they stay in the mapped weights file, page cache the kernel
+            can evict: ``MODEL_SESSION_MAPPED_BYTES``, 10 MiB less, ~0.6-1.1 ms more per query,
+            the same embeddings) or ``"auto"`` (packed, unless a limited budget cannot hold the
+            capsule's plan with packed weights: then mapped). A ``tflite`` model ignores it.
 
     Raises:
-        ValueError: ``threshold`` or ``n_threads`` below 1, or ``frame_cache_bytes`` negative.
+        ValueError: ``threshold`` or ``n_threads`` below 1, ``frame_cache_bytes`` negative, or
+            ``model_weights`` not one of ``MODEL_WEIGHTS``.
     """
 
     threshold: int = 1
@@ -176,11 +195,15 @@ class OpenOptions:
     prefer_hardware_decoder: bool = True
     frame_cache_bytes: int = DEFAULT_FRAME_CACHE_BYTES
     segment_files: Sequence[Path] = ()
+    model_weights: str = "auto"
 
     def __post_init__(self) -> None:
         if self.threshold < 1 or self.n_threads < 1 or self.frame_cache_bytes < 0:
             raise ValueError(f"OpenOptions: threshold ({self.threshold}) and n_threads ({self.n_threads}) must be "
                              f">= 1, frame_cache_bytes ({self.frame_cache_bytes}) >= 0")
+        if self.model_weights not in MODEL_WEIGHTS:
+            raise ValueError(f"OpenOptions: model_weights must be one of {', '.join(MODEL_WEIGHTS)}, "
+                             f"not {self.model_weights!r}")
 
 
 @dataclass(frozen=True)
@@ -305,9 +328,28 @@ def _open_capsule(path: str | os.PathLike[str], *, trusted_keys: Sequence[Ed2551
             raise IntegrityError(f"index file {index_path} was given for a capsule whose index is encrypted "
                                  "(a file planted beside it?); refusing both")
         prefix = f"{manifest.name}#{next(_open_counter)}/"
-        plan = memory_plan(manifest, section_lengths={t: e.length for t, e in cf.sections.items()},
-                           frame_cache_bytes=frame_cache_bytes, include_model=embedder is None,
-                           index_from_file=owned_file)
+        section_lengths = {t: e.length for t, e in cf.sections.items()}
+        model_weights = "mapped" if options.model_weights == "mapped" else "packed"
+        plan = memory_plan(manifest, section_lengths=section_lengths, frame_cache_bytes=frame_cache_bytes,
+                           include_model=embedder is None, index_from_file=owned_file, model_weights=model_weights)
+        # The document list is charged once parsed, at what it holds (below), not at the plan's
+        # bound: its parse's peak is charged beyond the reservations not yet in use.
+        plan.pop("documents")
+        available = budget.available_bytes
+        if (options.model_weights == "auto" and embedder is None and available is not None
+                and sum(plan.values()) > available and manifest.model.family == "onnx"):
+            model_weights = "mapped"
+            plan["model"] = MODEL_SESSION_MAPPED_BYTES
+            log.info("capsule %s: the model's weights stay mapped (not prepacked) to fit the memory budget",
+                     manifest.name)
+        # Loading the lexical index peaks above what it keeps; that peak is freed before the
+        # model, decoder, cache and query arrays are allocated, so it may use their reservations.
+        lexical_loading = lexical_borrowed = 0
+        if manifest.lexical is not None:
+            lexical_loading = lexical_loading_bytes(manifest.lexical, _lexi_plaintext_bytes(
+                section_lengths["LEXI"], manifest.index.encryption))
+            lexical_borrowed = min(lexical_loading, sum(plan[name] for name in _LOADED_AFTER_LEXICAL))
+            plan["lexical"] -= lexical_borrowed
         budget.acquire_all({prefix + name: n for name, n in plan.items()}, what=f"capsule {manifest.name}")
         content_key = _unwrap_within_budget(manifest, identities, budget, prefix)
         keys = derive_keys(content_key, manifest.capsule_id_bytes)
@@ -318,8 +360,12 @@ def _open_capsule(path: str | os.PathLike[str], *, trusted_keys: Sequence[Ed2551
             # hashed while copied (_open_index), so what Annoy reads is what was hashed.
             if tag not in verified_sections and (manifest.index.encryption != "none" or owned_file):
                 _compare_digest(cf.sha256(tag), manifest, tag)
+        # The parse's transient peak may use what is reserved for the parts loaded after it.
         documents = _read_documents(open_stream(keys.section("DOCS"), small["DOCS"]), manifest,
-                                    budget=budget, reservation=prefix + "documents_inflate")
+                                    budget=budget, reservation=prefix + "documents_inflate",
+                                    reserved_unused=sum(plan[name] for name in _LOADED_AFTER_DOCUMENTS))
+        plan["documents"] = documents_held_bytes(documents)
+        budget.acquire_all({prefix + "documents": plan["documents"]}, what=f"capsule {manifest.name}'s document list")
         frames = fmt.FrameTable.from_bytes(small["FTAB"], n_frames=manifest.video.n_frames,
                                            n_chunks=manifest.n_chunks, video_bytes=cf.sections["VIDE"].length)
         decompressor = _read_dictionary(small["ZDIC"], keys, manifest)
@@ -327,14 +373,13 @@ def _open_capsule(path: str | os.PathLike[str], *, trusted_keys: Sequence[Ed2551
         lexical = _open_lexical(cf, keys, manifest)
         if lexical is not None:
             # What only loading needed is freed once the engine holds its copy: keep what stays.
-            loading = lexical_loading_bytes(manifest.lexical, _lexi_plaintext_bytes(cf.sections["LEXI"].length,
-                                                                                    manifest.index.encryption))
-            budget.release(prefix + "lexical", loading)
-            plan["lexical"] -= loading
+            budget.release(prefix + "lexical", lexical_loading - lexical_borrowed)
+            plan["lexical"] -= lexical_loading - lexical_borrowed
         if embedder is None:
             embedder = own_embedder = QueryEmbedder.open(model_dir, family=manifest.model.family,
                                                          expected_sha256=manifest.model.sha256,
-                                                         n_threads=n_threads, max_tokens=manifest.model.max_tokens)
+                                                         n_threads=n_threads, max_tokens=manifest.model.max_tokens,
+                                                         prepack_weights=model_weights == "packed")
         if embedder.dim != manifest.model.dim:
             raise ModelError(f"model gives {embedder.dim}-d embeddings, capsule needs {manifest.model.dim}")
         # Opened by path, every sample is authenticated before a decoder sees it: VIDE is hashed
@@ -547,13 +592,27 @@ def _open_lexical(cf: ContainerFile, keys: ContentKeys, manifest: Manifest) -> L
     return open_lexical_index(blocks, info=info, n_chunks=manifest.n_chunks, section_bytes=plaintext_bytes)
 
 
+#: Plan components reserved at open but allocated only after DOCS is parsed (``_open_capsule``'s
+#: order: documents, frame table, dictionary, index, vecs, projection, lexical, model, decoder;
+#: the cache and query arrays at the first search).
+_LOADED_AFTER_DOCUMENTS = ("index", "vecs", "projection", "lexical", "model", "frame_decoder", "frame_cache",
+                           "query")
+#: Plan components allocated only after the lexical index is loaded.
+_LOADED_AFTER_LEXICAL = ("model", "frame_decoder", "frame_cache", "query")
+
+
 def _read_documents(sealed_plaintext: bytes, manifest: Manifest, *, budget: MemoryBudget,
-                    reservation: str) -> list[Document]:
+                    reservation: str, reserved_unused: int = 0) -> list[Document]:
     """Inflate and parse DOCS; the size its zstd header declares, bounded by ``n_documents``, is
-    charged (``JSON_PARSE_PEAK_FACTOR`` times) to ``budget`` before anything is inflated."""
+    charged (``JSON_PARSE_PEAK_FACTOR`` times) to ``budget`` before anything is inflated.
+
+    ``reserved_unused``: bytes this open has reserved but not yet allocated (the components
+    loaded after the documents); the parse's peak is charged only beyond them, since it is
+    freed before they are allocated. SciFact (858 kB of DOCS): the peak is 26.2 MiB as
+    charged, 9.3 MiB measured by tracemalloc; 2.2 MiB stays."""
     limit = docs_plaintext_limit(manifest.n_documents, fmt.MAX_DOCS_PLAINTEXT_BYTES, manifest.n_chunks)
     declared = zstd_content_size(sealed_plaintext, limit, what="document list")
-    with budget.reserve(reservation, JSON_PARSE_PEAK_FACTOR * declared):
+    with budget.reserve(reservation, max(0, JSON_PARSE_PEAK_FACTOR * declared - reserved_unused)):
         plaintext = decompress_bounded(sealed_plaintext, declared,
                                        zstd_decompressor(max_window_bytes=MAX_DOCS_WINDOW_BYTES),
                                        what="document list", require_content_size=True)

@@ -125,7 +125,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     budget = _budget(args)
     service = CapsuleService(store, identities=_identities(args, required=False), trusted_keys=_trusted_keys(args),
                              budget=budget, options=OpenOptions(n_threads=args.threads,
-                                                                frame_cache_bytes=args.frame_cache))
+                                                                frame_cache_bytes=args.frame_cache,
+                                                                model_weights=args.model_weights))
     config = ServeConfig(host=host, port=port, queue_depth=args.queue_depth, max_connections=args.max_connections,
                          header_timeout_s=float(args.header_timeout), log_queries=args.log_queries,
                          idle_reset_s=args.idle_reset, keyboard=args.keyboard,

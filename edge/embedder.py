@@ -96,7 +96,15 @@ MODEL_PATH_ENV = "EDGE_MODEL_PATH"
 #   pre-packing on         38 / 48             14 / 26
 #   pre-packing off        29 / 38              4 / 26
 # The mapped weights are file-backed (page cache, evictable under pressure).
-# Pre-packing stays on: it is what onnxruntime tunes its int8 kernels for.
+# Pre-packing is on by default (it is what onnxruntime tunes its int8 kernels
+# for) and off when a memory budget cannot hold it (``prepack_weights``, chosen
+# by ``edge.capsule``): 2026-12-07, onnxruntime 1.32.0, QueryEmbedder.open with
+# the known-answer check and 200 SciFact queries, two fresh processes each:
+#                          RssAnon growth   query p50 / p95
+#   pre-packing on         23.4-23.5 MiB    3.05-3.19 / 4.78-5.01 ms
+#   pre-packing off        13.3-13.5 MiB    3.66-4.32 / 5.45-6.33 ms
+# The 200 embeddings were bit-identical (MLAS accumulates int8 products in
+# int32 either way; packing only reorders the weights).
 _ENABLE_CPU_MEM_ARENA = False
 _ENABLE_MEM_PATTERN = False
 
@@ -259,11 +267,16 @@ def check_engine(family: str) -> str:
 
 
 class _OnnxEngine:
-    """onnxruntime session: int64 [batch, seq] inputs, any seq up to 512."""
+    """onnxruntime session: int64 [batch, seq] inputs, any seq up to 512.
+
+    ``prepack_weights`` False keeps the int8 weights in the mapped external-data file instead
+    of packed copies in anonymous memory (``session.disable_prepacking``): 10 MiB less
+    RssAnon, about 0.6-1.1 ms more per query (table above).
+    """
 
     family = "onnx"
 
-    def __init__(self, load_path: str, model_path: Path, n_threads: int) -> None:
+    def __init__(self, load_path: str, model_path: Path, n_threads: int, *, prepack_weights: bool = True) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -274,6 +287,8 @@ class _OnnxEngine:
         options.enable_cpu_mem_arena = _ENABLE_CPU_MEM_ARENA
         options.enable_mem_pattern = _ENABLE_MEM_PATTERN
         options.log_severity_level = 3
+        if not prepack_weights:
+            options.add_session_config_entry("session.disable_prepacking", "1")
         try:
             session = ort.InferenceSession(load_path, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
@@ -302,7 +317,7 @@ class _OnnxEngine:
                 f"expected tensor(float) [batch, {EXPECTED_DIM}]"
             )
         self._session = session
-        self.name = f"onnxruntime {ort.__version__}"
+        self.name = f"onnxruntime {ort.__version__}" + ("" if prepack_weights else " (weights mapped, not prepacked)")
         self.max_seq = MAX_POSITIONS
         self.metadata = dict(session.get_modelmeta().custom_metadata_map)
 
@@ -391,9 +406,6 @@ class _LiteRtEngine:
         return out
 
 
-_ENGINES = {"onnx": _OnnxEngine, "tflite": _LiteRtEngine}
-
-
 class QueryEmbedder:
     """Sentence embedder over an int8 model; create with :meth:`open`.
 
@@ -444,6 +456,7 @@ class QueryEmbedder:
         n_threads: int = 1,
         max_tokens: int = DEFAULT_MAX_TOKENS,
         expected_tokenizer_sha256: str | None = None,
+        prepack_weights: bool = True,
     ) -> QueryEmbedder:
         """Return an embedder for the ``family`` model in ``model_dir``, hash-checked.
 
@@ -465,6 +478,11 @@ class QueryEmbedder:
                 ``tflite`` at most its longest signature (256).
             expected_tokenizer_sha256: lowercase hex sha256 ``tokenizer.json``
                 must have (manifest ``model.tokenizer_sha256``); None skips it.
+            prepack_weights: ``onnx`` only: let onnxruntime pack the int8 weights
+                into anonymous memory (fastest; ``MODEL_SESSION_BYTES``). False
+                keeps them in the mapped weights file (``MODEL_SESSION_MAPPED_BYTES``:
+                10 MiB less, ~0.6-1.1 ms more per query, identical embeddings).
+                LiteRT always repacks (XNNPACK).
 
         Returns:
             A ready :class:`QueryEmbedder`.
@@ -519,7 +537,8 @@ class QueryEmbedder:
         # Loaded by path so that onnxruntime maps the external weights file and LiteRT maps the
         # flatbuffer (see the table above). The files are hashed just before; a device keeps
         # its model folder on a read-only or root-owned file system, where nothing swaps them.
-        engine = _ENGINES[family](str(model_path), model_path, n_threads)
+        engine = (_OnnxEngine(str(model_path), model_path, n_threads, prepack_weights=prepack_weights)
+                  if family == "onnx" else _LiteRtEngine(str(model_path), model_path, n_threads))
         if max_tokens > engine.max_seq:
             raise ModelError(
                 f"model file {model_path} takes at most {engine.max_seq} tokens, {max_tokens} requested"

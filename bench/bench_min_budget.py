@@ -1,0 +1,145 @@
+"""The smallest memory budget that opens a capsule and answers, and what the process holds there.
+
+For each capsule (the shipped Python FAQ, and SciFact when ``../shared/data/scifact`` is present)
+and each model-weights setting (``packed``, ``auto``), bisects ``--ram-budget`` in fresh
+processes: a probe opens the capsule under the budget with ``open_capsule`` and answers the first
+20 SciFact queries (k=10, hybrid). At the smallest budget that works, a fresh process answers 200
+queries and reports the plan, RssAnon, RssShmem and query p50. Then packed and mapped weights are
+timed without a budget, alternated over fresh processes (warm, frame cache cleared before each
+query), to price the memory they save.
+
+Run (about 5 minutes with a warm embedding cache, 12 more to embed SciFact once)::
+
+    .venv/bin/python bench/bench_min_budget.py --work /tmp/bench-min-budget \
+        --out bench/results/min-budget.json
+
+Not a test: figures depend on the machine; the JSON records which one. Nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_hybrid import build, keys, write_corpus  # noqa: E402
+from bench_scifact import NOW, machine, percentile  # noqa: E402
+
+MiB = 1 << 20
+PROBE_QUERIES = 20
+STEP_MIB = 0.5
+
+
+def probe(capsule: Path, budget: str, weights: str, n_queries: int, queries: Path) -> dict:
+    """Open ``capsule`` under ``budget`` ("none" for unlimited) and answer ``n_queries``; return
+    the outcome, plan, measured memory and per-query milliseconds (in this process)."""
+    from edge import MemoryBudget, open_capsule
+    from edge.budget import parse_size, read_process_memory
+    from edge.capsule import OpenOptions
+    from edge.errors import EdgeError
+
+    publisher, device = keys()
+    limit = None if budget == "none" else parse_size(budget)
+    texts = [json.loads(line)["text"] for line in queries.read_text().splitlines()][:n_queries]
+    try:
+        with open_capsule(capsule, trusted_keys=[publisher.public_key()], identities=[device], now=NOW,
+                          budget=MemoryBudget(limit), options=OpenOptions(model_weights=weights)) as opened:
+            times = []
+            for text in texts:
+                opened.clear_cache()
+                t = time.perf_counter()
+                hits = opened.search(text, k=10)
+                times.append((time.perf_counter() - t) * 1000)
+                if not hits:
+                    return {"ok": False, "error": f"no hits for {text!r}"}
+            report = opened.budget.report()
+            return {"ok": True, "plan_bytes": dict(opened.memory_plan), "engine": opened.embedder_engine,
+                    "total_reserved_bytes": report["total_reserved_bytes"],
+                    "measured": read_process_memory().to_json(), "query_ms": times}
+    except (EdgeError, MemoryError) as exc:
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def run_probe(capsule: Path, budget: str, weights: str, n_queries: int, queries: Path) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--probe", str(capsule), budget, weights, str(n_queries),
+                          str(queries)], capture_output=True, text=True, timeout=600)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    return json.loads(lines[-1]) if lines else {"ok": False, "error": out.stderr.strip()[-300:]}
+
+
+def smallest_budget(capsule: Path, weights: str, queries: Path) -> float:
+    """Smallest budget in MiB (``STEP_MIB`` resolution) under which the probe answers."""
+    lo, hi = 32.0, 256.0
+    while hi - lo > STEP_MIB:
+        mid = (lo + hi) / 2
+        if run_probe(capsule, f"{mid}MiB", weights, PROBE_QUERIES, queries)["ok"]:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--probe":
+        capsule, budget, weights, n, queries = sys.argv[2:7]
+        print(json.dumps(probe(Path(capsule), budget, weights, int(n), Path(queries))))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path, required=True, help="folder for capsules and the embedding cache")
+    parser.add_argument("--scifact", type=Path, default=ROOT.parent / "shared" / "data" / "scifact")
+    parser.add_argument("--rounds", type=int, default=3, help="alternated latency rounds per setting")
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    queries = args.scifact / "queries.jsonl"
+    if not queries.exists():
+        parser.error(f"{queries} is missing: the probes ask SciFact's queries")
+    cache = args.work / "embeddings.sqlite"
+    capsules = {"python-faq": (ROOT / "examples" / "python-faq" / "docs", args.work / "python-faq.capsule")}
+    if not (args.work / "scifact-docs").exists():
+        write_corpus(args.scifact, args.work / "scifact-docs")
+    capsules["scifact"] = (args.work / "scifact-docs", args.work / "scifact.capsule")
+    t0 = time.perf_counter()
+    results: dict[str, dict] = {}
+    for name, (inputs, path) in capsules.items():
+        if not path.exists():
+            build(inputs, path, n_threads=2, cache=cache)
+        row: dict[str, object] = {"capsule_bytes": path.stat().st_size}
+        for weights in ("packed", "auto"):
+            smallest = smallest_budget(path, weights, queries)
+            at = run_probe(path, f"{smallest}MiB", weights, 200, queries)
+            row[weights] = {
+                "smallest_budget_mib": smallest,
+                "engine": at.get("engine"),
+                "plan_mib": {k: round(v / MiB, 2) for k, v in at.get("plan_bytes", {}).items()},
+                "reserved_mib": round(at.get("total_reserved_bytes", 0) / MiB, 2),
+                "after_200_queries": {k: round(v / MiB, 2) for k, v in at.get("measured", {}).items() if v},
+                "ok_at_200": at["ok"],
+            }
+        p50 = {"packed": [], "mapped": []}
+        for _ in range(args.rounds):
+            for weights in ("packed", "mapped"):
+                r = run_probe(path, "none", weights, 200, queries)
+                p50[weights].append(round(percentile(r["query_ms"][20:], 50), 2))
+        row["unlimited_query_p50_ms"] = {w: {"rounds": v, "median": sorted(v)[len(v) // 2]} for w, v in p50.items()}
+        results[name] = row
+    report = {"benchmark": "min_budget", "machine": machine(), "seconds": round(time.perf_counter() - t0, 1),
+              "note": "smallest --ram-budget (bisection, 0.5 MiB) that opens and answers 20 SciFact queries; "
+                      "memory after 200 queries at that budget; query p50 k=10 hybrid, frame cache cleared, "
+                      "queries 21-200, fresh process per round", "capsules": results}
+    text = json.dumps(report, indent=1)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
