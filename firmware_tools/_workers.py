@@ -180,21 +180,35 @@ def cluster_map(client, fn: Callable, tasks: Iterable, *, max_in_flight: int | N
     never sits in the coordinator's memory whole. A task whose worker dies is run again on another
     worker by the scheduler (Dask's ``allowed_failures``); one that raises, or that has not
     finished after ``TASK_TIMEOUT_S`` seconds (no worker left), runs in this process instead, with a
-    warning: the results are the same wherever a task ran.
+    warning: the results are the same wherever a task ran. Once the client refuses a submission
+    (the scheduler is gone or the client closed), every task left runs in this process, with
+    one warning.
     """
     limit = max_in_flight or 3 * cluster_workers(client)
     tasks = iter(tasks)
     pending: collections.deque = collections.deque()
+    refused = False  # the client cannot submit any more (scheduler gone, client closed)
     try:
         while True:
             while len(pending) < limit:
                 task = next(tasks, _DONE)
                 if task is _DONE:
                     break
-                pending.append((client.submit(fn, task, pure=False), task))
+                future = None
+                if not refused:
+                    try:
+                        future = client.submit(fn, task, pure=False)
+                    except Exception as exc:  # noqa: BLE001 - a lost cluster falls back to this process
+                        refused = True
+                        log.warning("the cluster takes no more tasks (%s: %s); running the rest in this process",
+                                    type(exc).__name__, exc)
+                pending.append((future, task))
             if not pending:
                 return
             future, task = pending.popleft()
+            if future is None:
+                yield fn(task)
+                continue
             try:
                 result = future.result(timeout=TASK_TIMEOUT_S)
             except Exception as exc:  # noqa: BLE001 - every failure falls back to this process
@@ -204,7 +218,8 @@ def cluster_map(client, fn: Callable, tasks: Iterable, *, max_in_flight: int | N
             yield result
     finally:
         for future, _ in pending:
-            future.cancel()
+            if future is not None:
+                future.cancel()
 
 
 def _chain(*iterables: Iterable) -> Iterator:

@@ -127,6 +127,20 @@ def test_a_task_that_fails_on_the_workers_runs_on_the_coordinator_in_order(clust
     assert sum("running it in this process" in r.getMessage() for r in caplog.records) == 4  # 0, 3, 6, 9
 
 
+def test_a_client_that_stops_taking_tasks_mid_map_leaves_the_rest_to_the_coordinator(cluster, caplog):
+    from firmware_tools._workers import cluster_map
+
+    client = distributed.Client(cluster.scheduler_address, set_as_default=False)
+    results = []
+    with caplog.at_level("WARNING", logger="firmware_tools._workers"):
+        for n, result in enumerate(cluster_map(client, abs, range(-10, 0), max_in_flight=2)):
+            results.append(result)
+            if n == 2:
+                client.close()  # as when the scheduler goes away: submit raises from now on
+    assert results == [abs(x) for x in range(-10, 0)]
+    assert sum("takes no more tasks" in r.getMessage() for r in caplog.records) == 1
+
+
 def test_a_document_that_does_not_parse_on_a_worker_is_one_clear_error_and_no_output(cluster, docs, tmp_path):
     from firmware_tools.errors import InputDocumentError
 
