@@ -8,6 +8,7 @@ Usage::
     PYTHONPATH=. python bench/bench_qr_video.py                 # everything (~10 min on 2 cores)
     PYTHONPATH=. python bench/bench_qr_video.py --parts sweep --n 300
     PYTHONPATH=. python bench/bench_qr_video.py --parts e2e --e2e-frames 2000
+    PYTHONPATH=. python bench/bench_qr_video.py --parts threads --n 200   # not in the default parts
 
 Payloads are uniformly random bytes (as ciphertext is), one full QR symbol each.
 """
@@ -266,6 +267,83 @@ def bench_decode(n: int, tmp: Path) -> list[dict]:
     return out
 
 
+THREAD_VARIANTS = [("1 slice (default)", ""), ("2 slices", ":slices=2"), ("4 slices", ":slices=4"),
+                   ("CAVLC, 1 slice", ":cabac=0"), ("CAVLC, 2 slices", ":cabac=0:slices=2")]
+
+
+def bench_decode_threads(n: int, tmp: Path) -> dict:
+    """H.264 decode time of the default frames against slices and entropy coding, with FFmpeg's
+    slice threads (1 or 2), and two decoder contexts on two Python threads (does PyAV's decode
+    let another thread run?). Every decoded frame's QR code is checked against its payload."""
+    import threading
+
+    import av
+    import zxingcpp
+
+    base = DEFAULT_VIDEO_PARAMS
+    payloads = payloads_for(base, n, seed=4)
+    lumas = [qr_video._render_checked(p, base).tobytes() for p in payloads]
+    rows = []
+    for label, extra in THREAD_VARIANTS:
+        params = replace(base, x264_params=base.x264_params + extra)
+        path = tmp / "threads.mp4"
+        k = mp4_writer.encode_lumas(lumas, path, params)
+        video = mp4_writer.read_sample_table(path, k)
+        data = path.read_bytes()
+        samples = [data[o:o + z] for o, z in zip(video.sample_offsets, video.sample_sizes)]
+        row = {"variant": label, "x264_params": params.x264_params,
+               "mp4_bytes_per_frame": round(len(data) / k), "decode": {}}
+        for threads in (1, 2):
+            ctx = av.CodecContext.create("h264", "r")
+            ctx.extradata = video.extradata
+            ctx.thread_type, ctx.thread_count = ("SLICE" if threads > 1 else "NONE"), threads
+            ctx.open()
+            ms, exact = [], 0
+            for i, sample in enumerate(samples):
+                t0 = time.perf_counter()
+                frame = ctx.decode(av.Packet(sample))[-1]
+                ms.append((time.perf_counter() - t0) * 1e3)
+                luma = np.ascontiguousarray(frame.to_ndarray()[:base.height, :base.width])
+                found = zxingcpp.read_barcodes(luma, formats=zxingcpp.BarcodeFormat.QRCode)
+                exact += len(found) == 1 and found[0].bytes == payloads[i]
+            row["decode"][f"{threads} slice thread{'s' if threads > 1 else ''}"] = {
+                "ms_p50": round(statistics.median(ms), 3), "exact": f"{exact}/{k}"}
+        log(f"decode threads {label}: {row}")
+        rows.append(row)
+    # two contexts on two Python threads, default frames
+    path = tmp / "threads.mp4"
+    k = mp4_writer.encode_lumas(lumas, path, base)
+    video = mp4_writer.read_sample_table(path, k)
+    data = path.read_bytes()
+    samples = [data[o:o + z] for o, z in zip(video.sample_offsets, video.sample_sizes)] * 3
+
+    def context():
+        ctx = av.CodecContext.create("h264", "r")
+        ctx.extradata = video.extradata
+        ctx.thread_type, ctx.thread_count = "NONE", 1
+        ctx.open()
+        return ctx
+
+    def decode_all(ctx, part):
+        for sample in part:
+            ctx.decode(av.Packet(sample))
+
+    t0 = time.perf_counter()
+    decode_all(context(), samples)
+    one = time.perf_counter() - t0
+    half = len(samples) // 2
+    workers = [threading.Thread(target=decode_all, args=(context(), samples[:half])),
+               threading.Thread(target=decode_all, args=(context(), samples[half:]))]
+    t0 = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    two = time.perf_counter() - t0
+    return {"variants": rows, "two_python_threads": {"frames": len(samples), "one_thread_s": round(one, 3),
+                                                    "two_threads_s": round(two, 3), "speedup": round(one / two, 2)}}
+
+
 CONFIRM_CANDIDATES = [
     ("veryfast", {"x264_preset": "veryfast", "x264_params": ""}, 24),
     ("veryfast trellis=1", {"x264_preset": "veryfast", "x264_params": "trellis=1"}, 25),
@@ -404,6 +482,8 @@ def main() -> None:
             result["decode_cost"] = bench_decode_cost(args.n)
         if "mask" in parts:
             result["qr_masks"] = bench_masks(args.n, tmp)
+        if "threads" in parts:
+            result["decode_threads"] = bench_decode_threads(args.n, tmp)
         if "e2e" in parts:
             result["end_to_end"] = bench_e2e(args.e2e_frames, tmp, [int(w) for w in args.workers.split(",")])
     result["machine"]["loadavg_at_end"] = os.getloadavg()

@@ -30,7 +30,10 @@ What is reserved, and how each figure was measured (x86_64, CPython 3.11, onnxru
 ``lexical``        the LEXI database: its plaintext twice while loading (the collected
                    plaintext and SQLite's copy) plus SQLite's page cache; once loaded, once.
 ``frame_cache``    decrypted frames kept for reuse, sized in bytes.
-``frame_decoder``  H.264 decoder context and picture buffers: 2 MiB + 3 bytes per pixel.
+``frame_decoder``  H.264 decoder contexts and picture buffers: 2 MiB + 3 bytes per pixel and
+                   twice the largest payload, for each of the two decoders a query reads
+                   frames with (a second 192x192 context measured +0.0 MiB RssAnon, four more
+                   too, so the 2 MiB base is counted once).
 ``query``          per-query arrays: 2 MiB + candidates x re-ranking dim x 8 bytes.
 =================  ==========================================================================
 

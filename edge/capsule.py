@@ -138,8 +138,10 @@ def memory_plan(manifest: Manifest, *, section_lengths: dict[str, int], frame_ca
         # per-sample SHA-256 kept when opened by path (_hash_video)
         "sample_digests": 0 if index_from_file else 32 * manifest.video.n_frames,
         "dictionary": 2 * manifest.dictionary_bytes + (512 << 10),
-        "frame_decoder": FRAME_DECODER_BASE_BYTES + 3 * manifest.video.width * manifest.video.height
-        + 2 * manifest.max_plaintext_bytes,  # decompress_bounded: output + its checking pass
+        # two decoders (this thread's and the helper's twin, Capsule._read_frames), each with a
+        # picture and a payload in flight (decompress_bounded: output + its checking pass)
+        "frame_decoder": FRAME_DECODER_BASE_BYTES + 2 * (3 * manifest.video.width * manifest.video.height
+                                                         + 2 * manifest.max_plaintext_bytes),
         "frame_cache": frame_cache_bytes,
         "query": QUERY_BASE_BYTES + 8 * max(info.n_candidates, 1) * max(dim_out, 1),
         # the lexical engine's copy of LEXI and what loading it takes (lexical_plan_bytes)

@@ -181,6 +181,27 @@ class FrameReader:
 
     # -- public surface ---------------------------------------------------------------------
 
+    def twin(self) -> "FrameReader":
+        """Return a second reader of the same video with a decoder of its own.
+
+        It shares the video, sample table and sample digests (nothing is copied) and starts from
+        the decoder this reader uses now (hardware, or software once hardware was dropped). Two
+        readers may decode on two threads at once: PyAV releases the GIL while FFmpeg decodes
+        (two threads, two contexts: 2.02x one, ``bench/bench_qr_video.py --parts threads``), and
+        so does zxing-cpp while it reads a QR code. One reader is still one thread's.
+
+        Raises:
+            FrameDecodeError: no decoder can be opened.
+            RuntimeError: this reader is closed.
+        """
+        if self._closed:
+            raise RuntimeError("frame reader is closed")
+        return FrameReader(self._view, extradata=self._extradata, sample_offsets=self._offsets,
+                           sample_sizes=self._sizes, codec=self._codec, prefer_hardware=self.is_hardware,
+                           width=self._params.width if self._params else None,
+                           height=self._params.height if self._params else None,
+                           sample_sha256=self._sample_sha256)
+
     @property
     def decoder_name(self) -> str:
         """Name of the FFmpeg decoder in use, e.g. ``"h264_v4l2m2m"`` or ``"h264"``."""

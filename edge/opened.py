@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -92,7 +93,10 @@ class Capsule:
         self._policy = policy if policy is not None else UsePolicy(manifest, parse_rules(manifest.rules),
                                                                    log=MemoryUseLog())
         self._ranked: set[int] = set()
-        self._pool = None  # the frame helper thread, started by the first multi-frame read
+        self._pool = None  # the helper thread, started by the first multi-frame read or hybrid query
+        self._twin_reader: FrameReader | None = None  # the helper's own decoder (FrameReader.twin)
+        self._twin_failed = False
+        self._open_lock = threading.Lock()  # one zstd decompressor: one payload opens at a time
         #: global id of this capsule's first chunk in its version (0 unless it is a segment)
         self.chunk_base = 0
         self._segments: tuple[Capsule, ...] = ()  # earlier segments of this version, oldest first
@@ -202,9 +206,10 @@ class Capsule:
 
     def _open_payload(self, payload: bytes, frame_index: int) -> list[ChunkRecord]:
         first = int(self._frames.first_chunk_ids[frame_index])
-        return open_frame(self._keys.payload, payload, manifest=self.manifest, frame_index=frame_index,
-                          first_chunk_id=first, n_slots=self._frames.n_slots(frame_index),
-                          decompressor=self._decompressor)
+        with self._open_lock:
+            return open_frame(self._keys.payload, payload, manifest=self.manifest, frame_index=frame_index,
+                              first_chunk_id=first, n_slots=self._frames.n_slots(frame_index),
+                              decompressor=self._decompressor)
 
     def _cache_put(self, frame_index: int, records: list[ChunkRecord]) -> None:
         # The cache's whole size is reserved at open; entries are evicted to stay inside it.
@@ -225,62 +230,81 @@ class Capsule:
         return self._pool
 
     def _read_frames(self, frame_indexes: Sequence[int], timings: StageTimings) -> dict[int, list[ChunkRecord]]:
-        """Decode, read and open the frames of ``frame_indexes`` that are not cached, overlapped.
+        """Decode, read and open the frames of ``frame_indexes`` that are not cached, on two threads.
 
-        H.264 decoding runs on this thread (PyAV holds the GIL while it decodes); reading the QR
-        code of the frame decoded before, authenticating and inflating its payload run meanwhile on
-        this capsule's one helper thread (zxing-cpp releases the GIL). Each frame is still read,
-        checked and opened exactly as ``_frame_records`` does; a QR read that fails on the helper
-        is retried here through ``FrameReader.decode_qr`` (which may switch a hardware decoder to
-        software). Every submitted frame is finished before this returns or raises, so the
-        decompressor is never used by two threads at once.
+        This thread and the capsule's helper thread each take the next frame not yet taken and
+        read it whole (H.264 decode, QR read, authentication and inflation), each with a decoder
+        of its own (``FrameReader.twin``): PyAV and zxing-cpp release the GIL while they work, so
+        two frames decode at once on two cores. Payloads open one at a time (one zstd
+        decompressor). Each frame is read, checked and opened exactly as ``_frame_records`` does.
+        Both threads are finished before this returns or raises. Without a second decoder (it
+        cannot be opened), the frames are read on this thread only.
 
         Returns:
             ``{frame_index: records}`` for the frames read now (also put in the cache if it fits).
 
         Raises:
-            FrameDecodeError, DecryptionError, CapsuleFormatError: as ``search``, for the first
-            frame (in order) that fails.
+            FrameDecodeError, DecryptionError, CapsuleFormatError, IntegrityError: as ``search``,
+            for the first frame (in order) that fails.
         """
         missing = [f for f in dict.fromkeys(frame_indexes) if f not in self._cache]
         if len(missing) < 2:
             return {}
-        self._helper()
+        twin = self._twin()
+        if twin is None:
+            return {f: self._frame_records(f, timings) for f in missing}
+        queue = list(reversed(missing))
+        take = threading.Lock()
+        outcomes: dict[int, tuple[list[ChunkRecord] | None, BaseException | None]] = {}
 
-        def read_and_open(luma, frame_index: int):
-            t0 = time.perf_counter()
-            payload = self._reader._read_qr(luma, frame_index)
-            t1 = time.perf_counter()
-            return self._open_payload(payload, frame_index), (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3
+        def work(reader: FrameReader, stage_ms: list[float]) -> None:
+            while True:
+                with take:
+                    if not queue:
+                        return
+                    frame_index = queue.pop()
+                try:
+                    t0 = time.perf_counter()
+                    luma = reader.decode_frame(frame_index)
+                    t1 = time.perf_counter()
+                    payload = reader.decode_qr(luma, frame_index)
+                    t2 = time.perf_counter()
+                    outcomes[frame_index] = (self._open_payload(payload, frame_index), None)
+                    stage_ms[0] += (t1 - t0) * 1e3
+                    stage_ms[1] += (t2 - t1) * 1e3
+                    stage_ms[2] += (time.perf_counter() - t2) * 1e3
+                except Exception as exc:  # noqa: BLE001 - re-raised below, in frame order
+                    outcomes[frame_index] = (None, exc)
 
-        submitted = []
+        here, there = [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]
+        helper = self._pool.submit(work, twin, there)
         try:
-            for frame_index in missing:
-                t0 = time.perf_counter()
-                luma = self._reader.decode_frame(frame_index)
-                timings.frame_decode_ms += (time.perf_counter() - t0) * 1e3
-                submitted.append((frame_index, luma, self._pool.submit(read_and_open, luma, frame_index)))
+            work(self._reader, here)
         finally:
-            done = [(f, luma, future.exception(), future) for f, luma, future in submitted]  # waits for all
+            helper.result()  # the helper is done with the twin and the decompressor
+        timings.frame_decode_ms += here[0] + there[0]
+        timings.qr_decode_ms += here[1] + there[1]
+        timings.decrypt_ms += here[2] + there[2]
         out: dict[int, list[ChunkRecord]] = {}
-        for frame_index, luma, error, future in done:
-            if isinstance(error, FrameDecodeError):
-                t0 = time.perf_counter()
-                payload = self._reader.decode_qr(luma, frame_index)  # the full path, on this thread
-                t1 = time.perf_counter()
-                records = self._open_payload(payload, frame_index)
-                timings.qr_decode_ms += (t1 - t0) * 1e3
-                timings.decrypt_ms += (time.perf_counter() - t1) * 1e3
-            elif error is not None:
+        for frame_index in missing:
+            records, error = outcomes[frame_index]
+            if error is not None:
                 raise error
-            else:
-                records, qr_ms, open_ms = future.result()
-                timings.qr_decode_ms += qr_ms
-                timings.decrypt_ms += open_ms
             timings.n_frames_decoded += 1
             out[frame_index] = records
             self._cache_put(frame_index, records)
         return out
+
+    def _twin(self) -> FrameReader | None:
+        """The helper thread's decoder, opened on first use; ``None`` if it cannot be opened."""
+        if self._twin_reader is None and not self._twin_failed:
+            self._helper()
+            try:
+                self._twin_reader = self._reader.twin()
+            except FrameDecodeError as exc:
+                self._twin_failed = True
+                log.warning("a second video decoder cannot be opened (%s); frames are read on one thread", exc)
+        return self._twin_reader
 
     def clear_cache(self) -> None:
         """Drop the decrypted frames kept for reuse, in every segment (their reservation stays)."""
@@ -746,6 +770,8 @@ class Capsule:
         self._index.close()
         if self._lexical is not None:
             self._lexical.close()
+        if self._twin_reader is not None:
+            self._twin_reader.close()
         self._reader.close()
         self._cache.clear()
         self._cf.close()

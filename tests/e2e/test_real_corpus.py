@@ -12,6 +12,7 @@ from edge.errors import (
     CapsuleFormatError,
     DecryptionError,
     ExpiredCapsuleError,
+    FrameDecodeError,
     IntegrityError,
     ModelError,
     NotYetValidError,
@@ -188,6 +189,49 @@ def test_sample_changed_after_open_is_refused_before_decoding(faq_capsule, tmp_p
         with pytest.raises(IntegrityError, match="frame 1: sample sha256"):
             capsule.read(chunk_in_frame)
         assert capsule.read(0).text
+
+
+def test_a_sample_changed_after_open_fails_a_two_thread_read_at_that_frame(faq_capsule, tmp_path):
+    from edge.hits import StageTimings
+
+    path = tmp_path / "video.capsule"
+    path.write_bytes(faq_capsule.path.read_bytes())
+    built = type(faq_capsule)(**{**faq_capsule.__dict__, "path": path})
+    with _open(built) as capsule:
+        offset, n_bytes = _sample_in_file(capsule, 3)
+        data = bytearray(path.read_bytes())
+        _flip_sample_bytes(data, offset, n_bytes)
+        with open(path, "r+b") as f:
+            f.seek(offset)
+            f.write(data[offset:offset + n_bytes])
+        with pytest.raises(IntegrityError, match="frame 3: sample sha256"):
+            capsule._read_frames([0, 1, 2, 3, 4, 5, 6], StageTimings())
+        capsule.clear_cache()
+        assert sorted(capsule._read_frames([0, 1, 2, 4], StageTimings())) == [0, 1, 2, 4]  # the others serve
+
+
+def test_frames_read_on_two_threads_match_one_thread(faq_capsule, monkeypatch, caplog):
+    from edge.frames import FrameReader
+
+    def answers(capsule):
+        out = []
+        for item in QUESTIONS[:8]:
+            capsule.clear_cache()
+            out.append([(h.chunk_id, h.score, h.text) for h in capsule.search(item["question"], k=10)])
+            assert capsule.last_timings.n_frames_decoded >= 2
+        return out
+
+    with _open(faq_capsule) as capsule:
+        two_threads = answers(capsule)
+        assert capsule._twin_reader is not None  # the helper decoded with a decoder of its own
+
+    def no_second_decoder(self):
+        raise FrameDecodeError("cannot open video decoder h264 (test: one decoder only)")
+
+    monkeypatch.setattr(FrameReader, "twin", no_second_decoder)
+    with caplog.at_level("WARNING", logger="edge.capsule"), _open(faq_capsule) as capsule:
+        assert answers(capsule) == two_threads
+    assert sum("frames are read on one thread" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_section_from_another_capsule_is_refused(faq_capsule, tiny_capsule, tmp_path):

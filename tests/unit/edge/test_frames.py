@@ -43,6 +43,26 @@ def test_read_payload_random_order_is_byte_exact(video):
             assert reader.read_payload(frame_index) == payloads[frame_index]
 
 
+def test_a_twin_reads_the_same_frames_on_another_thread_at_the_same_time(video):
+    from concurrent.futures import ThreadPoolExecutor
+
+    payloads, encoded = video
+    reader = make_reader(encoded)
+    twin = reader.twin()
+    assert twin.decoder_name == reader.decoder_name and twin.n_frames == reader.n_frames
+    order = list(range(N_FRAMES)) * 5
+    with ThreadPoolExecutor(max_workers=1) as pool:  # both decoders busy at once
+        there = pool.submit(lambda: [twin.read_payload(i) for i in order])
+        here = [reader.read_payload(i) for i in reversed(order)]
+        assert there.result() == [payloads[i] for i in order]
+    assert here == [payloads[i] for i in reversed(order)]
+    twin.close()
+    assert reader.read_payload(4) == payloads[4]  # closing the twin leaves the reader (and buffer) alone
+    reader.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        reader.twin()
+
+
 def test_reader_accepts_numpy_sample_table(video):
     payloads, encoded = video
     reader = FrameReader(encoded.mp4_bytes, extradata=encoded.extradata,
