@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -68,8 +69,11 @@ def probe(capsule: Path, budget: str, weights: str, n_queries: int, queries: Pat
 
 
 def run_probe(capsule: Path, budget: str, weights: str, n_queries: int, queries: Path) -> dict:
+    # as `edge` sets it before NumPy loads (this script imports NumPy first): OpenBLAS then
+    # reserves a 32 MiB buffer, not 64, which VmData would count
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
     out = subprocess.run([sys.executable, __file__, "--probe", str(capsule), budget, weights, str(n_queries),
-                          str(queries)], capture_output=True, text=True, timeout=600)
+                          str(queries)], capture_output=True, text=True, timeout=600, env=env)
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
     return json.loads(lines[-1]) if lines else {"ok": False, "error": out.stderr.strip()[-300:]}
 
