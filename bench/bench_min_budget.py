@@ -48,10 +48,12 @@ def probe(capsule: Path, budget: str, weights: str, n_queries: int, queries: Pat
 
     publisher, device = keys()
     limit = None if budget == "none" else parse_size(budget)
-    texts = [json.loads(line)["text"] for line in queries.read_text().splitlines()][:n_queries]
     try:
         with open_capsule(capsule, trusted_keys=[publisher.public_key()], identities=[device], now=NOW,
                           budget=MemoryBudget(limit), options=OpenOptions(model_weights=weights)) as opened:
+            # read after the open: the runtime is charged its RssAnon at the open, which must
+            # not depend on how many queries this probe asks
+            texts = [json.loads(line)["text"] for line in queries.read_text().splitlines()][:n_queries]
             times = []
             for text in texts:
                 opened.clear_cache()

@@ -32,7 +32,7 @@ from .container import ContainerFile
 from .embedder import QueryEmbedder
 from .errors import FrameDecodeError, IntegrityError, QueryError
 from .frames import FrameReader
-from .hits import Candidate, Document, Hit, StageTimings
+from .hits import Candidate, Document, DocumentTable, Hit, StageTimings
 from .chunk_ranges import complement, in_ranges, intersect, merge_ranked, overlaps
 from .clock import format_time, utc_now
 from .index import VectorIndex
@@ -65,7 +65,7 @@ class Capsule:
         last_timings: per-stage milliseconds of the last ``search``.
     """
 
-    def __init__(self, *, cf: ContainerFile, manifest: Manifest, keys: ContentKeys, documents: list[Document],
+    def __init__(self, *, cf: ContainerFile, manifest: Manifest, keys: ContentKeys, documents: DocumentTable,
                  frames: fmt.FrameTable, index: VectorIndex, lexical: LexicalEngine | None, reader: FrameReader, embedder: QueryEmbedder,
                  owns_embedder: bool, budget: MemoryBudget, memory_plan: dict[str, int], reservation_prefix: str,
                  frame_cache_bytes: int, verified_at: datetime, decompressor,
@@ -317,10 +317,10 @@ class Capsule:
         frame_index, slot, _ = self._frames.locate(chunk_id)
         records = (fresh or {}).get(frame_index)
         record = (records if records is not None else self._frame_records(frame_index, timings))[slot]
-        document = self._documents[record.doc_index]
-        return Hit(self.chunk_base + chunk_id, score, document.name, record.char_start, record.char_end,
-                   frame_index, slot, record.text, self.manifest.name,
-                   heading_path=document.heading_path(record.char_start))
+        documents = self._documents
+        return Hit(self.chunk_base + chunk_id, score, documents.names[record.doc_index], record.char_start,
+                   record.char_end, frame_index, slot, record.text, self.manifest.name,
+                   heading_path=documents.heading_path(record.doc_index, record.char_start))
 
     def rank(self, embedding, k: int, *, search_k: int = -1,
              now: datetime | None = None) -> tuple[list[int], list[float]]:
@@ -421,8 +421,10 @@ class Capsule:
             return None
         if isinstance(patterns, str):
             patterns = [patterns]
-        return [(d.first_chunk_id, d.first_chunk_id + d.n_chunks) for d in self._documents
-                if d.n_chunks and any(fnmatch.fnmatchcase(d.name, p) for p in patterns)]
+        documents = self._documents
+        return [(int(documents.first_chunk_ids[i]), int(documents.first_chunk_ids[i] + documents.n_chunks[i]))
+                for i, name in enumerate(documents.names)
+                if documents.n_chunks[i] and any(fnmatch.fnmatchcase(name, p) for p in patterns)]
 
     def search(self, query: str, k: int = 5, *, mode: str | None = None, documents: Sequence[str] | None = None,
                search_k: int = -1, now: datetime | None = None) -> SearchResult:

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from edge import format as fmt
 from edge.errors import CapsuleFormatError
-from edge.hits import MAX_HEADING_CHARS, Document, documents_to_bytes, parse_documents
+from edge.hits import MAX_HEADING_CHARS, Document, DocumentTable, documents_to_bytes, parse_documents
+from edge.manifest import canonical_json
 
 _TITLE = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=MAX_HEADING_CHARS)
 
@@ -26,7 +27,7 @@ def _documents(draw):
         headings = tuple((start, draw(st.integers(1, 6)), draw(_TITLE)) for start in starts)
         docs.append(Document(draw(st.text(max_size=40)), draw(st.integers(0, 1 << 40)), draw(st.text(max_size=30)),
                              n_chunks=draw(st.integers(0, 1000)), headings=headings,
-                             sha256=draw(st.sampled_from(["", "ab" * 32]))))
+                             sha256=draw(st.sampled_from(["", "ab" * 32, "0123456789abcdef" * 4]))))
     return docs
 
 
@@ -41,6 +42,13 @@ def test_documents_serialise_then_parse_is_identity(docs):
                                 headings=doc.headings, sha256=doc.sha256)
         first += doc.n_chunks
     assert documents_to_bytes(parsed) == data  # and back to the same bytes
+    table = DocumentTable(parsed)  # what an open capsule keeps
+    assert len(table) == len(parsed) and list(table) == parsed and table[-1:] == parsed[-1:]
+    for i, doc in enumerate(parsed):
+        assert table.names[i] == doc.name and table[i] == doc
+        for h in doc.headings:
+            assert table.heading_path(i, h[0]) == doc.heading_path(h[0])
+            assert table.heading_path(i, max(h[0] - 1, 0)) == doc.heading_path(max(h[0] - 1, 0))
 
 
 def test_parse_documents_checks_the_counts_against_the_manifest():
@@ -57,6 +65,13 @@ def test_the_writer_refuses_what_the_reader_would_refuse():
         documents_to_bytes([out_of_order])
     with pytest.raises(ValueError, match="cannot be written"):
         documents_to_bytes([Document("a.md", 10, "text/markdown", sha256="abc")])
+    for bad in ("AB" * 32, "zz" * 32):  # the length alone is not enough: lowercase hex (FORMAT.md §8)
+        with pytest.raises(ValueError):
+            documents_to_bytes([Document("a.md", 10, "text/markdown", sha256=bad)])
+        data = canonical_json({"documents": [{"name": "a.md", "bytes": 10, "media_type": "text/markdown",
+                                              "n_chunks": 1, "headings": [], "sha256": bad}]})
+        with pytest.raises(CapsuleFormatError, match="document 0 entry is malformed"):
+            parse_documents(data, n_documents=1, n_chunks=1)
 
 
 @settings(max_examples=150, deadline=None)
