@@ -331,27 +331,32 @@ def _open_capsule(path: str | os.PathLike[str], *, trusted_keys: Sequence[Ed2551
                                  "(a file planted beside it?); refusing both")
         prefix = f"{manifest.name}#{next(_open_counter)}/"
         section_lengths = {t: e.length for t, e in cf.sections.items()}
+
+        def plan_with(weights: str) -> tuple[dict[str, int], int, int]:
+            plan = memory_plan(manifest, section_lengths=section_lengths, frame_cache_bytes=frame_cache_bytes,
+                               include_model=embedder is None, index_from_file=owned_file, model_weights=weights)
+            # The document list is charged once parsed, at what it holds (below), not at the
+            # plan's bound: its parse's peak is charged beyond the reservations not yet in use.
+            plan.pop("documents")
+            # Loading the lexical index peaks above what it keeps; that peak is freed before the
+            # model, decoder, cache and query arrays are allocated, so it may use their reservations.
+            loading = borrowed = 0
+            if manifest.lexical is not None:
+                loading = lexical_loading_bytes(manifest.lexical, _lexi_plaintext_bytes(
+                    section_lengths["LEXI"], manifest.index.encryption))
+                borrowed = min(loading, sum(plan[name] for name in _LOADED_AFTER_LEXICAL))
+                plan["lexical"] -= borrowed
+            return plan, loading, borrowed
+
         model_weights = "mapped" if options.model_weights == "mapped" else "packed"
-        plan = memory_plan(manifest, section_lengths=section_lengths, frame_cache_bytes=frame_cache_bytes,
-                           include_model=embedder is None, index_from_file=owned_file, model_weights=model_weights)
-        # The document list is charged once parsed, at what it holds (below), not at the plan's
-        # bound: its parse's peak is charged beyond the reservations not yet in use.
-        plan.pop("documents")
+        plan, lexical_loading, lexical_borrowed = plan_with(model_weights)
         available = budget.available_bytes
         if (options.model_weights == "auto" and embedder is None and available is not None
                 and sum(plan.values()) > available and manifest.model.family == "onnx"):
             model_weights = "mapped"
-            plan["model"] = MODEL_SESSION_MAPPED_BYTES
+            plan, lexical_loading, lexical_borrowed = plan_with(model_weights)
             log.info("capsule %s: the model's weights stay mapped (not prepacked) to fit the memory budget",
                      manifest.name)
-        # Loading the lexical index peaks above what it keeps; that peak is freed before the
-        # model, decoder, cache and query arrays are allocated, so it may use their reservations.
-        lexical_loading = lexical_borrowed = 0
-        if manifest.lexical is not None:
-            lexical_loading = lexical_loading_bytes(manifest.lexical, _lexi_plaintext_bytes(
-                section_lengths["LEXI"], manifest.index.encryption))
-            lexical_borrowed = min(lexical_loading, sum(plan[name] for name in _LOADED_AFTER_LEXICAL))
-            plan["lexical"] -= lexical_borrowed
         budget.acquire_all({prefix + name: n for name, n in plan.items()}, what=f"capsule {manifest.name}")
         content_key = _unwrap_within_budget(manifest, identities, budget, prefix)
         keys = derive_keys(content_key, manifest.capsule_id_bytes)
