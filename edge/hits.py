@@ -190,24 +190,28 @@ def _heading_path(headings: Iterable[tuple[int, int, str]], char_start: int) -> 
 class DocumentTable(Sequence[Document]):
     """A capsule's document list as the runtime holds it: compact, ``Document`` made on demand.
 
-    Names stay ``str`` (every hit and document filter reads them); counts are int64 arrays,
-    SHA-256 digests 32 raw bytes each, heading positions and levels arrays and heading titles
-    one UTF-8 blob with offsets. ``table[i]`` returns the same ``Document`` that
-    ``parse_documents`` gave. SciFact's 5,183 documents: 0.68 MiB held (``held_bytes``; the
-    arrays and blobs 0.38 MiB by tracemalloc, the names the rest) against 1.93 MiB as a list of
-    ``Document`` (tracemalloc); ``heading_path`` takes ~6 us.
+    Names and heading titles are UTF-8 blobs with offsets, counts int64 arrays, SHA-256 digests
+    32 raw bytes each, heading positions and levels arrays: a few large objects, none of them
+    among the parse's small ones. (Keeping the names as ``str`` pinned the JSON parse's freed
+    pymalloc arenas: 41,464 documents then held 23 MiB of RssAnon for 5.8 MiB of objects.)
+    ``table[i]`` returns the same ``Document`` that ``parse_documents`` gave. SciFact's 5,183
+    documents: 0.44 MiB held (``held_bytes``, tracemalloc agrees) against 1.93 MiB as a list of ``Document``
+    (tracemalloc); ``name`` and ``heading_path`` take a few microseconds.
 
     Args:
         documents: the parsed list (``parse_documents``), in chunk order.
     """
 
-    __slots__ = ("names", "n_bytes", "n_chunks", "first_chunk_ids", "_media_types", "_media_index", "_sha256",
-                 "_has_sha256", "_heading_end", "_heading_starts", "_heading_levels", "_title_blob", "_title_end")
+    __slots__ = ("n_bytes", "n_chunks", "first_chunk_ids", "_name_blob", "_name_end", "_media_types", "_media_index",
+                 "_sha256", "_has_sha256", "_heading_end", "_heading_starts", "_heading_levels", "_title_blob",
+                 "_title_end")
 
     def __init__(self, documents: Sequence[Document]) -> None:
         n = len(documents)
-        #: the documents' names, in order
-        self.names: list[str] = [doc.name for doc in documents]
+        names = [doc.name.encode("utf-8") for doc in documents]
+        self._name_blob = b"".join(names)
+        self._name_end = np.cumsum([len(name) for name in names], dtype=np.int64)
+        del names
         #: int64 [n]: source bytes, chunk counts and first chunk ids
         self.n_bytes = np.fromiter((doc.n_bytes for doc in documents), dtype=np.int64, count=n)
         self.n_chunks = np.fromiter((doc.n_chunks for doc in documents), dtype=np.int64, count=n)
@@ -226,13 +230,24 @@ class DocumentTable(Sequence[Document]):
         self._title_end = np.cumsum([len(t) for t in titles], dtype=np.int64)
 
     def __len__(self) -> int:
-        return len(self.names)
+        return len(self._name_end)
+
+    def name(self, i: int) -> str:
+        """Document ``i``'s name."""
+        return self._name_blob[int(self._name_end[i - 1]) if i else 0:int(self._name_end[i])].decode("utf-8")
+
+    def iter_names(self) -> Iterator[str]:
+        """Yield every document's name, in order."""
+        start = 0
+        for end in self._name_end.tolist():
+            yield self._name_blob[start:end].decode("utf-8")
+            start = end
 
     def __getitem__(self, index):  # type: ignore[override]
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         i = range(len(self))[index]  # IndexError, negative indexes
-        return Document(self.names[i], int(self.n_bytes[i]), self._media_types[self._media_index[i]],
+        return Document(self.name(i), int(self.n_bytes[i]), self._media_types[self._media_index[i]],
                         n_chunks=int(self.n_chunks[i]), first_chunk_id=int(self.first_chunk_ids[i]),
                         headings=tuple(self.headings(i)),
                         sha256=self._sha256[32 * i:32 * i + 32].hex() if self._has_sha256[i] else "")
@@ -250,11 +265,10 @@ class DocumentTable(Sequence[Document]):
         return _heading_path(self.headings(i), char_start)
 
     def held_bytes(self) -> int:
-        """Bytes this table holds: its arrays, blobs, the name strings and their list."""
-        arrays = (self.n_bytes, self.n_chunks, self.first_chunk_ids, self._media_index, self._has_sha256,
-                  self._heading_end, self._heading_starts, self._heading_levels, self._title_end)
-        return (sum(a.nbytes for a in arrays) + len(self._sha256) + len(self._title_blob) + sys.getsizeof(self.names)
-                + sum(sys.getsizeof(name) for name in self.names)
+        """Bytes this table holds: its arrays, its blobs and its media type names."""
+        arrays = (self.n_bytes, self.n_chunks, self.first_chunk_ids, self._name_end, self._media_index,
+                  self._has_sha256, self._heading_end, self._heading_starts, self._heading_levels, self._title_end)
+        return (sum(a.nbytes for a in arrays) + len(self._name_blob) + len(self._sha256) + len(self._title_blob)
                 + sum(sys.getsizeof(t) for t in self._media_types))
 
 

@@ -318,7 +318,7 @@ class Capsule:
         records = (fresh or {}).get(frame_index)
         record = (records if records is not None else self._frame_records(frame_index, timings))[slot]
         documents = self._documents
-        return Hit(self.chunk_base + chunk_id, score, documents.names[record.doc_index], record.char_start,
+        return Hit(self.chunk_base + chunk_id, score, documents.name(record.doc_index), record.char_start,
                    record.char_end, frame_index, slot, record.text, self.manifest.name,
                    heading_path=documents.heading_path(record.doc_index, record.char_start))
 
@@ -423,7 +423,7 @@ class Capsule:
             patterns = [patterns]
         documents = self._documents
         return [(int(documents.first_chunk_ids[i]), int(documents.first_chunk_ids[i] + documents.n_chunks[i]))
-                for i, name in enumerate(documents.names)
+                for i, name in enumerate(documents.iter_names())
                 if documents.n_chunks[i] and any(fnmatch.fnmatchcase(name, p) for p in patterns)]
 
     def search(self, query: str, k: int = 5, *, mode: str | None = None, documents: Sequence[str] | None = None,

@@ -44,8 +44,9 @@ def test_documents_serialise_then_parse_is_identity(docs):
     assert documents_to_bytes(parsed) == data  # and back to the same bytes
     table = DocumentTable(parsed)  # what an open capsule keeps
     assert len(table) == len(parsed) and list(table) == parsed and table[-1:] == parsed[-1:]
+    assert list(table.iter_names()) == [doc.name for doc in parsed]
     for i, doc in enumerate(parsed):
-        assert table.names[i] == doc.name and table[i] == doc
+        assert table.name(i) == doc.name and table[i] == doc
         for h in doc.headings:
             assert table.heading_path(i, h[0]) == doc.heading_path(h[0])
             assert table.heading_path(i, max(h[0] - 1, 0)) == doc.heading_path(max(h[0] - 1, 0))
