@@ -40,17 +40,21 @@ STEP_MIB = 0.5
 
 def probe(capsule: Path, budget: str, weights: str, n_queries: int, queries: Path) -> dict:
     """Open ``capsule`` under ``budget`` ("none" for unlimited) and answer ``n_queries``; return
-    the outcome, plan, measured memory and per-query milliseconds (in this process)."""
+    the outcome, plan, measured memory and per-query milliseconds (in this process). A
+    ``capsule`` of the form ``STORE_DIR::NAME`` is an installed capsule (``Store.open``)."""
     from edge import MemoryBudget, open_capsule
     from edge.budget import parse_size, read_process_memory
     from edge.capsule import OpenOptions
     from edge.errors import EdgeError
+    from edge.store import Store
 
     publisher, device = keys()
     limit = None if budget == "none" else parse_size(budget)
+    kwargs = dict(identities=[device], trusted_keys=[publisher.public_key()], now=NOW, budget=MemoryBudget(limit),
+                  options=OpenOptions(model_weights=weights))
     try:
-        with open_capsule(capsule, trusted_keys=[publisher.public_key()], identities=[device], now=NOW,
-                          budget=MemoryBudget(limit), options=OpenOptions(model_weights=weights)) as opened:
+        store_dir, _, name = str(capsule).partition("::")
+        with (Store(store_dir).open(name, **kwargs) if name else open_capsule(capsule, **kwargs)) as opened:
             # read after the open: the runtime is charged its RssAnon at the open, which must
             # not depend on how many queries this probe asks
             texts = [json.loads(line)["text"] for line in queries.read_text().splitlines()][:n_queries]
@@ -82,7 +86,7 @@ def run_probe(capsule: Path, budget: str, weights: str, n_queries: int, queries:
 
 def smallest_budget(capsule: Path, weights: str, queries: Path) -> float:
     """Smallest budget in MiB (``STEP_MIB`` resolution) under which the probe answers."""
-    lo, hi = 32.0, 256.0
+    lo, hi = 32.0, 512.0
     while hi - lo > STEP_MIB:
         mid = (lo + hi) / 2
         if run_probe(capsule, f"{mid}MiB", weights, PROBE_QUERIES, queries)["ok"]:
@@ -101,6 +105,11 @@ def main() -> int:
     parser.add_argument("--work", type=Path, required=True, help="folder for capsules and the embedding cache")
     parser.add_argument("--scifact", type=Path, default=ROOT.parent / "shared" / "data" / "scifact")
     parser.add_argument("--rounds", type=int, default=3, help="alternated latency rounds per setting")
+    parser.add_argument("--installed", type=Path, action="append", default=[], metavar="CAPSULE",
+                        help="also a capsule installed into a store under --work (opened as a device opens it: "
+                             "a plain index is mapped, not copied); built with this script's keys "
+                             "(bench_hybrid.keys), e.g. by bench_build_memory.py; repeatable")
+    parser.add_argument("--skip-builtin", action="store_true", help="only the --installed capsules")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -108,16 +117,27 @@ def main() -> int:
     if not queries.exists():
         parser.error(f"{queries} is missing: the probes ask SciFact's queries")
     cache = args.work / "embeddings.sqlite"
-    capsules = {"python-faq": (ROOT / "examples" / "python-faq" / "docs", args.work / "python-faq.capsule")}
-    if not (args.work / "scifact-docs").exists():
-        write_corpus(args.scifact, args.work / "scifact-docs")
-    capsules["scifact"] = (args.work / "scifact-docs", args.work / "scifact.capsule")
+    capsules: dict[str, tuple[Path | None, Path]] = {}
+    if not args.skip_builtin:
+        capsules["python-faq"] = (ROOT / "examples" / "python-faq" / "docs", args.work / "python-faq.capsule")
+        if not (args.work / "scifact-docs").exists():
+            write_corpus(args.scifact, args.work / "scifact-docs")
+        capsules["scifact"] = (args.work / "scifact-docs", args.work / "scifact.capsule")
     t0 = time.perf_counter()
+    sizes: dict[str, int] = {}
+    for path in args.installed:
+        from edge.store import Store
+
+        publisher, device = keys()
+        store_dir = args.work / "store"
+        entry = Store(store_dir).install(path, identities=[device], trusted_keys=[publisher.public_key()], now=NOW)
+        capsules[f"installed {entry.name}"] = (None, Path(f"{store_dir}::{entry.name}"))
+        sizes[f"installed {entry.name}"] = path.stat().st_size
     results: dict[str, dict] = {}
     for name, (inputs, path) in capsules.items():
-        if not path.exists():
+        if inputs is not None and not path.exists():
             build(inputs, path, n_threads=2, cache=cache)
-        row: dict[str, object] = {"capsule_bytes": path.stat().st_size}
+        row: dict[str, object] = {"capsule_bytes": sizes[name] if inputs is None else path.stat().st_size}
         for weights in ("packed", "auto"):
             smallest = smallest_budget(path, weights, queries)
             at = run_probe(path, f"{smallest}MiB", weights, 200, queries)

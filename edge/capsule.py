@@ -64,11 +64,19 @@ from .index import Projection, VectorIndex
 from .lexical import LexicalEngine, lexical_loading_bytes, lexical_plan_bytes, open_lexical_index
 from .keys import Identity, Passphrase
 from .manifest import Manifest
-from .hits import Document, DocumentTable, Hit, StageTimings, parse_documents
+from .hits import (
+    DOCS_TABLE_BASE_BYTES,
+    DOCS_TABLE_PEAK_FACTOR,
+    Document,
+    DocumentTable,
+    Hit,
+    StageTimings,
+    parse_document_table,
+)
 from .opened import Capsule
 from .rules import MemoryUseLog, UsePolicy
 from .sealed import (
-    ContentKeys, JSON_PARSE_PEAK_FACTOR, MAX_DOCS_WINDOW_BYTES, decompress_bounded, docs_plaintext_limit,
+    ContentKeys, MAX_DOCS_WINDOW_BYTES, decompress_bounded, docs_plaintext_limit,
     derive_keys, iter_open_stream, open_stream, stream_plaintext_bytes, unwrap_content_key, zstd_content_size,
     zstd_decompressor,
 )
@@ -371,8 +379,27 @@ def _open_capsule(path: str | os.PathLike[str], *, trusted_keys: Sequence[Ed2551
         documents = _read_documents(open_stream(keys.section("DOCS"), small["DOCS"]), manifest,
                                     budget=budget, reservation=prefix + "documents_inflate",
                                     reserved_unused=sum(plan[name] for name in _LOADED_AFTER_DOCUMENTS))
-        plan["documents"] = documents.held_bytes()
-        budget.acquire_all({prefix + "documents": plan["documents"]}, what=f"capsule {manifest.name}'s document list")
+        held = documents.held_bytes()
+        try:
+            budget.acquire_all({prefix + "documents": held}, what=f"capsule {manifest.name}'s document list")
+        except BudgetExceededError:
+            # The model is not loaded yet: under "auto", its weights may still stay mapped.
+            if not (options.model_weights == "auto" and model_weights == "packed" and embedder is None
+                    and manifest.model.family == "onnx"):
+                raise
+            model_weights = "mapped"
+            budget.release(prefix + "model", plan["model"] - MODEL_SESSION_MAPPED_BYTES)
+            plan["model"] = MODEL_SESSION_MAPPED_BYTES
+            # the lexical index's loading peak borrowed from the model's reservation: keep it covered
+            short = lexical_borrowed - min(lexical_loading, sum(plan[name] for name in _LOADED_AFTER_LEXICAL))
+            if short > 0:
+                lexical_borrowed -= short
+                plan["lexical"] += short
+            budget.acquire_all({prefix + "documents": held, prefix + "lexical": max(short, 0)},
+                               what=f"capsule {manifest.name}'s document list")
+            log.info("capsule %s: the model's weights stay mapped (not prepacked) to fit the memory budget",
+                     manifest.name)
+        plan["documents"] = held
         frames = fmt.FrameTable.from_bytes(small["FTAB"], n_frames=manifest.video.n_frames,
                                            n_chunks=manifest.n_chunks, video_bytes=cf.sections["VIDE"].length)
         decompressor = _read_dictionary(small["ZDIC"], keys, manifest)
@@ -610,26 +637,30 @@ _LOADED_AFTER_LEXICAL = ("model", "frame_decoder", "frame_cache", "query")
 
 def _read_documents(sealed_plaintext: bytes, manifest: Manifest, *, budget: MemoryBudget,
                     reservation: str, reserved_unused: int = 0) -> DocumentTable:
-    """Inflate and parse DOCS into a ``DocumentTable``; the size its zstd header declares, bounded
-    by ``n_documents``, is charged (``JSON_PARSE_PEAK_FACTOR`` times) to ``budget`` before anything
-    is inflated, and stays charged until the table is built.
+    """Inflate DOCS and parse it, entry by entry, into a ``DocumentTable``.
 
-    ``reserved_unused``: bytes this open has reserved but not yet allocated (the components
-    loaded after the documents); the parse's peak is charged only beyond them, since it is
-    freed before they are allocated. SciFact (858 kB of DOCS): the peak is 26.2 MiB as
-    charged, 9.3 MiB measured by tracemalloc; the table keeps 0.44 MiB."""
+    The size the zstd header declares, bounded by ``n_documents``, is checked and the parse's
+    peak (``DOCS_TABLE_PEAK_FACTOR`` times it, plus ``DOCS_TABLE_BASE_BYTES``) is charged to
+    ``budget`` before anything is inflated; it stays charged until the table is built. An entry
+    over ``DOCS_SMALL_ENTRY_BYTES`` is charged ``JSON_PARSE_PEAK_FACTOR`` times its length
+    while it is parsed. ``reserved_unused``: bytes this open has reserved but not yet allocated
+    (the parts loaded after the documents); the peak is charged only beyond them, since it is
+    freed before they are allocated. SciFact (858 kB of DOCS): 7.0 MiB charged, a 1.7 MiB peak
+    measured by tracemalloc with the plaintext (the whole list parsed at once peaked at 9.3 MiB
+    and was charged 26.2); the table keeps 0.44 MiB."""
     limit = docs_plaintext_limit(manifest.n_documents, fmt.MAX_DOCS_PLAINTEXT_BYTES, manifest.n_chunks)
     declared = zstd_content_size(sealed_plaintext, limit, what="document list")
-    with budget.reserve(reservation, max(0, JSON_PARSE_PEAK_FACTOR * declared - reserved_unused)):
+    peak = DOCS_TABLE_PEAK_FACTOR * declared + DOCS_TABLE_BASE_BYTES
+    with budget.reserve(reservation, max(0, peak - reserved_unused)):
         plaintext = decompress_bounded(sealed_plaintext, declared,
                                        zstd_decompressor(max_window_bytes=MAX_DOCS_WINDOW_BYTES),
                                        what="document list", require_content_size=True)
         try:
-            return DocumentTable(parse_documents(plaintext, n_documents=manifest.n_documents,
-                                                 n_chunks=manifest.n_chunks))
+            return parse_document_table(plaintext, n_documents=manifest.n_documents, n_chunks=manifest.n_chunks,
+                                        reserve_entry=lambda n: budget.reserve(reservation + "_entry", n))
         except MemoryError:
             raise BudgetExceededError(f"parsing the {declared}-byte document list ran out of memory",
-                                      requested_bytes=JSON_PARSE_PEAK_FACTOR * declared, available_bytes=0) from None
+                                      requested_bytes=peak, available_bytes=0) from None
 
 
 @dataclass

@@ -12,7 +12,9 @@ Source: FORMAT.md §8 (DOCS: documents and headings), §11 (use level: what a hi
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -20,6 +22,7 @@ import numpy as np
 
 from .errors import CapsuleFormatError
 from .manifest import canonical_json, parse_canonical_json
+from .sealed import JSON_PARSE_PEAK_FACTOR
 
 if TYPE_CHECKING:
     from .opened import Capsule
@@ -207,27 +210,10 @@ class DocumentTable(Sequence[Document]):
                  "_title_end")
 
     def __init__(self, documents: Sequence[Document]) -> None:
-        n = len(documents)
-        names = [doc.name.encode("utf-8") for doc in documents]
-        self._name_blob = b"".join(names)
-        self._name_end = np.cumsum([len(name) for name in names], dtype=np.int64)
-        del names
-        #: int64 [n]: source bytes, chunk counts and first chunk ids
-        self.n_bytes = np.fromiter((doc.n_bytes for doc in documents), dtype=np.int64, count=n)
-        self.n_chunks = np.fromiter((doc.n_chunks for doc in documents), dtype=np.int64, count=n)
-        self.first_chunk_ids = np.fromiter((doc.first_chunk_id for doc in documents), dtype=np.int64, count=n)
-        media_types = {t: i for i, t in enumerate(dict.fromkeys(doc.media_type for doc in documents))}
-        self._media_types = tuple(media_types)
-        self._media_index = np.fromiter((media_types[doc.media_type] for doc in documents), dtype=np.int32, count=n)
-        self._has_sha256 = np.fromiter((bool(doc.sha256) for doc in documents), dtype=bool, count=n)
-        self._sha256 = b"".join(bytes.fromhex(doc.sha256) if doc.sha256 else bytes(32) for doc in documents)
-        self._heading_end = np.cumsum([len(doc.headings) for doc in documents], dtype=np.int64)
-        headings = [h for doc in documents for h in doc.headings]
-        self._heading_starts = np.fromiter((h[0] for h in headings), dtype=np.int64, count=len(headings))
-        self._heading_levels = np.fromiter((h[1] for h in headings), dtype=np.uint8, count=len(headings))
-        titles = [h[2].encode("utf-8") for h in headings]
-        self._title_blob = b"".join(titles)
-        self._title_end = np.cumsum([len(t) for t in titles], dtype=np.int64)
+        builder = _TableBuilder()
+        for doc in documents:
+            builder.add(doc.name, doc.n_bytes, doc.media_type, doc.n_chunks, doc.headings, doc.sha256)
+        builder.fill(self)
 
     def __len__(self) -> int:
         return len(self._name_end)
@@ -272,6 +258,133 @@ class DocumentTable(Sequence[Document]):
                 + sum(sys.getsizeof(t) for t in self._media_types))
 
 
+class _TableBuilder:
+    """Columns of a ``DocumentTable`` as they grow: ``array`` and ``bytearray``, no object per
+    document (see ``parse_document_table``)."""
+
+    def __init__(self) -> None:
+        self.n_bytes, self.n_chunks, self.first_chunk_ids = array("q"), array("q"), array("q")
+        self.name_blob, self.name_end = bytearray(), array("q")
+        self.media_types: dict[str, int] = {}
+        self.media_index, self.has_sha256, self.sha256 = array("i"), bytearray(), bytearray()
+        self.heading_end, self.heading_starts, self.heading_levels = array("q"), array("q"), bytearray()
+        self.title_blob, self.title_end = bytearray(), array("q")
+        self.chunks = 0
+
+    def add(self, name: str, n_bytes: int, media_type: str, n_chunks: int,
+            headings: Iterable[tuple[int, int, str]], sha256: str) -> None:
+        self.name_blob += name.encode("utf-8")
+        self.name_end.append(len(self.name_blob))
+        self.n_bytes.append(n_bytes)
+        self.n_chunks.append(n_chunks)
+        self.first_chunk_ids.append(self.chunks)
+        self.chunks += n_chunks
+        self.media_index.append(self.media_types.setdefault(media_type, len(self.media_types)))
+        self.has_sha256.append(1 if sha256 else 0)
+        self.sha256 += bytes.fromhex(sha256) if sha256 else bytes(32)
+        for start, level, title in headings:
+            self.heading_starts.append(start)
+            self.heading_levels.append(level)
+            self.title_blob += title.encode("utf-8")
+            self.title_end.append(len(self.title_blob))
+        self.heading_end.append(len(self.heading_starts))
+
+    def fill(self, table: "DocumentTable") -> None:
+        table.n_bytes = np.frombuffer(self.n_bytes, dtype=np.int64).copy()
+        table.n_chunks = np.frombuffer(self.n_chunks, dtype=np.int64).copy()
+        table.first_chunk_ids = np.frombuffer(self.first_chunk_ids, dtype=np.int64).copy()
+        table._name_blob, table._name_end = bytes(self.name_blob), np.frombuffer(self.name_end, dtype=np.int64).copy()
+        table._media_types = tuple(self.media_types)
+        table._media_index = np.frombuffer(self.media_index, dtype=np.int32).copy()
+        table._has_sha256 = np.frombuffer(bytes(self.has_sha256), dtype=np.uint8).astype(bool)
+        table._sha256 = bytes(self.sha256)
+        table._heading_end = np.frombuffer(self.heading_end, dtype=np.int64).copy()
+        table._heading_starts = np.frombuffer(self.heading_starts, dtype=np.int64).copy()
+        table._heading_levels = np.frombuffer(bytes(self.heading_levels), dtype=np.uint8).copy()
+        table._title_blob, table._title_end = bytes(self.title_blob), np.frombuffer(self.title_end, dtype=np.int64).copy()
+
+
+#: The canonical DOCS plaintext around its entries (FORMAT.md §8).
+_DOCS_PREFIX, _DOCS_SUFFIX = b'{"documents":[', b"]}"
+#: Between two entries of canonical DOCS: an entry is a flat object whose first member is
+#: ``bytes`` and which holds no object, and inside a string a quote is always escaped, so in
+#: canonical DOCS this sequence occurs exactly where one entry ends and the next begins.
+_ENTRY_BOUNDARY = b'},{"bytes":'
+#: An entry of at most this many bytes is parsed within ``DOCS_TABLE_BASE_BYTES``; a larger one
+#: gets its own reservation of ``JSON_PARSE_PEAK_FACTOR`` times its length first.
+DOCS_SMALL_ENTRY_BYTES = 64 << 10
+#: Bytes ``parse_document_table`` needs beyond ``DOCS_TABLE_PEAK_FACTOR`` times the plaintext:
+#: one small entry's parse at the worst JSON shape (32 x 64 KiB).
+DOCS_TABLE_BASE_BYTES = 2 << 20
+#: Times the DOCS plaintext that ``parse_document_table`` holds at most besides one entry's
+#: parse: the plaintext itself, the growing columns (at most twice the JSON they come from:
+#: 77 bytes of arrays per document of at least 65 bytes of JSON, 17 per heading of at least 10,
+#: names and titles their own length) and their copy into the table. Measured peaks
+#: (tracemalloc, with the plaintext): SciFact's 5,183 documents 2.12x, a 97k-chunk capsule's
+#: 41,464 documents 2.16x; parsed whole, the same lists peaked at 11.4x and 8.4x.
+DOCS_TABLE_PEAK_FACTOR = 6
+
+
+def parse_document_table(plaintext: bytes, *, n_documents: int, n_chunks: int,
+                         reserve_entry: Callable[[int], AbstractContextManager] | None = None) -> DocumentTable:
+    """Parse and check a DOCS plaintext entry by entry into a ``DocumentTable`` (FORMAT.md §8).
+
+    The same checks as ``parse_documents``, with a bounded peak: the JSON parser sees one entry
+    at a time (each entry must be its own canonical encoding, and the whole exactly
+    ``{"documents":[entry,entry,...]}``), and each entry goes into the table's columns before
+    the next is parsed. The peak is ``DOCS_TABLE_PEAK_FACTOR`` times the plaintext plus
+    ``DOCS_TABLE_BASE_BYTES``; an entry over ``DOCS_SMALL_ENTRY_BYTES`` is parsed inside
+    ``reserve_entry(JSON_PARSE_PEAK_FACTOR * len(entry))`` (a budget reservation) when given.
+    ``parse_document_table(b, ...)`` equals ``DocumentTable(parse_documents(b, ...))``.
+
+    Raises:
+        CapsuleFormatError: as ``parse_documents``.
+        BudgetExceededError: from ``reserve_entry``, before a large entry is parsed.
+        MemoryError: from the JSON parser.
+    """
+    if (len(plaintext) < len(_DOCS_PREFIX) + len(_DOCS_SUFFIX) or not plaintext.startswith(_DOCS_PREFIX)
+            or not plaintext.endswith(_DOCS_SUFFIX)):
+        raise CapsuleFormatError("document list must be {\"documents\": [...]} in canonical JSON")
+    builder = _TableBuilder()
+    start, end, n = len(_DOCS_PREFIX), len(plaintext) - len(_DOCS_SUFFIX), 0
+    while start < end:
+        cut = plaintext.find(_ENTRY_BOUNDARY, start, end)
+        stop = end if cut < 0 else cut + 1
+        entry = plaintext[start:stop]
+        if reserve_entry is not None and len(entry) > DOCS_SMALL_ENTRY_BYTES:
+            with reserve_entry(JSON_PARSE_PEAK_FACTOR * len(entry)):
+                fields = _check_entry(parse_canonical_json(entry, what=f"document {n} entry"), n)
+        else:
+            fields = _check_entry(parse_canonical_json(entry, what=f"document {n} entry"), n)
+        del entry
+        builder.add(*fields)
+        n += 1
+        if builder.chunks > n_chunks:
+            raise CapsuleFormatError(f"documents hold over {n_chunks} chunks, manifest says {n_chunks}")
+        if n > n_documents:
+            raise CapsuleFormatError(f"document list has over {n_documents} entries, manifest says {n_documents}")
+        start = stop + 1 if cut >= 0 else end
+    if n != n_documents:
+        raise CapsuleFormatError(f"document list has {n} entries, manifest says {n_documents}")
+    if builder.chunks != n_chunks:
+        raise CapsuleFormatError(f"documents hold {builder.chunks} chunks, manifest says {n_chunks}")
+    table = DocumentTable.__new__(DocumentTable)
+    builder.fill(table)
+    return table
+
+
+def _check_entry(item: object, n: int) -> tuple[str, int, str, int, tuple[tuple[int, int, str], ...], str]:
+    """An entry's fields ``(name, bytes, media_type, n_chunks, headings, sha256)``, checked."""
+    if (not isinstance(item, dict) or set(item) - {"sha256"} != {"name", "bytes", "media_type", "n_chunks", "headings"}
+            or not isinstance(item.get("sha256", ""), str) or not _is_sha256_field(item.get("sha256", ""))
+            or not isinstance(item["name"], str) or not _is_count(item["bytes"])
+            or not isinstance(item["media_type"], str) or not _is_count(item["n_chunks"])
+            or not isinstance(item["headings"], list) or len(item["headings"]) > MAX_HEADINGS_PER_DOCUMENT):
+        raise CapsuleFormatError(f"document {n} entry is malformed")
+    headings = _check_headings(item["headings"], n, error=CapsuleFormatError)
+    return item["name"], item["bytes"], item["media_type"], item["n_chunks"], headings, item.get("sha256", "")
+
+
 def parse_documents(plaintext: bytes, *, n_documents: int, n_chunks: int) -> list[Document]:
     """Parse and check a DOCS plaintext (FORMAT.md §8): the inverse of ``documents_to_bytes``.
 
@@ -293,16 +406,10 @@ def parse_documents(plaintext: bytes, *, n_documents: int, n_chunks: int) -> lis
     docs = []
     first_chunk_id = 0
     for n, item in enumerate(obj["documents"]):
-        if (not isinstance(item, dict) or set(item) - {"sha256"} != {"name", "bytes", "media_type", "n_chunks", "headings"}
-                or not isinstance(item.get("sha256", ""), str) or not _is_sha256_field(item.get("sha256", ""))
-                or not isinstance(item["name"], str) or not _is_count(item["bytes"])
-                or not isinstance(item["media_type"], str) or not _is_count(item["n_chunks"])
-                or not isinstance(item["headings"], list) or len(item["headings"]) > MAX_HEADINGS_PER_DOCUMENT):
-            raise CapsuleFormatError(f"document {n} entry is malformed")
-        headings = _check_headings(item["headings"], n, error=CapsuleFormatError)
-        docs.append(Document(item["name"], item["bytes"], item["media_type"], n_chunks=item["n_chunks"],
-                             first_chunk_id=first_chunk_id, headings=headings, sha256=item.get("sha256", "")))
-        first_chunk_id += item["n_chunks"]
+        name, n_bytes, media_type, n_doc_chunks, headings, sha256 = _check_entry(item, n)
+        docs.append(Document(name, n_bytes, media_type, n_chunks=n_doc_chunks, first_chunk_id=first_chunk_id,
+                             headings=headings, sha256=sha256))
+        first_chunk_id += n_doc_chunks
     if len(docs) != n_documents:
         raise CapsuleFormatError(f"document list has {len(docs)} entries, manifest says {n_documents}")
     if first_chunk_id != n_chunks:

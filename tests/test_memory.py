@@ -274,3 +274,29 @@ def test_auto_model_weights_stay_mapped_only_when_the_packed_session_does_not_fi
         assert [(h.chunk_id, round(h.score, 4)) for h in capsule.search(QUESTION["question"], k=5)] == packed_hits
     with pytest.raises(ValueError, match="model_weights must be one of auto, packed, mapped"):
         OpenOptions(model_weights="squeezed")
+
+
+def test_a_document_list_that_does_not_fit_beside_packed_weights_leaves_them_mapped(faq_capsule, monkeypatch):
+    # The document list is charged once parsed, before the model loads; under "auto" a list
+    # that does not fit beside the packed session's reservation makes the weights stay mapped.
+    # (A large list is stood in for by its charge: 8 MiB, the rest of the capsule is real.)
+    from edge.hits import DocumentTable
+
+    trusted = [faq_capsule.publisher_key.public_key()]
+    kwargs = dict(trusted_keys=trusted, identities=[faq_capsule.device_key], now=NOW)
+    with open_capsule(faq_capsule.path, budget=MemoryBudget(None), **kwargs) as capsule:
+        plan = dict(capsule.memory_plan)
+    assert plan["model"] == MODEL_SESSION_BYTES
+    monkeypatch.setattr(DocumentTable, "held_bytes", lambda self: 8 * MiB)
+    without_documents = sum(plan.values()) - plan["documents"]
+    room = read_process_memory().anon_bytes + without_documents + 8 * MiB - 5 * MiB
+    with pytest.raises(BudgetExceededError, match="document list"):
+        open_capsule(faq_capsule.path, budget=MemoryBudget(room), options=OpenOptions(model_weights="packed"),
+                     **kwargs)
+    budget = MemoryBudget(room)
+    with open_capsule(faq_capsule.path, budget=budget, **kwargs) as capsule:
+        assert capsule.memory_plan["model"] == MODEL_SESSION_MAPPED_BYTES
+        assert capsule.memory_plan["documents"] == 8 * MiB
+        assert "weights mapped" in capsule.embedder_engine
+        assert capsule.search(QUESTION["question"], k=3)
+        assert budget.reserved_bytes <= room

@@ -16,6 +16,8 @@ import zstandard
 
 from edge import MemoryBudget, open_capsule
 from edge.errors import BudgetExceededError, CapsuleFormatError
+from edge.hits import DOCS_SMALL_ENTRY_BYTES, DOCS_TABLE_BASE_BYTES, DOCS_TABLE_PEAK_FACTOR, parse_document_table
+from edge.manifest import canonical_json
 from edge.sealed import (
     MAX_DOCUMENT_ENTRY_BYTES,
     MAX_HEADING_BYTES_PER_CHUNK,
@@ -84,20 +86,45 @@ def test_signed_docs_bomb_under_a_data_limit_is_one_line_error(bomb_path, tmp_pa
 
 
 def test_declared_docs_size_is_charged_to_the_budget_before_inflating(tmp_path):
-    # 1,000 entries allow 4,096,064 bytes of DOCS; inflating and parsing them may peak at 32x that, which
-    # is reserved first (less what the open has reserved for parts it loads later, at most the
-    # genuine capsule's whole plan): a budget with 64 MiB to spare refuses before zstd runs.
+    # 10,000 entries allow 40,960,064 bytes of DOCS; parsing them entry by entry may hold 6x
+    # that plus 2 MiB (DOCS_TABLE_PEAK_FACTOR, DOCS_TABLE_BASE_BYTES), which is reserved first
+    # (less what the open has reserved for parts it loads later, at most the genuine capsule's
+    # whole plan): a budget with 64 MiB to spare refuses before zstd runs.
     genuine_budget = MemoryBudget(None)
     with open_capsule(OK_VECTOR / "capsule", budget=genuine_budget, **open_kwargs()):
         needed = genuine_budget.reserved_bytes
-    data = docs_bomb(4_000_000, n_documents=1000)
-    path = tmp_path / "docs-4mb.capsule"
-    path.write_bytes(data)
-    budget = MemoryBudget(needed + 1000 * 1024 + 64 * MiB)
+    path = tmp_path / "docs-40mb.capsule"
+    path.write_bytes(docs_bomb(40_000_000, n_documents=10_000))
+    budget = MemoryBudget(needed + 64 * MiB)
     with pytest.raises(BudgetExceededError, match="documents_inflate") as info:
         open_capsule(path, budget=budget, **open_kwargs())
-    assert 32 * 4_000_000 - needed <= info.value.requested_bytes < 32 * 4_000_000
+    peak = DOCS_TABLE_PEAK_FACTOR * 40_000_000 + DOCS_TABLE_BASE_BYTES
+    assert peak - needed <= info.value.requested_bytes <= peak
     assert set(budget.report()["reserved_bytes"]) == {"runtime"}
+    # With room for it, 4 MB of zeros are inflated (to their declared size, no further) and
+    # refused as what they are, with nothing left reserved.
+    path = tmp_path / "docs-4mb.capsule"
+    path.write_bytes(docs_bomb(4_000_000, n_documents=1000))
+    roomy = MemoryBudget(needed + 64 * MiB)
+    with pytest.raises(CapsuleFormatError, match="document list must be"):
+        open_capsule(path, budget=roomy, **open_kwargs())
+    assert set(roomy.report()["reserved_bytes"]) == {"runtime"}
+
+
+def test_a_large_docs_entry_is_charged_before_it_is_parsed():
+    # One entry of 200 kB of headings: over DOCS_SMALL_ENTRY_BYTES, so 32x its length is
+    # reserved before the JSON parser sees it, and refused when that does not fit.
+    headings = [[i, 1, "h"] for i in range(20_000)]
+    data = canonical_json({"documents": [{"bytes": 1, "headings": headings, "media_type": "text/plain",
+                                          "n_chunks": 1, "name": "big.txt"}]})
+    assert len(data) > DOCS_SMALL_ENTRY_BYTES
+    budget = MemoryBudget(8 * MiB)
+    with pytest.raises(BudgetExceededError, match="docs_entry"):
+        parse_document_table(data, n_documents=1, n_chunks=1,
+                             reserve_entry=lambda n: budget.reserve("docs_entry", n))
+    table = parse_document_table(data, n_documents=1, n_chunks=1,
+                                 reserve_entry=lambda n: MemoryBudget(64 * MiB).reserve("docs_entry", n))
+    assert len(list(table.headings(0))) == 20_000
 
 
 def test_docs_limit_follows_the_entry_count():

@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 
 from edge import format as fmt
 from edge.errors import CapsuleFormatError
-from edge.hits import MAX_HEADING_CHARS, Document, DocumentTable, documents_to_bytes, parse_documents
+from edge.hits import (
+    MAX_HEADING_CHARS,
+    Document,
+    DocumentTable,
+    documents_to_bytes,
+    parse_document_table,
+    parse_documents,
+)
 from edge.manifest import canonical_json
 
 _TITLE = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=MAX_HEADING_CHARS)
@@ -42,6 +49,8 @@ def test_documents_serialise_then_parse_is_identity(docs):
                                 headings=doc.headings, sha256=doc.sha256)
         first += doc.n_chunks
     assert documents_to_bytes(parsed) == data  # and back to the same bytes
+    streamed = parse_document_table(data, n_documents=len(docs), n_chunks=sum(d.n_chunks for d in docs))
+    assert list(streamed) == parsed  # entry by entry, the same documents
     table = DocumentTable(parsed)  # what an open capsule keeps
     assert len(table) == len(parsed) and list(table) == parsed and table[-1:] == parsed[-1:]
     assert list(table.iter_names()) == [doc.name for doc in parsed]
@@ -50,6 +59,30 @@ def test_documents_serialise_then_parse_is_identity(docs):
         for h in doc.headings:
             assert table.heading_path(i, h[0]) == doc.heading_path(h[0])
             assert table.heading_path(i, max(h[0] - 1, 0)) == doc.heading_path(max(h[0] - 1, 0))
+
+
+@settings(max_examples=150, deadline=None)
+@given(_documents(), st.data())
+def test_the_entry_by_entry_parser_refuses_what_the_whole_parser_refuses(docs, data):
+    good = documents_to_bytes(docs)
+    n_chunks = sum(d.n_chunks for d in docs)
+    at = data.draw(st.integers(0, len(good)))
+    edit = data.draw(st.sampled_from(["insert", "delete", "flip"]))
+    raw = bytearray(good)
+    if edit == "insert":
+        raw[at:at] = data.draw(st.sampled_from([b" ", b",", b"}", b'},{"bytes":', b"]", b"\\", b'"']))
+    elif edit == "delete" and at < len(raw):
+        del raw[at]
+    elif at < len(raw):
+        raw[at] ^= 1 << data.draw(st.integers(0, 7))
+    bad = bytes(raw)
+    outcomes = []
+    for parse in (parse_documents, parse_document_table):
+        try:
+            outcomes.append(list(parse(bad, n_documents=len(docs), n_chunks=n_chunks)))
+        except CapsuleFormatError:
+            outcomes.append("refused")
+    assert outcomes[0] == outcomes[1]
 
 
 def test_parse_documents_checks_the_counts_against_the_manifest():
