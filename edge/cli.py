@@ -340,7 +340,7 @@ def cmd_info(args: argparse.Namespace) -> int:
                 _memory_probe(capsule)
             info = capsule.info()
         if args.memory and not args.json:
-            _print_memory(info["memory"])
+            _print_memory(info["memory"], weights_mapped="weights mapped" in info["embedder"]["engine"])
             return 0
     else:
         m = verify_capsule(_capsule_path(args), trusted_keys=_trusted_keys(args), full=False,
@@ -381,7 +381,7 @@ def _memory_probe(capsule) -> None:
     capsule.read_hits(ids, scores)
 
 
-def _print_memory(memory: dict) -> None:
+def _print_memory(memory: dict, *, weights_mapped: bool = False) -> None:
     plan = memory["plan_bytes"]
     reserved = memory["reserved_bytes"]
     measured = memory["measured"]
@@ -390,7 +390,8 @@ def _print_memory(memory: dict) -> None:
     runtime = next((n for name, n in reserved.items() if name == "runtime"), 0)
     print(f"  {'runtime (interpreter, libraries)':40s} {format_mib(runtime):>10s}")
     for name, n_bytes in plan.items():
-        print(f"  {name:40s} {format_mib(n_bytes):>10s}")
+        label = "model (weights mapped, not prepacked)" if name == "model" and weights_mapped and n_bytes else name
+        print(f"  {label:40s} {format_mib(n_bytes):>10s}")
     print("measured after one query (kernel counts, /proc/self/status):")
     for key, label in (("data_bytes", "private writable (VmData, RLIMIT_DATA)"), ("rss_bytes", "resident (VmRSS)"),
                        ("anon_bytes", "  anonymous (RssAnon)"), ("file_bytes", "  file-backed (RssFile)"),

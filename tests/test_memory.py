@@ -100,6 +100,8 @@ def test_query_process_under_rlimit_data_answers_and_a_bigger_capsule_is_refused
     memory = _memory_json(big_capsule, "--ram-budget", str(budget))
     assert memory["plan_bytes"]["model"] == MODEL_SESSION_MAPPED_BYTES
     assert memory["measured"]["anon_bytes"] <= memory["total_reserved_bytes"] <= budget
+    text = run_cli("edge", "info", str(big_capsule.path), *_keys(big_capsule), "--memory", "--ram-budget", str(budget))
+    assert "model (weights mapped, not prepacked)      16.0 MiB" in text.stdout, text.stdout
 
 
 def test_budget_below_the_runtime_floor_is_one_clear_error(faq_capsule):
