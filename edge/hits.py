@@ -193,21 +193,21 @@ def _heading_path(headings: Iterable[tuple[int, int, str]], char_start: int) -> 
 class DocumentTable(Sequence[Document]):
     """A capsule's document list as the runtime holds it: compact, ``Document`` made on demand.
 
-    Names and heading titles are UTF-8 blobs with offsets, counts int64 arrays, SHA-256 digests
-    32 raw bytes each, heading positions and levels arrays: a few large objects, none of them
-    among the parse's small ones. (Keeping the names as ``str`` pinned the JSON parse's freed
+    Names, media types and heading titles are UTF-8 blobs with offsets, counts int64 arrays,
+    SHA-256 digests 32 raw bytes each, heading positions and levels arrays: a few large objects,
+    none of them among the parse's small ones, and the very columns the parser filled. (Keeping the names as ``str`` pinned the JSON parse's freed
     pymalloc arenas: 41,464 documents then held 23 MiB of RssAnon for 5.8 MiB of objects.)
     ``table[i]`` returns the same ``Document`` that ``parse_documents`` gave. SciFact's 5,183
-    documents: 0.44 MiB held (``held_bytes``, tracemalloc agrees) against 1.93 MiB as a list of ``Document``
+    documents: 0.53 MiB held (``held_bytes``, the arrays' spare room included; tracemalloc agrees) against 1.93 MiB as a list of ``Document``
     (tracemalloc); ``name`` and ``heading_path`` take a few microseconds.
 
     Args:
         documents: the parsed list (``parse_documents``), in chunk order.
     """
 
-    __slots__ = ("n_bytes", "n_chunks", "first_chunk_ids", "_name_blob", "_name_end", "_media_types", "_media_index",
+    __slots__ = ("n_bytes", "n_chunks", "first_chunk_ids", "_name_blob", "_name_end", "_media_blob", "_media_end",
                  "_sha256", "_has_sha256", "_heading_end", "_heading_starts", "_heading_levels", "_title_blob",
-                 "_title_end")
+                 "_title_end", "_held")
 
     def __init__(self, documents: Sequence[Document]) -> None:
         builder = _TableBuilder()
@@ -220,7 +220,7 @@ class DocumentTable(Sequence[Document]):
 
     def name(self, i: int) -> str:
         """Document ``i``'s name."""
-        return self._name_blob[int(self._name_end[i - 1]) if i else 0:int(self._name_end[i])].decode("utf-8")
+        return _blob_item(self._name_blob, self._name_end, i)
 
     def iter_names(self) -> Iterator[str]:
         """Yield every document's name, in order."""
@@ -233,7 +233,7 @@ class DocumentTable(Sequence[Document]):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         i = range(len(self))[index]  # IndexError, negative indexes
-        return Document(self.name(i), int(self.n_bytes[i]), self._media_types[self._media_index[i]],
+        return Document(self.name(i), int(self.n_bytes[i]), _blob_item(self._media_blob, self._media_end, i),
                         n_chunks=int(self.n_chunks[i]), first_chunk_id=int(self.first_chunk_ids[i]),
                         headings=tuple(self.headings(i)),
                         sha256=self._sha256[32 * i:32 * i + 32].hex() if self._has_sha256[i] else "")
@@ -251,11 +251,12 @@ class DocumentTable(Sequence[Document]):
         return _heading_path(self.headings(i), char_start)
 
     def held_bytes(self) -> int:
-        """Bytes this table holds: its arrays, its blobs and its media type names."""
-        arrays = (self.n_bytes, self.n_chunks, self.first_chunk_ids, self._name_end, self._media_index,
-                  self._has_sha256, self._heading_end, self._heading_starts, self._heading_levels, self._title_end)
-        return (sum(a.nbytes for a in arrays) + len(self._name_blob) + len(self._sha256) + len(self._title_blob)
-                + sum(sys.getsizeof(t) for t in self._media_types))
+        """Bytes this table holds: its columns as allocated (``sys.getsizeof``)."""
+        return self._held
+
+
+def _blob_item(blob: bytearray, ends: np.ndarray, i: int) -> str:
+    return blob[int(ends[i - 1]) if i else 0:int(ends[i])].decode("utf-8")
 
 
 class _TableBuilder:
@@ -265,8 +266,8 @@ class _TableBuilder:
     def __init__(self) -> None:
         self.n_bytes, self.n_chunks, self.first_chunk_ids = array("q"), array("q"), array("q")
         self.name_blob, self.name_end = bytearray(), array("q")
-        self.media_types: dict[str, int] = {}
-        self.media_index, self.has_sha256, self.sha256 = array("i"), bytearray(), bytearray()
+        self.media_blob, self.media_end = bytearray(), array("q")
+        self.has_sha256, self.sha256 = bytearray(), bytearray()
         self.heading_end, self.heading_starts, self.heading_levels = array("q"), array("q"), bytearray()
         self.title_blob, self.title_end = bytearray(), array("q")
         self.chunks = 0
@@ -279,7 +280,8 @@ class _TableBuilder:
         self.n_chunks.append(n_chunks)
         self.first_chunk_ids.append(self.chunks)
         self.chunks += n_chunks
-        self.media_index.append(self.media_types.setdefault(media_type, len(self.media_types)))
+        self.media_blob += media_type.encode("utf-8")
+        self.media_end.append(len(self.media_blob))
         self.has_sha256.append(1 if sha256 else 0)
         self.sha256 += bytes.fromhex(sha256) if sha256 else bytes(32)
         for start, level, title in headings:
@@ -290,18 +292,23 @@ class _TableBuilder:
         self.heading_end.append(len(self.heading_starts))
 
     def fill(self, table: "DocumentTable") -> None:
-        table.n_bytes = np.frombuffer(self.n_bytes, dtype=np.int64).copy()
-        table.n_chunks = np.frombuffer(self.n_chunks, dtype=np.int64).copy()
-        table.first_chunk_ids = np.frombuffer(self.first_chunk_ids, dtype=np.int64).copy()
-        table._name_blob, table._name_end = bytes(self.name_blob), np.frombuffer(self.name_end, dtype=np.int64).copy()
-        table._media_types = tuple(self.media_types)
-        table._media_index = np.frombuffer(self.media_index, dtype=np.int32).copy()
-        table._has_sha256 = np.frombuffer(bytes(self.has_sha256), dtype=np.uint8).astype(bool)
-        table._sha256 = bytes(self.sha256)
-        table._heading_end = np.frombuffer(self.heading_end, dtype=np.int64).copy()
-        table._heading_starts = np.frombuffer(self.heading_starts, dtype=np.int64).copy()
-        table._heading_levels = np.frombuffer(bytes(self.heading_levels), dtype=np.uint8).copy()
-        table._title_blob, table._title_end = bytes(self.title_blob), np.frombuffer(self.title_end, dtype=np.int64).copy()
+        """Hand the columns to ``table`` as they are: NumPy views of the arrays, the bytearrays
+        themselves; nothing is copied, so building never holds the columns twice."""
+        table.n_bytes = np.frombuffer(self.n_bytes, dtype=np.int64)
+        table.n_chunks = np.frombuffer(self.n_chunks, dtype=np.int64)
+        table.first_chunk_ids = np.frombuffer(self.first_chunk_ids, dtype=np.int64)
+        table._name_blob, table._name_end = self.name_blob, np.frombuffer(self.name_end, dtype=np.int64)
+        table._media_blob, table._media_end = self.media_blob, np.frombuffer(self.media_end, dtype=np.int64)
+        table._has_sha256 = np.frombuffer(self.has_sha256, dtype=np.bool_)
+        table._sha256 = self.sha256
+        table._heading_end = np.frombuffer(self.heading_end, dtype=np.int64)
+        table._heading_starts = np.frombuffer(self.heading_starts, dtype=np.int64)
+        table._heading_levels = np.frombuffer(self.heading_levels, dtype=np.uint8)
+        table._title_blob, table._title_end = self.title_blob, np.frombuffer(self.title_end, dtype=np.int64)
+        columns = (self.n_bytes, self.n_chunks, self.first_chunk_ids, self.name_blob, self.name_end, self.media_blob,
+                   self.media_end, self.has_sha256, self.sha256, self.heading_end, self.heading_starts,
+                   self.heading_levels, self.title_blob, self.title_end)
+        table._held = sum(sys.getsizeof(column) for column in columns)  # allocated, spare room included
 
 
 #: The canonical DOCS plaintext around its entries (FORMAT.md §8).
@@ -317,12 +324,13 @@ DOCS_SMALL_ENTRY_BYTES = 64 << 10
 #: one small entry's parse at the worst JSON shape (32 x 64 KiB).
 DOCS_TABLE_BASE_BYTES = 2 << 20
 #: Times the DOCS plaintext that ``parse_document_table`` holds at most besides one entry's
-#: parse: the plaintext itself, the growing columns (at most twice the JSON they come from:
-#: 77 bytes of arrays per document of at least 65 bytes of JSON, 17 per heading of at least 10,
-#: names and titles their own length) and their copy into the table. Measured peaks
-#: (tracemalloc, with the plaintext): SciFact's 5,183 documents 2.12x, a 97k-chunk capsule's
-#: 41,464 documents 2.16x; parsed whole, the same lists peaked at 11.4x and 8.4x.
-DOCS_TABLE_PEAK_FACTOR = 6
+#: parse: the plaintext itself (1x) and the columns, which the table keeps without a copy (at
+#: most 1.7x the JSON they come from: 85 bytes of arrays per document of at least 65 bytes of
+#: JSON, 17 per heading of at least 10, names, media types and titles their own length; 2x with
+#: the arrays' spare room), rounded up. Measured peaks (tracemalloc, with the plaintext): SciFact's
+#: 5,183 documents 1.68x, a 97k-chunk capsule's 41,464 documents 1.69x; parsed
+#: whole, the same lists peaked at 11.4x and 8.4x.
+DOCS_TABLE_PEAK_FACTOR = 4
 
 
 def parse_document_table(plaintext: bytes, *, n_documents: int, n_chunks: int,

@@ -42,10 +42,12 @@ import logging
 import os
 import re
 import shutil
+import stat
 import struct
 import tempfile
 import zlib
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from ._files import sealed_memfd
@@ -250,6 +252,25 @@ def check_footer(name: str, data: bytes | memoryview) -> None:
         raise CapsuleFormatError(f"lexical file {name} is not the empty doc store this format requires")
 
 
+def check_files(files: dict[str, bytes | memoryview], *, n_chunks: int) -> None:
+    """``meta.json`` first, exactly the files it names (``SEGMENT_FILE_EXTENSIONS`` per
+    segment), and every segment file's footer (``check_footer``).
+
+    Raises:
+        CapsuleFormatError: what ``check_meta`` and ``check_footer`` raise, or another file set.
+    """
+    if "meta.json" not in files:
+        raise CapsuleFormatError("lexical index has no meta.json")
+    stems = check_meta(files["meta.json"], n_chunks=n_chunks)
+    wanted = {"meta.json"} | {f"{stem}.{ext}" for stem in stems for ext in SEGMENT_FILE_EXTENSIONS}
+    if set(files) != wanted:
+        missing = sorted(wanted - set(files)) or sorted(set(files) - wanted)
+        raise CapsuleFormatError(f"lexical archive's files do not match meta.json ({missing[0]})")
+    for name, data in files.items():
+        if name != "meta.json":
+            check_footer(name, data)
+
+
 def _is_fatal(exc: BaseException) -> bool:
     return isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit, MemoryError))
 
@@ -287,8 +308,6 @@ class TantivyLexicalIndex:
                 the archive, meta.json, a footer, or tantivy refusing them).
             EdgeError: no private temporary folder can be made (``TMPDIR`` not writable).
         """
-        import tantivy
-
         if info.n_rows != n_chunks:
             raise CapsuleFormatError(f"lexical index has {info.n_rows} rows, capsule has {n_chunks} chunks")
         compressed = bytearray()
@@ -303,26 +322,110 @@ class TantivyLexicalIndex:
         if len(archive) != info.plaintext_bytes:
             raise CapsuleFormatError(f"lexical index is {len(archive)} bytes, manifest says {info.plaintext_bytes}")
         files = parse_archive(archive)
-        stems = check_meta(files["meta.json"], n_chunks=n_chunks)
-        wanted = {"meta.json"} | {f"{stem}.{ext}" for stem in stems for ext in SEGMENT_FILE_EXTENSIONS}
-        if set(files) != wanted:
-            missing = sorted(wanted - set(files)) or sorted(set(files) - wanted)
-            raise CapsuleFormatError(f"lexical archive's files do not match meta.json ({missing[0]})")
-        for name, data in files.items():
-            if name != "meta.json":
-                check_footer(name, data)
-        fds: list[int] = []
+        check_files(files, n_chunks=n_chunks)
+        named_fds: dict[str, int] = {}
+        try:
+            for name, data in files.items():
+                named_fds[name] = sealed_memfd("edge-capsule-lexi", [data], n_bytes=len(data),
+                                               what=f"lexical file {name}")
+        except BaseException:
+            for fd in named_fds.values():
+                os.close(fd)
+            raise
+        del files, archive
+        return cls._open_fds(named_fds, info=info, n_chunks=n_chunks)
+
+    @classmethod
+    def open_extracted(cls, folder: Path, *, info: LexicalInfo, n_chunks: int) -> "TantivyLexicalIndex":
+        """Open the files of a plain LEXI that a device store extracted at install (FORMAT.md §13).
+
+        Each file is opened once (no symbolic link followed, regular files only, all of them
+        together no larger than the archive), checked through that descriptor exactly as the
+        section's files are (``meta.json``, the file set, every footer and CRC-32, the empty doc
+        stores), and tantivy then opens those descriptors: it maps the files themselves, page
+        cache the kernel can evict, so only ``TANTIVY_OVERHEAD_BYTES`` is held in memory.
+
+        Raises:
+            IntegrityError: the folder or a file cannot be opened, is not a regular file, or the
+                files are larger than the manifest's archive (changed after the install).
+            CapsuleFormatError: the files are not a ``tantivy-7`` index as specified.
+        """
+        import mmap
+
+        named_fds: dict[str, int] = {}
+        maps: list[mmap.mmap] = []
+        views: list[memoryview] = []
+        try:
+            try:
+                dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError as exc:
+                raise IntegrityError(f"extracted lexical index {folder} cannot be opened: {exc.strerror}") from None
+            try:
+                names = sorted(os.listdir(dir_fd))
+                if len(names) > 1 + len(SEGMENT_FILE_EXTENSIONS) * MAX_SEGMENTS:
+                    raise CapsuleFormatError(f"extracted lexical index {folder} holds {len(names)} files")
+                total = 0
+                for name in names:
+                    try:
+                        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+                    except OSError as exc:
+                        raise IntegrityError(f"extracted lexical file {name} cannot be opened: {exc.strerror}") from None
+                    named_fds[name] = fd
+                    st = os.fstat(fd)
+                    total += st.st_size
+                    if not stat.S_ISREG(st.st_mode) or total > info.plaintext_bytes:
+                        raise IntegrityError(f"extracted lexical file {name} is not what the install wrote "
+                                             "(not a regular file, or larger)")
+            finally:
+                os.close(dir_fd)
+            files: dict[str, bytes | memoryview] = {}
+            for name, fd in named_fds.items():
+                size = os.fstat(fd).st_size
+                if size == 0:
+                    files[name] = b""
+                else:
+                    maps.append(mmap.mmap(fd, size, prot=mmap.PROT_READ))
+                    views.append(memoryview(maps[-1]))
+                    files[name] = views[-1]
+            if "meta.json" in files:
+                files = {"meta.json": files.pop("meta.json"), **files}
+            check_files(files, n_chunks=n_chunks)
+            del files
+        except BaseException:
+            for fd in named_fds.values():
+                os.close(fd)
+            raise
+        finally:
+            # The checks' own mappings (tantivy maps the files again through the descriptors).
+            # One still exported (a traceback's frame holding a slice) is left to the collector.
+            for view in views:
+                try:
+                    view.release()
+                except BufferError:
+                    pass
+            for m in maps:
+                try:
+                    m.close()
+                except BufferError:
+                    pass
+        return cls._open_fds(named_fds, info=info, n_chunks=n_chunks)
+
+    @classmethod
+    def _open_fds(cls, named_fds: dict[str, int], *, info: LexicalInfo, n_chunks: int) -> "TantivyLexicalIndex":
+        """Open tantivy over checked files given as descriptors (memfds, or a store's files),
+        through a private folder of ``/proc/self/fd`` links; owns ``named_fds`` from here on."""
+        import tantivy
+
+        fds = list(named_fds.values())
         link_dir = ""
         try:
             try:
                 link_dir = tempfile.mkdtemp(prefix="edge-lexi-")
             except OSError as exc:
                 raise EdgeError(f"the lexical index needs a private temporary folder (TMPDIR): {exc.strerror}") from None
-            for name, data in files.items():
-                fd = sealed_memfd("edge-capsule-lexi", [data], n_bytes=len(data), what=f"lexical file {name}")
-                fds.append(fd)
+            for name, fd in named_fds.items():
                 os.symlink(f"/proc/self/fd/{fd}", os.path.join(link_dir, name))
-            del files, archive
+            stems = len({name.split(".")[0] for name in named_fds if name != "meta.json"})
             try:
                 index = tantivy.Index.open(link_dir)
                 index.config_reader(reload_policy="manual", num_warmers=0)
@@ -334,9 +437,9 @@ class TantivyLexicalIndex:
                     raise
                 raise CapsuleFormatError(f"tantivy refuses the lexical index ({type(exc).__name__}: "
                                          f"{str(exc)[:120]})") from None
-            if found != (n_chunks, len(stems)):
+            if found != (n_chunks, stems):
                 raise CapsuleFormatError(f"lexical index opens with {found[0]} documents in {found[1]} segments, "
-                                         f"expected {n_chunks} in {len(stems)}")
+                                         f"expected {n_chunks} in {stems}")
             # The searcher has mapped every file (its reload policy is manual), so the links
             # are no longer needed: removing them now means a process that is killed later
             # leaves nothing in TMPDIR.
@@ -348,7 +451,7 @@ class TantivyLexicalIndex:
             if link_dir:
                 shutil.rmtree(link_dir, ignore_errors=True)
             raise
-        log.debug("opened tantivy lexical index: %d chunks, %d segments, %d bytes", n_chunks, len(stems),
+        log.debug("opened tantivy lexical index: %d chunks, %d segments, %d bytes", n_chunks, stems,
                   info.plaintext_bytes)
         return cls(index=index, searcher=searcher, schema=schema, fds=fds, info=info, n_chunks=n_chunks)
 

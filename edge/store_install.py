@@ -41,12 +41,14 @@ from .trust import manifest_sha256, trusted_signers
 if TYPE_CHECKING:
     from .store import Store
 
-__all__ = ["Checkpoints", "install_locked", "INDEX_FILE", "MAX_CAPSULE_BYTES"]
+__all__ = ["Checkpoints", "install_locked", "INDEX_FILE", "LEXICAL_DIR", "MAX_CAPSULE_BYTES"]
 
 log = logging.getLogger(__name__)
 
 #: An unencrypted index is extracted at install to this file beside the capsule.
 INDEX_FILE = "index.annoy"
+#: The files of an unencrypted ``tantivy-7`` LEXI, extracted at install beside the capsule.
+LEXICAL_DIR = "lexical"
 MAX_CAPSULE_BYTES = 1 << 40
 
 
@@ -120,6 +122,9 @@ def install_locked(store: "Store", source: Path, staging: str, crash: Callable[[
             if manifest.index.encryption == "none":
                 _extract_index(copy_path, manifest, stage_fd)
                 crash("index extracted")
+                if manifest.lexical is not None and manifest.lexical.format == "tantivy-7":
+                    _extract_lexical(copy_path, manifest, stage_fd)
+                    crash("lexical index extracted")
             if manifest.segments is not None:
                 _link_segments(manifest, held, stage_fd)
                 crash("segments linked")
@@ -385,6 +390,52 @@ def _extract_index(copy_path: Path, manifest: Manifest, stage_fd: int) -> None:
             os.fchmod(fd, 0o444)
         finally:
             os.close(fd)
+
+
+def _extract_lexical(copy_path: Path, manifest: Manifest, stage_fd: int) -> None:
+    """Write the verified copy's unencrypted ``tantivy-7`` LEXI, unpacked, to ``lexical/``
+    (files 0444) beside it.
+
+    An open then lets tantivy map these files (page cache, nothing but tantivy's own overhead
+    charged to the memory budget) instead of inflating the section into memfds. The section is
+    hashed again while read, inflated within its declared size and checked as at every open
+    (archive table, ``meta.json``, footers, CRC-32, empty doc stores); an open checks the
+    files again before tantivy sees them (``TantivyLexicalIndex.open_extracted``).
+    """
+    from . import format as fmt
+    from .lexical_tantivy import MAX_WINDOW_BYTES, check_files, parse_archive
+    from .sealed import decompress_bounded, zstd_decompressor
+
+    info = manifest.lexical
+    with open(copy_path, "rb") as capsule:
+        header = fmt.parse_header(capsule.read(fmt.HEADER_BYTES), file_bytes=os.fstat(capsule.fileno()).st_size)
+        entry = fmt.parse_section_table(capsule.read(header.table_bytes), header)["LEXI"]
+        capsule.seek(entry.offset)
+        section = capsule.read(entry.length)
+    if len(section) != entry.length or hashlib.sha256(section).hexdigest() != manifest.sections["LEXI"].sha256:
+        raise StoreError("the lexical index changed while it was extracted")
+    archive = decompress_bounded(section, info.plaintext_bytes, zstd_decompressor(max_window_bytes=MAX_WINDOW_BYTES),
+                                 what="lexical index", require_content_size=True)
+    del section
+    files = parse_archive(archive)
+    check_files(files, n_chunks=manifest.n_chunks)
+    os.mkdir(LEXICAL_DIR, 0o700, dir_fd=stage_fd)
+    lexical_fd = os.open(LEXICAL_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=stage_fd)
+    try:
+        for name, data in files.items():
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=lexical_fd)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+                os.fchmod(fd, 0o444)
+            finally:
+                os.close(fd)
+        os.fsync(lexical_fd)
+    finally:
+        os.close(lexical_fd)
 
 
 def _content_key_to_cache(manifest: Manifest, identities: Sequence[Identity]) -> bytes | None:

@@ -20,7 +20,7 @@ from edge.budget import (
     read_process_memory,
 )
 from edge.capsule import OpenOptions
-from edge.errors import BudgetExceededError
+from edge.errors import BudgetExceededError, CapsuleFormatError
 from edge.sealed import stream_plaintext_bytes
 
 from .conftest import FAQ_DOCS, ROOT, build_test_capsule, run_cli
@@ -302,3 +302,35 @@ def test_a_document_list_that_does_not_fit_beside_packed_weights_leaves_them_map
         assert "weights mapped" in capsule.embedder_engine
         assert capsule.search(QUESTION["question"], k=3)
         assert budget.reserved_bytes <= room
+
+
+def test_store_maps_an_unencrypted_lexical_index_from_its_own_files(tmp_path):
+    from edge.lexical_tantivy import TANTIVY_OVERHEAD_BYTES
+    from edge.store import Store
+
+    built = build_test_capsule(FAQ_DOCS, tmp_path / "plain.capsule", keys_dir=tmp_path / "keys", encrypt_index=False,
+                               name="faq-plain")
+    keys = dict(identities=[built.device_key], trusted_keys=[built.publisher_key.public_key()])
+    with Store(tmp_path / "store") as store:
+        entry = store.install(built.path, now=NOW, **keys)
+        folder = store.capsule_path(entry).with_name("lexical")
+        files = sorted(folder.iterdir())
+        assert files[0].name != "meta.json" and any(f.name == "meta.json" for f in files)
+        assert all(stat.S_IMODE(f.stat().st_mode) == 0o444 for f in files)
+        with store.open("faq-plain", now=NOW, **keys) as from_store, \
+                open_capsule(built.path, now=NOW, **keys) as from_file:
+            assert from_store.memory_plan["lexical"] == TANTIVY_OVERHEAD_BYTES < from_file.memory_plan["lexical"]
+            maps = open("/proc/self/maps").read()
+            assert any(str(f) in maps for f in files if f.suffix == ".idx")  # tantivy maps the store's files
+            for mode in ("lexical", "hybrid"):
+                a = from_store.search(QUESTION["question"], k=5, mode=mode)
+                b = from_file.search(QUESTION["question"], k=5, mode=mode)
+                assert [(h.chunk_id, h.score, h.text) for h in a] == [(h.chunk_id, h.score, h.text) for h in b]
+        # A file changed after the install is refused at the next open, with its name, and nothing leaks.
+        idx = next(f for f in files if f.suffix == ".idx")
+        idx.chmod(0o644)
+        data = bytearray(idx.read_bytes())
+        data[len(data) // 3] ^= 0x01
+        idx.write_bytes(bytes(data))
+        with pytest.raises(CapsuleFormatError, match=rf"lexical file {idx.name} fails its CRC-32"):
+            store.open("faq-plain", now=NOW, **keys)
