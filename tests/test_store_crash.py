@@ -250,3 +250,48 @@ def test_delta_install_killed_at_every_checkpoint_leaves_one_whole_version(tmp_p
             store.record_version(entry.capsule_id, record.version, record.manifest_sha256)  # the next writer
             assert list((path / "tmp").iterdir()) == []
             assert sorted(p.name for p in (path / "objects").iterdir()) == [entry.object_name]
+
+
+def test_plain_install_killed_while_its_indexes_are_extracted_leaves_the_old_version_whole(tmp_path):
+    """An unencrypted capsule's install has two checkpoints more (its Annoy index and its tantivy
+    lexical index are written beside the staged copy): killed at either, the previous version
+    serves with its own extracted files, and the next writer clears the staging debris."""
+    from .conftest import FAQ_DOCS, build_test_capsule
+
+    docs = [FAQ_DOCS / "design.txt", FAQ_DOCS / "gui.txt"]
+    v1 = build_test_capsule(docs, tmp_path / "plain-v1.capsule", keys_dir=tmp_path / "keys", encrypt_index=False,
+                            name="plain", version=1)
+    v2 = build_test_capsule(docs, tmp_path / "plain-v2.capsule", keys_dir=tmp_path / "keys", encrypt_index=False,
+                            name="plain", version=2)
+    keys = dict(identities=[v1.device_key], trusted_keys=[v1.publisher_key.public_key()])
+    seed = tmp_path / "seed"
+    with Store(seed) as store:
+        store.install(v1.path, **keys)
+    argv = [sys.executable, "-vv", "install", str(v2.path), "--trust", str(v1.publisher_pub_path), "--identity",
+            str(v1.device_key_path)]
+
+    def install(store: Path, kill_at: int | None) -> subprocess.CompletedProcess:
+        edge = ["-m", "edge"] if kill_at is None else [str(ROOT / "tests" / "kill_at_checkpoint.py"), str(kill_at)]
+        env = dict(os.environ, EDGE_STORE_DIR=str(store), PYTHONPATH=str(ROOT))
+        return subprocess.run([argv[0], *edge, *argv[1:]], env=env, capture_output=True, text=True, timeout=300)
+
+    shutil.copytree(seed, tmp_path / "count")
+    counted = install(tmp_path / "count", None)
+    assert counted.returncode == 0, counted.stderr
+    names = re.findall(r"install checkpoint \d+: (.*)", counted.stderr)
+    for name in ("index extracted", "lexical index extracted"):
+        store_path = tmp_path / name.replace(" ", "-")
+        shutil.copytree(seed, store_path)
+        assert install(store_path, names.index(name) + 1).returncode == -signal.SIGKILL
+        with Store(store_path) as store:
+            (entry,) = store.list()
+            assert entry.version == 1
+            assert (store.capsule_path(entry).parent / "lexical" / "meta.json").is_file()
+            with store.open("plain", **keys) as capsule:
+                assert capsule.manifest.version == 1 and capsule.search("tkinter", k=3, mode="hybrid")
+            record = store.state.version_record(entry.capsule_id)
+            store.record_version(entry.capsule_id, record.version, record.manifest_sha256)
+            assert list((store_path / "tmp").iterdir()) == []
+    with Store(tmp_path / "count") as store:  # the uninterrupted install serves v2 from its own files
+        (entry,) = store.list()
+        assert entry.version == 2 and (store.capsule_path(entry).parent / "lexical" / "meta.json").is_file()
