@@ -120,7 +120,8 @@ def memory_plan(manifest: Manifest, *, section_lengths: dict[str, int], frame_ca
             weights (``OpenOptions.model_weights``); a ``tflite`` session is one size.
 
     Returns:
-        Bytes per component; every value >= 0.
+        Bytes per component; every value >= 0. The document list is not in it: the open charges
+        it once parsed, at what its ``DocumentTable`` holds.
 
     Source: edge/budget.py (what each component costs, measured).
     """
@@ -140,9 +141,6 @@ def memory_plan(manifest: Manifest, *, section_lengths: dict[str, int], frame_ca
         "vecs": vecs_bytes,
         "projection": 4 * (projection.dim_in * projection.dim_out + projection.dim_in + projection.dim_out)
         if projection else 0,
-        # parsed JSON while reading (~1 KiB per entry) outlives nothing but is the peak
-        # (headings make parsed entries larger than their compressed JSON: 16x, not 4x)
-        "documents": 1024 * manifest.n_documents + 16 * stream_plaintext_bytes(section_lengths["DOCS"]),
         "frame_table": 3 * section_lengths["FTAB"],
         # per-sample SHA-256 kept when opened by path (_hash_video)
         "sample_digests": 0 if index_from_file else 32 * manifest.video.n_frames,
@@ -351,9 +349,8 @@ def _open_capsule(path: str | os.PathLike[str], *, trusted_keys: Sequence[Ed2551
         def plan_with(weights: str) -> tuple[dict[str, int], int, int]:
             plan = memory_plan(manifest, section_lengths=section_lengths, frame_cache_bytes=frame_cache_bytes,
                                include_model=embedder is None, index_from_file=owned_file, model_weights=weights)
-            # The document list is charged once parsed, at what it holds (below), not at the
-            # plan's bound: its parse's peak is charged beyond the reservations not yet in use.
-            plan.pop("documents")
+            # The document list is charged once parsed, at what it holds (below); its parse's
+            # peak is charged beyond the reservations not yet in use.
             # Loading the lexical index peaks above what it keeps; that peak is freed before the
             # model, decoder, cache and query arrays are allocated, so it may use their reservations.
             loading = borrowed = 0

@@ -223,10 +223,12 @@ class DocumentTable(Sequence[Document]):
         return _blob_item(self._name_blob, self._name_end, i)
 
     def iter_names(self) -> Iterator[str]:
-        """Yield every document's name, in order."""
+        """Yield every document's name, in order (a document filter reads them all per query)."""
+        text = self._name_blob.decode("utf-8")
+        ascii_only = len(text) == len(self._name_blob)  # then byte offsets are character offsets
         start = 0
         for end in self._name_end.tolist():
-            yield self._name_blob[start:end].decode("utf-8")
+            yield text[start:end] if ascii_only else self._name_blob[start:end].decode("utf-8")
             start = end
 
     def __getitem__(self, index):  # type: ignore[override]

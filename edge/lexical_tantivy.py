@@ -353,6 +353,7 @@ class TantivyLexicalIndex:
         import mmap
 
         named_fds: dict[str, int] = {}
+        sizes: dict[str, int] = {}
         maps: list[mmap.mmap] = []
         views: list[memoryview] = []
         try:
@@ -372,6 +373,7 @@ class TantivyLexicalIndex:
                         raise IntegrityError(f"extracted lexical file {name} cannot be opened: {exc.strerror}") from None
                     named_fds[name] = fd
                     st = os.fstat(fd)
+                    sizes[name] = st.st_size
                     total += st.st_size
                     if not stat.S_ISREG(st.st_mode) or total > info.plaintext_bytes:
                         raise IntegrityError(f"extracted lexical file {name} is not what the install wrote "
@@ -380,7 +382,7 @@ class TantivyLexicalIndex:
                 os.close(dir_fd)
             files: dict[str, bytes | memoryview] = {}
             for name, fd in named_fds.items():
-                size = os.fstat(fd).st_size
+                size = sizes[name]
                 if size == 0:
                     files[name] = b""
                 else:

@@ -365,6 +365,17 @@ def _signers(store: "Store", copy_path: Path, trusted_keys: Sequence[Ed25519Publ
     return trusted_signers(parts["MANI"], parse_signatures(parts["SIGS"]), trusted_keys=trusted_keys,
                            root=store.state.root, at=store.state.trusted_time(now))
 
+def _seek_section(capsule, tag: str):
+    """Position the verified copy ``capsule`` (a binary file) at section ``tag``; return its
+    table entry."""
+    from . import format as fmt
+
+    header = fmt.parse_header(capsule.read(fmt.HEADER_BYTES), file_bytes=os.fstat(capsule.fileno()).st_size)
+    entry = fmt.parse_section_table(capsule.read(header.table_bytes), header)[tag]
+    capsule.seek(entry.offset)
+    return entry
+
+
 def _extract_index(copy_path: Path, manifest: Manifest, stage_fd: int) -> None:
     """Write the verified copy's unencrypted INDX section to ``index.annoy`` (0444) beside it.
 
@@ -372,12 +383,8 @@ def _extract_index(copy_path: Path, manifest: Manifest, stage_fd: int) -> None:
     read by copying it into memory; a file of its own is mapped file-backed (evictable
     pages, nothing charged to the memory budget). Hashed again while copied.
     """
-    from . import format as fmt
-
     with open(copy_path, "rb") as capsule:
-        header = fmt.parse_header(capsule.read(fmt.HEADER_BYTES), file_bytes=os.fstat(capsule.fileno()).st_size)
-        entry = fmt.parse_section_table(capsule.read(header.table_bytes), header)["INDX"]
-        capsule.seek(entry.offset)
+        entry = _seek_section(capsule, "INDX")
         fd = os.open(INDEX_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                      dir_fd=stage_fd)
         try:
@@ -402,15 +409,12 @@ def _extract_lexical(copy_path: Path, manifest: Manifest, stage_fd: int) -> None
     (archive table, ``meta.json``, footers, CRC-32, empty doc stores); an open checks the
     files again before tantivy sees them (``TantivyLexicalIndex.open_extracted``).
     """
-    from . import format as fmt
     from .lexical_tantivy import MAX_WINDOW_BYTES, check_files, parse_archive
     from .sealed import decompress_bounded, zstd_decompressor
 
     info = manifest.lexical
     with open(copy_path, "rb") as capsule:
-        header = fmt.parse_header(capsule.read(fmt.HEADER_BYTES), file_bytes=os.fstat(capsule.fileno()).st_size)
-        entry = fmt.parse_section_table(capsule.read(header.table_bytes), header)["LEXI"]
-        capsule.seek(entry.offset)
+        entry = _seek_section(capsule, "LEXI")
         section = capsule.read(entry.length)
     if len(section) != entry.length or hashlib.sha256(section).hexdigest() != manifest.sections["LEXI"].sha256:
         raise StoreError("the lexical index changed while it was extracted")

@@ -236,11 +236,18 @@ def test_read_process_memory_reads_proc():
     assert memory.data_bytes and memory.rss_bytes and memory.rss_bytes >= memory.anon_bytes
 
 
-def test_store_maps_an_unencrypted_index_from_its_own_file(tmp_path):
+@pytest.fixture(scope="module")
+def plain_capsule(tmp_path_factory):
+    """The FAQ capsule published with an unencrypted index (``--plain-index``)."""
+    tmp = tmp_path_factory.mktemp("plain")
+    return build_test_capsule(FAQ_DOCS, tmp / "plain.capsule", keys_dir=tmp / "keys", encrypt_index=False,
+                              name="faq-plain")
+
+
+def test_store_maps_an_unencrypted_index_from_its_own_file(plain_capsule, tmp_path):
     from edge.store import Store
 
-    built = build_test_capsule(FAQ_DOCS, tmp_path / "plain.capsule", keys_dir=tmp_path / "keys", encrypt_index=False,
-                               name="faq-plain")
+    built = plain_capsule
     keys = dict(identities=[built.device_key], trusted_keys=[built.publisher_key.public_key()])
     with Store(tmp_path / "store") as store:
         entry = store.install(built.path, now=NOW, **keys)
@@ -304,12 +311,11 @@ def test_a_document_list_that_does_not_fit_beside_packed_weights_leaves_them_map
         assert budget.reserved_bytes <= room
 
 
-def test_store_maps_an_unencrypted_lexical_index_from_its_own_files(tmp_path):
+def test_store_maps_an_unencrypted_lexical_index_from_its_own_files(plain_capsule, tmp_path):
     from edge.lexical_tantivy import TANTIVY_OVERHEAD_BYTES
     from edge.store import Store
 
-    built = build_test_capsule(FAQ_DOCS, tmp_path / "plain.capsule", keys_dir=tmp_path / "keys", encrypt_index=False,
-                               name="faq-plain")
+    built = plain_capsule
     keys = dict(identities=[built.device_key], trusted_keys=[built.publisher_key.public_key()])
     with Store(tmp_path / "store") as store:
         entry = store.install(built.path, now=NOW, **keys)
