@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from edge import format as fmt
 from edge.errors import CapsuleFormatError
 from edge.hits import (
+    DOCS_BATCH_BYTES,
     MAX_HEADING_CHARS,
     Document,
     DocumentTable,
@@ -83,6 +84,48 @@ def test_the_entry_by_entry_parser_refuses_what_the_whole_parser_refuses(docs, d
         except CapsuleFormatError:
             outcomes.append("refused")
     assert outcomes[0] == outcomes[1]
+
+
+def _many_documents(n: int) -> list[Document]:
+    """``n`` documents with names, headings and digests of varied lengths: about 170 bytes of DOCS each,
+    so a few hundred span several of ``parse_document_table``'s batches (``DOCS_BATCH_BYTES``)."""
+    return [Document(f"manuals/{'é' * (i % 7)}part-{i:05d}.md", 1000 + i, "text/markdown", n_chunks=i % 4,
+                     headings=tuple((10 * h, 1 + h % 6, f"Section {h} ✓") for h in range(i % 3)),
+                     sha256=("0123456789abcdef" * 4) if i % 2 else "") for i in range(n)]
+
+
+def test_the_batched_parser_agrees_with_the_whole_parser_across_batches():
+    docs = _many_documents(800)
+    good = documents_to_bytes(docs)
+    n_chunks = sum(d.n_chunks for d in docs)
+    assert len(good) > 4 * DOCS_BATCH_BYTES  # several batches, and an entry in the last one below
+    assert list(parse_document_table(good, n_documents=800, n_chunks=n_chunks)) == parse_documents(
+        good, n_documents=800, n_chunks=n_chunks)
+    assert good.index(b'"bytes":1700,') > 3 * DOCS_BATCH_BYTES  # document 700, in a later batch
+    bad_edits = {
+        "duplicate member": good.replace(b'"bytes":1700,', b'"bytes":1700,"bytes":1700,'),
+        "integer over 2^53 - 1": good.replace(b'"bytes":1700,', b'"bytes":9007199254740992,'),
+        "float": good.replace(b'"bytes":1700,', b'"bytes":1700.0,'),
+        "escaped letter": good.replace(b"part-00700", b"\\u0070art-00700"),
+        "escaped surrogate": good.replace(b"part-00700", b"part-\\ud800"),
+        "whitespace": good.replace(b'"bytes":1700,', b'"bytes": 1700,'),
+        "media type not a string": good.replace(b'"bytes":1700,"headings":[[0,1,"Section 0 \xe2\x9c\x93"]],'
+                                                b'"media_type":"text/markdown"',
+                                                b'"bytes":1700,"headings":[[0,1,"Section 0 \xe2\x9c\x93"]],"media_type":7'),
+    }
+    for what, bad in bad_edits.items():
+        assert bad != good, what
+        for parse in (parse_documents, parse_document_table):
+            with pytest.raises(CapsuleFormatError):
+                parse(bad, n_documents=800, n_chunks=n_chunks)
+                pytest.fail(f"{parse.__name__} took the list with {what}")
+    # a malformed entry in a later batch is named as the whole parser names it
+    with pytest.raises(CapsuleFormatError, match="^document 700 entry is malformed$"):
+        parse_document_table(bad_edits["media type not a string"], n_documents=800, n_chunks=n_chunks)
+    # an entry cut in two at a batch edge is refused
+    with pytest.raises(CapsuleFormatError):
+        parse_document_table(good.replace(b'"n_chunks":0,"name":"manuals/part-00700.md"', b'"n_chunks":0}'),
+                             n_documents=800, n_chunks=n_chunks)
 
 
 def test_parse_documents_checks_the_counts_against_the_manifest():
