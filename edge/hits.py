@@ -17,7 +17,6 @@ import sys
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from itertools import accumulate
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -198,26 +197,31 @@ def _heading_path(headings: Iterable[tuple[int, int, str]], char_start: int) -> 
 class DocumentTable(Sequence[Document]):
     """A capsule's document list as the runtime holds it: compact, ``Document`` made on demand.
 
-    Names, media types and heading titles are UTF-8 blobs with offsets, counts int64 arrays,
-    SHA-256 digests 32 raw bytes each, heading positions and levels arrays: a few large objects,
-    none of them among the parse's small ones, and the very columns the parser filled. (Keeping the names as ``str`` pinned the JSON parse's freed
-    pymalloc arenas: 41,464 documents then held 23 MiB of RssAnon for 5.8 MiB of objects.)
-    ``table[i]`` returns the same ``Document`` that ``parse_documents`` gave. SciFact's 5,183
-    documents: 0.53 MiB held (``held_bytes``, the arrays' spare room included; tracemalloc agrees) against 1.93 MiB as a list of ``Document``
-    (tracemalloc); ``name`` and ``heading_path`` take a few microseconds.
+    Names and heading titles are UTF-8 blobs with uint32 offsets; each distinct media type is
+    stored once, with a uint32 index per document; byte counts are int64 (``n_bytes``), chunk
+    counts and first chunk ids uint32 (``n_chunks``, ``first_chunk_ids``: a capsule has fewer
+    than 2^31 chunks); SHA-256 digests 32 raw bytes each; heading positions int64 and levels
+    uint8. A few large objects, none of them among the parse's small ones, and the very columns
+    the parser filled. (Keeping the names as ``str`` pinned the JSON parse's freed pymalloc
+    arenas: 41,464 documents then held 23 MiB of RssAnon for 5.8 MiB of objects.)
+    ``table[i]`` returns the same ``Document`` that ``parse_documents`` gave. Held
+    (``held_bytes``, spare room included; tracemalloc agrees): SciFact's 5,183 documents 0.37 MiB
+    against 1.93 MiB as a list of ``Document``; 41,464 documents 3.23 MiB (int64 columns and a
+    media type per document took 4.52). ``name`` and ``heading_path`` take a few microseconds.
 
     Args:
         documents: the parsed list (``parse_documents``), in chunk order.
     """
 
     __slots__ = ("n_bytes", "n_chunks", "first_chunk_ids", "_name_blob", "_name_end", "_media_blob", "_media_end",
-                 "_sha256", "_has_sha256", "_heading_end", "_heading_starts", "_heading_levels", "_title_blob",
+                 "_media_index", "_sha256", "_has_sha256", "_heading_end", "_heading_starts", "_heading_levels", "_title_blob",
                  "_title_end", "_held")
 
     def __init__(self, documents: Sequence[Document]) -> None:
-        builder = _TableBuilder()
-        for doc in documents:
-            builder.add(doc.name, doc.n_bytes, doc.media_type, doc.n_chunks, doc.headings, doc.sha256)
+        builder = _TableBuilder(len(documents), sum(doc.n_chunks for doc in documents))
+        builder.add_many([doc.name for doc in documents], [doc.n_bytes for doc in documents],
+                         [doc.media_type for doc in documents], [doc.n_chunks for doc in documents],
+                         [doc.headings for doc in documents], [doc.sha256 for doc in documents])
         builder.fill(self)
 
     def __len__(self) -> int:
@@ -240,7 +244,8 @@ class DocumentTable(Sequence[Document]):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         i = range(len(self))[index]  # IndexError, negative indexes
-        return Document(self.name(i), int(self.n_bytes[i]), _blob_item(self._media_blob, self._media_end, i),
+        return Document(self.name(i), int(self.n_bytes[i]),
+                        _blob_item(self._media_blob, self._media_end, int(self._media_index[i])),
                         n_chunks=int(self.n_chunks[i]), first_chunk_id=int(self.first_chunk_ids[i]),
                         headings=tuple(self.headings(i)),
                         sha256=self._sha256[32 * i:32 * i + 32].hex() if self._has_sha256[i] else "")
@@ -266,78 +271,92 @@ def _blob_item(blob: bytearray, ends: np.ndarray, i: int) -> str:
     return blob[int(ends[i - 1]) if i else 0:int(ends[i])].decode("utf-8")
 
 
+#: Media types the builder interns (one copy, an index per document) before it stores the rest
+#: as they come; a capsule has a handful. Bounds the interning dictionary to a few kB.
+MAX_INTERNED_MEDIA_TYPES = 256
+#: Bytes of the shortest canonical DOCS entry, ``{"bytes":0,"headings":[],"media_type":"",
+#: "n_chunks":0,"name":""}``; a list of N documents is at least N times this long.
+MIN_DOCS_ENTRY_BYTES = 64
+#: Bytes of the per-document columns: n_bytes int64, n_chunks, first chunk id, name end, media
+#: type index and heading end uint32, has-digest bool, digest 32. At most one shortest entry.
+_FIXED_COLUMN_BYTES = 8 + 5 * 4 + 1 + 32
+
+
 class _TableBuilder:
-    """Columns of a ``DocumentTable`` as they grow: ``array`` and ``bytearray``, no object per
-    document (see ``parse_document_table``)."""
+    """Columns of a ``DocumentTable`` as they fill, no object per document: the per-document
+    ones allocated once for the ``n_documents`` declared (the caller has checked that the list is
+    long enough to hold that many), the blobs and heading columns growing."""
 
-    def __init__(self) -> None:
-        self.n_bytes, self.n_chunks, self.first_chunk_ids = array("q"), array("q"), array("q")
-        self.name_blob, self.name_end = bytearray(), array("q")
-        self.media_blob, self.media_end = bytearray(), array("q")
-        self.has_sha256, self.sha256 = bytearray(), bytearray()
-        self.heading_end, self.heading_starts, self.heading_levels = array("q"), array("q"), bytearray()
-        self.title_blob, self.title_end = bytearray(), array("q")
-        self.chunks = 0
-
-    def add(self, name: str, n_bytes: int, media_type: str, n_chunks: int,
-            headings: Iterable[tuple[int, int, str]], sha256: str) -> None:
-        self.name_blob += name.encode("utf-8")
-        self.name_end.append(len(self.name_blob))
-        self.n_bytes.append(n_bytes)
-        self.n_chunks.append(n_chunks)
-        self.first_chunk_ids.append(self.chunks)
-        self.chunks += n_chunks
-        self.media_blob += media_type.encode("utf-8")
-        self.media_end.append(len(self.media_blob))
-        self.has_sha256.append(1 if sha256 else 0)
-        self.sha256 += bytes.fromhex(sha256) if sha256 else bytes(32)
-        for start, level, title in headings:
-            self.heading_starts.append(start)
-            self.heading_levels.append(level)
-            self.title_blob += title.encode("utf-8")
-            self.title_end.append(len(self.title_blob))
-        self.heading_end.append(len(self.heading_starts))
+    def __init__(self, n_documents: int, n_chunks: int) -> None:
+        self.size, self.chunks, self.max_chunks = 0, 0, n_chunks
+        self.n_bytes = np.zeros(n_documents, np.int64)
+        self.n_chunks, self.first_chunk_ids = np.zeros(n_documents, np.uint32), np.zeros(n_documents, np.uint32)
+        self.name_blob, self.name_end = bytearray(), np.zeros(n_documents, np.uint32)
+        self.media_blob, self.media_end, self.media_index = bytearray(), array("I"), np.zeros(n_documents, np.uint32)
+        self.interned: dict[str, int] = {}
+        self.has_sha256, self.sha256 = np.zeros(n_documents, np.bool_), bytearray(32 * n_documents)
+        self.heading_end = np.zeros(n_documents, np.uint32)
+        self.heading_starts, self.heading_levels = array("q"), bytearray()
+        self.title_blob, self.title_end = bytearray(), array("I")
 
     def add_many(self, names: list[str], n_bytes: list[int], media_types: list[str], n_chunks: list[int],
                  headings: list[tuple[tuple[int, int, str], ...]], sha256s: list[str]) -> None:
-        """``add`` for each document of equal-length columns, a column at a time."""
-        for blob, ends, texts in ((self.name_blob, self.name_end, names), (self.media_blob, self.media_end,
-                                                                             media_types)):
-            encoded = [text.encode("utf-8") for text in texts]
-            ends.extend(accumulate(map(len, encoded), initial=len(blob)))
-            del ends[len(ends) - len(encoded) - 1]  # accumulate's initial value: the previous end
-            blob += b"".join(encoded)
-        self.n_bytes.extend(n_bytes)
-        self.n_chunks.extend(n_chunks)
-        self.first_chunk_ids.extend(accumulate(n_chunks[:-1], initial=self.chunks))
-        self.chunks += sum(n_chunks)
-        self.has_sha256.extend(1 if sha256 else 0 for sha256 in sha256s)
-        self.sha256 += bytes.fromhex("".join(sha256 or _NO_SHA256_HEX for sha256 in sha256s))
+        """Append documents given as equal-length columns of checked values (``_check_entries``).
+
+        Raises:
+            CapsuleFormatError: more documents or chunks than declared; nothing is written then.
+        """
+        at, end, total = self.size, self.size + len(names), sum(n_chunks)
+        if self.chunks + total > self.max_chunks:
+            raise CapsuleFormatError(f"documents hold over {self.max_chunks} chunks, manifest says {self.max_chunks}")
+        if end > len(self.n_bytes):
+            raise CapsuleFormatError(f"document list has over {len(self.n_bytes)} entries, manifest says "
+                                     f"{len(self.n_bytes)}")
+        encoded = [name.encode("utf-8") for name in names]
+        self.name_end[at:end] = len(self.name_blob) + np.cumsum([len(name) for name in encoded])
+        self.name_blob += b"".join(encoded)
+        self.n_bytes[at:end] = n_bytes
+        self.n_chunks[at:end] = n_chunks
+        self.first_chunk_ids[at:end] = self.chunks + np.cumsum(n_chunks) - np.asarray(n_chunks, np.int64)
+        self.chunks += total
+        self.media_index[at:end] = [self._media_index(media_type) for media_type in media_types]
+        self.has_sha256[at:end] = [sha256 != "" for sha256 in sha256s]
+        self.sha256[32 * at:32 * end] = bytes.fromhex("".join(sha256 or _NO_SHA256_HEX for sha256 in sha256s))
+        before = len(self.heading_starts)
         for entry_headings in headings:
             for start, level, title in entry_headings:
                 self.heading_starts.append(start)
                 self.heading_levels.append(level)
                 self.title_blob += title.encode("utf-8")
                 self.title_end.append(len(self.title_blob))
-            self.heading_end.append(len(self.heading_starts))
+        self.heading_end[at:end] = before + np.cumsum([len(entry_headings) for entry_headings in headings])
+        self.size = end
+
+    def _media_index(self, media_type: str) -> int:
+        index = self.interned.get(media_type)
+        if index is None:
+            self.media_blob += media_type.encode("utf-8")
+            self.media_end.append(len(self.media_blob))
+            index = len(self.media_end) - 1
+            if len(self.interned) < MAX_INTERNED_MEDIA_TYPES:
+                self.interned[media_type] = index
+        return index
 
     def fill(self, table: "DocumentTable") -> None:
-        """Hand the columns to ``table`` as they are: NumPy views of the arrays, the bytearrays
-        themselves; nothing is copied, so building never holds the columns twice."""
-        table.n_bytes = np.frombuffer(self.n_bytes, dtype=np.int64)
-        table.n_chunks = np.frombuffer(self.n_chunks, dtype=np.int64)
-        table.first_chunk_ids = np.frombuffer(self.first_chunk_ids, dtype=np.int64)
-        table._name_blob, table._name_end = self.name_blob, np.frombuffer(self.name_end, dtype=np.int64)
-        table._media_blob, table._media_end = self.media_blob, np.frombuffer(self.media_end, dtype=np.int64)
-        table._has_sha256 = np.frombuffer(self.has_sha256, dtype=np.bool_)
-        table._sha256 = self.sha256
-        table._heading_end = np.frombuffer(self.heading_end, dtype=np.int64)
+        """Hand the columns to ``table`` as they are (NumPy views of the growing arrays); nothing
+        is copied, so building never holds the columns twice."""
+        table.n_bytes, table.n_chunks, table.first_chunk_ids = self.n_bytes, self.n_chunks, self.first_chunk_ids
+        table._name_blob, table._name_end = self.name_blob, self.name_end
+        table._media_blob, table._media_index = self.media_blob, self.media_index
+        table._media_end = np.frombuffer(self.media_end, dtype=np.uint32)
+        table._has_sha256, table._sha256 = self.has_sha256, self.sha256
+        table._heading_end = self.heading_end
         table._heading_starts = np.frombuffer(self.heading_starts, dtype=np.int64)
         table._heading_levels = np.frombuffer(self.heading_levels, dtype=np.uint8)
-        table._title_blob, table._title_end = self.title_blob, np.frombuffer(self.title_end, dtype=np.int64)
+        table._title_blob, table._title_end = self.title_blob, np.frombuffer(self.title_end, dtype=np.uint32)
         columns = (self.n_bytes, self.n_chunks, self.first_chunk_ids, self.name_blob, self.name_end, self.media_blob,
-                   self.media_end, self.has_sha256, self.sha256, self.heading_end, self.heading_starts,
-                   self.heading_levels, self.title_blob, self.title_end)
+                   self.media_end, self.media_index, self.has_sha256, self.sha256, self.heading_end,
+                   self.heading_starts, self.heading_levels, self.title_blob, self.title_end)
         table._held = sum(sys.getsizeof(column) for column in columns)  # allocated, spare room included
 
 
@@ -358,14 +377,15 @@ DOCS_BATCH_BYTES = 32 << 10
 #: Bytes ``parse_document_table`` needs beyond ``DOCS_TABLE_PEAK_FACTOR`` times the plaintext:
 #: one small entry's parse at the worst JSON shape (32 x 64 KiB).
 DOCS_TABLE_BASE_BYTES = 2 << 20
-#: Times the DOCS plaintext that ``parse_document_table`` holds at most besides one entry's
+#: Times the DOCS plaintext that ``parse_document_table`` holds at most besides one batch's
 #: parse: the plaintext itself (1x) and the columns, which the table keeps without a copy (at
-#: most 1.7x the JSON they come from: 85 bytes of arrays per document of at least 65 bytes of
-#: JSON, 17 per heading of at least 10, names, media types and titles their own length; 2x with
-#: the arrays' spare room), rounded up. Measured peaks (tracemalloc, with the plaintext), in batches
-#: of ``DOCS_BATCH_BYTES``: SciFact's 5,183 documents 2.09x, a 97k-chunk capsule's 41,464
-#: documents 1.71x; parsed whole, the same lists peaked at 11.4x and 8.4x.
-DOCS_TABLE_PEAK_FACTOR = 4
+#: most 1.5x the JSON they come from: 61 bytes of per-document columns, allocated once, per
+#: entry of at least 64 bytes; 13 per heading of at least 10 bytes, 1.125x with the growing
+#: arrays' spare room; names, media types and titles their own length, 1.125x), rounded up.
+#: Measured peaks (tracemalloc, with the plaintext): SciFact's 5,183 documents 1.91x, a
+#: 97k-chunk capsule's 41,464 documents 1.52x; parsed whole, the same lists peaked at 11.4x and
+#: 8.4x.
+DOCS_TABLE_PEAK_FACTOR = 3
 
 
 def parse_document_table(plaintext: bytes, *, n_documents: int, n_chunks: int,
@@ -391,7 +411,10 @@ def parse_document_table(plaintext: bytes, *, n_documents: int, n_chunks: int,
     if (len(plaintext) < len(_DOCS_PREFIX) + len(_DOCS_SUFFIX) or not plaintext.startswith(_DOCS_PREFIX)
             or not plaintext.endswith(_DOCS_SUFFIX)):
         raise CapsuleFormatError("document list must be {\"documents\": [...]} in canonical JSON")
-    builder = _TableBuilder()
+    if n_documents * MIN_DOCS_ENTRY_BYTES > len(plaintext):
+        raise CapsuleFormatError(f"document list of {len(plaintext)} bytes cannot hold the {n_documents} "
+                                 f"entries the manifest says")
+    builder = _TableBuilder(n_documents, n_chunks)
     start, end, n = len(_DOCS_PREFIX), len(plaintext) - len(_DOCS_SUFFIX), 0
     while start < end:
         cut = plaintext.find(_ENTRY_BOUNDARY, start, end)
@@ -407,12 +430,8 @@ def parse_document_table(plaintext: bytes, *, n_documents: int, n_chunks: int,
         else:
             stop = _batch_stop(plaintext, start, stop, end)
             items = _parse_entry_batch(plaintext[start:stop], n)
-        builder.add_many(*_check_entries(items, n))
+        builder.add_many(*_check_entries(items, n))  # refuses more documents or chunks than declared
         n += len(items)
-        if builder.chunks > n_chunks:
-            raise CapsuleFormatError(f"documents hold over {n_chunks} chunks, manifest says {n_chunks}")
-        if n > n_documents:
-            raise CapsuleFormatError(f"document list has over {n_documents} entries, manifest says {n_documents}")
         del items
         start = stop + 1 if stop < end else end
     if n != n_documents:
