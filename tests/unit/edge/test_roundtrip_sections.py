@@ -6,6 +6,8 @@ test_container_writer.py.
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -16,6 +18,7 @@ from edge.errors import CapsuleFormatError
 from edge.hits import (
     DOCS_BATCH_BYTES,
     MAX_HEADING_CHARS,
+    MAX_INTERNED_MEDIA_TYPES,
     Document,
     DocumentTable,
     documents_to_bytes,
@@ -126,6 +129,27 @@ def test_the_batched_parser_agrees_with_the_whole_parser_across_batches():
     with pytest.raises(CapsuleFormatError):
         parse_document_table(good.replace(b'"n_chunks":0,"name":"manuals/part-00700.md"', b'"n_chunks":0}'),
                              n_documents=800, n_chunks=n_chunks)
+
+
+def test_a_count_the_list_cannot_hold_is_refused_before_the_columns_are_allocated():
+    data = documents_to_bytes(_many_documents(3))
+    tracemalloc.start()
+    try:
+        with pytest.raises(CapsuleFormatError, match="cannot hold the 100000000 entries the manifest says"):
+            parse_document_table(data, n_documents=100_000_000, n_chunks=3)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20  # not 6 GB of columns for 100 million documents
+
+
+def test_more_media_types_than_are_interned_are_kept_per_document():
+    docs = [Document(f"d{i}", i, f"text/x-kind-{i % (MAX_INTERNED_MEDIA_TYPES + 44)}", n_chunks=1) for i in range(700)]
+    data = documents_to_bytes(docs)
+    table = parse_document_table(data, n_documents=700, n_chunks=700)
+    assert list(table) == parse_documents(data, n_documents=700, n_chunks=700)
+    assert [table[i].media_type for i in (0, 255, 256, 299, 300, 699)] == [docs[i].media_type for i in
+                                                                          (0, 255, 256, 299, 300, 699)]
 
 
 def test_parse_documents_checks_the_counts_against_the_manifest():
