@@ -11,7 +11,11 @@ query), to price the memory they save.
 Run (about 5 minutes with a warm embedding cache, 12 more to embed SciFact once)::
 
     .venv/bin/python bench/bench_min_budget.py --work /tmp/bench-min-budget \
-        --out bench/results/min-budget.json
+        [--installed CAPSULE] [--check-budget 64] --out bench/results/min-budget.json
+
+``--installed`` adds a capsule installed into a store (as a device opens it); ``--check-budget``
+runs the 200 queries at exactly that budget too. Each 200-query run's hits are hashed and
+compared with an unlimited-budget run's.
 
 Not a test: figures depend on the machine; the JSON records which one. Nothing is asserted.
 """
@@ -19,6 +23,7 @@ Not a test: figures depend on the machine; the JSON records which one. Nothing i
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -59,6 +64,7 @@ def probe(capsule: Path, budget: str, weights: str, n_queries: int, queries: Pat
             # not depend on how many queries this probe asks
             texts = [json.loads(line)["text"] for line in queries.read_text().splitlines()][:n_queries]
             times = []
+            answers = hashlib.sha256()  # every hit's chunk, document and text, in order
             for text in texts:
                 opened.clear_cache()
                 t = time.perf_counter()
@@ -66,10 +72,13 @@ def probe(capsule: Path, budget: str, weights: str, n_queries: int, queries: Pat
                 times.append((time.perf_counter() - t) * 1000)
                 if not hits:
                     return {"ok": False, "error": f"no hits for {text!r}"}
+                for hit in hits:
+                    answers.update(f"{hit.chunk_id}\0{hit.document}\0{hit.text}\0".encode())
             report = opened.budget.report()
             return {"ok": True, "plan_bytes": dict(opened.memory_plan), "engine": opened.embedder_engine,
                     "total_reserved_bytes": report["total_reserved_bytes"],
-                    "measured": read_process_memory().to_json(), "query_ms": times}
+                    "measured": read_process_memory().to_json(), "query_ms": times,
+                    "answers_sha256": answers.hexdigest()}
     except (EdgeError, MemoryError) as exc:
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
 
@@ -110,6 +119,8 @@ def main() -> int:
                              "a plain index is mapped, not copied); built with this script's keys "
                              "(bench_hybrid.keys), e.g. by bench_build_memory.py; repeatable")
     parser.add_argument("--skip-builtin", action="store_true", help="only the --installed capsules")
+    parser.add_argument("--check-budget", type=float, action="append", default=[], metavar="MIB",
+                        help="also run 200 queries at exactly this --ram-budget, --rounds times (e.g. 64)")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -138,6 +149,7 @@ def main() -> int:
         if inputs is not None and not path.exists():
             build(inputs, path, n_threads=2, cache=cache)
         row: dict[str, object] = {"capsule_bytes": sizes[name] if inputs is None else path.stat().st_size}
+        at_answers = {}
         for weights in ("packed", "auto"):
             smallest = smallest_budget(path, weights, queries)
             # one step over: the runtime is charged its RssAnon at the open, which varies by a
@@ -152,17 +164,33 @@ def main() -> int:
                 "budget_for_200_queries_mib": smallest + STEP_MIB,
                 "ok_at_200": at["ok"],
             }
+            at_answers[weights] = at.get("answers_sha256")
         p50 = {"packed": [], "mapped": []}
+        unlimited_answers = {}
         for _ in range(args.rounds):
             for weights in ("packed", "mapped"):
                 r = run_probe(path, "none", weights, 200, queries)
                 p50[weights].append(round(percentile(r["query_ms"][20:], 50), 2))
+                unlimited_answers[weights] = r.get("answers_sha256")
+        for weights in ("packed", "auto"):  # the same 200 answers as without a budget, same weights
+            used = "mapped" if "mapped" in str(row[weights]["engine"]) else "packed"
+            row[weights]["answers_equal_unlimited"] = at_answers[weights] == unlimited_answers[used]
+        for budget in args.check_budget:  # the issue's figure itself, in fresh processes
+            checks = [run_probe(path, f"{budget}MiB", "auto", 200, queries) for _ in range(args.rounds)]
+            used = "mapped" if any("mapped" in str(c.get("engine")) for c in checks) else "packed"
+            row[f"at_{budget}_mib"] = {"ok": [c["ok"] for c in checks],
+                                       "answers_equal_unlimited": [c.get("answers_sha256") == unlimited_answers[used]
+                                                                   for c in checks],
+                                       "reserved_mib": [round(c.get("total_reserved_bytes", 0) / MiB, 2)
+                                                        for c in checks],
+                                       "error": next((c["error"] for c in checks if not c["ok"]), None)}
         row["unlimited_query_p50_ms"] = {w: {"rounds": v, "median": sorted(v)[len(v) // 2]} for w, v in p50.items()}
         results[name] = row
     report = {"benchmark": "min_budget", "machine": machine(), "seconds": round(time.perf_counter() - t0, 1),
               "note": "smallest --ram-budget (bisection, 0.5 MiB) that opens and answers 20 SciFact queries; "
                       "memory after 200 queries at that budget + 0.5 MiB; query p50 k=10 hybrid, frame cache cleared, "
-                      "queries 21-200, fresh process per round", "capsules": results}
+                      "queries 21-200, fresh process per round; answers_equal_unlimited: the 200 queries' hits (chunk, "
+                      "document, text) equal those without a budget, same model weights", "capsules": results}
     text = json.dumps(report, indent=1)
     print(text)
     if args.out:
