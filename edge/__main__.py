@@ -1,7 +1,5 @@
 """``python -m edge``: same as the ``edge`` command."""
 
-import sys
+from .cli import run
 
-from .cli import main
-
-sys.exit(main())
+run()

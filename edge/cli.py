@@ -805,6 +805,29 @@ def main(argv: list[str] | None = None) -> int:
             store.close()
 
 
+def run() -> None:
+    """The ``edge`` program (the console script, ``python -m edge``): ``main()``, then exit at once.
+
+    Once the command has returned and its output is flushed, the process ends with ``os._exit``
+    instead of the interpreter's teardown, which frees module after module and object after
+    object only for the kernel to drop the whole address space: 35-45 ms after an ``edge search``
+    with NumPy, onnxruntime and PyAV loaded (strace: no system call in that time), a tenth of a
+    cold start. Nothing is lost by it: the commands sync what they write and release the store
+    before they return, logging is shut down, and stdout and stderr are flushed here. An
+    exception that escapes ``main`` takes the normal way out, traceback included.
+    """
+    code = main()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BrokenPipeError:  # the reader went away after main's own flush
+            code = code or _stdout_closed()
+        except (OSError, ValueError):  # closed or replaced stream: nothing left to write
+            pass
+    os._exit(code)
+
+
 def _run(args: argparse.Namespace) -> int:
     """Run the parsed command; turn the runtime's errors into one stderr line and an exit code."""
     try:
@@ -826,4 +849,4 @@ def _run(args: argparse.Namespace) -> int:
         return 130
 
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "run", "build_parser"]

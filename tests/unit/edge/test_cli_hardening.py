@@ -201,6 +201,31 @@ def test_search_reads_no_more_than_the_limit_from_an_endless_stdin(tiny_capsule)
     _assert_usage_error(proc, "edge: error: line 1 on stdin is over 65536 bytes")
 
 
+def test_the_program_exits_at_once_with_all_its_output_written(tiny_capsule, tmp_path):
+    # edge.cli.run ends the process with os._exit after main: what main printed must all be out,
+    # through a pipe (more than its 64 KiB buffer) and into a file (block-buffered), and the exit
+    # code must be main's.
+    queries = b"".join(b"What is Python? %d\n" % i for i in range(60))
+    argv = ["search", str(tiny_capsule.path), "-", "-k", "10", "--json", *_keys(tiny_capsule)]
+    buffered = {"PYTHONUNBUFFERED": ""}  # as on a device: stdout block-buffered into a pipe or file
+    piped = _child(argv, stdin=queries, env=buffered)
+    assert piped.returncode == 0, piped.stderr
+    lines = [json.loads(line) for line in piped.stdout.splitlines()]
+    assert [line["line"] for line in lines] == list(range(1, 61)) and len(piped.stdout) > 64 * 1024
+    with open(tmp_path / "out.jsonl", "wb") as out:
+        to_file = _child(argv, stdin=queries, stdout=out, stderr=subprocess.PIPE, env=buffered)
+    assert to_file.returncode == 0 and (tmp_path / "out.jsonl").read_bytes() == piped.stdout
+    with open(tmp_path / "one.json", "wb") as out:  # one answer, nothing flushed per line
+        one = _child([argv[0], argv[1], "What is Python?", *argv[3:]], stdout=out, stderr=subprocess.PIPE,
+                     env=buffered)
+    one_hits = [json.loads(line) for line in (tmp_path / "one.json").read_bytes().splitlines()]  # a line a hit
+    assert one.returncode == 0 and [h["chunk_id"] for h in one_hits] == [h["chunk_id"] for h in lines[0]["hits"]]
+    failed = _child(["search", str(tmp_path / "missing.capsule"), "What is Python?", *_keys(tiny_capsule)],
+                    env=buffered)
+    assert failed.returncode == 1 and "edge: error: cannot open capsule" in failed.stderr.decode()
+    assert failed.stderr.decode().endswith("is it complete?\n")  # the hint, the last line, is out too
+
+
 # ---------------------------------------------------------------------------
 # 3. stdout's reader goes away (edge list | head -1): exit quietly, as Unix tools do
 
