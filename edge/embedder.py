@@ -67,6 +67,17 @@ MAX_TOKENIZER_BYTES = 16 << 20
 REFERENCE_FILENAME = "reference_embeddings.npz"
 KNOWN_ANSWER_SENTENCES = 4
 KNOWN_ANSWER_MIN_COS = 0.98
+#: ``device`` names and the onnxruntime execution provider each one selects (builder only: a
+#: device's runtime embeds on its CPU). A provider ships in its own onnxruntime package
+#: (``onnxruntime-gpu`` for CUDA, ``onnxruntime-openvino``), installed in place of ``onnxruntime``.
+EXECUTION_PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+}
+#: The onnxruntime package that carries each non-CPU provider.
+_PROVIDER_PACKAGES = {"cuda": "onnxruntime-gpu", "openvino": "onnxruntime-openvino", "coreml": "onnxruntime (macOS)"}
 """At open, the first sentences of ``reference_embeddings.npz`` must embed within this cosine of
 their fp32 vectors (measured minimum: ONNX 0.991, LiteRT 0.996). It catches an engine that loads
 a model and computes garbage: tflite-runtime 2.14 under NumPy 1.26 runs model.int8.tflite and
@@ -163,6 +174,32 @@ def _check_sha256_arg(sha256: str | None) -> str | None:
     if not isinstance(sha256, str) or not _SHA256_RE.match(sha256.lower()):
         raise ValueError(f"sha256 must be 64 hex digits, got {sha256!r}")
     return sha256.lower()
+
+
+def check_device(device: str, family: str = "onnx") -> str:
+    """Return the onnxruntime execution provider of ``device`` once it is known to be usable
+    here, before any model loads (``QueryEmbedder.open(device=)``, the builder's ``--device``).
+
+    Raises:
+        ValueError: ``device`` is not a key of ``EXECUTION_PROVIDERS``, or is not ``cpu`` for a
+            ``family`` other than ``onnx``.
+        ModelError: this onnxruntime lacks the device's provider (it ships in another package).
+    """
+    if device not in EXECUTION_PROVIDERS:
+        raise ValueError(f"device must be one of {', '.join(EXECUTION_PROVIDERS)}, got {device!r}")
+    if device != "cpu" and family != "onnx":
+        raise ValueError(f"device {device!r} runs onnx models only; the {family} family embeds on the CPU")
+    provider = EXECUTION_PROVIDERS[device]
+    if device == "cpu" or family != "onnx":
+        return provider
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if provider not in available:
+        raise ModelError(
+            f"device {device!r} needs onnxruntime's {provider}, which onnxruntime {ort.__version__} here does "
+            f"not have (it has {', '.join(available)}): install {_PROVIDER_PACKAGES[device]} in place of onnxruntime")
+    return provider
 
 
 def _check_family(family: str) -> str:
@@ -276,8 +313,11 @@ class _OnnxEngine:
 
     family = "onnx"
 
-    def __init__(self, load_path: str, model_path: Path, n_threads: int, *, prepack_weights: bool = True) -> None:
+    def __init__(self, load_path: str, model_path: Path, n_threads: int, *, prepack_weights: bool = True,
+                 device: str = "cpu") -> None:
         import onnxruntime as ort
+
+        provider = check_device(device)
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = n_threads
@@ -289,10 +329,15 @@ class _OnnxEngine:
         options.log_severity_level = 3
         if not prepack_weights:
             options.add_session_config_entry("session.disable_prepacking", "1")
+        # A non-CPU provider takes the nodes it supports; the CPU provider runs the rest.
+        providers = [provider] if device == "cpu" else [provider, "CPUExecutionProvider"]
         try:
-            session = ort.InferenceSession(load_path, options, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(load_path, options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
-            raise ModelError(f"onnxruntime cannot load model file {model_path}: {exc}") from exc
+            raise ModelError(f"onnxruntime cannot load model file {model_path} on {device}: {exc}") from exc
+        if provider not in session.get_providers():  # onnxruntime falls back to the CPU quietly
+            raise ModelError(f"onnxruntime could not start {provider} for {model_path} (no {device} device, or "
+                             f"its libraries are missing); it would have run on the CPU")
         inputs = {node.name: node for node in session.get_inputs()}
         if sorted(inputs) != sorted(INPUT_NAMES):
             raise ModelError(
@@ -317,7 +362,8 @@ class _OnnxEngine:
                 f"expected tensor(float) [batch, {EXPECTED_DIM}]"
             )
         self._session = session
-        self.name = f"onnxruntime {ort.__version__}" + ("" if prepack_weights else " (weights mapped, not prepacked)")
+        self.name = (f"onnxruntime {ort.__version__}" + ("" if device == "cpu" else f" on {device}")
+                     + ("" if prepack_weights else " (weights mapped, not prepacked)"))
         self.max_seq = MAX_POSITIONS
         self.metadata = dict(session.get_modelmeta().custom_metadata_map)
 
@@ -457,6 +503,7 @@ class QueryEmbedder:
         max_tokens: int = DEFAULT_MAX_TOKENS,
         expected_tokenizer_sha256: str | None = None,
         prepack_weights: bool = True,
+        device: str = "cpu",
     ) -> QueryEmbedder:
         """Return an embedder for the ``family`` model in ``model_dir``, hash-checked.
 
@@ -483,6 +530,10 @@ class QueryEmbedder:
                 keeps them in the mapped weights file (``MODEL_SESSION_MAPPED_BYTES``:
                 10 MiB less, ~0.6-1.1 ms more per query, identical embeddings).
                 LiteRT always repacks (XNNPACK).
+            device: ``onnx`` only: where onnxruntime runs the model, a key of
+                ``EXECUTION_PROVIDERS`` (``cpu``, ``cuda``, ``openvino``, ``coreml``); the builder's
+                ``--device``. The known-answer check below is what holds another device's vectors
+                to the model's tolerance (cos >= 0.98 to the reference).
 
         Returns:
             A ready :class:`QueryEmbedder`.
@@ -498,14 +549,18 @@ class QueryEmbedder:
                 ONNX; int32/int64 [1, seq] for LiteRT) or its output is not
                 float32 of dim 384; ``max_tokens`` exceeds the longest LiteRT
                 signature.
-            ValueError: unknown family, an expected sha256 is not 64 hex
-                digits, or ``n_threads``/``max_tokens`` is out of range.
+            ModelError: also when ``device``'s execution provider is not in this onnxruntime,
+                or onnxruntime cannot start it.
+            ValueError: unknown family or device, a device other than ``cpu`` with the
+                ``tflite`` family, an expected sha256 is not 64 hex digits, or
+                ``n_threads``/``max_tokens`` is out of range.
 
         Source: models/all-MiniLM-L6-v2/MODEL.md (inputs, outputs, max tokens).
         """
         from tokenizers import Tokenizer
 
         family = _check_family(family)
+        check_device(device, family)
         expected_sha256 = _check_sha256_arg(expected_sha256)
         expected_tokenizer_sha256 = _check_sha256_arg(expected_tokenizer_sha256)
         if not isinstance(n_threads, int) or n_threads < 1:
@@ -537,7 +592,7 @@ class QueryEmbedder:
         # Loaded by path so that onnxruntime maps the external weights file and LiteRT maps the
         # flatbuffer (see the table above). The files are hashed just before; a device keeps
         # its model folder on a read-only or root-owned file system, where nothing swaps them.
-        engine = (_OnnxEngine(str(model_path), model_path, n_threads, prepack_weights=prepack_weights)
+        engine = (_OnnxEngine(str(model_path), model_path, n_threads, prepack_weights=prepack_weights, device=device)
                   if family == "onnx" else _LiteRtEngine(str(model_path), model_path, n_threads))
         if max_tokens > engine.max_seq:
             raise ModelError(
@@ -917,6 +972,8 @@ def find_model_dir(
 
 __all__ = [
     "DEFAULT_MODEL_NAME",
+    "EXECUTION_PROVIDERS",
+    "check_device",
     "MODEL_FAMILIES",
     "MODEL_FILENAMES",
     "check_engine",

@@ -55,7 +55,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from edge import format as fmt
-from edge.embedder import DEFAULT_MODEL_NAME, QueryEmbedder, find_model_dir
+from edge.embedder import DEFAULT_MODEL_NAME, QueryEmbedder, check_device, find_model_dir
 from edge.errors import CapsuleError
 from edge.keys import Passphrase, keyid
 from edge._files import atomic_replace
@@ -217,6 +217,7 @@ def build_capsule(
     prechunked: Iterable[tuple[CompactedDocument, Sequence[Hit]]] | None = None,
     cluster: str | None = None,
     lexical_engine: str | None = None,
+    device: str = "cpu",
 ) -> BuildResult:
     """Build, check and atomically write a signed, encrypted capsule.
 
@@ -272,6 +273,12 @@ def build_capsule(
         lexical_engine: the lexical index's format: ``"tantivy-7"`` (the default: FORMAT.md §5.6,
             capsule format 1.2) or ``"sqlite-fts5"`` (§5.5, format 1.1, for devices whose runtime
             reads 1.1 only); ``None`` takes the default, or the base's format for a delta.
+        device: where onnxruntime embeds the chunks: ``"cpu"`` (the default), ``"cuda"``,
+            ``"openvino"`` or ``"coreml"`` (``edge.embedder.EXECUTION_PROVIDERS``; the provider's
+            onnxruntime package installed in place of ``onnxruntime``). The model's known-answer
+            check holds its vectors to cos >= 0.98 of the reference; they differ from the CPU's
+            within that, so a build on another device is not byte-identical to a CPU build, and
+            the embedding cache keeps the two apart. ``onnx`` family only.
 
     Returns:
         A ``BuildResult``.
@@ -281,8 +288,11 @@ def build_capsule(
         CapacityError: a chunk does not fit a QR symbol.
         FrameCheckError: a frame did not decode back byte-exact.
         BuildError: any other reason the build stopped; no output is left behind.
-        ValueError: inconsistent arguments (no recipients, bad dates, bad name).
+        ModelError: ``device``'s execution provider is not in this onnxruntime (before anything
+            is read), or the model does not load or fails its known-answer check.
+        ValueError: inconsistent arguments (no recipients, bad dates, bad name, unknown device).
     """
+    check_device(device, model_family)  # before any document is read: a missing provider says so at once
     if not recipients and passphrase is None:
         raise ValueError("give at least one recipient device key or a passphrase")
     if recipients and passphrase is not None:
@@ -341,7 +351,7 @@ def build_capsule(
                 scrypt_log_n=scrypt_log_n, n_workers=n_threads or os.cpu_count() or 1,
                 embedding_cache=embedding_cache, report=report, model_family=model_family,
                 zstd_level=zstd_level, base=base, append=append, prechunked=prechunked, cluster=client,
-                lexical_engine=lexical_engine)
+                lexical_engine=lexical_engine, device=device)
     except FileNotFoundError as exc:
         raise BuildError(f"cannot write {output}: {exc.strerror}") from None
     result.path = output
@@ -390,7 +400,7 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
                 refine_dim, n_candidates, encrypt_index, video_params, rng, scrypt_log_n, n_workers,
                 embedding_cache, report, model_family="onnx", zstd_level=PAYLOAD_ZSTD_LEVEL,
                 base: BaseVersion | None = None, append: bool = False, prechunked=None,
-                cluster: str | None = None, lexical_engine: str = "tantivy-7") -> BuildResult:
+                cluster: str | None = None, lexical_engine: str = "tantivy-7", device: str = "cpu") -> BuildResult:
     """The build pipeline; every large intermediate is a file in ``work``."""
     stage_s: dict[str, float] = {}
 
@@ -445,7 +455,7 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
     vectors_spool = VectorSpool(work / "vectors.f32", embedder_info.dim)
     lexicon = lexical_writer(lexical_engine, work / "lexical.index")
     with lexicon, ChunkEmbedder(model_dir, family=model_family, n_workers=n_workers,
-                                cache_path=embedding_cache, cluster=cluster) as chunk_embedder:
+                                cache_path=embedding_cache, cluster=cluster, device=device) as chunk_embedder:
         chunk_embedder.start()
         block: list = []
         n_done = 0

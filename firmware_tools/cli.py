@@ -191,7 +191,7 @@ def cmd_build(args: argparse.Namespace) -> int:
                 n_trees=args.n_trees, encrypt_index=not args.plain_index, seed=seed, progress=bars,
                 embedding_cache=args.embedding_cache, n_threads=args.workers, model_family=args.model_family,
                 **({"zstd_level": args.zstd_level} if args.zstd_level is not None else {}),
-                lexical_engine=args.lexical_engine,
+                lexical_engine=args.lexical_engine, device=args.device,
                 video_params=HEVC_VIDEO_PARAMS if args.codec == "hevc" else DEFAULT_VIDEO_PARAMS)
         else:
             result = build_capsule(
@@ -202,7 +202,7 @@ def cmd_build(args: argparse.Namespace) -> int:
                 encrypt_index=not args.plain_index, seed=seed, progress=bars, embedding_cache=args.embedding_cache,
                 **({"zstd_level": args.zstd_level} if args.zstd_level is not None else {}), n_threads=args.workers, model_family=args.model_family,
                 video_params=HEVC_VIDEO_PARAMS if args.codec == "hevc" else DEFAULT_VIDEO_PARAMS, base=base,
-                append=append, cluster=args.cluster, lexical_engine=args.lexical_engine,
+                append=append, cluster=args.cluster, lexical_engine=args.lexical_engine, device=args.device,
             )
     finally:
         bars.close()
@@ -372,6 +372,12 @@ def _add_build_arguments(p: argparse.ArgumentParser) -> None:
                    help="the lexical (BM25) index: tantivy-7 (capsule format 1.2, the default: a third of the "
                         "bytes, stemmed terms) or sqlite-fts5 (format 1.1, for devices whose edge reads only 1.1); "
                         "a delta keeps its base's")
+    p.add_argument("--device", choices=("cpu", "cuda", "openvino", "coreml"), default="cpu",
+                   help="where onnxruntime embeds the chunks (default cpu). cuda, openvino and coreml need "
+                        "that provider's onnxruntime package (onnxruntime-gpu, onnxruntime-openvino) in place "
+                        "of onnxruntime; the vectors then differ from the CPU's within the model's tolerance "
+                        "(checked at start). OpenVINO on a CPU without a GPU measured about half the CPU "
+                        "provider's speed here (models/all-MiniLM-L6-v2/MODEL.md)")
     p.add_argument("--cluster", metavar="tcp://HOST:PORT",
                    help="parse, chunk, embed, pack and QR-draw on this Dask distributed cluster's workers "
                         "(pip install '.[tools,cluster]'); sealing, the video, the indexes, signing and "

@@ -49,23 +49,24 @@ MIN_TEXTS_FOR_POOL = 128
 _worker_embedder: QueryEmbedder | None = None
 
 
-def _init_worker(model_dir: str, family: str = "onnx") -> None:
+def _init_worker(model_dir: str, family: str = "onnx", device: str = "cpu") -> None:
     global _worker_embedder
-    _worker_embedder = QueryEmbedder.open(Path(model_dir), family=family, n_threads=1)
+    _worker_embedder = QueryEmbedder.open(Path(model_dir), family=family, n_threads=1, device=device)
 
 
 def _ready() -> bool:
     return _worker_embedder is not None
 
 
-def _embed_on_cluster(model_dir: str, family: str, model_sha256: str, texts: list[str]) -> np.ndarray:
+def _embed_on_cluster(model_dir: str, family: str, model_sha256: str, texts: list[str],
+                      device: str = "cpu") -> np.ndarray:
     """One embedding task on a Dask worker: the model opens once per worker process, and only
     if its digest is the coordinator's (vectors from another model would be silently wrong)."""
     global _worker_embedder
     if _worker_embedder is None or _worker_embedder.sha256 != model_sha256:
         _undo_dask_malloc_thresholds()
         _worker_embedder = QueryEmbedder.open(Path(model_dir), family=family, n_threads=1,
-                                              expected_sha256=model_sha256)
+                                              expected_sha256=model_sha256, device=device)
     return _worker_embedder.embed(texts)
 
 
@@ -117,10 +118,11 @@ class ClusterPool:
         BuildError: ``distributed`` is not installed, or the scheduler cannot be reached.
     """
 
-    def __init__(self, cluster, *, model_dir: Path, family: str, model_sha256: str) -> None:
+    def __init__(self, cluster, *, model_dir: Path, family: str, model_sha256: str, device: str = "cpu") -> None:
         self._owns_client = isinstance(cluster, str)
         self.client = connect_cluster(cluster) if self._owns_client else cluster
         self._args = (str(model_dir), family, model_sha256)
+        self._device = device
         self.n_workers = cluster_workers(self.client)
 
     def submit(self, fn, *args):  # the local pool's warm-up call: Dask workers start on their own
@@ -129,7 +131,7 @@ class ClusterPool:
     def map(self, fn, tasks):
         """Submit every task now; yield each result in order (``fn`` is ignored: the task is
         ``_embed_on_cluster``)."""
-        futures = [self.client.submit(_embed_on_cluster, *self._args, task, pure=False) for task in tasks]
+        futures = [self.client.submit(_embed_on_cluster, *self._args, task, self._device, pure=False) for task in tasks]
 
         def results():
             for future, task in zip(futures, tasks):
@@ -153,12 +155,15 @@ def _embed_task(texts: list[str]) -> np.ndarray:
 class EmbeddingCache:
     """Chunk vectors by SHA-256(model sha256 || text), in one SQLite file.
 
-    A vector is only ever reused for the same model file (its digest is in the key).
+    A vector is only ever reused for the same model file (its digest is in the key), and one
+    embedded on another ``device`` than the CPU only by a build on that device (its name follows
+    the digest in the key: an accelerator's vectors differ from the CPU's within the model's
+    tolerance, and a rebuild should not mix them).
     """
 
-    def __init__(self, path: Path, model_sha256: str, dim: int) -> None:
+    def __init__(self, path: Path, model_sha256: str, dim: int, device: str = "cpu") -> None:
         self.path = Path(path)
-        self._prefix = bytes.fromhex(model_sha256)
+        self._prefix = bytes.fromhex(model_sha256) + (b"" if device == "cpu" else b"/" + device.encode("ascii"))
         self._dim = dim
         self._db = sqlite3.connect(self.path)
         self._db.execute("CREATE TABLE IF NOT EXISTS vectors (key BLOB PRIMARY KEY, vector BLOB NOT NULL)")
@@ -215,22 +220,26 @@ class ChunkEmbedder:
         cache_path: SQLite cache file, created if missing; ``None`` for no cache.
         cluster: a Dask scheduler address or a connected ``distributed.Client``: embed on its
             workers (``ClusterPool``) instead of local processes; ``n_workers`` is then ignored.
+        device: where onnxruntime runs the model, in every worker (``edge.embedder.EXECUTION_PROVIDERS``:
+            ``cpu``, ``cuda``, ``openvino``, ``coreml``); checked here first, in this process.
 
     Raises:
-        ModelError: the model does not load or returns a wrong shape.
+        ModelError: the model does not load or returns a wrong shape, or ``device`` is not
+            available (``QueryEmbedder.open``).
     """
 
     def __init__(self, model_dir: Path, *, family: str = "onnx", n_workers: int = 1,
-                 cache_path: Path | None = None, cluster=None) -> None:
+                 cache_path: Path | None = None, cluster=None, device: str = "cpu") -> None:
         self.model_dir = Path(model_dir)
         self.family = family
-        self._local = QueryEmbedder.open(self.model_dir, family=family, n_threads=1)
+        self.device = device
+        self._local = QueryEmbedder.open(self.model_dir, family=family, n_threads=1, device=device)
         self.dim = self._local.dim
         self.n_workers = n_workers
         self._pool = None
         self._pool_failed = n_workers <= 1 and cluster is None
         self.cluster = cluster
-        self.cache = EmbeddingCache(cache_path, self._local.sha256, self.dim) if cache_path else None
+        self.cache = EmbeddingCache(cache_path, self._local.sha256, self.dim, device) if cache_path else None
         self.n_embedded = 0
 
     def start(self) -> None:
@@ -245,9 +254,10 @@ class ChunkEmbedder:
         if self._pool is None and not self._pool_failed:
             if self.cluster is not None:
                 self._pool = ClusterPool(self.cluster, model_dir=self.model_dir, family=self.family,
-                                         model_sha256=self._local.sha256)
+                                         model_sha256=self._local.sha256, device=self.device)
             else:
-                self._pool = spawn_pool(self.n_workers, _init_worker, (str(self.model_dir), self.family))
+                self._pool = spawn_pool(self.n_workers, _init_worker, (str(self.model_dir), self.family,
+                                                                       self.device))
             self._pool_failed = self._pool is None
         return self._pool is not None
 

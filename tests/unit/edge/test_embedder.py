@@ -307,3 +307,51 @@ def test_onnxruntime_telemetry_is_off_and_writes_nothing(tmp_path: Path) -> None
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert list(tmp_path.rglob("*")) == []
+
+
+# --------------------------------------------------------------------------- device (builder --device)
+
+def _absent_device() -> str:
+    import onnxruntime as ort
+
+    from edge.embedder import EXECUTION_PROVIDERS
+    absent = [d for d, p in EXECUTION_PROVIDERS.items() if d != "cpu" and p not in ort.get_available_providers()]
+    if not absent:
+        pytest.skip("this onnxruntime has every execution provider")
+    return absent[0]
+
+
+def test_a_device_whose_provider_is_missing_is_refused_before_the_model_loads() -> None:
+    device = _absent_device()
+    with pytest.raises(ModelError, match=rf"device '{device}' needs onnxruntime's \w+ExecutionProvider.*install"):
+        QueryEmbedder.open(MODEL_DIR, device=device)
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider")
+def test_a_provider_that_onnxruntime_cannot_start_is_refused_not_run_on_the_cpu(monkeypatch) -> None:
+    # onnxruntime, asked for a provider it cannot start, warns and runs on the CPU alone; the
+    # embedder checks the session's providers instead of trusting the request.
+    import onnxruntime as ort
+
+    device = _absent_device()
+    from edge.embedder import EXECUTION_PROVIDERS
+    listed = ort.get_available_providers() + [EXECUTION_PROVIDERS[device]]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: listed)
+    with pytest.raises(ModelError, match=f"could not start {EXECUTION_PROVIDERS[device]}.*run on the CPU"):
+        QueryEmbedder.open(MODEL_DIR, device=device)
+
+
+@pytest.mark.parametrize("device, family, message", [
+    ("gpu", "onnx", "device must be one of cpu, cuda, openvino, coreml"),
+    ("cuda", "tflite", "runs onnx models only"),
+])
+def test_an_unknown_device_or_one_for_the_wrong_family_is_a_value_error(device, family, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        QueryEmbedder.open(MODEL_DIR, device=device, family=family)
+
+
+def test_the_cpu_device_is_the_default(embedder: QueryEmbedder, reference: tuple[list[str], np.ndarray]) -> None:
+    on_cpu = QueryEmbedder.open(MODEL_DIR, expected_sha256=MODEL_SHA256, device="cpu")
+    assert on_cpu.engine == embedder.engine and " on " not in on_cpu.engine
+    sentences = reference[0][:4]
+    assert np.array_equal(on_cpu.embed(sentences), embedder.embed(sentences))
