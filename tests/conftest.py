@@ -163,6 +163,19 @@ def errcodes_capsule(tmp_path_factory) -> BuiltCapsule:
 _OWN_PROCESS_ARGS = frozenset({"--ram-budget", "--memory"})
 
 
+def absent_onnx_device() -> str:
+    """A ``--device`` other than ``cpu`` whose execution provider this onnxruntime lacks (the test
+    is skipped where it has them all)."""
+    import onnxruntime as ort
+
+    from edge.embedder import EXECUTION_PROVIDERS
+
+    absent = [d for d, p in EXECUTION_PROVIDERS.items() if d != "cpu" and p not in ort.get_available_providers()]
+    if not absent:
+        pytest.skip("this onnxruntime has every execution provider")
+    return absent[0]
+
+
 def run_cli(*args: str, env: dict | None = None, process: bool = False) -> subprocess.CompletedProcess:
     """Run ``python -m edge ...`` or ``python -m firmware_tools ...``; return what a subprocess gives.
 

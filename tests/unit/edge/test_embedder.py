@@ -17,6 +17,8 @@ from edge.embedder import (
 )
 from edge.errors import ModelError
 
+from ...conftest import absent_onnx_device
+
 REPO_PATH = Path(__file__).resolve().parents[3]
 MODELS_PATH = REPO_PATH / "models"
 MODEL_DIR = MODELS_PATH / "all-MiniLM-L6-v2"
@@ -311,18 +313,8 @@ def test_onnxruntime_telemetry_is_off_and_writes_nothing(tmp_path: Path) -> None
 
 # --------------------------------------------------------------------------- device (builder --device)
 
-def _absent_device() -> str:
-    import onnxruntime as ort
-
-    from edge.embedder import EXECUTION_PROVIDERS
-    absent = [d for d, p in EXECUTION_PROVIDERS.items() if d != "cpu" and p not in ort.get_available_providers()]
-    if not absent:
-        pytest.skip("this onnxruntime has every execution provider")
-    return absent[0]
-
-
 def test_a_device_whose_provider_is_missing_is_refused_before_the_model_loads() -> None:
-    device = _absent_device()
+    device = absent_onnx_device()
     with pytest.raises(ModelError, match=rf"device '{device}' needs onnxruntime's \w+ExecutionProvider.*install"):
         QueryEmbedder.open(MODEL_DIR, device=device)
 
@@ -333,7 +325,7 @@ def test_a_provider_that_onnxruntime_cannot_start_is_refused_not_run_on_the_cpu(
     # embedder checks the session's providers instead of trusting the request.
     import onnxruntime as ort
 
-    device = _absent_device()
+    device = absent_onnx_device()
     from edge.embedder import EXECUTION_PROVIDERS
     listed = ort.get_available_providers() + [EXECUTION_PROVIDERS[device]]
     monkeypatch.setattr(ort, "get_available_providers", lambda: listed)

@@ -9,25 +9,16 @@ run in a venv of its own (models/all-MiniLM-L6-v2/MODEL.md, "Accelerators").
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
-from edge.embedder import EXECUTION_PROVIDERS
 from edge.errors import ModelError
 from firmware_tools.embedding import EmbeddingCache
 
-from ...conftest import FAQ_DOCS, build_test_capsule, run_cli
-
-
-def _absent_device() -> str:
-    absent = [d for d, p in EXECUTION_PROVIDERS.items() if d != "cpu" and p not in ort.get_available_providers()]
-    if not absent:
-        pytest.skip("this onnxruntime has every execution provider")
-    return absent[0]
+from ...conftest import FAQ_DOCS, absent_onnx_device, build_test_capsule, run_cli
 
 
 def test_a_missing_provider_stops_the_build_before_anything_is_read_or_written(tmp_path, monkeypatch):
-    device = _absent_device()
+    device = absent_onnx_device()
     import firmware_tools.build as build
 
     def no_reading(*args, **kwargs):
@@ -40,7 +31,7 @@ def test_a_missing_provider_stops_the_build_before_anything_is_read_or_written(t
 
 
 def test_the_cli_says_which_package_to_install_in_one_line(tmp_path):
-    device = _absent_device()
+    device = absent_onnx_device()
     for kind in ("publisher", "device"):
         assert run_cli("firmware_tools", "keygen", "--kind", kind, "-o", str(tmp_path / f"{kind}.key")).returncode == 0
     out = tmp_path / "out.capsule"
