@@ -133,6 +133,12 @@ def iter_tokens(text: str, *, offset: int = 0) -> Iterator[Token]:
         yield Token(start, start + len(raw), _fold(raw), _is_identifier(raw))
 
 
+#: Words whose Porter2 stem starts with other letters: the stemmer's special forms ``dying`` ->
+#: ``die``, ``lying`` -> ``lie``, ``tying`` -> ``tie`` (Snowball English, "exception1"; its other
+#: special words keep their first two letters).
+_RESPELLED_BY_STEMMING = frozenset({"dying", "lying", "tying"})
+
+
 def match_terms(text: str, wanted: frozenset[str], *, unless_identifier: frozenset[str] = frozenset(),
                 stemmed: bool = False) -> list[tuple[int, int, frozenset[str]]]:
     """Return ``(start, end, terms)`` of every token of ``text`` whose term or a variant of it
@@ -152,12 +158,14 @@ def match_terms(text: str, wanted: frozenset[str], *, unless_identifier: frozens
             key = v2_term(t)
             by_stem[key] = by_stem.get(key, frozenset()) | {t}
     # A stem keeps its word's first two letters (Porter2 changes endings only): a token whose
-    # first two do not begin a wanted term's stem is not stemmed at all (halves the cost).
+    # first two do not begin a wanted term's stem is not stemmed at all (halves the cost). The
+    # exceptions are three of Porter2's special words, which are always stemmed.
     prefixes = {key[:2] for key in by_stem} | {t[:2] for t in wanted}
     for start, end, term, raw, is_cjk in _spans(text):
         if term in wanted:
             hits = frozenset((term,))
-        elif stemmed and not is_cjk and term[:2] in prefixes and (key := v2_term(term)) in by_stem:
+        elif (stemmed and not is_cjk and (term[:2] in prefixes or term in _RESPELLED_BY_STEMMING)
+              and (key := v2_term(term)) in by_stem):
             hits = by_stem[key]
         elif is_cjk or term.isalpha():  # no variants: a letters-only token matches only as itself
             continue
