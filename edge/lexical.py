@@ -133,6 +133,21 @@ def iter_tokens(text: str, *, offset: int = 0) -> Iterator[Token]:
         yield Token(start, start + len(raw), _fold(raw), _is_identifier(raw))
 
 
+@functools.lru_cache(maxsize=64)
+def _match_setup(wanted: frozenset[str], stemmed: bool) -> tuple[dict[str, frozenset[str]], frozenset[str]]:
+    """What ``match_terms`` needs of a query, made once for all its hits (a k=10 search marks
+    ten): the wanted terms by their ``v2_term`` form (when ``stemmed``), and the first two letters
+    of every wanted term and stem. A stem keeps its word's first two letters (Porter2 changes
+    endings only), so a token whose first two do not begin one is not stemmed at all (halves the
+    cost); the exceptions are three of Porter2's special words, which are always stemmed."""
+    by_stem: dict[str, frozenset[str]] = {}
+    if stemmed:
+        for t in wanted:
+            key = v2_term(t)
+            by_stem[key] = by_stem.get(key, frozenset()) | {t}
+    return by_stem, frozenset({key[:2] for key in by_stem} | {t[:2] for t in wanted})
+
+
 #: Words whose Porter2 stem starts with other letters: the stemmer's special forms ``dying`` ->
 #: ``die``, ``lying`` -> ``lie``, ``tying`` -> ``tie`` (Snowball English, "exception1"; its other
 #: special words keep their first two letters).
@@ -152,15 +167,7 @@ def match_terms(text: str, wanted: frozenset[str], *, unless_identifier: frozens
     query's hits (``edge.retrieval.mark``).
     """
     out = []
-    by_stem: dict[str, frozenset[str]] = {}
-    if stemmed:
-        for t in wanted:
-            key = v2_term(t)
-            by_stem[key] = by_stem.get(key, frozenset()) | {t}
-    # A stem keeps its word's first two letters (Porter2 changes endings only): a token whose
-    # first two do not begin a wanted term's stem is not stemmed at all (halves the cost). The
-    # exceptions are three of Porter2's special words, which are always stemmed.
-    prefixes = {key[:2] for key in by_stem} | {t[:2] for t in wanted}
+    by_stem, prefixes = _match_setup(wanted, stemmed)
     for start, end, term, raw, is_cjk in _spans(text):
         if term in wanted:
             hits = frozenset((term,))

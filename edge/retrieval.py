@@ -21,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -143,11 +144,17 @@ def mark(text: str, query: LexicalQuery, *, stemmed: bool = False
     order = [t for group in query.groups for t in group]
     terms = tuple(t for t in dict.fromkeys(order + ([query.joined] if query.joined else [])) if t in found)
     sentences = list(_sentences(text))
+    starts = [start for start, _ in sentences]
+    terms_in: dict[int, set[str]] = {}  # sentence number -> the distinct terms it holds
+    for term, positions in found.items():
+        for position in positions:
+            number = bisect_right(starts, position) - 1
+            if number >= 0 and position < sentences[number][1]:
+                terms_in.setdefault(number, set()).add(term)
     best, best_count = None, 0
-    for number, (start, end) in enumerate(sentences):
-        count = sum(1 for positions in found.values() if any(start <= p < end for p in positions))
-        if count > best_count:
-            best, best_count = number, count
+    for number in sorted(terms_in):  # the first sentence with the most terms
+        if len(terms_in[number]) > best_count:
+            best, best_count = number, len(terms_in[number])
     if best is None:
         return terms, tuple(spans), None
     # A table cell ("22P02") or a heading alone is no answer: take the sentences after it until
