@@ -124,8 +124,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from .build import build_capsule
-    from .qr_video import DEFAULT_VIDEO_PARAMS, HEVC_VIDEO_PARAMS
 
+    if args.codec == "hevc" and args.entropy_coding == "cavlc":
+        raise SystemExit(_usage("--entropy-coding cavlc is for h264: HEVC codes with CABAC only"))
     if args.overlap_tokens >= args.max_tokens:
         raise SystemExit(_usage(f"--overlap-tokens {args.overlap_tokens} must be below --max-tokens {args.max_tokens}"))
     signing_key = load_private_key(args.signing_key)
@@ -192,7 +193,7 @@ def cmd_build(args: argparse.Namespace) -> int:
                 embedding_cache=args.embedding_cache, n_threads=args.workers, model_family=args.model_family,
                 **({"zstd_level": args.zstd_level} if args.zstd_level is not None else {}),
                 lexical_engine=args.lexical_engine, device=args.device,
-                video_params=HEVC_VIDEO_PARAMS if args.codec == "hevc" else DEFAULT_VIDEO_PARAMS)
+                video_params=_video_params(args))
         else:
             result = build_capsule(
                 args.documents, Path(args.output), signing_key=signing_key, recipients=recipients,
@@ -201,7 +202,7 @@ def cmd_build(args: argparse.Namespace) -> int:
                 rules=rules, max_tokens=args.max_tokens, overlap_tokens=args.overlap_tokens, n_trees=args.n_trees,
                 encrypt_index=not args.plain_index, seed=seed, progress=bars, embedding_cache=args.embedding_cache,
                 **({"zstd_level": args.zstd_level} if args.zstd_level is not None else {}), n_threads=args.workers, model_family=args.model_family,
-                video_params=HEVC_VIDEO_PARAMS if args.codec == "hevc" else DEFAULT_VIDEO_PARAMS, base=base,
+                video_params=_video_params(args), base=base,
                 append=append, cluster=args.cluster, lexical_engine=args.lexical_engine, device=args.device,
             )
     finally:
@@ -330,6 +331,15 @@ a failed build leaves nothing at or beside the output path.
 """
 
 
+def _video_params(args: argparse.Namespace):
+    """The ``VideoParams`` that ``--codec`` and ``--entropy-coding`` choose."""
+    from .qr_video import CAVLC_VIDEO_PARAMS, DEFAULT_VIDEO_PARAMS, HEVC_VIDEO_PARAMS
+
+    if args.codec == "hevc":
+        return HEVC_VIDEO_PARAMS
+    return CAVLC_VIDEO_PARAMS if args.entropy_coding == "cavlc" else DEFAULT_VIDEO_PARAMS
+
+
 def _add_build_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``build`` (and ``append``, whose first DOCS is the base)."""
     p.add_argument("documents", nargs="+", type=Path, help="files or folders to pack")
@@ -359,6 +369,10 @@ def _add_build_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--codec", choices=("h264", "hevc"), default="h264",
                    help="h264 (Pi 4 hardware decoder) or hevc (all-IDR HEVC Main, for the Pi 5's "
                         "HEVC decoder) (default h264)")
+    p.add_argument("--entropy-coding", choices=("cabac", "cavlc"), default="cabac",
+                   help="H.264 entropy coding (default cabac). cavlc decodes 2.3x faster per frame for about 19%% "
+                        "more video bytes (bench/QR_VIDEO.md 7): for devices where query time matters more than "
+                        "capsule size; any H.264 decoder reads it (h264 only)")
     p.add_argument("--seed", type=_hex_arg, help="hex seed for a reproducible build (default: OS randomness)")
     p.add_argument("--embedding-cache", type=Path, metavar="FILE",
                    help="SQLite file of chunk embeddings kept between builds: a rebuild embeds only new or "
