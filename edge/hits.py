@@ -214,8 +214,8 @@ class DocumentTable(Sequence[Document]):
     """
 
     __slots__ = ("n_bytes", "n_chunks", "first_chunk_ids", "_name_blob", "_name_end", "_media_blob", "_media_end",
-                 "_media_index", "_sha256", "_has_sha256", "_heading_end", "_heading_starts", "_heading_levels", "_title_blob",
-                 "_title_end", "_held")
+                 "_media_index", "_sha256", "_has_sha256", "_heading_end", "_heading_starts", "_heading_levels",
+                 "_title_blob", "_title_end", "_held")
 
     def __init__(self, documents: Sequence[Document]) -> None:
         builder = _TableBuilder(len(documents), sum(doc.n_chunks for doc in documents))
@@ -277,9 +277,6 @@ MAX_INTERNED_MEDIA_TYPES = 256
 #: Bytes of the shortest canonical DOCS entry, ``{"bytes":0,"headings":[],"media_type":"",
 #: "n_chunks":0,"name":""}``; a list of N documents is at least N times this long.
 MIN_DOCS_ENTRY_BYTES = 64
-#: Bytes of the per-document columns: n_bytes int64, n_chunks, first chunk id, name end, media
-#: type index and heading end uint32, has-digest bool, digest 32. At most one shortest entry.
-_FIXED_COLUMN_BYTES = 8 + 5 * 4 + 1 + 32
 
 
 class _TableBuilder:
@@ -379,9 +376,15 @@ DOCS_BATCH_BYTES = 32 << 10
 DOCS_TABLE_BASE_BYTES = 2 << 20
 #: Times the DOCS plaintext that ``parse_document_table`` holds at most besides one batch's
 #: parse: the plaintext itself (1x) and the columns, which the table keeps without a copy (at
-#: most 1.5x the JSON they come from: 61 bytes of per-document columns, allocated once, per
-#: entry of at least 64 bytes; 13 per heading of at least 10 bytes, 1.125x with the growing
-#: arrays' spare room; names, media types and titles their own length, 1.125x), rounded up.
+#: most 1.5x the JSON they come from):
+#:
+#: - 61 bytes of per-document columns, allocated once, per entry of at least
+#:   ``MIN_DOCS_ENTRY_BYTES``: n_bytes int64; chunk count, first chunk id, name end, media type
+#:   index and heading end uint32; has-digest bool; the 32-byte digest;
+#: - 13 bytes per heading of at least 10 bytes, 1.125x with the growing arrays' spare room;
+#: - names, media types and titles their own length, 1.125x.
+#:
+#: The factor is that sum rounded up.
 #: Measured peaks (tracemalloc, with the plaintext): SciFact's 5,183 documents 1.91x, a
 #: 97k-chunk capsule's 41,464 documents 1.52x; parsed whole, the same lists peaked at 11.4x and
 #: 8.4x.
@@ -454,8 +457,8 @@ def _batch_stop(plaintext: bytes, start: int, stop: int, end: int) -> int:
 
 def _parse_entry_batch(batch: bytes, first: int) -> list:
     """Parse whole consecutive DOCS entries ``batch`` (``entry,entry,...``: at most
-    ``DOCS_BATCH_BYTES``, or one entry of at most ``DOCS_SMALL_ENTRY_BYTES``) as one JSON array and check that the array is its own
-    canonical encoding.
+    ``DOCS_BATCH_BYTES``, or one entry of at most ``DOCS_SMALL_ENTRY_BYTES``) as one JSON array
+    and check that the array is its own canonical encoding.
 
     Equivalent to ``parse_canonical_json`` on each entry for every list ``_check_entry``
     accepts: an entry's members are its fixed ASCII names, so sorting by code point is RFC 8785's
