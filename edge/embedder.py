@@ -67,6 +67,10 @@ MAX_TOKENIZER_BYTES = 16 << 20
 REFERENCE_FILENAME = "reference_embeddings.npz"
 KNOWN_ANSWER_SENTENCES = 4
 KNOWN_ANSWER_MIN_COS = 0.98
+"""At open, the first sentences of ``reference_embeddings.npz`` must embed within this cosine of
+their fp32 vectors (measured minimum: ONNX 0.991, LiteRT 0.996). It catches an engine that loads
+a model and computes garbage: tflite-runtime 2.14 under NumPy 1.26 runs model.int8.tflite and
+returns vectors at cos 0.02 to the reference (MODEL.md)."""
 #: ``device`` names and the onnxruntime execution provider each one selects (builder only: a
 #: device's runtime embeds on its CPU). A provider ships in its own onnxruntime package
 #: (``onnxruntime-gpu`` for CUDA, ``onnxruntime-openvino``), installed in place of ``onnxruntime``.
@@ -78,10 +82,6 @@ EXECUTION_PROVIDERS = {
 }
 #: The onnxruntime package that carries each non-CPU provider.
 _PROVIDER_PACKAGES = {"cuda": "onnxruntime-gpu", "openvino": "onnxruntime-openvino", "coreml": "onnxruntime (macOS)"}
-"""At open, the first sentences of ``reference_embeddings.npz`` must embed within this cosine of
-their fp32 vectors (measured minimum: ONNX 0.991, LiteRT 0.996). It catches an engine that loads
-a model and computes garbage: tflite-runtime 2.14 under NumPy 1.26 runs model.int8.tflite and
-returns vectors at cos 0.02 to the reference (MODEL.md)."""
 SUMS_FILENAME = "SHA256SUMS"
 MAX_SUMS_BYTES = 64 << 10
 INPUT_NAMES = ("input_ids", "attention_mask")
