@@ -59,3 +59,20 @@ def test_the_embedding_cache_keeps_another_device_s_vectors_apart(tmp_path):
     again = EmbeddingCache(tmp_path / "cache.sqlite", model, dim)
     assert np.array_equal(again.get_many(texts)[0], vectors[0])  # and the CPU's is still its own
     again.close()
+
+
+def test_a_cluster_worker_kept_from_a_cpu_build_opens_the_model_again_for_another_device(monkeypatch):
+    # Dask workers outlive a build: one that embedded on the CPU must not serve a build on
+    # another device with its CPU session (it tries the device, which is missing here).
+    from edge.embedder import QueryEmbedder, find_model_dir
+    from firmware_tools import embedding
+
+    device = absent_onnx_device()
+    monkeypatch.setattr(embedding, "_worker_embedder", None)  # this process's state is put back after
+    monkeypatch.setattr(embedding, "_worker_device", "cpu")
+    model_dir = find_model_dir()
+    sha256 = QueryEmbedder.open(model_dir).sha256
+    vectors = embedding._embed_on_cluster(str(model_dir), "onnx", sha256, ["reset the encoder"])
+    assert vectors.shape == (1, 384)
+    with pytest.raises(ModelError, match=f"device '{device}' needs"):
+        embedding._embed_on_cluster(str(model_dir), "onnx", sha256, ["reset the encoder"], device)
