@@ -205,13 +205,13 @@ def test_the_program_exits_at_once_with_all_its_output_written(tiny_capsule, tmp
     # edge.cli.run ends the process with os._exit after main: what main printed must all be out,
     # through a pipe (more than its 64 KiB buffer) and into a file (block-buffered), and the exit
     # code must be main's.
-    queries = b"".join(b"What is Python? %d\n" % i for i in range(60))
+    queries = b"".join(b"What is Python? %d\n" % i for i in range(25))  # ~9 kB of JSON each
     argv = ["search", str(tiny_capsule.path), "-", "-k", "10", "--json", *_keys(tiny_capsule)]
     buffered = {"PYTHONUNBUFFERED": ""}  # as on a device: stdout block-buffered into a pipe or file
     piped = _child(argv, stdin=queries, env=buffered)
     assert piped.returncode == 0, piped.stderr
     lines = [json.loads(line) for line in piped.stdout.splitlines()]
-    assert [line["line"] for line in lines] == list(range(1, 61)) and len(piped.stdout) > 64 * 1024
+    assert [line["line"] for line in lines] == list(range(1, 26)) and len(piped.stdout) > 64 * 1024
     with open(tmp_path / "out.jsonl", "wb") as out:
         to_file = _child(argv, stdin=queries, stdout=out, stderr=subprocess.PIPE, env=buffered)
     assert to_file.returncode == 0 and (tmp_path / "out.jsonl").read_bytes() == piped.stdout
