@@ -317,7 +317,8 @@ class _OnnxEngine:
                  device: str = "cpu") -> None:
         import onnxruntime as ort
 
-        provider = check_device(device)
+        provider = EXECUTION_PROVIDERS[device]  # checked by QueryEmbedder.open (check_device)
+        self.device = device
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = n_threads
@@ -389,6 +390,7 @@ class _LiteRtEngine:
     """
 
     family = "tflite"
+    device = "cpu"
 
     def __init__(self, load_path: str, model_path: Path, n_threads: int) -> None:
         interpreter_class, name = _import_litert_interpreter()
@@ -684,6 +686,11 @@ class QueryEmbedder:
     def engine(self) -> str:
         """Inference engine and version, e.g. ``"ai-edge-litert 2.3.0"``."""
         return self._engine.name
+
+    @property
+    def device(self) -> str:
+        """Where the engine runs the model: a key of ``EXECUTION_PROVIDERS`` (``"cpu"``...)."""
+        return self._engine.device
 
     @property
     def n_threads(self) -> int:

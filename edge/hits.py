@@ -16,7 +16,7 @@ import re
 import sys
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -424,10 +424,7 @@ def parse_document_table(plaintext: bytes, *, n_documents: int, n_chunks: int,
         stop = end if cut < 0 else cut + 1
         if stop - start > DOCS_SMALL_ENTRY_BYTES:  # one large entry, parsed on its own reservation
             entry = plaintext[start:stop]
-            if reserve_entry is not None:
-                with reserve_entry(JSON_PARSE_PEAK_FACTOR * len(entry)):
-                    items = [parse_canonical_json(entry, what=f"document {n} entry")]
-            else:
+            with reserve_entry(JSON_PARSE_PEAK_FACTOR * len(entry)) if reserve_entry else nullcontext():
                 items = [parse_canonical_json(entry, what=f"document {n} entry")]
             del entry
         else:

@@ -47,7 +47,6 @@ TASK_TEXTS = 32
 MIN_TEXTS_FOR_POOL = 128
 
 _worker_embedder: QueryEmbedder | None = None
-_worker_device = "cpu"  # the device _worker_embedder runs on (Dask workers outlive a build)
 
 
 def _init_worker(model_dir: str, family: str = "onnx", device: str = "cpu") -> None:
@@ -64,12 +63,11 @@ def _embed_on_cluster(model_dir: str, family: str, model_sha256: str, texts: lis
     """One embedding task on a Dask worker: the model opens once per worker process and build
     device, and only if its digest is the coordinator's (vectors from another model would be
     silently wrong; a worker kept from an earlier build on another device opens it again)."""
-    global _worker_embedder, _worker_device
-    if _worker_embedder is None or _worker_embedder.sha256 != model_sha256 or _worker_device != device:
+    global _worker_embedder
+    if _worker_embedder is None or _worker_embedder.sha256 != model_sha256 or _worker_embedder.device != device:
         _undo_dask_malloc_thresholds()
         _worker_embedder = QueryEmbedder.open(Path(model_dir), family=family, n_threads=1,
                                               expected_sha256=model_sha256, device=device)
-        _worker_device = device
     return _worker_embedder.embed(texts)
 
 

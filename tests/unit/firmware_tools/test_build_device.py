@@ -69,7 +69,6 @@ def test_a_cluster_worker_kept_from_a_cpu_build_opens_the_model_again_for_anothe
 
     device = absent_onnx_device()
     monkeypatch.setattr(embedding, "_worker_embedder", None)  # this process's state is put back after
-    monkeypatch.setattr(embedding, "_worker_device", "cpu")
     model_dir = find_model_dir()
     sha256 = QueryEmbedder.open(model_dir).sha256
     vectors = embedding._embed_on_cluster(str(model_dir), "onnx", sha256, ["reset the encoder"])
