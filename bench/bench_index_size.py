@@ -14,10 +14,13 @@ search_k / n_candidates at their defaults) a SciFact capsule is built with
 Builds use an embedding cache (no chunk is embedded when it already holds SciFact) and a fixed
 seed; keys are generated fresh per run (they change no byte count).
 
+``--grid codes`` compares the ``binary-codes`` index (FORMAT.md §4.4.1: bits per code, refine_dim,
+n_candidates) with Annoy's default row, in one run.
+
 Usage::
 
     python bench/bench_index_size.py --docs DIR_OF_SCIFACT_TXT --cache EMBEDDINGS.sqlite \
-        [--scifact ../shared/data/scifact] [--out bench/results/index-size.json]
+        [--scifact ../shared/data/scifact] [--out bench/results/index-size.json] [--grid annoy|codes]
 
 Not a test: figures depend on the machine; the JSON records which one. Nothing is asserted.
 """
@@ -45,13 +48,23 @@ from bench_scifact import NOW, machine, ndcg_at_10, percentile, recall_at_10  # 
 MODES = ("dense", "hybrid")
 
 
-def grid() -> list[dict]:
+def grid(kind: str = "annoy") -> list[dict]:
     from firmware_tools.build import DEFAULT_ANN_DIM, DEFAULT_REFINE_DIM, DEFAULT_TREES_PROJECTED
-    rows = [{"ann_dim": DEFAULT_ANN_DIM, "refine_dim": DEFAULT_REFINE_DIM, "n_trees": DEFAULT_TREES_PROJECTED}]
+    from firmware_tools.index_builder import DEFAULT_CODE_BITS, DEFAULT_N_CANDIDATES_CODES
+    annoy_default = {"index_format": "annoy", "ann_dim": DEFAULT_ANN_DIM, "refine_dim": DEFAULT_REFINE_DIM,
+                     "n_trees": DEFAULT_TREES_PROJECTED}
+    if kind == "codes":
+        codes = [{"index_format": "binary-codes", "ann_dim": DEFAULT_CODE_BITS, "refine_dim": DEFAULT_REFINE_DIM,
+                  "n_candidates": DEFAULT_N_CANDIDATES_CODES}]
+        for bits, refine_dim, n_candidates in ((128, 256, 200), (256, 256, 400), (128, 192, 400)):
+            codes.append({"index_format": "binary-codes", "ann_dim": bits, "refine_dim": refine_dim,
+                          "n_candidates": n_candidates})
+        return [annoy_default, *codes]
+    rows = [annoy_default]
     for n_trees in (8, 4):
         for refine_dim in (256, 192, 128):
-            rows.append({"ann_dim": 64, "refine_dim": refine_dim, "n_trees": n_trees})
-    rows.append({"ann_dim": 48, "refine_dim": 256, "n_trees": 8})
+            rows.append({"index_format": "annoy", "ann_dim": 64, "refine_dim": refine_dim, "n_trees": n_trees})
+    rows.append({"index_format": "annoy", "ann_dim": 48, "refine_dim": 256, "n_trees": 8})
     out: list[dict] = []
     for r in rows:
         if r not in out:
@@ -104,6 +117,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "index-size.json")
     parser.add_argument("--n-threads", type=int, default=2)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--grid", choices=("annoy", "codes"), default="annoy",
+                        help="annoy: Annoy parameters; codes: binary-codes settings against Annoy's default")
     args = parser.parse_args(argv)
 
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -135,15 +150,17 @@ def main(argv=None) -> int:
         "rows": [],
     }
     t_all = time.perf_counter()
-    for p in grid():
-        tag = f"a{p['ann_dim']}-r{p['refine_dim']}-t{p['n_trees']}"
+    for p in grid(args.grid):
+        tag = (f"a{p['ann_dim']}-r{p['refine_dim']}-t{p['n_trees']}" if p["index_format"] == "annoy"
+               else f"b{p['ann_dim']}-r{p['refine_dim']}-c{p['n_candidates']}")
         path = work / f"{tag}.capsule"
         t = time.perf_counter()
         built = fb.build_capsule([args.docs], path, signing_key=publisher, recipients=[device.public_key()],
                                  issued_at=NOW - timedelta(days=1), expires_at=NOW + timedelta(days=365),
                                  seed=b"bench", n_threads=args.n_threads, embedding_cache=args.cache,
-                                 projection=True, ann_dim=p["ann_dim"], refine_dim=p["refine_dim"],
-                                 n_trees=p["n_trees"])
+                                 projection=True, index_format=p["index_format"], ann_dim=p["ann_dim"],
+                                 refine_dim=p["refine_dim"], n_trees=p.get("n_trees"),
+                                 n_candidates=p.get("n_candidates"))
         build_s = time.perf_counter() - t
         sec = dict(built.section_bytes)
         raw = built.raw_text_bytes

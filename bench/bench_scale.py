@@ -409,7 +409,7 @@ def cmd_index1m(work: Path, n_items: int = 1_000_000, sigma: float = 0.02) -> No
         built = build_index(vectors, n_trees=8, seed=1, work_dir=folder, ann_dim=64, refine_dim=256)
         build_s = time.perf_counter() - t
         (folder / "projection.bin").write_bytes(built.projection_bytes)
-        os.replace(built.annoy_path, folder / "index.annoy")
+        os.replace(built.index_path, folder / "index.annoy")
         os.replace(built.vecs_path, folder / "vecs.int8")
         (folder / "vectors.npy").unlink()
         (folder / "meta.json").write_text(json.dumps({"n_items": n_items, "ann_dim": 64, "refine_dim": 256,

@@ -60,7 +60,7 @@ from .container import ContainerFile
 from .embedder import QueryEmbedder, check_engine, find_model_dir
 from .errors import BudgetExceededError, CapsuleError, CapsuleFormatError, DeltaBaseError, IntegrityError, ModelError
 from .frames import FrameReader
-from .index import Projection, VectorIndex
+from .index import BinaryCodeIndex, Projection, VectorIndex
 from .lexical import LexicalEngine, lexical_loading_bytes, lexical_plan_bytes, open_lexical_index
 from .lexical_tantivy import TANTIVY_OVERHEAD_BYTES
 from .keys import Identity, Passphrase
@@ -133,6 +133,11 @@ def memory_plan(manifest: Manifest, *, section_lengths: dict[str, int], frame_ca
     else:
         index_bytes = stream_plaintext_bytes(section_lengths["INDX"])
         vecs_bytes = info.vecs_plaintext_bytes
+    if info.format == "binary-codes":
+        # the codes are mapped in place like VECS (never a file of their own); the scan's scratch always
+        codes_in_memory = info.encryption != "none" or not index_from_file
+        scratch = BinaryCodeIndex.SCRATCH_BYTES_PER_ITEM * info.n_items
+        index_bytes, index_from_file = scratch + (info.codes_plaintext_bytes if codes_in_memory else 0), False
     projection = info.projection
     dim_out = projection.dim_out if projection else 0
     plan = {
@@ -547,7 +552,7 @@ def _read_dictionary(section: bytes, keys: ContentKeys, manifest: Manifest):
 
 
 def _open_index(cf: ContainerFile, keys: ContentKeys, manifest: Manifest, proj_section: bytes,
-                index_path: Path | None) -> VectorIndex:
+                index_path: Path | None) -> VectorIndex | BinaryCodeIndex:
     """Decrypt PROJ, VECS and INDX (lengths checked before anything is allocated); load the index.
 
     The bytes are already reserved by ``open_capsule``'s plan, so the index reserves nothing.
@@ -564,6 +569,8 @@ def _open_index(cf: ContainerFile, keys: ContentKeys, manifest: Manifest, proj_s
     projection = Projection.from_bytes(open_stream(keys.section("PROJ"), proj_section), info=info)
     vecs_length = cf.sections["VECS"].length
     index_length = cf.sections["INDX"].length
+    if info.format == "binary-codes":
+        return _open_binary_codes(cf, keys, manifest, projection, index_path)
     if info.encryption == "none":
         if vecs_length != info.vecs_plaintext_bytes:
             raise CapsuleFormatError(f"re-ranking vectors are {vecs_length} bytes, "
@@ -595,6 +602,38 @@ def _open_index(cf: ContainerFile, keys: ContentKeys, manifest: Manifest, proj_s
                                      projection=projection, **vecs)
 
 
+def _open_binary_codes(cf: ContainerFile, keys: ContentKeys, manifest: Manifest, projection: Projection,
+                       index_path: Path | None) -> BinaryCodeIndex:
+    """Load a ``binary-codes`` index (FORMAT.md §4.4.1): lengths checked before anything is allocated;
+    unencrypted codes and rows are mapped in place from a store object, else copied while hashed."""
+    info = manifest.index
+    if cf.header.format_minor != fmt.BINARY_CODES_FORMAT_MINOR:
+        raise CapsuleFormatError(f"a binary-codes index belongs in format {fmt.FORMAT_MAJOR}."
+                                 f"{fmt.BINARY_CODES_FORMAT_MINOR}, this capsule is {fmt.FORMAT_MAJOR}."
+                                 f"{cf.header.format_minor}")
+    if index_path is not None:
+        raise IntegrityError(f"index file {index_path} was given for a capsule whose index is binary codes "
+                             "(a file planted beside it?); refusing both")
+    unreserved = MemoryBudget(None)
+    encrypted = info.encryption != "none"
+    lengths = {tag: cf.sections[tag].length for tag in ("VECS", "INDX")}
+    for tag, wanted, what in (("VECS", info.vecs_plaintext_bytes, "re-ranking vectors"),
+                              ("INDX", info.codes_plaintext_bytes, "binary codes")):
+        held = stream_plaintext_bytes(lengths[tag]) if encrypted else lengths[tag]
+        if held != wanted:
+            raise CapsuleFormatError(f"{what} are {held} bytes, manifest needs {wanted}")
+    if encrypted:
+        return BinaryCodeIndex.from_segments(
+            iter_open_stream(keys.section("INDX"), cf.section("INDX")), info=info, budget=unreserved,
+            projection=projection, vecs_segments=iter_open_stream(keys.section("VECS"), cf.section("VECS")))
+    if cf.is_mapped:
+        return BinaryCodeIndex.from_segments(None, codes_view=cf.mapped_section("INDX"), info=info,
+                                             budget=unreserved, projection=projection,
+                                             vecs_view=cf.mapped_section("VECS"))
+    return BinaryCodeIndex.from_segments(_hashed_blocks(cf, manifest, "INDX"), info=info, budget=unreserved,
+                                         projection=projection, vecs_segments=_hashed_blocks(cf, manifest, "VECS"))
+
+
 def _lexi_plaintext_bytes(section_length: int, encryption: str) -> int:
     """The LEXI section's plaintext length: the section itself, or what its STREAM holds."""
     return section_length if encryption == "none" else stream_plaintext_bytes(section_length)
@@ -621,9 +660,13 @@ def _open_lexical(cf: ContainerFile, keys: ContentKeys, manifest: Manifest,
         if encrypted:
             open_stream(keys.section("LEXI"), cf.section("LEXI"))  # authenticate the empty section
         return None
-    wanted_minor = fmt.FTS5_FORMAT_MINOR if info.format == "sqlite-fts5" else fmt.FORMAT_MINOR
+    try:
+        wanted_minor = fmt.format_minor_for(manifest.index.format, info.format)
+    except ValueError as exc:
+        raise CapsuleFormatError(str(exc)) from None
     if cf.header.format_minor != wanted_minor:
-        raise CapsuleFormatError(f"a {info.format} lexical index belongs in format {fmt.FORMAT_MAJOR}.{wanted_minor}, "
+        what = "binary-codes index" if manifest.index.format == "binary-codes" else f"{info.format} lexical index"
+        raise CapsuleFormatError(f"a {what} belongs in format {fmt.FORMAT_MAJOR}.{wanted_minor}, "
                                  f"this capsule is {fmt.FORMAT_MAJOR}.{cf.header.format_minor}")
     if extracted is not None:
         from .lexical_tantivy import TantivyLexicalIndex

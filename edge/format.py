@@ -25,15 +25,36 @@ from .errors import CapsuleFormatError, IntegrityError
 
 MAGIC = b"\x89ECP\r\n\x1a\n"
 FORMAT_MAJOR = 1
-#: The newest minor version this runtime reads and the builder writes (1.2: the lexical index may
-#: be ``tantivy-7``, FORMAT.md §5.6).
-FORMAT_MINOR = 2
+#: The newest minor version this runtime reads (1.3: the dense index may be ``binary-codes``,
+#: FORMAT.md §4.4.1). A writer gives each capsule the minor version of what it holds
+#: (``format_minor_for``), so an older runtime reads every capsule that needs nothing newer.
+FORMAT_MINOR = 3
+#: The minor version of a capsule with an Annoy index and a ``tantivy-7`` lexical index (1.2).
+TANTIVY_FORMAT_MINOR = 2
+#: The minor version of a capsule whose dense index is ``binary-codes`` (1.3).
+BINARY_CODES_FORMAT_MINOR = 3
 #: The oldest minor version this runtime reads (1.1: the first with a lexical index).
 OLDEST_FORMAT_MINOR = 1
 #: The minor version a capsule whose lexical index is ``sqlite-fts5`` is written as, so that
 #: runtimes of 1.1 still read it.
 FTS5_FORMAT_MINOR = 1
 HEADER_BYTES = 64
+
+
+def format_minor_for(index_format: str, lexical_format: str | None) -> int:
+    """The header minor version a capsule with these index formats carries (FORMAT.md §1).
+
+    ``binary-codes`` (any lexical format but ``sqlite-fts5``): 3; ``sqlite-fts5``: 1; otherwise 2.
+
+    Raises:
+        ValueError: ``binary-codes`` with ``sqlite-fts5``: 1.1 readers cannot read the index and
+            1.3 capsules carry ``tantivy-7`` (a writer never makes one; a reader refuses it).
+    """
+    if index_format == "binary-codes":
+        if lexical_format == "sqlite-fts5":
+            raise ValueError("a binary-codes index goes with the tantivy-7 lexical index, not sqlite-fts5")
+        return BINARY_CODES_FORMAT_MINOR
+    return FTS5_FORMAT_MINOR if lexical_format == "sqlite-fts5" else TANTIVY_FORMAT_MINOR
 SECTION_ENTRY_BYTES = 32
 MAX_SECTIONS = 16
 

@@ -287,6 +287,232 @@ class Projection:
         return np.einsum("ij,j->i", self.axes, np.asarray(vector, dtype=np.float32) - self.mean)
 
 
+def rerank(ids: np.ndarray, vecs: np.ndarray, scale: np.ndarray, z: np.ndarray, k: int
+           ) -> tuple[list[int], list[float]]:
+    """Score candidates by cosine with their dequantised VECS rows; return the ``k`` best.
+
+    Args:
+        ids: int64 [n_candidates], chunk ids (each ``< len(vecs)``).
+        vecs: int8 [n_items, dim_out], the VECS rows.
+        scale: float32 [dim_out], the dequantisation steps (PROJ ``scale``).
+        z: float32 [dim_out], the projected query.
+        k: results wanted.
+
+    Returns:
+        ``(ids, scores)``: at most ``k``, cosine descending, ties by chunk id ascending
+        (FORMAT.md §4.4, "With projection").
+    """
+    rows = vecs[ids].astype(np.float32) * scale
+    norms = np.sqrt(np.einsum("ij,ij->i", rows, rows)) * max(float(np.sqrt(np.einsum("i,i->", z, z))), 1e-12)
+    scores = np.divide(np.einsum("ij,j->i", rows, z), norms, out=np.zeros(len(ids), dtype=np.float32),
+                       where=norms > 0)
+    order = np.lexsort((ids, -scores))[:k]
+    return [int(i) for i in ids[order]], [float(s) for s in scores[order]]
+
+
+def _load_vecs(info: IndexInfo, vecs_segments: Iterable[bytes] | None, vecs_view: memoryview | None
+               ) -> np.ndarray | None:
+    """The VECS rows, int8 [n_items, dim_out]: ``vecs_view`` in place, or ``vecs_segments`` copied
+    into anonymous memory (the caller has reserved ``info.vecs_plaintext_bytes``).
+
+    Raises:
+        CapsuleFormatError: the rows are not exactly ``info.vecs_plaintext_bytes`` bytes.
+    """
+    vecs_bytes = info.vecs_plaintext_bytes
+    if vecs_view is not None:
+        if len(vecs_view) != vecs_bytes:
+            raise CapsuleFormatError(f"re-ranking vectors are {len(vecs_view)} bytes, manifest needs {vecs_bytes}")
+        vecs = np.frombuffer(vecs_view, dtype=np.int8)
+    elif vecs_segments is not None:
+        vecs = _read_exactly(vecs_segments, vecs_bytes, np.int8, what="re-ranking vectors")
+    else:
+        return None
+    return vecs.reshape(info.n_items, info.projection.dim_out)
+
+
+def _read_exactly(segments: Iterable[bytes], n_bytes: int, dtype, *, what: str) -> np.ndarray:
+    """Copy ``segments`` into a new array of exactly ``n_bytes`` bytes; refuse more or fewer."""
+    out = np.empty(n_bytes, dtype=np.uint8)
+    filled = 0
+    for piece in segments:
+        if filled + len(piece) > n_bytes:
+            raise CapsuleFormatError(f"{what} exceed the {n_bytes} bytes the manifest gives")
+        out[filled:filled + len(piece)] = np.frombuffer(piece, dtype=np.uint8)
+        filled += len(piece)
+    if filled != n_bytes:
+        raise CapsuleFormatError(f"{what} are {filled} bytes, manifest needs {n_bytes}")
+    return out.view(dtype)
+
+
+def binary_codes(rows: np.ndarray, n_bits: int) -> np.ndarray:
+    """Return the binary codes of projected rows: uint64 [n, n_bits / 64], little-endian words.
+
+    Bit ``b`` (least significant first) of word ``w`` is 1 exactly when coordinate ``64 w + b``
+    of the row is > 0 (FORMAT.md §4.4.1). Used by the writer on the int8 VECS rows and by the
+    reader on the projected query, so both sides take signs the same way.
+
+    Args:
+        rows: [n, >= n_bits] (any real dtype), or [>= n_bits] for one row.
+        n_bits: a positive multiple of 64.
+    """
+    if n_bits <= 0 or n_bits % 64:
+        raise ValueError(f"binary codes are whole 64-bit words, not {n_bits} bits")
+    signs = np.asarray(rows)[..., :n_bits] > 0
+    return np.packbits(signs, axis=-1, bitorder="little").view("<u8")
+
+
+class BinaryCodeIndex:
+    """A ``binary-codes`` index: an exhaustive Hamming scan proposes candidates, VECS re-ranks them.
+
+    The codes are the sign bits of each chunk's first ``info.dim`` projected coordinates,
+    stored word-major (FORMAT.md §4.4.1), so the scan streams ``n_items * dim / 8`` bytes in
+    order: 0.4 ms for 100,000 chunks of 128 bits here (AMD EPYC, one thread), against ~1 ms for
+    Annoy's random node reads, and nothing but NumPy arithmetic ever touches the bytes. The
+    ``n_candidates`` nearest in Hamming distance (ties: lower chunk id) are re-ranked by their int8
+    rows as with Annoy (``rerank``). Study and figures: ``bench/INDEX_SIZE.md``.
+
+    Create with ``from_segments``. ``search`` is safe from several threads: the scan's scratch
+    arrays (``10 * n_items`` bytes, planned as part of the index) are used under a lock.
+    """
+
+    #: Scratch bytes per item: one uint64 word, two uint8 distances (``from_segments`` plans them).
+    SCRATCH_BYTES_PER_ITEM = 10
+
+    def __init__(self, codes: np.ndarray, info: IndexInfo, budget: MemoryBudget, projection: Projection,
+                 vecs: np.ndarray, reserved: dict[str, int], file_backed: bool) -> None:
+        import threading
+
+        self._codes = codes  # uint64 [n_words, n_items]
+        self.info = info
+        self.n_bytes = info.codes_plaintext_bytes
+        self._budget = budget
+        self.projection = projection
+        self._vecs = vecs
+        self._reserved = reserved
+        self.file_backed = file_backed
+        self._word = np.empty(info.n_items, dtype=np.uint64)
+        self._distance = np.empty(info.n_items, dtype=np.uint8)
+        self._word_distance = np.empty(info.n_items, dtype=np.uint8)
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @classmethod
+    def from_segments(cls, segments: Iterable[bytes] | None, *, info: IndexInfo, budget: MemoryBudget,
+                      projection: Projection, vecs_segments: Iterable[bytes] | None = None,
+                      vecs_view: memoryview | None = None, codes_view: memoryview | None = None,
+                      name_prefix: str = "") -> "BinaryCodeIndex":
+        """Load verified codes and VECS rows.
+
+        Args:
+            segments: the INDX plaintext in pieces, ``info.codes_plaintext_bytes`` in all, copied
+                into anonymous memory after it is reserved as ``index``; or ``None`` with
+                ``codes_view``.
+            codes_view: instead, the unencrypted INDX section itself, used in place (file-backed,
+                not reserved); 8-byte aligned.
+            vecs_segments, vecs_view: the VECS rows, as for ``VectorIndex.from_segments``.
+            info, budget, projection, name_prefix: as for ``VectorIndex.from_segments``.
+
+        Raises:
+            CapsuleFormatError: the codes or rows are not exactly the manifest's length.
+            BudgetExceededError: they do not fit the budget.
+        """
+        if info.format != "binary-codes" or info.projection is None or projection is None:
+            raise ValueError("a binary-codes index needs its manifest's projection")
+        if (segments is None) == (codes_view is None) or (vecs_segments is None) == (vecs_view is None):
+            raise ValueError("give the codes as segments or a view, and the rows as segments or a view")
+        codes_bytes = info.codes_plaintext_bytes
+        if codes_view is not None and len(codes_view) != codes_bytes:
+            raise CapsuleFormatError(f"binary codes are {len(codes_view)} bytes, manifest needs {codes_bytes}")
+        scratch = cls.SCRATCH_BYTES_PER_ITEM * info.n_items
+        reserved = {f"{name_prefix}index": scratch + (codes_bytes if codes_view is None else 0),
+                    f"{name_prefix}projection": projection.n_bytes}
+        if vecs_segments is not None:
+            reserved[f"{name_prefix}vecs"] = info.vecs_plaintext_bytes
+        budget.acquire_all(reserved, what=f"{name_prefix or 'capsule '}index")
+        try:
+            vecs = _load_vecs(info, vecs_segments, vecs_view)
+            if codes_view is not None:
+                codes = np.frombuffer(codes_view, dtype="<u8")
+            else:
+                codes = _read_exactly(segments, codes_bytes, "<u8", what="binary codes")
+            codes = codes.reshape(info.dim // 64, info.n_items)
+        except BaseException:
+            for name, size in reserved.items():
+                budget.release(name, size)
+            raise
+        log.debug("binary codes loaded: %d items, %d bits, %s", info.n_items, info.dim,
+                  "mapped" if codes_view is not None else "in memory")
+        return cls(codes, info, budget, projection, vecs, reserved, file_backed=codes_view is not None)
+
+    def candidates(self, z: np.ndarray, n: int) -> np.ndarray:
+        """The ``n`` chunk ids nearest to the projected query ``z`` in Hamming distance.
+
+        Args:
+            z: float32 [dim_out], the projected query.
+            n: 1..n_items.
+
+        Returns:
+            int64 [n], in no particular order: every id whose distance is below the ``n``-th
+            smallest, then the lowest ids at that distance. Integer arithmetic only, so the
+            same on every CPU.
+        """
+        query = binary_codes(z, self.info.dim)
+        with self._lock:
+            if self._closed:
+                raise ValueError("the index is closed")
+            word, distance, word_distance = self._word, self._distance, self._word_distance
+            for w in range(self._codes.shape[0]):
+                np.bitwise_xor(self._codes[w], query[w], out=word)
+                np.bitwise_count(word, out=word_distance if w else distance)
+                if w:
+                    distance += word_distance
+            histogram = np.bincount(distance, minlength=self.info.dim + 1)
+            cutoff = int(np.searchsorted(np.cumsum(histogram), n))  # smallest d with count(<= d) >= n
+            below = np.flatnonzero(distance < cutoff)
+            at_cutoff = np.flatnonzero(distance == cutoff)[: n - len(below)]
+        return np.concatenate([below, at_cutoff]).astype(np.int64, copy=False)
+
+    def search(self, embedding: np.ndarray, k: int, *, search_k: int = -1) -> tuple[list[int], list[float]]:
+        """Return the ``k`` best chunk ids and their cosine similarities, best first.
+
+        As ``VectorIndex.search``; ``search_k`` (Annoy's) is ignored: the scan sees every code.
+        """
+        if k < 1:
+            raise ValueError("k must be >= 1")
+        if embedding.shape != (self.info.projection.dim_in,):
+            raise ValueError(f"query embedding has shape {embedding.shape}, expected ({self.info.projection.dim_in},)")
+        if not np.isfinite(embedding).all():
+            raise ValueError("query embedding holds non-finite values")
+        z = self.projection.project_query(embedding)
+        ids = self.candidates(z, min(max(self.info.n_candidates, k), self.info.n_items))
+        return rerank(ids, self._vecs, self.projection.scale, z, k)
+
+    def score_items(self, embedding: np.ndarray, chunk_ids: list[int], k: int) -> tuple[list[int], list[float]]:
+        """Score ``chunk_ids`` exhaustively against a query; return the ``k`` best, as ``search``."""
+        if not chunk_ids:
+            return [], []
+        ids = np.asarray(chunk_ids, dtype=np.int64)
+        if ids.min() < 0 or ids.max() >= self.info.n_items:
+            raise ValueError(f"chunk ids must be in 0..{self.info.n_items - 1}")
+        return rerank(ids, self._vecs, self.projection.scale, self.projection.project_query(embedding), k)
+
+    def item_vector(self, chunk_id: int) -> np.ndarray:
+        """Return chunk ``chunk_id``'s dequantised VECS row, float32 [dim_out]."""
+        if not 0 <= chunk_id < self.info.n_items:
+            raise ValueError(f"chunk id {chunk_id} is not in 0..{self.info.n_items - 1}")
+        return self._vecs[chunk_id].astype(np.float32) * self.projection.scale
+
+    def close(self) -> None:
+        """Drop the codes and rows and free their budget reservations."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._codes = self._vecs = None
+            for name, size in self._reserved.items():
+                self._budget.release(name, size)
+
+
 class VectorIndex:
     """Annoy index in a memfd, optional projection and int8 re-ranking vectors.
 
@@ -366,20 +592,7 @@ class VectorIndex:
         try:
             budget.acquire_all(reserved, what=f"{name_prefix or 'capsule '}index")
             acquired = list(reserved.items())
-            if vecs_view is not None:
-                vecs = np.frombuffer(vecs_view, dtype=np.int8)
-            elif vecs_segments is not None:
-                vecs = np.empty(vecs_bytes, dtype=np.int8)
-                filled = 0
-                for piece in vecs_segments:
-                    if filled + len(piece) > vecs_bytes:
-                        raise CapsuleFormatError(f"re-ranking vectors exceed the {vecs_bytes} bytes the manifest gives")
-                    vecs[filled:filled + len(piece)] = np.frombuffer(piece, dtype=np.int8)
-                    filled += len(piece)
-                if filled != vecs_bytes:
-                    raise CapsuleFormatError(f"re-ranking vectors are {filled} bytes, manifest needs {vecs_bytes}")
-            if vecs is not None:
-                vecs = vecs.reshape(info.n_items, info.projection.dim_out)
+            vecs = _load_vecs(info, vecs_segments, vecs_view)
             if index_path is not None:
                 fd = os.open(index_path, os.O_RDONLY | os.O_CLOEXEC)
             else:
@@ -434,13 +647,7 @@ class VectorIndex:
         candidates, _ = self._annoy_search(z[: self.info.dim], max(self.info.n_candidates, k), search_k)
         if not candidates:
             return [], []
-        ids = np.asarray(candidates, dtype=np.int64)
-        rows = self._vecs[ids].astype(np.float32) * self.projection.scale
-        norms = np.sqrt(np.einsum("ij,ij->i", rows, rows)) * max(float(np.sqrt(np.einsum("i,i->", z, z))), 1e-12)
-        scores = np.divide(np.einsum("ij,j->i", rows, z), norms, out=np.zeros(len(ids), dtype=np.float32),
-                           where=norms > 0)
-        order = np.lexsort((ids, -scores))[:k]
-        return [int(i) for i in ids[order]], [float(s) for s in scores[order]]
+        return rerank(np.asarray(candidates, dtype=np.int64), self._vecs, self.projection.scale, z, k)
 
     def _annoy_search(self, vector: np.ndarray, n: int, search_k: int) -> tuple[list[int], list[float]]:
         """Annoy's ``n`` nearest ids and distances; ``n`` and ``search_k`` capped to a C int,

@@ -49,6 +49,8 @@ MAX_SEARCH_K = (1 << 31) - 1
 #: Largest ``n_chunks`` / ``index.n_items``: Annoy item ids and node counts are int32
 #: (annoylib.h ``AnnoyIndex<int32_t, float, ...>``), and ids index the frame table.
 MAX_ITEMS = (1 << 31) - 1
+#: Largest ``binary-codes`` INDX plaintext: 4 GiB (16 million 2,048-bit codes; 268 million at 128 bits).
+MAX_CODES_BYTES = 4 << 30
 #: Largest LEXI plaintext (an SQLite database, or a tantivy archive once inflated), bytes.
 MAX_LEXICAL_PLAINTEXT_BYTES = 4 << 30
 #: The lexical index formats (manifest ``lexical.format``) and the normaliser each one uses.
@@ -290,14 +292,22 @@ class ProjectionInfo:
         return 4 * self.dim_in + 2 * self.dim_out * self.dim_in + 4 * self.dim_out
 
 
+#: ``index.format`` values: an Annoy forest (§4.4), or binary codes scanned exhaustively (§4.4.1).
+INDEX_FORMATS = ("annoy", "binary-codes")
+
+
 @dataclass(frozen=True)
 class IndexInfo:
-    """Annoy index parameters (FORMAT.md §4.4).
+    """The dense index's parameters (FORMAT.md §4.4).
 
     Attributes:
-        dim: Annoy item dimension (``model.dim``, or the first ``dim`` projected coordinates).
-        n_candidates: Annoy candidates re-ranked per query when ``projection`` is set.
-        projection: ``None``, or the PCA projection with int8 re-ranking vectors.
+        dim: Annoy item dimension (``model.dim``, or the first ``dim`` projected coordinates);
+            for ``binary-codes``, the bits per code (a multiple of 64, at most ``dim_out``).
+        n_trees, seed, search_k: Annoy's; 0 for ``binary-codes``.
+        n_candidates: candidates re-ranked per query when ``projection`` is set.
+        projection: ``None``, or the PCA projection with int8 re-ranking vectors (required for
+            ``binary-codes``).
+        format: ``"annoy"`` or ``"binary-codes"`` (FORMAT.md §4.4.1).
     """
 
     dim: int
@@ -309,11 +319,17 @@ class IndexInfo:
     n_candidates: int
     projection: ProjectionInfo | None
     encryption: str
+    format: str = "annoy"
 
     @property
     def node_bytes(self) -> int:
         """Bytes per Annoy node for the angular metric: 12 + 4 * dim."""
         return 12 + 4 * self.dim
+
+    @property
+    def codes_plaintext_bytes(self) -> int:
+        """Exact INDX plaintext length of a ``binary-codes`` index: ``n_items * dim / 8``."""
+        return self.n_items * self.dim // 8
 
     @property
     def vecs_plaintext_bytes(self) -> int:
@@ -541,9 +557,11 @@ class Manifest:
                       "pooling": self.model.pooling, "normalization": self.model.normalization,
                       "max_tokens": self.model.max_tokens},
             "chunking": {"max_tokens": self.chunk_max_tokens, "overlap_tokens": self.chunk_overlap_tokens},
-            "index": {"format": "annoy", "dim": self.index.dim, "metric": self.index.metric,
-                      "n_items": self.index.n_items, "n_trees": self.index.n_trees, "seed": self.index.seed,
-                      "search_k": self.index.search_k, "n_candidates": self.index.n_candidates,
+            "index": {"format": self.index.format, "dim": self.index.dim, "metric": self.index.metric,
+                      "n_items": self.index.n_items,
+                      **({"n_trees": self.index.n_trees, "seed": self.index.seed, "search_k": self.index.search_k}
+                         if self.index.format == "annoy" else {}),
+                      "n_candidates": self.index.n_candidates,
                       "projection": None if projection is None else {
                           "method": projection.method, "dim_in": projection.dim_in, "dim_out": projection.dim_out},
                       "encryption": self.index.encryption},
@@ -657,25 +675,35 @@ def parse_manifest(data: bytes) -> Manifest:
     n_documents = top.int("n_documents", 1, 1 << 24)
 
     i = top.obj("index")
-    i.str("format", choices=("annoy",))
+    index_format = i.str("format", choices=INDEX_FORMATS)
     projection = None
     if i.get("projection") is not None:
         pr = i.obj("projection")
         projection = ProjectionInfo(method=pr.str("method", choices=("pca",)), dim_in=pr.int("dim_in", 1, 4096),
                                     dim_out=pr.int("dim_out", 1, 4096))
         pr.done()
+    annoy = index_format == "annoy"
     index = IndexInfo(
         dim=i.int("dim", 1, 4096),
-        metric=i.str("metric", choices=("angular",)),
+        metric=i.str("metric", choices=("angular",) if annoy else ("hamming",)),
         n_items=i.int("n_items", 1, MAX_ITEMS),
-        n_trees=i.int("n_trees", 1, 1024),
-        seed=i.int("seed", 0, (1 << 31) - 1),
-        search_k=i.int("search_k", 1, MAX_SEARCH_K),
+        n_trees=i.int("n_trees", 1, 1024) if annoy else 0,
+        seed=i.int("seed", 0, (1 << 31) - 1) if annoy else 0,
+        search_k=i.int("search_k", 1, MAX_SEARCH_K) if annoy else 0,
         n_candidates=i.int("n_candidates", 1, 65536),
         projection=projection,
         encryption=i.str("encryption", choices=("chacha20poly1305-stream", "none")),
+        format=index_format,
     )
     i.done()
+    if not annoy:
+        if projection is None:
+            raise CapsuleFormatError("manifest.index: a binary-codes index needs a projection (it re-ranks by VECS)")
+        if index.dim % 64:
+            raise CapsuleFormatError(f"manifest.index.dim is {index.dim}: binary codes are whole 64-bit words")
+        if index.codes_plaintext_bytes > MAX_CODES_BYTES:
+            raise CapsuleFormatError(f"manifest.index: {index.n_items} codes of {index.dim} bits are "
+                                     f"{index.codes_plaintext_bytes} bytes, more than {MAX_CODES_BYTES}")
     if index.n_items != n_chunks:
         raise CapsuleFormatError(f"manifest.index.n_items is {index.n_items}, n_chunks is {n_chunks}")
     if projection is None and index.dim != model.dim:

@@ -120,8 +120,9 @@ def install_locked(store: "Store", source: Path, staging: str, crash: Callable[[
                 raise
             crash("copy verified")
             if manifest.index.encryption == "none":
-                _extract_index(copy_path, manifest, stage_fd)
-                crash("index extracted")
+                if manifest.index.format == "annoy":  # binary codes are mapped in place, like VECS
+                    _extract_index(copy_path, manifest, stage_fd)
+                    crash("index extracted")
                 if manifest.lexical is not None and manifest.lexical.format == "tantivy-7":
                     _extract_lexical(copy_path, manifest, stage_fd)
                     crash("lexical index extracted")

@@ -83,7 +83,9 @@ from .errors import BuildError, CapacityError, FrameCheckError, InputDocumentErr
 from .lexical_writer import lexical_writer
 from .index_builder import (
     DEFAULT_ANN_DIM,
+    DEFAULT_CODE_BITS,
     DEFAULT_N_CANDIDATES,
+    DEFAULT_N_CANDIDATES_CODES,
     DEFAULT_REFINE_DIM,
     DEFAULT_SEARCH_K_FULL,
     DEFAULT_SEARCH_K_PROJECTED,
@@ -201,9 +203,10 @@ def build_capsule(
     search_k: int | None = None,
     index_seed: int = DEFAULT_INDEX_SEED,
     projection: bool | None = None,
-    ann_dim: int = DEFAULT_ANN_DIM,
+    ann_dim: int | None = None,
     refine_dim: int = DEFAULT_REFINE_DIM,
-    n_candidates: int = DEFAULT_N_CANDIDATES,
+    n_candidates: int | None = None,
+    index_format: str | None = None,
     encrypt_index: bool = True,
     video_params: VideoParams = DEFAULT_VIDEO_PARAMS,
     seed: bytes | None = None,
@@ -240,9 +243,14 @@ def build_capsule(
         max_tokens, overlap_tokens: chunk size and overlap in model tokens.
         n_trees, search_k, index_seed: Annoy parameters; ``None`` picks the measured default
             for the index kind (16 trees / 4000 without projection, 8 / 8000 with).
-        projection: PCA-project the embeddings (Annoy over ``ann_dim`` coordinates, int8
-            re-ranking over ``refine_dim``); ``None`` does so from 2048 chunks up.
-        n_candidates: Annoy candidates re-ranked per query with projection.
+        projection: PCA-project the embeddings (candidates from the first ``ann_dim``
+            coordinates, int8 re-ranking over ``refine_dim``); ``None`` does so from 2048 chunks up.
+        index_format: ``"binary-codes"`` (an exhaustive Hamming scan over ``ann_dim``-bit sign
+            codes, FORMAT.md §4.4.1; needs the projection) or ``"annoy"``. ``None``: binary codes
+            whenever the embeddings are projected (a delta: its base's format), else Annoy.
+        ann_dim: Annoy dimension (default 64) or bits per code (default 128, a multiple of 64).
+        n_candidates: candidates re-ranked per query with projection (default 200 for Annoy,
+            400 for binary codes: bench/INDEX_SIZE.md).
         encrypt_index: encrypt INDX (default; FORMAT.md §4.4 explains the trade-off).
         video_params: QR and H.264 parameters.
         seed: bytes for reproducible builds; ``None`` takes randomness from the OS.
@@ -309,6 +317,16 @@ def build_capsule(
         raise ValueError("version must be >= 1")
     if not 1 <= zstd_level <= 22:
         raise ValueError(f"zstd_level must be in 1..22, got {zstd_level}")
+    if index_format not in (None, "annoy", "binary-codes"):
+        raise ValueError(f"index_format must be annoy or binary-codes, got {index_format!r}")
+    if index_format == "binary-codes":
+        if projection is False:
+            raise ValueError("a binary-codes index re-ranks projected int8 rows: it needs the projection")
+        if ann_dim is not None and (ann_dim <= 0 or ann_dim % 64 or ann_dim > refine_dim):
+            raise ValueError(f"binary codes are whole 64-bit words of at most refine_dim {refine_dim} bits, "
+                             f"not {ann_dim}")
+        if lexical_engine == "sqlite-fts5":
+            raise ValueError("a binary-codes index goes with the tantivy-7 lexical index (format 1.3), not sqlite-fts5")
     if lexical_engine not in (None, *LEXICAL_NORMALISERS):
         raise ValueError(f"lexical_engine must be one of {', '.join(LEXICAL_NORMALISERS)}, got {lexical_engine!r}")
     if base is not None and base.lexical_format is not None:
@@ -347,7 +365,8 @@ def build_capsule(
                 publisher_keyid=publisher_keyid, publisher_name=publisher_name, rules=rules, model_dir=model_dir,
                 max_tokens=max_tokens, overlap_tokens=overlap_tokens, n_trees=n_trees, search_k=search_k,
                 index_seed=index_seed, projection=projection, ann_dim=ann_dim, refine_dim=refine_dim,
-                n_candidates=n_candidates, encrypt_index=encrypt_index, video_params=video_params, rng=rng,
+                n_candidates=n_candidates, index_format=index_format, encrypt_index=encrypt_index,
+                video_params=video_params, rng=rng,
                 scrypt_log_n=scrypt_log_n, n_workers=n_threads or os.cpu_count() or 1,
                 embedding_cache=embedding_cache, report=report, model_family=model_family,
                 zstd_level=zstd_level, base=base, append=append, prechunked=prechunked, cluster=client,
@@ -397,7 +416,7 @@ def _private_work_dir() -> Iterator[Path]:
 def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipients, passphrase, expires_at,
                 not_before, issued_at, version, name, capsule_id, capsule_id_bytes, publisher_keyid, publisher_name,
                 rules, model_dir, max_tokens, overlap_tokens, n_trees, search_k, index_seed, projection, ann_dim,
-                refine_dim, n_candidates, encrypt_index, video_params, rng, scrypt_log_n, n_workers,
+                refine_dim, n_candidates, index_format, encrypt_index, video_params, rng, scrypt_log_n, n_workers,
                 embedding_cache, report, model_family="onnx", zstd_level=PAYLOAD_ZSTD_LEVEL,
                 base: BaseVersion | None = None, append: bool = False, prechunked=None,
                 cluster: str | None = None, lexical_engine: str = "tantivy-7", device: str = "cpu") -> BuildResult:
@@ -576,22 +595,30 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
     # 4. index, docs, frame table: each section a file in work/
     t = time.perf_counter()
     use_projection = n_chunks >= MIN_CHUNKS_FOR_PROJECTION if projection is None else projection
+    use_projection = use_projection or index_format == "binary-codes"
     fixed_projection = None
     if base is not None and base.projection is not None and projection is not False:
         # a delta projects into its base's space: scores compare across segments, and a small
         # segment stores 370 + 256 bytes per chunk instead of a 1.5 KiB float row (bench/DELTA.md)
         use_projection, fixed_projection = True, base.projection
-        ann_dim, refine_dim = base.ann_dim, base.projection.axes.shape[0]
+        refine_dim = base.projection.axes.shape[0]
+        if index_format in (None, base.index_format):
+            index_format, ann_dim = base.index_format, ann_dim or base.ann_dim
     elif base is not None and base.projection is None and projection is None:
         # over an unprojected base a delta stays unprojected, however large: a projected segment's
         # cosines (in PCA space) run lower than true ones and would lose every merge (bench/DELTA.md)
         use_projection = False
+    index_format = index_format or ("binary-codes" if use_projection else "annoy")
+    codes = index_format == "binary-codes"
     n_trees = n_trees or (DEFAULT_TREES_PROJECTED if use_projection else DEFAULT_TREES_FULL)
     search_k = search_k or (DEFAULT_SEARCH_K_PROJECTED if use_projection else DEFAULT_SEARCH_K_FULL)
+    ann_dim = ann_dim or (DEFAULT_CODE_BITS if codes else DEFAULT_ANN_DIM)
+    n_candidates = n_candidates or (DEFAULT_N_CANDIDATES_CODES if codes else DEFAULT_N_CANDIDATES)
     report("index", 0, 1)
     built = build_index(vectors, n_trees=n_trees, seed=index_seed, work_dir=work,
                         ann_dim=ann_dim if use_projection else None,
-                        refine_dim=refine_dim if use_projection else None, projection=fixed_projection)
+                        refine_dim=refine_dim if use_projection else None, projection=fixed_projection,
+                        index_format=index_format)
     del vectors
     report("index", 1, 1)
 
@@ -605,7 +632,7 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
         "ZDIC": sealed("ZDIC", [dictionary]),
         "PROJ": sealed("PROJ", [built.projection_bytes]),
         "VECS": sealed("VECS", file_segments(built.vecs_path) if built.vecs_path else [], encrypt_index),
-        "INDX": sealed("INDX", file_segments(built.annoy_path), encrypt_index),
+        "INDX": sealed("INDX", file_segments(built.index_path), encrypt_index),
         "LEXI": sealed("LEXI", file_segments(lexicon.path), encrypt_index),
     }
     ftab_path = work / "section.FTAB"
@@ -639,8 +666,10 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
                   "tokenizer_sha256": _hash_file(tokenizer_path)[0], "dim": embedder_info.dim, "pooling": "mean",
                   "normalization": "l2", "max_tokens": embedder_info.max_tokens},
         "chunking": {"max_tokens": max_tokens, "overlap_tokens": overlap_tokens},
-        "index": {"format": "annoy", "dim": built.dim, "metric": "angular", "n_items": n_chunks,
-                  "n_trees": n_trees, "seed": index_seed, "search_k": search_k, "n_candidates": n_candidates,
+        "index": {"format": built.format, "dim": built.dim, "metric": "hamming" if codes else "angular",
+                  "n_items": n_chunks,
+                  **({} if codes else {"n_trees": n_trees, "seed": index_seed, "search_k": search_k}),
+                  "n_candidates": n_candidates,
                   "projection": None if built.projection is None else
                   {"method": "pca", "dim_in": embedder_info.dim, "dim_out": refine_dim},
                   "encryption": "chacha20poly1305-stream" if encrypt_index else "none"},
@@ -660,7 +689,7 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
     sigs = signatures_to_bytes(sign_manifest(mani, [signing_key]))
     lengths = {"MANI": len(mani), "SIGS": len(sigs), **{tag: digests[tag]["length"] for tag in sections}}
     _write_capsule(tmp_capsule, lengths, {"MANI": mani, "SIGS": sigs}, sections,
-                   format_minor=fmt.FTS5_FORMAT_MINOR if lexical_engine == "sqlite-fts5" else fmt.FORMAT_MINOR)
+                   format_minor=fmt.format_minor_for(index_format, lexical_engine))
     stage_s["write"] = time.perf_counter() - t
 
     # 6. self-check with the runtime's own reader (signature, manifest, every digest)

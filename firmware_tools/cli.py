@@ -190,6 +190,7 @@ def cmd_build(args: argparse.Namespace) -> int:
                 recipients=recipients, passphrase=passphrase, not_before=args.not_before, issued_at=args.issued_at,
                 publisher_name=args.publisher_name, **({"rules": rules} if rules is not None else {}),
                 n_trees=args.n_trees, encrypt_index=not args.plain_index, seed=seed, progress=bars,
+                index_format=_index_format(args),
                 embedding_cache=args.embedding_cache, n_threads=args.workers, model_family=args.model_family,
                 **({"zstd_level": args.zstd_level} if args.zstd_level is not None else {}),
                 lexical_engine=args.lexical_engine, device=args.device,
@@ -200,6 +201,7 @@ def cmd_build(args: argparse.Namespace) -> int:
                 passphrase=passphrase, expires_at=args.expires, not_before=args.not_before, issued_at=args.issued_at,
                 version=version, name=args.name, capsule_id=args.capsule_id, publisher_name=args.publisher_name,
                 rules=rules, max_tokens=args.max_tokens, overlap_tokens=args.overlap_tokens, n_trees=args.n_trees,
+                index_format=_index_format(args),
                 encrypt_index=not args.plain_index, seed=seed, progress=bars, embedding_cache=args.embedding_cache,
                 **({"zstd_level": args.zstd_level} if args.zstd_level is not None else {}), n_threads=args.workers, model_family=args.model_family,
                 video_params=_video_params(args), base=base,
@@ -335,6 +337,11 @@ a failed build leaves nothing at or beside the output path.
 """
 
 
+def _index_format(args) -> str | None:
+    """``--index``: ``None`` for auto (the builder decides), else the format named."""
+    return None if args.index == "auto" else args.index
+
+
 def _video_params(args: argparse.Namespace):
     """The ``VideoParams`` that ``--codec`` and ``--entropy-coding`` choose."""
     from .qr_video import CAVLC_VIDEO_PARAMS, DEFAULT_VIDEO_PARAMS, HEVC_VIDEO_PARAMS
@@ -363,6 +370,11 @@ def _add_build_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rules", help="JSON file with the manifest's rules object")
     p.add_argument("--max-tokens", type=_positive_int, default=200, help="chunk size in model tokens (default 200)")
     p.add_argument("--overlap-tokens", type=_non_negative_int, default=32, help="chunk overlap in model tokens (default 32)")
+    p.add_argument("--index", choices=("auto", "binary-codes", "annoy"), default="auto",
+                   help="dense index: binary-codes (128-bit sign codes scanned exhaustively, int8 re-rank; "
+                        "format 1.3) or annoy (format 1.2, which older runtimes read); auto: binary codes "
+                        "from 2,048 chunks up (where the embeddings are projected), else Annoy; a delta "
+                        "keeps its base's (default auto)")
     p.add_argument("--n-trees", type=_positive_int, default=None,
                    help="Annoy trees (default: 16 over full embeddings, 8 over the projection)")
     p.add_argument("--plain-index", action="store_true",

@@ -34,7 +34,7 @@ def section_bytes(data: bytes) -> SectionSource:
 
 
 def write_container(out: BinaryIO, sections: Mapping[str, SectionSource], *, check_limits: bool = True,
-                    format_minor: int = fmt.FORMAT_MINOR) -> int:
+                    format_minor: int = fmt.TANTIVY_FORMAT_MINOR) -> int:
     """Write a capsule container with ``sections`` (every tag of ``SECTION_ORDER``) to ``out``.
 
     Args:
@@ -42,8 +42,8 @@ def write_container(out: BinaryIO, sections: Mapping[str, SectionSource], *, che
         sections: ``(length, blocks)`` for each tag; the blocks must add up to the length.
         check_limits: refuse lengths outside FORMAT.md §10; ``False`` only for test vectors
             that must be malformed.
-        format_minor: the header's minor version: ``fmt.FTS5_FORMAT_MINOR`` when the manifest's
-            lexical index is ``sqlite-fts5``, else ``fmt.FORMAT_MINOR`` (FORMAT.md §2).
+        format_minor: the header's minor version, ``fmt.format_minor_for`` the manifest's index
+            and lexical formats (FORMAT.md §1-§2).
 
     Returns:
         Bytes written (the header's ``file_bytes``).
@@ -76,7 +76,7 @@ def write_container(out: BinaryIO, sections: Mapping[str, SectionSource], *, che
 
 
 def container_bytes(sections: Mapping[str, bytes], *, check_limits: bool = True,
-                    format_minor: int = fmt.FORMAT_MINOR) -> bytes:
+                    format_minor: int = fmt.TANTIVY_FORMAT_MINOR) -> bytes:
     """Return the container for in-memory ``sections`` (small capsules, test vectors)."""
     import io
 

@@ -48,7 +48,7 @@ def read_sections(data: bytes) -> dict[str, bytes]:
     return {tag: bytes(data[e.offset:e.end]) for tag, e in table.items()}
 
 
-def assemble_capsule(sections: dict[str, bytes], *, format_minor: int = fmt.FORMAT_MINOR) -> bytes:
+def assemble_capsule(sections: dict[str, bytes], *, format_minor: int = fmt.TANTIVY_FORMAT_MINOR) -> bytes:
     """Return the capsule bytes for ``sections`` (every tag of ``SECTION_ORDER``), laid out per FORMAT.md §3.
 
     Lengths are not held to FORMAT.md §10: the test vectors reassemble deliberately malformed

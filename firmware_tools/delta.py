@@ -63,7 +63,8 @@ class BaseVersion:
         n_chunks: global chunk ids in the base (the delta's first chunk id).
         projection: the PCA projection of the base's newest segment, or ``None``; a delta reuses
             it (its mean and axes), so its scores compare with the base's.
-        ann_dim: the Annoy dimension of that segment's index (with ``projection``).
+        ann_dim: the Annoy dimension, or bits per code, of that segment's index (with ``projection``).
+        index_format: that segment's ``index.format``; a delta over a projected base keeps it.
         lexical_format: the base's lexical index format (``None``: it has none); a delta keeps
             it, since BM25 scores of two engines do not compare when segments are merged.
     """
@@ -79,6 +80,7 @@ class BaseVersion:
     n_chunks: int
     projection: Projection | None = None
     ann_dim: int = 0
+    index_format: str = "annoy"
     lexical_format: str | None = None
 
     def tombstones_for(self, replaced: Sequence[str]) -> tuple[tuple[int, int], ...]:
@@ -139,5 +141,5 @@ def read_base(path: str | Path, *, signing_key: Ed25519PrivateKey, identities: S
         return BaseVersion(path=path, name=manifest.name, capsule_id=manifest.capsule_id, version=manifest.version,
                            model_sha256=manifest.model.sha256, pins=pins, tombstones=tuple(tombstones),
                            documents=documents, n_chunks=capsule.n_chunks, projection=capsule.projection,
-                           ann_dim=manifest.index.dim,
+                           ann_dim=manifest.index.dim, index_format=manifest.index.format,
                            lexical_format=manifest.lexical.format if manifest.lexical is not None else None)

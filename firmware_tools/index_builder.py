@@ -6,7 +6,9 @@ vectors, one Annoy build thread and a fixed seed give byte-identical output.
 Example::
 
     built = build_index(vectors, n_trees=8, seed=42, work_dir=tmp, ann_dim=64, refine_dim=256)
-    built.annoy_path, built.projection_bytes, built.vecs_path
+    built.index_path, built.projection_bytes, built.vecs_path
+    codes = build_index(vectors, n_trees=0, seed=0, work_dir=tmp2, ann_dim=128, refine_dim=256,
+                        index_format="binary-codes")
 
 Why a projection: a 384-d float32 Annoy item costs 1,548 bytes, three times a
 500-character chunk of text. PCA to 256 coordinates kept SciFact nDCG@10 (exact
@@ -14,7 +16,13 @@ search 0.6556 -> 0.6577 with int8 rows), and Annoy over the first 64 coordinates
 with 8 trees proposes 200 candidates that the int8 rows re-rank (0.6525 through
 Annoy), for 370 + 256 bytes per chunk. ``bench/INDEX.md`` has the full table.
 
-Source: FORMAT.md §4.4; annoy (Spotify); Jégou et al., TPAMI 2011 (re-ranking).
+With ``index_format="binary-codes"`` (FORMAT.md §4.4.1) the INDX plaintext is instead the sign
+bits of each chunk's first ``ann_dim`` int8 VECS coordinates, word-major: 16 bytes per chunk at
+128 bits, scanned exhaustively at query time; SciFact nDCG@10 0.6548 with 400 candidates against
+Annoy's 0.6561, for 4% of Annoy's bytes (``bench/INDEX_SIZE.md``).
+
+Source: FORMAT.md §4.4; annoy (Spotify); Jégou et al., TPAMI 2011 (re-ranking); Charikar, STOC
+2002 (sign bits of projections as a similarity hash).
 """
 
 from __future__ import annotations
@@ -25,16 +33,25 @@ from pathlib import Path
 import numpy as np
 from annoy import AnnoyIndex
 
-from edge.index import Projection
+from edge.index import Projection, binary_codes
 
 #: Below this many chunks the builder keeps the full embeddings (PCA needs samples).
 MIN_CHUNKS_FOR_PROJECTION = 2048
 DEFAULT_ANN_DIM = 64
 DEFAULT_REFINE_DIM = 256
 DEFAULT_N_CANDIDATES = 200
+#: ``binary-codes`` defaults: 128-bit codes, 400 candidates re-ranked (bench/INDEX_SIZE.md).
+DEFAULT_CODE_BITS = 128
+DEFAULT_N_CANDIDATES_CODES = 400
 #: (n_trees, search_k) without and with projection, chosen on SciFact (bench/INDEX.md).
 DEFAULT_TREES_FULL, DEFAULT_SEARCH_K_FULL = 16, 4000
 DEFAULT_TREES_PROJECTED, DEFAULT_SEARCH_K_PROJECTED = 8, 8000
+#: Eigenvalues below this fraction of the largest are the covariance's null space (fewer chunks than
+#: coordinates): their axes are completed deterministically instead (``_complete_orthonormal``).
+_NULL_EIGENVALUE = 1e-9
+#: Largest |projected coordinate| that is rounding noise (measured ~2e-6 on a null-space axis; unit
+#: embeddings' real coordinates peak at about 0.01-1).
+_NOISE_PEAK = 1e-4
 #: Rows per block of the projection passes: bounds their memory. The PCA's mean and covariance are
 #: summed block by block, so the block size is part of what makes a build reproducible.
 _BLOCK_ROWS = 16384
@@ -45,16 +62,18 @@ class BuiltIndex:
     """The index sections' plaintexts, as files in the build's work folder.
 
     Attributes:
-        annoy_path: the Annoy file (INDX plaintext).
+        index_path: the INDX plaintext: the Annoy file, or the binary codes.
         projection: the PCA projection, or ``None``.
         vecs_path: int8 [n_items, refine_dim] row-major (VECS plaintext); ``None`` without projection.
-        dim: Annoy item dimension.
+        dim: Annoy item dimension, or bits per binary code.
+        format: ``"annoy"`` or ``"binary-codes"`` (the manifest's ``index.format``).
     """
 
-    annoy_path: Path
+    index_path: Path
     projection: Projection | None
     vecs_path: Path | None
     dim: int
+    format: str = "annoy"
 
     @property
     def projection_bytes(self) -> bytes:
@@ -62,9 +81,9 @@ class BuiltIndex:
         return b"" if self.projection is None else self.projection.to_bytes()
 
     @property
-    def annoy_bytes(self) -> bytes:
-        """The whole Annoy file (for small indexes and tests)."""
-        return self.annoy_path.read_bytes()
+    def index_bytes(self) -> bytes:
+        """The whole INDX plaintext (for small indexes and tests)."""
+        return self.index_path.read_bytes()
 
     @property
     def vecs_bytes(self) -> bytes:
@@ -99,12 +118,44 @@ def fit_projection(vectors: np.ndarray, dim_out: int) -> Projection:
         block -= mean
         cov += block.T @ block
         del block  # before the next block's copy: one block in memory at a time
-    _, eigvecs = np.linalg.eigh(cov)  # ascending eigenvalues
-    axes = eigvecs[:, ::-1][:, :dim_out].T.copy()
+    eigvals, eigvecs = np.linalg.eigh(cov)  # ascending eigenvalues
+    eigvals, eigvecs = eigvals[::-1], eigvecs[:, ::-1]
+    rank = int(np.count_nonzero(eigvals > _NULL_EIGENVALUE * max(float(eigvals[0]), 1e-300)))
+    axes = eigvecs[:, :min(rank, dim_out)].T.copy()
+    if len(axes) < dim_out:
+        axes = _complete_orthonormal(axes, dim_out)
     signs = np.sign(axes[np.arange(dim_out), np.argmax(np.abs(axes), axis=1)])
     axes *= np.where(signs == 0, 1.0, signs)[:, None]
-    return Projection(mean.astype(np.float32), axes.astype(np.float16).astype(np.float32),
-                      np.ones(dim_out, dtype=np.float32))
+    axes16 = axes.astype(np.float16)
+    completed = axes16[rank:]
+    completed[completed == 0] = 0  # -0.0 (a residual of the completion) is stored as +0.0: one byte pattern
+    return Projection(mean.astype(np.float32), axes16.astype(np.float32), np.ones(dim_out, dtype=np.float32))
+
+
+def _complete_orthonormal(axes: np.ndarray, n_axes: int) -> np.ndarray:
+    """Extend orthonormal rows ``axes`` [r, dim] to ``n_axes`` rows with standard basis vectors,
+    taken in index order, each orthogonalised (Gram-Schmidt, twice) against the rows so far and
+    kept when at least half of it remains.
+
+    Fewer chunks than projected coordinates leave the covariance with a null space, and LAPACK
+    returns an arbitrary basis of it that differs per BLAS kernel (measured: the test vectors'
+    6-chunk, 64-coordinate capsule changed with ``OPENBLAS_CORETYPE``), so a build would not be
+    reproducible. These axes carry no variance; any fixed basis of them serves.
+    """
+    dim = axes.shape[1]
+    rows = list(axes)
+    for i in range(dim):
+        if len(rows) == n_axes:
+            break
+        v = np.zeros(dim, dtype=np.float64)
+        v[i] = 1.0
+        for _ in range(2):
+            for row in rows:
+                v -= float(np.dot(row, v)) * row
+        norm = float(np.sqrt(np.dot(v, v)))
+        if norm >= 0.5:
+            rows.append(v / norm)
+    return np.array(rows)
 
 
 def project_for_build(projection: Projection, vectors: np.ndarray) -> np.ndarray:
@@ -124,8 +175,13 @@ def project_for_build(projection: Projection, vectors: np.ndarray) -> np.ndarray
 
 
 def quantization_scale(peak: np.ndarray) -> np.ndarray:
-    """Return float32 per-coordinate steps for symmetric int8 (-127..127) given max |value|."""
-    return np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+    """Return float32 per-coordinate steps for symmetric int8 (-127..127) given max |value|.
+
+    A coordinate whose peak is at most ``_NOISE_PEAK`` (a null-space axis of a covariance with
+    fewer chunks than coordinates: rounding noise, which differs per BLAS kernel) gets step 1, so
+    its rows quantise to 0 and the step does not depend on the noise.
+    """
+    return np.where(peak > _NOISE_PEAK, peak / 127.0, 1.0).astype(np.float32)
 
 
 def quantize_rows(projected: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -162,7 +218,8 @@ def build_annoy_index(vectors: np.ndarray, *, n_trees: int, seed: int, path: Pat
 
 
 def build_index(vectors: np.ndarray, *, n_trees: int, seed: int, work_dir: Path, ann_dim: int | None = None,
-                refine_dim: int | None = None, projection: Projection | None = None) -> BuiltIndex:
+                refine_dim: int | None = None, projection: Projection | None = None,
+                index_format: str = "annoy") -> BuiltIndex:
     """Build the index sections for chunk embeddings, streaming over ``vectors`` in blocks.
 
     Args:
@@ -170,12 +227,16 @@ def build_index(vectors: np.ndarray, *, n_trees: int, seed: int, work_dir: Path,
         n_trees: Annoy trees.
         seed: Annoy seed.
         work_dir: folder for the Annoy and VECS files.
-        ann_dim: Annoy dimension with projection; ``None`` with ``refine_dim`` ``None``
-            means no projection (Annoy over the full embeddings).
+        ann_dim: Annoy dimension with projection, or bits per code for ``binary-codes`` (a
+            multiple of 64); ``None`` with ``refine_dim`` ``None`` means no projection (Annoy
+            over the full embeddings).
         refine_dim: PCA coordinates kept for re-ranking (VECS); ``ann_dim <= refine_dim``.
         projection: use this projection's mean and axes instead of fitting them (a delta segment
             projects into its base's space, so scores compare across segments: FORMAT.md §4.7);
             ``refine_dim`` must be its ``dim_out``. The int8 scale is this build's own.
+        index_format: ``"annoy"``, or ``"binary-codes"`` (needs the projection; ``n_trees`` and
+            ``seed`` are unused): the codes are ``binary_codes`` of the int8 rows, written
+            word-major (FORMAT.md §4.4.1), ``n_items * ann_dim / 8`` bytes held in memory.
 
     Returns:
         ``BuiltIndex``. Memory: Annoy builds on disk; the projection passes hold one block of
@@ -187,6 +248,11 @@ def build_index(vectors: np.ndarray, *, n_trees: int, seed: int, work_dir: Path,
     annoy_path = work_dir / "index.annoy"
     if (ann_dim is None) != (refine_dim is None):
         raise ValueError("give both ann_dim and refine_dim, or neither")
+    if index_format not in ("annoy", "binary-codes"):
+        raise ValueError(f"index_format must be annoy or binary-codes, not {index_format!r}")
+    codes = index_format == "binary-codes"
+    if codes and (refine_dim is None or ann_dim % 64):
+        raise ValueError("binary codes need the projection and a multiple of 64 bits")
     if refine_dim is None:
         build_annoy_index(vectors, n_trees=n_trees, seed=seed, path=annoy_path)
         return BuiltIndex(annoy_path, None, None, vectors.shape[1])
@@ -202,14 +268,23 @@ def build_index(vectors: np.ndarray, *, n_trees: int, seed: int, work_dir: Path,
     for start in range(0, n_items, _BLOCK_ROWS):
         peak = np.maximum(peak, np.abs(project_for_build(projection, vectors[start:start + _BLOCK_ROWS])).max(axis=0))
     projection = Projection(projection.mean, projection.axes, quantization_scale(peak))
-    index = _new_annoy(ann_dim, seed, annoy_path)
+    index = None if codes else _new_annoy(ann_dim, seed, annoy_path)
+    words = np.empty((ann_dim // 64, n_items), dtype="<u8") if codes else None
     vecs_path = work_dir / "vecs.int8"
     with open(vecs_path, "wb") as vecs_out:
         for start in range(0, n_items, _BLOCK_ROWS):
             projected = project_for_build(projection, vectors[start:start + _BLOCK_ROWS])
-            vecs_out.write(quantize_rows(projected, projection.scale).tobytes())
+            rows = quantize_rows(projected, projection.scale)
+            vecs_out.write(rows.tobytes())
+            if codes:
+                words[:, start:start + len(rows)] = binary_codes(rows, ann_dim).T
+                continue
             for offset, row in enumerate(projected[:, :ann_dim]):
                 index.add_item(start + offset, row.tolist())
+    if codes:
+        codes_path = work_dir / "index.codes"
+        codes_path.write_bytes(words.tobytes())
+        return BuiltIndex(codes_path, projection, vecs_path, ann_dim, "binary-codes")
     index.build(n_trees, n_jobs=1)
     index.unload()
     return BuiltIndex(annoy_path, projection, vecs_path, ann_dim)

@@ -421,6 +421,8 @@ def test_a_delta_projects_into_its_bases_space(lineage, tmp_path):
         old, new = (part.projection for part in capsule.parts)
         assert np.array_equal(old.mean, new.mean) and np.array_equal(old.axes, new.axes)
         assert capsule.manifest.index.projection is not None and capsule.manifest.n_chunks == 1
+        # a projected base has binary codes (the default wherever the builder projects); the delta keeps them
+        assert [part.manifest.index.format for part in capsule.parts] == ["binary-codes", "binary-codes"]
         assert PART_FACT in capsule.search("6ES7 214-1AG40-0XB0", k=1, now=NOW)[0].text
         assert PART_FACT in capsule.search("which part is the CPU module", k=1, mode="dense", now=NOW)[0].text
 

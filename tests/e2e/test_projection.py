@@ -1,27 +1,37 @@
-"""The projected index (PCA + Annoy + int8 re-ranking, FORMAT.md §4.4) end to end on the FAQ."""
+"""The projected index (PCA + Annoy or binary codes + int8 re-ranking, FORMAT.md §4.4, §4.4.1) end to end
+on the FAQ."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edge import open_capsule
 from edge.capsule import verify_capsule
+from edge.errors import IntegrityError
 from edge.store import Store
 
 from ..conftest import FAQ_DOCS, build_test_capsule
 from .test_real_corpus import NOW, QUESTIONS
 
 
-PROJECTED = dict(projection=True, ann_dim=32, refine_dim=128)
+PROJECTED = {"annoy": dict(projection=True, index_format="annoy", ann_dim=32, refine_dim=128),
+             # 356 chunks: 100 candidates, so that the scan's choice matters
+             "binary-codes": dict(projection=True, index_format="binary-codes", ann_dim=64, refine_dim=128,
+                                  n_candidates=100)}
 
 
-@pytest.fixture(scope="module", params=[True, False], ids=["encrypted-index", "plain-index"])
+@pytest.fixture(scope="module", params=[("annoy", True), ("annoy", False), ("binary-codes", True),
+                                        ("binary-codes", False)],
+                ids=["annoy-encrypted", "annoy-plain", "codes-encrypted", "codes-plain"])
 def projected(request, tmp_path_factory):
+    index_format, encrypt = request.param
     tmp = tmp_path_factory.mktemp("projected")
-    built = build_test_capsule(FAQ_DOCS, tmp / "faq.capsule", keys_dir=tmp / "keys", encrypt_index=request.param,
-                               **PROJECTED)
-    built.overrides = dict(PROJECTED, encrypt_index=request.param)
+    built = build_test_capsule(FAQ_DOCS, tmp / "faq.capsule", keys_dir=tmp / "keys", encrypt_index=encrypt,
+                               **PROJECTED[index_format])
+    built.overrides = dict(PROJECTED[index_format], encrypt_index=encrypt)
     return built
 
 
@@ -32,7 +42,9 @@ def _open(built):
 
 def test_projected_capsule_answers_faq_questions(projected):
     with _open(projected) as capsule:
-        assert capsule.manifest.index.projection is not None and capsule.manifest.index.dim == 32
+        assert capsule.manifest.index.projection is not None
+        assert capsule.manifest.index.dim == projected.overrides["ann_dim"]
+        assert capsule.manifest.index.format == projected.overrides["index_format"]
         found = 0
         for item in QUESTIONS:
             hits = capsule.search(item["question"], k=5, mode="dense")
@@ -80,6 +92,26 @@ def test_plain_vecs_are_copied_by_path_and_mapped_in_place_from_the_store(projec
     with Store(tmp_path / "store") as store:
         entry = store.install(projected.path, now=NOW, **keys)
         with store.open(entry.name, now=NOW, **keys) as capsule:
-            assert capsule.memory_plan["vecs"] == 0 and capsule.memory_plan["index"] == 0
+            # binary codes are mapped in place like VECS; only the scan's scratch is charged
+            scratch = 10 * capsule.manifest.n_chunks if projected.overrides["index_format"] == "binary-codes" else 0
+            assert capsule.memory_plan["vecs"] == 0 and capsule.memory_plan["index"] == scratch
+            assert (Path(capsule.path).parent / "index.annoy").exists() == (scratch == 0)
+            planted = Path(capsule.path).parent / "index.annoy"
             hits = capsule.search(QUESTIONS[0]["question"], k=3, mode="dense")
             assert hits and hits[0].score > 0.3
+        if scratch:  # an index.annoy planted beside a binary-codes object is refused, as beside an encrypted one
+            planted.write_bytes(b"\0" * 4096)
+            with pytest.raises(IntegrityError, match="binary codes"):
+                store.open(entry.name, now=NOW, **keys)
+
+
+def test_binary_codes_capsule_is_format_1_3_and_annoy_stays_1_2(projected):
+    minor = int.from_bytes(projected.path.read_bytes()[10:12], "little")
+    assert minor == (3 if projected.overrides["index_format"] == "binary-codes" else 2)
+
+
+def test_binary_codes_index_is_a_fraction_of_annoys(projected):
+    sizes = projected.result.section_bytes
+    if projected.overrides["index_format"] == "binary-codes":
+        # 8 bytes of code per chunk, plus the STREAM tag when encrypted; Annoy's 32-d nodes are 140 bytes
+        assert sizes["INDX"] - (16 if projected.overrides["encrypt_index"] else 0) == 8 * projected.result.n_chunks

@@ -85,8 +85,12 @@ BETA_ID = "b2" * 16
 PASSPHRASE = "correct horse battery staple (test only)"
 QUERY = "How do I reset the kiosk?"
 VIDEO_PARAMS = VideoParams(qr_version=10, width=80, height=80, quiet_zone_modules=4)
-BUILD_OPTIONS = dict(projection=True, ann_dim=2, refine_dim=4, n_trees=2, max_tokens=48, overlap_tokens=8,
+BUILD_OPTIONS = dict(projection=True, index_format="annoy", ann_dim=2, refine_dim=4, n_trees=2, max_tokens=48,
+                     overlap_tokens=8,
                      video_params=VIDEO_PARAMS, n_threads=1, seed=SEED, index_seed=42, scrypt_log_n=10)
+
+#: The ``binary-codes`` capsule (FORMAT.md §4.4.1): one 64-bit word per code, 64 re-ranking coordinates.
+CODES_BUILD_OPTIONS = dict(index_format="binary-codes", ann_dim=64, refine_dim=64, n_candidates=3)
 
 ED25519_KEYS = ("test-root-1", "test-root-2", "test-publisher-1", "test-publisher-2", "test-publisher-3",
                 "test-untrusted")
@@ -256,14 +260,15 @@ def _build_genuine(out_dir: Path, *, refresh_embeddings: bool = False) -> dict[s
     built = {}
     specs = {"alpha-v1": ("alpha", ALPHA_ID, 1, None), "alpha-v2": ("alpha", ALPHA_ID, 2, None),
              "beta-v1": ("beta", BETA_ID, 1, None), "alpha-v3": ("alpha", ALPHA_ID, 3, None),
-             "alpha-v2-fts5": ("alpha", ALPHA_ID, 2, "sqlite-fts5")}
+             "alpha-v2-fts5": ("alpha", ALPHA_ID, 2, "sqlite-fts5"), "alpha-v2-codes": ("alpha", ALPHA_ID, 2, None)}
     for label, (name, capsule_id, version, lexical_engine) in specs.items():
         path = out_dir / f"{label}.capsule"
+        options = {**BUILD_OPTIONS, **(CODES_BUILD_OPTIONS if label.endswith("-codes") else {})}
         result = build_capsule([DOCS_DIR], path, signing_key=test_key("test-publisher-1"),
                                recipients=[test_key("test-device").public_key()], issued_at=ISSUED_AT,
                                expires_at=EXPIRES_AT, version=version, name=name, capsule_id=capsule_id,
                                publisher_name="Test Publisher 1", embedding_cache=cache_path,
-                               lexical_engine=lexical_engine, **BUILD_OPTIONS)
+                               lexical_engine=lexical_engine, **options)
         if result.n_embedded and not refresh_embeddings:
             raise StaleEmbeddingsError(
                 f"{result.n_embedded} chunks of {DOCS_DIR} have no embedding in {EMBEDDINGS_FILE}: the documents "
@@ -332,7 +337,7 @@ def _header_and_table_vectors(ok: bytes) -> list[Vector]:
     specs = [
         ("header-bad-magic", "format", "first magic byte zeroed", [(0, "00")], {}),
         ("header-major-2", "format", "format_major 2", [(8, "0200")], {}),
-        ("header-minor-3", "format", "format_minor 3, newer than the reader", [(10, "0300")], {}),
+        ("header-minor-4", "format", "format_minor 4, newer than the reader", [(10, "0400")], {}),
         ("header-minor-0", "format", "format_minor 0: version 1.0 has no lexical index, a 1.1 or 1.2 reader refuses it",
          [(10, "0000")], {}),
         ("header-bytes-65", "format", "header_bytes 65", [(12, u32(65))], {}),
@@ -844,6 +849,37 @@ def _manifest_vectors(alpha2: Draft, beta: Draft, alpha2_fts5: Draft) -> list[Ve
     return v
 
 
+def _binary_codes_vectors(codes_bytes: bytes) -> list[Vector]:
+    """A ``binary-codes`` index (FORMAT.md §4.4.1): alpha v2 built with 64-bit codes, and edits of it."""
+    base = Draft(codes_bytes)
+    v = [Vector("ok-binary-codes", _expect("ok", "alpha v2 with a binary-codes index (64-bit codes, 3 candidates "
+                                           "re-ranked by 64 int8 coordinates): format 1.3",
+                                           operation=f"search 2 {QUERY}"), {"capsule": codes_bytes})]
+
+    def edited(name: str, expect: str, comment: str, edit: Callable[[Draft], None]) -> None:
+        d = base.copy()
+        edit(d)
+        v.append(Vector(name, _expect(expect, comment), {"capsule": d.build()}))
+
+    edited("codes-wrong-length-resigned", "format", "INDX plaintext one 64-bit word short; re-sealed and re-signed",
+           lambda d: d.reseal("INDX", d.plaintext("INDX")[:-8]))
+    edited("manifest-codes-dim-not-whole-words", "format", "index.dim 32: binary codes are whole 64-bit words",
+           lambda d: d.manifest["index"].__setitem__("dim", 32))
+
+    def no_projection(d: Draft) -> None:
+        d.manifest["index"]["projection"] = None
+
+    edited("manifest-codes-without-projection", "format", "binary-codes with projection null: nothing to re-rank "
+           "by", no_projection)
+
+    def minor_2(d: Draft) -> None:
+        d.format_minor = 2
+
+    edited("codes-in-format-1-2", "format", "ok-binary-codes with its header's minor version set to 2: a "
+           "binary-codes index belongs in format 1.3", minor_2)
+    return v
+
+
 def _swap_keys(mani: bytes) -> bytes:
     obj = json.loads(mani)
     keys = sorted(obj)
@@ -975,6 +1011,7 @@ def generate(out_dir: Path, *, refresh_embeddings: bool = False) -> list[str]:
                                                           "refused; a store deletes it (tests/unit/edge/test_store.py)"),
                           {"capsule": d.build()}))
     vectors += _family_vectors()
+    vectors += _binary_codes_vectors(built["alpha-v2-codes"])
 
     names = [v.name for v in vectors]
     assert len(names) == len(set(names)), "duplicate vector names"

@@ -40,7 +40,7 @@ def built(tmp_path_factory):
 def _open(built, budget=None, **kwargs):
     info = _info()
     projection = Projection.from_bytes(built.projection_bytes, info=info)
-    return VectorIndex.from_segments([built.annoy_bytes], n_bytes=len(built.annoy_bytes), info=info,
+    return VectorIndex.from_segments([built.index_bytes], n_bytes=len(built.index_bytes), info=info,
                                      budget=budget or MemoryBudget(None), projection=projection,
                                      vecs_segments=[built.vecs_bytes[:1000], built.vecs_bytes[1000:]], **kwargs)
 
@@ -71,7 +71,7 @@ def test_index_without_projection_scores_are_cosines(tmp_path):
     vectors = _vectors()
     built = build_index(vectors, n_trees=8, seed=1, work_dir=tmp_path)
     info = _info(projected=False)
-    index = VectorIndex.from_segments([built.annoy_bytes], n_bytes=len(built.annoy_bytes), info=info,
+    index = VectorIndex.from_segments([built.index_bytes], n_bytes=len(built.index_bytes), info=info,
                                       budget=MemoryBudget(None))
     ids, scores = index.search(vectors[3], 3)
     assert ids[0] == 3 and scores[0] == pytest.approx(1.0, abs=1e-5)
@@ -101,7 +101,7 @@ def test_vecs_of_wrong_length_are_refused_and_budget_released(built):
     budget = MemoryBudget(None)
     projection = Projection.from_bytes(built.projection_bytes, info=info)
     with pytest.raises(CapsuleFormatError, match="re-ranking vectors are"):
-        VectorIndex.from_segments([built.annoy_bytes], n_bytes=len(built.annoy_bytes), info=info, budget=budget,
+        VectorIndex.from_segments([built.index_bytes], n_bytes=len(built.index_bytes), info=info, budget=budget,
                                   projection=projection, vecs_segments=[built.vecs_bytes[:-1]])
     assert budget.reserved_bytes == 0
 
@@ -110,11 +110,11 @@ def test_index_reserves_index_projection_and_vecs_before_loading(built):
     budget = MemoryBudget(None)
     index = _open(built, budget)
     reserved = budget.report()["reserved_bytes"]
-    assert reserved["index"] == len(built.annoy_bytes) and reserved["vecs"] == N * REFINE_DIM
+    assert reserved["index"] == len(built.index_bytes) and reserved["vecs"] == N * REFINE_DIM
     assert reserved["projection"] == 4 * DIM + 4 * REFINE_DIM * DIM + 4 * REFINE_DIM
     index.close()
     assert budget.reserved_bytes == 0
-    small = MemoryBudget(len(built.annoy_bytes) + 100)
+    small = MemoryBudget(len(built.index_bytes) + 100)
     with pytest.raises(BudgetExceededError):
         _open(built, small)
     assert small.reserved_bytes == 0

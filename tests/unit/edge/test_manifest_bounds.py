@@ -185,3 +185,42 @@ def test_signed_capsule_with_a_value_the_runtime_cannot_honour_is_refused_at_ope
     with pytest.raises(CapsuleFormatError, match=rf"^{_name(path)} must be an integer in \d+\.\.\d+$"):
         open_capsule(capsule, trusted_keys=[_key("test-publisher-1", False)],
                      identities=[_key("test-device", True)], now=datetime(2030, 1, 1, tzinfo=timezone.utc))
+
+
+def _binary_codes() -> dict:
+    m = _projected()
+    m["index"].update(format="binary-codes", metric="hamming", dim=128, n_candidates=400)
+    for key in ("n_trees", "seed", "search_k"):
+        del m["index"][key]
+    return m
+
+
+def test_binary_codes_index_parses_without_annoys_fields():
+    info = parse_manifest(canonical_json(_binary_codes())).index
+    assert (info.format, info.dim, info.metric, info.n_trees, info.search_k) == ("binary-codes", 128, "hamming", 0, 0)
+    assert info.codes_plaintext_bytes == info.n_items * 16
+    assert parse_manifest(canonical_json(_binary_codes())).to_json()["index"] == _binary_codes()["index"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"n_trees": 8}, "n_trees"),  # Annoy's fields are unknown keys here (FORMAT.md §4.4.1)
+    ({"search_k": 8000}, "search_k"),
+    ({"metric": "angular"}, "metric"),
+    ({"dim": 96}, "whole 64-bit words"),
+    ({"dim": 320}, "dim_out"),
+    ({"projection": None}, "needs a projection"),
+    ({"format": "hnsw"}, "format"),
+])
+def test_binary_codes_index_lies_are_refused(change, message):
+    m = _binary_codes()
+    m["index"].update(change)
+    with pytest.raises(CapsuleFormatError, match=message):
+        parse_manifest(_raw(m))
+
+
+def test_binary_codes_larger_than_4_gib_are_refused_before_anything_is_sized():
+    m = _binary_codes()
+    m["n_chunks"] = m["index"]["n_items"] = MAX_ITEMS
+    m["index"]["dim"] = 256
+    with pytest.raises(CapsuleFormatError, match="more than"):
+        parse_manifest(_raw(m))
