@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             ms.append((time.perf_counter() - t) * 1e3)
         rows.append({"n_items": n, "bits": args.bits, "candidates": args.candidates,
                      "p50_ms": round(percentile(ms, 50), 3), "p95_ms": round(percentile(ms, 95), 3),
-                     "codes_bytes": len(codes), "scratch_bytes": BinaryCodeIndex.SCRATCH_BYTES_PER_ITEM * n})
+                     "codes_bytes": len(codes), "scratch_bytes": BinaryCodeIndex.scratch_bytes(n)})
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
         index.close()
     report = {"benchmark": "binary-code scan (edge.index.BinaryCodeIndex.candidates), one thread",

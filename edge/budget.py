@@ -81,7 +81,8 @@ ADDRESS_SPACE_MARGIN_BYTES = 96 * MiB
 LITERT_SESSION_BYTES = 104 * MiB
 #: Decoder context headroom; add 3 bytes per pixel of the frame size.
 FRAME_DECODER_BASE_BYTES = 2 * MiB
-#: Per-query headroom; add candidates x re-ranking dim x 8 bytes.
+#: Per-query headroom; add the re-ranked rows in flight (``edge.index.rerank_peak_bytes``: at most 128
+#: candidates x re-ranking dim x 5 bytes).
 QUERY_BASE_BYTES = 2 * MiB
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,

@@ -60,7 +60,7 @@ from .container import ContainerFile
 from .embedder import QueryEmbedder, check_engine, find_model_dir
 from .errors import BudgetExceededError, CapsuleError, CapsuleFormatError, DeltaBaseError, IntegrityError, ModelError
 from .frames import FrameReader
-from .index import BinaryCodeIndex, Projection, VectorIndex
+from .index import BinaryCodeIndex, Projection, VectorIndex, rerank_peak_bytes
 from .lexical import LexicalEngine, lexical_loading_bytes, lexical_plan_bytes, open_lexical_index
 from .lexical_tantivy import TANTIVY_OVERHEAD_BYTES
 from .keys import Identity, Passphrase
@@ -133,16 +133,18 @@ def memory_plan(manifest: Manifest, *, section_lengths: dict[str, int], frame_ca
     else:
         index_bytes = stream_plaintext_bytes(section_lengths["INDX"])
         vecs_bytes = info.vecs_plaintext_bytes
+    index_in_memory = not index_from_file
     if info.format == "binary-codes":
         # the codes are mapped in place like VECS (never a file of their own); the scan's scratch always
         codes_in_memory = info.encryption != "none" or not index_from_file
-        scratch = BinaryCodeIndex.SCRATCH_BYTES_PER_ITEM * info.n_items
-        index_bytes, index_from_file = scratch + (info.codes_plaintext_bytes if codes_in_memory else 0), False
+        index_bytes = BinaryCodeIndex.scratch_bytes(info.n_items) + (info.codes_plaintext_bytes if codes_in_memory
+                                                                     else 0)
+        index_in_memory = True
     projection = info.projection
     dim_out = projection.dim_out if projection else 0
     plan = {
         "model": _model_bytes(manifest.model.family, model_weights) if include_model else 0,
-        "index": 0 if index_from_file else index_bytes,
+        "index": index_bytes if index_in_memory else 0,
         "vecs": vecs_bytes,
         "projection": 4 * (projection.dim_in * projection.dim_out + projection.dim_in + projection.dim_out)
         if projection else 0,
@@ -155,7 +157,8 @@ def memory_plan(manifest: Manifest, *, section_lengths: dict[str, int], frame_ca
         "frame_decoder": FRAME_DECODER_BASE_BYTES + 2 * (3 * manifest.video.width * manifest.video.height
                                                          + 2 * manifest.max_plaintext_bytes),
         "frame_cache": frame_cache_bytes,
-        "query": QUERY_BASE_BYTES + 8 * max(info.n_candidates, 1) * max(dim_out, 1),
+        # the re-ranked candidates' rows in flight: int8 gathered, then float32 (edge.index.rerank)
+        "query": QUERY_BASE_BYTES + rerank_peak_bytes(info.n_candidates, dim_out),
         # the lexical engine's copy of LEXI and what loading it takes (lexical_plan_bytes)
         "lexical": 0 if manifest.lexical is None else lexical_plan_bytes(
             manifest.lexical, _lexi_plaintext_bytes(section_lengths["LEXI"], info.encryption)),

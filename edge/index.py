@@ -287,6 +287,17 @@ class Projection:
         return np.einsum("ij,j->i", self.axes, np.asarray(vector, dtype=np.float32) - self.mean)
 
 
+#: Peak bytes per re-ranked value: the int8 gather and its float32 copy (the plan's ``query`` part).
+RERANK_BYTES_PER_VALUE = 5
+#: Candidates re-ranked per block: the rows in flight stay ``5 * 128 * dim_out`` bytes (160 kB at 256-d).
+RERANK_BLOCK = 128
+
+
+def rerank_peak_bytes(n_candidates: int, dim_out: int) -> int:
+    """Bytes ``rerank`` holds at once for ``n_candidates`` rows of ``dim_out`` coordinates."""
+    return RERANK_BYTES_PER_VALUE * min(max(n_candidates, 1), RERANK_BLOCK) * max(dim_out, 1)
+
+
 def rerank(ids: np.ndarray, vecs: np.ndarray, scale: np.ndarray, z: np.ndarray, k: int
            ) -> tuple[list[int], list[float]]:
     """Score candidates by cosine with their dequantised VECS rows; return the ``k`` best.
@@ -302,10 +313,13 @@ def rerank(ids: np.ndarray, vecs: np.ndarray, scale: np.ndarray, z: np.ndarray, 
         ``(ids, scores)``: at most ``k``, cosine descending, ties by chunk id ascending
         (FORMAT.md §4.4, "With projection").
     """
-    rows = vecs[ids].astype(np.float32) * scale
-    norms = np.sqrt(np.einsum("ij,ij->i", rows, rows)) * max(float(np.sqrt(np.einsum("i,i->", z, z))), 1e-12)
-    scores = np.divide(np.einsum("ij,j->i", rows, z), norms, out=np.zeros(len(ids), dtype=np.float32),
-                       where=norms > 0)
+    z_norm = max(float(np.sqrt(np.einsum("i,i->", z, z))), 1e-12)
+    scores = np.zeros(len(ids), dtype=np.float32)
+    for start in range(0, len(ids), RERANK_BLOCK):  # rows in blocks: rerank_peak_bytes
+        rows = vecs[ids[start:start + RERANK_BLOCK]].astype(np.float32)  # an int8 gather, one float32 copy
+        rows *= scale
+        norms = np.sqrt(np.einsum("ij,ij->i", rows, rows)) * z_norm
+        np.divide(np.einsum("ij,j->i", rows, z), norms, out=scores[start:start + RERANK_BLOCK], where=norms > 0)
     order = np.lexsort((ids, -scores))[:k]
     return [int(i) for i in ids[order]], [float(s) for s in scores[order]]
 
@@ -372,11 +386,18 @@ class BinaryCodeIndex:
     rows as with Annoy (``rerank``). Study and figures: ``bench/INDEX_SIZE.md``.
 
     Create with ``from_segments``. ``search`` is safe from several threads: the scan's scratch
-    arrays (``10 * n_items`` bytes, planned as part of the index) are used under a lock.
+    arrays (``scratch_bytes``: one distance byte per item and a block of words, planned as part
+    of the index) are used under a lock.
     """
 
-    #: Scratch bytes per item: one uint64 word, two uint8 distances (``from_segments`` plans them).
-    SCRATCH_BYTES_PER_ITEM = 10
+    #: Items per block of the scan: its word and per-word distance scratch stay 72 kB, in L2.
+    SCAN_BLOCK_ITEMS = 8192
+
+    @classmethod
+    def scratch_bytes(cls, n_items: int) -> int:
+        """Bytes of the scan's scratch for ``n_items``: a uint8 distance per item, plus one
+        uint64 word and one uint8 word distance per item of a block."""
+        return n_items + 9 * min(n_items, cls.SCAN_BLOCK_ITEMS)
 
     def __init__(self, codes: np.ndarray, info: IndexInfo, budget: MemoryBudget, projection: Projection,
                  vecs: np.ndarray, reserved: dict[str, int], file_backed: bool) -> None:
@@ -390,9 +411,10 @@ class BinaryCodeIndex:
         self._vecs = vecs
         self._reserved = reserved
         self.file_backed = file_backed
-        self._word = np.empty(info.n_items, dtype=np.uint64)
+        block = min(info.n_items, self.SCAN_BLOCK_ITEMS)
+        self._word = np.empty(block, dtype=np.uint64)
+        self._word_distance = np.empty(block, dtype=np.uint8)
         self._distance = np.empty(info.n_items, dtype=np.uint8)
-        self._word_distance = np.empty(info.n_items, dtype=np.uint8)
         self._lock = threading.Lock()
         self._closed = False
 
@@ -423,7 +445,7 @@ class BinaryCodeIndex:
         codes_bytes = info.codes_plaintext_bytes
         if codes_view is not None and len(codes_view) != codes_bytes:
             raise CapsuleFormatError(f"binary codes are {len(codes_view)} bytes, manifest needs {codes_bytes}")
-        scratch = cls.SCRATCH_BYTES_PER_ITEM * info.n_items
+        scratch = cls.scratch_bytes(info.n_items)
         reserved = {f"{name_prefix}index": scratch + (codes_bytes if codes_view is None else 0),
                     f"{name_prefix}projection": projection.n_bytes}
         if vecs_segments is not None:
@@ -460,12 +482,16 @@ class BinaryCodeIndex:
         with self._lock:
             if self._closed:
                 raise ValueError("the index is closed")
-            word, distance, word_distance = self._word, self._distance, self._word_distance
-            for w in range(self._codes.shape[0]):
-                np.bitwise_xor(self._codes[w], query[w], out=word)
-                np.bitwise_count(word, out=word_distance if w else distance)
-                if w:
-                    distance += word_distance
+            distance, n_items, n_words = self._distance, self.info.n_items, self._codes.shape[0]
+            for start in range(0, n_items, self.SCAN_BLOCK_ITEMS):
+                end = min(start + self.SCAN_BLOCK_ITEMS, n_items)
+                word, word_distance = self._word[:end - start], self._word_distance[:end - start]
+                block_distance = distance[start:end]
+                for w in range(n_words):
+                    np.bitwise_xor(self._codes[w, start:end], query[w], out=word)
+                    np.bitwise_count(word, out=word_distance if w else block_distance)
+                    if w:
+                        np.add(block_distance, word_distance, out=block_distance)
             histogram = np.bincount(distance, minlength=self.info.dim + 1)
             cutoff = int(np.searchsorted(np.cumsum(histogram), n))  # smallest d with count(<= d) >= n
             below = np.flatnonzero(distance < cutoff)
@@ -674,7 +700,12 @@ class VectorIndex:
         """
         if not chunk_ids:
             return [], []
-        query = embedding if self.projection is None else self.projection.project_query(embedding)
+        if self.projection is not None:  # the int8 rows, re-ranked in bounded blocks as search's candidates
+            ids = np.asarray(chunk_ids, dtype=np.int64)
+            if ids.min() < 0 or ids.max() >= self.info.n_items:
+                raise ValueError(f"chunk ids must be in 0..{self.info.n_items - 1}")
+            return rerank(ids, self._vecs, self.projection.scale, self.projection.project_query(embedding), k)
+        query = embedding
         rows = np.stack([self.item_vector(c) for c in chunk_ids])
         norms = np.linalg.norm(rows, axis=1) * max(float(np.linalg.norm(query)), 1e-12)
         scores = np.divide(rows @ query.astype(np.float32), norms, out=np.zeros(len(chunk_ids), dtype=np.float32),

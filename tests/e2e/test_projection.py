@@ -11,6 +11,7 @@ import pytest
 from edge import open_capsule
 from edge.capsule import verify_capsule
 from edge.errors import IntegrityError
+from edge.index import BinaryCodeIndex
 from edge.store import Store
 
 from ..conftest import FAQ_DOCS, build_test_capsule
@@ -93,7 +94,8 @@ def test_plain_vecs_are_copied_by_path_and_mapped_in_place_from_the_store(projec
         entry = store.install(projected.path, now=NOW, **keys)
         with store.open(entry.name, now=NOW, **keys) as capsule:
             # binary codes are mapped in place like VECS; only the scan's scratch is charged
-            scratch = 10 * capsule.manifest.n_chunks if projected.overrides["index_format"] == "binary-codes" else 0
+            scratch = (BinaryCodeIndex.scratch_bytes(capsule.manifest.n_chunks)
+                       if projected.overrides["index_format"] == "binary-codes" else 0)
             assert capsule.memory_plan["vecs"] == 0 and capsule.memory_plan["index"] == scratch
             assert (Path(capsule.path).parent / "index.annoy").exists() == (scratch == 0)
             planted = Path(capsule.path).parent / "index.annoy"

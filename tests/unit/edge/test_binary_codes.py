@@ -76,6 +76,20 @@ def test_candidates_are_the_nearest_in_hamming_distance_ties_by_lower_id(built):
     index.close()
 
 
+@pytest.mark.parametrize("block", [64, 100, 699])
+def test_the_scan_in_blocks_finds_the_same_candidates(built, monkeypatch, block):
+    whole = _open(built)
+    monkeypatch.setattr(BinaryCodeIndex, "SCAN_BLOCK_ITEMS", block)
+    blocked = _open(built)
+    assert blocked._word.shape == (block,)
+    rng = np.random.default_rng(11)
+    for n in (1, 50, 400):
+        z = rng.normal(size=REFINE_DIM).astype(np.float32)
+        assert sorted(blocked.candidates(z, n).tolist()) == sorted(whole.candidates(z, n).tolist())
+    whole.close()
+    blocked.close()
+
+
 def test_search_reranks_candidates_by_their_int8_rows(built):
     index = _open(built)
     rng = np.random.default_rng(7)
@@ -130,7 +144,7 @@ def test_codes_and_scratch_are_reserved_and_released(built):
     budget = MemoryBudget(None)
     index = _open(built, budget=budget)
     reserved = budget.report()["reserved_bytes"]
-    assert reserved["index"] == N * BITS // 8 + BinaryCodeIndex.SCRATCH_BYTES_PER_ITEM * N
+    assert reserved["index"] == N * BITS // 8 + BinaryCodeIndex.scratch_bytes(N)
     assert reserved["vecs"] == N * REFINE_DIM
     index.close()
     assert budget.reserved_bytes == 0
@@ -144,6 +158,6 @@ def test_mapped_codes_are_used_in_place_and_not_reserved(built):
     index = BinaryCodeIndex.from_segments(None, codes_view=memoryview(built.index_bytes), info=info, budget=budget,
                                           projection=Projection.from_bytes(built.projection_bytes, info=info),
                                           vecs_view=memoryview(built.vecs_bytes))
-    assert index.file_backed and budget.report()["reserved_bytes"]["index"] == BinaryCodeIndex.SCRATCH_BYTES_PER_ITEM * N
+    assert index.file_backed and budget.report()["reserved_bytes"]["index"] == BinaryCodeIndex.scratch_bytes(N)
     assert index.search(_vectors()[9], 1)[0] == _open(built).search(_vectors()[9], 1)[0]
     index.close()
