@@ -34,7 +34,7 @@ from bench_scale import MemoryCgroup  # noqa: E402
 from bench_scifact import machine  # noqa: E402
 
 PROBE = r"""
-import json, re, sys, time
+import json, re, resource, sys, time
 sys.path.insert(0, sys.argv[1] + "/bench")
 from bench_hybrid import keys
 from bench_scifact import NOW
@@ -50,18 +50,26 @@ with Store(store).open(name, identities=[device], trusted_keys=[publisher.public
     first = time.perf_counter() - started
     for q in queries[1:20]:
         capsule.search(q, k=10)
-    times = []
+    times, faults = [], []
+    stages = {s: [] for s in ("embed_ms", "ann_ms", "lexical_ms", "frame_decode_ms", "qr_decode_ms", "decrypt_ms")}
     for q in queries[20:]:
         capsule.clear_cache()
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_majflt
         t = time.perf_counter()
-        capsule.search(q, k=10)
+        result = capsule.search(q, k=10)
         times.append((time.perf_counter() - t) * 1e3)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_majflt - before)
+        for stage, values in stages.items():
+            values.append(getattr(result.timings, stage))
 times.sort()
+median = lambda values: round(sorted(values)[len(values) // 2], 2)
 status = open("/proc/self/status").read()
 mib = lambda key: round(int(re.search(key + r":\s+(\d+)", status).group(1)) / 1024, 1)
 print(json.dumps({"first_answer_s": round(first, 3), "p50_ms": round(times[len(times) // 2], 2),
                   "p95_ms": round(times[int(len(times) * 0.95)], 2), "rss_mib": mib("VmRSS"),
-                  "anon_mib": mib("RssAnon"), "file_mib": mib("RssFile")}))
+                  "anon_mib": mib("RssAnon"), "file_mib": mib("RssFile"),
+                  "major_faults_per_query_p50": median(faults),
+                  "stages_p50_ms": {stage: median(values) for stage, values in stages.items()}}))
 """
 
 
@@ -92,10 +100,11 @@ def main() -> int:
     parser.add_argument("--weights", nargs="+", default=["packed", "mapped"], choices=("packed", "mapped"))
     parser.add_argument("--queries", type=Path, default=ROOT.parent / "shared" / "data" / "scifact" / "queries.jsonl")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "cgroup.json")
+    parser.add_argument("--no-uncapped", action="store_true", help="skip the uncapped runs")
     args = parser.parse_args()
     results: dict[str, dict] = {}
     for weights in args.weights:
-        for limit in [None, *args.limits]:
+        for limit in ([] if args.no_uncapped else [None]) + args.limits:
             key = f"{weights}/{limit or 'uncapped'}"
             results[key] = run(args.store, args.name, weights, limit, args.queries)
             print(key, json.dumps(results[key]), file=sys.stderr)

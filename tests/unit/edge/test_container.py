@@ -38,6 +38,39 @@ def test_mapping_only_when_asked(tiny_capsule):
         view.release()
 
 
+def _mapped_file_flags(path) -> list[tuple[int, int, list[str]]]:
+    """``(file offset, end, VmFlags)`` of this process's mappings of ``path`` (proc(5) smaps)."""
+    found, current = [], None
+    for line in open("/proc/self/smaps"):
+        fields = line.split()
+        if fields and "-" in fields[0] and len(fields) >= 5 and ":" in fields[3]:
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            current = (int(fields[2], 16), int(fields[2], 16) + end - start) if line.rstrip().endswith(str(path)) else None
+        elif line.startswith("VmFlags:") and current:
+            found.append((*current, line.split(":", 1)[1].split()))
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/smaps is Linux's")
+def test_a_mapped_capsules_vecs_are_advised_random_access(tiny_capsule):
+    """VECS and VIDE are MADV_RANDOM ("rr" in smaps: no read-around on a fault), the rest (the
+    header, the binary codes scanned in order) keeps the default. A query reads ~8 scattered frames
+    and a few hundred scattered VECS rows; 128 kB of read-around each filled a 128 MiB cgroup and
+    evicted the libraries' code (installed 97k capsule: p50 173-184 -> ~20 ms,
+    bench/results/cgroup-binary-codes.json)."""
+    path = os.path.realpath(tiny_capsule.path)
+    with ContainerFile(tiny_capsule.path, mapping=True) as container:
+        view = container.mapped_section("VIDE")
+        vecs, video = container.sections["VECS"], container.sections["VIDE"]
+        flags = _mapped_file_flags(path)
+        view.release()
+
+    def flags_at(offset):
+        return next(f for start, end, f in flags if start <= offset < end)
+    assert "rr" in flags_at(vecs.offset) and "rr" in flags_at(video.offset), flags
+    assert "rr" not in flags_at(0), flags
+
+
 def test_file_that_shrinks_after_open_gives_integrity_error_not_sigbus(tiny_capsule, tmp_path):
     # A mapped read of a truncated file raises SIGBUS and kills the process (rc 135); a pread
     # returns short and becomes a typed error. Run in a child so a signal would fail the test.
