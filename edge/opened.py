@@ -743,8 +743,9 @@ class Capsule:
                       "dim": m.model.dim},
             "embedder": {"family": self._embedder.family, "engine": self._embedder.engine,
                          "threads": self._embedder.n_threads, "model_path": str(self._embedder.model_path)},
-            "index": {"format": m.index.format, "dim": m.index.dim, "n_trees": m.index.n_trees,
-                      "search_k": m.index.search_k,
+            "index": {"format": m.index.format, "dim": m.index.dim,
+                      **({"n_trees": m.index.n_trees, "search_k": m.index.search_k}
+                         if m.index.format == "annoy" else {}),
                       "n_candidates": m.index.n_candidates,
                       "projection": None if m.index.projection is None else
                       {"method": m.index.projection.method, "dim_in": m.index.projection.dim_in,
