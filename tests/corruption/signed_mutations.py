@@ -346,6 +346,46 @@ def fam_indx_int32(rng, d):
     return "INDX " + ", ".join(labels)
 
 
+CODES_CAPSULE = ROOT / "tests" / "vectors" / "ok-binary-codes" / "capsule"
+
+
+@lru_cache(maxsize=1)
+def _codes_base():
+    """The ``binary-codes`` vector (FORMAT.md §4.4.1) as a draft and its INDX / VECS plaintexts;
+    the same documents and chunks as ``ok``, so the genuine texts are the same."""
+    from tests.vectors.generate import Draft
+
+    draft = Draft(CODES_CAPSULE.read_bytes())
+    return draft, draft.plaintext("INDX"), draft.plaintext("VECS")
+
+
+def fam_codes(rng, d):
+    """The binary-codes capsule: its codes flipped, cut or extended, its index fields changed (re-signed)."""
+    codes_draft, codes, vecs = _codes_base()
+    d.sections, d.format_minor, d.keys = dict(codes_draft.sections), codes_draft.format_minor, codes_draft.keys
+    d.manifest = json.loads(json.dumps(codes_draft.manifest))
+    op = rng.choice(["flip", "length", "field", "vecs"])
+    if op == "flip":
+        d.reseal("INDX", flip_bits(codes, rng, n=rng.randint(1, 64)))
+        return "codes: INDX plaintext bit flips"
+    if op == "length":
+        cut = rng.choice([-len(codes), -9, -8, -1, 1, 7, 8, 64, 4096])
+        d.reseal("INDX", codes[:cut] if cut < 0 else codes + bytes(cut))
+        return f"codes: INDX plaintext {cut:+d} bytes"
+    if op == "vecs":
+        d.reseal("VECS", flip_bits(vecs, rng))
+        return "codes: VECS plaintext bit flips"
+    index = d.manifest["index"]
+    field, value = rng.choice([
+        ("dim", 0), ("dim", 63), ("dim", 128), ("dim", 4096), ("dim", I32_MAX),
+        ("n_candidates", 0), ("n_candidates", 1), ("n_candidates", 65536), ("n_candidates", 65537),
+        ("n_items", index["n_items"] + 1), ("n_items", I32_MAX), ("metric", "angular"), ("format", "annoy"),
+        ("n_trees", 8), ("projection", None), ("encryption", "none"),
+    ])
+    index[field] = value
+    return f"codes: manifest index.{field} = {value!r}"
+
+
 def fam_vecs(rng, d):
     plain = bytearray(base().plain["VECS"])
     if rng.random() < 0.5:
@@ -910,6 +950,7 @@ def fam_altered_text(rng, d):
 FAMILIES: dict[str, Callable] = {
     "indx-flip": fam_indx_flip,
     "indx-int32": fam_indx_int32,
+    "codes": fam_codes,
     "vecs": fam_vecs,
     "proj": fam_proj,
     "docs-plain": fam_docs_plain,
