@@ -375,6 +375,26 @@ def binary_codes(rows: np.ndarray, n_bits: int) -> np.ndarray:
     return np.packbits(signs, axis=-1, bitorder="little").view("<u8")
 
 
+#: Set bits of every byte value: the popcount where NumPy has no ``bitwise_count`` (before 2.0;
+#: ``pyproject.toml`` allows 1.26 for the tflite-runtime fallback).
+_POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def popcount_into(words: np.ndarray, out: np.ndarray) -> None:
+    """Write the set bits of each uint64 of ``words`` into ``out`` (uint8, same length).
+
+    ``np.bitwise_count`` (NumPy >= 2.0, a POPCNT / NEON ``cnt`` loop) where there is one, else a
+    byte table: the same integers either way.
+    """
+    if _HAS_BITWISE_COUNT:
+        np.bitwise_count(words, out=out)
+    else:
+        np.sum(_POPCOUNT8[words.view(np.uint8).reshape(-1, 8)], axis=1, dtype=np.uint8, out=out)
+
+
+_HAS_BITWISE_COUNT = hasattr(np, "bitwise_count")
+
+
 class BinaryCodeIndex:
     """A ``binary-codes`` index: an exhaustive Hamming scan proposes candidates, VECS re-ranks them.
 
@@ -489,7 +509,7 @@ class BinaryCodeIndex:
                 block_distance = distance[start:end]
                 for w in range(n_words):
                     np.bitwise_xor(self._codes[w, start:end], query[w], out=word)
-                    np.bitwise_count(word, out=word_distance if w else block_distance)
+                    popcount_into(word, word_distance if w else block_distance)
                     if w:
                         np.add(block_distance, word_distance, out=block_distance)
             histogram = np.bincount(distance, minlength=self.info.dim + 1)

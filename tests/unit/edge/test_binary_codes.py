@@ -90,6 +90,26 @@ def test_the_scan_in_blocks_finds_the_same_candidates(built, monkeypatch, block)
     blocked.close()
 
 
+def test_the_popcount_without_bitwise_count_is_the_same(built, monkeypatch):
+    """NumPy before 2.0 has no bitwise_count (pyproject allows 1.26): the byte table gives the same."""
+    import edge.index
+
+    rng = np.random.default_rng(5)
+    words = rng.integers(0, 1 << 63, size=1000, dtype=np.uint64) | np.uint64(1 << 63) * (rng.random(1000) < 0.5)
+    fast, table = np.empty(1000, np.uint8), np.empty(1000, np.uint8)
+    edge.index.popcount_into(words, fast)
+    monkeypatch.setattr(edge.index, "_HAS_BITWISE_COUNT", False)
+    edge.index.popcount_into(words, table)
+    assert np.array_equal(fast, table)
+    assert table.tolist() == [bin(int(w)).count("1") for w in words]
+    index = _open(built)
+    z = rng.normal(size=REFINE_DIM).astype(np.float32)
+    by_table = sorted(index.candidates(z, 50).tolist())
+    monkeypatch.setattr(edge.index, "_HAS_BITWISE_COUNT", True)
+    assert sorted(index.candidates(z, 50).tolist()) == by_table
+    index.close()
+
+
 def test_search_reranks_candidates_by_their_int8_rows(built):
     index = _open(built)
     rng = np.random.default_rng(7)
