@@ -8,8 +8,9 @@
 #
 # What it does, in order (each step prints its duration; the last line sums them):
 #   1. host: qemu-user-static, binfmt_misc (qemu-aarch64, F flag), debootstrap
-#   2. x86_64: .venv (scripts/_setup.sh); build 3 capsules natively with the x86 builder (FAQ H.264
-#      ONNX, tiny HEVC ONNX, tiny H.264 LiteRT) and record what the x86 runtime answers
+#   2. x86_64: .venv (scripts/_setup.sh); build 4 capsules natively with the x86 builder (FAQ H.264
+#      ONNX, the FAQ with a binary-codes index (format 1.3), tiny HEVC ONNX, tiny H.264 LiteRT) and
+#      record what the x86 runtime answers
 #   3. aarch64 root: debootstrap bookworm arm64 (cached), ARM /proc/cpuinfo, Dockerfile build stage
 #      apt packages, runtime stage apt packages
 #   4. Dockerfile build stage: venv /opt/edge, `pip wheel annoy` (from source), `pip install
@@ -121,6 +122,8 @@ x86_capsules() {
     cp "$WORK/publisher.pub" "$out/publisher.pub"
     local common=(--signing-key "$WORK/publisher.key" --recipient "$out/device.pub" --expires +30d -q --json)
     "$py" -m firmware_tools build examples/python-faq/docs -o "$out/faq-h264-onnx.capsule" "${common[@]}"
+    "$py" -m firmware_tools build examples/python-faq/docs -o "$out/faq-binary-codes.capsule" --index binary-codes \
+        "${common[@]}"
     "$py" -m firmware_tools build "$docs" -o "$out/tiny-hevc-onnx.capsule" --codec hevc "${common[@]}"
     "$py" -m firmware_tools build "$docs" -o "$out/tiny-h264-tflite.capsule" --model-family tflite "${common[@]}"
     "$py" docker/arm64/portable_check.py record "$out" "$WORK/expected-x86_64.json" )
