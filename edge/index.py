@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -400,8 +401,9 @@ class BinaryCodeIndex:
 
     The codes are the sign bits of each chunk's first ``info.dim`` projected coordinates,
     stored word-major (FORMAT.md §4.4.1), so the scan streams ``n_items * dim / 8`` bytes in
-    order: 0.4 ms for 100,000 chunks of 128 bits here (AMD EPYC, one thread), against ~1 ms for
-    Annoy's random node reads, and nothing but NumPy arithmetic ever touches the bytes. The
+    order: 0.32 ms for 100,000 chunks of 128 bits here (AMD EPYC, one thread,
+    ``bench/results/code-scan.json``), against ~1 ms for Annoy's random node reads, and nothing
+    but NumPy arithmetic ever touches the bytes. The
     ``n_candidates`` nearest in Hamming distance (ties: lower chunk id) are re-ranked by their int8
     rows as with Annoy (``rerank``). Study and figures: ``bench/INDEX_SIZE.md``.
 
@@ -421,8 +423,6 @@ class BinaryCodeIndex:
 
     def __init__(self, codes: np.ndarray, info: IndexInfo, budget: MemoryBudget, projection: Projection,
                  vecs: np.ndarray, reserved: dict[str, int], file_backed: bool) -> None:
-        import threading
-
         self._codes = codes  # uint64 [n_words, n_items]
         self.info = info
         self.n_bytes = info.codes_plaintext_bytes
