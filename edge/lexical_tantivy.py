@@ -13,7 +13,7 @@ every file's tantivy footer (magic, length, index format version 7, CRC-32 of th
 ``max_doc`` add up to the chunk count, no deletes) are checked, then each file is written to a
 sealed ``memfd`` (``edge._files.sealed_memfd``: nobody can change it afterwards). tantivy opens
 files by path only (``MmapDirectory``), so a private temporary folder (mode 0700, under
-``TMPDIR``) holds one symbolic link per file to ``/proc/self/fd/N`` while the searcher opens,
+``TMPDIR``, else ``/dev/shm``: ``_private_link_dir``) holds one symbolic link per file to ``/proc/self/fd/N`` while the searcher opens,
 and is removed once it has mapped every file: no plaintext is ever named on a file system, and
 a process killed later leaves nothing behind. The memfd pages are the
 index's memory (charged to the budget as ``plaintext_bytes``); tantivy maps them.
@@ -277,6 +277,32 @@ def _is_fatal(exc: BaseException) -> bool:
     return isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit, MemoryError))
 
 
+#: Where the links go when ``TMPDIR`` (and ``/tmp``, ``/var/tmp``) cannot take a folder: a container
+#: run with ``--read-only`` still has ``/dev/shm``, a systemd service its ``$XDG_RUNTIME_DIR``.
+LINK_DIR_FALLBACKS = ("/dev/shm",)
+
+
+def _private_link_dir() -> str:
+    """A new private folder (mode 0700) for the ``/proc/self/fd`` links: under ``TMPDIR`` (Python's
+    ``tempfile`` search), else ``$XDG_RUNTIME_DIR`` or ``/dev/shm``. It only ever holds links.
+
+    Raises:
+        EdgeError: none of them can take a folder (a read-only root without a tmpfs anywhere).
+    """
+    try:
+        return tempfile.mkdtemp(prefix="edge-lexi-")
+    except OSError as exc:
+        first = exc.strerror
+    for directory in (os.environ.get("XDG_RUNTIME_DIR"), *LINK_DIR_FALLBACKS):
+        if directory and os.path.isdir(directory):
+            try:
+                return tempfile.mkdtemp(prefix="edge-lexi-", dir=directory)
+            except OSError:
+                continue
+    raise EdgeError(f"the lexical index needs a private temporary folder: TMPDIR, /tmp and /dev/shm are not "
+                    f"writable ({first}); give the process a tmpfs (docker run --tmpfs /tmp)")
+
+
 class TantivyLexicalIndex:
     """A verified ``tantivy-7`` LEXI, open read-only over sealed memfds; BM25 search over chunks.
 
@@ -308,7 +334,7 @@ class TantivyLexicalIndex:
         Raises:
             CapsuleFormatError: the bytes are not a ``tantivy-7`` LEXI as specified (the frame,
                 the archive, meta.json, a footer, or tantivy refusing them).
-            EdgeError: no private temporary folder can be made (``TMPDIR`` not writable).
+            EdgeError: no private temporary folder can be made (``TMPDIR``, ``/tmp`` and ``/dev/shm`` not writable).
         """
         if info.n_rows != n_chunks:
             raise CapsuleFormatError(f"lexical index has {info.n_rows} rows, capsule has {n_chunks} chunks")
@@ -423,10 +449,7 @@ class TantivyLexicalIndex:
         fds = list(named_fds.values())
         link_dir = ""
         try:
-            try:
-                link_dir = tempfile.mkdtemp(prefix="edge-lexi-")
-            except OSError as exc:
-                raise EdgeError(f"the lexical index needs a private temporary folder (TMPDIR): {exc.strerror}") from None
+            link_dir = _private_link_dir()
             for name, fd in named_fds.items():
                 os.symlink(f"/proc/self/fd/{fd}", os.path.join(link_dir, name))
             stems = len({name.split(".")[0] for name in named_fds if name != "meta.json"})

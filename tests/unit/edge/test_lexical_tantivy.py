@@ -243,3 +243,38 @@ def test_the_section_must_be_one_zstd_frame_of_the_declared_size(built):
         open_lexical_index([section], info=bigger, n_chunks=len(CHUNKS), section_bytes=len(section))
     with pytest.raises(CapsuleFormatError, match="rows"):
         open_lexical_index([section], info=info, n_chunks=len(CHUNKS) + 1, section_bytes=len(section))
+
+
+def test_without_a_writable_tmpdir_the_links_go_to_the_fallback_folder(built, monkeypatch, tmp_path):
+    """A container run with --read-only has no writable /tmp but a /dev/shm: found on aarch64 by
+    docker/arm64/test.sh, where every capsule with a tantivy index failed to open (EdgeError)."""
+    import errno
+    import tempfile
+
+    import edge.lexical_tantivy as lt
+    from edge.errors import EdgeError
+
+    real_mkdtemp = tempfile.mkdtemp
+    used: list[str] = []
+
+    def read_only_tmp(prefix="", dir=None):
+        if dir is None:
+            raise OSError(errno.EROFS, "Read-only file system")
+        used.append(real_mkdtemp(prefix=prefix, dir=dir))
+        return used[-1]
+
+    monkeypatch.setattr(lt.tempfile, "mkdtemp", read_only_tmp)
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    monkeypatch.setattr(lt, "LINK_DIR_FALLBACKS", (str(shm),))
+    section, info = built
+    lexi = open_lexical_index([section], info=info, n_chunks=len(CHUNKS), section_bytes=len(section))
+    try:
+        assert used and used[0].startswith(str(shm)) and not os.path.exists(used[0])  # links removed once open
+        assert _top(lexi, "encoder")  # it searches
+    finally:
+        lexi.close()
+    monkeypatch.setattr(lt, "LINK_DIR_FALLBACKS", (str(tmp_path / "missing"),))
+    with pytest.raises(EdgeError, match="private temporary folder.*--tmpfs"):
+        open_lexical_index([section], info=info, n_chunks=len(CHUNKS), section_bytes=len(section))
