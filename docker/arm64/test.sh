@@ -242,6 +242,9 @@ runtime_checks() {
   cp "$REPO/docker/arm64/portable_check.py" "$R/opt/portable_check.py"
   is_mounted "$RO" || { mount --rbind "$R" "$RO"; mount --make-rslave "$RO"; mount -o remount,bind,ro "$RO"; }
   if touch "$RO/.rw-probe" 2>/dev/null; then rm -f "$RO/.rw-probe"; die "$RO is not read-only"; fi
+  # what `docker run --read-only` still gives a container: a tmpfs at /dev/shm (no /tmp)
+  mkdir -p "$R/dev/shm" 2>/dev/null || true
+  is_mounted "$RO/dev/shm" || mount -t tmpfs -o mode=1777,size=64m,nosuid,nodev shm "$RO/dev/shm"
   local as_device=(setpriv --reuid 10001 --regid 10001 --clear-groups --inh-caps=-all --bounding-set=-all
                    env HOME=/nonexistent PYTHONDONTWRITEBYTECODE=1 PATH=/opt/edge/bin:/usr/bin:/bin
                    EDGE_MODEL_PATH=/opt/edge/share/edge-capsules/models ORT_DISABLE_TELEMETRY=1)
