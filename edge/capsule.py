@@ -114,8 +114,9 @@ def memory_plan(manifest: Manifest, *, section_lengths: dict[str, int], frame_ca
         section_lengths: length of each section in the file.
         frame_cache_bytes: the decrypted-frame cache limit.
         include_model: whether this capsule loads its own model session.
-        index_from_file: the capsule is a device-store object the runtime owns: its Annoy
-            plaintext and unencrypted VECS are mapped from files (not held in memory).
+        index_from_file: the capsule is a device-store object the runtime owns: an unencrypted
+            index and VECS are mapped from files (not held in memory); an encrypted one is
+            decrypted into memory all the same.
         model_weights: ``"packed"`` or ``"mapped"``: how an ``onnx`` session holds its
             weights (``OpenOptions.model_weights``); a ``tflite`` session is one size.
 
@@ -126,26 +127,20 @@ def memory_plan(manifest: Manifest, *, section_lengths: dict[str, int], frame_ca
     Source: edge/budget.py (what each component costs, measured).
     """
     info = manifest.index
-    if info.encryption == "none":
-        index_bytes = section_lengths["INDX"]
-        # used in place from the mapping of a store object; copied when opened by path
-        vecs_bytes = 0 if index_from_file else info.vecs_plaintext_bytes
-    else:
-        index_bytes = stream_plaintext_bytes(section_lengths["INDX"])
-        vecs_bytes = info.vecs_plaintext_bytes
-    index_in_memory = not index_from_file
+    # An unencrypted index and VECS of a store object are mapped (Annoy from its extracted file,
+    # binary codes and VECS in place); anything encrypted, or opened by path, is held in memory.
+    mapped = index_from_file and info.encryption == "none"
+    index_bytes = section_lengths["INDX"] if info.encryption == "none" else stream_plaintext_bytes(
+        section_lengths["INDX"])
+    index_plan = 0 if mapped else index_bytes
     if info.format == "binary-codes":
-        # the codes are mapped in place like VECS (never a file of their own); the scan's scratch always
-        codes_in_memory = info.encryption != "none" or not index_from_file
-        index_bytes = BinaryCodeIndex.scratch_bytes(info.n_items) + (info.codes_plaintext_bytes if codes_in_memory
-                                                                     else 0)
-        index_in_memory = True
+        index_plan += BinaryCodeIndex.scratch_bytes(info.n_items)  # the scan's scratch, mapped or not
     projection = info.projection
     dim_out = projection.dim_out if projection else 0
     plan = {
         "model": _model_bytes(manifest.model.family, model_weights) if include_model else 0,
-        "index": index_bytes if index_in_memory else 0,
-        "vecs": vecs_bytes,
+        "index": index_plan,
+        "vecs": 0 if mapped else info.vecs_plaintext_bytes,
         "projection": 4 * (projection.dim_in * projection.dim_out + projection.dim_in + projection.dim_out)
         if projection else 0,
         "frame_table": 3 * section_lengths["FTAB"],
@@ -418,6 +413,7 @@ def _open_capsule(path: str | os.PathLike[str], *, trusted_keys: Sequence[Ed2551
         frames = fmt.FrameTable.from_bytes(small["FTAB"], n_frames=manifest.video.n_frames,
                                            n_chunks=manifest.n_chunks, video_bytes=cf.sections["VIDE"].length)
         decompressor = _read_dictionary(small["ZDIC"], keys, manifest)
+        _check_format_minor(cf, manifest)
         index = _open_index(cf, keys, manifest, small["PROJ"], index_path)
         lexical = _open_lexical(cf, keys, manifest, extracted=lexical_dir if extracted_lexical else None)
         if lexical is not None:
@@ -554,6 +550,27 @@ def _read_dictionary(section: bytes, keys: ContentKeys, manifest: Manifest):
         raise CapsuleFormatError(f"dictionary is not a zstd dictionary ({type(exc).__name__})") from None
 
 
+def _check_format_minor(cf: ContainerFile, manifest: Manifest) -> None:
+    """Refuse a header minor version other than the one the capsule's index and lexical formats
+    are written as (``fmt.format_minor_for``; FORMAT.md §2). A capsule with an Annoy index and no
+    lexical index is read as 1.1 or 1.2 alike.
+
+    Raises:
+        CapsuleFormatError: the minor version does not match, or the formats do not go together.
+    """
+    lexical = manifest.lexical.format if manifest.lexical is not None else None
+    if lexical is None and manifest.index.format == "annoy":
+        return
+    try:
+        wanted_minor = fmt.format_minor_for(manifest.index.format, lexical)
+    except ValueError as exc:
+        raise CapsuleFormatError(str(exc)) from None
+    if cf.header.format_minor != wanted_minor:
+        what = "binary-codes index" if manifest.index.format == "binary-codes" else f"{lexical} lexical index"
+        raise CapsuleFormatError(f"a {what} belongs in format {fmt.FORMAT_MAJOR}.{wanted_minor}, "
+                                 f"this capsule is {fmt.FORMAT_MAJOR}.{cf.header.format_minor}")
+
+
 def _open_index(cf: ContainerFile, keys: ContentKeys, manifest: Manifest, proj_section: bytes,
                 index_path: Path | None) -> VectorIndex | BinaryCodeIndex:
     """Decrypt PROJ, VECS and INDX (lengths checked before anything is allocated); load the index.
@@ -610,10 +627,6 @@ def _open_binary_codes(cf: ContainerFile, keys: ContentKeys, manifest: Manifest,
     """Load a ``binary-codes`` index (FORMAT.md §4.4.1): lengths checked before anything is allocated;
     unencrypted codes and rows are mapped in place from a store object, else copied while hashed."""
     info = manifest.index
-    if cf.header.format_minor != fmt.BINARY_CODES_FORMAT_MINOR:
-        raise CapsuleFormatError(f"a binary-codes index belongs in format {fmt.FORMAT_MAJOR}."
-                                 f"{fmt.BINARY_CODES_FORMAT_MINOR}, this capsule is {fmt.FORMAT_MAJOR}."
-                                 f"{cf.header.format_minor}")
     if index_path is not None:
         raise IntegrityError(f"index file {index_path} was given for a capsule whose index is binary codes "
                              "(a file planted beside it?); refusing both")
@@ -663,14 +676,6 @@ def _open_lexical(cf: ContainerFile, keys: ContentKeys, manifest: Manifest,
         if encrypted:
             open_stream(keys.section("LEXI"), cf.section("LEXI"))  # authenticate the empty section
         return None
-    try:
-        wanted_minor = fmt.format_minor_for(manifest.index.format, info.format)
-    except ValueError as exc:
-        raise CapsuleFormatError(str(exc)) from None
-    if cf.header.format_minor != wanted_minor:
-        what = "binary-codes index" if manifest.index.format == "binary-codes" else f"{info.format} lexical index"
-        raise CapsuleFormatError(f"a {what} belongs in format {fmt.FORMAT_MAJOR}.{wanted_minor}, "
-                                 f"this capsule is {fmt.FORMAT_MAJOR}.{cf.header.format_minor}")
     if extracted is not None:
         from .lexical_tantivy import TantivyLexicalIndex
 

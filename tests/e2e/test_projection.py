@@ -12,6 +12,7 @@ from edge import open_capsule
 from edge.capsule import verify_capsule
 from edge.errors import IntegrityError
 from edge.index import BinaryCodeIndex
+from edge.sealed import stream_plaintext_bytes
 from edge.store import Store
 
 from ..conftest import FAQ_DOCS, build_test_capsule
@@ -87,9 +88,19 @@ def test_plain_vecs_are_copied_by_path_and_mapped_in_place_from_the_store(projec
     with _open(projected) as capsule:
         vecs_bytes = capsule.manifest.n_chunks * 128  # int8 rows of refine_dim
         assert capsule.memory_plan["vecs"] == vecs_bytes
-    if projected.overrides["encrypt_index"]:
-        return
     keys = dict(identities=[projected.device_key], trusted_keys=[projected.publisher_key.public_key()])
+    if projected.overrides["encrypt_index"]:
+        # installed, an encrypted index and VECS are still decrypted into memory: both are charged
+        # (the plan charged an installed encrypted index nothing until 2026-12-07)
+        with Store(tmp_path / "store") as store:
+            entry = store.install(projected.path, now=NOW, **keys)
+            with store.open(entry.name, now=NOW, **keys) as capsule:
+                index_plaintext = stream_plaintext_bytes(capsule._cf.sections["INDX"].length)
+                scratch = (BinaryCodeIndex.scratch_bytes(capsule.manifest.n_chunks)
+                           if projected.overrides["index_format"] == "binary-codes" else 0)
+                assert capsule.memory_plan["index"] == index_plaintext + scratch
+                assert capsule.memory_plan["vecs"] == vecs_bytes
+        return
     with Store(tmp_path / "store") as store:
         entry = store.install(projected.path, now=NOW, **keys)
         with store.open(entry.name, now=NOW, **keys) as capsule:
