@@ -325,6 +325,22 @@ def rerank(ids: np.ndarray, vecs: np.ndarray, scale: np.ndarray, z: np.ndarray, 
     return [int(i) for i in ids[order]], [float(s) for s in scores[order]]
 
 
+def score_projected(embedding: np.ndarray, chunk_ids: list[int], k: int, *, vecs: np.ndarray,
+                    projection: Projection) -> tuple[list[int], list[float]]:
+    """Score ``chunk_ids`` by their VECS rows against the query ``embedding`` (float32 [dim_in]);
+    return the ``k`` best as ``rerank`` does.
+
+    Raises:
+        ValueError: a chunk id outside ``0..len(vecs) - 1``.
+    """
+    if not chunk_ids:
+        return [], []
+    ids = np.asarray(chunk_ids, dtype=np.int64)
+    if ids.min() < 0 or ids.max() >= len(vecs):
+        raise ValueError(f"chunk ids must be in 0..{len(vecs) - 1}")
+    return rerank(ids, vecs, projection.scale, projection.project_query(embedding), k)
+
+
 def _load_vecs(info: IndexInfo, vecs_segments: Iterable[bytes] | None, vecs_view: memoryview | None
                ) -> np.ndarray | None:
     """The VECS rows, int8 [n_items, dim_out]: ``vecs_view`` in place, or ``vecs_segments`` copied
@@ -535,12 +551,7 @@ class BinaryCodeIndex:
 
     def score_items(self, embedding: np.ndarray, chunk_ids: list[int], k: int) -> tuple[list[int], list[float]]:
         """Score ``chunk_ids`` exhaustively against a query; return the ``k`` best, as ``search``."""
-        if not chunk_ids:
-            return [], []
-        ids = np.asarray(chunk_ids, dtype=np.int64)
-        if ids.min() < 0 or ids.max() >= self.info.n_items:
-            raise ValueError(f"chunk ids must be in 0..{self.info.n_items - 1}")
-        return rerank(ids, self._vecs, self.projection.scale, self.projection.project_query(embedding), k)
+        return score_projected(embedding, chunk_ids, k, vecs=self._vecs, projection=self.projection)
 
     def item_vector(self, chunk_id: int) -> np.ndarray:
         """Return chunk ``chunk_id``'s dequantised VECS row, float32 [dim_out]."""
@@ -721,10 +732,7 @@ class VectorIndex:
         if not chunk_ids:
             return [], []
         if self.projection is not None:  # the int8 rows, re-ranked in bounded blocks as search's candidates
-            ids = np.asarray(chunk_ids, dtype=np.int64)
-            if ids.min() < 0 or ids.max() >= self.info.n_items:
-                raise ValueError(f"chunk ids must be in 0..{self.info.n_items - 1}")
-            return rerank(ids, self._vecs, self.projection.scale, self.projection.project_query(embedding), k)
+            return score_projected(embedding, chunk_ids, k, vecs=self._vecs, projection=self.projection)
         query = embedding
         rows = np.stack([self.item_vector(c) for c in chunk_ids])
         norms = np.linalg.norm(rows, axis=1) * max(float(np.linalg.norm(query)), 1e-12)
