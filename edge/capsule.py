@@ -57,7 +57,7 @@ from .budget import (
 )
 from .clock import utc_now
 from .container import ContainerFile
-from .embedder import QueryEmbedder, check_engine, find_model_dir
+from .embedder import PendingEmbedder, QueryEmbedder, check_engine, find_model_dir
 from .errors import BudgetExceededError, CapsuleError, CapsuleFormatError, DeltaBaseError, IntegrityError, ModelError
 from .frames import FrameReader
 from .index import BinaryCodeIndex, Projection, VectorIndex, rerank_peak_bytes
@@ -329,7 +329,7 @@ def _open_capsule(path: str | os.PathLike[str], *, trusted_keys: Sequence[Ed2551
     prefix = ""
     plan: dict[str, int] = {}
     index = lexical = None
-    own_embedder = None
+    own_embedder = model_loading = None
     try:
         manifest, rules = _check_trust(cf, trusted_keys=trusted_keys, threshold=threshold, device=device, now=now,
                                        identities=identities, expected_manifest_sha256=expected_manifest_sha256,
@@ -339,8 +339,13 @@ def _open_capsule(path: str | os.PathLike[str], *, trusted_keys: Sequence[Ed2551
             frame_cache_bytes //= len(manifest.segments.base) + 1
         check_engine(manifest.model.family)
         embedder = (embedders or {}).get(manifest.model.sha256)
+        # Unlimited: the weights are settled once planned, and no transient peak below borrows the
+        # model's reservation, so the model is hashed and its session built on a thread while the
+        # sections are opened here (QueryEmbedder.start_open). Under a limit it loads after them.
+        load_in_background = embedder is None and budget.limit_bytes is None
         if embedder is None:
-            model_dir = find_model_dir(manifest.model.sha256, model_search_path, family=manifest.model.family)
+            model_dir = find_model_dir(manifest.model.sha256, model_search_path, family=manifest.model.family,
+                                       confirm=not load_in_background)
         if index_path is not None and manifest.index.encryption != "none":
             raise IntegrityError(f"index file {index_path} was given for a capsule whose index is encrypted "
                                  "(a file planted beside it?); refusing both")
@@ -376,6 +381,8 @@ def _open_capsule(path: str | os.PathLike[str], *, trusted_keys: Sequence[Ed2551
             log.info("capsule %s: the model's weights stay mapped (not prepacked) to fit the memory budget",
                      manifest.name)
         budget.acquire_all({prefix + name: n for name, n in plan.items()}, what=f"capsule {manifest.name}")
+        if load_in_background:
+            model_loading = _open_embedder(model_dir, manifest, n_threads, model_weights, start=True)
         content_key = _unwrap_within_budget(manifest, identities, budget, prefix)
         keys = derive_keys(content_key, manifest.capsule_id_bytes)
         # Small sections are read once and parsed from the copy that was hashed.
@@ -420,11 +427,19 @@ def _open_capsule(path: str | os.PathLike[str], *, trusted_keys: Sequence[Ed2551
             # What only loading needed is freed once the engine holds its copy: keep what stays.
             budget.release(prefix + "lexical", lexical_loading - lexical_borrowed)
             plan["lexical"] -= lexical_loading - lexical_borrowed
-        if embedder is None:
-            embedder = own_embedder = QueryEmbedder.open(model_dir, family=manifest.model.family,
-                                                         expected_sha256=manifest.model.sha256,
-                                                         n_threads=n_threads, max_tokens=manifest.model.max_tokens,
-                                                         prepack_weights=model_weights == "packed")
+        if model_loading is not None:
+            pending, model_loading = model_loading, None
+            try:
+                embedder = own_embedder = pending.result()
+            except ModelError:
+                # model_dir was chosen by its SHA256SUMS alone: if its files differ, search on as
+                # a confirming find_model_dir does (the digests it took are cached).
+                confirmed = find_model_dir(manifest.model.sha256, model_search_path, family=manifest.model.family)
+                if confirmed == model_dir:
+                    raise
+                embedder = own_embedder = _open_embedder(confirmed, manifest, n_threads, model_weights)
+        elif embedder is None:
+            embedder = own_embedder = _open_embedder(model_dir, manifest, n_threads, model_weights)
         if embedder.dim != manifest.model.dim:
             raise ModelError(f"model gives {embedder.dim}-d embeddings, capsule needs {manifest.model.dim}")
         # Opened by path, every sample is authenticated before a decoder sees it: VIDE is hashed
@@ -442,6 +457,8 @@ def _open_capsule(path: str | os.PathLike[str], *, trusted_keys: Sequence[Ed2551
             index.close()
         if lexical is not None:
             lexical.close()
+        if model_loading is not None:
+            model_loading.discard()
         for name in plan:
             budget.release(prefix + name)
         cf.close()
@@ -467,6 +484,13 @@ def _open_capsule(path: str | os.PathLike[str], *, trusted_keys: Sequence[Ed2551
             capsule.close()
             raise
     return capsule
+
+
+def _open_embedder(model_dir: Path, manifest: Manifest, n_threads: int, model_weights: str, *,
+                   start: bool = False) -> QueryEmbedder | PendingEmbedder:
+    open_ = QueryEmbedder.start_open if start else QueryEmbedder.open
+    return open_(model_dir, family=manifest.model.family, expected_sha256=manifest.model.sha256,
+                 n_threads=n_threads, max_tokens=manifest.model.max_tokens, prepack_weights=model_weights == "packed")
 
 
 def _open_segments(head: Manifest, *, installed: _InstalledObject | None, options: OpenOptions,

@@ -125,12 +125,13 @@ _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _DIGESTS: dict[tuple[int, int, int, int], str] = {}
 
 
-def _sha256_file(path: Path) -> str:
+def _sha256_file(path: Path, block_bytes: int = 1 << 20) -> str:
     """Return a file's sha256, hashing it once per process while it is unchanged.
 
-    Hashing the 23 MB weights costs ~0.1 s on x86 and more on a Cortex-A72 (no SHA
+    Hashing the 22 MB weights costs ~20 ms on this x86 VM and more on a Cortex-A72 (no SHA
     instructions): ``find_model_dir`` and ``QueryEmbedder.open`` share the result, keyed by
-    (device, inode, size, mtime).
+    (device, inode, size, mtime). ``block_bytes``: bytes read and hashed per step (each step
+    releases the GIL once).
     """
     with open(path, "rb") as fh:
         st = os.fstat(fh.fileno())
@@ -139,21 +140,22 @@ def _sha256_file(path: Path) -> str:
         if cached is not None:
             return cached
         digest = hashlib.sha256()
-        for block in iter(lambda: fh.read(1 << 20), b""):
+        for block in iter(lambda: fh.read(block_bytes), b""):
             digest.update(block)
     _DIGESTS[key] = digest.hexdigest()
     return _DIGESTS[key]
 
 
-def _model_identity_of(model_dir: Path, family: str = "onnx") -> str:
+def _model_identity_of(model_dir: Path, family: str = "onnx", *, block_bytes: int = 1 << 20) -> str:
     """Return the identity of the ``family`` model in ``model_dir`` (FORMAT.md §4.3).
 
     ``onnx``: :func:`model_identity` of the graph and its external weights; ``tflite``: the
     sha256 of ``model.int8.tflite``. Raises OSError when a file cannot be read.
     """
     if family == "tflite":
-        return _sha256_file(model_dir / MODEL_FILENAMES["tflite"])
-    return model_identity(_sha256_file(model_dir / MODEL_FILENAME), _sha256_file(model_dir / MODEL_DATA_FILENAME))
+        return _sha256_file(model_dir / MODEL_FILENAMES["tflite"], block_bytes)
+    return model_identity(_sha256_file(model_dir / MODEL_FILENAME, block_bytes),
+                          _sha256_file(model_dir / MODEL_DATA_FILENAME, block_bytes))
 
 
 def model_identity(graph_sha256: str, data_sha256: str) -> str:
@@ -559,95 +561,27 @@ class QueryEmbedder:
 
         Source: models/all-MiniLM-L6-v2/MODEL.md (inputs, outputs, max tokens).
         """
-        from tokenizers import Tokenizer
+        opening = _Opening(cls, model_dir, family=family, expected_sha256=expected_sha256, n_threads=n_threads,
+                           max_tokens=max_tokens, expected_tokenizer_sha256=expected_tokenizer_sha256,
+                           prepack_weights=prepack_weights, device=device)
+        opening.load_engine()
+        return opening.finish()
 
-        family = _check_family(family)
-        check_device(device, family)
-        expected_sha256 = _check_sha256_arg(expected_sha256)
-        expected_tokenizer_sha256 = _check_sha256_arg(expected_tokenizer_sha256)
-        if not isinstance(n_threads, int) or n_threads < 1:
-            raise ValueError(f"n_threads must be an int >= 1, got {n_threads!r}")
-        if not isinstance(max_tokens, int) or not 3 <= max_tokens <= MAX_POSITIONS:
-            raise ValueError(
-                f"max_tokens must be an int in [3, {MAX_POSITIONS}], got {max_tokens!r}"
-            )
+    @classmethod
+    def start_open(cls, model_dir: Path, **kwargs: Any) -> PendingEmbedder:
+        """Start :meth:`open` (same arguments) with its engine loading on a thread of its own.
 
-        model_dir = Path(model_dir)
-        if not model_dir.is_dir():
-            raise ModelError(f"model directory {model_dir} does not exist")
-        model_path = model_dir / MODEL_FILENAMES[family]
-        tokenizer_path = model_dir / TOKENIZER_FILENAME
-        needed = [model_path, tokenizer_path]
-        if family == "onnx":
-            needed.insert(1, model_dir / MODEL_DATA_FILENAME)
-        for path in needed:
-            if not path.is_file():
-                raise ModelError(f"model file {path} is missing")
+        The thread hashes the model files and builds the engine's session, the part of an open
+        that releases the GIL (onnxruntime: ~30 ms of ~60 here). ``PendingEmbedder.result()``
+        joins it, then loads the tokenizer and runs the known-answer check on the calling thread
+        (tokenizers holds the GIL), so a caller can open other things meanwhile.
 
-        try:
-            sha256 = _model_identity_of(model_dir, family)
-        except OSError as exc:
-            raise ModelError(f"cannot read model file {model_path}: {exc.strerror}") from exc
-        if expected_sha256 is not None and sha256 != expected_sha256:
-            logger.warning("refusing model %s: sha256 %s, expected %s", model_path, sha256, expected_sha256)
-            raise ModelError(f"model {model_path} has sha256 {sha256}, expected {expected_sha256}")
-        # Loaded by path so that onnxruntime maps the external weights file and LiteRT maps the
-        # flatbuffer (see the table above). The files are hashed just before; a device keeps
-        # its model folder on a read-only or root-owned file system, where nothing swaps them.
-        engine = (_OnnxEngine(str(model_path), model_path, n_threads, prepack_weights=prepack_weights, device=device)
-                  if family == "onnx" else _LiteRtEngine(str(model_path), model_path, n_threads))
-        if max_tokens > engine.max_seq:
-            raise ModelError(
-                f"model file {model_path} takes at most {engine.max_seq} tokens, {max_tokens} requested"
-            )
-
-        tokenizer_bytes = read_regular_file(tokenizer_path, max_bytes=MAX_TOKENIZER_BYTES, what="tokenizer file",
-                                            error=ModelError)
-        tokenizer_sha256 = hashlib.sha256(tokenizer_bytes).hexdigest()
-        if expected_tokenizer_sha256 is not None and tokenizer_sha256 != expected_tokenizer_sha256:
-            logger.warning(
-                "refusing tokenizer %s: sha256 %s, expected %s",
-                tokenizer_path,
-                tokenizer_sha256,
-                expected_tokenizer_sha256,
-            )
-            raise ModelError(
-                f"tokenizer file {tokenizer_path} has sha256 {tokenizer_sha256}, "
-                f"expected {expected_tokenizer_sha256}"
-            )
-        try:
-            tokenizer = Tokenizer.from_str(tokenizer_bytes.decode("utf-8"))
-        except Exception as exc:  # tokenizers raises a plain Exception
-            raise ModelError(f"cannot load tokenizer file {tokenizer_path}: {exc}") from exc
-        # The packaged tokenizer.json pads and truncates to 128; we pad per
-        # batch ourselves and truncate in _encode_ids (so token_count and
-        # tokenize_offsets can see the whole text).
-        tokenizer.no_padding()
-        tokenizer.no_truncation()
-        if tokenizer.token_to_id("[CLS]") is None or tokenizer.token_to_id("[SEP]") is None:
-            raise ModelError(f"tokenizer file {tokenizer_path} has no [CLS]/[SEP] tokens")
-
-        embedder = cls(
-            engine=engine,
-            tokenizer=tokenizer,
-            model_path=model_path,
-            sha256=sha256,
-            tokenizer_path=tokenizer_path,
-            tokenizer_sha256=tokenizer_sha256,
-            dim=EXPECTED_DIM,
-            max_tokens=max_tokens,
-            n_threads=n_threads,
-        )
-        embedder._check_known_answers(model_dir / REFERENCE_FILENAME)
-        logger.debug(
-            "opened model %s sha256 %s with %s (%d threads, max %d tokens)",
-            model_path,
-            sha256,
-            engine.name,
-            n_threads,
-            max_tokens,
-        )
-        return embedder
+        Raises:
+            ValueError: as :meth:`open`, at once. Everything :meth:`open` raises after its
+                argument checks is raised by ``PendingEmbedder.result()``.
+        """
+        opening = _Opening(cls, model_dir, hash_block_bytes=_BACKGROUND_HASH_BLOCK_BYTES, **kwargs)
+        return PendingEmbedder(opening)
 
     def _check_known_answers(self, reference_path: Path) -> None:
         """Raise ModelError unless the engine reproduces the reference vectors.
@@ -858,6 +792,166 @@ class QueryEmbedder:
 # finding the model on disk
 
 
+
+#: Blocks the background thread hashes the model in: each block releases the GIL once and must
+#: take it back (up to the 5 ms switch interval while the opening thread runs Python), so fewer,
+#: larger blocks; 4 MiB is held only while it is hashed.
+_BACKGROUND_HASH_BLOCK_BYTES = 4 << 20
+
+
+class _Opening:
+    """The steps of ``QueryEmbedder.open``: argument checks (constructor), ``load_engine`` (hash,
+    then the engine's session) and ``finish`` (tokenizer, known-answer check)."""
+
+    def __init__(self, cls: type[QueryEmbedder], model_dir: Path, *, family: str = "onnx",
+                 expected_sha256: str | None = None, n_threads: int = 1, max_tokens: int = DEFAULT_MAX_TOKENS,
+                 expected_tokenizer_sha256: str | None = None, prepack_weights: bool = True, device: str = "cpu",
+                 hash_block_bytes: int = 1 << 20) -> None:
+        family = _check_family(family)
+        check_device(device, family)
+        self.expected_sha256 = _check_sha256_arg(expected_sha256)
+        self.expected_tokenizer_sha256 = _check_sha256_arg(expected_tokenizer_sha256)
+        if not isinstance(n_threads, int) or n_threads < 1:
+            raise ValueError(f"n_threads must be an int >= 1, got {n_threads!r}")
+        if not isinstance(max_tokens, int) or not 3 <= max_tokens <= MAX_POSITIONS:
+            raise ValueError(
+                f"max_tokens must be an int in [3, {MAX_POSITIONS}], got {max_tokens!r}"
+            )
+        self.cls, self.family, self.n_threads, self.max_tokens = cls, family, n_threads, max_tokens
+        self.prepack_weights, self.device, self.hash_block_bytes = prepack_weights, device, hash_block_bytes
+        self.model_dir = Path(model_dir)
+        self.model_path = self.model_dir / MODEL_FILENAMES[family]
+        self.tokenizer_path = self.model_dir / TOKENIZER_FILENAME
+        self.engine: _OnnxEngine | _LiteRtEngine | None = None
+        self.sha256 = ""
+
+    def load_engine(self) -> None:
+        """Check the files, hash the model against the expected identity, then load the engine."""
+        model_dir, family, model_path = self.model_dir, self.family, self.model_path
+        if not model_dir.is_dir():
+            raise ModelError(f"model directory {model_dir} does not exist")
+        needed = [model_path, self.tokenizer_path]
+        if family == "onnx":
+            needed.insert(1, model_dir / MODEL_DATA_FILENAME)
+        for path in needed:
+            if not path.is_file():
+                raise ModelError(f"model file {path} is missing")
+
+        try:
+            sha256 = _model_identity_of(model_dir, family, block_bytes=self.hash_block_bytes)
+        except OSError as exc:
+            raise ModelError(f"cannot read model file {model_path}: {exc.strerror}") from exc
+        expected_sha256 = self.expected_sha256
+        if expected_sha256 is not None and sha256 != expected_sha256:
+            logger.warning("refusing model %s: sha256 %s, expected %s", model_path, sha256, expected_sha256)
+            raise ModelError(f"model {model_path} has sha256 {sha256}, expected {expected_sha256}")
+        # Loaded by path so that onnxruntime maps the external weights file and LiteRT maps the
+        # flatbuffer (see the table above). The files are hashed just before; a device keeps
+        # its model folder on a read-only or root-owned file system, where nothing swaps them.
+        n_threads = self.n_threads
+        self.engine = (_OnnxEngine(str(model_path), model_path, n_threads, prepack_weights=self.prepack_weights,
+                                   device=self.device)
+                       if family == "onnx" else _LiteRtEngine(str(model_path), model_path, n_threads))
+        self.sha256 = sha256
+
+    def finish(self) -> QueryEmbedder:
+        """Load and check the tokenizer, run the known-answer check; return the embedder."""
+        from tokenizers import Tokenizer
+
+        engine, model_path, tokenizer_path = self.engine, self.model_path, self.tokenizer_path
+        max_tokens, expected_tokenizer_sha256 = self.max_tokens, self.expected_tokenizer_sha256
+        assert engine is not None, "load_engine() first"
+        if max_tokens > engine.max_seq:
+            raise ModelError(
+                f"model file {model_path} takes at most {engine.max_seq} tokens, {max_tokens} requested"
+            )
+        tokenizer_bytes = read_regular_file(tokenizer_path, max_bytes=MAX_TOKENIZER_BYTES, what="tokenizer file",
+                                            error=ModelError)
+        tokenizer_sha256 = hashlib.sha256(tokenizer_bytes).hexdigest()
+        if expected_tokenizer_sha256 is not None and tokenizer_sha256 != expected_tokenizer_sha256:
+            logger.warning(
+                "refusing tokenizer %s: sha256 %s, expected %s",
+                tokenizer_path,
+                tokenizer_sha256,
+                expected_tokenizer_sha256,
+            )
+            raise ModelError(
+                f"tokenizer file {tokenizer_path} has sha256 {tokenizer_sha256}, "
+                f"expected {expected_tokenizer_sha256}"
+            )
+        try:
+            tokenizer = Tokenizer.from_str(tokenizer_bytes.decode("utf-8"))
+        except Exception as exc:  # tokenizers raises a plain Exception
+            raise ModelError(f"cannot load tokenizer file {tokenizer_path}: {exc}") from exc
+        # The packaged tokenizer.json pads and truncates to 128; we pad per
+        # batch ourselves and truncate in _encode_ids (so token_count and
+        # tokenize_offsets can see the whole text).
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+        if tokenizer.token_to_id("[CLS]") is None or tokenizer.token_to_id("[SEP]") is None:
+            raise ModelError(f"tokenizer file {tokenizer_path} has no [CLS]/[SEP] tokens")
+
+        embedder = self.cls(
+            engine=engine,
+            tokenizer=tokenizer,
+            model_path=model_path,
+            sha256=self.sha256,
+            tokenizer_path=tokenizer_path,
+            tokenizer_sha256=tokenizer_sha256,
+            dim=EXPECTED_DIM,
+            max_tokens=max_tokens,
+            n_threads=self.n_threads,
+        )
+        embedder._check_known_answers(self.model_dir / REFERENCE_FILENAME)
+        logger.debug(
+            "opened model %s sha256 %s with %s (%d threads, max %d tokens)",
+            model_path,
+            self.sha256,
+            engine.name,
+            self.n_threads,
+            max_tokens,
+        )
+        return embedder
+
+
+class PendingEmbedder:
+    """A ``QueryEmbedder.open`` under way (``QueryEmbedder.start_open``): its engine loads on a
+    thread; ``result()`` joins it and finishes the open on the calling thread."""
+
+    def __init__(self, opening: _Opening) -> None:
+        self._opening: _Opening | None = opening
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                opening.load_engine()
+            except BaseException as exc:  # raised again by result(), on the caller's thread
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name="edge-model-load", daemon=True)
+        self._thread.start()
+
+    def result(self) -> QueryEmbedder:
+        """Join the loading thread and return the embedder.
+
+        Raises:
+            ModelError: as ``QueryEmbedder.open``; also when called again after it raised.
+        """
+        self._thread.join()
+        opening, self._opening = self._opening, None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        if opening is None:
+            raise ModelError("the model's open already completed or failed")
+        return opening.finish()
+
+    def discard(self) -> None:
+        """Join the loading thread and drop what it loaded (the caller's open failed elsewhere)."""
+        self._thread.join()
+        self._opening = self._error = None
+
+
 def default_search_path() -> list[Path]:
     """Return the directories :func:`find_model_dir` searches, in order.
 
@@ -909,7 +1003,7 @@ def _listed_sha256(model_dir: Path, family: str = "onnx") -> str | None:
 
 
 def find_model_dir(
-    sha256: str | None = None, search_path: list[Path] | None = None, *, family: str = "onnx"
+    sha256: str | None = None, search_path: list[Path] | None = None, *, family: str = "onnx", confirm: bool = True
 ) -> Path:
     """Return the model directory whose ``family`` model has identity ``sha256``.
 
@@ -929,6 +1023,9 @@ def find_model_dir(
             parent of model directories.
         family: ``"onnx"`` looks for ``model.int8.onnx``, ``"tflite"`` for
             ``model.int8.tflite`` (FORMAT.md §4.3).
+        confirm: False returns the first candidate whose ``SHA256SUMS`` lists ``sha256``
+            without hashing it, for a caller whose ``QueryEmbedder.open`` hashes it anyway
+            (on another thread: ``start_open``) and searches again, confirming, if it differs.
 
     Returns:
         The matching model directory.
@@ -956,6 +1053,9 @@ def find_model_dir(
                 continue
             if listed != sha256:
                 continue
+            if not confirm:
+                logger.debug("found model %s listed in %s (not hashed yet)", sha256, candidate)
+                return candidate
             try:
                 actual = _model_identity_of(candidate, family)
             except OSError:

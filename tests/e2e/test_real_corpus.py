@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 
 import pytest
 
@@ -18,7 +19,9 @@ from edge.errors import (
     NotYetValidError,
     SignatureError,
 )
+from edge.budget import MemoryBudget
 from edge.capsule import verify_capsule
+from edge.embedder import QueryEmbedder
 from firmware_tools.chunking import TokenizerOffsets, chunk_documents
 from firmware_tools.documents import iter_documents
 
@@ -27,6 +30,7 @@ from ..conftest import FAQ_DOCS, ROOT, BUILD_EXPIRES_AT, BUILD_ISSUED_AT, build_
 QUESTIONS = [json.loads(line) for line in (ROOT / "examples/python-faq/questions.jsonl").read_text().splitlines()
              if line.strip()]
 NOW = BUILD_ISSUED_AT.replace(day=15)
+MODEL_DIR = ROOT / "models" / "all-MiniLM-L6-v2"
 
 
 def _open(built, **kwargs):
@@ -138,6 +142,67 @@ def test_missing_model_is_refused_with_its_hash(faq_capsule, tmp_path, monkeypat
     monkeypatch.setenv("EDGE_MODEL_PATH", str(tmp_path))
     with pytest.raises(ModelError, match=_model_sha(faq_capsule)[:12]):
         _open(faq_capsule, options=OpenOptions(model_search_path=[tmp_path]))
+
+
+def _spy(monkeypatch, owner, name):
+    """Count calls of ``owner.name`` and let each one through to the real function."""
+    calls = []
+    real = getattr(owner, name)
+
+    def counted(*args, **kwargs):
+        calls.append(name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counted)
+    return calls
+
+
+def test_model_loads_on_a_thread_only_when_the_budget_is_unlimited(faq_capsule, monkeypatch):
+    # Unlimited: the session is built on a thread while the sections open (cold start), and the
+    # capsule answers as ever. Under a limit, transient peaks borrow the model's reservation, so
+    # the model loads after them, on the opening thread.
+    started = _spy(monkeypatch, QueryEmbedder, "start_open")
+    opened = _spy(monkeypatch, QueryEmbedder, "open")
+    with _open(faq_capsule) as capsule:
+        unlimited = [(hit.chunk_id, hit.text) for hit in capsule.search("What is Python?", k=3)]
+    assert (started, opened) == (["start_open"], [])
+    with _open(faq_capsule, budget=MemoryBudget(1 << 30)) as capsule:
+        limited = [(hit.chunk_id, hit.text) for hit in capsule.search("What is Python?", k=3)]
+    assert (started, opened) == (["start_open"], ["open"])
+    assert limited == unlimited
+
+
+def _lying_model_dir(root):
+    """A model folder whose SHA256SUMS lists the real model's digests over other files."""
+    fake = root / "a-fake"
+    fake.mkdir()
+    (fake / "model.int8.onnx").write_bytes(b"something else")
+    (fake / "model.int8.onnx.data").write_bytes(b"")
+    shutil.copy(MODEL_DIR / "tokenizer.json", fake / "tokenizer.json")
+    shutil.copy(MODEL_DIR / "SHA256SUMS", fake / "SHA256SUMS")
+    return fake
+
+
+@pytest.mark.parametrize("budget", [None, 1 << 30], ids=["unlimited", "limited"])
+def test_a_lying_sha256sums_is_passed_over_for_the_real_model(faq_capsule, tmp_path, budget):
+    # Unlimited, the folder is chosen by its listing and hashed on the loading thread; its files
+    # differ, so the open searches on as the confirming search does (and finds the real model).
+    _lying_model_dir(tmp_path)
+    options = OpenOptions(model_search_path=[tmp_path, MODEL_DIR.parent])
+    with _open(faq_capsule, options=options, budget=None if budget is None else MemoryBudget(budget)) as capsule:
+        assert capsule.embedder.model_path.parent == MODEL_DIR
+        assert capsule.search("What is Python?", k=1)[0].text
+    with pytest.raises(ModelError, match="no onnx model with sha256"):  # the lying folder alone
+        _open(faq_capsule, options=OpenOptions(model_search_path=[tmp_path]))
+
+
+def test_a_capsule_refused_while_its_model_loads_leaves_no_thread(faq_capsule):
+    # The content key fails to unwrap after the model started loading: the open joins the
+    # loading thread and drops the half-made session before raising.
+    with pytest.raises(DecryptionError, match="not for this device"):
+        open_capsule(faq_capsule.path, trusted_keys=[faq_capsule.publisher_key.public_key()],
+                     identities=[faq_capsule.other_device_key], now=NOW)
+    assert not [t for t in threading.enumerate() if t.name == "edge-model-load"]
 
 
 def _model_sha(built):

@@ -347,3 +347,17 @@ def test_the_cpu_device_is_the_default(embedder: QueryEmbedder, reference: tuple
     assert on_cpu.engine == embedder.engine and " on " not in on_cpu.engine
     sentences = reference[0][:4]
     assert np.array_equal(on_cpu.embed(sentences), embedder.embed(sentences))
+
+
+def test_start_open_checks_arguments_at_once_and_raises_load_errors_at_result() -> None:
+    with pytest.raises(ValueError, match="n_threads"):
+        QueryEmbedder.start_open(MODEL_DIR, n_threads=0)
+    pending = QueryEmbedder.start_open(MODEL_DIR, expected_sha256="ab" * 32)
+    with pytest.raises(ModelError, match="expected abab"):
+        pending.result()
+    with pytest.raises(ModelError, match="already completed or failed"):
+        pending.result()
+    embedder = QueryEmbedder.start_open(MODEL_DIR, expected_sha256=MODEL_SHA256).result()
+    same = QueryEmbedder.open(MODEL_DIR, expected_sha256=MODEL_SHA256)
+    got, want = embedder.embed(["reset the unit"]), same.embed(["reset the unit"])
+    assert got.shape == (1, 384) and float(got[0] @ want[0]) > 0.9999
