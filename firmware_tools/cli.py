@@ -343,12 +343,21 @@ def _index_format(args) -> str | None:
 
 
 def _video_params(args: argparse.Namespace):
-    """The ``VideoParams`` that ``--codec`` and ``--entropy-coding`` choose."""
-    from .qr_video import CAVLC_VIDEO_PARAMS, DEFAULT_VIDEO_PARAMS, HEVC_VIDEO_PARAMS
+    """The ``VideoParams`` that ``--codec``, ``--entropy-coding`` and ``--qr-version`` choose."""
+    from .qr_video import CAVLC_VIDEO_PARAMS, DEFAULT_VIDEO_PARAMS, HEVC_VIDEO_PARAMS, with_qr_version
 
     if args.codec == "hevc":
-        return HEVC_VIDEO_PARAMS
-    return CAVLC_VIDEO_PARAMS if args.entropy_coding == "cavlc" else DEFAULT_VIDEO_PARAMS
+        params = HEVC_VIDEO_PARAMS
+    else:
+        params = CAVLC_VIDEO_PARAMS if args.entropy_coding == "cavlc" else DEFAULT_VIDEO_PARAMS
+    if args.qr_version is None or args.qr_version == params.qr_version:
+        return params
+    return with_qr_version(params, args.qr_version)
+
+
+#: ``firmware_tools.qr_video.MIN_QR_VERSION``, kept here so that ``--help`` imports no NumPy or PyAV
+#: (a test checks that the two agree).
+MIN_QR_VERSION = 15
 
 
 def _add_build_arguments(p: argparse.ArgumentParser) -> None:
@@ -389,6 +398,12 @@ def _add_build_arguments(p: argparse.ArgumentParser) -> None:
                    help="H.264 entropy coding (default cabac). cavlc decodes 2.3x faster per frame for about 19%% "
                         "more video bytes (bench/QR_VIDEO.md 7): for devices where query time matters more than "
                         "capsule size; any H.264 decoder reads it (h264 only)")
+    p.add_argument("--qr-version", type=int, choices=range(MIN_QR_VERSION, 41), default=None,
+                   metavar=f"{MIN_QR_VERSION}-40",
+                   help="QR version of each frame's symbol (default 24 for h264: 1,171 bytes in 128x128 frames; "
+                        "40 for hevc). Smaller symbols make smaller frames, cheaper to decode per hit, for more "
+                        "video bytes; 40 (192x192) makes the smallest capsule: on SciFact 0.84x the bytes, 1.41-1.48x "
+                        "the query time (bench/QR_VIDEO.md 9)")
     p.add_argument("--seed", type=_hex_arg, help="hex seed for a reproducible build (default: OS randomness)")
     p.add_argument("--embedding-cache", type=Path, metavar="FILE",
                    help="SQLite file of chunk embeddings kept between builds: a rebuild embeds only new or "

@@ -11,7 +11,7 @@ slots), does not hash or sign anything, and writes nothing but the MP4 file it i
 
 Example::
 
-    params = DEFAULT_VIDEO_PARAMS           # v40-L, 1 px/module, 192x192, veryfast CRF 25
+    params = DEFAULT_VIDEO_PARAMS           # v24-L, 1 px/module, 128x128, veryfast CRF 25
     video = encode_mp4_file(payloads, "frames.mp4", params)
     bad = check_mp4("frames.mp4", payloads, params, video.extradata,
                     video.sample_offsets, video.sample_sizes)
@@ -68,7 +68,7 @@ import mmap
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
 
@@ -84,7 +84,10 @@ log = logging.getLogger(__name__)
 __all__ = [
     "VideoParams",
     "DEFAULT_VIDEO_PARAMS",
+    "CAVLC_VIDEO_PARAMS",
     "HEVC_VIDEO_PARAMS",
+    "MIN_QR_VERSION",
+    "with_qr_version",
     "EncodedVideo",
     "qr_byte_capacity",
     "render_qr_frame",
@@ -226,17 +229,52 @@ class VideoParams:
         return qr_byte_capacity(self.qr_version, self.qr_ec_level)
 
 
-#: Chosen by measurement (module docstring, bench/QR_VIDEO.md): v40-L (2,953 bytes) at 1 px per
-#: module in 192x192, x264 veryfast with aq-mode=2:aq-strength=0.5 at CRF 25 (100% decode up to
-#: CRF 27): 3.315 MP4 bytes per payload byte, ~9.8 kB per full frame.
-DEFAULT_VIDEO_PARAMS = VideoParams()
+#: Smallest QR version ``with_qr_version`` gives (520 bytes at EC level L): below it a long chunk
+#: no longer fits one frame once compressed, and the build stops with a ``CapacityError``.
+MIN_QR_VERSION = 15
+
+#: Frame sides are whole H.264 macroblocks (16 pixels), as 192 is for version 40.
+_MACROBLOCK_PIXELS = 16
+
+
+def with_qr_version(params: VideoParams, version: int) -> VideoParams:
+    """Return ``params`` with version-``version`` QR symbols in the smallest square frame of whole
+    16-pixel macroblocks that holds one with its quiet zone (``firmware-tools build --qr-version``).
+
+    Version 40 gives 192x192 (``VideoParams``' field defaults), 24 gives ``DEFAULT_VIDEO_PARAMS``'
+    128x128, 20 gives 112x112. A smaller symbol makes each hit's frame cheaper to decode and
+    QR-read, for more video bytes: frames are filled less evenly, and every frame carries its own
+    AEAD tag, zstd header, finder patterns and slice header. A query still reads about as many
+    frames, because its hits mostly sit in different frames anyway (SciFact, k=10: 7.5 at version
+    40, 7.8 at 24). Measured on SciFact: bench/QR_VIDEO.md §9.
+
+    Raises:
+        ValueError: ``version`` outside ``MIN_QR_VERSION``..40.
+
+    Source: ISO/IEC 18004 §5.3.1 (a version-V symbol is 17 + 4V modules a side).
+    """
+    if not isinstance(version, int) or not MIN_QR_VERSION <= version <= 40:
+        raise ValueError(f"qr version must be {MIN_QR_VERSION}..40, not {version!r}")
+    modules = 17 + 4 * version + 2 * params.quiet_zone_modules
+    side = -(-modules * params.pixels_per_module // _MACROBLOCK_PIXELS) * _MACROBLOCK_PIXELS
+    return replace(params, qr_version=version, width=side, height=side)
+
+
+#: Chosen by measurement (module docstring, bench/QR_VIDEO.md §2 and §9): x264 veryfast with
+#: aq-mode=2:aq-strength=0.5 at CRF 25, 1 px per module, and since 2026-12-07 QR version 24-L
+#: (1,171 bytes) in 128x128 frames. On SciFact (12,102 chunks, k=10, 2 cores) queries take 0.68-0.71x
+#: the time of version 40 in 192x192 (2,953 bytes, 3.315 MP4 bytes per payload byte) for 1.32x the
+#: video (capsule 1.78x -> 2.14x its text); all 2,471 frames still decode at CRF 27 (CRF 28 lost
+#: one). ``with_qr_version(DEFAULT_VIDEO_PARAMS, 40)`` is the smallest capsule.
+DEFAULT_VIDEO_PARAMS = with_qr_version(VideoParams(), 24)
 
 #: H.264 with CAVLC instead of CABAC entropy coding (``firmware-tools build --entropy-coding
 #: cavlc``): frames decode 2.3x faster (0.284 against 0.646 ms per frame with PyAV's software
 #: decoder, bench/QR_VIDEO.md §7) for 18.7% more video bytes, all 200 test frames exact at the
 #: same CRF. Still High profile (CABAC is optional there), so hardware H.264 decoders take it and
 #: readers need nothing new. For a device where the query time matters more than the capsule's size.
-CAVLC_VIDEO_PARAMS = VideoParams(x264_params=DEFAULT_VIDEO_PARAMS.x264_params + ":cabac=0")
+#: (Those figures are for version-40 frames; the default's frame size is kept.)
+CAVLC_VIDEO_PARAMS = replace(DEFAULT_VIDEO_PARAMS, x264_params=DEFAULT_VIDEO_PARAMS.x264_params + ":cabac=0")
 
 #: HEVC capsules (``firmware-tools build --codec hevc``) for devices whose hardware decodes HEVC
 #: but not H.264 (Raspberry Pi 5). Every frame is a forced IDR picture (closed GOPs of one
@@ -245,7 +283,8 @@ CAVLC_VIDEO_PARAMS = VideoParams(x264_params=DEFAULT_VIDEO_PARAMS.x264_params + 
 #: ``edge.frames.FrameReader``). With forced IDRs x265 spends more bits at equal CRF than with
 #: keyint=1 (which signals the RExt "Main Intra" profile that hardware decoders may refuse), so
 #: the CRF scale moves up: CRF 30 4.56 B/B, 32 4.02, **33 3.75**, 34 3.42, 35 3.15 all 60/60; CRF 36 58/60,
-#: 37 53/60. CRF 33 keeps a 2-step margin below the cliff (H.264 default: 3.32 B/B).
+#: 37 53/60. CRF 33 keeps a 2-step margin below the cliff (H.264 default: 3.32 B/B). HEVC stays at
+#: version 40 in 192x192: x265's margin was not measured at the H.264 default's smaller frames.
 HEVC_VIDEO_PARAMS = VideoParams(codec="hevc", profile="main", crf=33)
 
 # Fixed x265 options: every frame an IDR picture (the encoder is also handed I-frames with

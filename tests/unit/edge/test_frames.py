@@ -20,7 +20,7 @@ def video():
     rng = random.Random(20261122)
     cap = DEFAULT_VIDEO_PARAMS.payload_capacity_bytes
     # full frames (what the builder packs) plus a few short and tiny payloads
-    sizes = [cap] * 14 + [1, 17, 100, 1000, 2000, cap - 1]
+    sizes = [cap] * 14 + [1, 17, 100, cap // 2, cap - 2, cap - 1]
     payloads = [rng.randbytes(n) for n in sizes]
     encoded = encode_mp4(payloads, DEFAULT_VIDEO_PARAMS)
     return payloads, encoded
@@ -151,10 +151,11 @@ def test_garbage_sample_raises_frame_decode_error(video, garbage):
 def test_decode_qr_without_a_code_raises_frame_decode_error(video):
     _, encoded = video
     with make_reader(encoded) as reader:
-        blank = np.full((192, 192), 255, dtype=np.uint8)
+        side = DEFAULT_VIDEO_PARAMS.width
+        blank = np.full((side, side), 255, dtype=np.uint8)
         with pytest.raises(FrameDecodeError, match="frame 9: no qr code found"):
             reader.decode_qr(blank, 9)
-        noise = np.random.default_rng(0).integers(0, 256, (192, 192), dtype=np.uint8)
+        noise = np.random.default_rng(0).integers(0, 256, (side, side), dtype=np.uint8)
         with pytest.raises(EdgeError):
             reader.decode_qr(noise, 9)
 

@@ -91,7 +91,7 @@ def test_capsule_extradata_declares_the_manifest_frame_size(tiny_capsule):
 
 
 def test_in_band_sps_in_a_capsule_sample_is_refused_without_allocating(tiny_capsule, h264_big_sample, tmp_path):
-    # The genuine capsule's avcC (192x192) with a sample carrying its own 4096x4096 SPS/PPS/IDR.
+    # The genuine capsule's avcC (128x128) with a sample carrying its own 4096x4096 SPS/PPS/IDR.
     # Measured in a child process: the old reader decoded it (4096x4096 luma, ~38 MB RSS).
     (tmp_path / "sample.bin").write_bytes(h264_big_sample)
     script = r"""
@@ -156,12 +156,12 @@ def test_decoded_frame_of_another_size_is_refused(h264_video):
                          sample_offsets=h264_video.sample_offsets, sample_sizes=h264_video.sample_sizes,
                          prefer_hardware=False)
     reader._params = dataclasses.replace(reader._params, width=96)  # as if the decoder returned another size
-    with pytest.raises(FrameDecodeError, match=r"^frame 1: h264 decoded a 192x192 picture, stream is 96x192$"):
+    with pytest.raises(FrameDecodeError, match=r"^frame 1: h264 decoded a 128x128 picture, stream is 96x128$"):
         reader.decode_frame(1)
 
 
 def test_extradata_sps_must_declare_the_manifest_size(h264_video, h264_big_sample):
-    with pytest.raises(CapsuleFormatError, match=r"^h264 sps declares a 192x192 frame, manifest says 200x200$"):
+    with pytest.raises(CapsuleFormatError, match=r"^h264 sps declares a 128x128 frame, manifest says 200x200$"):
         reader_for(b"\x00", h264_video.extradata, "h264", width=200, height=200)
     big = avcc_from_sample(h264_big_sample)
     assert parse_extradata(big, "h264").width == 4096

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import struct
 
@@ -13,16 +14,21 @@ import zxingcpp
 from firmware_tools import qr_video, qr_writer
 from firmware_tools.errors import CapacityError
 from firmware_tools.qr_video import (
+    CAVLC_VIDEO_PARAMS,
     DEFAULT_VIDEO_PARAMS,
+    HEVC_VIDEO_PARAMS,
+    MIN_QR_VERSION,
     VideoParams,
     check_mp4,
     encode_mp4,
     encode_mp4_file,
     qr_byte_capacity,
     render_qr_frame,
+    with_qr_version,
 )
 
 N_FRAMES = 20
+V40 = with_qr_version(DEFAULT_VIDEO_PARAMS, 40)  # the densest symbol, the default until 2026-12-07
 
 
 def random_payloads(n: int = N_FRAMES, seed: int = 1) -> list[bytes]:
@@ -38,22 +44,24 @@ def encoded(tmp_path_factory):
     return payloads, encode_mp4_file(payloads, path, DEFAULT_VIDEO_PARAMS)
 
 
-def test_default_params_hold_a_version_40_l_symbol():
-    assert DEFAULT_VIDEO_PARAMS.payload_capacity_bytes == 2953
+def test_default_params_hold_a_version_24_l_symbol_in_128x128():
+    assert DEFAULT_VIDEO_PARAMS.payload_capacity_bytes == 1171
+    assert DEFAULT_VIDEO_PARAMS.symbol_modules == 113
+    assert (DEFAULT_VIDEO_PARAMS.width, DEFAULT_VIDEO_PARAMS.height) == (128, 128)
+    assert (V40.payload_capacity_bytes, V40.symbol_modules, V40.width) == (2953, 177, 192)
     assert qr_byte_capacity(1, "H") == 7
     assert qr_byte_capacity(10, "L") == 271
-    assert DEFAULT_VIDEO_PARAMS.symbol_modules == 177
 
 
 def test_render_qr_frame_draws_one_readable_symbol():
-    payload = bytes(range(256)) * 11 + b"\x00\xff" * 44  # every byte value, incl. non-UTF-8
+    payload = bytes(range(256)) * 4 + b"\x00\xff" * 73  # every byte value, incl. non-UTF-8
     luma = render_qr_frame(payload, DEFAULT_VIDEO_PARAMS)
-    assert luma.shape == (192, 192) and luma.dtype == np.uint8
+    assert luma.shape == (128, 128) and luma.dtype == np.uint8
     assert set(np.unique(luma)) == {0, 255}
     assert (luma[:7] == 255).all() and (luma[-8:] == 255).all()  # quiet zone
     found = zxingcpp.read_barcodes(luma, formats=zxingcpp.BarcodeFormat.QRCode)
     assert len(found) == 1 and found[0].bytes == payload
-    assert found[0].extra["Version"] == "40" and found[0].extra["ECLevel"] == "L"
+    assert found[0].extra["Version"] == "24" and found[0].extra["ECLevel"] == "L"
     assert found[0].symbology_identifier == "]Q1"  # no ECI header
 
 
@@ -72,7 +80,7 @@ def test_mp4_is_a_standard_all_intra_h264_file(encoded):
         assert stream.codec_context.name == "h264"
         assert stream.codec_context.profile == "High"
         assert "4:4:4" not in stream.codec_context.profile
-        assert (stream.codec_context.width, stream.codec_context.height) == (192, 192)
+        assert (stream.codec_context.width, stream.codec_context.height) == (128, 128)
         assert stream.codec_context.pix_fmt == "yuv420p"
         packets = [p for p in container.demux(stream) if p.size]
         assert len(packets) == N_FRAMES
@@ -108,11 +116,11 @@ def test_encode_is_deterministic(encoded, tmp_path, monkeypatch):
 
 
 def test_capacity_overflow_raises_capacity_error_naming_the_frame(tmp_path):
-    payloads = [b"a" * 100, b"b" * 2954]
-    with pytest.raises(CapacityError, match="frame 1 payload is 2954 bytes, a version 40-L qr code holds 2953"):
+    payloads = [b"a" * 100, b"b" * 1172]
+    with pytest.raises(CapacityError, match="frame 1 payload is 1172 bytes, a version 24-L qr code holds 1171"):
         encode_mp4_file(payloads, tmp_path / "x.mp4", DEFAULT_VIDEO_PARAMS)
     with pytest.raises(CapacityError):
-        render_qr_frame(b"\x00" * 2954, DEFAULT_VIDEO_PARAMS)
+        render_qr_frame(b"\x00" * 2954, V40)
 
 
 def test_empty_input_is_a_caller_mistake(tmp_path):
@@ -176,10 +184,12 @@ def test_smaller_symbol_and_two_pixels_per_module_round_trip():
 def test_numpy_qr_writer_draws_what_zxing_cpp_draws():
     # ciphertext-like payloads: the fast writer must be a drop-in for zxing-cpp's (zint) writer
     rng = random.Random(9)
-    slow = VideoParams(qr_writer="zxing")
-    for n in (2953, 2952, 1500, 17):
-        payload = rng.randbytes(n)
-        assert np.array_equal(render_qr_frame(payload, DEFAULT_VIDEO_PARAMS), render_qr_frame(payload, slow))
+    for params in (DEFAULT_VIDEO_PARAMS, V40):
+        slow = dataclasses.replace(params, qr_writer="zxing")
+        cap = params.payload_capacity_bytes
+        for n in (cap, cap - 1, cap // 2, 17):
+            payload = rng.randbytes(n)
+            assert np.array_equal(render_qr_frame(payload, params), render_qr_frame(payload, slow))
     for version, level, mask in ((1, "H", 3), (7, "M", 5), (27, "Q", 6)):
         writer = qr_writer.numpy_writer(version, level, mask)
         payload = rng.randbytes(qr_byte_capacity(version, level))
@@ -194,3 +204,32 @@ def test_an_mp4_that_cannot_be_written_is_a_video_encode_error(tmp_path):
     with pytest.raises(VideoEncodeError, match=r"encoding the h264 MP4 frames.mp4 failed: .*No such file") as info:
         encode_mp4_file([b"x" * 100], tmp_path / "missing" / "frames.mp4", DEFAULT_VIDEO_PARAMS, n_workers=0)
     assert isinstance(info.value, BuildError) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("version, side", [(40, 192), (28, 144), (20, 112), (15, 96)])
+def test_with_qr_version_frames_the_symbol_in_whole_macroblocks(version, side):
+    params = with_qr_version(DEFAULT_VIDEO_PARAMS, version)
+    assert (params.qr_version, params.width, params.height) == (version, side, side)
+    assert params.crf == DEFAULT_VIDEO_PARAMS.crf and params.x264_params == DEFAULT_VIDEO_PARAMS.x264_params
+    assert (side - 16) < params.symbol_modules + 2 * params.quiet_zone_modules <= side
+    hevc = with_qr_version(HEVC_VIDEO_PARAMS, version)
+    assert (hevc.codec, hevc.crf, hevc.width) == ("hevc", HEVC_VIDEO_PARAMS.crf, side)
+
+
+@pytest.mark.parametrize("version", [MIN_QR_VERSION - 1, 41, 20.0])
+def test_with_qr_version_refuses_what_cannot_hold_a_chunk(version):
+    with pytest.raises(ValueError, match=f"qr version must be {MIN_QR_VERSION}..40"):
+        with_qr_version(DEFAULT_VIDEO_PARAMS, version)
+
+
+def test_the_cli_offers_the_versions_with_qr_version_gives():
+    from firmware_tools import cli
+
+    assert cli.MIN_QR_VERSION == MIN_QR_VERSION
+    args = cli.build_parser().parse_args(["build", "docs", "-o", "x.capsule", "--signing-key", "k", "--expires",
+                                          "+1d", "--qr-version", "20", "--entropy-coding", "cavlc"])
+    params = cli._video_params(args)
+    assert (params.qr_version, params.width, params.x264_params) == (20, 112, CAVLC_VIDEO_PARAMS.x264_params)
+    default = cli._video_params(cli.build_parser().parse_args(["build", "docs", "-o", "x.capsule", "--signing-key",
+                                                               "k", "--expires", "+1d"]))
+    assert default is DEFAULT_VIDEO_PARAMS
