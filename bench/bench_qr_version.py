@@ -4,7 +4,7 @@ Builds the same documents once per QR version with the same keys, seed and embed
 chunks, vectors and indexes are identical, only the frames differ (version 40 in 192x192 frames,
 version 20 in 112x112, ...; ``firmware_tools.qr_video.with_qr_version``). Then fresh processes
 alternate between the capsules for ``--rounds`` rounds (the order reversed every other round):
-each opens one capsule, warms up on 20 SciFact queries and times 200 more at k=10, clearing the
+each opens one capsule, warms up on 20 SciFact queries and times 200 more at k=10 (``-k``), clearing the
 decrypted-frame cache before each query so that every hit's frame is decoded, in dense and hybrid
 mode; with ``--one-core`` rounds, dense again pinned to CPU 0 (``taskset``). Every capsule must
 return the same hits, text included, and a full ``edge verify`` (every frame read) must pass.
@@ -12,7 +12,7 @@ return the same hits, text included, and a full ``edge verify`` (every frame rea
 Usage::
 
     python bench/bench_qr_version.py --docs DOCS_DIR --work /tmp/bench-qr-version \\
-        [--embedding-cache embed.sqlite] [--versions 40,28,20] [--rounds 3] [--one-core 2] \\
+        [--embedding-cache embed.sqlite] [--versions 40,28,20] [--rounds 3] [--one-core 2] [-k 10] \\
         [--out bench/results/qr-version.json]
 
 Prints one JSON object (and writes ``--out``): per version the capsule, video and frame counts,
@@ -39,16 +39,17 @@ from bench_scifact import machine  # noqa: E402
 PROBE = r"""
 import hashlib, json, sys, time
 from edge import open_capsule, load_public_key, load_identity
-capsule, pub, key, queries_file, mode = sys.argv[1:6]
+capsule, pub, key, queries_file, mode, k = sys.argv[1:7]
+k = int(k)
 queries = [json.loads(line)["text"] for line in open(queries_file)][:220]
 with open_capsule(capsule, trusted_keys=[load_public_key(pub)], identities=[load_identity(key)]) as c:
     for q in queries[:20]:
-        c.search(q, k=10, mode=mode)
+        c.search(q, k=k, mode=mode)
     times, decode_ms, qr_ms, frames, answers = [], 0.0, 0.0, 0, hashlib.sha256()
     for q in queries[20:]:
         c.clear_cache()
         t = time.perf_counter()
-        result = c.search(q, k=10, mode=mode)
+        result = c.search(q, k=k, mode=mode)
         times.append((time.perf_counter() - t) * 1e3)
         decode_ms += result.timings.frame_decode_ms
         qr_ms += result.timings.qr_decode_ms
@@ -80,10 +81,10 @@ def build(docs: Path, out: Path, version: int, keys: Path, cache: Path | None) -
     return json.loads(proc.stdout)
 
 
-def probe(capsule: Path, keys: Path, queries: Path, mode: str, pin: bool) -> dict:
+def probe(capsule: Path, keys: Path, queries: Path, mode: str, pin: bool, k: int = 10) -> dict:
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     command = ([*(["taskset", "-c", "0"] if pin else []), sys.executable, "-c", PROBE, str(capsule),
-                str(keys / "publisher.pub"), str(keys / "device.key"), str(queries), mode])
+                str(keys / "publisher.pub"), str(keys / "device.key"), str(queries), mode, str(k)])
     proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=1800, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"probe failed on {capsule}:\n{proc.stderr[-2000:]}")
@@ -98,6 +99,7 @@ def main() -> int:
     parser.add_argument("--versions", default="40,28,20", help="QR versions, the first is the reference")
     parser.add_argument("--queries", type=Path, default=ROOT.parent / "shared" / "data" / "scifact" / "queries.jsonl")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("-k", type=int, default=10, help="hits per query (default 10)")
     parser.add_argument("--one-core", type=int, default=2, metavar="ROUNDS", help="dense rounds pinned to CPU 0")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "qr-version.json")
     args = parser.parse_args()
@@ -116,7 +118,7 @@ def main() -> int:
     for mode, pin, rounds in plan:
         for number in range(rounds):
             for version in versions if number % 2 == 0 else versions[::-1]:
-                result = probe(capsules[version], keys, args.queries, mode.split()[0], pin)
+                result = probe(capsules[version], keys, args.queries, mode.split()[0], pin, args.k)
                 runs[version].setdefault(mode, []).append(result)
                 print(f"{mode} round {number + 1} v{version}: p50 {result['p50']:.2f} ms", file=sys.stderr)
 
@@ -143,7 +145,7 @@ def main() -> int:
     same_hits = all(len({runs[v][mode][i]["answers_sha256"] for v in versions}) == 1
                     for mode in runs[versions[0]] for i in range(len(runs[versions[0]][mode])))
     report = {"benchmark": "qr_version", "machine": machine(), "docs": str(args.docs),
-              "chunks": built[versions[0]]["chunks"], "k": 10, "queries": 200,
+              "chunks": built[versions[0]]["chunks"], "k": args.k, "queries": 200,
               "note": "same chunks, vectors and indexes; every frame verified; fresh process per round, versions "
                       "alternated; frame cache cleared before each query",
               "versions": summary, "ratios_to_first": ratios, "same_hits": same_hits}
