@@ -6,7 +6,8 @@ setting and each limit (and once uncapped), the page cache is dropped (``/proc/s
 the kernel charges a page to the cgroup of the process that first touches it, so pages cached by an
 earlier run would be charged to nobody), then a fresh process joins the cgroup, opens the capsule
 from the store, warms up on 20 SciFact queries and times 200 more at k=10 (frame cache cleared
-before each). Needs root (cgroups, drop_caches); ``bench_scale.MemoryCgroup`` makes the cgroup.
+before each). The probe limits malloc to one arena as the ``edge`` program does
+(``edge._process.single_malloc_arena``). Needs root (cgroups, drop_caches); ``bench_scale.MemoryCgroup`` makes the cgroup.
 
 Usage::
 
@@ -38,8 +39,11 @@ import json, re, resource, sys, time
 sys.path.insert(0, sys.argv[1] + "/bench")
 from bench_hybrid import keys
 from bench_scifact import NOW
+from edge import _process
 from edge.capsule import OpenOptions
 from edge.store import Store
+if hasattr(_process, "single_malloc_arena"):  # as the edge program does, where the revision has it
+    _process.single_malloc_arena()
 store, name, weights, queries_file = sys.argv[2:6]
 publisher, device = keys()
 queries = [json.loads(line)["text"] for line in open(queries_file)][:220]

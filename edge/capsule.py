@@ -342,6 +342,8 @@ def _open_capsule(path: str | os.PathLike[str], *, trusted_keys: Sequence[Ed2551
         # Unlimited: the weights are settled once planned, and no transient peak below borrows the
         # model's reservation, so the model is hashed and its session built on a thread while the
         # sections are opened here (QueryEmbedder.start_open). Under a limit it loads after them.
+        # (glibc gives the thread an arena that keeps ~5 MiB it freed: the edge program limits
+        # malloc to one arena, edge._process.single_malloc_arena; library callers may too.)
         load_in_background = embedder is None and budget.limit_bytes is None
         if embedder is None:
             model_dir = find_model_dir(manifest.model.sha256, model_search_path, family=manifest.model.family,

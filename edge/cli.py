@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ._files import read_regular_file
-from ._process import harden_process, quiet_rust_panics
+from ._process import harden_process, quiet_rust_panics, single_malloc_arena
 from .budget import MemoryBudget, format_mib, parse_size
 from .errors import EdgeError
 from .retrieval import SEARCH_MODES
@@ -784,10 +784,13 @@ def main(argv: list[str] | None = None) -> int:
     hold decrypted chunk text and the device's private key in memory. A caller that passes
     ``argv`` runs it inside its own process and decides that for itself (``harden_process()``):
     the core limit cannot be raised again once lowered. It also sets ``RUST_BACKTRACE=0``
-    (``edge._process.quiet_rust_panics``: a panic's backtrace would cost memory outside the budget).
+    (``edge._process.quiet_rust_panics``: a panic's backtrace would cost memory outside the budget),
+    and keeps malloc to one arena (``edge._process.single_malloc_arena``: a thread's arena would keep
+    what the model's loading thread freed).
     """
     if argv is None:
         harden_process()
+        single_malloc_arena()
         quiet_rust_panics()
     parser = build_parser()
     args = parser.parse_args(argv)
