@@ -38,43 +38,59 @@ CODERS = ("cabac", "cavlc")
 PROBE = r"""
 import hashlib, json, sys, time
 from edge import open_capsule, load_public_key, load_identity
-capsule, pub, key, queries_file, mode = sys.argv[1:6]
+capsule, pub, key, queries_file, mode, k = sys.argv[1:7]
+k = int(k)
 queries = [json.loads(line)["text"] for line in open(queries_file)][:220]
 with open_capsule(capsule, trusted_keys=[load_public_key(pub)], identities=[load_identity(key)]) as c:
     for q in queries[:20]:
-        c.search(q, k=10, mode=mode)
-    times, decode_ms, frames, answers = [], 0.0, 0, hashlib.sha256()
+        c.search(q, k=k, mode=mode)
+    times, decode_ms, qr_ms, frames, answers = [], 0.0, 0.0, 0, hashlib.sha256()
     for q in queries[20:]:
         c.clear_cache()
         t = time.perf_counter()
-        result = c.search(q, k=10, mode=mode)
+        result = c.search(q, k=k, mode=mode)
         times.append((time.perf_counter() - t) * 1e3)
         decode_ms += result.timings.frame_decode_ms
+        qr_ms += result.timings.qr_decode_ms
         frames += result.timings.n_frames_decoded
         for hit in result:
             answers.update(f"{hit.chunk_id}\0{hit.text}\0".encode())
 times.sort()
 print(json.dumps({"p50": times[len(times) // 2], "p95": times[int(len(times) * 0.95)],
-                  "decode_ms_per_frame": decode_ms / max(frames, 1), "answers_sha256": answers.hexdigest()}))
+                  "frames_per_query": frames / (len(queries) - 20),
+                  "decode_ms_per_frame": decode_ms / max(frames, 1), "qr_ms_per_frame": qr_ms / max(frames, 1),
+                  "answers_sha256": answers.hexdigest()}))
 """
 
 
-def build(docs: Path, out: Path, coder: str, keys: Path, cache: Path | None) -> dict:
+def make_keys(work: Path) -> Path:
+    """A publisher and a device key pair in ``work/keys`` (made once); return that folder."""
+    keys = work / "keys"
+    keys.mkdir(parents=True, exist_ok=True)
+    for kind in ("publisher", "device"):
+        if not (keys / f"{kind}.key").exists():
+            subprocess.run([sys.executable, "-m", "firmware_tools", "keygen", "--kind", kind, "-o",
+                            str(keys / f"{kind}.key")], check=True, cwd=ROOT, capture_output=True)
+    return keys
+
+
+def build(docs: Path, out: Path, keys: Path, cache: Path | None, options: list[str]) -> dict:
+    """``firmware-tools build`` with the benchmarks' fixed keys, dates and seed, plus ``options``."""
     command = [sys.executable, "-m", "firmware_tools", "build", str(docs), "-o", str(out), "--signing-key",
                str(keys / "publisher.key"), "--recipient", str(keys / "device.pub"), "--expires", "2027-06-30",
-               "--issued-at", "2026-12-07", "--seed", "00", "--entropy-coding", coder, "-q", "--json"]
+               "--issued-at", "2026-12-07", "--seed", "00", *options, "-q", "--json"]
     if cache is not None:
         command += ["--embedding-cache", str(cache)]
     proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
     if proc.returncode != 0:
-        raise SystemExit(f"build failed ({coder}):\n{proc.stderr[-2000:]}")
+        raise SystemExit(f"build failed ({' '.join(options)}):\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout)
 
 
-def probe(capsule: Path, keys: Path, queries: Path, mode: str, pin: bool) -> dict:
+def probe(capsule: Path, keys: Path, queries: Path, mode: str, pin: bool, k: int = 10) -> dict:
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     command = ([*(["taskset", "-c", "0"] if pin else []), sys.executable, "-c", PROBE, str(capsule),
-                str(keys / "publisher.pub"), str(keys / "device.key"), str(queries), mode])
+                str(keys / "publisher.pub"), str(keys / "device.key"), str(queries), mode, str(k)])
     proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=1800, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"probe failed on {capsule}:\n{proc.stderr[-2000:]}")
@@ -92,13 +108,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "entropy-coding.json")
     args = parser.parse_args()
 
-    keys = args.work / "keys"
-    keys.mkdir(parents=True, exist_ok=True)
-    for kind in ("publisher", "device"):
-        if not (keys / f"{kind}.key").exists():
-            subprocess.run([sys.executable, "-m", "firmware_tools", "keygen", "--kind", kind, "-o",
-                            str(keys / f"{kind}.key")], check=True, cwd=ROOT, capture_output=True)
-    built = {coder: build(args.docs, args.work / f"{coder}.capsule", coder, keys, args.embedding_cache)
+    keys = make_keys(args.work)
+    built = {coder: build(args.docs, args.work / f"{coder}.capsule", keys, args.embedding_cache,
+                          ["--entropy-coding", coder])
              for coder in CODERS}
     runs: dict[str, dict[str, list[dict]]] = {coder: {} for coder in CODERS}
     plan = [(mode, False, args.rounds) for mode in ("dense", "hybrid")] + [("dense 1 core", True, args.one_core)]

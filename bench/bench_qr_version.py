@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -34,61 +33,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
+from bench_entropy_coding import build, make_keys, probe  # noqa: E402  (the same build and probe)
 from bench_scifact import machine  # noqa: E402
 
-PROBE = r"""
-import hashlib, json, sys, time
-from edge import open_capsule, load_public_key, load_identity
-capsule, pub, key, queries_file, mode, k = sys.argv[1:7]
-k = int(k)
-queries = [json.loads(line)["text"] for line in open(queries_file)][:220]
-with open_capsule(capsule, trusted_keys=[load_public_key(pub)], identities=[load_identity(key)]) as c:
-    for q in queries[:20]:
-        c.search(q, k=k, mode=mode)
-    times, decode_ms, qr_ms, frames, answers = [], 0.0, 0.0, 0, hashlib.sha256()
-    for q in queries[20:]:
-        c.clear_cache()
-        t = time.perf_counter()
-        result = c.search(q, k=k, mode=mode)
-        times.append((time.perf_counter() - t) * 1e3)
-        decode_ms += result.timings.frame_decode_ms
-        qr_ms += result.timings.qr_decode_ms
-        frames += result.timings.n_frames_decoded
-        for hit in result:
-            answers.update(f"{hit.chunk_id}\0{hit.text}\0".encode())
-times.sort()
-print(json.dumps({"p50": times[len(times) // 2], "p95": times[int(len(times) * 0.95)],
-                  "frames_per_query": frames / (len(queries) - 20),
-                  "decode_ms_per_frame": decode_ms / max(frames, 1), "qr_ms_per_frame": qr_ms / max(frames, 1),
-                  "answers_sha256": answers.hexdigest()}))
-"""
 
 
-def build(docs: Path, out: Path, version: int, keys: Path, cache: Path | None) -> dict:
-    command = [sys.executable, "-m", "firmware_tools", "build", str(docs), "-o", str(out), "--signing-key",
-               str(keys / "publisher.key"), "--recipient", str(keys / "device.pub"), "--expires", "2027-06-30",
-               "--issued-at", "2026-12-07", "--seed", "00", "--qr-version", str(version), "-q", "--json"]
-    if cache is not None:
-        command += ["--embedding-cache", str(cache)]
-    proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
-    if proc.returncode != 0:
-        raise SystemExit(f"build failed (version {version}):\n{proc.stderr[-2000:]}")
+def build_verified(docs: Path, out: Path, version: int, keys: Path, cache: Path | None) -> dict:
+    """Build with ``--qr-version version``, then ``edge verify`` it with every frame read."""
+    report = build(docs, out, keys, cache, ["--qr-version", str(version)])
     verify = subprocess.run([sys.executable, "-m", "edge", "verify", str(out), "--trust", str(keys / "publisher.pub"),
                              "--identity", str(keys / "device.key")], capture_output=True, text=True, cwd=ROOT,
                             check=False)
     if verify.returncode != 0:
         raise SystemExit(f"edge verify failed (version {version}):\n{verify.stderr[-2000:]}")
-    return json.loads(proc.stdout)
-
-
-def probe(capsule: Path, keys: Path, queries: Path, mode: str, pin: bool, k: int = 10) -> dict:
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    command = ([*(["taskset", "-c", "0"] if pin else []), sys.executable, "-c", PROBE, str(capsule),
-                str(keys / "publisher.pub"), str(keys / "device.key"), str(queries), mode, str(k)])
-    proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=1800, check=False)
-    if proc.returncode != 0:
-        raise SystemExit(f"probe failed on {capsule}:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return report
 
 
 def main() -> int:
@@ -105,14 +63,9 @@ def main() -> int:
     args = parser.parse_args()
     versions = [int(v) for v in args.versions.split(",")]
 
-    keys = args.work / "keys"
-    keys.mkdir(parents=True, exist_ok=True)
-    for kind in ("publisher", "device"):
-        if not (keys / f"{kind}.key").exists():
-            subprocess.run([sys.executable, "-m", "firmware_tools", "keygen", "--kind", kind, "-o",
-                            str(keys / f"{kind}.key")], check=True, cwd=ROOT, capture_output=True)
+    keys = make_keys(args.work)
     capsules = {v: args.work / f"qr-v{v}.capsule" for v in versions}
-    built = {v: build(args.docs, capsules[v], v, keys, args.embedding_cache) for v in versions}
+    built = {v: build_verified(args.docs, capsules[v], v, keys, args.embedding_cache) for v in versions}
     runs: dict[int, dict[str, list[dict]]] = {v: {} for v in versions}
     plan = [(mode, False, args.rounds) for mode in ("dense", "hybrid")] + [("dense 1 core", True, args.one_core)]
     for mode, pin, rounds in plan:

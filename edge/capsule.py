@@ -57,7 +57,7 @@ from .budget import (
 )
 from .clock import utc_now
 from .container import ContainerFile
-from .embedder import PendingEmbedder, QueryEmbedder, check_engine, find_model_dir
+from .embedder import QueryEmbedder, check_engine, find_model_dir
 from .errors import BudgetExceededError, CapsuleError, CapsuleFormatError, DeltaBaseError, IntegrityError, ModelError
 from .frames import FrameReader
 from .index import BinaryCodeIndex, Projection, VectorIndex, rerank_peak_bytes
@@ -384,7 +384,8 @@ def _open_capsule(path: str | os.PathLike[str], *, trusted_keys: Sequence[Ed2551
                      manifest.name)
         budget.acquire_all({prefix + name: n for name, n in plan.items()}, what=f"capsule {manifest.name}")
         if load_in_background:
-            model_loading = _open_embedder(model_dir, manifest, n_threads, model_weights, start=True)
+            model_loading = QueryEmbedder.start_open(model_dir, **_embedder_options(manifest, n_threads,
+                                                                                     model_weights))
         content_key = _unwrap_within_budget(manifest, identities, budget, prefix)
         keys = derive_keys(content_key, manifest.capsule_id_bytes)
         # Small sections are read once and parsed from the copy that was hashed.
@@ -439,9 +440,11 @@ def _open_capsule(path: str | os.PathLike[str], *, trusted_keys: Sequence[Ed2551
                 confirmed = find_model_dir(manifest.model.sha256, model_search_path, family=manifest.model.family)
                 if confirmed == model_dir:
                     raise
-                embedder = own_embedder = _open_embedder(confirmed, manifest, n_threads, model_weights)
+                embedder = own_embedder = QueryEmbedder.open(
+                    confirmed, **_embedder_options(manifest, n_threads, model_weights))
         elif embedder is None:
-            embedder = own_embedder = _open_embedder(model_dir, manifest, n_threads, model_weights)
+            embedder = own_embedder = QueryEmbedder.open(model_dir,
+                                                         **_embedder_options(manifest, n_threads, model_weights))
         if embedder.dim != manifest.model.dim:
             raise ModelError(f"model gives {embedder.dim}-d embeddings, capsule needs {manifest.model.dim}")
         # Opened by path, every sample is authenticated before a decoder sees it: VIDE is hashed
@@ -488,11 +491,10 @@ def _open_capsule(path: str | os.PathLike[str], *, trusted_keys: Sequence[Ed2551
     return capsule
 
 
-def _open_embedder(model_dir: Path, manifest: Manifest, n_threads: int, model_weights: str, *,
-                   start: bool = False) -> QueryEmbedder | PendingEmbedder:
-    open_ = QueryEmbedder.start_open if start else QueryEmbedder.open
-    return open_(model_dir, family=manifest.model.family, expected_sha256=manifest.model.sha256,
-                 n_threads=n_threads, max_tokens=manifest.model.max_tokens, prepack_weights=model_weights == "packed")
+def _embedder_options(manifest: Manifest, n_threads: int, model_weights: str) -> dict[str, object]:
+    """``QueryEmbedder.open``'s (and ``start_open``'s) keyword arguments for ``manifest``'s model."""
+    return {"family": manifest.model.family, "expected_sha256": manifest.model.sha256, "n_threads": n_threads,
+            "max_tokens": manifest.model.max_tokens, "prepack_weights": model_weights == "packed"}
 
 
 def _open_segments(head: Manifest, *, installed: _InstalledObject | None, options: OpenOptions,
