@@ -320,7 +320,7 @@ more examples:
   a Pi 5 (HEVC decoder), reusing embeddings from the last build:
     firmware-tools build docs/ -o manual.capsule --signing-key publisher.key \\
         --recipient pi5.pub --expires +90d --codec hevc --embedding-cache embed.sqlite
-  faster answers on the device (CAVLC frames: 19% more video bytes), embedding on an NVIDIA GPU
+  faster answers on the device (CAVLC frames: 14% more video bytes), embedding on an NVIDIA GPU
   (onnxruntime-gpu installed in place of onnxruntime):
     firmware-tools build docs/ -o manual.capsule --signing-key publisher.key \\
         --recipient kiosk-7.pub --expires +90d --entropy-coding cavlc --device cuda
@@ -395,7 +395,7 @@ def _add_build_arguments(p: argparse.ArgumentParser) -> None:
                    help="h264 (Pi 4 hardware decoder) or hevc (all-IDR HEVC Main, for the Pi 5's "
                         "HEVC decoder) (default h264)")
     p.add_argument("--entropy-coding", choices=("cabac", "cavlc"), default="cabac",
-                   help="H.264 entropy coding (default cabac). cavlc decodes 2.3x faster per frame for about 19%% "
+                   help="H.264 entropy coding (default cabac). cavlc decodes 1.5x faster per frame for about 14%% "
                         "more video bytes (bench/QR_VIDEO.md 7): for devices where query time matters more than "
                         "capsule size; any H.264 decoder reads it (h264 only)")
     p.add_argument("--qr-version", type=int, choices=range(MIN_QR_VERSION, 41), default=None,

@@ -269,11 +269,11 @@ def with_qr_version(params: VideoParams, version: int) -> VideoParams:
 DEFAULT_VIDEO_PARAMS = with_qr_version(VideoParams(), 24)
 
 #: H.264 with CAVLC instead of CABAC entropy coding (``firmware-tools build --entropy-coding
-#: cavlc``): frames decode 2.3x faster (0.284 against 0.646 ms per frame with PyAV's software
-#: decoder, bench/QR_VIDEO.md §7) for 18.7% more video bytes, all 200 test frames exact at the
-#: same CRF. Still High profile (CABAC is optional there), so hardware H.264 decoders take it and
-#: readers need nothing new. For a device where the query time matters more than the capsule's size.
-#: (Those figures are for version-40 frames; the default's frame size is kept.)
+#: cavlc``), in the default's frame size. With version-24 frames (SciFact, bench/QR_VIDEO.md §7):
+#: 0.33 against 0.50 ms of H.264 decode per frame inside queries, query p50 0.82-0.93x, for
+#: 13.9% more video bytes; with version-40 frames it was 0.284 against 0.646 ms (§7) for 18.7%.
+#: Still High profile (CABAC is optional there), so hardware H.264 decoders take it and readers
+#: need nothing new. For a device where the query time matters more than the capsule's size.
 CAVLC_VIDEO_PARAMS = replace(DEFAULT_VIDEO_PARAMS, x264_params=DEFAULT_VIDEO_PARAMS.x264_params + ":cabac=0")
 
 #: HEVC capsules (``firmware-tools build --codec hevc``) for devices whose hardware decodes HEVC
