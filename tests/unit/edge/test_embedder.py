@@ -11,6 +11,7 @@ import pytest
 from edge.embedder import (
     DEFAULT_MAX_TOKENS,
     EXPECTED_DIM,
+    PREFIX_CHARS_PER_TOKEN,
     QueryEmbedder,
     find_model_dir,
     model_identity,
@@ -144,6 +145,77 @@ def test_weights_left_mapped_give_the_same_embeddings(
     sentences = reference[0][:8]
     cos = np.sum(mapped.embed(sentences) * embedder.embed(sentences), axis=1)
     assert cos.min() > 0.9999, cos
+
+
+_FRAGMENTS = (
+    "valve", "pressure", "E-4021", "6ES7 214-1AG40-0XB0", "max_wal_senders", "0x1F", "v2.3.1", "日本語の文書",
+    "東京", "Störung", "e\u0301te\u0301", "\u0301\u0308", "naïve", "Ελληνικά", "русский", "العربية", "😀", "👍🏽",
+    "\x00", "\x07", "\u200b", "\u00ad", "\xa0", "\u3000", "\t", "\n", " ", "  ", ".", ",", "(", "]", "-", "_", "/",
+)
+
+
+def _random_text(rng: np.random.Generator, n_chars: int) -> str:
+    """Words, identifiers, CJK, combining marks, control and format characters, emoji,
+    whitespace and words longer than WordPiece's 100-character limit, glued or spaced."""
+    parts: list[str] = []
+    size = 0
+    while size < n_chars:
+        roll = rng.random()
+        if roll < 0.05:
+            part = "".join(rng.choice(list("abcdefghij"), size=int(rng.integers(90, 130))))
+        elif roll < 0.15:
+            part = "".join(chr(int(c)) for c in rng.integers(0x4E00, 0x9FFF, size=int(rng.integers(1, 12))))
+        elif roll < 0.6:
+            part = "".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), size=int(rng.integers(1, 12))))
+        else:
+            part = str(rng.choice(_FRAGMENTS))
+        parts.append(part + ("" if rng.random() < 0.2 else str(rng.choice([" ", " ", "\n", ", ", "-"]))))
+        size += len(parts[-1])
+    return "".join(parts)[:n_chars]
+
+
+def _whole_text_ids(embedder: QueryEmbedder, text: str) -> list[int]:
+    """The ids of the whole text, truncated as the tokenizer's LongestFirst truncation does."""
+    ids = embedder._tokenizer.encode(text).ids
+    return ids if len(ids) <= embedder.max_tokens else ids[: embedder.max_tokens - 1] + [embedder._sep_id]
+
+
+@pytest.mark.parametrize("max_tokens", [16, DEFAULT_MAX_TOKENS])
+def test_a_long_text_tokenized_by_prefix_gives_the_whole_texts_ids(max_tokens: int) -> None:
+    embedder = QueryEmbedder.open(MODEL_DIR, max_tokens=max_tokens)
+    assert embedder._prefix_tokenization  # BERT normalizer, pre-tokenizer and WordPiece
+    rng = np.random.default_rng(20261207)
+    first_cut = PREFIX_CHARS_PER_TOKEN * max_tokens
+    lengths = [first_cut - 1, first_cut, first_cut + 1, 2 * first_cut, 5 * first_cut, 17 * first_cut]
+    texts = [_random_text(rng, int(rng.choice(lengths))) for _ in range(300 if max_tokens == 16 else 40)]
+    # few tokens per character at first: the prefix must grow, or the whole text be read
+    texts += [" " * (first_cut + 7) + _random_text(rng, 3 * first_cut), "\u0301" * (5 * first_cut) + "tail words",
+              "x" * (first_cut + 50) + " after one long word"]
+    # the first cut splits the word that holds the kept tokens' end: whole, that word is one
+    # [UNK] (over 100 characters); cut, its 60 characters are several word pieces
+    head = "a " * (max_tokens - 4)
+    for word in ("abcdefghij" * 12, "pressure" * 15):
+        texts.append(head + " " * (first_cut - len(head) - 60) + word + " tail words here")
+    for text in texts:
+        assert embedder._encode_ids(text) == _whole_text_ids(embedder, text), text[:80]
+
+
+def test_a_64_kib_question_is_tokenized_by_its_first_4096_characters(
+    embedder: QueryEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    whole = embedder._tokenizer
+    seen: list[int] = []
+
+    class Spy:
+        def encode(self, text: str):
+            seen.append(len(text))
+            return whole.encode(text)
+
+    text = _random_text(np.random.default_rng(7), 64 * 1024)
+    expected = _whole_text_ids(embedder, text)
+    monkeypatch.setattr(embedder, "_tokenizer", Spy())
+    assert embedder._encode_ids(text) == expected
+    assert seen == [PREFIX_CHARS_PER_TOKEN * DEFAULT_MAX_TOKENS] == [4096]
 
 
 def test_smaller_max_tokens() -> None:
