@@ -20,9 +20,11 @@ What is reserved, and how each figure was measured (x86_64, CPython 3.11, onnxru
                    queries: RssAnon +22.8 MiB (VmData +34.8) with the weights memory-mapped
                    and prepacked (``MODEL_SESSION_BYTES`` = 26 MiB), +13.5 MiB when they are
                    not prepacked (``MODEL_SESSION_MAPPED_BYTES`` = 16 MiB; a capsule opened
-                   under a budget that cannot hold the packed session); for a ``tflite`` capsule the LiteRT
-                   engine (``LITERT_SESSION_BYTES`` = 104 MiB, from VmRSS: measured less
-                   carefully, so generous).
+                   under a budget that cannot hold the packed session); plus what the
+                   longest query the capsule allows (``model.max_tokens``) adds while it runs
+                   (``model_query_peak_bytes``: 13 MiB at 256 tokens). For a ``tflite`` capsule
+                   the LiteRT engine (``LITERT_SESSION_BYTES`` = 104 MiB, from VmRSS: measured
+                   less carefully, so generous).
 ``index``          the Annoy file: its plaintext size when decrypted into memory, 0 when it
                    is mapped from storage (``encryption: none``).
 ``vecs``           int8 re-ranking vectors when decrypted into memory.
@@ -70,6 +72,14 @@ MODEL_SESSION_BYTES = 26 * MiB
 #: ``session.disable_prepacking``): RssAnon grew 13.3-13.5 MiB (2026-12-07, onnxruntime 1.32.0,
 #: the same 200 queries), rounded up. Queries take ~0.6-1.1 ms more (edge/embedder.py).
 MODEL_SESSION_MAPPED_BYTES = 16 * MiB
+#: RssAnon an onnxruntime session adds while it embeds a query of N tokens, over what a short
+#: query costs, in MiB, for N up to the capsule's ``model.max_tokens`` (the two figures above
+#: were measured with SciFact's 200 queries, 10-40 tokens). Activations grow with the square of
+#: the length (attention), and glibc keeps most of them afterwards. Measured 2026-12-07
+#: (onnxruntime 1.32.0, arena and memory pattern off, one thread, one malloc arena; mapped and
+#: packed weights alike), RssAnon sampled every 0.2 ms while 5 queries of N tokens ran: 64 tokens
+#: +0.6, 128 +2.1-3.4, 192 +8.0, 256 +12.0-12.6 MiB. Rounded up.
+MODEL_QUERY_PEAK_MIB_BY_TOKENS = ((64, 1.0), (128, 4.0), (192, 8.5), (256, 13.0))
 #: Address space a process of this runtime reserves without touching it (VmData - RssAnon:
 #: 63.1 MiB measured after opening SciFact and 200 queries with the capsule's helper thread,
 #: whose malloc arena alone reserves ~9 MiB; 42.8 after the imports alone), with headroom for a
@@ -84,6 +94,28 @@ FRAME_DECODER_BASE_BYTES = 2 * MiB
 #: Per-query headroom; add the re-ranked rows in flight (``edge.index.rerank_peak_bytes``: at most 128
 #: candidates x re-ranking dim x 5 bytes).
 QUERY_BASE_BYTES = 2 * MiB
+
+def model_query_peak_bytes(max_tokens: int) -> int:
+    """Bytes an onnxruntime session's RssAnon grows by while it embeds a ``max_tokens``-token query.
+
+    Linear between the points of ``MODEL_QUERY_PEAK_MIB_BY_TOKENS``, its first figure below
+    them, and scaled by the square of the length beyond them (the model takes up to 512).
+
+    Raises:
+        ValueError: ``max_tokens`` < 1.
+    """
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    points = MODEL_QUERY_PEAK_MIB_BY_TOKENS
+    if max_tokens <= points[0][0]:
+        mib = points[0][1]
+    elif max_tokens >= points[-1][0]:
+        mib = points[-1][1] * (max_tokens / points[-1][0]) ** 2
+    else:
+        (n0, m0), (n1, m1) = next((a, b) for a, b in zip(points, points[1:]) if a[0] <= max_tokens <= b[0])
+        mib = m0 + (m1 - m0) * (max_tokens - n0) / (n1 - n0)
+    return int(mib * MiB + 0.5)
+
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
           "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}

@@ -54,6 +54,7 @@ from .budget import (
     QUERY_BASE_BYTES,
     MemoryBudget,
     format_mib,
+    model_query_peak_bytes,
 )
 from .clock import utc_now
 from .container import ContainerFile
@@ -138,7 +139,7 @@ def memory_plan(manifest: Manifest, *, section_lengths: dict[str, int], frame_ca
     projection = info.projection
     dim_out = projection.dim_out if projection else 0
     plan = {
-        "model": _model_bytes(manifest.model.family, model_weights) if include_model else 0,
+        "model": _model_bytes(manifest.model.family, model_weights, manifest.model.max_tokens) if include_model else 0,
         "index": index_plan,
         "vecs": 0 if mapped else info.vecs_plaintext_bytes,
         "projection": 4 * (projection.dim_in * projection.dim_out + projection.dim_in + projection.dim_out)
@@ -161,10 +162,13 @@ def memory_plan(manifest: Manifest, *, section_lengths: dict[str, int], frame_ca
     return plan
 
 
-def _model_bytes(family: str, model_weights: str) -> int:
+def _model_bytes(family: str, model_weights: str, max_tokens: int) -> int:
+    """The model's reservation: its session, and for onnxruntime what the longest query the
+    capsule allows adds while it runs."""
     if family == "tflite":
         return LITERT_SESSION_BYTES
-    return MODEL_SESSION_MAPPED_BYTES if model_weights == "mapped" else MODEL_SESSION_BYTES
+    session = MODEL_SESSION_MAPPED_BYTES if model_weights == "mapped" else MODEL_SESSION_BYTES
+    return session + model_query_peak_bytes(max_tokens)
 
 
 #: ``OpenOptions.model_weights`` values.
@@ -408,8 +412,9 @@ def _open_capsule(path: str | os.PathLike[str], *, trusted_keys: Sequence[Ed2551
                     and manifest.model.family == "onnx"):
                 raise
             model_weights = "mapped"
-            budget.release(prefix + "model", plan["model"] - MODEL_SESSION_MAPPED_BYTES)
-            plan["model"] = MODEL_SESSION_MAPPED_BYTES
+            mapped_bytes = _model_bytes("onnx", "mapped", manifest.model.max_tokens)
+            budget.release(prefix + "model", plan["model"] - mapped_bytes)
+            plan["model"] = mapped_bytes
             # the lexical index's loading peak borrowed from the model's reservation: keep it covered
             short = lexical_borrowed - min(lexical_loading, sum(plan[name] for name in _LOADED_AFTER_LEXICAL))
             if short > 0:

@@ -16,10 +16,13 @@ from edge.budget import (
     ADDRESS_SPACE_MARGIN_BYTES,
     MODEL_SESSION_BYTES,
     MODEL_SESSION_MAPPED_BYTES,
+    format_mib,
+    model_query_peak_bytes,
     parse_size,
     read_process_memory,
 )
 from edge.capsule import OpenOptions
+from edge.embedder import DEFAULT_MAX_TOKENS
 from edge.errors import BudgetExceededError, CapsuleFormatError
 from edge.sealed import stream_plaintext_bytes
 
@@ -28,6 +31,10 @@ from .e2e.test_real_corpus import NOW, QUESTIONS
 
 MiB = 1 << 20
 QUESTION = QUESTIONS[0]
+#: The model's reservation for the test capsules (``model.max_tokens`` 256): its session and
+#: what a 256-token query adds while it runs.
+PACKED_MODEL_BYTES = MODEL_SESSION_BYTES + model_query_peak_bytes(DEFAULT_MAX_TOKENS)
+MAPPED_MODEL_BYTES = MODEL_SESSION_MAPPED_BYTES + model_query_peak_bytes(DEFAULT_MAX_TOKENS)
 
 
 def _keys(built):
@@ -89,7 +96,7 @@ def test_query_process_under_rlimit_data_answers_and_a_bigger_capsule_is_refused
     assert "Traceback" not in refused.stderr and "MemoryError" not in refused.stderr
     error = [line for line in refused.stderr.splitlines() if line.startswith("edge: error: ")]
     assert len(error) == 1 and "capsule faq-fine needs" in error[0] and "budget has" in error[0], refused.stderr
-    assert "model 26.0 MiB" in error[0]
+    assert f"model {format_mib(PACKED_MODEL_BYTES)}" in error[0]
 
     # By default the model's weights stay mapped when the packed session does not fit: the same
     # capsule then answers under the same limits.
@@ -98,10 +105,59 @@ def test_query_process_under_rlimit_data_answers_and_a_bigger_capsule_is_refused
     assert mapped.returncode == 0, mapped.stderr
     assert any(QUESTION["answer_snippet"] in json.loads(line)["text"] for line in mapped.stdout.splitlines())
     memory = _memory_json(big_capsule, "--ram-budget", str(budget))
-    assert memory["plan_bytes"]["model"] == MODEL_SESSION_MAPPED_BYTES
+    assert memory["plan_bytes"]["model"] == MAPPED_MODEL_BYTES
     assert memory["measured"]["anon_bytes"] <= memory["total_reserved_bytes"] <= budget
     text = run_cli("edge", "info", str(big_capsule.path), *_keys(big_capsule), "--memory", "--ram-budget", str(budget))
-    assert "model (weights mapped, not prepacked)      16.0 MiB" in text.stdout, text.stdout
+    assert f"model (weights mapped, not prepacked)      {format_mib(MAPPED_MODEL_BYTES)}" in text.stdout, text.stdout
+
+
+#: Opens a capsule (unlimited budget: everything is still charged), asks a short question and
+#: then the longest the CLI takes (a 64 KiB line: the model reads 256 tokens of it) at k=50,
+#: and prints RssAnon and what was reserved. One malloc arena, as the ``edge`` program runs.
+_LONGEST_QUERY_PROBE = r"""
+import json, sys
+from edge import MemoryBudget, OpenOptions, load_identity, load_public_key, open_capsule
+from edge._process import single_malloc_arena
+from edge.budget import read_process_memory
+single_malloc_arena()
+path, publisher, device, question, weights = sys.argv[1:6]
+words = "package install error E-4021 0x1F max_wal_senders 日本語の文書 Störung naïve".split()
+longest = " ".join(words[i % len(words)] for i in range(20_000))[:65_536]
+budget = MemoryBudget(None)
+with open_capsule(path, trusted_keys=[load_public_key(publisher)], identities=[load_identity(device)],
+                  budget=budget, options=OpenOptions(model_weights=weights)) as capsule:
+    capsule.search(question, k=5)
+    for mode in ("hybrid", "dense", "hybrid"):
+        capsule.clear_cache()
+        capsule.search(longest, k=50, mode=mode)
+    print(json.dumps({"anon_bytes": read_process_memory().anon_bytes,
+                      "reserved_bytes": budget.report()["total_reserved_bytes"]}))
+"""
+
+
+@pytest.mark.parametrize("weights", ["packed", "mapped"])
+def test_the_longest_query_stays_within_what_is_reserved(faq_capsule, weights):
+    # Before the model's reservation counted a 256-token query's activations (12-13 MiB), this
+    # ended past what was reserved: FAQ 72.7 against 68.4 MiB, SciFact 87.8 against 76.5. (That
+    # the tokenizer reads only a prefix of the 64 KiB, which glibc would keep 13 MiB of, is
+    # tests/unit/edge/test_embedder.py's.)
+    proc = subprocess.run([sys.executable, "-c", _LONGEST_QUERY_PROBE, str(faq_capsule.path),
+                           str(faq_capsule.publisher_pub_path), str(faq_capsule.device_key_path),
+                           QUESTION["question"], weights],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.returncode == 0, proc.stderr
+    memory = json.loads(proc.stdout.splitlines()[-1])
+    assert memory["anon_bytes"] <= memory["reserved_bytes"], (format_mib(memory["anon_bytes"]),
+                                                               format_mib(memory["reserved_bytes"]))
+
+
+def test_a_longer_query_limit_reserves_more_for_the_model():
+    assert [model_query_peak_bytes(n) // (MiB // 2) for n in (16, 64, 128, 192, 256)] == [2, 2, 8, 17, 26]
+    assert model_query_peak_bytes(160) == (4 * MiB + 17 * MiB // 2) // 2  # halfway between 128 and 192
+    assert model_query_peak_bytes(512) == 4 * model_query_peak_bytes(256)  # the square beyond the table
+    with pytest.raises(ValueError, match="max_tokens must be >= 1"):
+        model_query_peak_bytes(0)
 
 
 def test_budget_below_the_runtime_floor_is_one_clear_error(faq_capsule):
@@ -268,17 +324,17 @@ def test_auto_model_weights_stay_mapped_only_when_the_packed_session_does_not_fi
     trusted = [faq_capsule.publisher_key.public_key()]
     kwargs = dict(trusted_keys=trusted, identities=[faq_capsule.device_key], now=NOW)
     with open_capsule(faq_capsule.path, budget=MemoryBudget(None), **kwargs) as capsule:
-        assert capsule.memory_plan["model"] == MODEL_SESSION_BYTES  # unlimited: packed, the fastest
+        assert capsule.memory_plan["model"] == PACKED_MODEL_BYTES  # unlimited: packed, the fastest
         packed_plan = sum(capsule.memory_plan.values())
         packed_hits = [(h.chunk_id, round(h.score, 4)) for h in capsule.search(QUESTION["question"], k=5)]
-    # Room for this process now and the plan less 5 MiB: the packed session (26 MiB) does not
-    # fit, the mapped one (16 MiB) does, and answers the same.
+    # Room for this process now and the plan less 5 MiB: the packed session does not fit, the
+    # mapped one (10 MiB less) does, and answers the same.
     room = read_process_memory().anon_bytes + packed_plan - 5 * MiB
-    with pytest.raises(BudgetExceededError, match="model 26.0 MiB"):
+    with pytest.raises(BudgetExceededError, match=f"model {format_mib(PACKED_MODEL_BYTES)}"):
         open_capsule(faq_capsule.path, budget=MemoryBudget(room), options=OpenOptions(model_weights="packed"),
                      **kwargs)
     with open_capsule(faq_capsule.path, budget=MemoryBudget(room), **kwargs) as capsule:
-        assert capsule.memory_plan["model"] == MODEL_SESSION_MAPPED_BYTES
+        assert capsule.memory_plan["model"] == MAPPED_MODEL_BYTES
         assert "weights mapped" in capsule.embedder_engine
         assert [(h.chunk_id, round(h.score, 4)) for h in capsule.search(QUESTION["question"], k=5)] == packed_hits
     with pytest.raises(ValueError, match="model_weights must be one of auto, packed, mapped"):
@@ -295,7 +351,7 @@ def test_a_document_list_that_does_not_fit_beside_packed_weights_leaves_them_map
     kwargs = dict(trusted_keys=trusted, identities=[faq_capsule.device_key], now=NOW)
     with open_capsule(faq_capsule.path, budget=MemoryBudget(None), **kwargs) as capsule:
         plan = dict(capsule.memory_plan)
-    assert plan["model"] == MODEL_SESSION_BYTES
+    assert plan["model"] == PACKED_MODEL_BYTES
     monkeypatch.setattr(DocumentTable, "held_bytes", lambda self: 8 * MiB)
     without_documents = sum(plan.values()) - plan["documents"]
     room = read_process_memory().anon_bytes + without_documents + 8 * MiB - 5 * MiB
@@ -304,7 +360,7 @@ def test_a_document_list_that_does_not_fit_beside_packed_weights_leaves_them_map
                      **kwargs)
     budget = MemoryBudget(room)
     with open_capsule(faq_capsule.path, budget=budget, **kwargs) as capsule:
-        assert capsule.memory_plan["model"] == MODEL_SESSION_MAPPED_BYTES
+        assert capsule.memory_plan["model"] == MAPPED_MODEL_BYTES
         assert capsule.memory_plan["documents"] == 8 * MiB
         assert "weights mapped" in capsule.embedder_engine
         assert capsule.search(QUESTION["question"], k=3)
