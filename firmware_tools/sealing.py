@@ -92,6 +92,12 @@ def encode_record(doc_index: int, char_start: int, char_end: int, text: str) -> 
     return RECORD_HEADER.pack(doc_index, char_start, char_end, len(data)) + data
 
 
+def zstd_bound(n_bytes: int) -> int:
+    """The most bytes zstd's one-shot compression of ``n_bytes`` can produce, frame included
+    (``ZSTD_COMPRESSBOUND`` in zstd.h)."""
+    return n_bytes + (n_bytes >> 8) + ((128 * 1024 - n_bytes) >> 11 if n_bytes < 128 * 1024 else 0)
+
+
 class FramePacker:
     """Greedily packs chunk records into frames whose sealed payload fits a QR symbol.
 
@@ -100,6 +106,9 @@ class FramePacker:
     (not chunk by chunk) lets zstd use the chunk overlap and shared vocabulary. To keep the
     builder fast, a frame is compressed only once its size, estimated from the previous
     frame's ratio, nears the capacity; the size that decides is always an exact compression.
+    The last two compressions are reused when the same records are compressed again (a frame
+    that overflows is emitted with the records compressed one add before), and a record whose
+    zstd bound fits an empty frame is not compressed alone to prove it.
 
     Usage::
 
@@ -121,11 +130,18 @@ class FramePacker:
         self._ratio = 0.5
         self._records: list[bytes] = []
         self._plain_bytes = 0
+        self._recent: list[tuple[bytes, bytes]] = []  # the last two (plaintext, compression)
         self.n_compressions = 0
 
     def _compressed(self, records: list[bytes]) -> bytes:
+        plaintext = b"".join(records)
+        for seen, compressed in self._recent:
+            if seen == plaintext:
+                return compressed
         self.n_compressions += 1
-        return self._compress(b"".join(records))
+        compressed = self._compress(plaintext)
+        self._recent = [self._recent[-1], (plaintext, compressed)] if self._recent else [(plaintext, compressed)]
+        return compressed
 
     def add(self, record: bytes) -> list[tuple[list[bytes], bytes]]:
         """Add one record; return the frames completed by it (0 or more).
@@ -148,7 +164,7 @@ class FramePacker:
                 if self._records:
                     done += self._emit()
                 self._records, self._plain_bytes = [record], len(record)
-                size = len(self._compressed(self._records))
+                size = len(record) if zstd_bound(len(record)) <= self._limit else len(self._compressed(self._records))
                 if size > self._limit:
                     raise ValueError(f"record of {len(record)} bytes compresses to {size + self.OVERHEAD_BYTES} "
                                      f"> {self.capacity_bytes}")

@@ -176,6 +176,34 @@ def test_packer_splits_frames_by_compressed_capacity():
     assert [r for f in frames for r in f[0]] == records
 
 
+def test_packer_reuses_a_compression_and_makes_the_same_frames():
+    # The Python FAQ's text as 650-byte records in version-24 frames (1,171 bytes), with a
+    # trained dictionary, as the builder packs them: the packer that reuses its last
+    # compression and skips proving that one record fits alone makes the same frames as one
+    # that compresses every time, with fewer compressions.
+    from pathlib import Path
+
+    from firmware_tools.sealing import train_payload_dictionary, zstd_bound
+
+    docs = Path(__file__).resolve().parents[3] / "examples" / "python-faq" / "docs"
+    texts = [f.read_text(encoding="utf-8") for f in sorted(docs.iterdir())]
+    records = [encode_record(0, i, i + 650, t[i:i + 650]) for t in texts for i in range(0, len(t), 600)]
+    compress = payload_compressor(train_payload_dictionary(records, sum(map(len, records)))).compress
+
+    class EveryTime(FramePacker):
+        def _compressed(self, records):
+            self.n_compressions += 1
+            return self._compress(b"".join(records))
+
+    def pack(packer):
+        return [f for r in records for f in packer.add(r)] + packer.finish(), packer.n_compressions
+
+    (frames, n), (reference, n_reference) = pack(FramePacker(1171, 65536, compress)), pack(EveryTime(1171, 65536, compress))
+    assert frames == reference and len(frames) > 50
+    assert n < 0.8 * n_reference, (n, n_reference)
+    assert zstd_bound(650) == 715 and zstd_bound(1 << 17) == (1 << 17) + 512
+
+
 def test_signature_threshold():
     keys = [Ed25519PrivateKey.generate() for _ in range(3)]
     message = b'{"a":1}'
