@@ -22,7 +22,7 @@ What is reserved, and how each figure was measured (x86_64, CPython 3.11, onnxru
                    not prepacked (``MODEL_SESSION_MAPPED_BYTES`` = 16 MiB; a capsule opened
                    under a budget that cannot hold the packed session); plus what the
                    longest query the capsule allows (``model.max_tokens``) adds while it runs
-                   (``model_query_peak_bytes``: 13 MiB at 256 tokens). For a ``tflite`` capsule
+                   (``model_query_peak_bytes``: 14 MiB at 256 tokens). For a ``tflite`` capsule
                    the LiteRT engine (``LITERT_SESSION_BYTES`` = 104 MiB, from VmRSS: measured
                    less carefully, so generous).
 ``index``          the Annoy file: its plaintext size when decrypted into memory, 0 when it
@@ -78,8 +78,10 @@ MODEL_SESSION_MAPPED_BYTES = 16 * MiB
 #: the length (attention), and glibc keeps most of them afterwards. Measured 2026-12-07
 #: (onnxruntime 1.32.0, arena and memory pattern off, one thread, one malloc arena; mapped and
 #: packed weights alike), RssAnon sampled every 0.2 ms while 5 queries of N tokens ran: 64 tokens
-#: +0.6, 128 +2.1-3.4, 192 +8.0, 256 +12.0-12.6 MiB. Rounded up.
-MODEL_QUERY_PEAK_MIB_BY_TOKENS = ((64, 1.0), (128, 4.0), (192, 8.5), (256, 13.0))
+#: +0.6, 128 +2.1-4.0, 192 +7.0-8.0, 256 +12.0-12.6 MiB; the highest over any order of lengths
+#: tried (rising by 16 or 64 tokens, 300 random lengths between short queries) was +12.8.
+#: Rounded up with 1 MiB to spare: allocators and kernels differ by machine (not measured on aarch64).
+MODEL_QUERY_PEAK_MIB_BY_TOKENS = ((64, 1.0), (128, 4.5), (192, 9.0), (256, 14.0))
 #: Address space a process of this runtime reserves without touching it (VmData - RssAnon:
 #: 63.1 MiB measured after opening SciFact and 200 queries with the capsule's helper thread,
 #: whose malloc arena alone reserves ~9 MiB; 42.8 after the imports alone), with headroom for a

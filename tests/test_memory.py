@@ -153,8 +153,8 @@ def test_the_longest_query_stays_within_what_is_reserved(faq_capsule, weights):
 
 
 def test_a_longer_query_limit_reserves_more_for_the_model():
-    assert [model_query_peak_bytes(n) // (MiB // 2) for n in (16, 64, 128, 192, 256)] == [2, 2, 8, 17, 26]
-    assert model_query_peak_bytes(160) == (4 * MiB + 17 * MiB // 2) // 2  # halfway between 128 and 192
+    assert [model_query_peak_bytes(n) // (MiB // 2) for n in (16, 64, 128, 192, 256)] == [2, 2, 9, 18, 28]
+    assert model_query_peak_bytes(160) == (9 * MiB // 2 + 9 * MiB) // 2  # halfway between 128 and 192
     assert model_query_peak_bytes(512) == 4 * model_query_peak_bytes(256)  # the square beyond the table
     with pytest.raises(ValueError, match="max_tokens must be >= 1"):
         model_query_peak_bytes(0)
