@@ -97,6 +97,7 @@ FRAME_DECODER_BASE_BYTES = 2 * MiB
 #: candidates x re-ranking dim x 5 bytes).
 QUERY_BASE_BYTES = 2 * MiB
 
+
 def model_query_peak_bytes(max_tokens: int) -> int:
     """Bytes an onnxruntime session's RssAnon grows by while it embeds a ``max_tokens``-token query.
 

@@ -140,7 +140,7 @@ class FramePacker:
                 return compressed
         self.n_compressions += 1
         compressed = self._compress(plaintext)
-        self._recent = [self._recent[-1], (plaintext, compressed)] if self._recent else [(plaintext, compressed)]
+        self._recent = [*self._recent[-1:], (plaintext, compressed)]
         return compressed
 
     def add(self, record: bytes) -> list[tuple[list[bytes], bytes]]:
@@ -164,10 +164,11 @@ class FramePacker:
                 if self._records:
                     done += self._emit()
                 self._records, self._plain_bytes = [record], len(record)
-                size = len(record) if zstd_bound(len(record)) <= self._limit else len(self._compressed(self._records))
-                if size > self._limit:
-                    raise ValueError(f"record of {len(record)} bytes compresses to {size + self.OVERHEAD_BYTES} "
-                                     f"> {self.capacity_bytes}")
+                if zstd_bound(len(record)) > self._limit:  # else it fits an empty frame, compressed or not
+                    size = len(self._compressed(self._records))
+                    if size > self._limit:
+                        raise ValueError(f"record of {len(record)} bytes compresses to {size + self.OVERHEAD_BYTES} "
+                                         f"> {self.capacity_bytes}")
         return done
 
     def _emit(self) -> list[tuple[list[bytes], bytes]]:
