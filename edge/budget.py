@@ -90,6 +90,9 @@ ADDRESS_SPACE_MARGIN_BYTES = 96 * MiB
 #: The LiteRT engine and its model (``model.family`` ``tflite``): VmRSS grew by 101 MiB from
 #: before ai-edge-litert 2.3.0 was imported to after ``QueryEmbedder.open`` (x86_64,
 #: bench/bench_embedders.py); the 27 MB flatbuffer is mapped, XNNPACK repacks the weights.
+#: What it charges, RssAnon, grew less (2026-12-07, one malloc arena): +69.6 MiB to after the
+#: open and 200 SciFact queries, +76.2 MiB once queries of 64-256 tokens had run (peak), so the
+#: longest query is inside this figure, unlike onnxruntime's (``model_query_peak_bytes``).
 LITERT_SESSION_BYTES = 104 * MiB
 #: Decoder context headroom; add 3 bytes per pixel of the frame size.
 FRAME_DECODER_BASE_BYTES = 2 * MiB
