@@ -33,7 +33,7 @@ from pathlib import Path
 
 from ._files import read_regular_file
 from ._process import harden_process, quiet_rust_panics, single_malloc_arena
-from .budget import MemoryBudget, format_mib, parse_size
+from .budget import MemoryBudget, format_mib, model_query_peak_bytes, parse_size
 from .errors import EdgeError
 from .retrieval import SEARCH_MODES
 from .keys import KeyFileError, load_identity, load_passphrase, load_public_key
@@ -340,7 +340,8 @@ def cmd_info(args: argparse.Namespace) -> int:
                 _memory_probe(capsule)
             info = capsule.info()
         if args.memory and not args.json:
-            _print_memory(info["memory"], weights_mapped="weights mapped" in info["embedder"]["engine"])
+            _print_memory(info["memory"], weights_mapped="weights mapped" in info["embedder"]["engine"],
+                          query_tokens=info["model"]["max_tokens"] if info["model"]["family"] == "onnx" else None)
             return 0
     else:
         m = verify_capsule(_capsule_path(args), trusted_keys=_trusted_keys(args), full=False,
@@ -381,7 +382,7 @@ def _memory_probe(capsule) -> None:
     capsule.read_hits(ids, scores)
 
 
-def _print_memory(memory: dict, *, weights_mapped: bool = False) -> None:
+def _print_memory(memory: dict, *, weights_mapped: bool = False, query_tokens: int | None = None) -> None:
     plan = memory["plan_bytes"]
     reserved = memory["reserved_bytes"]
     measured = memory["measured"]
@@ -392,6 +393,9 @@ def _print_memory(memory: dict, *, weights_mapped: bool = False) -> None:
     for name, n_bytes in plan.items():
         label = "model (weights mapped, not prepacked)" if name == "model" and weights_mapped and n_bytes else name
         print(f"  {label:40s} {format_mib(n_bytes):>10s}")
+        if name == "model" and n_bytes and query_tokens:  # onnxruntime's activations for the longest query
+            label = f"  of which a {query_tokens}-token query"
+            print(f"  {label:40s} {format_mib(model_query_peak_bytes(query_tokens)):>10s}")
     print("measured after one query (kernel counts, /proc/self/status):")
     for key, label in (("data_bytes", "private writable (VmData, RLIMIT_DATA)"), ("rss_bytes", "resident (VmRSS)"),
                        ("anon_bytes", "  anonymous (RssAnon)"), ("file_bytes", "  file-backed (RssFile)"),

@@ -740,7 +740,7 @@ class Capsule:
                           "n_chunks": part.manifest.n_chunks, "n_removed": part._n_dead,
                           "file_bytes": part._cf.header.file_bytes} for part in self.parts],
             "model": {"name": m.model.name, "family": m.model.family, "sha256": m.model.sha256,
-                      "dim": m.model.dim},
+                      "dim": m.model.dim, "max_tokens": m.model.max_tokens},
             "embedder": {"family": self._embedder.family, "engine": self._embedder.engine,
                          "threads": self._embedder.n_threads, "model_path": str(self._embedder.model_path)},
             "index": {"format": m.index.format, "dim": m.index.dim,

@@ -109,6 +109,8 @@ def test_query_process_under_rlimit_data_answers_and_a_bigger_capsule_is_refused
     assert memory["measured"]["anon_bytes"] <= memory["total_reserved_bytes"] <= budget
     text = run_cli("edge", "info", str(big_capsule.path), *_keys(big_capsule), "--memory", "--ram-budget", str(budget))
     assert f"model (weights mapped, not prepacked)      {format_mib(MAPPED_MODEL_BYTES)}" in text.stdout, text.stdout
+    query_share = format_mib(model_query_peak_bytes(DEFAULT_MAX_TOKENS))
+    assert f"\n    of which a {DEFAULT_MAX_TOKENS}-token query".ljust(43) + f" {query_share:>10s}\n" in text.stdout, text.stdout
 
 
 #: Opens a capsule (unlimited budget: everything is still charged), asks a short question and
