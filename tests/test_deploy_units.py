@@ -33,6 +33,7 @@ import re
 import shutil
 import stat
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -152,12 +153,14 @@ def _verify_user(tmp_path: Path, name: str, text: str, *, stub_exec: bool = True
     unit_dir = tmp_path / "user-units"
     unit_dir.mkdir(exist_ok=True)
     (unit_dir / name).write_text("\n".join(lines) + "\n")
-    runtime = tmp_path / "xdg-runtime"
-    runtime.mkdir(mode=0o700, exist_ok=True)
-    env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime), "HOME": str(tmp_path / "home"),
-           "XDG_CONFIG_HOME": str(tmp_path / "home/.config"), "XDG_DATA_HOME": str(tmp_path / "home/.local/share")}
-    proc = subprocess.run([SYSTEMD_ANALYZE, "--user", "verify", "--man=no", "--recursive-errors=yes",
-                           str(unit_dir / name)], capture_output=True, text=True, timeout=60, env=env)
+    # The runtime directory holds the user's sockets, whose paths must fit sun_path (108 bytes):
+    # a short directory of its own, not one under tmp_path (pytest-xdist's is already ~70 bytes).
+    with tempfile.TemporaryDirectory(prefix="xdg-") as runtime:
+        os.chmod(runtime, 0o700)
+        env = {**os.environ, "XDG_RUNTIME_DIR": runtime, "HOME": str(tmp_path / "home"),
+               "XDG_CONFIG_HOME": str(tmp_path / "home/.config"), "XDG_DATA_HOME": str(tmp_path / "home/.local/share")}
+        proc = subprocess.run([SYSTEMD_ANALYZE, "--user", "verify", "--man=no", "--recursive-errors=yes",
+                               str(unit_dir / name)], capture_output=True, text=True, timeout=60, env=env)
     return _problems(proc)
 
 
