@@ -267,7 +267,7 @@ _CLI_STORE_DIR: list[str] = []
 
 
 def _cli_store_dir() -> str:
-    """Return a device store directory private to this test session."""
+    """Return a device store directory private to this test process (one pytest-xdist worker)."""
     import tempfile
 
     if not _CLI_STORE_DIR:
@@ -275,8 +275,16 @@ def _cli_store_dir() -> str:
     return _CLI_STORE_DIR[0]
 
 
+#: Names the store directory the suite made itself, so that a pytest-xdist worker, which inherits
+#: the controller's environment, makes its own instead of sharing it with the other workers.
+_SUITE_STORE_ENV = "EDGE_TEST_SUITE_STORE_DIR"
+
+
 def pytest_configure(config):
-    """Every process the suite starts gets a private store: tests never touch /var/lib/edge-capsules."""
+    """Every process the suite starts gets a private store: tests never touch /var/lib/edge-capsules,
+    and two workers never share one (a store given in ``$EDGE_STORE_DIR`` is used as it is)."""
     import os
 
-    os.environ.setdefault("EDGE_STORE_DIR", _cli_store_dir())
+    given = os.environ.get("EDGE_STORE_DIR")
+    if not given or given == os.environ.get(_SUITE_STORE_ENV):
+        os.environ["EDGE_STORE_DIR"] = os.environ[_SUITE_STORE_ENV] = _cli_store_dir()

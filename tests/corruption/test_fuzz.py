@@ -174,7 +174,7 @@ def memoised_model(monkeypatch):
     for kind, n in COUNTS.items():
         previous[kind] = previous.get(kind, 0) + n
     COUNTS.clear()
-    report.write_text(json.dumps(previous))
+    _write_atomically(report, json.dumps(previous))
 
 
 @pytest.mark.fuzz
@@ -189,3 +189,10 @@ def test_fuzz_random_bytes(memoised_model, data):
 @given(data=mutated())
 def test_fuzz_mutations(memoised_model, data):
     check(data, "mutation")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` at once: pytest-xdist workers may update the report together."""
+    part = path.with_name(f"{path.name}.{os.getpid()}.part")
+    part.write_text(text)
+    os.replace(part, path)

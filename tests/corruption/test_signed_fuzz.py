@@ -142,6 +142,13 @@ def test_fuzz_signed_mutations(big_frames, tmp_path):
             signed[family][kind] = signed[family].get(kind, 0) + n
     previous["signed_rate"] = {"cases": len(results), "seconds": round(elapsed, 1),
                                "cases_per_s": round(len(results) / elapsed, 1), "workers": WORKERS}
-    report.write_text(json.dumps(previous, indent=1, sort_keys=True))
+    _write_atomically(report, json.dumps(previous, indent=1, sort_keys=True))
     message = _report_failures(results, tmp_path / "failures")
     assert not message, message
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` at once: pytest-xdist workers may update the report together."""
+    part = path.with_name(f"{path.name}.{os.getpid()}.part")
+    part.write_text(text)
+    os.replace(part, path)
