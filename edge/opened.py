@@ -615,9 +615,10 @@ class Capsule:
             raise ValueError(f"chunk {stray[0]} was not returned by the last rank; use read")
         fresh = self._read_frames([self._frames.locate(c.chunk_id - base)[0] for c in candidates], timings)
         stemmed = self.manifest.lexical is not None and self.manifest.lexical.normaliser == NORMALISER_V2
+        memo: dict = {}  # what each distinct term matched, for all of this search's hits
         for cand in candidates:
             hit = self._hit(cand.chunk_id - base, cand.score, timings, fresh)
-            terms, spans, answer = mark(hit.text, lexical_query, stemmed=stemmed)
+            terms, spans, answer = mark(hit.text, lexical_query, stemmed=stemmed, memo=memo)
             matched = tuple(name for name, score in (("dense", cand.dense_score), ("lexical", cand.lexical_score))
                             if score is not None)
             hits.append(replace(hit, matched=matched, matched_terms=terms, highlights=spans, answer=answer,

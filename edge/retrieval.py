@@ -109,7 +109,7 @@ def _sentences(text: str) -> Iterator[tuple[int, int]]:
         yield start, len(text.rstrip())
 
 
-def mark(text: str, query: LexicalQuery, *, stemmed: bool = False
+def mark(text: str, query: LexicalQuery, *, stemmed: bool = False, memo: dict | None = None
          ) -> tuple[tuple[str, ...], tuple[tuple[int, int], ...], tuple[int, int] | None]:
     """Find the query's terms in a hit's text.
 
@@ -122,6 +122,8 @@ def mark(text: str, query: LexicalQuery, *, stemmed: bool = False
         query: the parsed query.
         stemmed: the capsule's index is ``ident-v2``: a token also matches by its stem, as the
             index matched it (``edge.lexical.match_terms``).
+        memo: one dict for all the hits of one search (same query, same ``stemmed``), so that
+            each distinct word is tested once (``match_terms``); ``None``: a fresh one.
 
     Returns:
         ``(terms, highlights, answer)``: the query terms found (query order), the
@@ -135,7 +137,7 @@ def mark(text: str, query: LexicalQuery, *, stemmed: bool = False
         return (), (), None
     spans: list[tuple[int, int]] = []
     found: dict[str, list[int]] = {}
-    for start, end, hits in match_terms(text, wanted, unless_identifier=_STOPWORDS, stemmed=stemmed):
+    for start, end, hits in match_terms(text, wanted, unless_identifier=_STOPWORDS, stemmed=stemmed, memo=memo):
         spans.append((start, end))
         for term in hits:
             found.setdefault(term, []).append(start)

@@ -103,3 +103,23 @@ def test_match_terms_finds_exactly_what_every_token_would(words, query_words):
     reference = [(t.start, t.end, frozenset({t.term} & wanted or set(token_variants(t)) & wanted))
                  for t in expected if t.is_identifier or t.term not in _STOPWORDS]
     assert match_terms(text, wanted, unless_identifier=_STOPWORDS) == reference
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(_WORDS + ["x" * 70, "Encoders", "dying"]) | st.text(max_size=8),
+                         max_size=30), min_size=1, max_size=6),
+       st.lists(st.sampled_from(_WORDS + ["encoders", "die"]), min_size=1, max_size=4), st.booleans())
+def test_one_memo_for_a_searchs_hits_finds_what_fresh_calls_do(texts, query_words, stemmed):
+    # A search marks its k hits with one memo (edge.opened): a term tested in an earlier hit,
+    # ASCII or not, must give the same matches as in a fresh call.
+    from edge.lexical import match_terms
+    from edge.retrieval import _STOPWORDS
+
+    wanted = LexicalQuery.parse(" ".join(query_words)).terms
+    memo: dict = {}
+    for words in texts:
+        text = " ".join(words)
+        fresh = match_terms(text, wanted, unless_identifier=_STOPWORDS, stemmed=stemmed)
+        assert match_terms(text, wanted, unless_identifier=_STOPWORDS, stemmed=stemmed, memo=memo) == fresh
+        assert mark(text, LexicalQuery.parse(" ".join(query_words)), stemmed=stemmed, memo=memo) == \
+            mark(text, LexicalQuery.parse(" ".join(query_words)), stemmed=stemmed)
