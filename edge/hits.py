@@ -101,7 +101,18 @@ class Candidate:
 
 @dataclass
 class StageTimings:
-    """Milliseconds spent per query stage in the last ``search`` call."""
+    """Milliseconds spent per query stage in the last ``search`` call.
+
+    Attributes:
+        embed_ms: embedding the query.
+        ann_ms: the dense index (scan or Annoy, and re-ranking).
+        frame_decode_ms, qr_decode_ms, decrypt_ms: reading the hits' frames, summed over the
+            two threads that read them (so they may add up to more than the wall time).
+        lexical_ms: BM25 and exact-identifier matching (on the helper thread while the query
+            is embedded, in hybrid mode).
+        highlight_ms: finding the query's terms and the answer span in the hits' text.
+        n_frames_decoded: frames read (not served from the frame cache).
+    """
 
     embed_ms: float = 0.0
     ann_ms: float = 0.0
@@ -109,6 +120,7 @@ class StageTimings:
     qr_decode_ms: float = 0.0
     decrypt_ms: float = 0.0
     lexical_ms: float = 0.0
+    highlight_ms: float = 0.0
     n_frames_decoded: int = 0
 
 

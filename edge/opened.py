@@ -618,7 +618,9 @@ class Capsule:
         memo: dict = {}  # what each distinct term matched, for all of this search's hits
         for cand in candidates:
             hit = self._hit(cand.chunk_id - base, cand.score, timings, fresh)
+            t0 = time.perf_counter()
             terms, spans, answer = mark(hit.text, lexical_query, stemmed=stemmed, memo=memo)
+            timings.highlight_ms += (time.perf_counter() - t0) * 1e3
             matched = tuple(name for name, score in (("dense", cand.dense_score), ("lexical", cand.lexical_score))
                             if score is not None)
             hits.append(replace(hit, matched=matched, matched_terms=terms, highlights=spans, answer=answer,

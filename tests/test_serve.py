@@ -65,7 +65,7 @@ def test_search_returns_hits_with_text_heading_highlights_source_position_and_ti
     assert first["char_end"] > first["char_start"] >= 0
     assert any(first["text"][a:b].casefold() == "22p02" for a, b in first["highlights"])
     assert first["matched"] == ["dense", "lexical"] or "lexical" in first["matched"]
-    assert body["timings_ms"]["search"] > 0 and "embed_ms" in body["timings_ms"]
+    assert body["timings_ms"]["search"] > 0 and "embed_ms" in body["timings_ms"] and "highlight_ms" in body["timings_ms"]
 
 
 def test_shape_array_returns_only_the_hits(server):

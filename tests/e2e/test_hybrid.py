@@ -70,6 +70,9 @@ def test_hits_carry_their_heading_path_and_an_answer_span(capsule):
     start, end = hit.answer
     assert "22P02" in hit.text[start:end]
     assert capsule.documents(now=NOW)[0].title.startswith("Appendix A")
+    # finding the spans is a stage of its own in the timings
+    assert capsule.last_timings.highlight_ms > 0
+    assert capsule.search("22P02", k=1, mode="lexical", now=NOW).timings.highlight_ms > 0
 
 
 def test_document_filter_and_modes(errcodes, tmp_path):
