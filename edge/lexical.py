@@ -167,17 +167,20 @@ def match_terms(text: str, wanted: frozenset[str], *, unless_identifier: frozens
 
     ``memo``: a dict to keep what each distinct term matched, shared by calls with the same
     ``wanted`` and ``stemmed`` (one search's hits); it holds one entry per distinct term seen.
-    A k=10 SciFact search marks ten hits of ~700 characters, whose words repeat: with one memo
-    per search and ASCII text tokenized here, 0.60-0.69x the time of testing every token afresh
-    through ``_spans`` (2,000 hits recorded from SciFact x8 searches, AMD EPYC, 2026-12-08).
+    A k=10 SciFact search marks ten hits of ~700 characters, whose words repeat. With one memo
+    per search, ASCII tokens read here rather than through ``_spans``, and a token of digits or
+    connectors passed over when no variant of it can begin like a wanted term, matching takes
+    0.59-0.71x the time of testing every token afresh on 2,000 hits recorded from SciFact x8
+    searches, and 0.38-0.51x on 320 from the PostgreSQL error-code queries, whose tables are
+    mostly codes (AMD EPYC, 2026-12-08).
     """
     by_stem, prefixes = _match_setup(wanted, stemmed)
     if memo is None:
         memo = {}
     out = []
-    if text.isascii():  # most texts: a token's term is its lower(), and no token is CJK (as _spans)
-        for match in _TOKEN_RE.finditer(text):
-            raw = match.group()
+    for match in _TOKEN_RE.finditer(text):
+        raw = match.group()
+        if raw.isascii():  # most tokens: the term is raw.lower(), as in _spans, and not CJK
             if len(raw) > MAX_TOKEN_CHARS:
                 raw = raw[:MAX_TOKEN_CHARS]
             term = raw.lower()
@@ -188,15 +191,15 @@ def match_terms(text: str, wanted: frozenset[str], *, unless_identifier: frozens
             if hits is not None and (term not in unless_identifier or _is_identifier(raw)):
                 start = match.start()
                 out.append((start, start + len(raw), hits))
-        return out
-    for start, end, term, raw, is_cjk in _spans(text):
-        key = (term, True) if is_cjk else term  # a CJK bigram is tested as no other token is
-        try:
-            hits = memo[key]
-        except KeyError:
-            hits = memo[key] = _term_hits(term, is_cjk, wanted, by_stem, prefixes, stemmed)
-        if hits is not None and (term not in unless_identifier or (not is_cjk and _is_identifier(raw))):
-            out.append((start, end, hits))
+            continue
+        for start, end, term, raw, is_cjk in _non_ascii_spans(text, match):
+            key = (term, True) if is_cjk else term  # a CJK bigram is tested as no other token is
+            try:
+                hits = memo[key]
+            except KeyError:
+                hits = memo[key] = _term_hits(term, is_cjk, wanted, by_stem, prefixes, stemmed)
+            if hits is not None and (term not in unless_identifier or (not is_cjk and _is_identifier(raw))):
+                out.append((start, end, hits))
     return out
 
 
@@ -209,6 +212,12 @@ def _term_hits(term: str, is_cjk: bool, wanted: frozenset[str], by_stem: dict[st
             and (key := v2_term(term)) in by_stem):
         return by_stem[key]
     if is_cjk or term.isalpha():  # no variants: a letters-only token matches only as itself
+        return None
+    if term.isascii() and not any(p in (compact := _without_connectors(term)) for p in prefixes) and not (
+            stemmed and "ying" in compact):
+        # Every variant (a part, a digit run, the compact form) is a substring of the compact
+        # form, and one that matches begins with a prefix of a wanted term or stem (an ASCII
+        # variant's v2_term keeps its first two characters, but for dying, lying, tying).
         return None
     if stemmed:
         hits = frozenset(t for v in _variants(term, False) for t in by_stem.get(v2_term(v), ()))
@@ -304,6 +313,23 @@ def index_terms(text: str) -> tuple[str, str]:
     return " ".join(span[2] for span in spans), " ".join(variants)
 
 
+def _without_connectors(term: str) -> str:
+    """``term`` with its connectors (``-``, ``_``, ``.``) removed: its compact form (``_compact``)."""
+    return term.replace("-", "").replace("_", "").replace(".", "")
+
+
+def _non_ascii_spans(text: str, match: re.Match) -> Iterator[tuple[int, int, str, str, bool]]:
+    """``_spans`` of one regex token ``match`` of ``text`` that is not ASCII."""
+    raw = match.group()
+    if _CJK_RE.search(raw):
+        for tok in iter_tokens(raw, offset=match.start()):
+            yield tok.start, tok.end, tok.term, text[tok.start:tok.end], tok.is_cjk
+    else:
+        raw = raw[:MAX_TOKEN_CHARS]
+        start = match.start()
+        yield start, start + len(raw), _fold(raw), raw, False
+
+
 def _spans(text: str) -> Iterator[tuple[int, int, str, str, bool]]:
     """``(start, end, term, raw, is_cjk)`` of every token ``iter_tokens`` yields, in order, without
     building ``Token``s (an ASCII token's term is its ``lower()``: NFKC leaves ASCII alone and
@@ -314,13 +340,8 @@ def _spans(text: str) -> Iterator[tuple[int, int, str, str, bool]]:
             raw = raw[:MAX_TOKEN_CHARS]
             start = match.start()
             yield start, start + len(raw), raw.lower(), raw, False
-        elif _CJK_RE.search(raw):
-            for tok in iter_tokens(raw, offset=match.start()):
-                yield tok.start, tok.end, tok.term, text[tok.start:tok.end], tok.is_cjk
         else:
-            raw = raw[:MAX_TOKEN_CHARS]
-            start = match.start()
-            yield start, start + len(raw), _fold(raw), raw, False
+            yield from _non_ascii_spans(text, match)
 
 
 @dataclass(frozen=True)

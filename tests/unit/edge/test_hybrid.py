@@ -106,20 +106,29 @@ def test_match_terms_finds_exactly_what_every_token_would(words, query_words):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.lists(st.sampled_from(_WORDS + ["x" * 70, "Encoders", "dying"]) | st.text(max_size=8),
+@given(st.lists(st.lists(st.sampled_from(_WORDS + ["x" * 70, "Encoders", "dying", "Lying-2041", "re-encoders_v2",
+                                                   "café-22P02"]) | st.text(max_size=8),
                          max_size=30), min_size=1, max_size=6),
-       st.lists(st.sampled_from(_WORDS + ["encoders", "die"]), min_size=1, max_size=4), st.booleans())
+       st.lists(st.sampled_from(_WORDS + ["encoders", "die", "lie", "2041", "cafe"]), min_size=1, max_size=4),
+       st.booleans())
 def test_one_memo_for_a_searchs_hits_finds_what_fresh_calls_do(texts, query_words, stemmed):
     # A search marks its k hits with one memo (edge.opened): a term tested in an earlier hit,
-    # ASCII or not, must give the same matches as in a fresh call.
-    from edge.lexical import match_terms
+    # ASCII or not, must give the same matches as in a fresh call; and both the same as every
+    # token's variants tested one by one, stemmed as the index stems them (no shortcut).
+    from edge.lexical import iter_tokens, match_terms, token_variants, v2_term
     from edge.retrieval import _STOPWORDS
 
     wanted = LexicalQuery.parse(" ".join(query_words)).terms
+    keys = {v2_term(t) if stemmed else t for t in wanted}
     memo: dict = {}
     for words in texts:
         text = " ".join(words)
         fresh = match_terms(text, wanted, unless_identifier=_STOPWORDS, stemmed=stemmed)
+        by_token = [(t.start, t.end) for t in iter_tokens(text)
+                    if (t.is_identifier or t.term not in _STOPWORDS)
+                    and any((v2_term(v) if stemmed and not t.is_cjk else v) in keys
+                            for v in [t.term, *token_variants(t)])]
+        assert [(start, end) for start, end, _ in fresh] == by_token
         assert match_terms(text, wanted, unless_identifier=_STOPWORDS, stemmed=stemmed, memo=memo) == fresh
         assert mark(text, LexicalQuery.parse(" ".join(query_words)), stemmed=stemmed, memo=memo) == \
             mark(text, LexicalQuery.parse(" ".join(query_words)), stemmed=stemmed)
