@@ -195,3 +195,61 @@ def test_frame_table_serialise_then_parse_is_identity(sizes, gaps, slots, spare_
     assert np.array_equal(parsed.sample_bytes, table.sample_bytes)
     assert np.array_equal(parsed.first_chunk_ids, table.first_chunk_ids)
     assert parsed.to_bytes() == data
+
+
+_GOOD_ENTRIES = (
+    {"bytes": 10, "headings": [], "media_type": "text/plain", "n_chunks": 1, "name": "a.txt"},
+    {"bytes": 20, "headings": [[0, 1, "Intro"], [9, 2, "Wiring"]], "media_type": "text/markdown", "n_chunks": 2,
+     "name": "b.md", "sha256": "ab" * 32},
+    {"bytes": 0, "headings": [], "media_type": "text/plain", "n_chunks": 0, "name": "c.txt", "sha256": ""},
+)
+
+
+class _Missing:
+    """The field is left out (a fixed repr, so pytest-xdist workers collect the same test ids)."""
+
+    def __repr__(self) -> str:
+        return "missing"
+
+
+_MISSING = _Missing()
+_ENTRY_EDITS = [
+    ("bytes", True), ("bytes", -1), ("bytes", 2**53), ("bytes", "1"), ("bytes", None), ("n_chunks", False),
+    ("n_chunks", -1), ("n_chunks", 2**53), ("name", 5), ("name", _MISSING), ("media_type", ["x"]),
+    ("sha256", "AB" * 32), ("sha256", "ab" * 31 + "a"), ("sha256", "ab" * 33), ("sha256", "g" * 64),
+    ("sha256", "é" * 64), ("sha256", " " + "a" * 63), ("sha256", 7), ("sha256", None), ("sha256", ""),
+    ("sha256", _MISSING), ("headings", {}), ("headings", None), ("headings", [[0]]), ("headings", [[0, 7, "x"]]),
+    ("headings", [[5, 1, "b"], [1, 1, "a"]]), ("headings", [[0, 1, "Intro"]]), ("headings", _MISSING),
+    ("extra", 1),
+]
+
+
+@pytest.mark.parametrize("field, value", _ENTRY_EDITS, ids=[f"{f}={v!r}"[:40] for f, v in _ENTRY_EDITS])
+def test_the_column_checks_accept_and_refuse_exactly_what_the_entry_check_does(field, value):
+    # _check_entries checks each field over a whole batch at once; an entry it takes must be one
+    # _check_entry takes, with the same values, and one it refuses is named as _check_entry names it.
+    for at in range(len(_GOOD_ENTRIES)):
+        items = [dict(entry) for entry in _GOOD_ENTRIES]
+        if value is _MISSING:
+            items[at].pop(field, None)
+        else:
+            items[at][field] = value
+        _assert_columns_agree(items)
+
+
+@pytest.mark.parametrize("item", [["not", "an", "object"], "text", 3, None])
+def test_an_entry_that_is_not_an_object_is_named_by_the_column_checks(item):
+    _assert_columns_agree([dict(_GOOD_ENTRIES[0]), item, dict(_GOOD_ENTRIES[1])])
+    _assert_columns_agree([dict(entry) for entry in _GOOD_ENTRIES])
+
+
+def _assert_columns_agree(items: list) -> None:
+    from edge.hits import _check_entries, _check_entry
+
+    try:
+        expected = [list(column) for column in zip(*(_check_entry(item, 7 + i) for i, item in enumerate(items)))]
+    except CapsuleFormatError as exc:
+        with pytest.raises(CapsuleFormatError, match=f"^{exc}$"):
+            _check_entries(items, 7)
+    else:
+        assert [list(column) for column in _check_entries(items, 7)] == expected
