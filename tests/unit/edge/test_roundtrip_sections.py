@@ -152,6 +152,19 @@ def test_more_media_types_than_are_interned_are_kept_per_document():
                                                                           (0, 255, 256, 299, 300, 699)]
 
 
+def test_a_list_without_headings_and_with_every_digest_takes_the_batch_shortcuts_to_the_same_table():
+    # SciFact's shape (a digest on every entry, no headings, one media type) over several batches:
+    # the builder's whole-batch paths give what entry-by-entry parsing does.
+    docs = [Document(f"corpus/{i:06d}.txt", 500 + i, "text/plain", n_chunks=1 + i % 3, sha256=f"{i:064x}")
+            for i in range(1500)]
+    data = documents_to_bytes(docs)
+    assert len(data) > 4 * DOCS_BATCH_BYTES
+    n_chunks = sum(d.n_chunks for d in docs)
+    table = parse_document_table(data, n_documents=1500, n_chunks=n_chunks)
+    assert list(table) == parse_documents(data, n_documents=1500, n_chunks=n_chunks)
+    assert documents_to_bytes(list(table)) == data
+
+
 def test_parse_documents_checks_the_counts_against_the_manifest():
     data = documents_to_bytes([Document("a.md", 10, "text/markdown", n_chunks=2)])
     with pytest.raises(CapsuleFormatError, match="manifest says 2"):
