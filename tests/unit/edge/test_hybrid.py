@@ -132,3 +132,21 @@ def test_one_memo_for_a_searchs_hits_finds_what_fresh_calls_do(texts, query_word
         assert match_terms(text, wanted, unless_identifier=_STOPWORDS, stemmed=stemmed, memo=memo) == fresh
         assert mark(text, LexicalQuery.parse(" ".join(query_words)), stemmed=stemmed, memo=memo) == \
             mark(text, LexicalQuery.parse(" ".join(query_words)), stemmed=stemmed)
+
+
+def _is_identifier_reference(raw: str) -> bool:
+    if any(c.isdigit() for c in raw) or any(c in "-_." for c in raw):
+        return True
+    letters = [c for c in raw if c.isalpha()]
+    if len(letters) >= 3 and all(c.isupper() for c in letters):
+        return True
+    return any(a.islower() and b.isupper() for a, b in zip(raw, raw[1:]))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.sampled_from(_WORDS + ["word", "ß", "straße", "ǅx", "ﬁle", "の", "Ωmega", "ΣΊΣΥΦΟΣ"]) | st.text(max_size=12))
+def test_the_identifier_shortcut_decides_as_the_full_rule(raw):
+    from edge.lexical import _CONNECTORS, _is_identifier
+
+    assert set(_CONNECTORS) == set("-_.")
+    assert _is_identifier(raw) == _is_identifier_reference(raw)
