@@ -889,17 +889,50 @@ class _Opening:
                        if family == "onnx" else _LiteRtEngine(str(model_path), model_path, n_threads))
         self.sha256 = sha256
 
-    def finish(self) -> QueryEmbedder:
-        """Load and check the tokenizer, run the known-answer check; return the embedder."""
-        from tokenizers import Tokenizer
-
-        engine, model_path, tokenizer_path = self.engine, self.model_path, self.tokenizer_path
-        max_tokens, expected_tokenizer_sha256 = self.max_tokens, self.expected_tokenizer_sha256
+    def finish(self, tokenizer: tuple[Any, str] | BaseException | None = None) -> QueryEmbedder:
+        """Check the engine against ``max_tokens``, take the tokenizer (``load_tokenizer``'s result
+        or the exception it raised, when the caller loaded it already; else load it now), run the
+        known-answer check; return the embedder. Errors come in that order, whichever ran first."""
+        engine, model_path, max_tokens = self.engine, self.model_path, self.max_tokens
         assert engine is not None, "load_engine() first"
         if max_tokens > engine.max_seq:
             raise ModelError(
                 f"model file {model_path} takes at most {engine.max_seq} tokens, {max_tokens} requested"
             )
+        if isinstance(tokenizer, BaseException):
+            raise tokenizer
+        tokenizer, tokenizer_sha256 = tokenizer if tokenizer is not None else self.load_tokenizer()
+        embedder = self.cls(
+            engine=engine,
+            tokenizer=tokenizer,
+            model_path=model_path,
+            sha256=self.sha256,
+            tokenizer_path=self.tokenizer_path,
+            tokenizer_sha256=tokenizer_sha256,
+            dim=EXPECTED_DIM,
+            max_tokens=max_tokens,
+            n_threads=self.n_threads,
+        )
+        embedder._check_known_answers(self.model_dir / REFERENCE_FILENAME)
+        logger.debug(
+            "opened model %s sha256 %s with %s (%d threads, max %d tokens)",
+            model_path,
+            self.sha256,
+            engine.name,
+            self.n_threads,
+            max_tokens,
+        )
+        return embedder
+
+    def load_tokenizer(self) -> tuple[Any, str]:
+        """Read, hash and load the tokenizer file; return ``(tokenizer, sha256)``. Needs no engine.
+
+        Raises:
+            ModelError: the file is missing, too large, not the expected one, or not a tokenizer.
+        """
+        from tokenizers import Tokenizer
+
+        tokenizer_path, expected_tokenizer_sha256 = self.tokenizer_path, self.expected_tokenizer_sha256
         tokenizer_bytes = read_regular_file(tokenizer_path, max_bytes=MAX_TOKENIZER_BYTES, what="tokenizer file",
                                             error=ModelError)
         tokenizer_sha256 = hashlib.sha256(tokenizer_bytes).hexdigest()
@@ -925,28 +958,7 @@ class _Opening:
         tokenizer.no_truncation()
         if tokenizer.token_to_id("[CLS]") is None or tokenizer.token_to_id("[SEP]") is None:
             raise ModelError(f"tokenizer file {tokenizer_path} has no [CLS]/[SEP] tokens")
-
-        embedder = self.cls(
-            engine=engine,
-            tokenizer=tokenizer,
-            model_path=model_path,
-            sha256=self.sha256,
-            tokenizer_path=tokenizer_path,
-            tokenizer_sha256=tokenizer_sha256,
-            dim=EXPECTED_DIM,
-            max_tokens=max_tokens,
-            n_threads=self.n_threads,
-        )
-        embedder._check_known_answers(self.model_dir / REFERENCE_FILENAME)
-        logger.debug(
-            "opened model %s sha256 %s with %s (%d threads, max %d tokens)",
-            model_path,
-            self.sha256,
-            engine.name,
-            self.n_threads,
-            max_tokens,
-        )
-        return embedder
+        return tokenizer, tokenizer_sha256
 
 
 class PendingEmbedder:
@@ -969,9 +981,20 @@ class PendingEmbedder:
     def result(self) -> QueryEmbedder:
         """Join the loading thread and return the embedder.
 
+        While the thread still works, the tokenizer loads here first (it holds the GIL; the
+        thread's hashing and session building mostly do not), so the wait overlaps it. Errors
+        are raised in ``QueryEmbedder.open``'s order all the same: the engine's first.
+
         Raises:
             ModelError: as ``QueryEmbedder.open``; also when called again after it raised.
         """
+        opening = self._opening
+        tokenizer: tuple[Any, str] | BaseException | None = None
+        if opening is not None and self._thread.is_alive():
+            try:
+                tokenizer = opening.load_tokenizer()
+            except Exception as exc:  # noqa: BLE001 - raised by finish(), after any engine error
+                tokenizer = exc
         self._thread.join()
         opening, self._opening = self._opening, None
         if self._error is not None:
@@ -979,7 +1002,7 @@ class PendingEmbedder:
             raise error
         if opening is None:
             raise ModelError("the model's open already completed or failed")
-        return opening.finish()
+        return opening.finish(tokenizer)
 
     def discard(self) -> None:
         """Join the loading thread and drop what it loaded (the caller's open failed elsewhere)."""

@@ -435,3 +435,10 @@ def test_start_open_checks_arguments_at_once_and_raises_load_errors_at_result() 
     same = QueryEmbedder.open(MODEL_DIR, expected_sha256=MODEL_SHA256)
     got, want = embedder.embed(["reset the unit"]), same.embed(["reset the unit"])
     assert got.shape == (1, 384) and float(got[0] @ want[0]) > 0.9999
+    # result() loads the tokenizer while the engine still loads, but errors keep open()'s order:
+    # the model's before the tokenizer's, and a bad tokenizer alone is still refused
+    for opener in (QueryEmbedder.open, lambda *a, **kw: QueryEmbedder.start_open(*a, **kw).result()):
+        with pytest.raises(ModelError, match="expected abab"):
+            opener(MODEL_DIR, expected_sha256="ab" * 32, expected_tokenizer_sha256="cd" * 32)
+        with pytest.raises(ModelError, match="tokenizer file .* expected cdcd"):
+            opener(MODEL_DIR, expected_sha256=MODEL_SHA256, expected_tokenizer_sha256="cd" * 32)
