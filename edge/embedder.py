@@ -589,8 +589,9 @@ class QueryEmbedder:
 
         The thread hashes the model files and builds the engine's session, the part of an open
         that releases the GIL (onnxruntime: ~30 ms of ~60 here). ``PendingEmbedder.result()``
-        joins it, then loads the tokenizer and runs the known-answer check on the calling thread
-        (tokenizers holds the GIL), so a caller can open other things meanwhile.
+        loads the tokenizer on the calling thread (tokenizers holds the GIL) while the thread
+        still works, joins it, then runs the known-answer check, so a caller can open other
+        things meanwhile.
 
         Raises:
             ValueError: as :meth:`open`, at once. Everything :meth:`open` raises after its
