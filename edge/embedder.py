@@ -466,9 +466,11 @@ def _cuts_only_the_last_word(tokenizer) -> bool:
     """Whether cutting a text can change only the tokens of the word at the cut: a BERT
     normalizer (per character) and pre-tokenizer (splits at whitespace and punctuation) in
     front of WordPiece, as the models here have (models/all-MiniLM-L6-v2/MODEL.md)."""
-    return (type(tokenizer.normalizer).__name__ == "BertNormalizer"
-            and type(tokenizer.pre_tokenizer).__name__ == "BertPreTokenizer"
-            and type(tokenizer.model).__name__ == "WordPiece")
+    from tokenizers import models, normalizers, pre_tokenizers
+
+    return (isinstance(tokenizer.normalizer, normalizers.BertNormalizer)
+            and isinstance(tokenizer.pre_tokenizer, pre_tokenizers.BertPreTokenizer)
+            and isinstance(tokenizer.model, models.WordPiece))
 
 
 class QueryEmbedder:

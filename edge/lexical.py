@@ -316,7 +316,9 @@ def index_terms(text: str) -> tuple[str, str]:
 
 
 def _without_connectors(term: str) -> str:
-    """``term`` with its connectors (``-``, ``_``, ``.``) removed: its compact form (``_compact``)."""
+    """``term`` with its connectors (``-``, ``_``, ``.``) removed: for an ASCII term, what
+    ``_compact`` gives, without its regex (NFKC can fold a non-ASCII term into characters
+    ``_compact`` also drops, so it stays the rule there)."""
     return term.replace("-", "").replace("_", "").replace(".", "")
 
 
