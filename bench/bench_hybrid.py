@@ -296,9 +296,9 @@ def split_of(qid: str) -> str:
 
 
 def joint_rankings(capsule, queries: dict[str, str], k_hits: int) -> dict[str, dict]:
-    """Per query, each ranking once: dense ids per fused depth (``Capsule.rank``), BM25 ids per
-    fused depth and the exact-identifier ids (``LexicalIndex.search`` / ``exact_matches``), with
-    ``search``'s rule that a ranking is fused to ``max(k, depth)``; plus dense alone at ``k_hits``."""
+    """Per query, each ranking once: dense ids and cosines per fused depth (``Capsule.rank``), BM25
+    ids per fused depth and the exact-identifier ids (``LexicalIndex.search`` / ``exact_matches``),
+    with ``search``'s rule that a ranking is fused to ``max(k, depth)``; plus dense alone at ``k_hits``."""
     from edge.lexical import LexicalQuery
     from edge.retrieval import as_valid_text
     lexi = capsule._lexical  # the calls Capsule._candidates makes (no public ranking-only API)
@@ -307,7 +307,9 @@ def joint_rankings(capsule, queries: dict[str, str], k_hits: int) -> dict[str, d
     for qid, text in queries.items():
         vector = capsule.embedder.embed([text])[0]
         lq = LexicalQuery.parse(as_valid_text(text))
-        out[qid] = {"dense": {d: capsule.rank(vector, d)[0] for d in depths},
+        dense = {d: capsule.rank(vector, d) for d in depths}
+        out[qid] = {"dense": {d: ids for d, (ids, _) in dense.items()},
+                    "dense_scores": {d: [float(x) for x in scores] for d, (_, scores) in dense.items()},
                     "dense_alone": capsule.rank(vector, k_hits)[0],
                     "lexical": {d: lexi.search(lq, d)[0] for d in depths},
                     "lexical_alone": lexi.search(lq, k_hits)[0],
@@ -331,9 +333,10 @@ def joint_order(r: dict, setting: dict, k_hits: int) -> list[int]:
         wd, wl = setting["weights_lookup"] if is_lookup(r, setting["condition"]) else setting["weights_other"]
     else:
         wd, wl = setting["dense_weight"], setting["lexical_weight"]
-    fusion = FusionInfo("rrf", setting["k"], wd, wl, depth)
+    fusion = FusionInfo("rrf", setting["k"], wd, wl, depth, dense_first_margin=setting.get("dense_first_margin", 0))
     return [f.chunk_id for f in fuse(r["dense"][depth], r["lexical"][depth],
-                                     exact=r["exact"] if use_exact else set(), fusion=fusion)[:k_hits]]
+                                     exact=r["exact"] if use_exact else set(), fusion=fusion,
+                                     dense_scores=r["dense_scores"][depth])[:k_hits]]
 
 
 def beir_metrics(ranks: dict, qrels: dict, chunk_doc: list[str], setting: dict, qids) -> dict:
@@ -528,6 +531,76 @@ def joint_sweep(work: Path, scifact: Path, faq: Path, n_threads: int, default: d
         "seconds": {"rankings": round(rank_s, 1), "grid": round(grid_s, 1),
                     "total": round(time.perf_counter() - t_all, 1)},
         "grid": grid,
+    })
+
+
+# ------------------------------------------------------------------------------- dense-first sweep
+
+#: ``lexical.fusion.dense_first_margin`` values tried (thousandths of cosine; 0 = off).
+DENSE_FIRST_MARGINS = (0, 40, 60, 80, 100, 120, 140, 160, 200)
+
+
+def dense_first_sweep(work: Path, scifact: Path, faq: Path, n_threads: int, default: dict) -> dict:
+    """The shipped fusion (``default``: k, weights, depth, exact-first for <= 3 tokens) with each
+    ``dense_first_margin`` of ``DENSE_FIRST_MARGINS``; chosen on dev by the joint sweep's criterion
+    (``JOINT_CRITERION``), test figures computed only for the chosen margin and for 0."""
+    t_all = time.perf_counter()
+    data, rank_s = joint_data(work, scifact, faq, n_threads)
+    base = {"k": default["k"], "dense_weight": default["dense_weight"], "lexical_weight": default["lexical_weight"],
+            "depth": default["depth"], "exact": "short"}
+    dense_dev = joint_summary(joint_evaluate(data, {"exact": "dense"}, "dev"))
+    rows = []
+    for margin in DENSE_FIRST_MARGINS:
+        dev = joint_summary(joint_evaluate(data, {**base, "dense_first_margin": margin}, "dev"))
+        objective = np.mean([dev[key] - dense_dev[key] for key in ("scifact_ndcg@10", "faq_ndcg@10", "pg_top1")])
+        feasible = dev["faq_ndcg@10"] >= dense_dev["faq_ndcg@10"] - 0.01 and dev["pg_top5"] >= 0.99
+        rows.append({"dense_first_margin": margin, "dev": dev, "objective": float(objective),
+                     "feasible": bool(feasible)})
+    feasible = [g for g in rows if g["feasible"]]
+    chosen = best_of(feasible) if feasible else best_of(rows)
+    report = {}
+    for name, margin in (("chosen", chosen["dense_first_margin"]), ("off", 0)):
+        s = {**base, "dense_first_margin": margin}
+        report[name] = {"setting": s, **{split: joint_summary(joint_evaluate(data, s, split))
+                                         for split in ("dev", "test", "all")}}
+    report["dense"] = {"setting": {"exact": "dense"},
+                       **{split: joint_summary(joint_evaluate(data, {"exact": "dense"}, split))
+                          for split in ("dev", "test", "all")}}
+    # paired bootstrap (10,000 resamples of the queries, fixed seed) of hybrid - dense nDCG@10 per query
+    paired = {}
+    rng = np.random.default_rng(20261208)
+    for name, split in (("faq", "test"), ("faq", "all"), ("scifact", "test")):
+        d = data[name]
+        qids = d["split"]["test"] if split == "test" else sorted(d["qrels"])
+        chosen_s = {**base, "dense_first_margin": chosen["dense_first_margin"]}
+        diff = np.array([ndcg_at_10(doc_order(joint_order(d["ranks"][q], chosen_s, K_CHUNKS), d["chunk_doc"]),
+                                    d["qrels"][q]) -
+                         ndcg_at_10(doc_order(joint_order(d["ranks"][q], {"exact": "dense"}, K_CHUNKS), d["chunk_doc"]),
+                                    d["qrels"][q]) for q in qids])
+        means = diff[rng.integers(0, len(diff), (10_000, len(diff)))].mean(axis=1)
+        paired[f"{name}_{split}"] = {"n": len(diff), "mean": float(diff.mean()),
+                                     "ci95": [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))],
+                                     "better": int((diff > 1e-12).sum()), "worse": int((diff < -1e-12).sum())}
+    promoted = {}
+    for name in ("scifact", "faq"):
+        d = data[name]
+        promoted[name] = {split: sum(1 for q in d["split"][split] if len(d["ranks"][q]["dense_scores"][30]) > 1 and
+                                     d["ranks"][q]["dense_scores"][30][0] - d["ranks"][q]["dense_scores"][30][1]
+                                     >= chosen["dense_first_margin"] / 1000)
+                          for split in ("dev", "test")}
+    return rounded({
+        "benchmark": "dense-first sweep: lexical.fusion.dense_first_margin over the shipped fusion (issue 10)",
+        "machine": machine(),
+        "git": {"commit": git("rev-parse", "HEAD"),
+                "dirty_files": git("status", "--porcelain", "--untracked-files=no").splitlines()},
+        "default_fusion": dict(default), "criterion": JOINT_CRITERION,
+        "rule": "when no exact identifier match went first, the dense ranking's first chunk goes first if its "
+                "cosine leads the second's by >= margin / 1000 (edge.retrieval.fuse)",
+        "margins": DENSE_FIRST_MARGINS, "dense_dev": dense_dev, "rows": rows,
+        "chosen_margin": chosen["dense_first_margin"], "report": report,
+        "queries_with_that_lead": promoted,
+        "hybrid_minus_dense_ndcg@10_paired_bootstrap": paired,
+        "seconds": {"rankings": round(rank_s, 1), "total": round(time.perf_counter() - t_all, 1)},
     })
 
 
@@ -834,9 +907,24 @@ def main(argv=None) -> int:
                         help="only the conditional fusion sweep (weights by query identifier / length)")
     parser.add_argument("--conditional-out", type=Path,
                         default=ROOT / "bench" / "results" / "fusion-conditional.json")
+    parser.add_argument("--dense-first-sweep", action="store_true",
+                        help="only the dense-first margin sweep over the shipped fusion")
+    parser.add_argument("--dense-first-out", type=Path,
+                        default=ROOT / "bench" / "results" / "fusion-dense-first.json")
     args = parser.parse_args(argv)
 
     from firmware_tools.build import DEFAULT_FUSION
+
+    if args.dense_first_sweep:
+        work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-hybrid-"))
+        work.mkdir(parents=True, exist_ok=True)
+        result = dense_first_sweep(work, args.scifact, args.faq, args.n_threads, DEFAULT_FUSION)
+        result["command"] = " ".join(["python", "bench/bench_hybrid.py", *(sys.argv[1:] if argv is None else argv)])
+        print(json.dumps({k: result[k] for k in ("chosen_margin", "report", "queries_with_that_lead",
+                                                  "hybrid_minus_dense_ndcg@10_paired_bootstrap", "seconds")}, indent=2))
+        args.dense_first_out.parent.mkdir(parents=True, exist_ok=True)
+        args.dense_first_out.write_text(json.dumps(result, indent=2) + "\n")
+        return 0
 
     if args.conditional_sweep:
         work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-hybrid-"))

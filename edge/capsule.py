@@ -584,7 +584,7 @@ def _read_dictionary(section: bytes, keys: ContentKeys, manifest: Manifest):
 
 
 def _check_format_minor(cf: ContainerFile, manifest: Manifest) -> None:
-    """Refuse a header minor version other than the one the capsule's index and lexical formats
+    """Refuse a header minor version other than the one the capsule's index formats and fusion
     are written as (``fmt.format_minor_for``; FORMAT.md §2). A capsule with an Annoy index and no
     lexical index is read as 1.1 or 1.2 alike.
 
@@ -594,12 +594,14 @@ def _check_format_minor(cf: ContainerFile, manifest: Manifest) -> None:
     lexical = manifest.lexical.format if manifest.lexical is not None else None
     if lexical is None and manifest.index.format == "annoy":
         return
+    dense_first = manifest.lexical is not None and manifest.lexical.fusion.dense_first_margin > 0
     try:
-        wanted_minor = fmt.format_minor_for(manifest.index.format, lexical)
+        wanted_minor = fmt.format_minor_for(manifest.index.format, lexical, dense_first=dense_first)
     except ValueError as exc:
         raise CapsuleFormatError(str(exc)) from None
     if cf.header.format_minor != wanted_minor:
-        what = "binary-codes index" if manifest.index.format == "binary-codes" else f"{lexical} lexical index"
+        what = ("fusion with dense_first_margin" if dense_first else
+                "binary-codes index" if manifest.index.format == "binary-codes" else f"{lexical} lexical index")
         raise CapsuleFormatError(f"a {what} belongs in format {fmt.FORMAT_MAJOR}.{wanted_minor}, "
                                  f"this capsule is {fmt.FORMAT_MAJOR}.{cf.header.format_minor}")
 

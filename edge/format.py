@@ -25,14 +25,18 @@ from .errors import CapsuleFormatError, IntegrityError
 
 MAGIC = b"\x89ECP\r\n\x1a\n"
 FORMAT_MAJOR = 1
-#: The newest minor version this runtime reads (1.3: the dense index may be ``binary-codes``,
-#: FORMAT.md §4.4.1). A writer gives each capsule the minor version of what it holds
-#: (``format_minor_for``), so an older runtime reads every capsule that needs nothing newer.
-FORMAT_MINOR = 3
+#: The newest minor version this runtime reads (1.4: hybrid fusion may put a confident dense
+#: answer first, ``lexical.fusion.dense_first_margin``, FORMAT.md §4.6). A writer gives each
+#: capsule the minor version of what it holds (``format_minor_for``), so an older runtime reads
+#: every capsule that needs nothing newer.
+FORMAT_MINOR = 4
 #: The minor version of a capsule with an Annoy index and a ``tantivy-7`` lexical index (1.2).
 TANTIVY_FORMAT_MINOR = 2
 #: The minor version of a capsule whose dense index is ``binary-codes`` (1.3).
 BINARY_CODES_FORMAT_MINOR = 3
+#: The minor version of a capsule whose fusion has a ``dense_first_margin`` (1.4), whatever its
+#: dense index.
+DENSE_FIRST_FORMAT_MINOR = 4
 #: The oldest minor version this runtime reads (1.1: the first with a lexical index).
 OLDEST_FORMAT_MINOR = 1
 #: The minor version a capsule whose lexical index is ``sqlite-fts5`` is written as, so that
@@ -41,15 +45,23 @@ FTS5_FORMAT_MINOR = 1
 HEADER_BYTES = 64
 
 
-def format_minor_for(index_format: str, lexical_format: str | None) -> int:
-    """The header minor version a capsule with these index formats carries (FORMAT.md §1).
+def format_minor_for(index_format: str, lexical_format: str | None, *, dense_first: bool = False) -> int:
+    """The header minor version a capsule with these index formats carries (FORMAT.md §2).
 
-    ``binary-codes`` (any lexical format but ``sqlite-fts5``): 3; ``sqlite-fts5``: 1; otherwise 2.
+    With ``dense_first`` (the manifest's ``lexical.fusion`` has a ``dense_first_margin``): 4.
+    Otherwise ``binary-codes`` (any lexical format but ``sqlite-fts5``): 3; ``sqlite-fts5``: 1;
+    otherwise 2.
 
     Raises:
-        ValueError: ``binary-codes`` with ``sqlite-fts5``: 1.1 readers cannot read the index and
-            1.3 capsules carry ``tantivy-7`` (a writer never makes one; a reader refuses it).
+        ValueError: ``binary-codes`` or ``dense_first`` with ``sqlite-fts5`` (1.1 readers cannot
+            read them, and 1.3 and 1.4 capsules carry ``tantivy-7``), or ``dense_first`` without
+            a lexical index. A writer never makes these; a reader refuses them.
     """
+    if dense_first:
+        if lexical_format != "tantivy-7":
+            raise ValueError("a fusion with dense_first_margin goes with the tantivy-7 lexical index (format 1.4), "
+                             f"not {lexical_format or 'no lexical index'}")
+        return DENSE_FIRST_FORMAT_MINOR
     if index_format == "binary-codes":
         if lexical_format == "sqlite-fts5":
             raise ValueError("a binary-codes index goes with the tantivy-7 lexical index, not sqlite-fts5")

@@ -339,6 +339,8 @@ class IndexInfo:
 
 #: ``lexical.fusion.exact_first_max_tokens`` at most (and when absent): the query term limit.
 MAX_EXACT_FIRST_TOKENS = 32
+#: ``lexical.fusion.dense_first_margin`` at most: thousandths of cosine similarity (1.0).
+MAX_DENSE_FIRST_MARGIN = 1000
 
 
 @dataclass(frozen=True)
@@ -357,6 +359,11 @@ class FusionInfo:
             always). A short query ("E-4021", "max_wal_senders") is a lookup; in a long one an
             identifier is one term among many (bench/HYBRID.md: exact-first always costs
             SciFact 0.02 nDCG@10).
+        dense_first_margin: when no chunk goes first as an exact match, the dense ranking's
+            first chunk goes first if its cosine similarity leads the second's by at least this
+            many thousandths (1..1000; 0, absent in the manifest: never; format 1.4). A
+            confident dense answer to a paraphrased question is then not displaced by chunks
+            that only share its words (bench/HYBRID.md, "Dense first").
     """
 
     method: str
@@ -365,6 +372,7 @@ class FusionInfo:
     lexical_weight: int
     depth: int
     exact_first_max_tokens: int = 32
+    dense_first_margin: int = 0
 
 
 @dataclass(frozen=True)
@@ -800,7 +808,9 @@ def _parse_lexical(x: _Obj, n_chunks: int) -> LexicalInfo:
                         dense_weight=f.int("dense_weight", 0, 1000), lexical_weight=f.int("lexical_weight", 0, 1000),
                         depth=f.int("depth", 1, 1000),
                         exact_first_max_tokens=(f.int("exact_first_max_tokens", 0, MAX_EXACT_FIRST_TOKENS)
-                                                if "exact_first_max_tokens" in f.value else MAX_EXACT_FIRST_TOKENS))
+                                                if "exact_first_max_tokens" in f.value else MAX_EXACT_FIRST_TOKENS),
+                        dense_first_margin=(f.int("dense_first_margin", 1, MAX_DENSE_FIRST_MARGIN)
+                                            if "dense_first_margin" in f.value else 0))
     f.done()
     if fusion.dense_weight == fusion.lexical_weight == 0:
         raise CapsuleFormatError("manifest.lexical.fusion weights are both 0")
@@ -873,7 +883,8 @@ def lexical_to_json(info: LexicalInfo) -> dict[str, Any]:
             "fusion": {"method": f.method, "k": f.k, "dense_weight": f.dense_weight,
                        "lexical_weight": f.lexical_weight, "depth": f.depth,
                        **({"exact_first_max_tokens": f.exact_first_max_tokens}
-                          if f.exact_first_max_tokens != MAX_EXACT_FIRST_TOKENS else {})}}
+                          if f.exact_first_max_tokens != MAX_EXACT_FIRST_TOKENS else {}),
+                       **({"dense_first_margin": f.dense_first_margin} if f.dense_first_margin else {})}}
 
 
 def stanza_to_json(stanza: Stanza) -> dict[str, Any]:

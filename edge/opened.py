@@ -538,7 +538,8 @@ class Capsule:
         else:
             exact_first = len(lexical_query.groups) <= fusion.exact_first_max_tokens
             order = [(f.chunk_id, f.score, f.exact) for f in fuse(dense[0], lexical[0], exact=set(exact),
-                                                                   fusion=fusion, exact_first=exact_first)][:k]
+                                                                   fusion=fusion, exact_first=exact_first,
+                                                                   dense_scores=dense[1])][:k]
         candidates = []
         for part in parts:
             part._ranked = set()

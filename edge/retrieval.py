@@ -8,7 +8,9 @@ the two retrievers and calls these; ``edge.capsule_set`` merges several capsules
   ``score(c) = w_dense / (k + rank_dense(c)) + w_lexical / (k + rank_lexical(c))``, ranks from 1,
   a missing ranking contributing 0. Then every chunk that holds all of the query's identifiers
   (``exact``) is put before every chunk that does not, keeping fused order within each group, so
-  an exact identifier match is first unless another chunk matches the identifier too.
+  an exact identifier match is first unless another chunk matches the identifier too. When no
+  exact match goes first, a dense answer that leads the dense ranking by ``dense_first_margin``
+  goes first.
 - ``mark``: which query terms a hit's text holds, their spans (highlights), and the sentence
   with the most distinct matched terms (the answer line a kiosk shows).
 
@@ -54,20 +56,27 @@ class Fused:
 
 
 def fuse(dense_ids: Sequence[int], lexical_ids: Sequence[int], *, exact: set[int], fusion: FusionInfo,
-         exact_first: bool = True) -> list[Fused]:
-    """Fuse two rankings by RRF, exact identifier matches first (with ``exact_first``).
+         exact_first: bool = True, dense_scores: Sequence[float] = ()) -> list[Fused]:
+    """Fuse two rankings by RRF, exact identifier matches first (with ``exact_first``), else a
+    confident dense answer first (with ``fusion.dense_first_margin``).
 
     Args:
         dense_ids: chunk ids by descending cosine similarity (may be empty).
         lexical_ids: chunk ids by descending BM25 (may be empty).
         exact: ids of chunks that hold every identifier of the query (may hold ids in neither
             ranking: they are kept, after the ranked ones of their group).
-        fusion: the manifest's weights, RRF ``k`` (``depth`` is applied by the caller).
+        fusion: the manifest's weights, RRF ``k`` and ``dense_first_margin`` (``depth`` is
+            applied by the caller).
         exact_first: put the ``exact`` ids first; ``False`` keeps the RRF order and only marks
             them (``Fused.exact``): the caller's choice by ``fusion.exact_first_max_tokens``.
+        dense_scores: the cosine similarities of ``dense_ids``, in the same order (float32 or
+            float; may be empty: then no dense answer goes first).
 
     Returns:
-        Every id in either ranking or ``exact``, best first; ties by id.
+        Every id in either ranking or ``exact``, best first; ties by id. When no exact id goes
+        first and ``dense_scores[0] - dense_scores[1] >= fusion.dense_first_margin / 1000``
+        (margin > 0), ``dense_ids[0]`` is first, scored as the best fused chunk, so scores stay
+        non-increasing; the rest keep their fused order (FORMAT.md §4.6).
     """
     dense_rank = {c: r for r, c in enumerate(dense_ids, 1)}
     lexical_rank = {c: r for r, c in enumerate(lexical_ids, 1)}
@@ -80,6 +89,13 @@ def fuse(dense_ids: Sequence[int], lexical_ids: Sequence[int], *, exact: set[int
             score += fusion.lexical_weight / (fusion.k + lexical_rank[c])
         out.append(Fused(c, score, dense_rank.get(c), lexical_rank.get(c), c in exact))
     out.sort(key=lambda f: (exact_first and not f.exact, -f.score, f.chunk_id))
+    exact_went_first = exact_first and bool(out) and out[0].exact
+    if (fusion.dense_first_margin and not exact_went_first and len(dense_scores) >= 2
+            and dense_scores[0] - dense_scores[1] >= fusion.dense_first_margin / 1000):
+        at = next(i for i, f in enumerate(out) if f.chunk_id == dense_ids[0])
+        if at:
+            first = out.pop(at)
+            out.insert(0, Fused(first.chunk_id, out[0].score, first.dense_rank, first.lexical_rank, first.exact))
     return out
 
 

@@ -60,8 +60,8 @@ from edge.errors import CapsuleError
 from edge.keys import Passphrase, keyid
 from edge._files import atomic_replace
 from edge.clock import utc_now
-from edge.manifest import (FORMAT_ID, LEXICAL_NORMALISERS, SegmentsInfo, canonical_json, format_time,
-                           segments_to_json, signatures_to_bytes, stanza_to_json)
+from edge.manifest import (FORMAT_ID, LEXICAL_NORMALISERS, MAX_DENSE_FIRST_MARGIN, SegmentsInfo, canonical_json,
+                           format_time, segments_to_json, signatures_to_bytes, stanza_to_json)
 from edge.hits import MAX_HEADING_CHARS, MAX_HEADINGS_PER_DOCUMENT, Document, documents_to_bytes
 from edge.sealed import MAX_HEADING_BYTES_PER_CHUNK, derive_keys, seal_stream
 
@@ -123,6 +123,13 @@ DEFAULT_INDEX_SEED = 42
 #: FAQ nDCG@10 0.855 (dense 0.874), identifiers top-1 0.957 (dense 0.478).
 DEFAULT_FUSION = {"method": "rrf", "k": 5, "dense_weight": 3, "lexical_weight": 2, "depth": 20,
                   "exact_first_max_tokens": 3}
+#: ``lexical.fusion.dense_first_margin`` a tantivy-7 build writes unless told otherwise (format
+#: 1.4): the dense ranking's first chunk goes first when its cosine leads the second's by 0.080
+#: and no exact identifier match goes first. Chosen by the same criterion on the same development
+#: splits over margins 0.04-0.20 (bench/HYBRID.md, "Dense first"); held out: FAQ nDCG@10 0.855 ->
+#: 0.868 (dense 0.874), SciFact and identifiers unchanged. 0 writes no margin (format 1.2/1.3, for
+#: runtimes older than 1.4).
+DEFAULT_DENSE_FIRST_MARGIN = 80
 #: The lexical index a build writes unless told otherwise (FORMAT.md §5.6; bench/LEXICAL_ENGINES.md:
 #: a third of FTS5's bytes, a tenth of its query time, and better BM25 with ident-v2's stemming).
 DEFAULT_LEXICAL_ENGINE = "tantivy-7"
@@ -220,6 +227,7 @@ def build_capsule(
     prechunked: Iterable[tuple[CompactedDocument, Sequence[Hit]]] | None = None,
     cluster: str | None = None,
     lexical_engine: str | None = None,
+    dense_first_margin: int | None = None,
     device: str = "cpu",
 ) -> BuildResult:
     """Build, check and atomically write a signed, encrypted capsule.
@@ -281,6 +289,11 @@ def build_capsule(
         lexical_engine: the lexical index's format: ``"tantivy-7"`` (the default: FORMAT.md §5.6,
             capsule format 1.2) or ``"sqlite-fts5"`` (§5.5, format 1.1, for devices whose runtime
             reads 1.1 only); ``None`` takes the default, or the base's format for a delta.
+        dense_first_margin: hybrid search puts a dense answer first when its cosine leads the
+            next by this many thousandths (manifest ``lexical.fusion.dense_first_margin``,
+            FORMAT.md §4.6), 0..1000; 0 turns it off and keeps the capsule readable by runtimes
+            older than format 1.4. ``None``: ``DEFAULT_DENSE_FIRST_MARGIN`` (80) with tantivy-7,
+            0 with sqlite-fts5 (format 1.1 has no such rule).
         device: where onnxruntime embeds the chunks: ``"cpu"`` (the default), ``"cuda"``,
             ``"openvino"`` or ``"coreml"`` (``edge.embedder.EXECUTION_PROVIDERS``; the provider's
             onnxruntime package installed in place of ``onnxruntime``). The model's known-answer
@@ -335,6 +348,12 @@ def build_capsule(
                              "two engines do not compare")
         lexical_engine = base.lexical_format
     lexical_engine = lexical_engine or DEFAULT_LEXICAL_ENGINE
+    if dense_first_margin is None:
+        dense_first_margin = DEFAULT_DENSE_FIRST_MARGIN if lexical_engine == "tantivy-7" else 0
+    if not 0 <= dense_first_margin <= MAX_DENSE_FIRST_MARGIN:
+        raise ValueError(f"dense_first_margin must be in 0..{MAX_DENSE_FIRST_MARGIN}, got {dense_first_margin}")
+    if dense_first_margin and lexical_engine != "tantivy-7":
+        raise ValueError("dense_first_margin needs the tantivy-7 lexical index (format 1.4), not sqlite-fts5")
     output = Path(output)
     if base is not None:
         if version <= base.version:
@@ -370,7 +389,7 @@ def build_capsule(
                 scrypt_log_n=scrypt_log_n, n_workers=n_threads or os.cpu_count() or 1,
                 embedding_cache=embedding_cache, report=report, model_family=model_family,
                 zstd_level=zstd_level, base=base, append=append, prechunked=prechunked, cluster=client,
-                lexical_engine=lexical_engine, device=device)
+                lexical_engine=lexical_engine, dense_first_margin=dense_first_margin, device=device)
     except FileNotFoundError as exc:
         raise BuildError(f"cannot write {output}: {exc.strerror}") from None
     result.path = output
@@ -419,7 +438,8 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
                 refine_dim, n_candidates, index_format, encrypt_index, video_params, rng, scrypt_log_n, n_workers,
                 embedding_cache, report, model_family="onnx", zstd_level=PAYLOAD_ZSTD_LEVEL,
                 base: BaseVersion | None = None, append: bool = False, prechunked=None,
-                cluster: str | None = None, lexical_engine: str = "tantivy-7", device: str = "cpu") -> BuildResult:
+                cluster: str | None = None, lexical_engine: str = "tantivy-7", dense_first_margin: int = 0,
+                device: str = "cpu") -> BuildResult:
     """The build pipeline; every large intermediate is a file in ``work``."""
     stage_s: dict[str, float] = {}
 
@@ -675,7 +695,8 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
                   "encryption": "chacha20poly1305-stream" if encrypt_index else "none"},
         "video": _video_manifest(video_params, video),
         "lexical": {"format": lexical_engine, "normaliser": LEXICAL_NORMALISERS[lexical_engine], **lexical_info,
-                    "fusion": dict(DEFAULT_FUSION)},
+                    "fusion": {**DEFAULT_FUSION,
+                               **({"dense_first_margin": dense_first_margin} if dense_first_margin else {})}},
         "payload": {"aead": "chacha20poly1305", "compression": "zstd", "dictionary_bytes": len(dictionary),
                     "layout": "frame-v1", "max_plaintext_bytes": MAX_FRAME_PLAINTEXT_BYTES},
         **({} if segments is None else {"segments": segments_to_json(segments)}),
@@ -689,7 +710,8 @@ def _build_into(tmp_capsule: Path, work: Path, *, inputs, signing_key, recipient
     sigs = signatures_to_bytes(sign_manifest(mani, [signing_key]))
     lengths = {"MANI": len(mani), "SIGS": len(sigs), **{tag: digests[tag]["length"] for tag in sections}}
     _write_capsule(tmp_capsule, lengths, {"MANI": mani, "SIGS": sigs}, sections,
-                   format_minor=fmt.format_minor_for(index_format, lexical_engine))
+                   format_minor=fmt.format_minor_for(index_format, lexical_engine,
+                                                     dense_first=bool(dense_first_margin)))
     stage_s["write"] = time.perf_counter() - t
 
     # 6. self-check with the runtime's own reader (signature, manifest, every digest)

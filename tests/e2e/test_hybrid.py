@@ -180,3 +180,41 @@ def test_cli_highlights_are_bold_only_on_a_terminal(errcodes):
     os.close(master)
     assert proc.returncode == 0, proc.stderr
     assert b"\x1b[1m22P02\x1b[0m" in out
+
+
+
+def test_a_confident_dense_answer_is_the_first_hybrid_hit(faq_capsule):
+    """FORMAT.md §4.6's dense-first rule through a real capsule built with the default fusion
+    (dense_first_margin 80), on the FAQ: a paraphrased question whose dense answer leads by 0.13
+    in cosine gets it first, where plain RRF would put a chunk that only shares its words first;
+    and on every shipped question, a dense lead of 0.080 means the dense answer is first."""
+    from dataclasses import replace
+
+    from edge.retrieval import fuse
+
+    from .test_real_corpus import NOW as FAQ_NOW, QUESTIONS as FAQ_QUESTIONS
+
+    with open_capsule(faq_capsule.path, trusted_keys=[faq_capsule.publisher_key.public_key()],
+                      identities=[faq_capsule.device_key], now=FAQ_NOW) as capsule:
+        fusion = capsule.manifest.lexical.fusion
+        assert fusion.dense_first_margin == 80
+        question = "How do I read one key from the keyboard without waiting for Enter?"
+        dense = capsule.search(question, k=fusion.depth, mode="dense", now=FAQ_NOW)
+        lexical = capsule.search(question, k=fusion.depth, mode="lexical", now=FAQ_NOW)
+        assert dense[0].score - dense[1].score >= 0.1  # 0.130 measured: far from the margin on any CPU
+        rrf_alone = fuse([h.chunk_id for h in dense], [h.chunk_id for h in lexical], exact=set(),
+                         fusion=replace(fusion, dense_first_margin=0))
+        assert rrf_alone[0].chunk_id != dense[0].chunk_id  # plain RRF: the Windows msvcrt answer first
+        hybrid = capsule.search(question, k=5, now=FAQ_NOW)
+        assert hybrid[0].chunk_id == dense[0].chunk_id and "single keypress" in hybrid[0].text
+        assert hybrid[1].chunk_id == rrf_alone[0].chunk_id
+        scores = [hit.score for hit in hybrid]
+        assert scores == sorted(scores, reverse=True)
+        led = 0
+        for item in FAQ_QUESTIONS:
+            dense = capsule.search(item["question"], k=2, mode="dense", now=FAQ_NOW)
+            hybrid = capsule.search(item["question"], k=5, now=FAQ_NOW)
+            if dense[0].score - dense[1].score >= fusion.dense_first_margin / 1000 and not hybrid[0].exact:
+                led += 1
+                assert hybrid[0].chunk_id == dense[0].chunk_id, item["question"]
+        assert led >= 2

@@ -29,11 +29,14 @@ PROJECTED = {"annoy": dict(projection=True, index_format="annoy", ann_dim=32, re
                                         ("binary-codes", False)],
                 ids=["annoy-encrypted", "annoy-plain", "codes-encrypted", "codes-plain"])
 def projected(request, tmp_path_factory):
+    """The encrypted ones with the builder's default fusion (format 1.4: a dense-first margin), the
+    plain ones with ``dense_first_margin=0`` (the index's own format, 1.2 or 1.3)."""
     index_format, encrypt = request.param
     tmp = tmp_path_factory.mktemp("projected")
+    margin = {} if encrypt else {"dense_first_margin": 0}
     built = build_test_capsule(FAQ_DOCS, tmp / "faq.capsule", keys_dir=tmp / "keys", encrypt_index=encrypt,
-                               **PROJECTED[index_format])
-    built.overrides = dict(PROJECTED[index_format], encrypt_index=encrypt)
+                               **PROJECTED[index_format], **margin)
+    built.overrides = dict(PROJECTED[index_format], encrypt_index=encrypt, **margin)
     return built
 
 
@@ -118,9 +121,14 @@ def test_plain_vecs_are_copied_by_path_and_mapped_in_place_from_the_store(projec
                 store.open(entry.name, now=NOW, **keys)
 
 
-def test_binary_codes_capsule_is_format_1_3_and_annoy_stays_1_2(projected):
+def test_format_minor_is_1_4_with_a_dense_first_margin_else_1_3_for_binary_codes_and_1_2_for_annoy(projected):
     minor = int.from_bytes(projected.path.read_bytes()[10:12], "little")
-    assert minor == (3 if projected.overrides["index_format"] == "binary-codes" else 2)
+    margin = projected.overrides.get("dense_first_margin", 80)
+    assert minor == (4 if margin else 3 if projected.overrides["index_format"] == "binary-codes" else 2)
+    with _open(projected) as capsule:  # this runtime reads each, and searches it hybrid
+        assert capsule.manifest.lexical.fusion.dense_first_margin == margin
+        hits = capsule.search(QUESTIONS[0]["question"], k=3)
+        assert hits and hits.mode == "hybrid"
 
 
 def test_binary_codes_index_is_a_fraction_of_annoys(projected):

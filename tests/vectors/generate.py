@@ -86,11 +86,13 @@ PASSPHRASE = "correct horse battery staple (test only)"
 QUERY = "How do I reset the kiosk?"
 VIDEO_PARAMS = VideoParams(qr_version=10, width=80, height=80, quiet_zone_modules=4)
 BUILD_OPTIONS = dict(projection=True, index_format="annoy", ann_dim=2, refine_dim=4, n_trees=2, max_tokens=48,
-                     overlap_tokens=8,
+                     overlap_tokens=8, dense_first_margin=0,
                      video_params=VIDEO_PARAMS, n_threads=1, seed=SEED, index_seed=42, scrypt_log_n=10)
 
 #: The ``binary-codes`` capsule (FORMAT.md §4.4.1): one 64-bit word per code, 64 re-ranking coordinates.
 CODES_BUILD_OPTIONS = dict(index_format="binary-codes", ann_dim=64, refine_dim=64, n_candidates=3)
+#: The format 1.4 capsule: hybrid fusion with a dense-first margin (FORMAT.md §4.6), the builder's default.
+DENSE_FIRST_BUILD_OPTIONS = dict(dense_first_margin=80)
 
 ED25519_KEYS = ("test-root-1", "test-root-2", "test-publisher-1", "test-publisher-2", "test-publisher-3",
                 "test-untrusted")
@@ -238,7 +240,7 @@ class StaleEmbeddingsError(Exception):
 
 
 def _build_genuine(out_dir: Path, *, refresh_embeddings: bool = False) -> dict[str, bytes]:
-    """Build the three genuine capsules from ``DOCS_DIR`` with the pinned chunk embeddings.
+    """Build the genuine capsules from ``DOCS_DIR`` with the pinned chunk embeddings.
 
     With ``refresh_embeddings`` the model embeds every chunk on this CPU and ``EMBEDDINGS_FILE`` is
     rewritten (do it only when ``src/docs/`` or the chunking change, and commit the result).
@@ -260,10 +262,12 @@ def _build_genuine(out_dir: Path, *, refresh_embeddings: bool = False) -> dict[s
     built = {}
     specs = {"alpha-v1": ("alpha", ALPHA_ID, 1, None), "alpha-v2": ("alpha", ALPHA_ID, 2, None),
              "beta-v1": ("beta", BETA_ID, 1, None), "alpha-v3": ("alpha", ALPHA_ID, 3, None),
-             "alpha-v2-fts5": ("alpha", ALPHA_ID, 2, "sqlite-fts5"), "alpha-v2-codes": ("alpha", ALPHA_ID, 2, None)}
+             "alpha-v2-fts5": ("alpha", ALPHA_ID, 2, "sqlite-fts5"), "alpha-v2-codes": ("alpha", ALPHA_ID, 2, None),
+             "alpha-v2-dense-first": ("alpha", ALPHA_ID, 2, None)}
     for label, (name, capsule_id, version, lexical_engine) in specs.items():
         path = out_dir / f"{label}.capsule"
-        options = {**BUILD_OPTIONS, **(CODES_BUILD_OPTIONS if label.endswith("-codes") else {})}
+        options = {**BUILD_OPTIONS, **(CODES_BUILD_OPTIONS if label.endswith("-codes") else {}),
+                   **(DENSE_FIRST_BUILD_OPTIONS if label.endswith("-dense-first") else {})}
         result = build_capsule([DOCS_DIR], path, signing_key=test_key("test-publisher-1"),
                                recipients=[test_key("test-device").public_key()], issued_at=ISSUED_AT,
                                expires_at=EXPIRES_AT, version=version, name=name, capsule_id=capsule_id,
@@ -337,7 +341,7 @@ def _header_and_table_vectors(ok: bytes) -> list[Vector]:
     specs = [
         ("header-bad-magic", "format", "first magic byte zeroed", [(0, "00")], {}),
         ("header-major-2", "format", "format_major 2", [(8, "0200")], {}),
-        ("header-minor-4", "format", "format_minor 4, newer than the reader", [(10, "0400")], {}),
+        ("header-minor-5", "format", "format_minor 5, newer than the reader", [(10, "0500")], {}),
         ("header-minor-0", "format", "format_minor 0: version 1.0 has no lexical index, a 1.1 or 1.2 reader refuses it",
          [(10, "0000")], {}),
         ("header-bytes-65", "format", "header_bytes 65", [(12, u32(65))], {}),
@@ -849,6 +853,26 @@ def _manifest_vectors(alpha2: Draft, beta: Draft, alpha2_fts5: Draft) -> list[Ve
     return v
 
 
+def _dense_first_vectors(data: bytes) -> list[Vector]:
+    """Format 1.4 (FORMAT.md §4.6): alpha v2 whose fusion has a ``dense_first_margin``, and edits of it."""
+    base = Draft(data)
+    v = [Vector("ok-dense-first", _expect("ok", "alpha v2 built with lexical.fusion.dense_first_margin 80: format 1.4",
+                                          operation=f"search 2 {QUERY}"), {"capsule": data}),
+         Vector("dense-first-in-format-1-2", _expect("format", "ok-dense-first with its header's minor version set "
+                                                     "to 2: a fusion with dense_first_margin belongs in format 1.4"),
+                {"capsule": data[:10] + (2).to_bytes(2, "little") + data[12:]})]
+
+    def margin(name: str, value: int, comment: str) -> None:
+        d = base.copy()
+        d.manifest["lexical"]["fusion"]["dense_first_margin"] = value
+        v.append(Vector(name, _expect("format", comment), {"capsule": d.build()}))
+
+    margin("manifest-dense-first-margin-zero", 0, "lexical.fusion.dense_first_margin 0, re-signed: an absent margin "
+           "means none, so a present one is 1..1000")
+    margin("manifest-dense-first-margin-1001", 1001, "lexical.fusion.dense_first_margin 1001 (above 1000), re-signed")
+    return v
+
+
 def _binary_codes_vectors(codes_bytes: bytes) -> list[Vector]:
     """A ``binary-codes`` index (FORMAT.md §4.4.1): alpha v2 built with 64-bit codes, and edits of it."""
     base = Draft(codes_bytes)
@@ -1012,6 +1036,7 @@ def generate(out_dir: Path, *, refresh_embeddings: bool = False) -> list[str]:
                           {"capsule": d.build()}))
     vectors += _family_vectors()
     vectors += _binary_codes_vectors(built["alpha-v2-codes"])
+    vectors += _dense_first_vectors(built["alpha-v2-dense-first"])
 
     names = [v.name for v in vectors]
     assert len(names) == len(set(names)), "duplicate vector names"

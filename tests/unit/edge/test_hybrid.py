@@ -51,6 +51,51 @@ def test_exact_first_max_tokens_is_read_from_the_manifest_and_absent_means_alway
     assert lexical_to_json_of(FusionInfo("rrf", 5, 1, 1, 20, 3))["exact_first_max_tokens"] == 3
 
 
+#: RRF k=5, 3:2, depth 20, exact-first up to 3 tokens, dense first at a 0.080 lead: the builder's default.
+DENSE_FIRST = FusionInfo("rrf", 5, 3, 2, 20, 3, 80)
+
+
+def _order(fused):
+    return [f.chunk_id for f in fused]
+
+
+def test_a_confident_dense_answer_goes_first_and_the_rest_keep_their_fused_order():
+    # RRF alone: 2 (dense 2nd, lexical 2nd) and 3 (lexical 1st) beat 1 (dense 1st, no lexical rank)
+    rrf_alone = FusionInfo("rrf", 5, 3, 2, 20, 3, 0)
+    assert _order(fuse([1, 2, 3], [3, 2, 9], exact=set(), fusion=rrf_alone, dense_scores=[0.8, 0.1, 0.0])) == \
+        [2, 3, 1, 9]
+    fused = fuse([1, 2, 3], [3, 2, 9], exact=set(), fusion=DENSE_FIRST, dense_scores=[0.80, 0.72, 0.60])
+    assert _order(fused) == [1, 2, 3, 9]
+    # scored as the best fused chunk, so scores never increase down the list (CapsuleSet merges by score)
+    assert fused[0].score == fused[1].score and all(a.score >= b.score for a, b in zip(fused, fused[1:]))
+    assert (fused[0].dense_rank, fused[0].lexical_rank) == (1, None)
+
+
+def test_a_dense_lead_below_the_margin_changes_nothing():
+    plain = _order(fuse([1, 2, 3], [3, 2, 9], exact=set(), fusion=DENSE_FIRST))
+    assert _order(fuse([1, 2, 3], [3, 2, 9], exact=set(), fusion=DENSE_FIRST,
+                       dense_scores=[0.80, 0.7201, 0.60])) == plain == [2, 3, 1, 9]
+    off = FusionInfo("rrf", 5, 3, 2, 20, 3, 0)
+    assert _order(fuse([1, 2, 3], [3, 2, 9], exact=set(), fusion=off, dense_scores=[0.9, 0.1, 0.0])) == plain
+    # one dense hit has no lead to measure
+    assert _order(fuse([1], [3, 1], exact=set(), fusion=DENSE_FIRST, dense_scores=[0.9])) == \
+        _order(fuse([1], [3, 1], exact=set(), fusion=DENSE_FIRST))
+
+
+def test_an_exact_match_that_goes_first_wins_over_a_confident_dense_answer():
+    assert _order(fuse([1, 2, 3], [3, 2, 9], exact={9}, fusion=DENSE_FIRST, dense_scores=[0.9, 0.5, 0.4]))[0] == 9
+    # a long query only marks exact chunks, so the dense answer goes first
+    fused = fuse([1, 2, 3], [3, 2, 9], exact={9}, fusion=DENSE_FIRST, exact_first=False,
+                 dense_scores=[0.9, 0.5, 0.4])
+    assert _order(fused)[0] == 1 and next(f for f in fused if f.chunk_id == 9).exact
+
+
+def test_dense_first_margin_is_read_from_the_manifest_and_absent_means_never():
+    assert FusionInfo("rrf", 60, 1, 1, 50).dense_first_margin == 0
+    assert "dense_first_margin" not in lexical_to_json_of(FusionInfo("rrf", 60, 1, 1, 50))
+    assert lexical_to_json_of(DENSE_FIRST)["dense_first_margin"] == 80
+
+
 def lexical_to_json_of(fusion):
     from edge.manifest import LexicalInfo, lexical_to_json
 

@@ -57,6 +57,12 @@ def _lexical_exact_first() -> dict:
     return m
 
 
+def _lexical_dense_first() -> dict:
+    m = _lexical()
+    m["lexical"]["fusion"]["dense_first_margin"] = 80
+    return m
+
+
 #: (base manifest, path, low, high): every integer field parse_manifest reads, with its bounds.
 FIELDS = [
     (sample_manifest_dict, ("version",), 1, MAX_INT),
@@ -92,6 +98,7 @@ FIELDS = [
     (_lexical, ("lexical", "fusion", "lexical_weight"), 0, 1000),
     (_lexical, ("lexical", "fusion", "depth"), 1, 1000),
     (_lexical_exact_first, ("lexical", "fusion", "exact_first_max_tokens"), 0, 32),
+    (_lexical_dense_first, ("lexical", "fusion", "dense_first_margin"), 1, 1000),
 ]
 
 

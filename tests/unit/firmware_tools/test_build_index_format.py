@@ -29,6 +29,9 @@ def _build(tmp_path: Path, **kwargs):
     (dict(index_format="binary-codes", ann_dim=96), "whole 64-bit words"),
     (dict(index_format="binary-codes", ann_dim=512), "whole 64-bit words"),
     (dict(index_format="binary-codes", lexical_engine="sqlite-fts5"), "not sqlite-fts5"),
+    (dict(lexical_engine="sqlite-fts5", dense_first_margin=80), "needs the tantivy-7 lexical index"),
+    (dict(dense_first_margin=1001), "0..1000"),
+    (dict(dense_first_margin=-1), "0..1000"),
 ])
 def test_contradictory_index_requests_are_refused_before_any_work(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -39,10 +42,15 @@ def test_contradictory_index_requests_are_refused_before_any_work(tmp_path, kwar
 def test_format_minor_follows_what_the_capsule_holds():
     assert fmt.format_minor_for("annoy", "tantivy-7") == 2
     assert fmt.format_minor_for("annoy", "sqlite-fts5") == 1
-    assert fmt.format_minor_for("binary-codes", "tantivy-7") == fmt.FORMAT_MINOR == 3
+    assert fmt.format_minor_for("binary-codes", "tantivy-7") == 3
     assert fmt.format_minor_for("binary-codes", None) == 3
+    assert fmt.format_minor_for("annoy", "tantivy-7", dense_first=True) == fmt.FORMAT_MINOR == 4
+    assert fmt.format_minor_for("binary-codes", "tantivy-7", dense_first=True) == 4
     with pytest.raises(ValueError, match="not sqlite-fts5"):
         fmt.format_minor_for("binary-codes", "sqlite-fts5")
+    for lexical in ("sqlite-fts5", None):
+        with pytest.raises(ValueError, match="dense_first_margin goes with the tantivy-7"):
+            fmt.format_minor_for("annoy", lexical, dense_first=True)
 
 
 def test_cli_index_option():
