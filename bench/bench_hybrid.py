@@ -913,7 +913,7 @@ def main(argv=None) -> int:
                         default=ROOT / "bench" / "results" / "fusion-dense-first.json")
     args = parser.parse_args(argv)
 
-    from firmware_tools.build import DEFAULT_FUSION
+    from firmware_tools.build import DEFAULT_DENSE_FIRST_MARGIN, DEFAULT_FUSION
 
     if args.dense_first_sweep:
         work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-hybrid-"))
@@ -958,7 +958,7 @@ def main(argv=None) -> int:
         "git": {"commit": git("rev-parse", "HEAD"), "dirty_files": git("status", "--porcelain", "--untracked-files=no")
                 .splitlines()},
         "command": " ".join(["python", "bench/bench_hybrid.py", *(sys.argv[1:] if argv is None else argv)]),
-        "default_fusion": dict(DEFAULT_FUSION),
+        "default_fusion": {**DEFAULT_FUSION, "dense_first_margin": DEFAULT_DENSE_FIRST_MARGIN},
         "k_chunks_per_query": K_CHUNKS,
     }
 
