@@ -51,6 +51,33 @@ EXHAUSTIVE_FILTER_CHUNKS = 4096
 FILTER_OVERFETCH = 20
 #: Past tombstones a segment's ranking fetches this much more than its dead share predicts.
 TOMBSTONE_OVERFETCH = 1.5
+#: Frames of the best lexical hits a hybrid search reads on the helper thread while this thread
+#: embeds the query (``Capsule._prefetch_frames``): the time is otherwise idle there, and the
+#: fused top hits usually hold the lexical ranking's first ones. Their records are held until
+#: the hits are read, at most 2 x 256 KiB (64 KiB of plaintext as str) inside the per-query
+#: headroom (``edge.budget.QUERY_BASE_BYTES``), then go to the byte-bounded frame cache.
+PREFETCH_FRAMES = 2
+
+
+class _FramePrefetch:
+    """One hybrid search's speculative frame reads on the helper thread: which frames it took,
+    what they gave, and the flag that stops it once the real reads begin."""
+
+    __slots__ = ("stop", "lock", "claimed", "outcomes", "task")
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.claimed: set[int] = set()
+        #: frame index -> (records or None, error or None, [decode, QR, open] ms)
+        self.outcomes: dict[int, tuple[list[ChunkRecord] | None, BaseException | None, list[float]]] = {}
+        self.task = None
+
+    def halt(self) -> frozenset[int]:
+        """Stop taking frames; return the frames taken (read, or being read now)."""
+        with self.lock:
+            self.stop.set()
+            return frozenset(self.claimed)
 
 
 class Capsule:
@@ -96,6 +123,7 @@ class Capsule:
         self._pool = None  # the helper thread, started by the first multi-frame read or hybrid query
         self._twin_reader: FrameReader | None = None  # the helper's own decoder (FrameReader.twin)
         self._twin_failed = False
+        self._prefetch: _FramePrefetch | None = None  # the running hybrid search's frame reads ahead
         self._open_lock = threading.Lock()  # one zstd decompressor: one payload opens at a time
         #: global id of this capsule's first chunk in its version (0 unless it is a segment)
         self.chunk_base = 0
@@ -238,7 +266,11 @@ class Capsule:
         two frames decode at once on two cores. Payloads open one at a time (one zstd
         decompressor). Each frame is read, checked and opened exactly as ``_frame_records`` does.
         Both threads are finished before this returns or raises. Without a second decoder (it
-        cannot be opened), the frames are read on this thread only.
+        cannot be opened), the frames are read on this thread only. A single missing frame is left
+        to ``_hit``, which reads it on this thread.
+
+        A hybrid search's prefetch (``_prefetch_frames``) is stopped first and its frames are
+        not read again: what it read is used and cached, and its work is counted in ``timings``.
 
         Returns:
             ``{frame_index: records}`` for the frames read now (also put in the cache if it fits).
@@ -247,15 +279,47 @@ class Capsule:
             FrameDecodeError, DecryptionError, CapsuleFormatError, IntegrityError: as ``search``,
             for the first frame (in order) that fails.
         """
-        missing = [f for f in dict.fromkeys(frame_indexes) if f not in self._cache]
+        prefetch, self._prefetch = self._prefetch, None
+        taken = prefetch.halt() if prefetch is not None else frozenset()
+        wanted = [f for f in dict.fromkeys(frame_indexes) if f not in self._cache]
+        outcomes: dict[int, tuple[list[ChunkRecord] | None, BaseException | None]] = {}
+        try:
+            self._read_missing([f for f in wanted if f not in taken], timings, outcomes)
+        finally:
+            if prefetch is not None and prefetch.task is not None:
+                prefetch.task.result()  # its frame in flight is done (it never raises)
+        if prefetch is not None:
+            for frame_index, (records, error, stage_ms) in prefetch.outcomes.items():
+                timings.frame_decode_ms += stage_ms[0]
+                timings.qr_decode_ms += stage_ms[1]
+                timings.decrypt_ms += stage_ms[2]
+                if frame_index in wanted:
+                    outcomes[frame_index] = (records, error)
+                elif error is None:  # read ahead for a hit that did not make the top k
+                    timings.n_frames_decoded += 1
+                    self._cache_put(frame_index, records)
+        out: dict[int, list[ChunkRecord]] = {}
+        for frame_index in wanted:
+            if frame_index not in outcomes:
+                continue
+            records, error = outcomes[frame_index]
+            if error is not None:
+                raise error
+            timings.n_frames_decoded += 1
+            out[frame_index] = records
+            self._cache_put(frame_index, records)
+        return out
+
+    def _read_missing(self, missing: list[int], timings: StageTimings,
+                      outcomes: dict[int, tuple[list[ChunkRecord] | None, BaseException | None]]) -> None:
+        """Read ``missing`` (frame indexes) on this thread and the helper; each frame's records or
+        error go to ``outcomes`` (``_read_frames`` raises them in order). Nothing is read for
+        fewer than 2 frames."""
         if len(missing) < 2:
-            return {}
+            return
         twin = self._twin()
-        if twin is None:
-            return {f: self._frame_records(f, timings) for f in missing}
         queue = list(reversed(missing))
         take = threading.Lock()
-        outcomes: dict[int, tuple[list[ChunkRecord] | None, BaseException | None]] = {}
 
         def work(reader: FrameReader, stage_ms: list[float]) -> None:
             while True:
@@ -273,27 +337,44 @@ class Capsule:
                     stage_ms[0] += (t1 - t0) * 1e3
                     stage_ms[1] += (t2 - t1) * 1e3
                     stage_ms[2] += (time.perf_counter() - t2) * 1e3
-                except Exception as exc:  # noqa: BLE001 - re-raised below, in frame order
+                except Exception as exc:  # noqa: BLE001 - raised by _read_frames, in frame order
                     outcomes[frame_index] = (None, exc)
 
         here, there = [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]
-        helper = self._pool.submit(work, twin, there)
+        helper = self._pool.submit(work, twin, there) if twin is not None else None
         try:
             work(self._reader, here)
         finally:
-            helper.result()  # the helper is done with the twin and the decompressor
+            if helper is not None:
+                helper.result()  # the helper is done with the twin and the decompressor
         timings.frame_decode_ms += here[0] + there[0]
         timings.qr_decode_ms += here[1] + there[1]
         timings.decrypt_ms += here[2] + there[2]
-        out: dict[int, list[ChunkRecord]] = {}
-        for frame_index in missing:
-            records, error = outcomes[frame_index]
-            if error is not None:
-                raise error
-            timings.n_frames_decoded += 1
-            out[frame_index] = records
-            self._cache_put(frame_index, records)
-        return out
+
+    def _prefetch_frames(self, prefetch: _FramePrefetch, chunk_ids: Sequence[int]) -> None:
+        """On the helper thread: read the frames of ``chunk_ids`` (local ids, best first), at most
+        ``PREFETCH_FRAMES`` not cached, with the twin decoder, until ``prefetch.stop``. Records
+        and errors go to ``prefetch.outcomes``; nothing is raised (a failed frame is read again,
+        and its error raised, if a hit needs it)."""
+        frames = [f for f in dict.fromkeys(self._frames.locate(c)[0] for c in chunk_ids) if f not in self._cache]
+        for frame_index in frames[:PREFETCH_FRAMES]:
+            with prefetch.lock:
+                if prefetch.stop.is_set():
+                    return
+                prefetch.claimed.add(frame_index)
+            stage_ms = [0.0, 0.0, 0.0]
+            try:
+                t0 = time.perf_counter()
+                luma = self._twin_reader.decode_frame(frame_index)
+                t1 = time.perf_counter()
+                payload = self._twin_reader.decode_qr(luma, frame_index)
+                t2 = time.perf_counter()
+                records = self._open_payload(payload, frame_index)
+                stage_ms = [(t1 - t0) * 1e3, (t2 - t1) * 1e3, (time.perf_counter() - t2) * 1e3]
+                prefetch.outcomes[frame_index] = (records, None, stage_ms)
+            except Exception as exc:  # noqa: BLE001 - re-raised by the hit that needs this frame
+                prefetch.outcomes[frame_index] = (None, exc, stage_ms)
+                return
 
     def _twin(self) -> FrameReader | None:
         """The helper thread's decoder, opened on first use; ``None`` if it cannot be opened."""
@@ -505,11 +586,35 @@ class Capsule:
             return found, holding, (time.perf_counter() - t0) * 1e3
 
         pending = None
+        if self._prefetch is not None:  # left by a search that stopped before reading its hits
+            self._prefetch.halt()
+            self._prefetch = None
         if mode == "hybrid" and callable(vector):
-            # SQLite (BM25) and onnxruntime (the embedding) both release the GIL: rank lexically on
-            # the helper thread while the query is embedded here. The connections are used by one
-            # thread at a time: this one waits for the result before anything else touches them.
-            pending = self._helper().submit(rank_lexically)
+            # The lexical engine (BM25) and onnxruntime (the embedding) both release the GIL: rank
+            # lexically on the helper thread while the query is embedded here. The engine is used by
+            # one thread at a time: this one waits for the result before anything else touches it.
+            # Then the helper reads ahead the frames of the best lexical hits (``_prefetch_frames``).
+            from concurrent.futures import Future
+
+            pending = Future()
+            prefetch = _FramePrefetch() if len(parts) == 1 and self._twin() is not None else None
+            exact_first = len(lexical_query.groups) <= fusion.exact_first_max_tokens
+
+            def rank_then_prefetch():
+                try:
+                    result = rank_lexically()
+                except BaseException as exc:  # noqa: BLE001 - raised on this thread by pending.result()
+                    pending.set_exception(exc)
+                    return
+                pending.set_result(result)
+                if prefetch is not None:
+                    (found, _), holding, _ = result
+                    self._prefetch_frames(prefetch, [*holding, *found] if exact_first else found)
+
+            task = self._helper().submit(rank_then_prefetch)
+            if prefetch is not None:
+                prefetch.task = task
+                self._prefetch = prefetch
         if mode in ("dense", "hybrid"):
             if callable(vector):
                 t0 = time.perf_counter()

@@ -275,6 +275,76 @@ def test_a_sample_changed_after_open_fails_a_two_thread_read_at_that_frame(faq_c
         assert sorted(capsule._read_frames([0, 1, 2, 4], StageTimings())) == [0, 1, 2, 4]  # the others serve
 
 
+def test_hybrid_frame_prefetch_gives_the_same_hits_and_decodes_each_frame_once(faq_capsule, monkeypatch):
+    """While the query is embedded, the helper reads the frames of the best lexical hits
+    (``Capsule._prefetch_frames``): the hits are exactly those of a search without it, no frame is
+    decoded twice, and the prefetch does run."""
+    import edge.opened
+    from edge.frames import FrameReader
+
+    decoded: list[int] = []
+    prefetched: list[int] = []
+    real_decode, real_prefetch = FrameReader.decode_frame, edge.opened.Capsule._prefetch_frames
+
+    def counting_decode(self, frame_index):
+        decoded.append(frame_index)
+        return real_decode(self, frame_index)
+
+    def recording_prefetch(self, prefetch, chunk_ids):
+        real_prefetch(self, prefetch, chunk_ids)
+        prefetched.extend(prefetch.outcomes)
+
+    monkeypatch.setattr(FrameReader, "decode_frame", counting_decode)
+    monkeypatch.setattr(edge.opened.Capsule, "_prefetch_frames", recording_prefetch)
+
+    def answers(capsule):
+        out = []
+        for item in QUESTIONS:
+            capsule.clear_cache()
+            decoded.clear()
+            hits = capsule.search(item["question"], k=10)
+            frames = {h.frame_index for h in hits}
+            assert len(decoded) == len(set(decoded)) == capsule.last_timings.n_frames_decoded
+            assert frames <= set(decoded) and len(decoded) <= len(frames) + edge.opened.PREFETCH_FRAMES
+            out.append([(h.chunk_id, h.score, h.text, h.matched, h.highlights) for h in hits])
+        return out
+
+    with _open(faq_capsule) as capsule:
+        with_prefetch = answers(capsule)
+    assert len(prefetched) >= len(QUESTIONS)  # it ran, and read at least one frame a search
+    prefetched.clear()
+    monkeypatch.setattr(edge.opened, "PREFETCH_FRAMES", 0)
+    with _open(faq_capsule) as capsule:
+        assert answers(capsule) == with_prefetch
+    assert not prefetched
+
+
+def test_a_sample_changed_after_open_fails_the_hybrid_search_that_prefetched_it(faq_capsule, tmp_path):
+    """The frame of the best lexical hit, read ahead on the helper thread, fails its per-sample
+    digest: the search raises that IntegrityError (not another, not none), and the capsule goes
+    on serving its other frames."""
+    path = tmp_path / "video.capsule"
+    path.write_bytes(faq_capsule.path.read_bytes())
+    built = type(faq_capsule)(**{**faq_capsule.__dict__, "path": path})
+    question = QUESTIONS[0]["question"]
+    with _open(built) as capsule:
+        best_lexical = capsule.search(question, k=1, mode="lexical")[0]
+        hybrid = capsule.search(question, k=10)
+        assert best_lexical.chunk_id in {h.chunk_id for h in hybrid}
+        frame = best_lexical.frame_index
+        offset, n_bytes = _sample_in_file(capsule, frame)
+        data = bytearray(path.read_bytes())
+        _flip_sample_bytes(data, offset, n_bytes)
+        with open(path, "r+b") as f:
+            f.seek(offset)
+            f.write(data[offset:offset + n_bytes])
+        capsule.clear_cache()
+        with pytest.raises(IntegrityError, match=f"frame {frame}: sample sha256"):
+            capsule.search(question, k=10)
+        other = next(c for c in range(capsule.manifest.n_chunks) if capsule._frames.locate(c)[0] != frame)
+        assert capsule.read(other).text
+
+
 def test_frames_read_on_two_threads_match_one_thread(faq_capsule, monkeypatch, caplog):
     from edge.frames import FrameReader
 
