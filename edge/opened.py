@@ -270,7 +270,8 @@ class Capsule:
         to ``_hit``, which reads it on this thread.
 
         A hybrid search's prefetch (``_prefetch_frames``) is stopped first and its frames are
-        not read again: what it read is used and cached, and its work is counted in ``timings``.
+        not read again: what it read for these frames is used (its errors raised in the same
+        order), what it read for others is dropped, and its work is counted in ``timings``.
 
         Returns:
             ``{frame_index: records}`` for the frames read now (also put in the cache if it fits).
@@ -295,9 +296,8 @@ class Capsule:
                 timings.decrypt_ms += stage_ms[2]
                 if frame_index in wanted:
                     outcomes[frame_index] = (records, error)
-                elif error is None:  # read ahead for a hit that did not make the top k
-                    timings.n_frames_decoded += 1
-                    self._cache_put(frame_index, records)
+                elif error is None:  # read ahead for a hit that did not make the top k: not cached,
+                    timings.n_frames_decoded += 1  # so that it evicts no frame a hit reads next
         out: dict[int, list[ChunkRecord]] = {}
         for frame_index in wanted:
             if frame_index not in outcomes:
@@ -354,8 +354,8 @@ class Capsule:
     def _prefetch_frames(self, prefetch: _FramePrefetch, chunk_ids: Sequence[int]) -> None:
         """On the helper thread: read the frames of ``chunk_ids`` (local ids, best first), at most
         ``PREFETCH_FRAMES`` not cached, with the twin decoder, until ``prefetch.stop``. Records
-        and errors go to ``prefetch.outcomes``; nothing is raised (a failed frame is read again,
-        and its error raised, if a hit needs it)."""
+        and errors go to ``prefetch.outcomes``; nothing is raised here (``_read_frames`` raises
+        the error of a failed frame a hit needs, in frame order). It stops at the first error."""
         frames = [f for f in dict.fromkeys(self._frames.locate(c)[0] for c in chunk_ids) if f not in self._cache]
         for frame_index in frames[:PREFETCH_FRAMES]:
             with prefetch.lock:
