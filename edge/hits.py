@@ -109,11 +109,13 @@ class StageTimings:
         embed_ms: embedding the query.
         ann_ms: the dense index (scan or Annoy, and re-ranking).
         frame_decode_ms, qr_decode_ms, decrypt_ms: reading the hits' frames, summed over the
-            two threads that read them (so they may add up to more than the wall time).
+            two threads that read them (so they may add up to more than the wall time); in
+            hybrid mode this includes the frames read ahead while the query was embedded.
         lexical_ms: BM25 and exact-identifier matching (on the helper thread while the query
             is embedded, in hybrid mode).
         highlight_ms: finding the query's terms and the answer span in the hits' text.
-        n_frames_decoded: frames read (not served from the frame cache).
+        n_frames_decoded: frames read (not served from the frame cache), including any a hybrid
+            search read ahead for lexical hits that did not make the top k.
     """
 
     embed_ms: float = 0.0
