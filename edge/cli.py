@@ -330,6 +330,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from .capsule import OpenOptions, verify_capsule
+    from .manifest import lexical_summary
 
     identities = _identities(args, required=False)
     if args.memory and not identities:
@@ -355,6 +356,7 @@ def cmd_info(args: argparse.Namespace) -> int:
                 "n_recipients": len(m.recipients),
                 "model": {"name": m.model.name, "family": m.model.family, "sha256": m.model.sha256,
                           "dim": m.model.dim},
+                "lexical": lexical_summary(m.lexical),
                 "sections": {t: {"length": s.length, "sha256": s.sha256} for t, s in m.sections.items()},
                 **_runtime_probe(m)}
     if args.json:

@@ -887,6 +887,20 @@ def lexical_to_json(info: LexicalInfo) -> dict[str, Any]:
                        **({"dense_first_margin": f.dense_first_margin} if f.dense_first_margin else {})}}
 
 
+def lexical_summary(info: LexicalInfo | None) -> dict[str, Any] | None:
+    """What ``edge info`` shows of the lexical index: its format, rows and every fusion parameter
+    (defaults included, unlike ``lexical_to_json``); ``None`` without a lexical index."""
+    if info is None:
+        return None
+    f = info.fusion
+    return {"format": info.format, "normaliser": info.normaliser, "n_rows": info.n_rows,
+            "plaintext_bytes": info.plaintext_bytes,
+            "fusion": {"method": f.method, "k": f.k, "dense_weight": f.dense_weight,
+                       "lexical_weight": f.lexical_weight, "depth": f.depth,
+                       "exact_first_max_tokens": f.exact_first_max_tokens,
+                       "dense_first_margin": f.dense_first_margin}}
+
+
 def stanza_to_json(stanza: Stanza) -> dict[str, Any]:
     """Return the manifest JSON object for ``stanza`` (FORMAT.md §7)."""
     out: dict[str, Any] = {"type": stanza.type, "body": base64.b64encode(stanza.body).decode("ascii")}

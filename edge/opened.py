@@ -38,7 +38,7 @@ from .clock import format_time, utc_now
 from .index import VectorIndex
 from .lexical import NORMALISER_V2, LexicalEngine, LexicalQuery
 from .retrieval import SEARCH_MODES, SearchResult, as_valid_text, fuse, mark
-from .manifest import Manifest
+from .manifest import Manifest, lexical_summary
 from .rules import MemoryUseLog, Rules, UsePolicy, parse_rules
 from .sealed import ChunkRecord, ContentKeys, open_frame
 from .verification import _compare_digest
@@ -861,6 +861,7 @@ class Capsule:
                        "dim_out": m.index.projection.dim_out},
                       "encryption": m.index.encryption, "bytes": self._index.n_bytes,
                       "mapped_from": "file" if self._index.file_backed else "memory"},
+            "lexical": lexical_summary(m.lexical),
             "video": {"codec": m.video.codec, "profile": m.video.profile, "size": f"{m.video.width}x{m.video.height}",
                       "crf": m.video.crf, "qr": f"v{m.video.qr_version}-{m.video.qr_ec_level}"},
             "rules": m.rules,

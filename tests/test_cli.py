@@ -47,6 +47,13 @@ def test_verify_search_read_info_succeed(tiny_capsule):
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
     assert info["name"] == "tiny" and info["n_chunks"] == tiny_capsule.result.n_chunks
+    # the fusion a publisher chose, defaults included (FORMAT.md §4.6)
+    assert info["lexical"]["format"] == "tantivy-7"
+    assert info["lexical"]["fusion"] == {"method": "rrf", "k": 5, "dense_weight": 3, "lexical_weight": 2,
+                                         "depth": 20, "exact_first_max_tokens": 3, "dense_first_margin": 80}
+    proc = run_cli("edge", "info", str(tiny_capsule.path), "--json", *_keys(tiny_capsule))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["lexical"] == info["lexical"]
 
 
 def test_wrong_device_key_one_line_error(tiny_capsule):
