@@ -249,6 +249,9 @@ class _InstalledObject:
     by_path: bool = False
     #: a past version the store keeps for reading: pinned by its digest, so not refused as a rollback
     past_version: bool = False
+    #: the document list parsed and authenticated at install (``documents.table``, FORMAT.md §13.5),
+    #: read instead of DOCS; ``None``: DOCS is parsed
+    documents_table: Path | None = None
 
 
 def open_capsule(
@@ -400,9 +403,14 @@ def _open_capsule(path: str | os.PathLike[str], *, trusted_keys: Sequence[Ed2551
             if tag not in verified_sections and (manifest.index.encryption != "none" or owned_file):
                 _compare_digest(cf.sha256(tag), manifest, tag)
         # The parse's transient peak may use what is reserved for the parts loaded after it.
-        documents = _read_documents(open_stream(keys.section("DOCS"), small["DOCS"]), manifest,
-                                    budget=budget, reservation=prefix + "documents_inflate",
-                                    reserved_unused=sum(plan[name] for name in _LOADED_AFTER_DOCUMENTS))
+        if installed is not None and installed.documents_table is not None:
+            documents = _read_stored_documents(installed.documents_table, keys, manifest, budget=budget,
+                                               reservation=prefix + "documents_inflate",
+                                               reserved_unused=sum(plan[name] for name in _LOADED_AFTER_DOCUMENTS))
+        else:
+            documents = _read_documents(open_stream(keys.section("DOCS"), small["DOCS"]), manifest,
+                                        budget=budget, reservation=prefix + "documents_inflate",
+                                        reserved_unused=sum(plan[name] for name in _LOADED_AFTER_DOCUMENTS))
         held = documents.held_bytes()
         try:
             budget.acquire_all({prefix + "documents": held}, what=f"capsule {manifest.name}'s document list")
@@ -764,6 +772,45 @@ def _read_documents(sealed_plaintext: bytes, manifest: Manifest, *, budget: Memo
         except MemoryError:
             raise BudgetExceededError(f"parsing the {declared}-byte document list ran out of memory",
                                       requested_bytes=peak, available_bytes=0) from None
+
+
+def _read_stored_documents(path: Path, keys: ContentKeys, manifest: Manifest, *, budget: MemoryBudget,
+                           reservation: str, reserved_unused: int = 0) -> DocumentTable:
+    """Read the document list a device store parsed and sealed at install (``documents.table``,
+    FORMAT.md §13.5) instead of inflating and parsing DOCS: its tag is checked before any of it
+    is read as a table, and the table's columns are checked against the manifest.
+
+    Its size is bounded first (the columns take at most ``DOCS_TABLE_PEAK_FACTOR`` times the
+    largest DOCS the manifest allows), and twice its size (the file, then the columns copied
+    out of it) is charged as the parse's peak is. 41,464 documents (SciFact x8): 0.4 ms to read
+    the 3.4 MB of columns, against 131 ms to parse the 7.2 MB of DOCS (AMD EPYC, 2026-12-08).
+
+    Raises:
+        IntegrityError: the file is too large, or its tag does not match (changed, or another
+            capsule's).
+        CapsuleFormatError: the authenticated columns do not make this manifest's table.
+    """
+    from .hits import table_columns_from_bytes
+    from .sealed import open_store_table
+
+    limit = DOCS_TABLE_PEAK_FACTOR * docs_plaintext_limit(manifest.n_documents, fmt.MAX_DOCS_PLAINTEXT_BYTES,
+                                                          manifest.n_chunks) + DOCS_TABLE_BASE_BYTES
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise IntegrityError(f"cannot read the store's document table {path}: {exc.strerror}") from None
+    try:
+        size = os.fstat(fd).st_size
+        if size > limit:
+            raise IntegrityError(f"the store's document table {path} is {size} bytes, more than the {limit} "
+                                 "its capsule's documents can take")
+        with budget.reserve(reservation, max(0, 2 * size - reserved_unused)):
+            with os.fdopen(os.dup(fd), "rb") as file:
+                data = file.read(size + 1)
+            return table_columns_from_bytes(open_store_table(data, keys, manifest),
+                                            n_documents=manifest.n_documents, n_chunks=manifest.n_chunks)
+    finally:
+        os.close(fd)
 
 
 @dataclass

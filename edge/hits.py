@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 import sys
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -385,6 +386,87 @@ class _TableBuilder:
                    self.media_end, self.media_index, self.has_sha256, self.sha256, self.heading_end,
                    self.heading_starts, self.heading_levels, self.title_blob, self.title_end)
         table._held = sum(sys.getsizeof(column) for column in columns)  # allocated, spare room included
+
+
+#: A ``DocumentTable``'s columns as ``table_columns_to_bytes`` writes them: (attribute, dtype,
+#: rows: "documents", "headings", "media" or "bytes" for a blob).
+_TABLE_COLUMNS = (("n_bytes", np.int64, "documents"), ("n_chunks", np.uint32, "documents"),
+                  ("first_chunk_ids", np.uint32, "documents"), ("_name_blob", np.uint8, "bytes"),
+                  ("_name_end", np.uint32, "documents"), ("_media_blob", np.uint8, "bytes"),
+                  ("_media_end", np.uint32, "media"), ("_media_index", np.uint32, "documents"),
+                  ("_has_sha256", np.bool_, "documents"), ("_sha256", np.uint8, "digests"),
+                  ("_heading_end", np.uint32, "documents"), ("_heading_starts", np.int64, "headings"),
+                  ("_heading_levels", np.uint8, "headings"), ("_title_blob", np.uint8, "bytes"),
+                  ("_title_end", np.uint32, "headings"))
+_TABLE_MAGIC = b"EDGEDOC1"
+_TABLE_HEADER = struct.Struct(f"<8s{2 + len(_TABLE_COLUMNS)}Q")
+
+
+def table_columns_to_bytes(table: "DocumentTable") -> bytes:
+    """A ``DocumentTable``'s columns as one byte string, for a device store to keep beside an
+    installed capsule (``table_columns_from_bytes``; the store authenticates it, FORMAT.md §13.5):
+    ``EDGEDOC1``, the document and heading counts and each column's length (uint64 LE), then the
+    columns in ``_TABLE_COLUMNS`` order, little-endian."""
+    columns = [np.asarray(getattr(table, name)).astype(np.dtype(dtype).newbyteorder("<"), copy=False).tobytes()
+               if kind != "bytes" and kind != "digests" else bytes(getattr(table, name))
+               for name, dtype, kind in _TABLE_COLUMNS]
+    header = _TABLE_HEADER.pack(_TABLE_MAGIC, len(table), len(table._heading_starts), *map(len, columns))
+    return header + b"".join(columns)
+
+
+def table_columns_from_bytes(data: bytes, *, n_documents: int, n_chunks: int) -> "DocumentTable":
+    """The ``DocumentTable`` that ``table_columns_to_bytes`` wrote, every column copied out of
+    ``data`` and checked: lengths, the manifest's document and chunk counts, first chunk ids,
+    and offsets that stay inside their blobs (so no lookup can read past one). The caller has
+    authenticated ``data`` first.
+
+    Raises:
+        CapsuleFormatError: the bytes are not such a table, or not one of ``n_documents``
+            documents holding ``n_chunks`` chunks.
+    """
+    def bad(why: str) -> CapsuleFormatError:
+        return CapsuleFormatError(f"stored document table: {why}")
+
+    if len(data) < _TABLE_HEADER.size:
+        raise bad("truncated header")
+    magic, n, n_headings, *lengths = _TABLE_HEADER.unpack_from(data)
+    if magic != _TABLE_MAGIC:
+        raise bad("not a document table")
+    if n != n_documents:
+        raise bad(f"{n} documents, the manifest says {n_documents}")
+    if _TABLE_HEADER.size + sum(lengths) != len(data):
+        raise bad(f"{len(data)} bytes, its header says {_TABLE_HEADER.size + sum(lengths)}")
+    table = DocumentTable.__new__(DocumentTable)
+    at = _TABLE_HEADER.size
+    for (name, dtype, kind), length in zip(_TABLE_COLUMNS, lengths):
+        item = np.dtype(dtype).itemsize
+        rows = {"documents": n, "headings": n_headings, "digests": 32 * n}.get(kind)
+        if (rows is not None and length != rows * item) or length % item:
+            raise bad(f"column {name.lstrip('_')} is {length} bytes")
+        chunk = data[at:at + length]
+        at += length
+        if kind in ("bytes", "digests"):
+            setattr(table, name, bytearray(chunk))
+        else:
+            setattr(table, name, np.frombuffer(chunk, dtype=np.dtype(dtype).newbyteorder("<")).astype(dtype))
+    for end, blob, rows in (("_name_end", "_name_blob", n), ("_title_end", "_title_blob", n_headings),
+                            ("_media_end", "_media_blob", len(table._media_end)), ("_heading_end", None, n)):
+        ends = getattr(table, end).astype(np.int64)
+        limit = len(getattr(table, blob)) if blob else n_headings
+        if rows and (np.any(np.diff(ends) < 0) or ends[0] < 0 or int(ends[-1]) != limit):
+            raise bad(f"offsets {end.lstrip('_')} do not tile their {limit}")
+        if not rows and limit:
+            raise bad(f"{limit} bytes of {blob} with no row")
+    if n and (len(table._media_end) == 0 or int(table._media_index.max()) >= len(table._media_end)):
+        raise bad("a media type index points past the media types")
+    counts = table.n_chunks.astype(np.int64)
+    if int(counts.sum()) != n_chunks:
+        raise bad(f"documents hold {int(counts.sum())} chunks, the manifest says {n_chunks}")
+    if np.any(table.first_chunk_ids.astype(np.int64) != np.cumsum(counts) - counts):
+        raise bad("first chunk ids do not follow the chunk counts")
+    columns = [getattr(table, name) for name, _, _ in _TABLE_COLUMNS]
+    table._held = sum(sys.getsizeof(column) for column in columns)
+    return table
 
 
 #: The canonical DOCS plaintext around its entries (FORMAT.md §8).

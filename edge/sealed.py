@@ -195,6 +195,47 @@ def derive_keys(content_key: bytes, capsule_id: bytes) -> ContentKeys:
     )
 
 
+#: HKDF info of the key that authenticates a device store's copy of an installed capsule's parsed
+#: document table (FORMAT.md §13.5); derived from the DOCS section key, so only a holder of the
+#: content key can make one.
+INFO_STORE_DOCUMENTS_TABLE = b"edge-capsule/v1/store/documents-table"
+#: Bytes of the HMAC-SHA256 tag that ends that copy.
+STORE_TABLE_TAG_BYTES = 32
+
+
+def seal_store_table(body: bytes, keys: ContentKeys, manifest: Manifest) -> bytes:
+    """``body`` (``edge.hits.table_columns_to_bytes``) followed by its tag: HMAC-SHA256 (RFC 2104)
+    under a key derived from ``keys``' DOCS key, over the manifest's SHA-256 and ``body``, so the
+    copy is bound to this capsule version (FORMAT.md §13.5)."""
+    return body + _store_table_tag(body, keys, manifest)
+
+
+def open_store_table(data: bytes, keys: ContentKeys, manifest: Manifest) -> bytes:
+    """The body of a ``seal_store_table`` copy, once its tag is checked (constant time).
+
+    Raises:
+        IntegrityError: the tag does not match: the copy was changed, or belongs to another
+            capsule, version or key.
+    """
+    import hmac
+
+    from .errors import IntegrityError
+
+    body, tag = data[:-STORE_TABLE_TAG_BYTES], data[-STORE_TABLE_TAG_BYTES:]
+    if len(data) < STORE_TABLE_TAG_BYTES or not hmac.compare_digest(tag, _store_table_tag(body, keys, manifest)):
+        raise IntegrityError("the store's copy of the document list fails its authentication tag")
+    return body
+
+
+def _store_table_tag(body: bytes, keys: ContentKeys, manifest: Manifest) -> bytes:
+    import hmac
+
+    key = hkdf_sha256(keys.section("DOCS"), salt=manifest.capsule_id_bytes, info=INFO_STORE_DOCUMENTS_TABLE)
+    mac = hmac.new(key, hashlib.sha256(manifest.raw).digest(), hashlib.sha256)
+    mac.update(body)
+    return mac.digest()
+
+
 def _stream_nonce(counter: int, last: bool) -> bytes:
     return counter.to_bytes(11, "big") + (b"\x01" if last else b"\x00")
 

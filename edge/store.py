@@ -75,7 +75,8 @@ from .errors import EdgeError, ExpiredCapsuleError, StoreError, TrustError
 from .keys import ContentKey
 from .store_catalog import HEX32, HEX64, STORE_FORMAT, Catalog, Entry
 from .store_files import open_subdir, read_file, remove_tree, write_file
-from .store_install import INDEX_FILE, LEXICAL_DIR, MAX_CAPSULE_BYTES, SEGMENTS_DIR, Checkpoints, install_locked
+from .store_install import (DOCUMENTS_TABLE_FILE, INDEX_FILE, LEXICAL_DIR, MAX_CAPSULE_BYTES, SEGMENTS_DIR,
+                            Checkpoints, install_locked)
 from .store_bundle import bundle_members, is_bundle
 from .store_settings import SETTINGS_FILE, StoreSettings, objects_bytes, read_settings
 from .store_state import load_device_state
@@ -404,8 +405,12 @@ class Store:
         lexical: Path | None = path.with_name(LEXICAL_DIR)
         if not (lexical.is_dir() and not lexical.is_symlink()):
             lexical = None
+        # objects installed before 2026-12-08 have none: their DOCS is parsed at each open
+        table: Path | None = path.with_name(DOCUMENTS_TABLE_FILE)
+        if not (table.is_file() and not table.is_symlink()):
+            table = None
         return _InstalledObject(entry.manifest_sha256, INSTALL_VERIFIED_SECTIONS, index, segments=segments,
-                                lexical_dir=lexical)
+                                lexical_dir=lexical, documents_table=table)
 
     def sync(self, directory: str | os.PathLike[str], *, identities: Sequence[Identity],
              trusted_keys: Sequence[Ed25519PublicKey] = (), now: datetime | None = None,

@@ -109,9 +109,10 @@ def install_locked(store: "Store", source: Path, staging: str, crash: Callable[[
             held = held_segments(store)
             try:
                 # judged with the device's floor and records, moved only once the install succeeds
-                manifest = _verify_copy(copy_path, trusted_keys=trusted_keys, identities=identities, now=now,
-                                        options=OpenOptions(threshold=threshold, model_search_path=model_search_path,
-                                                            device=store.state.inspection_view()), held=held)
+                manifest, documents_table = _verify_copy(
+                    copy_path, trusted_keys=trusted_keys, identities=identities, now=now,
+                    options=OpenOptions(threshold=threshold, model_search_path=model_search_path,
+                                        device=store.state.inspection_view()), held=held)
                 signers = _signers(store, copy_path, trusted_keys, now)
                 store.state.check_version(manifest)
                 store.state.check_owner(manifest, signers)
@@ -126,6 +127,9 @@ def install_locked(store: "Store", source: Path, staging: str, crash: Callable[[
                 if manifest.lexical is not None and manifest.lexical.format == "tantivy-7":
                     _extract_lexical(copy_path, manifest, stage_fd)
                     crash("lexical index extracted")
+            if documents_table is not None:
+                _write_new_file(stage_fd, DOCUMENTS_TABLE_FILE, documents_table)
+                crash("document table written")
             if manifest.segments is not None:
                 _link_segments(manifest, held, stage_fd)
                 crash("segments linked")
@@ -203,9 +207,11 @@ def install_locked(store: "Store", source: Path, staging: str, crash: Callable[[
 
 def _verify_copy(copy_path: Path, *, trusted_keys: Sequence[Ed25519PublicKey], identities: Sequence[Identity],
                  now: datetime, options: OpenOptions, held: dict[str, tuple[Path, Path | None, Path | None]]
-                 ) -> Manifest:
+                 ) -> tuple[Manifest, bytes | None]:
     """Verify the staged copy in full (``verify_capsule(full=True)``) as one version with the segments
-    the store holds; return its manifest.
+    the store holds; return its manifest and, when it was opened with a key, its parsed document
+    list as the store keeps it (``DOCUMENTS_TABLE_FILE``: ``table_columns_to_bytes``, sealed by
+    ``seal_store_table``), so that an open need not parse DOCS again.
 
     A held segment was verified in full when it was installed and is a read-only store object
     since: it opens as one (sections pinned by its manifest, index digests not hashed again) and
@@ -217,7 +223,7 @@ def _verify_copy(copy_path: Path, *, trusted_keys: Sequence[Ed25519PublicKey], i
 
     if not identities:
         return verify_capsule(copy_path, trusted_keys=trusted_keys, identities=(), now=now, full=True,
-                              options=options).manifest
+                              options=options).manifest, None
     objects = {digest: (capsule, _InstalledObject(digest, INSTALL_VERIFIED_SECTIONS, index))
                for digest, (capsule, index, _key) in held.items()}
     capsule = _open_capsule(copy_path, trusted_keys=trusted_keys, identities=identities, budget=None, now=now,
@@ -225,7 +231,11 @@ def _verify_copy(copy_path: Path, *, trusted_keys: Sequence[Ed25519PublicKey], i
                             held_segments=objects)
     try:
         capsule.check_frames(skip_store_segments=True)
-        return capsule.manifest
+        from .hits import table_columns_to_bytes
+        from .sealed import seal_store_table
+
+        return capsule.manifest, seal_store_table(table_columns_to_bytes(capsule._documents), capsule._keys,
+                                                  capsule.manifest)
     finally:
         capsule.close()
 
@@ -269,6 +279,22 @@ def _kept_history(store: "Store", catalog: Catalog, manifest: Manifest, object_n
 SEGMENTS_DIR = "segments"
 #: A passphrase capsule's cached content key in its object (FORMAT.md §13.4); ``segments/SHA.key`` per segment.
 CONTENT_KEY_FILE = "content.key"
+#: The installed capsule's parsed document list, authenticated (FORMAT.md §13.5): what an open reads
+#: instead of inflating and parsing DOCS.
+DOCUMENTS_TABLE_FILE = "documents.table"
+
+
+def _write_new_file(dir_fd: int, name: str, data: bytes) -> None:
+    """Write ``data`` to a new file ``name`` in ``dir_fd``, synced, then read-only (0444)."""
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+        os.fchmod(fd, 0o444)
+    finally:
+        os.close(fd)
 
 
 def held_segments(store: "Store") -> dict[str, tuple[Path, Path | None, Path | None]]:

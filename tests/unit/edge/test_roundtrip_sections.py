@@ -24,6 +24,8 @@ from edge.hits import (
     documents_to_bytes,
     parse_document_table,
     parse_documents,
+    table_columns_from_bytes,
+    table_columns_to_bytes,
 )
 from edge.manifest import canonical_json
 
@@ -63,6 +65,71 @@ def test_documents_serialise_then_parse_is_identity(docs):
         for h in doc.headings:
             assert table.heading_path(i, h[0]) == doc.heading_path(h[0])
             assert table.heading_path(i, max(h[0] - 1, 0)) == doc.heading_path(max(h[0] - 1, 0))
+
+
+@settings(max_examples=150, deadline=None)
+@given(_documents())
+def test_a_tables_columns_as_bytes_give_back_the_same_table(docs):
+    # what a device store keeps beside an installed capsule (FORMAT.md §13.5)
+    n_chunks = sum(d.n_chunks for d in docs)
+    if not docs:
+        return  # a manifest holds at least one document
+    table = parse_document_table(documents_to_bytes(docs), n_documents=len(docs), n_chunks=n_chunks)
+    back = table_columns_from_bytes(table_columns_to_bytes(table), n_documents=len(docs), n_chunks=n_chunks)
+    assert list(back) == list(table) and list(back.iter_names()) == list(table.iter_names())
+    for i, doc in enumerate(table):
+        for h in doc.headings:
+            assert back.heading_path(i, h[0]) == table.heading_path(i, h[0])
+    assert table_columns_to_bytes(back) == table_columns_to_bytes(table)
+
+
+def _columns_table():
+    docs = [Document("a.md", 10, "text/markdown", n_chunks=2, headings=((0, 1, "Intro"), (5, 2, "Más"))),
+            Document("b.html", 20, "text/html", n_chunks=1, sha256="ab" * 32),
+            Document("c.md", 30, "text/markdown", n_chunks=3)]
+    return parse_documents(documents_to_bytes(docs), n_documents=3, n_chunks=6)
+
+
+def _edited(column: str, edit) -> bytes:
+    """The stored table's bytes with one column edited in place (as if the tag had passed)."""
+    from edge.hits import _TABLE_COLUMNS, _TABLE_HEADER
+
+    data = bytearray(table_columns_to_bytes(DocumentTable(_columns_table())))
+    fields = list(_TABLE_HEADER.unpack_from(data))
+    names = [name for name, _, _ in _TABLE_COLUMNS]
+    at = _TABLE_HEADER.size + sum(fields[3:3 + names.index(column)])
+    length = fields[3 + names.index(column)]
+    dtype = dict((name, dtype) for name, dtype, _ in _TABLE_COLUMNS)[column]
+    values = np.frombuffer(bytes(data[at:at + length]), dtype=dtype).copy()
+    edit(values)
+    data[at:at + length] = values.tobytes()
+    return bytes(data)
+
+
+@pytest.mark.parametrize("column, edit, message", [
+    ("_name_end", lambda v: v.__setitem__(-1, v[-1] + 1), "offsets name_end do not tile"),
+    ("_name_end", lambda v: v.__setitem__(0, v[1] + 1), "offsets name_end do not tile"),
+    ("_title_end", lambda v: v.__setitem__(-1, 1 << 30), "offsets title_end do not tile"),
+    ("_heading_end", lambda v: v.__setitem__(-1, 7), "offsets heading_end do not tile"),
+    ("_media_end", lambda v: v.__setitem__(-1, 999), "offsets media_end do not tile"),
+    ("_media_index", lambda v: v.__setitem__(0, 5), "media type index points past"),
+    ("n_chunks", lambda v: v.__setitem__(0, 3), "hold 7 chunks, the manifest says 6"),
+    ("first_chunk_ids", lambda v: v.__setitem__(1, 1), "first chunk ids do not follow"),
+])
+def test_stored_table_columns_that_do_not_fit_together_are_refused(column, edit, message):
+    with pytest.raises(CapsuleFormatError, match=message):
+        table_columns_from_bytes(_edited(column, edit), n_documents=3, n_chunks=6)
+
+
+def test_stored_table_bytes_that_are_not_a_table_of_this_manifest_are_refused():
+    data = table_columns_to_bytes(DocumentTable(_columns_table()))
+    for bad, message in ((data[:20], "truncated header"), (b"X" + data[1:], "not a document table"),
+                         (data + b"\0", "its header says"), (data[:-1], "its header says")):
+        with pytest.raises(CapsuleFormatError, match=message):
+            table_columns_from_bytes(bad, n_documents=3, n_chunks=6)
+    with pytest.raises(CapsuleFormatError, match="3 documents, the manifest says 4"):
+        table_columns_from_bytes(data, n_documents=4, n_chunks=6)
+    assert list(table_columns_from_bytes(data, n_documents=3, n_chunks=6)) == _columns_table()
 
 
 @settings(max_examples=150, deadline=None)

@@ -388,3 +388,64 @@ def test_a_store_directory_owned_by_another_user_is_refused(tmp_path):
     os.chown(path, 4242, 4242)
     with pytest.raises(StoreError, match="is owned by uid 4242, not by root or this user"):
         Store(path)
+
+
+def _documents(capsule):
+    return [(d.name, d.n_bytes, d.media_type, d.n_chunks, d.first_chunk_id, d.headings, d.sha256)
+            for d in capsule.documents()]
+
+
+def test_install_keeps_the_parsed_document_list_and_an_open_reads_it_instead_of_docs(store, monkeypatch):
+    import edge.capsule
+
+    entry = store.install(V2, now=NOW, **KEYS)
+    table = store.capsule_path(entry).with_name("documents.table")
+    assert table.is_file() and stat.S_IMODE(table.stat().st_mode) == 0o444
+    from edge.capsule import open_capsule
+
+    with open_capsule(V2, now=NOW, **KEYS) as by_path:
+        parsed = _documents(by_path)
+
+    def no_docs_parse(*args, **kwargs):
+        raise AssertionError("DOCS parsed although the store keeps its table")
+
+    monkeypatch.setattr(edge.capsule, "_read_documents", no_docs_parse)
+    with store.open("alpha", now=NOW, **KEYS) as capsule:
+        assert _documents(capsule) == parsed
+        assert capsule.memory_plan["documents"] == capsule._documents.held_bytes()
+        assert {h.document for h in capsule.search(QUERY, k=2, now=NOW)} <= {d[0] for d in parsed}
+
+
+def test_an_object_without_a_document_table_parses_docs_as_before(store):
+    entry = store.install(V2, now=NOW, **KEYS)
+    table = store.capsule_path(entry).with_name("documents.table")
+    table.chmod(0o644)
+    table.unlink()  # an object installed before 2026-12-08
+    with store.open("alpha", now=NOW, **KEYS) as capsule:
+        assert "power button" in " ".join(h.text for h in capsule.search(QUERY, k=2, now=NOW))
+
+
+@pytest.mark.parametrize("edit", ["flip a column byte", "flip the tag", "truncate", "append", "another version's",
+                                  "too large"])
+def test_a_changed_document_table_is_refused_at_open(store, tmp_path, edit):
+    entry = store.install(V2, now=NOW, **KEYS)
+    table = store.capsule_path(entry).with_name("documents.table")
+    data = bytearray(table.read_bytes())
+    if edit == "flip a column byte":
+        data[100] ^= 1
+    elif edit == "flip the tag":
+        data[-1] ^= 1
+    elif edit == "truncate":
+        data = data[:-40]
+    elif edit == "append":
+        data += b"\0"
+    elif edit == "another version's":  # alpha v1's genuine table: same capsule id and key, another manifest
+        with Store(tmp_path / "other") as other:
+            data = bytearray(other.capsule_path(other.install(V1, now=NOW, **KEYS)).with_name("documents.table")
+                             .read_bytes())
+    else:  # past what a table of 2 documents can take (3x the largest DOCS they allow, plus 2 MiB)
+        data += b"\0" * (4 << 20)
+    _replace_object_file(store, entry, "documents.table", bytes(data))
+    message = "more than the" if edit == "too large" else "fails its authentication tag"
+    with pytest.raises(IntegrityError, match=message):
+        store.open("alpha", now=NOW, **KEYS)
