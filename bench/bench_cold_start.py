@@ -70,6 +70,7 @@ add("import edge.cli", START)
 import edge.capsule as C, edge.embedder as E, edge.capsule_set as CS
 timed(C, "_import_runtime_libraries", "runtime libraries")
 timed(C, "_read_documents", "documents")
+timed(C, "_read_stored_documents", "documents")  # an installed object with its stored table (2026-12-08)
 timed(C, "_open_index", "vector index")
 timed(C, "_open_lexical", "lexical index")
 timed(CS.CapsuleSet, "search", "search")
