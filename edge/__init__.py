@@ -49,7 +49,7 @@ from .keys import Passphrase, load_identity, load_public_key  # noqa: E402
 from .store import Store  # noqa: E402
 from .trust import DeviceState  # noqa: E402
 
-from ._version import __version__  # noqa: E402
+from ._version import __version__ as __version__  # noqa: E402  (re-exported: edge.__version__)
 
 __all__ = [
     "open_capsule", "verify_capsule", "OpenOptions", "Capsule", "CapsuleSet", "Hit", "SearchResult", "SEARCH_MODES", "MemoryBudget", "Store", "DeviceState",
