@@ -399,9 +399,10 @@ class Store:
         if directory.is_dir() and not directory.is_symlink():
             for file in directory.glob("*.capsule"):
                 digest = file.name.removesuffix(".capsule")
-                annoy = file.with_suffix(".annoy")
-                segments[digest] = (file, _InstalledObject(digest, INSTALL_VERIFIED_SECTIONS,
-                                                           annoy if annoy.is_file() and not annoy.is_symlink() else None))
+                annoy, table = file.with_suffix(".annoy"), file.with_suffix(".table")
+                segments[digest] = (file, _InstalledObject(
+                    digest, INSTALL_VERIFIED_SECTIONS, annoy if annoy.is_file() and not annoy.is_symlink() else None,
+                    documents_table=table if table.is_file() and not table.is_symlink() else None))
         lexical: Path | None = path.with_name(LEXICAL_DIR)
         if not (lexical.is_dir() and not lexical.is_symlink()):
             lexical = None

@@ -206,8 +206,8 @@ def install_locked(store: "Store", source: Path, staging: str, crash: Callable[[
     return entry
 
 def _verify_copy(copy_path: Path, *, trusted_keys: Sequence[Ed25519PublicKey], identities: Sequence[Identity],
-                 now: datetime, options: OpenOptions, held: dict[str, tuple[Path, Path | None, Path | None]]
-                 ) -> tuple[Manifest, bytes | None]:
+                 now: datetime, options: OpenOptions,
+                 held: dict[str, tuple[Path, Path | None, Path | None, Path | None]]) -> tuple[Manifest, bytes | None]:
     """Verify the staged copy in full (``verify_capsule(full=True)``) as one version with the segments
     the store holds; return its manifest and, when it was opened with a key, its parsed document
     list as the store keeps it (``DOCUMENTS_TABLE_FILE``: ``table_columns_to_bytes``, sealed by
@@ -224,8 +224,8 @@ def _verify_copy(copy_path: Path, *, trusted_keys: Sequence[Ed25519PublicKey], i
     if not identities:
         return verify_capsule(copy_path, trusted_keys=trusted_keys, identities=(), now=now, full=True,
                               options=options).manifest, None
-    objects = {digest: (capsule, _InstalledObject(digest, INSTALL_VERIFIED_SECTIONS, index))
-               for digest, (capsule, index, _key) in held.items()}
+    objects = {digest: (capsule, _InstalledObject(digest, INSTALL_VERIFIED_SECTIONS, index, documents_table=table))
+               for digest, (capsule, index, _key, table) in held.items()}
     capsule = _open_capsule(copy_path, trusted_keys=trusted_keys, identities=identities, budget=None, now=now,
                             options=replace(options, prefer_hardware_decoder=False, frame_cache_bytes=0),
                             held_segments=objects)
@@ -297,15 +297,15 @@ def _write_new_file(dir_fd: int, name: str, data: bytes) -> None:
         os.close(fd)
 
 
-def held_segments(store: "Store") -> dict[str, tuple[Path, Path | None, Path | None]]:
+def held_segments(store: "Store") -> dict[str, tuple[Path, Path | None, Path | None, Path | None]]:
     """Every segment file the store holds: manifest sha256 -> (capsule file, extracted index or
-    ``None``, cached content key or ``None``).
+    ``None``, cached content key or ``None``, stored document table or ``None``).
 
     The head of each installed entry (``objects/NAME/capsule``) and the earlier segments beside it
     (``objects/NAME/segments/SHA256.capsule``). Nothing here is trusted by name: a segment opens
     only under the digest a verified manifest pins.
     """
-    held: dict[str, tuple[Path, Path | None, Path | None]] = {}
+    held: dict[str, tuple[Path, Path | None, Path | None, Path | None]] = {}
 
     def present(path: Path) -> Path | None:
         return path if path.is_file() and not path.is_symlink() else None
@@ -313,14 +313,15 @@ def held_segments(store: "Store") -> dict[str, tuple[Path, Path | None, Path | N
     for entry in store._read_catalog().entries.values():
         directory = store.path / "objects" / entry.object_name
         held[entry.manifest_sha256] = (directory / "capsule", present(directory / INDEX_FILE),
-                                       present(directory / CONTENT_KEY_FILE) if entry.content_key else None)
+                                       present(directory / CONTENT_KEY_FILE) if entry.content_key else None,
+                                       present(directory / DOCUMENTS_TABLE_FILE))
         segments = directory / SEGMENTS_DIR
         if segments.is_dir() and not segments.is_symlink():
             for path in sorted(segments.glob("*.capsule")):
                 digest = path.name.removesuffix(".capsule")
                 if len(digest) == 64 and present(path):
                     held.setdefault(digest, (path, present(path.with_suffix(".annoy")),
-                                             present(path.with_suffix(".key"))))
+                                             present(path.with_suffix(".key")), present(path.with_suffix(".table"))))
     return held
 
 
@@ -337,9 +338,11 @@ def _check_delta_base(manifest: Manifest, catalog: Catalog) -> None:
                              base_version=newest.version, installed_version=None if current is None else current.version)
 
 
-def _link_segments(manifest: Manifest, held: dict[str, tuple[Path, Path | None, Path | None]], stage_fd: int) -> None:
+def _link_segments(manifest: Manifest, held: dict[str, tuple[Path, Path | None, Path | None, Path | None]],
+                   stage_fd: int) -> None:
     """Give the new object its earlier segments: hard links to the held, read-only files (copies
-    where the file system refuses links), named by the manifest digest each one is pinned by."""
+    where the file system refuses links), named by the manifest digest each one is pinned by: the
+    capsule, and its extracted index, cached content key and stored document table if it has them."""
     os.mkdir(SEGMENTS_DIR, 0o755, dir_fd=stage_fd)
     segments_fd = open_subdir(stage_fd, SEGMENTS_DIR)
     try:
@@ -347,9 +350,10 @@ def _link_segments(manifest: Manifest, held: dict[str, tuple[Path, Path | None, 
             if pin.manifest_sha256 not in held:  # verified without a key: the segments were not opened
                 raise DeltaBaseError(f"{manifest.name} v{manifest.version} is an update over v{pin.version}, which "
                                      "this device does not hold", base_version=manifest.segments.base[-1].version)
-            capsule, index, key = held[pin.manifest_sha256]
+            capsule, index, key, table = held[pin.manifest_sha256]
             for source, name in ((capsule, f"{pin.manifest_sha256}.capsule"),
-                                 (index, f"{pin.manifest_sha256}.annoy"), (key, f"{pin.manifest_sha256}.key")):
+                                 (index, f"{pin.manifest_sha256}.annoy"), (key, f"{pin.manifest_sha256}.key"),
+                                 (table, f"{pin.manifest_sha256}.table")):
                 if source is None:
                     continue
                 try:

@@ -169,6 +169,32 @@ def test_store_installs_a_delta_atomically_and_answers_as_the_full_version(linea
             assert installed.search(query, k=1, now=NOW)[0].text == full.search(query, k=1, now=NOW)[0].text
 
 
+def test_an_installed_delta_reads_every_segments_stored_document_table(lineage, tmp_path, monkeypatch):
+    """The delta's object keeps its own document table and links its base's beside the base's
+    segment file (FORMAT.md §13.8): opening the version parses no DOCS, and answers as by path."""
+    import edge.capsule
+
+    v1, v2 = lineage["v1"], lineage["v2"]
+    keys = dict(identities=[v1.device_key], trusted_keys=[v1.publisher_key.public_key()], now=NOW)
+    store = _store(tmp_path, "store")
+    store.install(v1.path, **keys)
+    entry = store.install(v2.path, **keys)
+    directory = store.path / "objects" / entry.object_name
+    assert (directory / "documents.table").is_file()
+    assert [p.suffix for p in sorted((directory / "segments").iterdir())] == [".capsule", ".table"]
+    with _open(v2, [v1.path]) as by_path:
+        expected = {mode: _results(by_path, mode) for mode in ("hybrid", "lexical")}
+        documents = [d.name for d in by_path.documents()]
+
+    def no_docs_parse(*args, **kwargs):
+        raise AssertionError("DOCS parsed although the store keeps every segment's table")
+
+    monkeypatch.setattr(edge.capsule, "_read_documents", no_docs_parse)
+    with store.open("faq", **keys) as installed:
+        assert [d.name for d in installed.documents()] == documents
+        assert {mode: _results(installed, mode) for mode in ("hybrid", "lexical")} == expected
+
+
 def test_replayed_truncated_and_foreign_deltas_leave_the_installed_version_serving(lineage, tmp_path):
     v1, v2, v3 = lineage["v1"], lineage["v2"], lineage["v3"]
     keys = dict(identities=[v1.device_key], trusted_keys=[v1.publisher_key.public_key()], now=NOW)
