@@ -404,7 +404,7 @@ _TABLE_HEADER = struct.Struct(f"<8s{2 + len(_TABLE_COLUMNS)}Q")
 
 def table_columns_to_bytes(table: "DocumentTable") -> bytes:
     """A ``DocumentTable``'s columns as one byte string, for a device store to keep beside an
-    installed capsule (``table_columns_from_bytes``; the store authenticates it, FORMAT.md §13.5):
+    installed capsule (``table_columns_from_bytes``; the store authenticates it, FORMAT.md §13.8):
     ``EDGEDOC1``, the document and heading counts and each column's length (uint64 LE), then the
     columns in ``_TABLE_COLUMNS`` order, little-endian."""
     columns = [np.asarray(getattr(table, name)).astype(np.dtype(dtype).newbyteorder("<"), copy=False).tobytes()
@@ -414,7 +414,7 @@ def table_columns_to_bytes(table: "DocumentTable") -> bytes:
     return header + b"".join(columns)
 
 
-def table_columns_from_bytes(data: bytes, *, n_documents: int, n_chunks: int) -> "DocumentTable":
+def table_columns_from_bytes(data: bytes | memoryview, *, n_documents: int, n_chunks: int) -> "DocumentTable":
     """The ``DocumentTable`` that ``table_columns_to_bytes`` wrote, every column copied out of
     ``data`` and checked: lengths, the manifest's document and chunk counts, first chunk ids,
     and offsets that stay inside their blobs (so no lookup can read past one). The caller has

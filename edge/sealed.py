@@ -196,7 +196,7 @@ def derive_keys(content_key: bytes, capsule_id: bytes) -> ContentKeys:
 
 
 #: HKDF info of the key that authenticates a device store's copy of an installed capsule's parsed
-#: document table (FORMAT.md §13.5); derived from the DOCS section key, so only a holder of the
+#: document table (FORMAT.md §13.8); derived from the DOCS section key, so only a holder of the
 #: content key can make one.
 INFO_STORE_DOCUMENTS_TABLE = b"edge-capsule/v1/store/documents-table"
 #: Bytes of the HMAC-SHA256 tag that ends that copy.
@@ -206,12 +206,13 @@ STORE_TABLE_TAG_BYTES = 32
 def seal_store_table(body: bytes, keys: ContentKeys, manifest: Manifest) -> bytes:
     """``body`` (``edge.hits.table_columns_to_bytes``) followed by its tag: HMAC-SHA256 (RFC 2104)
     under a key derived from ``keys``' DOCS key, over the manifest's SHA-256 and ``body``, so the
-    copy is bound to this capsule version (FORMAT.md §13.5)."""
+    copy is bound to this capsule version (FORMAT.md §13.8)."""
     return body + _store_table_tag(body, keys, manifest)
 
 
-def open_store_table(data: bytes, keys: ContentKeys, manifest: Manifest) -> bytes:
-    """The body of a ``seal_store_table`` copy, once its tag is checked (constant time).
+def open_store_table(data: bytes, keys: ContentKeys, manifest: Manifest) -> memoryview:
+    """The body of a ``seal_store_table`` copy (a view of ``data``, not a copy), once its tag is
+    checked (constant time).
 
     Raises:
         IntegrityError: the tag does not match: the copy was changed, or belongs to another
@@ -221,13 +222,13 @@ def open_store_table(data: bytes, keys: ContentKeys, manifest: Manifest) -> byte
 
     from .errors import IntegrityError
 
-    body, tag = data[:-STORE_TABLE_TAG_BYTES], data[-STORE_TABLE_TAG_BYTES:]
+    body, tag = memoryview(data)[:-STORE_TABLE_TAG_BYTES], bytes(data[-STORE_TABLE_TAG_BYTES:])
     if len(data) < STORE_TABLE_TAG_BYTES or not hmac.compare_digest(tag, _store_table_tag(body, keys, manifest)):
         raise IntegrityError("the store's copy of the document list fails its authentication tag")
     return body
 
 
-def _store_table_tag(body: bytes, keys: ContentKeys, manifest: Manifest) -> bytes:
+def _store_table_tag(body: bytes | memoryview, keys: ContentKeys, manifest: Manifest) -> bytes:
     import hmac
 
     key = hkdf_sha256(keys.section("DOCS"), salt=manifest.capsule_id_bytes, info=INFO_STORE_DOCUMENTS_TABLE)

@@ -279,7 +279,7 @@ def _kept_history(store: "Store", catalog: Catalog, manifest: Manifest, object_n
 SEGMENTS_DIR = "segments"
 #: A passphrase capsule's cached content key in its object (FORMAT.md §13.4); ``segments/SHA.key`` per segment.
 CONTENT_KEY_FILE = "content.key"
-#: The installed capsule's parsed document list, authenticated (FORMAT.md §13.5): what an open reads
+#: The installed capsule's parsed document list, authenticated (FORMAT.md §13.8): what an open reads
 #: instead of inflating and parsing DOCS.
 DOCUMENTS_TABLE_FILE = "documents.table"
 
