@@ -796,21 +796,18 @@ def _read_stored_documents(path: Path, keys: ContentKeys, manifest: Manifest, *,
     limit = DOCS_TABLE_PEAK_FACTOR * docs_plaintext_limit(manifest.n_documents, fmt.MAX_DOCS_PLAINTEXT_BYTES,
                                                           manifest.n_chunks) + DOCS_TABLE_BASE_BYTES
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        file = open(path, "rb", opener=lambda name, flags: os.open(name, flags | os.O_NOFOLLOW))
     except OSError as exc:
         raise IntegrityError(f"cannot read the store's document table {path}: {exc.strerror}") from None
-    try:
-        size = os.fstat(fd).st_size
+    with file:
+        size = os.fstat(file.fileno()).st_size
         if size > limit:
             raise IntegrityError(f"the store's document table {path} is {size} bytes, more than the {limit} "
                                  "its capsule's documents can take")
         with budget.reserve(reservation, max(0, 2 * size - reserved_unused)):
-            with os.fdopen(os.dup(fd), "rb") as file:
-                data = file.read(size + 1)
+            data = file.read(size + 1)
             return table_columns_from_bytes(open_store_table(data, keys, manifest),
                                             n_documents=manifest.n_documents, n_chunks=manifest.n_chunks)
-    finally:
-        os.close(fd)
 
 
 @dataclass

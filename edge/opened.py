@@ -218,19 +218,25 @@ class Capsule:
         if cached is not None:
             self._cache.move_to_end(frame_index)
             return cached
-        t0 = time.perf_counter()
-        luma = self._reader.decode_frame(frame_index)
-        t1 = time.perf_counter()
-        payload = self._reader.decode_qr(luma, frame_index)
-        t2 = time.perf_counter()
-        records = self._open_payload(payload, frame_index)
-        t3 = time.perf_counter()
-        timings.frame_decode_ms += (t1 - t0) * 1e3
-        timings.qr_decode_ms += (t2 - t1) * 1e3
-        timings.decrypt_ms += (t3 - t2) * 1e3
+        records, (decode_ms, qr_ms, open_ms) = self._read_frame(self._reader, frame_index)
+        timings.frame_decode_ms += decode_ms
+        timings.qr_decode_ms += qr_ms
+        timings.decrypt_ms += open_ms
         timings.n_frames_decoded += 1
         self._cache_put(frame_index, records)
         return records
+
+    def _read_frame(self, reader: FrameReader, frame_index: int
+                    ) -> tuple[list[ChunkRecord], tuple[float, float, float]]:
+        """Read one frame whole with ``reader``: H.264 decode, QR read, authentication and
+        inflation; return its records and the milliseconds of those three stages."""
+        t0 = time.perf_counter()
+        luma = reader.decode_frame(frame_index)
+        t1 = time.perf_counter()
+        payload = reader.decode_qr(luma, frame_index)
+        t2 = time.perf_counter()
+        records = self._open_payload(payload, frame_index)
+        return records, ((t1 - t0) * 1e3, (t2 - t1) * 1e3, (time.perf_counter() - t2) * 1e3)
 
     def _open_payload(self, payload: bytes, frame_index: int) -> list[ChunkRecord]:
         first = int(self._frames.first_chunk_ids[frame_index])
@@ -328,15 +334,10 @@ class Capsule:
                         return
                     frame_index = queue.pop()
                 try:
-                    t0 = time.perf_counter()
-                    luma = reader.decode_frame(frame_index)
-                    t1 = time.perf_counter()
-                    payload = reader.decode_qr(luma, frame_index)
-                    t2 = time.perf_counter()
-                    outcomes[frame_index] = (self._open_payload(payload, frame_index), None)
-                    stage_ms[0] += (t1 - t0) * 1e3
-                    stage_ms[1] += (t2 - t1) * 1e3
-                    stage_ms[2] += (time.perf_counter() - t2) * 1e3
+                    records, spent = self._read_frame(reader, frame_index)
+                    outcomes[frame_index] = (records, None)
+                    for stage, ms in enumerate(spent):
+                        stage_ms[stage] += ms
                 except Exception as exc:  # noqa: BLE001 - raised by _read_frames, in frame order
                     outcomes[frame_index] = (None, exc)
 
@@ -362,18 +363,11 @@ class Capsule:
                 if prefetch.stop.is_set():
                     return
                 prefetch.claimed.add(frame_index)
-            stage_ms = [0.0, 0.0, 0.0]
             try:
-                t0 = time.perf_counter()
-                luma = self._twin_reader.decode_frame(frame_index)
-                t1 = time.perf_counter()
-                payload = self._twin_reader.decode_qr(luma, frame_index)
-                t2 = time.perf_counter()
-                records = self._open_payload(payload, frame_index)
-                stage_ms = [(t1 - t0) * 1e3, (t2 - t1) * 1e3, (time.perf_counter() - t2) * 1e3]
-                prefetch.outcomes[frame_index] = (records, None, stage_ms)
-            except Exception as exc:  # noqa: BLE001 - re-raised by the hit that needs this frame
-                prefetch.outcomes[frame_index] = (None, exc, stage_ms)
+                records, spent = self._read_frame(self._twin_reader, frame_index)
+                prefetch.outcomes[frame_index] = (records, None, list(spent))
+            except Exception as exc:  # noqa: BLE001 - raised by _read_frames if a hit needs this frame
+                prefetch.outcomes[frame_index] = (None, exc, [0.0, 0.0, 0.0])
                 return
 
     def _twin(self) -> FrameReader | None:

@@ -458,16 +458,7 @@ def _extract_lexical(copy_path: Path, manifest: Manifest, stage_fd: int) -> None
     lexical_fd = os.open(LEXICAL_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=stage_fd)
     try:
         for name, data in files.items():
-            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                         dir_fd=lexical_fd)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-                os.fchmod(fd, 0o444)
-            finally:
-                os.close(fd)
+            _write_new_file(lexical_fd, name, data)
         os.fsync(lexical_fd)
     finally:
         os.close(lexical_fd)
